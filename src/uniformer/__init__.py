@@ -1,0 +1,48 @@
+"""uniformer: UniFormer backbones for image and video classification and dense prediction.
+
+    import uniformer
+    model = uniformer.create_model("uniformer_small", checkpoint_path="uniformer_small_in1k.pth")
+"""
+from __future__ import annotations
+
+import os
+
+import timm
+from torch import nn
+
+from . import models  # noqa: F401  (registers the variants with timm)
+from .models import CheckpointError, fuse, identify_variant, load_checkpoint
+
+__version__ = "0.1.0"
+__all__ = ["create_model", "list_models", "fuse", "load_checkpoint", "identify_variant", "CheckpointError"]
+
+
+def list_models(pattern: str = "uniformer*", pretrained: bool = False) -> list[str]:
+    """Registered UniFormer variants (with `pretrained=True`: the name.tag weights that exist)."""
+    return timm.list_models(pattern, pretrained=pretrained)
+
+
+def create_model(name: str, pretrained: bool = False, checkpoint_path: str | os.PathLike | None = None,
+                 inflate: str = "average", **kwargs) -> nn.Module:
+    """Build a UniFormer variant; optionally load released weights or any original checkpoint.
+
+    Args:
+        name: a registered variant, optionally with a weight tag ("uniformer_small.in1k_tl").
+        pretrained: fetch the variant's released weights (Hugging Face hub), or the file given by
+            `pretrained_cfg_overlay=dict(file=...)`.
+        checkpoint_path: a checkpoint in any original layout or the project's own `.safetensors`.
+        inflate: how 2-D kernels become 3-D when image weights load into a video model
+            ("average" over time, or "center" frame only).
+        kwargs: model options (num_classes, in_chans, drop_path_rate, head_dim, aux_head,
+            features_only, out_indices, stage3, window_size, layer_scale, ...).
+    """
+    if not name.split(".")[0] in list_models():
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    if pretrained:
+        from .models.checkpoint import load_pretrained
+
+        load_pretrained(model, inflate)
+    if checkpoint_path is not None:
+        load_checkpoint(model, checkpoint_path, inflate)
+    return model

@@ -1,0 +1,355 @@
+"""UniFormer: convolution (local MHRA) in shallow stages, self-attention (global MHRA) in deep ones.
+
+Li et al., "UniFormer: Unifying Convolution and Self-attention for Visual Recognition"
+(TPAMI 2023, arXiv 2201.09450) and "UniFormer: Unified Transformer for Efficient
+Spatiotemporal Representation Learning" (ICLR 2022, arXiv 2201.04676).
+
+One class covers image and video models (`video=True` swaps every 2-D op for its 3-D twin)
+and the dense-prediction backbones (`features_only=True`: four LayerNorm-ed stage maps,
+stage 3 attending globally, in windows, or both). The light XS/XXS models with token
+evolution live in `uniformer_light.py`.
+
+Forward pass, top to bottom:
+    patch_embed1 → blocks1 (LocalBlock ×d1) → patch_embed2 → blocks2 (LocalBlock ×d2)
+    → patch_embed3 → blocks3 (GlobalBlock ×d3) → patch_embed4 → blocks4 (GlobalBlock ×d4)
+    → BatchNorm `norm` → mean over positions → Linear `head`
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from timm.layers import trunc_normal_
+from timm.models import FeatureInfo, build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .checkpoint import checkpoint_filter_fn, load_pretrained, tag_model_args
+from .layers import (
+    ConvDownsample,
+    ConvStem,
+    GlobalBlock,
+    LocalBlock,
+    PatchEmbed,
+    batch_norm_nd,
+    channels_last_norm,
+)
+
+__all__ = ["UniFormer"]
+
+STAGE3_MODES = ("global", "window", "hybrid")
+
+
+class UniFormer(nn.Module):
+    """UniFormer for images (B×C×H×W) or videos (B×C×T×H×W).
+
+    Args:
+        depths: blocks per stage.
+        embed_dims: channels per stage.
+        head_dim: channels per attention head in the global stages.
+        mlp_ratio: FFN expansion.
+        video: 3-D convolutions and the video embeddings (time halved by the first one).
+        stem: "patch" (4×4 conv + LayerNorm) or "conv" (two 3×3 stride-2 convs, S+).
+        downsample: "patch" (2×2 conv + LayerNorm) or "conv" (3×3 stride-2 conv + BN, S+).
+        layer_scale: initial value of per-channel scales on the global blocks (`*_ls` models),
+            None for none.
+        local_layer_scale: the same on the local blocks (UniFormer-L's token-labeling code has both).
+        aux_head: token-labeling head; logits = head(mean token) + 0.5 · max over tokens of aux_head.
+        features_only: return the four stage maps, each through its own LayerNorm (`norm1`..`norm4`).
+        out_indices: which stage maps `features_only` returns.
+        stage3: "global", "window" or "hybrid" (every fourth block global) attention in stage 3.
+        window_size: window of the "window" and "hybrid" modes.
+    """
+
+    def __init__(
+        self,
+        depths: Sequence[int] = (3, 4, 8, 3),
+        embed_dims: Sequence[int] = (64, 128, 320, 512),
+        head_dim: int = 64,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        video: bool = False,
+        stem: str = "patch",
+        downsample: str = "patch",
+        layer_scale: float | None = None,
+        local_layer_scale: float | None = None,
+        aux_head: bool = False,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        global_pool: str = "avg",
+        features_only: bool = False,
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+        stage3: str = "global",
+        window_size: int = 14,
+    ):
+        super().__init__()
+        if stage3 not in STAGE3_MODES:
+            raise ValueError(f"stage3={stage3!r}: expected one of {STAGE3_MODES}")
+        if stage3 != "global" and video:
+            raise ValueError("stage3 window/hybrid attention is for 2-D dense backbones, not video models")
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool={global_pool!r}: expected 'avg' or ''")
+        ndim = 3 if video else 2
+        if layer_scale is True:
+            layer_scale = 1e-6
+        elif layer_scale is False:
+            layer_scale = None
+        self.video = video
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.embed_dims = tuple(embed_dims)
+        self.num_features = self.head_hidden_size = embed_dims[-1]
+        self.features_only = features_only
+        self.out_indices = tuple(out_indices)
+        self.grad_checkpointing = False
+
+        if stem == "conv":
+            self.patch_embed1 = ConvStem(in_chans, embed_dims[0], ndim)
+        else:
+            self.patch_embed1 = PatchEmbed(in_chans, embed_dims[0], 4, ndim, temporal_stride=2 if video else 1)
+        for i in (1, 2, 3):
+            if downsample == "conv":
+                embed = ConvDownsample(embed_dims[i - 1], embed_dims[i], ndim)
+            else:
+                embed = PatchEmbed(embed_dims[i - 1], embed_dims[i], 2, ndim)
+            setattr(self, f"patch_embed{i + 1}", embed)
+        self.pos_drop = nn.Dropout(drop_rate)
+
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()  # stochastic depth grows linearly
+        starts = [sum(depths[:i]) for i in range(4)]
+        for s in (0, 1):
+            self.add_module(f"blocks{s + 1}", nn.ModuleList(
+                LocalBlock(embed_dims[s], ndim, mlp_ratio, drop_rate, dpr[starts[s] + i], local_layer_scale)
+                for i in range(depths[s])))
+        for s in (2, 3):
+            blocks = []
+            for i in range(depths[s]):
+                windowed = s == 2 and (stage3 == "window" or (stage3 == "hybrid" and (i + 1) % 4 != 0))
+                blocks.append(GlobalBlock(
+                    embed_dims[s], ndim, head_dim, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate,
+                    dpr[starts[s] + i], layer_scale, window_size if windowed else None))
+            self.add_module(f"blocks{s + 1}", nn.ModuleList(blocks))
+
+        if features_only:
+            for i in range(4):
+                self.add_module(f"norm{i + 1}", nn.LayerNorm(embed_dims[i], eps=1e-6))
+            strides = (4, 8, 16, 32)
+            self.feature_info = FeatureInfo(
+                [dict(num_chs=embed_dims[i], reduction=strides[i], module=f"norm{i + 1}") for i in range(4)],
+                self.out_indices)
+        else:
+            self.norm = batch_norm_nd(ndim)(embed_dims[-1])
+            self.head_drop = nn.Dropout(drop_rate)
+            self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+            self.aux_head = (nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()) \
+                if aux_head else None
+        self.apply(_init_weights)
+
+    # --- timm model API -------------------------------------------------------------------
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^patch_embed1", blocks=r"^blocks(\d+)\.(\d+)" if not coarse else r"^blocks(\d+)")
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if self.features_only:
+            raise RuntimeError("a features_only backbone has no classifier")
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
+        device = self.norm.weight.device
+        self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        if self.aux_head is not None:
+            self.aux_head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 \
+                else nn.Identity()
+
+    # --- forward --------------------------------------------------------------------------
+    def _run_stage(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+        for blk in blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        return x
+
+    def _stage_maps(self, x: torch.Tensor):
+        """Yield the output of each stage (before any final norm)."""
+        x = self.pos_drop(self.patch_embed1(x))
+        x = self._run_stage(self.blocks1, x)
+        yield x
+        for i in (2, 3, 4):
+            x = getattr(self, f"patch_embed{i}")(x)
+            x = self._run_stage(getattr(self, f"blocks{i}"), x)
+            yield x
+
+    def forward_features(self, x: torch.Tensor):
+        """Classification: the last map after the BatchNorm. Dense backbones: the list of stage maps."""
+        if self.features_only:
+            last = max(self.out_indices)
+            out = []
+            for i, y in enumerate(self._stage_maps(x)):
+                if i in self.out_indices:
+                    out.append(channels_last_norm(getattr(self, f"norm{i + 1}"), y).contiguous())
+                if i == last:
+                    break
+            return out
+        *_, x = self._stage_maps(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if not self.global_pool:
+            return x
+        tokens = x.flatten(2)  # B × C × positions
+        pooled = self.head_drop(tokens.mean(-1))
+        if pre_logits:
+            return pooled
+        logits = self.head(pooled)
+        if self.aux_head is not None:
+            logits = logits + 0.5 * self.aux_head(tokens.transpose(1, 2)).amax(1)
+        return logits
+
+    def forward(self, x: torch.Tensor):
+        if self.features_only:
+            return self.forward_features(x)
+        return self.forward_head(self.forward_features(x))
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+# --- variants ---------------------------------------------------------------------------------
+MODEL_ARGS = {
+    "uniformer_small": dict(depths=(3, 4, 8, 3)),
+    "uniformer_small_plus": dict(depths=(3, 5, 9, 3), head_dim=32, stem="conv", downsample="conv"),
+    "uniformer_small_plus_dim64": dict(depths=(3, 5, 9, 3), head_dim=64, stem="conv", downsample="conv"),
+    "uniformer_base": dict(depths=(5, 8, 20, 7)),
+    "uniformer_base_ls": dict(depths=(5, 8, 20, 7), layer_scale=1e-6),
+    "uniformer_large_ls": dict(depths=(5, 10, 24, 7), embed_dims=(128, 192, 448, 640), layer_scale=1e-6,
+                               local_layer_scale=1e-6),
+    "uniformer_video_small": dict(depths=(3, 4, 8, 3), video=True),
+    "uniformer_video_base": dict(depths=(5, 8, 20, 7), video=True),
+}
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs) -> UniFormer:
+    kwargs = {**MODEL_ARGS[variant], **tag_model_args(variant, kwargs.get("pretrained_cfg")), **kwargs}
+    # The backbone returns its stage maps itself (with their LayerNorms), so timm's feature
+    # wrapper is bypassed: build_model_with_cfg would otherwise pop `features_only`.
+    features_only = kwargs.pop("features_only", False)
+    kwargs.pop("feature_cls", None)
+    model = build_model_with_cfg(
+        lambda **kw: UniFormer(features_only=features_only, **kw), variant, pretrained=False,
+        pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+    if pretrained:
+        load_pretrained(model)
+    return model
+
+
+_IMAGE_HUB = "Sense-X/uniformer_image"
+_VIDEO_HUB = "Sense-X/uniformer_video"
+_PAPER = dict(paper_ids="arXiv:2201.09450", origin_url="https://github.com/Sense-X/UniFormer", license="mit")
+
+
+def _cfg(filename: str = "", hub: str = _IMAGE_HUB, **kwargs) -> dict:
+    cfg = dict(
+        hf_hub_id=hub if filename else None, hf_hub_filename=filename or None, num_classes=1000,
+        input_size=(3, 224, 224), crop_pct=0.875, interpolation="bicubic",
+        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+        first_conv="patch_embed1.proj", classifier="head", **_PAPER)
+    return {**cfg, **kwargs}
+
+
+def _video_cfg(filename: str, frames: int, num_classes: int = 400, **kwargs) -> dict:
+    # timm's input_size is (C, H, W); the clip length goes into the notes.
+    return _cfg(filename, _VIDEO_HUB, num_classes=num_classes, crop_pct=1.0, notes=(f"frames={frames}",), **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    "uniformer_small.in1k": _cfg("uniformer_small_in1k.pth"),
+    "uniformer_small.in1k_tl": _cfg("uniformer_small_tl_224.pth"),
+    "uniformer_small_plus.in1k": _cfg("uniformer_small_plus_in1k.pth"),
+    "uniformer_small_plus_dim64.in1k": _cfg("uniformer_small_plus_dim64_in1k.pth"),
+    "uniformer_base.in1k": _cfg("uniformer_base_in1k.pth"),
+    "uniformer_base.in1k_tl": _cfg("uniformer_base_tl_224.pth"),
+    "uniformer_base_ls.in1k": _cfg("uniformer_base_ls_in1k.pth"),
+    "uniformer_large_ls.in1k_tl": _cfg("uniformer_large_ls_tl_224.pth"),
+    "uniformer_large_ls.in1k_tl_384": _cfg("uniformer_large_ls_tl_384.pth", input_size=(3, 384, 384), crop_pct=1.0),
+    "uniformer_video_small.k400_8x8": _video_cfg("uniformer_small_k400_8x8.pth", 8),
+    "uniformer_video_small.k400_16x4": _video_cfg("uniformer_small_k400_16x4.pth", 16),
+    "uniformer_video_small.k600_16x4": _video_cfg("uniformer_small_k600_16x4.pth", 16, num_classes=600),
+    "uniformer_video_base.k400_8x8": _video_cfg("uniformer_base_k400_8x8.pth", 8),
+    "uniformer_video_base.k400_16x4": _video_cfg("uniformer_base_k400_16x4.pth", 16),
+    "uniformer_video_base.k400_32x4": _video_cfg("uniformer_base_k400_32x4.pth", 32),
+    "uniformer_video_base.k600_32x4": _video_cfg("uniformer_base_k600_32x4.pth", 32, num_classes=600),
+    "uniformer_video_small.sthv2_16": _video_cfg("uniformer_small_sthv2_prek600.pth", 16, num_classes=174),
+    "uniformer_video_base.sthv2_32": _video_cfg("uniformer_base_sthv2_prek600.pth", 32, num_classes=174),
+})
+
+
+@register_model
+def uniformer_small(pretrained: bool = False, **kwargs) -> UniFormer:
+    """UniFormer-S: depths 3/4/8/3, 21.5M parameters, 3.6 GFLOPs at 224²."""
+    return _create("uniformer_small", pretrained, **kwargs)
+
+
+@register_model
+def uniformer_small_plus(pretrained: bool = False, **kwargs) -> UniFormer:
+    """UniFormer-S+ (S† in the paper): convolutional stem and downsampling, depths 3/5/9/3, head_dim 32."""
+    return _create("uniformer_small_plus", pretrained, **kwargs)
+
+
+@register_model
+def uniformer_small_plus_dim64(pretrained: bool = False, **kwargs) -> UniFormer:
+    """UniFormer-S+ with head_dim 64."""
+    return _create("uniformer_small_plus_dim64", pretrained, **kwargs)
+
+
+@register_model
+def uniformer_base(pretrained: bool = False, **kwargs) -> UniFormer:
+    """UniFormer-B: depths 5/8/20/7, 49.8M parameters, 8.3 GFLOPs at 224²."""
+    return _create("uniformer_base", pretrained, **kwargs)
+
+
+@register_model
+def uniformer_base_ls(pretrained: bool = False, **kwargs) -> UniFormer:
+    """UniFormer-B with layer scale on the global blocks."""
+    return _create("uniformer_base_ls", pretrained, **kwargs)
+
+
+@register_model
+def uniformer_large_ls(pretrained: bool = False, **kwargs) -> UniFormer:
+    """UniFormer-L: depths 5/10/24/7, widths 128/192/448/640, layer scale (token-labeling weights)."""
+    return _create("uniformer_large_ls", pretrained, **kwargs)
+
+
+@register_model
+def uniformer_video_small(pretrained: bool = False, **kwargs) -> UniFormer:
+    """Video UniFormer-S: 3-D local blocks, joint spatio-temporal attention; input B×3×T×H×W."""
+    return _create("uniformer_video_small", pretrained, **kwargs)
+
+
+@register_model
+def uniformer_video_base(pretrained: bool = False, **kwargs) -> UniFormer:
+    """Video UniFormer-B."""
+    return _create("uniformer_video_base", pretrained, **kwargs)

@@ -1,0 +1,305 @@
+"""Light UniFormer (XS, XXS): the hourglass design of the TPAMI paper, for images and videos.
+
+Stages 1–2 are the usual local blocks behind an overlapping conv stem. Stages 3–4 carry a
+class token and evolve tokens as in Evo-ViT: a running score (the class token's attention,
+mixed over blocks with `trade_off`) ranks the tokens; a block with prune ratio r < 1 runs
+attention and MLP only on [class, top r·N tokens, one score-weighted representative of the
+rest], adds the representative's update to every dropped token, and restores the order.
+The score is threaded through the blocks explicitly (`TokenScore`), never kept in globals.
+
+Forward pass:
+    patch_embed1 (conv stem) → blocks1 → patch_embed2 → blocks2 → patch_embed3
+    → [cls] + blocks3 (EvolvingGlobalBlock) → cls_upsample, patch_embed4 → blocks4
+    → BatchNorm `norm` → mean → `head`          (training also returns head_cls(norm_cls(cls)))
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .checkpoint import checkpoint_filter_fn, load_pretrained
+from .layers import ConvStem, DynamicPositionEmbedding, GlobalMHRA, LocalBlock, PatchEmbed, batch_norm_nd
+from .uniformer import _cfg, _init_weights
+
+__all__ = ["UniFormerLight", "EvolvingGlobalBlock"]
+
+
+def _gather_tokens(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """x: B×N×C (or B×N), order: B×N indices → x reordered along N."""
+    if x.ndim == 2:
+        return x.gather(1, order)
+    return x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+class EvolvingGlobalBlock(nn.Module):
+    """Global block with a class token and Evo-ViT token evolution.
+
+    forward(cls, x, score) → (cls, x, score); `score` is B×N (None before the first block of
+    stage 3, which initialises it). `downsample_score` average-pools the score map 2× in space
+    for the next stage and rescales it to keep its sum.
+    """
+
+    def __init__(self, dim: int, ndim: int = 2, head_dim: int = 32, mlp_ratio: float = 3.0, qkv_bias: bool = True,
+                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, prune_ratio: float = 1.0,
+                 trade_off: float = 0.5, downsample_score: bool = False, layer_scale: float | None = None):
+        super().__init__()
+        self.ndim = ndim
+        self.prune_ratio = prune_ratio
+        self.trade_off = trade_off
+        self.downsample_score = downsample_score
+        self.pos_embed = DynamicPositionEmbedding(dim, ndim)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = GlobalMHRA(dim, head_dim, qkv_bias, attn_drop, drop)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.gamma_1 = None if layer_scale is None else nn.Parameter(layer_scale * torch.ones(dim))
+        self.gamma_2 = None if layer_scale is None else nn.Parameter(layer_scale * torch.ones(dim))
+
+    def _scaled(self, y: torch.Tensor, gamma: torch.Tensor | None) -> torch.Tensor:
+        return y if gamma is None else gamma * y
+
+    def _attend(self, seq: torch.Tensor):
+        """Attention + MLP on [cls, tokens..]; returns the new sequence, the class attention, and
+        the scaled update received by the last token (the representative)."""
+        a, cls_attn = self.attn(self.norm1(seq), cls_attention=True)
+        a = self._scaled(a, self.gamma_1)
+        seq = seq + self.drop_path(a)
+        m = self._scaled(self.mlp(self.norm2(seq)), self.gamma_2)
+        seq = seq + self.drop_path(m)
+        return seq, cls_attn, a[:, -1:] + m[:, -1:]
+
+    def _mix(self, score: torch.Tensor | None, cls_attn: torch.Tensor) -> torch.Tensor:
+        if score is None:
+            return cls_attn
+        return (1 - self.trade_off) * score + self.trade_off * cls_attn
+
+    def forward(self, cls: torch.Tensor, x: torch.Tensor, score: torch.Tensor | None):
+        x = self.pos_embed(x)
+        shape = x.shape
+        tokens = x.flatten(2).transpose(1, 2)  # B × N × C
+        N = tokens.shape[1]
+        if score is not None and score.shape[1] != N:
+            raise ValueError(f"token score covers {score.shape[1]} tokens, the map has {N}")
+        if self.prune_ratio == 1:
+            seq, cls_attn, _ = self._attend(torch.cat([cls, tokens], 1))
+            score = self._mix(score, cls_attn[:, 1:])
+            cls, tokens = seq[:, :1], seq[:, 1:]
+        else:
+            if score is None:
+                raise ValueError("a pruning block needs a token score: the first block of stage 3 must keep all tokens")
+            keep = int(N * self.prune_ratio)
+            order = torch.argsort(score, dim=1, descending=True)
+            tokens, score = _gather_tokens(tokens, order), _gather_tokens(score, order)
+            kept, dropped = tokens[:, :keep], tokens[:, keep:]
+            weight = score[:, keep:] / score[:, keep:].sum(1, keepdim=True)
+            representative = (weight.unsqueeze(-1) * dropped).sum(1, keepdim=True)
+            seq, cls_attn, update = self._attend(torch.cat([cls, kept, representative], 1))
+            score = torch.cat([self._mix(score[:, :keep], cls_attn[:, 1:-1]), score[:, keep:]], 1)
+            cls = seq[:, :1]
+            tokens = torch.cat([seq[:, 1:-1], dropped + update], 1)
+            inverse = torch.argsort(order, dim=1)
+            tokens, score = _gather_tokens(tokens, inverse), _gather_tokens(score, inverse)
+        x = tokens.transpose(1, 2).reshape(shape)
+        if self.downsample_score:
+            total = score.sum(1, keepdim=True)
+            grid = score.reshape(shape[0], 1, *shape[2:])
+            pooled = F.avg_pool2d(grid, 2) if self.ndim == 2 else F.avg_pool3d(grid, (1, 2, 2))
+            score = pooled.flatten(1)
+            score = score * (total / score.sum(1, keepdim=True))
+        return cls, x, score
+
+
+class UniFormerLight(nn.Module):
+    """UniFormer-XS / XXS for images (B×C×H×W) or videos (B×C×T×H×W, `video=True`).
+
+    `prune_ratios` / `trade_offs` give one value per block of stages 3 and 4.
+    `layer_scale` (an initial value) scales every block's branches, as in the released
+    layer-scaled 4- and 8-frame video XXS checkpoints (init 0.1 there).
+    Eval: logits of the pooled map. Training: (those logits, class-token logits).
+    """
+
+    def __init__(
+        self,
+        depths: Sequence[int] = (3, 5, 9, 3),
+        embed_dims: Sequence[int] = (64, 128, 256, 512),
+        head_dim: int = 32,
+        mlp_ratio: float = 3.0,
+        qkv_bias: bool = True,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        video: bool = False,
+        prune_ratios: tuple[Sequence[float], Sequence[float]] | None = None,
+        trade_offs: tuple[Sequence[float], Sequence[float]] | None = None,
+        layer_scale: float | bool | None = None,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        global_pool: str = "avg",
+    ):
+        super().__init__()
+        if layer_scale is True:
+            layer_scale = 0.1
+        elif layer_scale is False:
+            layer_scale = None
+        ndim = 3 if video else 2
+        d3, d4 = depths[2], depths[3]
+        prune_ratios = prune_ratios or ([1.0] + [0.5] * (d3 - 1), [0.5] * d4)
+        trade_offs = trade_offs or ([1.0] + [0.5] * (d3 - 1), [0.5] * d4)
+        if len(prune_ratios[0]) != d3 or len(prune_ratios[1]) != d4 or len(trade_offs[0]) != d3 \
+                or len(trade_offs[1]) != d4:
+            raise ValueError("prune_ratios and trade_offs need one value per block of stages 3 and 4")
+        self.video = video
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = embed_dims[-1]
+        self.grad_checkpointing = False
+
+        self.patch_embed1 = ConvStem(in_chans, embed_dims[0], ndim)
+        for i in (1, 2, 3):
+            setattr(self, f"patch_embed{i + 1}", PatchEmbed(embed_dims[i - 1], embed_dims[i], 2, ndim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dims[2]))
+        self.cls_upsample = nn.Linear(embed_dims[2], embed_dims[3])
+        self.pos_drop = nn.Dropout(drop_rate)
+
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        starts = [sum(depths[:i]) for i in range(4)]
+        for s in (0, 1):
+            self.add_module(f"blocks{s + 1}", nn.ModuleList(
+                LocalBlock(embed_dims[s], ndim, mlp_ratio, drop_rate, dpr[starts[s] + i], layer_scale)
+                for i in range(depths[s])))
+        for s in (2, 3):
+            self.add_module(f"blocks{s + 1}", nn.ModuleList(
+                EvolvingGlobalBlock(
+                    embed_dims[s], ndim, head_dim, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate,
+                    dpr[starts[s] + i], prune_ratios[s - 2][i], trade_offs[s - 2][i],
+                    downsample_score=(s == 2 and i == depths[2] - 1), layer_scale=layer_scale)
+                for i in range(depths[s])))
+        self.norm = batch_norm_nd(ndim)(embed_dims[-1])
+        self.norm_cls = nn.LayerNorm(embed_dims[-1])
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.head_cls = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(_init_weights)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"cls_token"}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^patch_embed1|^cls_token", blocks=r"^blocks(\d+)\.(\d+)" if not coarse else r"^blocks(\d+)")
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
+        device = self.norm.weight.device
+        make = (lambda: nn.Linear(self.num_features, num_classes, device=device)) if num_classes > 0 else nn.Identity
+        self.head, self.head_cls = make(), make()
+
+    def _block(self, blk: nn.Module, *args):
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(blk, *args, use_reentrant=False)
+        return blk(*args)
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (class token B×1×C, final map after the BatchNorm)."""
+        x = self.pos_drop(self.patch_embed1(x))
+        for blk in self.blocks1:
+            x = self._block(blk, x)
+        x = self.patch_embed2(x)
+        for blk in self.blocks2:
+            x = self._block(blk, x)
+        x = self.patch_embed3(x)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        score = None
+        for blk in self.blocks3:
+            cls, x, score = self._block(blk, cls, x, score)
+        cls = self.cls_upsample(cls)
+        x = self.patch_embed4(x)
+        for blk in self.blocks4:  # the pooled score carries over from stage 3
+            cls, x, score = self._block(blk, cls, x, score)
+        return cls, self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if not self.global_pool:
+            return x
+        pooled = self.head_drop(x.flatten(2).mean(-1))
+        return pooled if pre_logits else self.head(pooled)
+
+    def forward(self, x: torch.Tensor):
+        cls, x = self.forward_features(x)
+        logits = self.forward_head(x)
+        if self.training and self.global_pool:
+            return logits, self.head_cls(self.norm_cls(cls).squeeze(1))
+        return logits
+
+
+MODEL_ARGS = {
+    "uniformer_xxs": dict(depths=(2, 5, 8, 2), embed_dims=(56, 112, 224, 448), head_dim=28),
+    "uniformer_xs": dict(depths=(3, 5, 9, 3), embed_dims=(64, 128, 256, 512), head_dim=32),
+    "uniformer_video_xxs": dict(depths=(2, 5, 8, 2), embed_dims=(56, 112, 224, 448), head_dim=28, video=True),
+    "uniformer_video_xs": dict(depths=(3, 5, 9, 3), embed_dims=(64, 128, 256, 512), head_dim=32, video=True),
+}
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs) -> UniFormerLight:
+    if kwargs.pop("features_only", False):
+        raise ValueError(f"{variant}: features_only backbones exist for the standard models, not the light ones")
+    model = build_model_with_cfg(UniFormerLight, variant, pretrained=False, pretrained_filter_fn=checkpoint_filter_fn,
+                                 **{**MODEL_ARGS[variant], **kwargs})
+    if pretrained:
+        load_pretrained(model)
+    return model
+
+
+default_cfgs = generate_default_cfgs({
+    "uniformer_xxs.in1k_128": _cfg("uniformer_xxs_128_in1k.pth", input_size=(3, 128, 128)),
+    "uniformer_xxs.in1k_160": _cfg("uniformer_xxs_160_in1k.pth", input_size=(3, 160, 160)),
+    "uniformer_xxs.in1k_192": _cfg("uniformer_xxs_192_in1k.pth", input_size=(3, 192, 192)),
+    "uniformer_xxs.in1k_224": _cfg("uniformer_xxs_224_in1k.pth"),
+    "uniformer_xs.in1k_192": _cfg("uniformer_xs_192_in1k.pth", input_size=(3, 192, 192)),
+    "uniformer_xs.in1k_224": _cfg("uniformer_xs_224_in1k.pth"),
+    "uniformer_video_xxs.untrained": _cfg(num_classes=400, notes=("frames=16",)),
+    "uniformer_video_xs.untrained": _cfg(num_classes=400, notes=("frames=16",)),
+})
+
+
+@register_model
+def uniformer_xxs(pretrained: bool = False, **kwargs) -> UniFormerLight:
+    """UniFormer-XXS: depths 2/5/8/2, widths 56/112/224/448, head_dim 28, token evolution."""
+    return _create("uniformer_xxs", pretrained, **kwargs)
+
+
+@register_model
+def uniformer_xs(pretrained: bool = False, **kwargs) -> UniFormerLight:
+    """UniFormer-XS: depths 3/5/9/3, widths 64/128/256/512, head_dim 32, token evolution."""
+    return _create("uniformer_xs", pretrained, **kwargs)
+
+
+@register_model
+def uniformer_video_xxs(pretrained: bool = False, **kwargs) -> UniFormerLight:
+    """Video UniFormer-XXS (`layer_scale=True` for the released 4- and 8-frame checkpoints)."""
+    return _create("uniformer_video_xxs", pretrained, **kwargs)
+
+
+@register_model
+def uniformer_video_xs(pretrained: bool = False, **kwargs) -> UniFormerLight:
+    """Video UniFormer-XS."""
+    return _create("uniformer_video_xs", pretrained, **kwargs)
