@@ -36,7 +36,7 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: str | os.
         kwargs: model options (num_classes, in_chans, drop_path_rate, head_dim, aux_head,
             features_only, out_indices, stage3, window_size, layer_scale, ...).
     """
-    if not name.split(".")[0] in list_models():
+    if name.split(".")[0] not in list_models():
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
     model = timm.create_model(name, pretrained=False, **kwargs)
     if pretrained:

@@ -26,7 +26,7 @@ _logger = logging.getLogger(__name__)
 
 __all__ = [
     "CheckpointError", "read_checkpoint", "unwrap_state_dict", "checkpoint_filter_fn", "load_checkpoint",
-    "load_pretrained", "identify_variant", "inflate_weight", "save_safetensors", "tag_model_args",
+    "load_pretrained", "identify_variant", "guess_variants", "inflate_weight", "save_safetensors", "tag_model_args",
 ]
 
 CLASSIFIER_PREFIXES = ("head.", "head_cls.", "aux_head.")
@@ -234,29 +234,38 @@ def _variant_table() -> dict[str, dict]:
     return table
 
 
+def guess_variants(sd: Mapping[str, torch.Tensor], info: Mapping | None = None) -> list[str]:
+    """Registered variants whose architecture matches the state dict (head_dim cannot be read from weights)."""
+    info = info or {}
+    named = str(info.get("model") or "").split(".")[0]
+    if named in _variant_table():
+        return [named]
+    sig = _architecture_signature(sd)
+    keys = ("video", "light", "conv_stem", "conv_downsample", "depths", "dims")
+    return [n for n, t in _variant_table().items() if all(t[k] == sig[k] for k in keys)
+            and (sig["light"] or t["layer_scale"] == sig["layer_scale"])]
+
+
 def identify_variant(sd: Mapping[str, torch.Tensor], info: Mapping | None = None) -> str:
     """A readable guess of the model a state dict was saved from, e.g. 'uniformer_small_plus_dim64'."""
     info = info or {}
-    if info.get("model"):
-        return f"{info['model']} (named in the checkpoint)"
+    names = guess_variants(sd, info)
     sig = _architecture_signature(sd)
-    keys = ("video", "light", "conv_stem", "conv_downsample", "depths", "dims")
-    names = [n for n, t in _variant_table().items() if all(t[k] == sig[k] for k in keys)
-             and (sig["light"] or t["layer_scale"] == sig["layer_scale"])]
-    # an image checkpoint for a video variant's twin (to be inflated) is named as the image model
     if not names:
         return (f"an unknown UniFormer layout (depths {sig['depths']}, widths {sig['dims']}, "
                 f"{'video' if sig['video'] else 'image'})")
     notes = []
-    head_dim = re.search(r"HEAD_DIM:\s*(\d+)", info.get("cfg", ""))
+    if info.get("model"):
+        notes.append("named in the checkpoint")
+    head_dim = re.search(r"HEAD_DIM:\s*(\d+)", str(info.get("cfg", "")))
     if set(names) == {"uniformer_small_plus", "uniformer_small_plus_dim64"}:
         notes.append("head_dim 32 or 64 cannot be read from the weights: uniformer_small_plus has 32, "
                      "uniformer_small_plus_dim64 has 64")
     if sig["aux_head"]:
         notes.append("a token-labeling checkpoint: pass aux_head=True"
                      + ("" if "large" in names[0] else " and head_dim=32"))
-    if sig["local_layer_scale"]:
-        notes.append("layer-scaled local blocks: pass layer_scale=True")
+    if sig["local_layer_scale"] and sig["light"]:
+        notes.append("layer-scaled blocks: pass layer_scale=True")
     if head_dim:
         notes.append(f"head_dim={head_dim.group(1)} per its config")
     if sig["dense"]:

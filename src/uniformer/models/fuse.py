@@ -1,5 +1,165 @@
-"""placeholder"""
+"""Inference fusion: fold every exact linear identity into the adjacent weights.
+
+- BatchNorm before a 1×1 conv (local MHRA's `norm1` → `conv1`, `norm2` → `mlp.fc1`) and after a
+  conv (stems, S+ downsampling) is folded into that conv.
+- The final BatchNorm is folded into the classifier (and the token-labeling `aux_head`): pooling
+  and a per-channel affine map commute.
+- LayerNorm's affine part before `qkv` / `mlp.fc1` goes into those Linear layers (not before
+  window attention, whose zero padding comes after the affine map).
+- Layer-scale `gamma`s go into the output projections (`conv2`, `attn.proj`, `mlp.fc2`).
+- The DPE residual becomes +1 on the centre tap of its depthwise kernel.
+- FFNs become `InferenceMlp`: fc1 and GELU run as one oneDNN kernel on CPU.
+- The model runs on channels-last maps, where pointwise convolutions are matrix products over
+  channels and the token views of the global stages need no copies.
+
+The result is for inference only (BatchNorm statistics are frozen into weights).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import ConvDownsample, ConvStem, DynamicPositionEmbedding, GlobalBlock, LocalBlock
+from .uniformer import UniFormer
+from .uniformer_light import EvolvingGlobalBlock, UniFormerLight
+
+__all__ = ["fuse", "InferenceMlp"]
 
 
-def fuse(model):
-    raise NotImplementedError
+def _onednn_linear_gelu_available() -> bool:
+    return hasattr(torch.ops, "mkldnn") and hasattr(torch.ops.mkldnn, "_linear_pointwise") \
+        and torch.backends.mkldnn.is_available()
+
+
+class InferenceMlp(nn.Module):
+    """fc1 → GELU → fc2 on channels-last tokens (..., C), for maps as well as token sequences.
+
+    On CPU in float32 the GELU is fused into fc1's matrix product by oneDNN (exact erf GELU);
+    a separate GELU pass over the wide hidden activations costs more than the product itself
+    in the high-resolution stages.
+    """
+
+    def __init__(self, fc1: nn.Module, fc2: nn.Module, on_maps: bool):
+        super().__init__()
+        self.on_maps = on_maps
+        self.w1 = nn.Parameter(fc1.weight.detach().flatten(1).clone(), requires_grad=False)
+        self.b1 = nn.Parameter(fc1.bias.detach().clone(), requires_grad=False)
+        self.w2 = nn.Parameter(fc2.weight.detach().flatten(1).clone(), requires_grad=False)
+        self.b2 = nn.Parameter(fc2.bias.detach().clone(), requires_grad=False)
+        self.fused_gelu = _onednn_linear_gelu_available()
+
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_gelu and x.device.type == "cpu" and x.dtype == torch.float32 \
+                and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing() \
+                and not torch.compiler.is_compiling():
+            h = torch.ops.mkldnn._linear_pointwise(x, self.w1, self.b1, "gelu", [], "none")
+        else:
+            h = F.gelu(F.linear(x, self.w1, self.b1))
+        return F.linear(h, self.w2, self.b2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.on_maps:
+            return self._tokens(x.movedim(1, -1)).movedim(-1, 1)
+        return self._tokens(x)
+
+
+def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """BatchNorm in eval as y = s·x + t."""
+    s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return s, bn.bias - bn.running_mean * s
+
+
+def _fold_input_affine(layer: nn.Module, s: torch.Tensor, t: torch.Tensor) -> None:
+    """layer(s·x + t) → layer'(x) for a Linear or a 1×1 convolution (no padding involved)."""
+    w = layer.weight
+    flat = w.reshape(w.shape[0], w.shape[1])
+    bias = layer.bias if layer.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+    new_bias = bias + flat @ t
+    layer.weight.copy_((flat * s[None, :]).reshape(w.shape))
+    if layer.bias is None:
+        layer.bias = nn.Parameter(new_bias)
+    else:
+        layer.bias.copy_(new_bias)
+
+
+def _fold_output_affine(layer: nn.Module, s: torch.Tensor, t: torch.Tensor | None = None) -> None:
+    """s·layer(x) + t → layer'(x) (per output channel) for a Linear or any convolution."""
+    shape = (-1,) + (1,) * (layer.weight.ndim - 1)
+    layer.weight.mul_(s.reshape(shape))
+    bias = layer.bias * s if layer.bias is not None else torch.zeros_like(s)
+    if t is not None:
+        bias = bias + t
+    layer.bias = nn.Parameter(bias)
+
+
+def _fold_layer_norm_affine(norm: nn.LayerNorm, layer: nn.Linear) -> nn.LayerNorm:
+    _fold_input_affine(layer, norm.weight, norm.bias)
+    return nn.LayerNorm(norm.normalized_shape, eps=norm.eps, elementwise_affine=False)
+
+
+def _fold_sequential_bn(seq: nn.Sequential) -> nn.Sequential:
+    """conv → BN pairs inside a stem become one conv each."""
+    out = []
+    for m in seq:
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and out and isinstance(out[-1], nn.modules.conv._ConvNd):
+            _fold_output_affine(out[-1], *_bn_affine(m))
+        else:
+            out.append(m)
+    return nn.Sequential(*out)
+
+
+def _fuse_local(blk: LocalBlock) -> None:
+    _fold_input_affine(blk.conv1, *_bn_affine(blk.norm1))
+    _fold_input_affine(blk.mlp.fc1, *_bn_affine(blk.norm2))
+    blk.norm1, blk.norm2 = nn.Identity(), nn.Identity()
+    if blk.gamma_1 is not None:
+        _fold_output_affine(blk.conv2, blk.gamma_1.flatten())
+        _fold_output_affine(blk.mlp.fc2, blk.gamma_2.flatten())
+        blk.gamma_1 = blk.gamma_2 = None
+    blk.mlp = InferenceMlp(blk.mlp.fc1, blk.mlp.fc2, on_maps=True)
+
+
+def _fuse_global(blk: GlobalBlock | EvolvingGlobalBlock) -> None:
+    if getattr(blk, "window_size", None) is None:  # windows zero-pad after the affine: keep it there
+        blk.norm1 = _fold_layer_norm_affine(blk.norm1, blk.attn.qkv)
+    blk.norm2 = _fold_layer_norm_affine(blk.norm2, blk.mlp.fc1)
+    if blk.gamma_1 is not None:
+        _fold_output_affine(blk.attn.proj, blk.gamma_1)
+        _fold_output_affine(blk.mlp.fc2, blk.gamma_2)
+        blk.gamma_1 = blk.gamma_2 = None
+    blk.mlp = InferenceMlp(blk.mlp.fc1, blk.mlp.fc2, on_maps=False)
+
+
+def _fuse_head(model: UniFormer | UniFormerLight) -> None:
+    if isinstance(model.head, nn.Linear) and model.global_pool:
+        s, t = _bn_affine(model.norm)
+        _fold_input_affine(model.head, s, t)
+        if getattr(model, "aux_head", None) is not None:
+            _fold_input_affine(model.aux_head, s, t)
+        model.norm = nn.Identity()
+
+
+@torch.no_grad()
+def fuse(model: nn.Module) -> nn.Module:
+    """Return an inference-only copy of a UniFormer model with the same outputs and fewer ops."""
+    if not isinstance(model, (UniFormer, UniFormerLight)):
+        raise TypeError(f"fuse() takes a UniFormer or UniFormerLight model, not {type(model).__name__}")
+    model = copy.deepcopy(model).eval()
+    for m in list(model.modules()):
+        if isinstance(m, DynamicPositionEmbedding):
+            m.fold_identity()
+        elif isinstance(m, LocalBlock):
+            _fuse_local(m)
+        elif isinstance(m, (GlobalBlock, EvolvingGlobalBlock)):
+            _fuse_global(m)
+        elif isinstance(m, (ConvStem, ConvDownsample)):
+            m.proj = _fold_sequential_bn(m.proj)
+    if not getattr(model, "features_only", False):
+        _fuse_head(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.channels_last = True
+    return model

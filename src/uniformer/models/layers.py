@@ -15,7 +15,8 @@ from torch import nn
 
 __all__ = [
     "DynamicPositionEmbedding", "ConvMlp", "LocalBlock", "GlobalMHRA", "GlobalBlock",
-    "PatchEmbed", "ConvStem", "ConvDownsample", "conv_nd", "batch_norm_nd", "channels_last_norm",
+    "PatchEmbed", "ConvStem", "ConvDownsample", "conv_nd", "batch_norm_nd", "channels_last_norm", "pointwise",
+    "is_channels_last", "to_memory_format",
 ]
 
 
@@ -30,6 +31,25 @@ def batch_norm_nd(ndim: int) -> type[nn.Module]:
 def channels_last_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Apply a LayerNorm over the channel axis of a B×C×(T×)H×W map."""
     return norm(x.movedim(1, -1)).movedim(-1, 1)
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    fmt = torch.channels_last if x.ndim == 4 else torch.channels_last_3d
+    return x.ndim in (4, 5) and x.is_contiguous(memory_format=fmt) and not x.is_contiguous()
+
+
+def to_memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    if not channels_last:
+        return x
+    return x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
+
+
+def pointwise(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A 1×1(×1) convolution; on a channels-last map it runs as one matrix product over channels,
+    which oneDNN executes several times faster on CPUs than the convolution kernel."""
+    if is_channels_last(x):
+        return F.linear(x.movedim(1, -1), conv.weight.flatten(1), conv.bias).movedim(-1, 1)
+    return conv(x)
 
 
 class DynamicPositionEmbedding(nn.Module):
@@ -73,7 +93,7 @@ class ConvMlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        return self.drop(pointwise(self.fc2, self.drop(self.act(pointwise(self.fc1, x)))))
 
 
 def _layer_scale(dim: int, init: float | None, shape: tuple[int, ...]) -> nn.Parameter | None:
@@ -107,7 +127,7 @@ class LocalBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pos_embed(x)
-        y = self.conv2(self.attn(self.conv1(self.norm1(x))))
+        y = pointwise(self.conv2, self.attn(pointwise(self.conv1, self.norm1(x))))
         x = x + self.drop_path(y if self.gamma_1 is None else self.gamma_1 * y)
         y = self.mlp(self.norm2(x))
         return x + self.drop_path(y if self.gamma_2 is None else self.gamma_2 * y)

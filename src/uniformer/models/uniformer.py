@@ -33,6 +33,7 @@ from .layers import (
     PatchEmbed,
     batch_norm_nd,
     channels_last_norm,
+    to_memory_format,
 )
 
 __all__ = ["UniFormer"]
@@ -105,6 +106,7 @@ class UniFormer(nn.Module):
         self.features_only = features_only
         self.out_indices = tuple(out_indices)
         self.grad_checkpointing = False
+        self.channels_last = False  # run on channels-last maps (set by uniformer.fuse; faster on CPU)
 
         if stem == "conv":
             self.patch_embed1 = ConvStem(in_chans, embed_dims[0], ndim)
@@ -188,7 +190,7 @@ class UniFormer(nn.Module):
 
     def _stage_maps(self, x: torch.Tensor):
         """Yield the output of each stage (before any final norm)."""
-        x = self.pos_drop(self.patch_embed1(x))
+        x = self.pos_drop(self.patch_embed1(to_memory_format(x, self.channels_last)))
         x = self._run_stage(self.blocks1, x)
         yield x
         for i in (2, 3, 4):

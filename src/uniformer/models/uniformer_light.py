@@ -24,7 +24,15 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .checkpoint import checkpoint_filter_fn, load_pretrained
-from .layers import ConvStem, DynamicPositionEmbedding, GlobalMHRA, LocalBlock, PatchEmbed, batch_norm_nd
+from .layers import (
+    ConvStem,
+    DynamicPositionEmbedding,
+    GlobalMHRA,
+    LocalBlock,
+    PatchEmbed,
+    batch_norm_nd,
+    to_memory_format,
+)
 from .uniformer import _cfg, _init_weights
 
 __all__ = ["UniFormerLight", "EvolvingGlobalBlock"]
@@ -160,6 +168,7 @@ class UniFormerLight(nn.Module):
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = embed_dims[-1]
         self.grad_checkpointing = False
+        self.channels_last = False  # run on channels-last maps (set by uniformer.fuse; faster on CPU)
 
         self.patch_embed1 = ConvStem(in_chans, embed_dims[0], ndim)
         for i in (1, 2, 3):
@@ -220,7 +229,7 @@ class UniFormerLight(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (class token B×1×C, final map after the BatchNorm)."""
-        x = self.pos_drop(self.patch_embed1(x))
+        x = self.pos_drop(self.patch_embed1(to_memory_format(x, self.channels_last)))
         for blk in self.blocks1:
             x = self._block(blk, x)
         x = self.patch_embed2(x)
