@@ -1,0 +1,255 @@
+"""Validated view of the ``data:`` section of a training config.
+
+The YAML ``data:`` section is a plain dict.  Every consumer in this package reads
+it through :func:`parse_data_config`, so defaults, types and cross-key checks live in
+one place and a typo or a bad value fails early with a message naming the key.
+
+Keys (all optional unless marked):
+
+* ``format`` (required): ``video_list`` | ``sthv2`` | ``image_folder`` | ``image_list``.
+* ``root``: folder that relative paths are resolved against (default: ``.``).
+* ``train_list`` / ``val_list`` / ``test_list``: list files (``path label`` per line, or a CSV
+  with a ``path,label`` header) for ``video_list`` and ``image_list``.  ``test_list`` falls
+  back to ``val_list``.  Relative list paths are resolved against ``root`` when they do not
+  exist relative to the working directory.
+* ``labels_file``, ``train_annotations``, ``val_annotations``, ``test_annotations``: SSv2 JSON
+  files (``sthv2``); ``test_annotations`` falls back to ``val_annotations``.
+* ``train_dir`` / ``val_dir`` / ``test_dir``: class-per-subfolder trees (``image_folder``),
+  defaults ``train`` / ``val`` / ``val_dir`` under ``root``.
+* ``class_names``: text file with one class name per line (line i = class i).
+* ``num_classes``: only used when there is no class-name source; otherwise inferred.
+* ``video_ext``: extension of SSv2 videos (default ``webm``).
+* ``num_frames`` (16), ``sampling`` (``dense`` | ``uniform``; default ``uniform`` for
+  ``sthv2`` else ``dense``), ``stride`` (4, dense only).
+* ``input_size`` (224), ``short_side`` (test/val resize; default ``input_size``).
+* ``scale_jitter`` ([256, 320]), ``random_resized_crop`` (False for videos, True for images),
+  ``rrc_scale`` ([0.08, 1.0]), ``rrc_ratio`` ([0.75, 1.3333]).
+* ``hflip`` (True, but False for ``sthv2``), ``rand_augment`` (timm string or null),
+  ``random_erasing`` (probability, 0 = off), ``random_erasing_mode`` (``pixel``).
+* ``test_clips`` (1), ``test_crops`` (1 or 3).
+* ``skip_missing`` (False), ``max_retries`` (10), ``min_video_frames`` (1; shorter videos count as
+  unloadable), ``seed`` (0), ``decode_threads`` (1; 0 = FFmpeg's choice),
+  ``mean`` / ``std`` (ImageNet).
+* Loader and mixup keys are accepted and ignored here (they are read by the engine and by
+  :func:`uniformer.data.build_mixup`): ``batch_size``, ``num_workers``, ``pin_memory``,
+  ``persistent_workers``, ``prefetch_factor``, ``drop_last``, ``mixup``, ``cutmix``,
+  ``cutmix_minmax``, ``label_smoothing``, ``mixup_prob``, ``mixup_switch_prob``, ``mixup_mode``.
+
+Unknown keys produce a warning (not an error) so that other parts of the project may add
+their own keys to the section.  A whole config that holds a ``data:`` mapping (and no
+``format`` key of its own) is accepted too; its ``data`` section is used.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+FORMATS = ("video_list", "sthv2", "image_folder", "image_list")
+VIDEO_FORMATS = ("video_list", "sthv2")
+SPLITS = ("train", "val", "test")
+
+_LOADER_KEYS = frozenset(
+    {"batch_size", "num_workers", "pin_memory", "persistent_workers", "prefetch_factor", "drop_last"}
+)
+_MIXUP_KEYS = frozenset(
+    {"mixup", "cutmix", "cutmix_minmax", "label_smoothing", "mixup_prob", "mixup_switch_prob", "mixup_mode"}
+)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Parsed, validated data settings (see the module docstring for the meaning of each field)."""
+
+    format: str
+    root: str = "."
+    train_list: str | None = None
+    val_list: str | None = None
+    test_list: str | None = None
+    labels_file: str | None = None
+    train_annotations: str | None = None
+    val_annotations: str | None = None
+    test_annotations: str | None = None
+    train_dir: str | None = None
+    val_dir: str | None = None
+    test_dir: str | None = None
+    class_names: str | None = None
+    num_classes: int | None = None
+    video_ext: str = "webm"
+    num_frames: int = 16
+    sampling: str = "dense"
+    stride: int = 4
+    input_size: int = 224
+    short_side: int = 224
+    scale_jitter: tuple[int, int] = (256, 320)
+    random_resized_crop: bool = False
+    rrc_scale: tuple[float, float] = (0.08, 1.0)
+    rrc_ratio: tuple[float, float] = (0.75, 4.0 / 3.0)
+    hflip: bool = True
+    rand_augment: str | None = None
+    random_erasing: float = 0.0
+    random_erasing_mode: str = "pixel"
+    test_clips: int = 1
+    test_crops: int = 1
+    skip_missing: bool = False
+    max_retries: int = 10
+    min_video_frames: int = 1
+    seed: int = 0
+    decode_threads: int = 1
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def is_video(self) -> bool:
+        return self.format in VIDEO_FORMATS
+
+
+def _err(key: str, value: Any, what: str) -> ValueError:
+    return ValueError(f"data config: key '{key}' = {value!r} is invalid: {what}")
+
+
+def _as_int(key: str, value: Any, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+        raise _err(key, value, "expected an integer")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise _err(key, value, f"must be >= {minimum}")
+    return value
+
+
+def _as_float(key: str, value: Any, lo: float | None = None, hi: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _err(key, value, "expected a number")
+    value = float(value)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise _err(key, value, f"must be in [{lo}, {hi}]")
+    return value
+
+
+def _as_bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _err(key, value, "expected true or false")
+    return value
+
+
+def _as_pair(key: str, value: Any, kind: type) -> tuple:
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise _err(key, value, "expected a list of two numbers [min, max]")
+    conv = _as_int if kind is int else _as_float
+    a, b = (conv(key, v) for v in value)
+    if a > b:
+        raise _err(key, value, "min must not exceed max")
+    return (a, b)
+
+
+def _as_path(key: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _err(key, value, "expected a non-empty path string")
+    return value
+
+
+def parse_data_config(cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
+    """Validate ``cfg`` (the ``data:`` section) and fill defaults; raises ``ValueError`` naming the bad key."""
+    if isinstance(cfg, DataConfig):
+        return cfg
+    if not isinstance(cfg, Mapping):
+        raise TypeError(f"data config must be a mapping (the 'data:' section), got {type(cfg).__name__}")
+    if "format" not in cfg and isinstance(cfg.get("data"), Mapping):
+        cfg = cfg["data"]  # the whole config was passed: use its data section
+    cfg = dict(cfg)
+    fmt = cfg.get("format")
+    if fmt not in FORMATS:
+        raise _err("format", fmt, f"expected one of {list(FORMATS)}")
+    is_video = fmt in VIDEO_FORMATS
+    known = {f for f in DataConfig.__dataclass_fields__ if f != "extra"}
+    unknown = sorted(set(cfg) - known - _LOADER_KEYS - _MIXUP_KEYS)
+    if unknown:
+        warnings.warn(f"data config: unknown key(s) {unknown} are ignored", stacklevel=2)
+    extra = {k: cfg[k] for k in cfg if k in _LOADER_KEYS or k in _MIXUP_KEYS}
+
+    out: dict[str, Any] = {"format": fmt, "extra": extra}
+    root = cfg.get("root", ".")
+    out["root"] = _as_path("root", root) or "."
+    for key in (
+        "train_list", "val_list", "test_list", "labels_file", "train_annotations", "val_annotations",
+        "test_annotations", "train_dir", "val_dir", "test_dir", "class_names",
+    ):
+        out[key] = _as_path(key, cfg.get(key))
+    if cfg.get("num_classes") is not None:
+        out["num_classes"] = _as_int("num_classes", cfg["num_classes"], 1)
+    ext = cfg.get("video_ext", "webm")
+    if not isinstance(ext, str) or not ext.strip("."):
+        raise _err("video_ext", ext, "expected an extension such as 'webm' or 'mp4'")
+    out["video_ext"] = ext.lstrip(".")
+
+    out["num_frames"] = _as_int("num_frames", cfg.get("num_frames", 16), 1)
+    sampling = cfg.get("sampling", "uniform" if fmt == "sthv2" else "dense")
+    if sampling not in ("dense", "uniform"):
+        raise _err("sampling", sampling, "expected 'dense' or 'uniform'")
+    out["sampling"] = sampling
+    out["stride"] = _as_int("stride", cfg.get("stride", 4), 1)
+
+    out["input_size"] = _as_int("input_size", cfg.get("input_size", 224), 1)
+    out["short_side"] = _as_int("short_side", cfg.get("short_side", out["input_size"]), 1)
+    if out["short_side"] < out["input_size"]:
+        raise _err("short_side", out["short_side"], f"must be >= input_size ({out['input_size']})")
+    out["scale_jitter"] = _as_pair("scale_jitter", cfg.get("scale_jitter", [256, 320]), int)
+    if out["scale_jitter"][0] < 1:
+        raise _err("scale_jitter", cfg.get("scale_jitter"), "sizes must be positive")
+    out["random_resized_crop"] = _as_bool("random_resized_crop", cfg.get("random_resized_crop", not is_video))
+    out["rrc_scale"] = _as_pair("rrc_scale", cfg.get("rrc_scale", [0.08, 1.0]), float)
+    if not 0 < out["rrc_scale"][0] <= 1 or out["rrc_scale"][1] > 1:
+        raise _err("rrc_scale", cfg.get("rrc_scale"), "area fractions must be in (0, 1]")
+    out["rrc_ratio"] = _as_pair("rrc_ratio", cfg.get("rrc_ratio", [0.75, 4.0 / 3.0]), float)
+    if out["rrc_ratio"][0] <= 0:
+        raise _err("rrc_ratio", cfg.get("rrc_ratio"), "aspect ratios must be positive")
+
+    out["hflip"] = _as_bool("hflip", cfg.get("hflip", fmt != "sthv2"))
+    if fmt == "sthv2" and out["hflip"]:
+        warnings.warn(
+            "data config: hflip=true with format 'sthv2': Something-Something labels depend on left/right "
+            "direction, so flipping corrupts labels such as 'Pushing something from left to right'",
+            stacklevel=2,
+        )
+    ra = cfg.get("rand_augment")
+    if ra is not None:
+        if not isinstance(ra, str) or not ra.startswith("rand"):
+            raise _err("rand_augment", ra, "expected a timm RandAugment string like 'rand-m7-n4-mstd0.5-inc1' or null")
+        try:
+            from timm.data.auto_augment import rand_augment_transform
+
+            rand_augment_transform(ra, {})
+        except Exception as exc:  # timm raises AssertionError/ValueError/KeyError on bad strings
+            raise _err("rand_augment", ra, f"timm cannot parse it ({type(exc).__name__}: {exc})") from exc
+    out["rand_augment"] = ra
+    out["random_erasing"] = _as_float("random_erasing", cfg.get("random_erasing", 0.0), 0.0, 1.0)
+    mode = cfg.get("random_erasing_mode", "pixel")
+    if mode not in ("pixel", "rand", "const"):
+        raise _err("random_erasing_mode", mode, "expected 'pixel', 'rand' or 'const'")
+    out["random_erasing_mode"] = mode
+
+    out["test_clips"] = _as_int("test_clips", cfg.get("test_clips", 1), 1)
+    out["test_crops"] = _as_int("test_crops", cfg.get("test_crops", 1), 1)
+    if out["test_crops"] not in (1, 3):
+        raise _err("test_crops", out["test_crops"], "expected 1 (centre) or 3 (left/centre/right)")
+    out["skip_missing"] = _as_bool("skip_missing", cfg.get("skip_missing", False))
+    out["max_retries"] = _as_int("max_retries", cfg.get("max_retries", 10), 0)
+    out["min_video_frames"] = _as_int("min_video_frames", cfg.get("min_video_frames", 1), 1)
+    out["seed"] = _as_int("seed", cfg.get("seed", 0), 0)
+    out["decode_threads"] = _as_int("decode_threads", cfg.get("decode_threads", 1), 0)
+    for key, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
+        value = cfg.get(key, default)
+        if not isinstance(value, list | tuple) or len(value) != 3:
+            raise _err(key, value, "expected three numbers (R, G, B)")
+        out[key] = tuple(_as_float(key, v) for v in value)
+    if any(s <= 0 for s in out["std"]):
+        raise _err("std", cfg.get("std"), "values must be positive")
+    return DataConfig(**out)

@@ -1,0 +1,317 @@
+"""Datasets for video and image classification, their builder and their collate function.
+
+Every item is a dict::
+
+    {"input": Tensor, "label": int, "index": int, "failures": list[str]}
+
+``input`` is ``(C, T, H, W)`` for video train/val, ``(V, C, T, H, W)`` for video test
+(``V = test_clips * test_crops``, clip-major: view ``v`` is clip ``v // test_crops``, crop
+``v % test_crops``), ``(C, H, W)`` for image train/val and ``(V, C, H, W)`` for image test
+(``V = test_crops``).  The test split always carries the V axis, even when ``V == 1``.
+
+A sample that cannot be loaded (corrupt, unreadable, truncated or too short) never stops
+training and never becomes a zero tensor: it is replaced by another sample chosen by a
+generator seeded with ``(seed, index, attempt)`` (so the replacement is reproducible),
+and its path is appended to the item's ``failures``.  ``index`` and ``label`` then belong
+to the sample actually returned.  Reporting through the item (rather than through
+dataset state) is what makes failures visible from DataLoader worker processes;
+:func:`collate` concatenates them per batch.
+
+Training randomness (temporal offset, crop, flip, RandAugment, erasing) is drawn from a
+per-item ``numpy.random.Generator`` seeded from ``(seed, index, attempt)`` and one draw of
+torch's RNG.  DataLoader seeds torch's RNG differently in every worker and epoch from the
+main process's torch seed, so augmentations vary between epochs and are reproducible
+under ``torch.manual_seed``.  Val and test items are fully deterministic.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .annotations import (
+    Entry,
+    check_missing,
+    infer_classes,
+    join_root,
+    read_class_names,
+    read_list_file,
+    read_sthv2_annotations,
+    read_sthv2_labels,
+    resolve_file,
+    resolve_labels,
+    scan_image_folder,
+)
+from .config import SPLITS, DataConfig, parse_data_config
+from .sampling import sample_clips
+from .transforms import ClipTransform
+from .video_io import SampleLoadError, VideoDecodeError, VideoReader
+
+logger = logging.getLogger(__name__)
+
+#: exceptions that mean "this sample's file is bad" (anything else is a bug and propagates)
+LOAD_ERRORS = (SampleLoadError, OSError, EOFError, av.FFmpegError, Image.DecompressionBombError)
+
+
+class ClassificationDataset(Dataset):
+    """Shared logic: sample list, classes, per-item RNG and replacement of unloadable samples."""
+
+    is_video = False
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        split: str,
+        samples: list[tuple[str, int]],
+        classes: list[str],
+        source: str,
+        num_skipped_missing: int = 0,
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if not samples:
+            raise ValueError(f"{source}: no samples for split {split!r}")
+        self.cfg = cfg
+        self.split = split
+        self.samples = samples
+        self.classes = list(classes)
+        self.source = source
+        self.num_skipped_missing = num_skipped_missing
+        self.seed = cfg.seed
+        self.transform = ClipTransform(cfg, split)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def num_views(self) -> int:
+        """Views per test item (the size of the leading V axis); 1 for train and val."""
+        return 1
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(split={self.split!r}, samples={len(self)}, classes={self.num_classes}, "
+            f"source={self.source!r})"
+        )
+
+    def _item_rng(self, index: int, attempt: int) -> np.random.Generator | None:
+        if self.split != "train":
+            return None
+        entropy = int(torch.randint(0, 2**62, (1,)).item())
+        return np.random.default_rng([self.seed, index, attempt, entropy])
+
+    def replacement_index(self, index: int, attempt: int) -> int:
+        """Deterministic stand-in for sample ``index`` after its ``attempt``-th failure (never ``index`` itself)."""
+        n = len(self.samples)
+        if n < 2:
+            raise SampleLoadError(f"{self.source}: the only sample failed to load and there is nothing to replace it")
+        r = int(np.random.default_rng([self.seed, index, attempt, 7919]).integers(n - 1))
+        return r if r < index else r + 1
+
+    def load(self, path: str, rng: np.random.Generator | None) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self.samples):
+            raise IndexError(f"index {index} out of range for {len(self.samples)} samples")
+        failures: list[str] = []
+        current = int(index)
+        last_error: BaseException | None = None
+        for attempt in range(self.cfg.max_retries + 1):
+            path, label = self.samples[current]
+            try:
+                x = self.load(path, self._item_rng(current, attempt))
+            except LOAD_ERRORS as exc:
+                last_error = exc
+                failures.append(path)
+                logger.warning("replacing unloadable sample %s (index %d): %s", path, current, exc)
+                current = self.replacement_index(int(index), attempt)
+                continue
+            return {"input": x, "label": int(label), "index": current, "failures": failures}
+        raise SampleLoadError(
+            f"{self.source}: {len(failures)} consecutive samples failed to load starting at index {index} "
+            f"({failures}); last error: {last_error}"
+        )
+
+
+class VideoClassificationDataset(ClassificationDataset):
+    """Videos decoded with PyAV, sampled densely or uniformly, transformed per clip."""
+
+    is_video = True
+
+    @property
+    def num_views(self) -> int:
+        return self.cfg.test_clips * self.cfg.test_crops if self.split == "test" else 1
+
+    def clip_indices(self, num_video_frames: int, rng: np.random.Generator | None) -> np.ndarray:
+        """``(clips, num_frames)`` frame indices this split uses for a video of ``num_video_frames`` frames."""
+        cfg = self.cfg
+        return sample_clips(
+            num_video_frames,
+            sampling=cfg.sampling,
+            num_frames=cfg.num_frames,
+            stride=cfg.stride,
+            rng=rng,
+            num_clips=cfg.test_clips if self.split == "test" else 1,
+        )
+
+    def load(self, path: str, rng: np.random.Generator | None) -> torch.Tensor:
+        with VideoReader(path, threads=self.cfg.decode_threads) as reader:
+            if reader.num_frames < self.cfg.min_video_frames:
+                minimum = self.cfg.min_video_frames
+                raise VideoDecodeError(f"{path}: video too short ({reader.num_frames} frames < {minimum=})")
+            clips = self.clip_indices(reader.num_frames, rng)
+            frames = reader.get_frames(clips.reshape(-1))
+        return self.transform.clips(frames, len(clips), rng)
+
+
+class ImageClassificationDataset(ClassificationDataset):
+    """Images loaded with PIL (converted to RGB) and transformed like one-frame clips."""
+
+    @property
+    def num_views(self) -> int:
+        return self.cfg.test_crops if self.split == "test" else 1
+
+    def load(self, path: str, rng: np.random.Generator | None) -> torch.Tensor:
+        try:
+            with Image.open(path) as img:
+                array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        except LOAD_ERRORS as exc:
+            raise SampleLoadError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+        x = self.transform(array[None], rng)
+        return x.squeeze(-3)  # drop the T axis
+
+
+# ---------------------------------------------------------------------- builder
+def _list_key(split: str) -> str:
+    return f"{split}_list"
+
+
+def _split_value(cfg: DataConfig, prefix: str, suffix: str, split: str) -> tuple[str, str | None]:
+    """Config key and value for ``split`` (test falls back to val)."""
+    key = f"{prefix}{split}{suffix}"
+    value = getattr(cfg, key)
+    if value is None and split == "test":
+        key = f"{prefix}val{suffix}"
+        value = getattr(cfg, key)
+    return key, value
+
+
+def _build_from_lists(cfg: DataConfig, split: str, cls: type[ClassificationDataset]) -> ClassificationDataset:
+    key, value = _split_value(cfg, "", "_list", split)
+    if value is None:
+        raise ValueError(f"data config: '{key}' is required for split {split!r} with format {cfg.format!r}")
+    list_path = resolve_file(value, cfg.root, key)
+    entries = read_list_file(list_path)
+    if cfg.class_names is not None:
+        classes = read_class_names(resolve_file(cfg.class_names, cfg.root, "class_names"))
+    else:
+        # Infer from every configured list so all splits agree on the class set.
+        all_entries: list[list[Entry]] = [entries]
+        for other in SPLITS:
+            other_value = getattr(cfg, _list_key(other))
+            if other_value is None or other_value == value:
+                continue
+            try:
+                all_entries.append(read_list_file(resolve_file(other_value, cfg.root, _list_key(other))))
+            except FileNotFoundError:
+                continue
+        classes = infer_classes(all_entries, cfg.num_classes)
+    labels = resolve_labels(entries, classes, str(list_path), cfg.num_classes)
+    samples = [(join_root(e.path, cfg.root), lab) for e, lab in zip(entries, labels)]
+    samples, dropped = check_missing(samples, [e.where for e in entries], str(list_path), skip_missing=cfg.skip_missing)
+    return cls(cfg, split, samples, classes, str(list_path), dropped)
+
+
+def _build_sthv2(cfg: DataConfig, split: str) -> ClassificationDataset:
+    if cfg.labels_file is None:
+        raise ValueError("data config: 'labels_file' is required for format 'sthv2'")
+    labels_path = resolve_file(cfg.labels_file, cfg.root, "labels_file")
+    classes = read_sthv2_labels(labels_path)
+    if cfg.class_names is not None:
+        names = read_class_names(resolve_file(cfg.class_names, cfg.root, "class_names"))
+        if len(names) != len(classes):
+            raise ValueError(
+                f"data config: class_names has {len(names)} names but labels_file {labels_path} has {len(classes)}"
+            )
+    key, value = _split_value(cfg, "", "_annotations", split)
+    if value is None:
+        raise ValueError(f"data config: '{key}' is required for split {split!r} with format 'sthv2'")
+    ann_path = resolve_file(value, cfg.root, key)
+    samples, wheres = read_sthv2_annotations(ann_path, classes, cfg.root, cfg.video_ext)
+    samples, dropped = check_missing(samples, wheres, str(ann_path), skip_missing=cfg.skip_missing)
+    display = names if cfg.class_names is not None else classes
+    return VideoClassificationDataset(cfg, split, samples, display, str(ann_path), dropped)
+
+
+def _build_image_folder(cfg: DataConfig, split: str) -> ClassificationDataset:
+    key, value = _split_value(cfg, "", "_dir", split)
+    default = "val" if split == "test" else split
+    folder = Path(join_root(value if value is not None else default, cfg.root))
+    classes = None
+    if cfg.class_names is not None:
+        classes = read_class_names(resolve_file(cfg.class_names, cfg.root, "class_names"))
+    elif split != "train":
+        _, train_value = _split_value(cfg, "", "_dir", "train")
+        train_folder = Path(join_root(train_value if train_value is not None else "train", cfg.root))
+        if train_folder.is_dir():  # use the training classes so that indices agree across splits
+            classes = sorted(d.name for d in train_folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not folder.is_dir():
+        raise FileNotFoundError(f"data config: {key} folder {folder} does not exist (format 'image_folder')")
+    samples, classes = scan_image_folder(folder, classes)
+    return ImageClassificationDataset(cfg, split, samples, classes, str(folder))
+
+
+def build_dataset(cfg: Mapping[str, Any] | DataConfig, split: str) -> ClassificationDataset:
+    """Build the dataset for ``split`` ("train" | "val" | "test") from the ``data:`` config section.
+
+    See :mod:`uniformer.data.config` for the keys.  Raises ``ValueError`` / ``FileNotFoundError``
+    naming the offending key or file; all missing sample files are reported in one error.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    c = parse_data_config(cfg)
+    if c.format == "video_list":
+        return _build_from_lists(c, split, VideoClassificationDataset)
+    if c.format == "image_list":
+        return _build_from_lists(c, split, ImageClassificationDataset)
+    if c.format == "sthv2":
+        return _build_sthv2(c, split)
+    return _build_image_folder(c, split)
+
+
+def collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stack items into ``{"input": (B, ...), "label": (B,) long, "index": (B,) long, "failures": [paths]}``."""
+    if not batch:
+        raise ValueError("collate: empty batch")
+    shapes = {tuple(item["input"].shape) for item in batch}
+    if len(shapes) != 1:
+        raise ValueError(f"collate: inputs have different shapes {sorted(shapes)}")
+    return {
+        "input": torch.stack([item["input"] for item in batch]),
+        "label": torch.tensor([int(item["label"]) for item in batch], dtype=torch.long),
+        "index": torch.tensor([int(item["index"]) for item in batch], dtype=torch.long),
+        "failures": [path for item in batch for path in item["failures"]],
+    }
+
+
+__all__ = [
+    "ClassificationDataset",
+    "ImageClassificationDataset",
+    "VideoClassificationDataset",
+    "VideoDecodeError",
+    "build_dataset",
+    "collate",
+]

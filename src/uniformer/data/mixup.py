@@ -1,0 +1,113 @@
+"""Mixup / CutMix with label smoothing for image batches and 5-D clip batches.
+
+timm's :class:`~timm.data.Mixup` cuts its CutMix box out of the *last two* dimensions of
+``x[:, :, ...]`` (batch mode) or ``x[i][:, ...]`` (elem/pair mode).  On a clip batch
+``(B, C, T, H, W)`` that would cut along time and height instead of height and width.
+:class:`ClipMixup` therefore folds ``(C, T)`` into one channel axis, ``(B, C*T, H, W)``, calls
+timm on that view (timm mixes in place and keeps the view's memory), and unfolds the
+result: the same box / the same mixing weight applies to every frame of a clip.
+
+It also accepts odd batch sizes (timm asserts an even batch): the last sample is left
+unmixed and only gets the smoothed one-hot target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from timm.data.mixup import Mixup, mixup_target
+
+
+class ClipMixup:
+    """Callable ``(x, target) -> (mixed_x, soft_target)`` for ``x`` of shape ``(B, C, H, W)`` or ``(B, C, T, H, W)``.
+
+    ``target`` holds class indices ``(B,)``; the returned target is a float ``(B, num_classes)``
+    distribution (use a soft-target cross-entropy).  ``x`` is modified in place and returned.
+    """
+
+    def __init__(self, mixup: Mixup) -> None:
+        self.mixup = mixup
+
+    @property
+    def num_classes(self) -> int:
+        return self.mixup.num_classes
+
+    @property
+    def mixup_enabled(self) -> bool:
+        return self.mixup.mixup_enabled
+
+    @mixup_enabled.setter
+    def mixup_enabled(self, value: bool) -> None:  # e.g. switch off for the last epochs
+        self.mixup.mixup_enabled = bool(value)
+
+    def __call__(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.ndim not in (4, 5):
+            raise ValueError(f"mixup expects (B, C, H, W) or (B, C, T, H, W) input, got shape {tuple(x.shape)}")
+        if target.ndim != 1 or target.shape[0] != x.shape[0]:
+            raise ValueError(f"mixup expects class-index targets of shape ({x.shape[0]},), got {tuple(target.shape)}")
+        if x.ndim == 5 and not x.is_contiguous():
+            x = x.contiguous()  # the (C*T) fold below needs a view that shares memory with x
+        batch = x.shape[0]
+        if batch % 2 == 1:
+            if batch == 1:
+                return x, mixup_target(target, self.num_classes, 1.0, self.mixup.label_smoothing)
+            _, head_t = self(x[:-1], target[:-1])  # x[:-1] is a view: timm mixes it in place inside x
+            tail_t = mixup_target(target[-1:], self.num_classes, 1.0, self.mixup.label_smoothing)
+            return x, torch.cat([head_t, tail_t.to(head_t.dtype)])
+        if x.ndim == 5:
+            b, c, t, h, w = x.shape
+            folded = x.view(b, c * t, h, w)
+            folded, soft = self.mixup(folded, target)
+            return folded.view(b, c, t, h, w), soft
+        return self.mixup(x, target)
+
+
+def build_mixup(cfg: Mapping[str, Any], num_classes: int) -> ClipMixup | None:
+    """Mixup/CutMix from config keys, or ``None`` when both are off.
+
+    Keys: ``mixup`` (alpha, 0 = off; default 0), ``cutmix`` (alpha, 0 = off; default 0),
+    ``cutmix_minmax`` ([min, max] box ratio or null), ``label_smoothing`` (default 0.1),
+    ``mixup_prob`` (probability of mixing a batch, default 1.0), ``mixup_switch_prob``
+    (probability of CutMix instead of Mixup when both are on, default 0.5), ``mixup_mode``
+    (``batch`` | ``pair`` | ``elem``, default ``batch``).  When ``None`` is returned, label
+    smoothing is the loss function's job.
+    """
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"build_mixup: num_classes must be a positive integer, got {num_classes!r}")
+
+    def number(key: str, default: float, lo: float, hi: float | None = None) -> float:
+        value = cfg.get(key, default)
+        if value is None:
+            value = default
+        bad_type = isinstance(value, bool) or not isinstance(value, int | float)
+        if bad_type or value < lo or (hi is not None and value > hi):
+            bound = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+            raise ValueError(f"data config: key '{key}' = {value!r} is invalid: expected a number {bound}")
+        return float(value)
+
+    mixup_alpha = number("mixup", 0.0, 0.0)
+    cutmix_alpha = number("cutmix", 0.0, 0.0)
+    minmax = cfg.get("cutmix_minmax")
+    if minmax is not None:
+        if not isinstance(minmax, list | tuple) or len(minmax) != 2 or not 0 < minmax[0] < minmax[1] <= 1:
+            raise ValueError(f"data config: key 'cutmix_minmax' = {minmax!r} is invalid: expected [min, max] in (0, 1]")
+        minmax = [float(minmax[0]), float(minmax[1])]
+    if mixup_alpha <= 0 and cutmix_alpha <= 0 and minmax is None:
+        return None
+    mode = cfg.get("mixup_mode", "batch")
+    if mode not in ("batch", "pair", "elem"):
+        raise ValueError(f"data config: key 'mixup_mode' = {mode!r} is invalid: expected 'batch', 'pair' or 'elem'")
+    return ClipMixup(
+        Mixup(
+            mixup_alpha=mixup_alpha,
+            cutmix_alpha=cutmix_alpha,
+            cutmix_minmax=minmax,
+            prob=number("mixup_prob", 1.0, 0.0, 1.0),
+            switch_prob=number("mixup_switch_prob", 0.5, 0.0, 1.0),
+            mode=mode,
+            label_smoothing=number("label_smoothing", 0.1, 0.0, 1.0),
+            num_classes=num_classes,
+        )
+    )

@@ -1,0 +1,223 @@
+"""Spatial transforms for clips and images, identical across the frames of a clip.
+
+A clip arrives as ``(T, H, W, 3)`` uint8 RGB frames (an image is a clip with ``T = 1``) and
+leaves as a normalised float32 tensor ``(C, T, H, W)``, or ``(V, C, T, H, W)`` for
+multi-view testing.  Every random decision (crop box, flip, RandAugment ops and
+magnitudes, erased box) is drawn once per clip and applied to all of its frames, because
+per-frame jitter would create fake motion.
+
+Training: scale jitter (short side ``S`` uniform in ``scale_jitter``, random square crop of
+``input_size``; implemented as cropping the equivalent box and resizing only that box) or
+random-resized crop; optional horizontal flip; optional timm RandAugment; ImageNet
+normalisation; optional timm random erasing.  Random erasing erases the **same box in
+every frame** (the clip is viewed as a ``(C*T, H, W)`` image); in ``pixel`` mode the noise
+that fills the box differs per frame, the box does not.
+
+Test: resize the short side to ``short_side``, then a centre crop or three crops
+(left/centre/right for landscape frames, top/centre/bottom for portrait frames) of
+``input_size`` along the long side.
+
+The timm RandAugment and RandomErasing implementations draw from Python's ``random`` and
+NumPy's global generator.  :func:`_global_rng_seeded` makes them reproducible per clip and
+restores the previous global state afterwards, so nothing outside is disturbed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .config import DataConfig
+
+
+@contextlib.contextmanager
+def _global_rng_seeded(seed: int) -> Iterator[Callable[[], None]]:
+    """Yield a ``reseed()`` function that resets ``random`` and ``numpy.random`` to ``seed``; restore on exit."""
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+
+    def reseed() -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+
+    try:
+        reseed()
+        yield reseed
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear (antialiased) resize of a float ``(T, C, H, W)`` tensor to ``size = (h, w)``."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def short_side_size(height: int, width: int, short: int) -> tuple[int, int]:
+    """Output ``(h, w)`` with the short side equal to ``short`` and the aspect ratio kept."""
+    if height <= width:
+        return short, max(short, int(round(width * short / height)))
+    return max(short, int(round(height * short / width))), short
+
+
+def crop_positions(height: int, width: int, size: int, num_crops: int) -> list[tuple[int, int]]:
+    """Top-left corners of ``num_crops`` (1 or 3) square crops of ``size``; 3 crops run along the long side."""
+    if size > height or size > width:
+        raise ValueError(f"crop size {size} exceeds frame size {height}x{width}")
+    cy, cx = (height - size) // 2, (width - size) // 2
+    if num_crops == 1:
+        return [(cy, cx)]
+    if num_crops != 3:
+        raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
+    if width >= height:  # landscape: left, centre, right
+        return [(cy, 0), (cy, cx), (cy, width - size)]
+    return [(0, cx), (cy, cx), (height - size, cx)]  # portrait: top, centre, bottom
+
+
+def random_resized_box(
+    height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator
+) -> tuple[int, int, int, int]:
+    """``(top, left, h, w)`` of a random box with area fraction in ``scale`` and aspect ratio in ``ratio``."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    # Fallback: the largest centred box whose aspect ratio is within range.
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def scale_jitter_box(
+    height: int, width: int, size: int, jitter: tuple[int, int], rng: np.random.Generator
+) -> tuple[int, int, int, int]:
+    """Box equivalent to: resize short side to S ~ U{jitter}, then a random ``size`` x ``size`` crop."""
+    short = min(height, width)
+    target_short = int(rng.integers(jitter[0], jitter[1] + 1))
+    side = int(round(size * short / target_short))
+    side = min(max(side, 1), short)  # S < size would need a crop larger than the frame: use the whole short side
+    return int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1)), side, side
+
+
+class ClipTransform:
+    """``(T, H, W, 3)`` uint8 frames -> normalised float32 ``(C, T, H, W)`` (train/val) or ``(V, C, T, H, W)`` (test).
+
+    ``split == "train"`` applies the random augmentations (``rng`` required); ``"val"`` returns the
+    centre crop; ``"test"`` returns ``cfg.test_crops`` crops per clip (always with the leading V axis).
+    """
+
+    def __init__(self, cfg: DataConfig, split: str) -> None:
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+        self.cfg = cfg
+        self.split = split
+        self.size = cfg.input_size
+        self.mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        self.rand_augment = None
+        self.random_erasing = None
+        if split == "train" and cfg.rand_augment:
+            from timm.data.auto_augment import rand_augment_transform
+
+            hparams = {
+                "translate_const": int(self.size * 0.45),
+                "img_mean": tuple(min(255, round(255 * m)) for m in cfg.mean),
+            }
+            self.rand_augment = rand_augment_transform(cfg.rand_augment, hparams)
+        if split == "train" and cfg.random_erasing > 0:
+            from timm.data.random_erasing import RandomErasing
+
+            self.random_erasing = RandomErasing(
+                probability=cfg.random_erasing, mode=cfg.random_erasing_mode, max_count=1, device="cpu"
+            )
+
+    # ---------------------------------------------------------------- helpers
+    @staticmethod
+    def _to_tensor(frames: np.ndarray) -> torch.Tensor:
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
+        if not frames.flags.writeable or not frames.flags.c_contiguous:
+            frames = np.array(frames, copy=True, order="C")  # torch needs a writable array
+        return torch.from_numpy(frames).permute(0, 3, 1, 2)  # T, C, H, W uint8
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """float ``(T, C, H, W)`` in [0, 255] -> normalised ``(C, T, H, W)`` float32."""
+        x = (x - self.mean) / self.std
+        return x.permute(1, 0, 2, 3).contiguous()
+
+    def apply_rand_augment(self, x: torch.Tensor, seed: int) -> torch.Tensor:
+        """Apply one RandAugment draw (fixed by ``seed``) identically to every frame of uint8 ``(T, C, H, W)``."""
+        out = []
+        with _global_rng_seeded(seed) as reseed:
+            for frame in x:
+                reseed()  # same op choice, magnitudes and interpolation for every frame
+                img = Image.fromarray(frame.permute(1, 2, 0).numpy())
+                out.append(torch.from_numpy(np.asarray(self.rand_augment(img), dtype=np.uint8).copy()))
+        return torch.stack(out).permute(0, 3, 1, 2)
+
+    # ---------------------------------------------------------------- main
+    def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
+        if self.split == "train":
+            if rng is None:
+                raise ValueError("training transforms need a numpy Generator (rng)")
+            return self._train(frames, rng)
+        return self._test(frames, num_crops=self.cfg.test_crops if self.split == "test" else 1)
+
+    def _train(self, frames: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        cfg = self.cfg
+        x = self._to_tensor(frames)
+        height, width = x.shape[-2:]
+        if cfg.random_resized_crop:
+            top, left, h, w = random_resized_box(height, width, cfg.rrc_scale, cfg.rrc_ratio, rng)
+        else:
+            top, left, h, w = scale_jitter_box(height, width, self.size, cfg.scale_jitter, rng)
+        x = resize(x[:, :, top : top + h, left : left + w].float(), (self.size, self.size))
+        if cfg.hflip and rng.random() < 0.5:
+            x = x.flip(-1)
+        if self.rand_augment is not None:
+            x = self.apply_rand_augment(x.round_().clamp_(0, 255).to(torch.uint8), int(rng.integers(2**31)))
+            x = x.float()
+        x = self._normalize(x)
+        if self.random_erasing is not None:
+            c, t, h, w = x.shape
+            with _global_rng_seeded(int(rng.integers(2**31))):
+                self.random_erasing(x.view(c * t, h, w))  # one box for all frames (in place)
+        return x
+
+    def _test(self, frames: np.ndarray, num_crops: int) -> torch.Tensor:
+        x = self._to_tensor(frames)
+        h, w = short_side_size(x.shape[-2], x.shape[-1], self.cfg.short_side)
+        x = resize(x.float(), (h, w))
+        views = [
+            self._normalize(x[:, :, top : top + self.size, left : left + self.size])
+            for top, left in crop_positions(h, w, self.size, num_crops)
+        ]
+        return torch.stack(views) if self.split == "test" else views[0]
+
+    def clips(self, frames: np.ndarray, num_clips: int, rng: np.random.Generator | None = None) -> torch.Tensor:
+        """Transform ``num_clips`` clips stored back to back in ``frames``; test views are ordered clip-major."""
+        if self.split != "test":
+            if num_clips != 1:
+                raise ValueError(f"split {self.split!r} produces one clip, got num_clips={num_clips}")
+            return self(frames, rng)
+        per_clip = np.split(frames, num_clips)
+        return torch.cat([self._test(f, self.cfg.test_crops) for f in per_clip])
