@@ -63,21 +63,26 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = dict(f.metadata() or {})
-            return {k: f.get_tensor(k) for k in f.keys()}, meta
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                meta = dict(f.metadata() or {})
+                return {k: f.get_tensor(k) for k in f.keys()}, meta
+        except Exception as e:  # safetensors raises its own error type for a corrupt header
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "GLOBAL" not in str(e) and "global" not in str(e):
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         what = f"the Python object {found.group(1)}" if found else "a Python object outside the allow-list"
         raise CheckpointError(
             f"{path}: refusing to load: the file needs {what}, and loading a checkpoint never executes "
             "pickled code. Re-save its tensors (e.g. `torch.save(ckpt['model'], 'weights.pth')` in a trusted "
             "session) or convert it with `uniformer convert`.") from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
+    except Exception as e:  # truncated or foreign files fail in many ways inside the unpickler
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
     return obj, {}
 
 
@@ -141,7 +146,10 @@ def checkpoint_filter_fn(state_dict, model: torch.nn.Module, inflate: str = "ave
         out = {k: v for k, v in out.items() if not k.startswith(CLASSIFICATION_ONLY)}
     for prefix in CLASSIFIER_PREFIXES:
         w, mine = out.get(prefix + "weight"), own.get(prefix + "weight")
-        if w is not None and mine is not None and w.shape != mine.shape:
+        if w is not None and mine is None and getattr(model, "num_classes", None) == 0:
+            _logger.info("the model has no %s (num_classes=0): the checkpoint's is left out", prefix.rstrip("."))
+            out = {k: v for k, v in out.items() if not k.startswith(prefix)}
+        elif w is not None and mine is not None and w.shape != mine.shape:
             _logger.warning("dropping the checkpoint's classifier %s (%d classes; the model has %d)",
                             prefix.rstrip("."), w.shape[0], mine.shape[0])
             out = {k: v for k, v in out.items() if not k.startswith(prefix)}

@@ -22,7 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConvDownsample, ConvStem, DynamicPositionEmbedding, GlobalBlock, LocalBlock
+from .layers import (
+    ConvDownsample,
+    ConvStem,
+    DynamicPositionEmbedding,
+    GlobalBlock,
+    LocalBlock,
+    from_channels_last_view,
+    to_channels_last_view,
+)
 from .uniformer import UniFormer
 from .uniformer_light import EvolvingGlobalBlock, UniFormerLight
 
@@ -62,7 +70,7 @@ class InferenceMlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.on_maps:
-            return self._tokens(x.movedim(1, -1)).movedim(-1, 1)
+            return from_channels_last_view(self._tokens(to_channels_last_view(x)))
         return self._tokens(x)
 
 

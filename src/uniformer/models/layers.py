@@ -17,6 +17,7 @@ __all__ = [
     "DynamicPositionEmbedding", "ConvMlp", "LocalBlock", "GlobalMHRA", "GlobalBlock",
     "PatchEmbed", "ConvStem", "ConvDownsample", "conv_nd", "batch_norm_nd", "channels_last_norm", "pointwise",
     "is_channels_last", "to_memory_format",
+    "to_channels_last_view", "from_channels_last_view",
 ]
 
 
@@ -28,9 +29,19 @@ def batch_norm_nd(ndim: int) -> type[nn.Module]:
     return {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[ndim]
 
 
+def to_channels_last_view(x: torch.Tensor) -> torch.Tensor:
+    """B×C×(T×)H×W → B×(T×)H×W×C (explicit axes: ONNX exporters reject negative permutations)."""
+    return x.permute(0, *range(2, x.ndim), 1)
+
+
+def from_channels_last_view(x: torch.Tensor) -> torch.Tensor:
+    """B×(T×)H×W×C → B×C×(T×)H×W."""
+    return x.permute(0, x.ndim - 1, *range(1, x.ndim - 1))
+
+
 def channels_last_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Apply a LayerNorm over the channel axis of a B×C×(T×)H×W map."""
-    return norm(x.movedim(1, -1)).movedim(-1, 1)
+    return from_channels_last_view(norm(to_channels_last_view(x)))
 
 
 def is_channels_last(x: torch.Tensor) -> bool:
@@ -48,7 +59,7 @@ def pointwise(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A 1×1(×1) convolution; on a channels-last map it runs as one matrix product over channels,
     which oneDNN executes several times faster on CPUs than the convolution kernel."""
     if is_channels_last(x):
-        return F.linear(x.movedim(1, -1), conv.weight.flatten(1), conv.bias).movedim(-1, 1)
+        return from_channels_last_view(F.linear(to_channels_last_view(x), conv.weight.flatten(1), conv.bias))
     return conv(x)
 
 

@@ -120,7 +120,8 @@ class UniFormer(nn.Module):
             setattr(self, f"patch_embed{i + 1}", embed)
         self.pos_drop = nn.Dropout(drop_rate)
 
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()  # stochastic depth grows linearly
+        n = sum(depths)
+        dpr = [drop_path_rate * i / max(n - 1, 1) for i in range(n)]  # stochastic depth grows linearly
         starts = [sum(depths[:i]) for i in range(4)]
         for s in (0, 1):
             self.add_module(f"blocks{s + 1}", nn.ModuleList(

@@ -177,7 +177,8 @@ class UniFormerLight(nn.Module):
         self.cls_upsample = nn.Linear(embed_dims[2], embed_dims[3])
         self.pos_drop = nn.Dropout(drop_rate)
 
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        n = sum(depths)
+        dpr = [drop_path_rate * i / max(n - 1, 1) for i in range(n)]
         starts = [sum(depths[:i]) for i in range(4)]
         for s in (0, 1):
             self.add_module(f"blocks{s + 1}", nn.ModuleList(
