@@ -252,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="variant name (default: recognised from the checkpoint)")
     _add_model_options(p)
     p.set_defaults(func=cmd_convert)
+
+    from uniformer.commands import add_commands  # train, eval, predict, demo
+
+    add_commands(sub)
     return parser
 
 

@@ -1,0 +1,67 @@
+"""Classification metrics from class probabilities: top-k, mean per-class accuracy, confusion matrix.
+
+Multi-view testing (several clips and/or crops per video) averages the softmax of each view's
+logits before any metric, as the original UniFormer / SlowFast evaluation does; `average_views`
+is that step. Everything here works on whole-split tensors already gathered from every process.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["average_views", "topk_accuracy", "confusion_matrix", "classification_metrics"]
+
+
+def average_views(logits: torch.Tensor) -> torch.Tensor:
+    """B×V×K logits (V views of each sample) -> B×K probabilities (mean of the per-view softmax)."""
+    if logits.ndim != 3:
+        raise ValueError(f"expected B×V×K logits, got shape {tuple(logits.shape)}")
+    return logits.float().softmax(-1).mean(1)
+
+
+def topk_accuracy(probs: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, float]:
+    """Fraction of samples whose label is among the k most probable classes (k capped at the class count)."""
+    n, num_classes = probs.shape
+    if n == 0:
+        return {k: float("nan") for k in ks}
+    kmax = min(max(ks), num_classes)
+    top = probs.topk(kmax, dim=1).indices
+    hit = top.eq(labels.view(-1, 1))
+    return {k: hit[:, :min(k, num_classes)].any(1).double().mean().item() for k in ks}
+
+
+def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """K×K counts; row = true class, column = predicted class."""
+    idx = labels.long() * num_classes + preds.long()
+    return torch.bincount(idx, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def classification_metrics(probs: torch.Tensor, labels: torch.Tensor,
+                           class_names: Sequence[str] | None = None) -> dict:
+    """top1, top5, mean_class_acc, loss (mean negative log-probability of the label), per-class accuracy.
+
+    Classes absent from `labels` get accuracy None and are left out of the mean.
+    Returns plain Python values plus `confusion` (a K×K tensor).
+    """
+    probs = probs.float()
+    labels = labels.long()
+    n, num_classes = probs.shape
+    acc = topk_accuracy(probs, labels, (1, 5))
+    preds = probs.argmax(1) if n else labels
+    cm = confusion_matrix(preds, labels, num_classes)
+    support = cm.sum(1)
+    per_class = [cm[i, i].item() / support[i].item() if support[i] > 0 else None for i in range(num_classes)]
+    present = [a for a in per_class if a is not None]
+    nll = -probs.gather(1, labels.view(-1, 1)).clamp_min(1e-12).log().mean().item() if n else float("nan")
+    names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+    return {
+        "top1": acc[1],
+        "top5": acc[5],
+        "mean_class_acc": sum(present) / len(present) if present else float("nan"),
+        "loss": nll,
+        "num_samples": n,
+        "per_class_acc": {names[i]: per_class[i] for i in range(num_classes)},
+        "confusion": cm,
+    }
+

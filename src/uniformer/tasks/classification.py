@@ -1,0 +1,172 @@
+"""Image / video classification as a task: which model a recipe builds, its loss, and its class scores.
+
+The engine is generic about loops, checkpoints and processes; this module holds what is specific
+to classifying clips: building the network from `model:` (a UniFormer variant via
+`uniformer.create_model`, or any `package.module:factory`), the loss (soft-target cross-entropy
+after Mixup/CutMix, label-smoothed cross-entropy otherwise, averaged over the outputs of models
+that return several logit sets in training), and scores for evaluation, including several views
+of the same sample.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["build_model", "load_weights", "checkpoint_num_classes", "classification_loss", "merge_outputs",
+           "model_input_ndim", "view_logits", "read_class_names", "model_spec"]
+
+_logger = logging.getLogger("uniformer.tasks.classification")
+
+
+def model_spec(model_cfg: Mapping) -> dict:
+    """The architecture part of `model:` (what is needed to rebuild the same network for inference)."""
+    return {"name": model_cfg["name"], "kwargs": dict(model_cfg.get("kwargs") or {})}
+
+
+def build_model(model_cfg: Mapping, num_classes: int, *, for_training: bool = True) -> nn.Module:
+    """Build the network a recipe's `model:` section describes, with `num_classes` outputs.
+
+    `pretrained` / `checkpoint` initialise it (ImageNet weights are inflated into video models and a
+    classifier of another size is dropped by `uniformer.create_model`); `drop_path_rate` and
+    `grad_checkpointing` apply only when `for_training`.
+    """
+    name = model_cfg["name"]
+    kwargs = dict(model_cfg.get("kwargs") or {})
+    kwargs["num_classes"] = num_classes
+    if for_training and model_cfg.get("drop_path_rate"):
+        kwargs["drop_path_rate"] = float(model_cfg["drop_path_rate"])
+    checkpoint = model_cfg.get("checkpoint") if for_training else None
+    pretrained = bool(model_cfg.get("pretrained")) if for_training else False
+    if ":" in name:
+        from uniformer.engine.loaders import resolve_callable
+
+        factory = resolve_callable(name, "model.name")
+        model = factory(**kwargs)
+        if checkpoint:
+            load_weights(model, checkpoint)
+    else:
+        import uniformer
+
+        if checkpoint and not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"model.checkpoint: {checkpoint} does not exist")
+        model = uniformer.create_model(name, pretrained=pretrained, checkpoint_path=checkpoint,
+                                       inflate=model_cfg.get("inflate", "average"), **kwargs)
+    if for_training and model_cfg.get("grad_checkpointing"):
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise ValueError(f"model.grad_checkpointing: {name} has no set_grad_checkpointing()")
+        model.set_grad_checkpointing(True)
+    return model
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, use_ema: bool = False) -> dict:
+    """Load a training checkpoint of this engine (model or EMA weights), or any checkpoint
+    `uniformer.load_checkpoint` understands. Returns the training checkpoint's metadata ({} otherwise)."""
+    from uniformer.engine.checkpoint import is_training_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        obj = None
+    if is_training_checkpoint(obj):
+        state = obj["model"]
+        if use_ema:
+            if not obj.get("ema"):
+                raise ValueError(f"{path}: asked for EMA weights, but the run kept no EMA (ema.enabled was false)")
+            state = obj["ema"]["module"]
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{path} does not fit the model: missing {sorted(missing)[:5]}, "
+                             f"unexpected {sorted(unexpected)[:5]} (was it trained with other model.kwargs?)")
+        return {k: v for k, v in obj.items() if k not in ("model", "ema", "optimizer", "scaler", "rng")}
+    import uniformer
+
+    head = getattr(model, "head", None)
+    wanted = getattr(head, "out_features", None)
+    found = checkpoint_num_classes(path)
+    if wanted is not None and found is not None and found != wanted:
+        raise ValueError(f"{path} classifies {found} classes, but the model/dataset has {wanted}: a checkpoint "
+                         "for evaluation or prediction must carry its own trained classifier")
+    uniformer.load_checkpoint(model, path)
+    return {}
+
+
+def checkpoint_num_classes(path: str | os.PathLike) -> int | None:
+    """Classifier size (`head.weight` rows) of an original checkpoint, None when it has no classifier."""
+    from uniformer.models.checkpoint import read_checkpoint, unwrap_state_dict
+
+    obj, _ = read_checkpoint(path)
+    sd, _ = unwrap_state_dict(obj)
+    head = sd.get("head.weight")
+    return int(head.shape[0]) if head is not None else None
+
+
+def merge_outputs(outputs) -> torch.Tensor:
+    """One logit tensor from a model's output: a tuple/list of logit sets (light models in training) is averaged."""
+    if isinstance(outputs, list | tuple):
+        return torch.stack([o.float() for o in outputs]).mean(0)
+    return outputs
+
+
+def classification_loss(outputs, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy against hard labels (B,) or soft targets (B×K, e.g. from Mixup), averaged over
+    the elements of a tuple output."""
+    outs = outputs if isinstance(outputs, list | tuple) else (outputs,)
+    losses = []
+    for logits in outs:
+        logits = logits.float()
+        if target.ndim == 2:
+            losses.append(torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean())
+        else:
+            losses.append(F.cross_entropy(logits, target, label_smoothing=label_smoothing))
+    return sum(losses) / len(losses)
+
+
+def model_input_ndim(model: nn.Module) -> int | None:
+    """5 for video models (B×C×T×H×W), 4 for image models, None when the model does not say."""
+    inner = getattr(model, "module", model)
+    video = getattr(inner, "video", None)
+    if video is None:
+        return None
+    return 5 if video else 4
+
+
+def view_logits(model: nn.Module, x: torch.Tensor, expected_ndim: int | None, max_batch: int | None = None
+                ) -> torch.Tensor:
+    """B×V×K logits for a batch that may hold V views per sample (one more leading axis than the model takes).
+
+    Without a known `expected_ndim`, 6-D input is taken as multi-view video and anything else as one view.
+    """
+    multi = x.ndim == expected_ndim + 1 if expected_ndim is not None else x.ndim == 6
+    if not multi:
+        return merge_outputs(model(x)).float().unsqueeze(1)
+    b, v = x.shape[:2]
+    flat = x.reshape(b * v, *x.shape[2:])
+    step = max_batch or flat.shape[0]
+    logits = torch.cat([merge_outputs(model(flat[i:i + step])).float() for i in range(0, flat.shape[0], step)])
+    return logits.view(b, v, -1)
+
+
+def read_class_names(path: str | os.PathLike, expected: int | None = None) -> list[str]:
+    """One class name per line (blank lines ignored); `expected` checks the count."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"labels file {path} does not exist")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if expected is not None and len(names) != expected:
+        raise ValueError(f"labels file {path} names {len(names)} classes, but the model has {expected} outputs")
+    return names
+
+
+def default_class_names(num_classes: int, known: Sequence[str] | None = None) -> list[str]:
+    if known and len(known) == num_classes:
+        return list(known)
+    return [f"class_{i}" for i in range(num_classes)]

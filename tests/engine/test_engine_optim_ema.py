@@ -1,0 +1,76 @@
+"""AdamW parameter groups, the warm-up + cosine schedule, the EMA update, and the AMP guard."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from uniformer.engine.ema import ModelEma
+from uniformer.engine.evaluation import resolve_amp
+from uniformer.engine.optim import WarmupCosineSchedule, build_optimizer, param_groups, scaled_lr
+
+
+def test_no_weight_decay_on_1d_parameters_and_biases():
+    import uniformer
+
+    model = uniformer.create_model("uniformer_video_small", num_classes=5, depths=(1, 1, 1, 1),
+                                   embed_dims=(16, 32, 64, 128), head_dim=16)
+    groups = {g["name"]: g for g in param_groups(model, 0.05)}
+    assert groups["decay"]["weight_decay"] == 0.05 and groups["no_decay"]["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in groups["decay"]["params"])
+    assert all(p.ndim <= 1 for p in groups["no_decay"]["params"])
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert "head.weight" in {names[id(p)] for p in groups["decay"]["params"]}
+    assert {"head.bias", "norm.weight"} <= {names[id(p)] for p in groups["no_decay"]["params"]}
+    assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))
+    opt = build_optimizer(model, 1e-3, 0.05)
+    assert isinstance(opt, torch.optim.AdamW) and [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
+
+
+def test_linear_lr_scaling():
+    assert scaled_lr(1e-4, 128, 64) == pytest.approx(2e-4)
+    assert scaled_lr(1e-3, 7, None) == 1e-3
+
+
+def test_warmup_then_cosine_per_step():
+    opt = torch.optim.AdamW([nn.Parameter(torch.zeros(2, 2))], lr=1.0)
+    s = WarmupCosineSchedule(opt, peak_lr=1e-2, total_steps=110, warmup_steps=10, warmup_lr=1e-4, min_lr=1e-5)
+    lrs = [s.step() for _ in range(110)]
+    assert lrs[0] == pytest.approx(1e-4)
+    assert lrs[5] == pytest.approx(1e-4 + (1e-2 - 1e-4) * 0.5)
+    assert lrs[10] == pytest.approx(1e-2)
+    assert lrs[60] == pytest.approx(1e-5 + 0.5 * (1e-2 - 1e-5) * (1 + math.cos(math.pi * 0.5)))
+    assert lrs[-1] == pytest.approx(1e-5 + 0.5 * (1e-2 - 1e-5) * (1 + math.cos(math.pi * 99 / 100)))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert opt.param_groups[0]["lr"] == lrs[-1]
+    again = WarmupCosineSchedule(opt, 1e-2, 110, 10, 1e-4, 1e-5)
+    again.load_state_dict({"last_step": 60})
+    assert again.step() == pytest.approx(lrs[60])
+
+
+def test_ema_is_the_moving_average_and_copies_integer_buffers():
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    ema = ModelEma(model, decay=0.9)
+    w0 = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    model[1].num_batches_tracked += 7
+    ema.update(model)
+    assert torch.allclose(ema.module[0].weight, 0.9 * w0 + 0.1 * (w0 + 1.0))
+    assert int(ema.module[1].num_batches_tracked) == 7
+    assert not any(p.requires_grad for p in ema.module.parameters())
+    restored = ModelEma(model, decay=0.9)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.updates == 1 and torch.equal(restored.module[0].weight, ema.module[0].weight)
+    warm = ModelEma(model, decay=0.999, warmup=True)
+    assert warm.current_decay() == pytest.approx(0.1)
+
+
+def test_amp_resolution():
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu) == "none"
+    assert resolve_amp("bf16", cpu) == "bf16"
+    with pytest.raises(ValueError, match="fp16.*needs a GPU"):
+        resolve_amp("fp16", cpu)

@@ -1,0 +1,126 @@
+"""Training runs in this process: accumulation equivalence, end-to-end train + eval on real videos through the
+command handlers, failure accounting, mixed precision with EMA and clipping, resume rules."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from engine_helpers import tiny_recipe, tiny_uniformer, write_moving_videos, write_recipe
+
+from uniformer.commands import main as cli
+from uniformer.engine import ConfigError, load_config, load_training_checkpoint, train
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _train(tmp_path, name, **sections):
+    cfg = load_config(None, None, base=tiny_recipe(**sections))
+    summary = train(cfg, tmp_path / name, show_progress=False)
+    return summary, load_training_checkpoint(summary["checkpoint"])
+
+
+def test_gradient_accumulation_matches_the_large_batch(tmp_path):
+    _, big = _train(tmp_path, "big", data={"batch_size": 4}, train={"epochs": 1, "accum_steps": 1})
+    _, acc = _train(tmp_path, "acc", data={"batch_size": 2}, train={"epochs": 1, "accum_steps": 2})
+    assert big["global_step"] == acc["global_step"] == 3
+    for key, value in big["model"].items():
+        assert torch.allclose(value, acc["model"][key], atol=1e-6), key
+    assert big["history"][0]["train_loss"] == pytest.approx(acc["history"][0]["train_loss"], abs=1e-6)
+    assert big["history"][0]["val_top1"] == acc["history"][0]["val_top1"]
+
+
+def test_bf16_autocast_with_ema_and_clipping(tmp_path):
+    summary, ckpt = _train(tmp_path, "amp", train={"epochs": 2, "amp": "bf16", "clip_grad": 0.5, "accum_steps": 2},
+                           data={"batch_size": 2}, ema={"enabled": True, "decay": 0.5})
+    rows = _rows(tmp_path / "amp" / "metrics.csv")
+    assert len(rows) == 2 and all(float(r["train_loss"]) > 0 for r in rows)
+    assert {"val_ema_top1", "val_ema_loss"} <= set(rows[0])
+    assert ckpt["ema"]["updates"] == 6 and ckpt["scaler"] is not None
+    # the EMA really is an average: it differs from the final weights but tracks them
+    w, e = ckpt["model"]["conv.weight"], ckpt["ema"]["module"]["conv.weight"]
+    assert not torch.equal(w, e) and (w - e).abs().max() < w.abs().max()
+
+
+def test_existing_run_needs_resume_and_a_finished_run_resumes_to_itself(tmp_path):
+    first, _ = _train(tmp_path, "run", train={"epochs": 1})
+    cfg = load_config(None, None, base=tiny_recipe(train={"epochs": 1}))
+    with pytest.raises(ConfigError, match="--resume auto"):
+        train(cfg, tmp_path / "run", show_progress=False)
+    again = train(cfg, tmp_path / "run", resume="auto", show_progress=False)
+    assert again["val_top1"] == first["val_top1"] and again["epochs"] == 1
+    other = load_config(None, None, base=tiny_recipe(train={"epochs": 1}, model={"kwargs": {"width": 4}}))
+    with pytest.raises(ConfigError, match="trained as"):
+        train(other, tmp_path / "run", resume="auto", show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def video_run(tmp_path_factory):
+    """`uniformer train` on eight real MP4s (one of them corrupt) with a tiny video UniFormer."""
+    root = tmp_path_factory.mktemp("e2e")
+    data = write_moving_videos(root / "videos", n_train=7, n_val=4, corrupt=1)
+    recipe = {"seed": 0, "model": {**tiny_uniformer(), "drop_path_rate": 0.1},
+              "data": {**data, "label_smoothing": 0.1}, "train": {"epochs": 2, "threads": 1},
+              "optim": {"lr": 1e-3, "lr_base_batch": 8}, "sched": {"warmup_epochs": 1},
+              "checkpoint": {"keep_last": 1}}
+    config = write_recipe(root / "tiny.yaml", recipe)
+    out = root / "run"
+    code = cli(["train", str(config), "--out", str(out), "--no-progress", "--set", "train.eval_every=1"])
+    return code, config, out
+
+
+def test_train_writes_every_output(video_run):
+    code, _, out = video_run
+    assert code == 0
+    rows = _rows(out / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert {"lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "val_mean_class_acc",
+            "clips_per_second", "failures"} <= set(rows[0])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["val_top1"] <= metrics["val_top5"] <= 1.0
+    assert metrics["classes"] == ["moves_right", "moves_left"]
+    for png in ("curves.png", "confusion_matrix.png"):
+        assert (out / png).read_bytes()[:8] == PNG
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").iterdir())
+    assert sorted(p.name for p in out.glob("*.pt")) == ["best.pt", "checkpoint_epoch0002.pt"]
+    ckpt = torch.load(out / "checkpoint_epoch0002.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["global_step"] == 4 and ckpt["scheduler"]["last_step"] == 4
+    assert {"optimizer", "scaler", "rng", "history", "config"} <= set(ckpt)
+    # lr_base_batch 8 with a batch of 4: the peak rate is halved
+    assert ckpt["scheduler"]["peak_lr"] == pytest.approx(5e-4)
+    assert not list(out.glob(".*tmp*"))
+
+
+def test_corrupt_videos_are_counted_and_named(video_run):
+    _, _, out = video_run
+    rows = _rows(out / "metrics.csv")
+    assert [int(r["failures"]) for r in rows] == [1, 1]
+    log = (out / "train.log").read_text()
+    assert "replaced unreadable sample(s)" in log and "corrupt_0.mp4" in log
+    assert "1 unreadable sample(s) replaced:" in log
+
+
+def test_eval_multi_view_json(video_run, tmp_path):
+    _, config, out = video_run
+    result_path = tmp_path / "eval.json"
+    code = cli(["eval", str(config), "--checkpoint", str(out / "best.pt"), "--split", "test", "--no-progress",
+                "--set", "data.test_clips=2", "--set", "data.test_crops=3", "--output", str(result_path)])
+    assert code == 0
+    result = json.loads(result_path.read_text())
+    assert result["split"] == "test" and result["num_samples"] == 4 and result["num_views"] == 6
+    assert len(result["per_view_top1"]) == 6
+    assert {"top1", "top5", "mean_class_acc", "per_class_acc", "loss"} <= set(result)
+    assert result["top5"] == 1.0  # two classes
+    assert (tmp_path / "eval_confusion.png").read_bytes()[:8] == PNG
+
+
+def test_a_diverging_run_stops_with_a_clear_error(tmp_path):
+    cfg = load_config(None, None, base=tiny_recipe(optim={"lr": 1e30}, train={"epochs": 3}))
+    with pytest.raises(FloatingPointError, match="not finite .* lower optim.lr"):
+        train(cfg, tmp_path / "nan", show_progress=False)
