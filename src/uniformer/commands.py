@@ -380,15 +380,10 @@ def add_commands(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the sub-commands of this module alone (`python -m uniformer.commands ...`)."""
-    parser = argparse.ArgumentParser(prog="uniformer", description=__doc__.split("\n")[0])
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    """`python -m uniformer.commands ...` (e.g. under torchrun) runs the whole `uniformer` command line."""
+    from .cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":
