@@ -87,9 +87,8 @@ def load_predictor(checkpoint: str | os.PathLike, model_name: str | None = None,
     `model_options` (depths, embed_dims, ...) describe the architecture of an original checkpoint;
     training checkpoints record theirs. `data_overrides` adjust the test transform (num_frames, ...).
     """
-    import torch
 
-    from uniformer.engine.checkpoint import is_training_checkpoint
+    from uniformer.engine.checkpoint import read_training_checkpoint
     from uniformer.engine.distributed import resolve_device
     from uniformer.tasks.classification import (
         build_model,
@@ -100,13 +99,8 @@ def load_predictor(checkpoint: str | os.PathLike, model_name: str | None = None,
     )
 
     path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"--checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        obj = None
-    if is_training_checkpoint(obj):
+    obj = read_training_checkpoint(path)
+    if obj is not None:
         spec = obj["model_spec"]
         if model_name and model_name != spec["name"]:
             raise ValueError(f"--model {model_name}: {path} was trained as {spec['name']}")

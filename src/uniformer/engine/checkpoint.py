@@ -111,6 +111,19 @@ def is_training_checkpoint(obj: Any) -> bool:
     return isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT
 
 
+def read_training_checkpoint(path: str | os.PathLike) -> dict | None:
+    """This engine's checkpoint at `path`, or None when the file holds another layout (an original
+    UniFormer checkpoint, for `uniformer.load_checkpoint`). Weights only: no pickled code runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # truncated, a foreign pickle, safetensors, ...: not ours
+        return None
+    return obj if is_training_checkpoint(obj) else None
+
+
 def load_training_checkpoint(path: str | os.PathLike) -> dict:
     """Load one of this engine's checkpoints (weights only; no pickled code runs)."""
     path = Path(path)

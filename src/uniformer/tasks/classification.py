@@ -67,16 +67,11 @@ def build_model(model_cfg: Mapping, num_classes: int, *, for_training: bool = Tr
 def load_weights(model: nn.Module, path: str | os.PathLike, use_ema: bool = False) -> dict:
     """Load a training checkpoint of this engine (model or EMA weights), or any checkpoint
     `uniformer.load_checkpoint` understands. Returns the training checkpoint's metadata ({} otherwise)."""
-    from uniformer.engine.checkpoint import is_training_checkpoint
+    from uniformer.engine.checkpoint import read_training_checkpoint
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        obj = None
-    if is_training_checkpoint(obj):
+    obj = read_training_checkpoint(path)
+    if obj is not None:
         state = obj["model"]
         if use_ema:
             if not obj.get("ema"):
