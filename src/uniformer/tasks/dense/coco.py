@@ -1,0 +1,227 @@
+"""Reading COCO-style JSON (instances and person keypoints) with every bad entry reported and left out.
+
+What is checked, each reported with the image or annotation id and then skipped:
+images whose file is missing, duplicate image ids, annotations that reference an image not in the
+file (or whose file is missing), unknown categories, boxes that are malformed, empty or degenerate
+(width or height <= 1 pixel after clipping to the image), polygons with fewer than three points or
+lying entirely outside the image, RLE masks of another size than their image, keypoint lists of
+the wrong length. Crowd annotations are kept apart (`crowd`), as training ignores them.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .io import report_bad
+
+__all__ = ["CocoIndex", "load_coco", "polygons_to_mask", "annotation_mask", "coco_ground_truth"]
+
+
+@dataclass
+class CocoIndex:
+    """The usable content of a COCO JSON file."""
+
+    path: Path
+    images: dict[int, dict]  # id -> {"id", "file", "width", "height", "file_name"}
+    annotations: dict[int, list[dict]]  # image id -> usable non-crowd annotations (with "box": x1, y1, x2, y2)
+    crowd: dict[int, list[dict]]
+    categories: list[dict]
+    rejected: list[str] = field(default_factory=list)
+
+    @property
+    def cat_ids(self) -> list[int]:
+        return [c["id"] for c in self.categories]
+
+
+def _box(ann: Mapping, width: float, height: float) -> tuple[float, float, float, float] | str:
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, list | tuple) or len(bbox) != 4:
+        return f"bbox {bbox!r} is not [x, y, w, h]"
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        return f"bbox {bbox!r} is not numeric"
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        return f"bbox {bbox!r} is not finite"
+    if w <= 0 or h <= 0:
+        return f"bbox {bbox!r} is empty"
+    x1, y1 = max(0.0, x), max(0.0, y)
+    x2, y2 = min(width, x + w), min(height, y + h)
+    if x2 - x1 < 1 or y2 - y1 < 1:
+        return f"bbox {bbox!r} is degenerate inside the {int(width)}x{int(height)} image"
+    return x1, y1, x2, y2
+
+
+def _check_segmentation(seg, width: int, height: int) -> str | None:
+    if isinstance(seg, list):
+        polys = [p for p in seg if isinstance(p, list)]
+        if not polys or len(polys) != len(seg):
+            return "segmentation is not a list of polygons"
+        inside = False
+        for p in polys:
+            if len(p) < 6 or len(p) % 2:
+                return f"a polygon has {len(p) // 2} points (at least 3 needed)"
+            xs, ys = np.asarray(p[0::2], float), np.asarray(p[1::2], float)
+            if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
+                return "a polygon has non-finite coordinates"
+            if xs.max() > 0 and ys.max() > 0 and xs.min() < width and ys.min() < height:
+                inside = True
+        if not inside:
+            return f"its polygons lie entirely outside the {width}x{height} image"
+        return None
+    if isinstance(seg, Mapping):
+        size = seg.get("size")
+        if list(size or []) != [height, width]:
+            return f"RLE mask of size {size} on a {width}x{height} image"
+        return None
+    return f"segmentation of type {type(seg).__name__}"
+
+
+def load_coco(ann_file: str | os.PathLike, image_dir: str | os.PathLike, *, logger: logging.Logger,
+              need_masks: bool = False, need_keypoints: int | None = None, category_ids: list[int] | None = None,
+              check_files: bool = True) -> CocoIndex:
+    """Index a COCO JSON file, reporting (via `logger`) and leaving out every unusable entry.
+
+    `need_masks`: annotations must carry a valid polygon or RLE segmentation.
+    `need_keypoints`: annotations must carry 3 × that many keypoint values.
+    `category_ids`: keep only these categories (default: all listed in the file).
+    """
+    ann_file, image_dir = Path(ann_file), Path(image_dir)
+    if not ann_file.is_file():
+        raise FileNotFoundError(f"annotation file {ann_file} does not exist")
+    try:
+        data = json.loads(ann_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{ann_file}: not valid JSON ({e})") from None
+    if not isinstance(data, Mapping) or not isinstance(data.get("images"), list):
+        raise ValueError(f"{ann_file}: not a COCO file (no 'images' list)")
+    rejected: list[str] = []
+
+    def reject(msg: str) -> None:
+        rejected.append(msg)
+        report_bad(logger, f"{ann_file.name}: {msg}")
+
+    categories = [c for c in data.get("categories") or [] if isinstance(c, Mapping) and "id" in c]
+    if category_ids is not None:
+        categories = [c for c in categories if c["id"] in category_ids]
+    known_cats = {c["id"] for c in categories}
+    images: dict[int, dict] = {}
+    for im in data["images"]:
+        if not isinstance(im, Mapping) or "id" not in im or "file_name" not in im:
+            reject(f"image entry {im!r:.80} has no id or file_name")
+            continue
+        iid = im["id"]
+        if iid in images:
+            reject(f"image id {iid} appears twice ({images[iid]['file_name']}, {im['file_name']})")
+            continue
+        path = image_dir / im["file_name"]
+        if check_files and not path.is_file():
+            reject(f"image {iid} ({path}): file not found")
+            continue
+        try:
+            w, h = int(im["width"]), int(im["height"])
+        except (KeyError, TypeError, ValueError):
+            reject(f"image {iid} ({path}): no valid width/height")
+            continue
+        images[iid] = {"id": iid, "file": path, "file_name": im["file_name"], "width": w, "height": h}
+    all_ids = {im.get("id") for im in data["images"] if isinstance(im, Mapping)}
+    annotations: dict[int, list[dict]] = {i: [] for i in images}
+    crowd: dict[int, list[dict]] = {i: [] for i in images}
+    for ann in data.get("annotations") or []:
+        aid = ann.get("id") if isinstance(ann, Mapping) else None
+        if not isinstance(ann, Mapping):
+            reject(f"annotation entry {ann!r:.80} is not a mapping")
+            continue
+        iid = ann.get("image_id")
+        if iid not in images:
+            why = "not in the file" if iid not in all_ids else "left out (see above)"
+            reject(f"annotation {aid} references image {iid}, which is {why}")
+            continue
+        if ann.get("category_id") not in known_cats:
+            if category_ids is None:
+                reject(f"annotation {aid} (image {iid}): unknown category {ann.get('category_id')}")
+            continue
+        im = images[iid]
+        box = _box(ann, im["width"], im["height"])
+        if isinstance(box, str):
+            reject(f"annotation {aid} (image {iid}): {box}")
+            continue
+        if need_masks:
+            problem = _check_segmentation(ann.get("segmentation"), im["width"], im["height"])
+            if problem:
+                reject(f"annotation {aid} (image {iid}): {problem}")
+                continue
+        if need_keypoints is not None:
+            kp = ann.get("keypoints")
+            if not isinstance(kp, list) or len(kp) != 3 * need_keypoints:
+                reject(f"annotation {aid} (image {iid}): expected {3 * need_keypoints} keypoint values, "
+                       f"got {len(kp) if isinstance(kp, list) else kp!r}")
+                continue
+        entry = dict(ann)
+        entry["box"] = box
+        (crowd if ann.get("iscrowd") else annotations)[iid].append(entry)
+    return CocoIndex(ann_file, images, annotations, crowd, categories, rejected)
+
+
+def polygons_to_mask(polygons: list[list[float]], height: int, width: int) -> np.ndarray:
+    """Rasterise COCO polygons (pixel coordinates) into an H×W uint8 mask with pycocotools."""
+    from pycocotools import mask as mask_utils
+
+    rles = mask_utils.frPyObjects(polygons, height, width)
+    with warnings.catch_warnings():  # pycocotools' decode trips NumPy 2's __array__(copy=) deprecation
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode(mask_utils.merge(rles)).astype(np.uint8)
+
+
+def annotation_mask(ann: Mapping, height: int, width: int) -> np.ndarray:
+    """The mask of a polygon or RLE annotation."""
+    from pycocotools import mask as mask_utils
+
+    seg = ann["segmentation"]
+    if isinstance(seg, list):
+        return polygons_to_mask(seg, height, width)
+    if isinstance(seg["counts"], list):
+        seg = mask_utils.frPyObjects(seg, height, width)
+    with warnings.catch_warnings():  # pycocotools' decode trips NumPy 2's __array__(copy=) deprecation
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode(seg).astype(np.uint8)
+
+
+def coco_ground_truth(index: CocoIndex, keypoints: bool = False):
+    """A pycocotools COCO object holding only the usable images and annotations of `index` (crowd ones
+    included, as COCOeval ignores them), so that evaluation scores exactly what was checked."""
+    from pycocotools.coco import COCO
+
+    images = [{"id": im["id"], "file_name": im["file_name"], "width": im["width"], "height": im["height"]}
+              for im in index.images.values()]
+    anns = []
+    next_id = 1 + max([a.get("id") or 0 for lst in index.annotations.values() for a in lst] +
+                      [a.get("id") or 0 for lst in index.crowd.values() for a in lst] + [0])
+    for source in (index.annotations, index.crowd):
+        for lst in source.values():
+            for a in lst:
+                entry = {k: v for k, v in a.items() if k != "box"}
+                if entry.get("id") is None:
+                    entry["id"] = next_id
+                    next_id += 1
+                x1, y1, x2, y2 = a["box"]
+                entry.setdefault("area", (x2 - x1) * (y2 - y1))
+                entry.setdefault("iscrowd", 0)
+                if keypoints and "num_keypoints" not in entry:
+                    entry["num_keypoints"] = int(sum(v > 0 for v in entry["keypoints"][2::3]))
+                anns.append(entry)
+    gt = COCO()
+    gt.dataset = {"images": images, "annotations": anns, "categories": [dict(c) for c in index.categories]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    return gt

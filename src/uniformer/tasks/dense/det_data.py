@@ -1,0 +1,119 @@
+"""COCO instance data for Mask R-CNN: images as [0, 1] tensors with boxes, labels and masks.
+
+Resizing happens inside the torchvision model (short side from `data.train_scales`, long side at
+most `data.max_size`), so the dataset only flips and, for the 3×+MS recipe, applies the DETR-style
+crop policy of the original config: with probability 0.5 the image is first resized to a short
+side of 400/500/600 and a random 384..600 crop is cut (expressed here as an equivalent crop in the
+original image), before the model's multi-scale resize. Crowd annotations and training images
+without any usable annotation are left out (as mmdet's `filter_empty_gt`); every unusable entry is
+reported by `uniformer.tasks.dense.coco.load_coco`.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .coco import annotation_mask, load_coco
+from .config import resolve_path
+from .io import BadSample, read_image, report_bad
+
+__all__ = ["DetDataset", "det_collate"]
+
+_logger = logging.getLogger("uniformer.tasks.detection")
+
+
+class DetDataset(Dataset):
+    """One split of a COCO instances file. A sample is `(image 3×H×W float in [0, 1], target)` with target
+    `{"boxes" N×4 xyxy, "labels" N (1..K), "masks" N×H×W uint8 (with masks), "image_id"}`; None if unreadable."""
+
+    def __init__(self, cfg: Mapping, split: str = "train", train: bool | None = None):
+        d = cfg["data"]
+        self.cfg, self.data, self.split = cfg, d, split
+        self.train = split == "train" if train is None else train
+        section = d.get(split) or {}
+        if not section.get("annotations") or not section.get("images"):
+            raise ValueError(f"data.{split}: give 'annotations' (a COCO instances JSON) and 'images' (a folder)")
+        self.ann_file = resolve_path(cfg, section["annotations"])
+        self.image_dir = resolve_path(cfg, section["images"])
+        self.with_masks = bool(cfg["model"]["with_masks"])
+        self.index = load_coco(self.ann_file, self.image_dir, logger=_logger, need_masks=self.with_masks)
+        self.rejected = list(self.index.rejected)
+        self.cat_ids = self.index.cat_ids
+        self.classes = [c.get("name", str(c["id"])) for c in self.index.categories]
+        self.label_of = {cid: i + 1 for i, cid in enumerate(self.cat_ids)}
+        ids = sorted(self.index.images)
+        if self.train:
+            ids = [i for i in ids if self.index.annotations[i]]
+        self.image_ids = ids
+        if not self.image_ids:
+            raise ValueError(f"{self.ann_file}: no usable images for data.{split}")
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int):
+        iid = self.image_ids[index]
+        im = self.index.images[iid]
+        try:
+            image = read_image(im["file"], iid)
+            if image.shape[:2] != (im["height"], im["width"]):
+                raise BadSample(f"image {iid} ({im['file']}) is {image.shape[1]}x{image.shape[0]}, the annotation "
+                                f"file says {im['width']}x{im['height']}")
+        except BadSample as e:
+            report_bad(_logger, str(e))
+            return None
+        anns = self.index.annotations[iid]
+        h, w = image.shape[:2]
+        boxes = np.array([a["box"] for a in anns], np.float32).reshape(-1, 4)
+        labels = np.array([self.label_of[a["category_id"]] for a in anns], np.int64)
+        masks = np.stack([annotation_mask(a, h, w) for a in anns]) if (self.with_masks and anns) else \
+            np.zeros((0, h, w), np.uint8)
+        if self.train:
+            rng = np.random.default_rng(np.random.randint(0, 2**31))
+            if rng.random() < float(self.data["flip_prob"]):
+                image = image[:, ::-1]
+                masks = masks[:, :, ::-1]
+                boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], 1)
+            if self.data["crop_policy"] == "detr" and rng.random() < 0.5:
+                image, boxes, labels, masks = self._detr_crop(image, boxes, labels, masks, rng)
+        img = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255.0
+        target = {"boxes": torch.from_numpy(np.ascontiguousarray(boxes)).float().reshape(-1, 4),
+                  "labels": torch.from_numpy(labels), "image_id": iid}
+        if self.with_masks:
+            target["masks"] = torch.from_numpy(np.ascontiguousarray(masks))
+        return img, target
+
+    def _detr_crop(self, image, boxes, labels, masks, rng: np.random.Generator):
+        """Resize-to-(400|500|600) then crop 384..600 (absolute range), expressed in original pixels."""
+        h, w = image.shape[:2]
+        short = float(rng.choice(self.data["crop_scales"]))
+        f = min(short / min(h, w), self.data["max_size"] / max(h, w))
+        lo, hi = self.data["crop_size"]
+
+        def side(n: int) -> int:  # mmdet: randint(min(n', lo), min(n', hi)) in resized pixels n' = n * f
+            resized = int(n * f)
+            return min(n, max(1, round(int(rng.integers(min(resized, lo), min(resized, hi) + 1)) / f)))
+
+        ch, cw = side(h), side(w)
+        y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        image = image[y0:y0 + ch, x0:x0 + cw]
+        masks = masks[:, y0:y0 + ch, x0:x0 + cw]
+        boxes = boxes - np.array([x0, y0, x0, y0], np.float32)
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, cw)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, ch)
+        keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+        if self.with_masks:
+            keep &= masks.reshape(len(masks), -1).any(1) if len(masks) else keep
+        return image, boxes[keep], labels[keep], masks[keep]
+
+
+def det_collate(samples: list):
+    """Lists of images and targets (sizes differ), dropping unreadable samples; None when none is left."""
+    samples = [s for s in samples if s is not None]
+    if not samples:
+        return None
+    return [s[0] for s in samples], [s[1] for s in samples]

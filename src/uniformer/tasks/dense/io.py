@@ -1,0 +1,72 @@
+"""Reading images and label maps so that a bad file is reported by its id and skipped, never fatal.
+
+Datasets call `read_image` inside `__getitem__`; a file that is missing or cannot be decoded
+raises `BadSample`, which the dataset turns into a logged warning (naming the sample id and file)
+and a None sample that the collate functions drop.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["BadSample", "read_image", "read_label_map", "list_images", "IMAGE_SUFFIXES", "report_bad"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class BadSample(RuntimeError):
+    """A sample that cannot be used; the message names its id and file."""
+
+
+def report_bad(logger: logging.Logger, what: str) -> None:
+    logger.warning("skipped: %s", what)
+
+
+def read_image(path: str | os.PathLike, sample_id=None) -> np.ndarray:
+    """An RGB uint8 H×W×3 array; BadSample naming `sample_id` and the file when it cannot be read."""
+    who = f"image {sample_id!r} ({path})" if sample_id is not None else f"image {path}"
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise BadSample(f"{who}: file not found") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise BadSample(f"{who}: cannot be decoded ({type(e).__name__}: {e})") from None
+
+
+def read_label_map(path: str | os.PathLike, sample_id=None) -> np.ndarray:
+    """A label PNG as an H×W integer array (palette images give their indices, not colours)."""
+    who = f"label map {sample_id!r} ({path})" if sample_id is not None else f"label map {path}"
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGB", "RGBA"):
+                raise BadSample(f"{who}: an {im.mode} image; label maps must be single-channel (L, P or I) PNGs")
+            return np.asarray(im).astype(np.int64)
+    except FileNotFoundError:
+        raise BadSample(f"{who}: file not found") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise BadSample(f"{who}: cannot be decoded ({type(e).__name__}: {e})") from None
+
+
+def list_images(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """An image file, a folder (its images, sorted) or a list of those → image paths."""
+    items = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"input {p} does not exist")
+    if not out:
+        raise FileNotFoundError(f"no images found in {inputs}")
+    return out

@@ -1,0 +1,99 @@
+"""Loading weights into a composed dense model: our own checkpoints, and the original toolboxes' files.
+
+Original detector / segmentor / pose checkpoints are `{"meta": ..., "state_dict": {"backbone.*": ...,
+"neck.*" / "decode_head.*" / "rpn_head.*" / "keypoint_head.*": ...}}`. The backbone part goes through
+`uniformer.load_checkpoint` (the package's converter, which checks every key); the rest is renamed
+by the task's `convert` function to the composed model's names and must then fit exactly, or the
+error lists what is missing, unexpected or of another shape. An ImageNet (classification)
+checkpoint fills the backbone only and leaves the heads as initialised.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .engine import load_dense_checkpoint
+
+__all__ = ["load_task_weights"]
+
+_logger = logging.getLogger("uniformer.tasks.dense")
+
+
+def _listing(keys, n: int = 5) -> str:
+    keys = list(keys)
+    return f"{len(keys)} ({', '.join(keys[:n])}{', ...' if len(keys) > n else ''})"
+
+
+def load_task_weights(model: nn.Module, path: str | os.PathLike, *, task: str,
+                      convert: Callable[[dict, nn.Module], dict] | None = None, skip_mismatched: bool = False,
+                      backbone: nn.Module | None = None, backbone_prefix: str = "backbone.") -> dict:
+    """Load `path` into `model`. Returns what was loaded:
+    `{"format": "uniformer-dense" | "original" | "backbone-only", "meta": ..., "skipped": [...]}`.
+
+    `backbone` is the UniFormer inside `model` (default `model.backbone`), whose parameters are named
+    `backbone_prefix` + its own names in `model.state_dict()`.
+    `skip_mismatched` leaves head tensors of another shape (e.g. a classifier for another number of
+    classes) at their initial values instead of raising, for fine-tuning on a new label set.
+    """
+    from uniformer.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+
+    path = Path(path)
+    own = load_dense_checkpoint(path)
+    if own is not None:
+        if own.get("task") != task:
+            raise CheckpointError(f"{path}: a {own.get('task')} checkpoint cannot be loaded into a {task} model")
+        result = model.load_state_dict(own["model"], strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise CheckpointError(f"{path} does not fit this {task} model: missing "
+                                  f"{_listing(result.missing_keys)}, unexpected {_listing(result.unexpected_keys)}; "
+                                  "was it trained with another recipe (model section)?")
+        return {"format": "uniformer-dense", "meta": own.get("meta", {}), "skipped": []}
+
+    obj, _ = read_checkpoint(path)
+    sd = obj
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "module"):
+            if isinstance(obj.get(key), Mapping):
+                sd = obj[key]
+                break
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path}: no state dict found (expected a 'state_dict' entry holding tensors)")
+    sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
+    meta = dict(obj.get("meta") or {}) if isinstance(obj, Mapping) and isinstance(obj.get("meta"), Mapping) else {}
+    try:
+        load_checkpoint(backbone if backbone is not None else model.backbone, path)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: the backbone part does not fit: {e}") from None
+    heads = {k: v for k, v in sd.items() if not k.startswith("backbone.")}
+    if not any(k.startswith("backbone.") for k in sd):
+        _logger.info("%s is a backbone (classification) checkpoint: the %s heads keep their initial values", path, task)
+        return {"format": "backbone-only", "meta": meta, "skipped": []}
+    converted = convert(heads, model) if convert is not None else heads
+    mine = {k: v for k, v in model.state_dict().items() if not k.startswith(backbone_prefix)}
+    missing = [k for k in mine if k not in converted and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in converted if k not in mine]
+    mismatched = [k for k in converted if k in mine and converted[k].shape != mine[k].shape]
+    skipped = []
+    if skip_mismatched and mismatched:
+        skipped, mismatched = mismatched, []
+        converted = {k: v for k, v in converted.items() if k not in skipped}
+        _logger.warning("%s: %s keep their initial values (shapes differ from the checkpoint's)", path,
+                        ", ".join(skipped))
+    if missing or unexpected or mismatched:
+        lines = [f"{path}: the heads of this checkpoint do not fit the {task} model:"]
+        if missing:
+            lines.append(f"  missing: {_listing(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected: {_listing(unexpected)}")
+        if mismatched:
+            lines.append("  shape mismatches: " + _listing(
+                [f"{k} {tuple(converted[k].shape)} vs {tuple(mine[k].shape)}" for k in mismatched], 3))
+            lines.append("  (another number of classes? pass skip_mismatched=True to fine-tune from it)")
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict(converted, strict=False)
+    return {"format": "original", "meta": meta, "skipped": skipped}

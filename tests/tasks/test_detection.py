@@ -1,0 +1,271 @@
+"""Detection and instance segmentation: the torchvision Mask R-CNN on UniFormer, COCO data and evaluation,
+original mmdet checkpoints, pictures."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from dense_helpers import TINY_BACKBONE, edit_json, losses_fell, save_original_checkpoint, seeded, write_garbage_image
+from PIL import Image
+
+from uniformer.tasks import detection as D
+from uniformer.tasks.dense.coco import coco_ground_truth
+from uniformer.tasks.dense.det_data import DetDataset, det_collate
+from uniformer.tasks.dense.engine import lr_at
+from uniformer.tasks.dense.synthetic import write_shapes_coco
+from uniformer.tasks.dense.weights import load_task_weights
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    return write_shapes_coco(tmp_path_factory.mktemp("det") / "shapes", n_train=6, n_val=3, size=(96, 96))
+
+
+def tiny_cfg(root: Path, **over) -> dict:
+    cfg = {
+        "model": {"backbone": {**TINY_BACKBONE, "window_size": 4}, "fpn_channels": 32, "box_head_dim": 64,
+                  "mask_head_channels": [32], "anchor_sizes": [16, 32, 64, 128, 256], "rpn_batch": 64,
+                  "roi_batch": 64},
+        "data": {"root": str(root), "train": {"annotations": "annotations/instances_train.json", "images": "train"},
+                 "val": {"annotations": "annotations/instances_val.json", "images": "val"},
+                 "train_scales": [96], "test_scale": 96, "max_size": 96},
+        "train": {"epochs": None, "iters": 10, "batch_size": 2, "num_workers": 0, "log_every": 1,
+                  "checkpoint_every": None},
+        "optim": {"lr": 1e-3},
+        "sched": {"name": "constant", "warmup_iters": 0},
+    }
+    for k, v in over.items():
+        cfg[k] = {**cfg.get(k, {}), **v}
+    return D.load_config(cfg)
+
+
+def test_model_follows_the_original_config(shapes):
+    cfg = D.load_config({"model": {"backbone": TINY_BACKBONE}, "data": {"classes": ["a", "b", "c"]}})
+    model = D.build_model(cfg)
+    gen = model.rpn.anchor_generator
+    assert gen.sizes == ((32,), (64,), (128,), (256,), (512,)) and gen.aspect_ratios == ((0.5, 1.0, 2.0),) * 5
+    assert model.rpn.fg_bg_sampler.batch_size_per_image == 256 and model.rpn.fg_bg_sampler.positive_fraction == 0.5
+    assert model.rpn._pre_nms_top_n == {"training": 2000, "testing": 1000}
+    assert model.rpn._post_nms_top_n == {"training": 1000, "testing": 1000} and model.rpn.nms_thresh == 0.7
+    assert model.rpn.proposal_matcher.high_threshold == 0.7 and model.rpn.proposal_matcher.low_threshold == 0.3
+    roi = model.roi_heads
+    assert roi.fg_bg_sampler.batch_size_per_image == 512 and roi.fg_bg_sampler.positive_fraction == 0.25
+    assert roi.box_coder.weights == (10.0, 10.0, 5.0, 5.0) and roi.nms_thresh == 0.5
+    assert roi.score_thresh == 0.05 and roi.detections_per_img == 100
+    assert roi.box_roi_pool.output_size == (7, 7) and roi.mask_roi_pool.output_size == (14, 14)
+    assert roi.box_predictor.cls_score.out_features == 4 and roi.mask_predictor.mask_fcn_logits.out_channels == 4
+    assert model.backbone.body.blocks3[0].attn is not None  # built with the UniFormer body
+    feats = model.backbone(torch.zeros(1, 3, 128, 192))
+    assert list(feats) == ["0", "1", "2", "3", "pool"]
+    assert [tuple(f.shape[-2:]) for f in feats.values()] == [(32, 48), (16, 24), (8, 12), (4, 6), (2, 3)]
+    assert all(f.shape[1] == 256 for f in feats.values())
+
+
+def test_full_size_parameter_count():
+    """Mask R-CNN on UniFormer-S h14: about 41M parameters, as the paper reports."""
+    from uniformer.profiling import count_params
+
+    model = D.build_model(D.load_config({"data": {"classes": [str(i) for i in range(80)]}}))
+    assert count_params(model.backbone.body) == 21_033_280
+    assert 40.5e6 < count_params(model) < 42.5e6
+
+
+def test_train_loss_falls_and_evaluates(shapes, tmp_path):
+    seeded()
+    cfg = tiny_cfg(shapes)
+    summary = D.train(cfg, tmp_path)
+    assert {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"} <= set(
+        summary["history"][0])
+    first, last = losses_fell(summary["history"])
+    assert last < first, summary["history"]
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP", "segm_AP50"):
+        assert 0.0 <= m[key] <= 1.0
+    assert m["num_images"] == 3
+    again = D.evaluate(None, tmp_path / "final.pt")
+    assert again["bbox_AP"] == pytest.approx(m["bbox_AP"], abs=1e-9)
+
+
+def test_coco_evaluation_of_ground_truth_is_perfect(shapes):
+    cfg = tiny_cfg(shapes)
+    ds = DetDataset(cfg, "val", train=False)
+    outs = {}
+    for i, iid in enumerate(ds.image_ids):
+        _, target = ds[i]
+        n = len(target["boxes"])
+        outs[iid] = {"boxes": target["boxes"], "labels": target["labels"], "scores": torch.ones(n),
+                     "masks": target["masks"][:, None].float()}
+    boxes, segms = [], []
+    for iid, out in outs.items():
+        b, s = D._to_coco(out, iid, ds.cat_ids, 0.5)
+        boxes += b
+        segms += s
+    gt = coco_ground_truth(ds.index)
+    assert D._coco_eval(gt, boxes, "bbox", list(outs))["bbox_AP"] == pytest.approx(1.0)
+    assert D._coco_eval(gt, segms, "segm", list(outs))["segm_AP"] > 0.95  # polygons vs their rasterisation
+    shifted = [dict(b, bbox=[b["bbox"][0] + 0.6 * b["bbox"][2]] + b["bbox"][1:]) for b in boxes]
+    assert D._coco_eval(gt, shifted, "bbox", list(outs))["bbox_AP"] < 0.2
+
+
+def test_dataset_error_paths(shapes, tmp_path, caplog):
+    root = tmp_path / "copy"
+    shutil.copytree(shapes, root)
+    ann = root / "annotations" / "instances_train.json"
+
+    def corrupt(data):
+        a = data["annotations"]
+        a[0]["image_id"] = 4242  # references an image that is not in the file
+        a[1]["bbox"] = [10, 10, 0, 0]  # empty box
+        a[2]["bbox"] = [95.5, 10, 20, 20]  # degenerate once clipped to the 96x96 image
+        a[3]["segmentation"] = [[200, 200, 220, 200, 220, 230]]  # polygon outside the image
+        a[4]["segmentation"] = [[1, 2, 3, 4]]  # two points
+        data["images"].append({"id": 99, "file_name": "nowhere.jpg", "width": 96, "height": 96})
+        data["annotations"].append({"id": 5000, "image_id": 99, "category_id": 1, "bbox": [1, 1, 5, 5],
+                                    "segmentation": [[1, 1, 5, 1, 5, 5]], "area": 8, "iscrowd": 0})
+    edit_json(ann, corrupt)
+    write_garbage_image(root / "train" / "train_0001.jpg")
+    cfg = tiny_cfg(root)
+    with caplog.at_level(logging.WARNING):
+        ds = DetDataset(cfg, "train")
+    text = "\n".join(ds.rejected)
+    data = json.loads(ann.read_text())
+    ids = [a["id"] for a in data["annotations"][:5]]
+    assert f"annotation {ids[0]} references image 4242, which is not in the file" in text
+    assert f"annotation {ids[1]} " in text and "is empty" in text
+    assert f"annotation {ids[2]} " in text and "degenerate" in text
+    assert f"annotation {ids[3]} " in text and "entirely outside" in text
+    assert f"annotation {ids[4]} " in text and "has 2 points" in text
+    assert "image 99" in text and "file not found" in text
+    assert "annotation 5000 references image 99, which is left out" in text
+    bad = ds.image_ids.index(2)
+    with caplog.at_level(logging.WARNING):
+        assert ds[bad] is None
+    assert "image 2" in caplog.text and "cannot be decoded" in caplog.text
+    images, targets = det_collate([ds[i] for i in range(len(ds))])
+    assert len(images) == len(ds) - 1
+    for img, t in zip(images, targets):
+        assert len(t["boxes"]) == len(t["labels"]) == len(t["masks"])
+        assert (t["boxes"][:, 2:] > t["boxes"][:, :2]).all() and t["masks"].shape[1:] == img.shape[1:]
+    # every remaining box encloses its mask
+    for t in targets:
+        for box, mask in zip(t["boxes"], t["masks"]):
+            ys, xs = np.nonzero(mask.numpy())
+            assert xs.min() >= box[0] - 1 and xs.max() <= box[2] and ys.min() >= box[1] - 1 and ys.max() <= box[3]
+
+
+def test_detr_crop_keeps_boxes_and_masks_together(shapes):
+    cfg = tiny_cfg(shapes, data={"crop_policy": "detr", "crop_scales": [64], "crop_size": [40, 60]})
+    ds = DetDataset(cfg, "train")
+    rng = np.random.default_rng(3)
+    _, target = ds[0]
+    image = np.zeros((96, 96, 3), np.uint8)
+    for _ in range(5):
+        img, boxes, labels, masks = ds._detr_crop(image, target["boxes"].numpy(), target["labels"].numpy(),
+                                                  target["masks"].numpy(), rng)
+        assert masks.shape[1:] == img.shape[:2] and len(boxes) == len(labels) == len(masks)
+        for box, mask in zip(boxes, masks):
+            ys, xs = np.nonzero(mask)
+            assert len(xs) and box[0] <= xs.min() + 1 and xs.max() <= box[2] + 1
+
+
+def _mmdet_layout(model) -> dict:
+    """Write a torchvision Mask R-CNN in mmdet's names and class layout (background last, no background rows)."""
+    sd = model.state_dict()
+    out = {"backbone": {k[len("backbone.body."):]: v for k, v in sd.items() if k.startswith("backbone.body.")},
+           "neck": {}, "rpn_head": {}, "roi_head": {}}
+    for i in range(4):
+        for p in ("weight", "bias"):
+            out["neck"][f"lateral_convs.{i}.conv.{p}"] = sd[f"backbone.fpn.inner_blocks.{i}.0.{p}"]
+            out["neck"][f"fpn_convs.{i}.conv.{p}"] = sd[f"backbone.fpn.layer_blocks.{i}.0.{p}"]
+    for p in ("weight", "bias"):
+        out["rpn_head"][f"rpn_conv.{p}"] = sd[f"rpn.head.conv.0.0.{p}"]
+        out["rpn_head"][f"rpn_cls.{p}"] = sd[f"rpn.head.cls_logits.{p}"]
+        out["rpn_head"][f"rpn_reg.{p}"] = sd[f"rpn.head.bbox_pred.{p}"]
+        r = out["roi_head"]
+        r[f"bbox_head.shared_fcs.0.{p}"] = sd[f"roi_heads.box_head.fc6.{p}"]
+        r[f"bbox_head.shared_fcs.1.{p}"] = sd[f"roi_heads.box_head.fc7.{p}"]
+        cls = sd[f"roi_heads.box_predictor.cls_score.{p}"]
+        r[f"bbox_head.fc_cls.{p}"] = torch.cat([cls[1:], cls[:1]])
+        r[f"bbox_head.fc_reg.{p}"] = sd[f"roi_heads.box_predictor.bbox_pred.{p}"][4:]
+        r[f"mask_head.convs.0.conv.{p}"] = sd[f"roi_heads.mask_head.0.0.{p}"]
+        r[f"mask_head.upsample.{p}"] = sd[f"roi_heads.mask_predictor.conv5_mask.{p}"]
+        r[f"mask_head.conv_logits.{p}"] = sd[f"roi_heads.mask_predictor.mask_fcn_logits.{p}"][1:]
+    return out
+
+
+def test_original_mmdet_checkpoint_loads(shapes, tmp_path):
+    seeded(1)
+    cfg = tiny_cfg(shapes)
+    source = D.build_model(cfg)
+    with torch.no_grad():  # mmdet has no background deltas / mask logits: they load as zeros
+        source.roi_heads.box_predictor.bbox_pred.weight[:4] = 0
+        source.roi_heads.box_predictor.bbox_pred.bias[:4] = 0
+        source.roi_heads.mask_predictor.mask_fcn_logits.weight[:1] = 0
+        source.roi_heads.mask_predictor.mask_fcn_logits.bias[:1] = 0
+    sections = _mmdet_layout(source)
+    assert sections["roi_head"]["bbox_head.fc_cls.weight"].shape[0] == 4  # 3 classes + background (last)
+    path = save_original_checkpoint(tmp_path / "mask_rcnn.pth", sections)
+    seeded(2)
+    cfg["model"]["checkpoint"] = str(path)
+    loaded = D.build_model(cfg)
+    for k, v in source.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    # the same weights detect the same boxes
+    x = [torch.rand(3, 96, 96)]
+    a, b = D._detect(source, x, cfg)[0], D._detect(loaded, x, cfg)[0]
+    assert torch.allclose(a["boxes"], b["boxes"]) and torch.equal(a["labels"], b["labels"])
+    # a classification checkpoint fills only the backbone
+    bare = tmp_path / "imagenet.pth"
+    torch.save({"model": sections["backbone"]}, bare)
+    seeded(3)
+    fresh = D.build_model(tiny_cfg(shapes))
+    info = load_task_weights(fresh, bare, task="detection", backbone=fresh.backbone.body,
+                             backbone_prefix="backbone.body.")
+    assert info["format"] == "backbone-only"
+    assert torch.equal(fresh.backbone.body.patch_embed1.proj.weight, source.backbone.body.patch_embed1.proj.weight)
+
+
+def test_predict_draws_boxes_and_masks(shapes, tmp_path):
+    seeded()
+    cfg = tiny_cfg(shapes, test={"score_thresh": 0.0})
+    model = D.build_model(cfg)
+    model.dense_cfg = cfg
+    image = shapes / "val" / "val_0000.jpg"
+    D.predict(model, None, [image], tmp_path, score_thr=0.0)
+    pic = Image.open(tmp_path / "val_0000_det.png")
+    assert pic.size == Image.open(image).size
+    record = json.loads((tmp_path / "val_0000.json").read_text())
+    assert record["detections"] and {"box", "label", "name", "score", "mask_rle"} <= set(record["detections"][0])
+    assert record["detections"][0]["name"] in ("circle", "square", "triangle")
+
+
+def test_recipes_and_step_schedule():
+    recipes = {p.stem: D.load_config(p) for p in sorted((REPO / "configs" / "detection").glob("*.yaml"))}
+    assert len(recipes) == 4
+    one = recipes["mask_rcnn_uniformer_small_h14_1x_coco"]
+    assert one["optim"]["lr"] == 1e-4 and one["optim"]["weight_decay"] == 0.05 and one["train"]["epochs"] == 12
+    assert one["sched"]["steps"] == [8, 11] and one["model"]["backbone"]["stage3"] == "hybrid"
+    ms = recipes["mask_rcnn_uniformer_small_h14_3x_ms_coco"]
+    assert ms["data"]["train_scales"][0] == 480 and ms["data"]["train_scales"][-1] == 800
+    assert ms["train"]["epochs"] == 36 and ms["data"]["crop_policy"] == "detr"
+    sched = one["sched"]
+    per_epoch = 100
+    assert lr_at(sched, 1e-4, 0, 1200, per_epoch) == pytest.approx(1e-7)
+    assert lr_at(sched, 1e-4, 7 * per_epoch, 1200, per_epoch) == pytest.approx(1e-4)
+    assert lr_at(sched, 1e-4, 8 * per_epoch, 1200, per_epoch) == pytest.approx(1e-5)
+    assert lr_at(sched, 1e-4, 11 * per_epoch, 1200, per_epoch) == pytest.approx(1e-6)

@@ -1,0 +1,216 @@
+"""Top-down pose: heatmap targets and decoding, OKS evaluation, training, datasets, original checkpoints."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from dense_helpers import TINY_BACKBONE, edit_json, losses_fell, save_original_checkpoint, seeded, write_garbage_image
+from PIL import Image
+
+from uniformer.tasks import pose as P
+from uniformer.tasks.dense.pose_data import PoseDataset, pose_collate
+from uniformer.tasks.dense.pose_utils import (
+    affine_matrix,
+    apply_affine,
+    box_to_center_scale,
+    decode_heatmaps,
+    flip_back,
+    gaussian_targets,
+    warp,
+)
+from uniformer.tasks.dense.synthetic import COCO_FLIP_PAIRS, write_pose_coco
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def figures(tmp_path_factory) -> Path:
+    return write_pose_coco(tmp_path_factory.mktemp("pose") / "figures", n_train=6, n_val=4, size=(96, 96))
+
+
+def tiny_cfg(root: Path, **over) -> dict:
+    cfg = {
+        "model": {"backbone": dict(TINY_BACKBONE), "deconv_channels": 16},
+        "data": {"root": str(root), "train": {"annotations": "annotations/person_keypoints_train.json",
+                                             "images": "train"},
+                 "val": {"annotations": "annotations/person_keypoints_val.json", "images": "val",
+                         "detections": None},
+                 "input_size": [32, 64]},
+        "train": {"epochs": None, "iters": 10, "batch_size": 4, "num_workers": 0, "log_every": 1,
+                  "checkpoint_every": None},
+        "optim": {"lr": 5e-3},
+        "sched": {"name": "constant", "warmup_iters": 0},
+        "test": {"use_gt_bbox": True, "batch_size": 8},
+    }
+    for k, v in over.items():
+        cfg[k] = {**cfg.get(k, {}), **v}
+    return P.load_config(cfg)
+
+
+def test_targets_and_decoding_round_trip():
+    joints = np.array([[10.0, 20.0], [30.2, 5.7], [100.0, 100.0], [12.0, 40.0]])
+    visible = np.array([1, 1, 1, 0], np.float32)
+    target, weight = gaussian_targets(joints, visible, (12, 16), stride=4.0, sigma=2.0)
+    assert target.shape == (4, 16, 12)
+    assert weight.tolist() == [1, 1, 0, 0]  # off the heatmap, and invisible
+    assert np.unravel_index(target[0].argmax(), target[0].shape) == (5, 3)  # 20/4 = row 5, 10/4 + .5 -> col 3
+    assert target[0].max() == 1.0 and target[2].max() == 0.0
+    # a sub-pixel Gaussian decodes within a quarter pixel (default) and closer with DARK
+    yy, xx = np.mgrid[0:16, 0:12]
+    true = np.array([5.3, 7.6])
+    hm = torch.from_numpy(np.exp(-((xx - true[0]) ** 2 + (yy - true[1]) ** 2) / 8.0)).float()[None, None]
+    center, scale = np.array([[6.0, 8.0]]), np.array([[12.0, 16.0]])  # heatmap pixel = image pixel
+    default, maxval = decode_heatmaps(hm, center, scale, "default")
+    dark, _ = decode_heatmaps(hm, center, scale, "unbiased")
+    assert np.abs(default[0, 0] - true).max() <= 0.3 and maxval[0, 0] > 0.9
+    assert np.abs(dark[0, 0] - true).max() < 0.1
+
+
+def test_affine_crop_and_flip_back():
+    image = np.zeros((100, 120, 3), np.uint8)
+    image[40, 70] = 255
+    center, scale = box_to_center_scale((50, 20, 30, 50), aspect=0.75)
+    assert scale[0] / scale[1] == pytest.approx(0.75) and scale[1] == pytest.approx(50 * 1.25)
+    for rotation in (0.0, 30.0):
+        m = affine_matrix(center, scale, rotation, (48, 64))
+        crop = warp(image, center, scale, rotation, (48, 64))
+        expected = apply_affine(np.array([[70.0, 40.0]]), m)[0]
+        found = np.unravel_index(crop[..., 0].argmax(), crop.shape[:2])[::-1]
+        assert np.abs(np.array(found) - expected).max() <= 1.0
+        back = apply_affine(expected[None], affine_matrix(center, scale, rotation, (48, 64), inverse=True))
+        assert np.allclose(back, [[70.0, 40.0]])
+    heat = torch.rand(1, 17, 8, 6)
+    mirrored = heat.flip(-1)[:, [_swap(i) for i in range(17)]]
+    assert torch.equal(flip_back(mirrored, COCO_FLIP_PAIRS, shift=False), heat)
+
+
+def _swap(i: int) -> int:
+    for a, b in COCO_FLIP_PAIRS:
+        if i in (a, b):
+            return b if i == a else a
+    return i
+
+
+def test_oks_evaluation_of_ground_truth_is_perfect(figures):
+    cfg = tiny_cfg(figures)
+    ds = PoseDataset(cfg, "val", train=False)
+    people = []
+    for iid, anns in ds.index.annotations.items():
+        for a in anns:
+            kp = np.asarray(a["keypoints"], float).reshape(-1, 3)
+            kp[:, 2] = 0.9
+            people.append({"image_id": iid, "keypoints": kp, "box_score": 1.0, "area": 1000.0})
+    results = P._rescore_and_nms(people, cfg)
+    stats = P._coco_keypoint_eval(ds, results, list(ds.index.images), P._sigmas(cfg))
+    assert stats["AP"] == pytest.approx(1.0) and stats["AR"] == pytest.approx(1.0)
+    shifted = [dict(p, keypoints=p["keypoints"] + [6.0, 0.0, 0.0]) for p in results]
+    assert P._coco_keypoint_eval(ds, shifted, list(ds.index.images), P._sigmas(cfg))["AP"] < 0.5
+
+
+def test_train_loss_falls_and_evaluates(figures, tmp_path):
+    seeded()
+    cfg = tiny_cfg(figures)
+    summary = P.train(cfg, tmp_path)
+    first, last = losses_fell(summary["history"])
+    assert last < first, summary["history"]
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("AP", "AP50", "AP75", "AR"):
+        assert 0.0 <= m[key] <= 1.0
+    assert m["num_images"] == 4 and m["skipped_images"] == []
+    batch = pose_collate([PoseDataset(cfg, "train")[i] for i in range(2)])
+    assert batch["img"].shape == (2, 3, 64, 32) and batch["target"].shape == (2, 17, 16, 8)
+
+
+def test_detection_boxes_and_error_paths(figures, tmp_path, caplog):
+    root = tmp_path / "copy"
+    shutil.copytree(figures, root)
+    ann = root / "annotations" / "person_keypoints_val.json"
+
+    def corrupt(data):
+        data["annotations"][0]["image_id"] = 999  # an image that is not in the file
+        data["annotations"][1]["bbox"] = [5, 5, 0, 10]  # empty box
+        data["annotations"][2]["keypoints"] = [1, 2, 2]  # wrong length
+        data["images"].append({"id": 77, "file_name": "missing.jpg", "width": 96, "height": 96})
+    edit_json(ann, corrupt)
+    last = json.loads(ann.read_text())["annotations"][-1]  # untouched: its image becomes undecodable
+    assert last["id"] not in [a["id"] for a in json.loads(ann.read_text())["annotations"][:3]]
+    write_garbage_image(root / "val" / f"val_{last['image_id'] - 1:04d}.jpg")
+    dets = root / "dets.json"
+    dets.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 80], "score": 0.9},
+                                {"image_id": 555, "category_id": 1, "bbox": [1, 1, 5, 5], "score": 0.9},
+                                {"image_id": 2, "category_id": 1, "bbox": [1, 1, -5, 5], "score": 0.9}]))
+    cfg = tiny_cfg(root, test={"use_gt_bbox": False})
+    cfg["data"]["val"]["detections"] = "dets.json"
+    with caplog.at_level(logging.WARNING):
+        ds = PoseDataset(cfg, "val", train=False)
+    text = "\n".join(ds.rejected)
+    assert "references image 999, which is not in the file" in text
+    assert "image 77" in text and "file not found" in text
+    assert "[5, 5, 0, 10] is empty" in text
+    assert "expected 51 keypoint values, got 3" in text
+    assert "detection 1 references image 555" in text and "detection 2 (image 2)" in text
+    assert len(ds) == 1 and ds.samples[0]["score"] == 0.9
+    gt = PoseDataset(P.load_config(dict(cfg, test={**cfg["test"], "use_gt_bbox": True})), "val", train=False)
+    broken = [i for i, s in enumerate(gt.samples) if s["image_id"] == last["image_id"]]
+    with caplog.at_level(logging.WARNING):
+        assert gt[broken[0]] is None
+    assert f"image {last['image_id']}" in caplog.text and "cannot be decoded" in caplog.text
+
+
+def test_original_pose_checkpoint_loads(figures, tmp_path):
+    seeded(1)
+    cfg = tiny_cfg(figures)
+    source = P.build_model(cfg)
+    keys = set(source.state_dict())
+    assert {"keypoint_head.deconv_layers.0.weight", "keypoint_head.deconv_layers.1.running_var",
+            "keypoint_head.deconv_layers.3.weight", "keypoint_head.deconv_layers.7.bias",
+            "keypoint_head.final_layer.weight", "keypoint_head.final_layer.bias",
+            "backbone.norm4.weight"} <= keys
+    assert source.keypoint_head.deconv_layers[0].bias is None
+    sections = {"backbone": {}, "keypoint_head": {}}
+    for k, v in source.state_dict().items():
+        prefix, rest = k.split(".", 1)
+        sections[prefix][rest] = v
+    path = save_original_checkpoint(tmp_path / "pose.pth", sections)
+    seeded(2)
+    cfg["model"]["checkpoint"] = str(path)
+    loaded = P.build_model(cfg)
+    for k, v in source.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+
+
+def test_predict_draws_skeletons(figures, tmp_path):
+    seeded()
+    cfg = tiny_cfg(figures)
+    model = P.build_model(cfg)
+    model.dense_cfg = cfg
+    image = figures / "val" / "val_0000.jpg"
+    results = P.predict(model, None, [image], tmp_path, boxes={"val_0000.jpg": [[5, 5, 40, 80, 0.8],
+                                                                                [50, 5, 40, 80]]})
+    pic = Image.open(tmp_path / "val_0000_pose.png")
+    assert pic.size == Image.open(image).size
+    record = json.loads((tmp_path / "val_0000.json").read_text())
+    assert len(record["people"]) == 2 and len(record["people"][0]["keypoints"]) == 17
+    assert results[0]["people"][1]["box"] == [50.0, 5.0, 40.0, 80.0]
+    with pytest.raises(ValueError, match="multiples of 32"):
+        P.build_model(tiny_cfg(figures, data={"input_size": [48, 64]}))
+
+
+def test_shipped_recipes_load():
+    recipes = sorted((REPO / "configs" / "pose").glob("*.yaml"))
+    assert len(recipes) == 6
+    sizes = {tuple(P.load_config(p)["data"]["input_size"]) for p in recipes}
+    assert sizes == {(192, 256), (288, 384), (320, 448)}

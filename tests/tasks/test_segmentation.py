@@ -1,0 +1,244 @@
+"""Semantic segmentation: training on generated shapes, mIoU, inference modes, datasets, original checkpoints."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from dense_helpers import TINY_BACKBONE, losses_fell, save_original_checkpoint, seeded, write_garbage_image
+from PIL import Image
+
+from uniformer.models.checkpoint import CheckpointError
+from uniformer.tasks import segmentation as S
+from uniformer.tasks.dense.config import ConfigError
+from uniformer.tasks.dense.engine import lr_at
+from uniformer.tasks.dense.seg_data import SegDataset, seg_collate
+from uniformer.tasks.dense.seg_eval import SegMetric, infer_probs
+from uniformer.tasks.dense.synthetic import write_shapes_segmentation
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: tiny models on a shared 2-core machine run many times faster without spinning."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    return write_shapes_segmentation(tmp_path_factory.mktemp("seg") / "shapes", n_train=8, n_val=3, size=(64, 64))
+
+
+def tiny_cfg(root: Path, head: str = "fpn", **over) -> dict:
+    cfg = {
+        "model": {"backbone": dict(TINY_BACKBONE), "head": head, "channels": 16, "neck_channels": 16,
+                  "aux_head": head == "upernet", "aux_channels": 16, "dropout": 0.0},
+        "data": {"format": "folder", "root": str(root), "classes": "classes.txt", "num_classes": None,
+                 "train": {"images": "images/train", "masks": "masks/train"},
+                 "val": {"images": "images/val", "masks": "masks/val"},
+                 "img_scale": [64, 64], "ratio_range": [0.75, 1.25], "crop_size": [64, 64]},
+        "train": {"iters": 12, "batch_size": 4, "num_workers": 0, "log_every": 1, "checkpoint_every": 6},
+        "optim": {"lr": 2e-3},
+        "sched": {"name": "constant", "warmup_iters": 0},
+    }
+    for k, v in over.items():
+        cfg[k] = {**cfg.get(k, {}), **v}
+    return S.load_config(cfg)
+
+
+def test_train_loss_falls_evaluates_and_resumes(shapes, tmp_path):
+    seeded()
+    cfg = tiny_cfg(shapes)
+    summary = S.train(cfg, tmp_path)
+    first, last = losses_fell(summary["history"])
+    assert last < first * 0.85, summary["history"]
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert 0.0 <= m["mIoU"] <= 1.0 and 0.0 <= m["aAcc"] <= 1.0
+    assert set(m["per_class"]) == {"background", "circle", "square", "triangle"}
+    assert m["num_images"] == 3 and m["skipped"] == []
+    # the final checkpoint evaluates to the same numbers through the public entry point
+    again = S.evaluate(cfg, tmp_path / "final.pt")
+    assert again["mIoU"] == pytest.approx(m["mIoU"], abs=1e-9)
+    # resume from last.pt runs only the missing iterations
+    cfg["train"]["iters"] = 14
+    resumed = S.train(cfg, tmp_path, resume="auto")
+    assert resumed["iters"] == 14 and len(resumed["history"]) == 14
+    assert resumed["history"][:12] == summary["history"]
+
+
+def test_metric_exact_values():
+    metric = SegMetric(3, ignore_index=255, class_names=["a", "b", "c"])
+    label = np.array([[0, 0, 1, 1], [0, 255, 1, 1]])
+    pred = np.array([[0, 1, 1, 1], [0, 2, 1, 0]])
+    metric.update(pred, label)
+    out = metric.compute()
+    # class a: intersect 2, union 4 (pred 3 incl. one on b, label 3); class b: intersect 3, union 5; c: never labelled
+    assert out["per_class"]["a"]["IoU"] == pytest.approx(2 / 4)
+    assert out["per_class"]["b"]["IoU"] == pytest.approx(3 / 5)
+    assert math.isnan(out["per_class"]["c"]["IoU"])  # predicted on an ignored pixel only: absent, not 0
+    assert out["mIoU"] == pytest.approx((2 / 4 + 3 / 5) / 2)
+    assert out["aAcc"] == pytest.approx(5 / 7)
+    assert out["mAcc"] == pytest.approx((2 / 3 + 3 / 4) / 2)
+
+
+def test_metric_absent_class_is_nan_and_skipped():
+    metric = SegMetric(3)
+    metric.update(np.array([0, 1, 1]), np.array([0, 1, 255]))
+    out = metric.compute()
+    assert math.isnan(out["per_class"]["2"]["IoU"])
+    assert out["mIoU"] == pytest.approx(1.0)
+
+
+def test_upernet_aux_losses_and_inference_modes(shapes):
+    seeded()
+    cfg = tiny_cfg(shapes, head="upernet")
+    model = S.build_model(cfg)
+    x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 4, (2, 64, 64))
+    losses = model.losses(x, y)
+    assert set(losses) == {"loss_seg", "loss_aux"} and all(torch.isfinite(v) for v in losses.values())
+    image = np.asarray(Image.open(next((shapes / "images" / "val").iterdir())))
+    model.eval()
+    whole = infer_probs(model, image, cfg["data"], {"mode": "whole"}, 4)
+    assert whole.shape == (4, 64, 64) and torch.allclose(whole.sum(0), torch.ones(64, 64), atol=1e-5)
+    # a sliding window as large as the image is the whole-image prediction
+    slide = infer_probs(model, image, cfg["data"], {"mode": "slide", "crop_size": [64, 64], "stride": [32, 32]}, 4)
+    assert torch.allclose(slide, whole, atol=1e-5)
+    small = infer_probs(model, image, cfg["data"], {"mode": "slide", "crop_size": [32, 32], "stride": [24, 24]}, 4)
+    assert small.shape == (4, 64, 64) and not torch.allclose(small, whole, atol=1e-3)
+    ms = infer_probs(model, image, cfg["data"], {"mode": "whole", "scales": [0.75, 1.0, 1.25], "flip": True}, 4)
+    assert ms.shape == (4, 64, 64) and torch.allclose(ms.sum(0), torch.ones(64, 64), atol=1e-5)
+
+
+def test_ade20k_layout_shifts_labels(tmp_path):
+    for sub in ("images/training", "annotations/training"):
+        (tmp_path / sub).mkdir(parents=True)
+    Image.fromarray(np.full((8, 8, 3), 100, np.uint8)).save(tmp_path / "images/training/a.jpg")
+    Image.fromarray(np.array([[0, 1, 2, 150]] * 8, np.uint8).repeat(2, 1)).save(tmp_path / "annotations/training/a.png")
+    cfg = S.load_config({"data": {"root": str(tmp_path)}})
+    img, seg = SegDataset(cfg, "train").load(0)
+    assert img.shape == (8, 8, 3)
+    assert seg[0].tolist() == [255, 255, 0, 0, 1, 1, 149, 149]
+
+
+def test_dataset_error_paths(shapes, tmp_path, caplog):
+    root = tmp_path / "bad"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    good = np.zeros((16, 16), np.uint8)
+    for stem in ("ok", "garbage", "outofrange", "nomask"):
+        Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(root / "images" / f"{stem}.png")
+    write_garbage_image(root / "images" / "garbage.png")
+    Image.fromarray(good).save(root / "masks" / "ok.png")
+    Image.fromarray(good).save(root / "masks" / "garbage.png")
+    Image.fromarray(np.full((16, 16), 7, np.uint8)).save(root / "masks" / "outofrange.png")
+    Image.fromarray(good).save(root / "masks" / "noimage.png")
+    cfg = S.load_config({"data": {"format": "folder", "root": str(root), "classes": ["bg", "fg"], "num_classes": 2,
+                                  "train": {"images": "images", "masks": "masks"}, "crop_size": [16, 16],
+                                  "img_scale": [16, 16]}})
+    with caplog.at_level(logging.WARNING):
+        ds = SegDataset(cfg, "train")
+        assert [s[0] for s in ds.samples] == ["garbage", "ok", "outofrange"]
+        assert any("'nomask'" in r and "label map is missing" in r for r in ds.rejected)
+        assert any("'noimage'" in r and "image is missing" in r for r in ds.rejected)
+        samples = [ds[i] for i in range(3)]
+    assert samples[0] is None and samples[2] is None and samples[1]["img"].shape == (3, 16, 16)
+    assert "'garbage'" in caplog.text and "cannot be decoded" in caplog.text
+    assert "'outofrange'" in caplog.text and "[7]" in caplog.text
+    batch = seg_collate(samples)
+    assert batch["ids"] == ["ok"] and batch["img"].shape == (1, 3, 16, 16)
+    assert seg_collate([None, None]) is None
+    # training on it never crashes: batches left with fewer than two readable samples (BatchNorm) are skipped
+    cfg["model"] = {**cfg["model"], "backbone": dict(TINY_BACKBONE), "head": "fpn", "channels": 8,
+                    "neck_channels": 8, "aux_head": False}
+    cfg["train"].update(iters=3, batch_size=2, num_workers=0, checkpoint_every=None)
+    with caplog.at_level(logging.WARNING):
+        summary = S.train(cfg, tmp_path / "run")
+    assert summary["skipped"] == 3 and summary["iters"] == 3
+    assert "skipped a batch with 1 readable samples" in caplog.text
+
+
+def test_original_segmentor_checkpoints_load(shapes, tmp_path):
+    for head in ("upernet", "fpn"):
+        seeded(1)
+        cfg = tiny_cfg(shapes, head=head)
+        source = S.build_model(cfg)
+        keys = set(source.state_dict())
+        if head == "upernet":  # the original mmseg names
+            assert {"decode_head.psp_modules.0.1.conv.weight", "decode_head.bottleneck.bn.running_mean",
+                    "decode_head.lateral_convs.2.conv.weight", "decode_head.fpn_convs.0.bn.weight",
+                    "decode_head.fpn_bottleneck.conv.weight", "decode_head.conv_seg.bias",
+                    "auxiliary_head.convs.0.conv.weight", "auxiliary_head.conv_seg.weight"} <= keys
+        else:
+            assert {"neck.lateral_convs.0.conv.bias", "neck.fpn_convs.3.conv.weight",
+                    "decode_head.scale_heads.0.0.conv.weight", "decode_head.scale_heads.3.4.bn.running_var",
+                    "decode_head.conv_seg.weight"} <= keys
+        sections = {}
+        for k, v in source.state_dict().items():
+            prefix, rest = k.split(".", 1)
+            sections.setdefault(prefix, {})[rest] = v
+        path = save_original_checkpoint(tmp_path / f"{head}.pth", sections)
+        seeded(2)
+        cfg["model"]["checkpoint"] = str(path)
+        loaded = S.build_model(cfg)
+        for k, v in source.state_dict().items():
+            assert torch.equal(loaded.state_dict()[k], v), k
+    # a classifier for another number of classes: refused, or left out on request
+    cfg = tiny_cfg(shapes, head="fpn", data={"classes": ["a", "b"], "num_classes": 2})
+    cfg["model"]["checkpoint"] = str(tmp_path / "fpn.pth")
+    with pytest.raises(CheckpointError, match="decode_head.conv_seg.weight"):
+        S.build_model(cfg)
+    cfg["model"]["skip_mismatched"] = True
+    model = S.build_model(cfg)
+    assert model.decode_head.conv_seg.weight.shape[0] == 2
+
+
+def test_predict_writes_pictures(shapes, tmp_path):
+    seeded()
+    cfg = tiny_cfg(shapes)
+    model = S.build_model(cfg)
+    model.dense_cfg = cfg
+    (tmp_path / "in").mkdir()
+    write_garbage_image(tmp_path / "in" / "broken.png")
+    Image.fromarray(np.full((40, 56, 3), 120, np.uint8)).save(tmp_path / "in" / "plain.png")
+    results = S.predict(model, None, tmp_path / "in", tmp_path / "out")
+    assert "error" in results[0] and "broken" in results[0]["image"]
+    pic = Image.open(tmp_path / "out" / "plain_seg.png")
+    labels = np.asarray(Image.open(tmp_path / "out" / "plain_labels.png"))
+    assert pic.size == (56, 40) and labels.shape == (40, 56) and labels.max() < 4
+    record = json.loads((tmp_path / "out" / "plain.json").read_text())
+    assert sum(c["pixels"] for c in record["classes"]) == 40 * 56
+
+
+def test_config_errors_name_the_key(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("task: segmentation\nmodel:\n  hed: upernet\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'model.hed'"):
+        S.load_config(recipe)
+    with pytest.raises(ConfigError, match="optim.lrr"):
+        S.load_config(None, ["optim.lrr=1e-3"])
+    assert S.load_config(None, ["optim.lr=1e-3"])["optim"]["lr"] == 1e-3
+    with pytest.raises(ConfigError, match="'pose' recipe"):
+        S.load_config({"task": "pose"})
+
+
+def test_shipped_recipes_load():
+    recipes = sorted((REPO / "configs" / "segmentation").glob("*.yaml"))
+    assert recipes
+    for path in recipes:
+        cfg = S.load_config(path)
+        assert cfg["model"]["head"] in ("upernet", "fpn") and cfg["data"]["num_classes"] == 150
+
+
+def test_poly_schedule_with_warmup():
+    sched = {"name": "poly", "warmup_iters": 10, "warmup_ratio": 1e-6, "power": 1.0, "min_lr": 0.0}
+    assert lr_at(sched, 1.0, 0, 100, 1) == pytest.approx(1e-6)
+    assert lr_at(sched, 1.0, 50, 100, 1) == pytest.approx(0.5)
+    assert lr_at(sched, 1.0, 100, 100, 1) == pytest.approx(0.0)
