@@ -376,7 +376,7 @@ def demo(out_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, 
     cfg = load_config(demo_config(root), overrides)
     summary = train(cfg, out_dir)
     metrics = summary["metrics"]
-    predict(cfg, out_dir / "final.pt", sorted((root / "val").iterdir())[:4], out_dir / "examples")
+    predict(cfg, out_dir / "final.pt", sorted((root / "val").iterdir())[:4], out_dir / "examples", score_thr=0.5)
     result = {"task": TASK, **{k: metrics[k] for k in metrics if k.startswith(("bbox_", "segm_"))},
               "iters": summary["iters"], "train_time_s": summary["train_time_s"],
               "wall_time_s": time.perf_counter() - t0, "data": str(root), "bar": {"bbox_AP50": 0.5},
