@@ -55,8 +55,15 @@ def cmd_info(args) -> int:
     from uniformer.models.checkpoint import guess_variants, read_checkpoint, unwrap_state_dict
     from uniformer.profiling import count_gflops, count_params, default_input, parse_input
 
+    if args.task:
+        from uniformer.tasks.dense import complexity_report
+
+        rows = complexity_report((args.task,))[args.task]
+        print(json.dumps(rows, indent=2) if args.json else "\n".join(
+            "  ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in row.items()) for row in rows))
+        return 0
     if args.name is None and args.checkpoint is None:
-        raise SystemExit("error: give a model NAME, a --checkpoint FILE, or both")
+        raise SystemExit("error: give a model NAME, a --checkpoint FILE, or both (or --task)")
     report: dict = {}
     if args.checkpoint:
         obj, meta = read_checkpoint(args.checkpoint)
@@ -219,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="CxHxW or CxTxHxW without batch (default: the model's)")
     p.add_argument("--checkpoint", help="a checkpoint to inspect (and load, with NAME)")
     p.add_argument("--json", action="store_true", help='print {"params": ..., "gflops": ...}')
+    p.add_argument("--task", choices=("detection", "segmentation", "pose"),
+                   help="parameters and GFLOPs of the composed task models at the paper's input sizes")
     _add_model_options(p)
     p.set_defaults(func=cmd_info)
 

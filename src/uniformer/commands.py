@@ -29,10 +29,45 @@ TRANSFORM_KEYS = ("num_frames", "sampling", "stride", "input_size", "short_side"
                   "mean", "std", "video_ext", "decode_threads")
 
 
+# --- dense tasks (detection, segmentation, pose) ----------------------------------------------------
+DENSE_TASKS = ("detection", "segmentation", "pose")
+
+
+def recipe_task(path: str | os.PathLike) -> str:
+    """The `task:` a recipe names (following its `base:` files); classification when none does."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe {path} does not exist")
+    recipe = yaml.safe_load(path.read_text()) or {}
+    if "task" in recipe:
+        return str(recipe["task"])
+    if recipe.get("base"):
+        return recipe_task(path.parent / recipe["base"])
+    return "classification"
+
+
+def dense_task(name: str):
+    import importlib
+
+    return importlib.import_module(f"uniformer.tasks.{name}")
+
+
+def _print_json(result) -> None:
+    print(json.dumps(result, indent=2, default=str))
+
+
 # --- train / eval -------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from uniformer.engine import load_config, resolve_out_dir, train
 
+    task = recipe_task(args.config)
+    if task in DENSE_TASKS:
+        module = dense_task(task)
+        out = Path(args.out or Path("runs") / Path(args.config).stem)
+        _print_json(module.train(module.load_config(args.config, args.set or ()), out, resume=args.resume))
+        return 0
     cfg = load_config(args.config, args.set)
     out = resolve_out_dir(cfg, args.out)
     cfg["out_dir"] = str(out)
@@ -45,6 +80,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from uniformer.engine import evaluate_checkpoint, load_config
 
+    task = recipe_task(args.config)
+    if task in DENSE_TASKS:
+        module = dense_task(task)
+        out = Path(args.output).parent if args.output else None
+        _print_json(module.evaluate(module.load_config(args.config, args.set or ()), args.checkpoint,
+                                    split=args.split or "val", out_dir=out))
+        return 0
     cfg = load_config(args.config, args.set)
     result = evaluate_checkpoint(cfg, args.checkpoint, split=args.split, device=args.device,
                                  use_ema=True if args.ema else None, output=args.output, batch_size=args.batch_size,
@@ -223,6 +265,15 @@ def _print_predictions(results: list[dict], stream=None) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if args.task in DENSE_TASKS:  # writes a picture and a JSON per image
+        module = dense_task(args.task)
+        cfg = module.load_config(args.config) if args.config else None
+        results = module.predict(cfg, args.checkpoint, args.inputs, args.out)
+        if args.json:
+            _print_json(results)
+        else:
+            print(f"{len(results)} image(s): pictures and JSON in {args.out}")
+        return 0
     predictor = load_predictor(args.checkpoint, args.model, args.labels, args.device,
                                _parse_pairs(args.data, "--data"), use_ema=args.ema,
                                model_options=_parse_pairs(args.option, "-o"))
@@ -267,6 +318,10 @@ def demo_recipe(data: Mapping) -> dict:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.task in DENSE_TASKS:
+        out = Path(args.out if args.out != "demo_out" else f"demo_{args.task}")
+        _print_json(dense_task(args.task).demo(out, data_dir=args.data_root, overrides=args.set or ()))
+        return 0
     from uniformer.data import generate_demo_dataset
     from uniformer.engine import evaluate_checkpoint, load_config, train
 
@@ -359,6 +414,10 @@ def add_commands(subparsers) -> None:
     p.add_argument("--ema", action="store_true", help="use the EMA weights of a training checkpoint")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, ...")
+    p.add_argument("--task", default="classification", choices=("classification",) + DENSE_TASKS,
+                   help="detection/segmentation/pose: write a picture and a JSON per image")
+    p.add_argument("--config", help="with --task: the recipe (default: the one recorded in the checkpoint)")
+    p.add_argument("--out", default="predictions", help="with --task: output folder")
     p.set_defaults(func=cmd_predict)
 
     p = subparsers.add_parser("demo", help="generate the built-in dataset, train a small model on it, evaluate, "
@@ -369,6 +428,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key (repeatable)")
     p.add_argument("--show", type=int, default=8, help="how many validation clips to predict at the end")
+    p.add_argument("--task", default="classification", choices=("classification",) + DENSE_TASKS,
+                   help="which demo: video classification (default), detection, segmentation or pose "
+                        "(output folder demo_<task> unless --out is given)")
     _add_common(p)
     p.set_defaults(func=cmd_demo)
 
