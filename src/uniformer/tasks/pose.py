@@ -29,7 +29,6 @@ Recipe schema (defaults in `default_config()`; every key must exist there):
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import logging
 import os
@@ -44,14 +43,14 @@ from torch.utils.data import DataLoader
 
 from .dense.coco import coco_ground_truth
 from .dense.config import load_config as _load_config
-from .dense.engine import load_dense_checkpoint, train_loop, write_json
+from .dense.engine import train_loop, write_json
 from .dense.io import BadSample, list_images, read_image
 from .dense.pose_data import PoseDataset, _to_tensor, pose_collate
 from .dense.pose_head import HeatmapHead, TopDownPose, joints_mse_loss
 from .dense.pose_utils import COCO_SIGMAS, box_to_center_scale, decode_heatmaps, flip_back, oks_nms, warp
 from .dense.synthetic import COCO_FLIP_PAIRS, COCO_SKELETON
 from .dense.visualize import draw_keypoints
-from .dense.weights import load_task_weights
+from .dense.weights import load_task_weights, model_and_recipe
 
 __all__ = ["default_config", "load_config", "build_model", "build_datasets", "train", "evaluate", "predict",
            "complexity", "demo"]
@@ -242,26 +241,7 @@ def train(cfg, out_dir: str | os.PathLike, resume: str | os.PathLike | None = No
 
 
 def _model_and_cfg(cfg_or_model, checkpoint) -> tuple[TopDownPose, dict]:
-    if isinstance(cfg_or_model, nn.Module):
-        cfg = getattr(cfg_or_model, "dense_cfg", None)
-        if cfg is None:
-            raise ValueError("a model passed directly needs its recipe as `model.dense_cfg`")
-        if checkpoint:
-            load_task_weights(cfg_or_model, checkpoint, task=TASK)
-        return cfg_or_model.eval(), cfg
-    if cfg_or_model is None:
-        own = load_dense_checkpoint(checkpoint) if checkpoint else None
-        if own is None:
-            raise ValueError("give a recipe (a checkpoint of another toolbox carries none)")
-        cfg_or_model = own["config"]
-    cfg = copy.deepcopy(_cfg(cfg_or_model))
-    cfg["model"]["checkpoint"] = None
-    cfg["model"]["backbone"]["pretrained"] = None
-    model = build_model(cfg)
-    if checkpoint:
-        load_task_weights(model, checkpoint, task=TASK)
-    model.dense_cfg = cfg
-    return model.eval(), cfg
+    return model_and_recipe(cfg_or_model, checkpoint, task=TASK, resolve=_cfg, build=build_model)
 
 
 def evaluate(cfg, checkpoint: str | os.PathLike | None, split: str = "val", out_dir: str | os.PathLike | None = None,

@@ -30,7 +30,6 @@ Recipe schema (defaults in `default_config()`; every key must exist there):
 """
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import time
@@ -42,13 +41,13 @@ from PIL import Image
 from torch import nn
 
 from .dense.config import load_config as _load_config
-from .dense.engine import load_dense_checkpoint, train_loop, write_json
+from .dense.engine import train_loop, write_json
 from .dense.io import BadSample, list_images, read_image
 from .dense.seg_data import SegDataset, read_classes, seg_collate
 from .dense.seg_eval import SegMetric, infer_probs
 from .dense.seg_heads import FCNHead, FPNHead, FPNNeck, Segmentor, UPerHead
 from .dense.visualize import draw_label_map
-from .dense.weights import load_task_weights
+from .dense.weights import load_task_weights, model_and_recipe
 
 __all__ = ["default_config", "load_config", "build_model", "build_datasets", "train", "evaluate", "predict",
            "complexity", "demo"]
@@ -180,30 +179,7 @@ def _maybe_val(cfg: dict) -> SegDataset | None:
 
 
 def _model_and_cfg(cfg_or_model, checkpoint) -> tuple[Segmentor, dict]:
-    if isinstance(cfg_or_model, nn.Module):
-        cfg = getattr(cfg_or_model, "dense_cfg", None)
-        if cfg is None:
-            raise ValueError("predict: a model passed directly needs its recipe as `model.dense_cfg`")
-        model = cfg_or_model
-        if checkpoint:
-            load_task_weights(model, checkpoint, task=TASK)
-        return model, cfg
-    if cfg_or_model is None:
-        if checkpoint is None:
-            raise ValueError("give a recipe, a model or a checkpoint")
-        own = load_dense_checkpoint(checkpoint)
-        if own is None:
-            raise ValueError(f"{checkpoint}: not a checkpoint of this package, so it carries no recipe; "
-                             "give the recipe too")
-        cfg_or_model = own["config"]
-    cfg = copy.deepcopy(_cfg(cfg_or_model))
-    cfg["model"]["checkpoint"] = None
-    cfg["model"]["backbone"]["pretrained"] = None
-    model = build_model(cfg)
-    if checkpoint:
-        load_task_weights(model, checkpoint, task=TASK)
-    model.dense_cfg = cfg
-    return model.eval(), cfg
+    return model_and_recipe(cfg_or_model, checkpoint, task=TASK, resolve=_cfg, build=build_model)
 
 
 def evaluate(cfg, checkpoint: str | os.PathLike | None, split: str = "val", out_dir: str | os.PathLike | None = None,

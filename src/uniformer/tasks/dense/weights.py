@@ -9,6 +9,7 @@ checkpoint fills the backbone only and leaves the heads as initialised.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -97,3 +98,35 @@ def load_task_weights(model: nn.Module, path: str | os.PathLike, *, task: str,
         raise CheckpointError("\n".join(lines))
     model.load_state_dict(converted, strict=False)
     return {"format": "original", "meta": meta, "skipped": skipped}
+
+
+def model_and_recipe(cfg_or_model, checkpoint: str | os.PathLike | None, *, task: str,
+                     resolve: Callable[[object], dict], build: Callable[[dict], nn.Module]) -> tuple[nn.Module, dict]:
+    """(model in eval mode, its recipe) for evaluation and prediction.
+
+    `cfg_or_model` is a model carrying its recipe as `dense_cfg`, a recipe (path or mapping), or None to use
+    the recipe recorded in one of this package's checkpoints. `checkpoint` weights (any supported layout)
+    are loaded into the model.
+    """
+    if isinstance(cfg_or_model, nn.Module):
+        cfg = getattr(cfg_or_model, "dense_cfg", None)
+        if cfg is None:
+            raise ValueError("a model passed directly needs its recipe as `model.dense_cfg`")
+        model = cfg_or_model
+    else:
+        if cfg_or_model is None:
+            if checkpoint is None:
+                raise ValueError("give a recipe, a model or a checkpoint")
+            own = load_dense_checkpoint(checkpoint)
+            if own is None:
+                raise ValueError(f"{checkpoint}: not a checkpoint of this package, so it carries no recipe; "
+                                 "give the recipe too")
+            cfg_or_model = own["config"]
+        cfg = copy.deepcopy(resolve(cfg_or_model))
+        cfg["model"]["checkpoint"] = None  # the weights come from `checkpoint`
+        cfg["model"]["backbone"]["pretrained"] = None
+        model = build(cfg)
+        model.dense_cfg = cfg
+    if checkpoint:
+        load_task_weights(model, checkpoint, task=task)
+    return model.eval(), cfg
