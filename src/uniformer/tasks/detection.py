@@ -46,7 +46,7 @@ from .dense.config import load_config as _load_config
 from .dense.det_data import DetDataset, det_collate
 from .dense.det_model import MaskRCNNFlops, build_mask_rcnn, convert_mmdet_keys
 from .dense.engine import load_dense_checkpoint, train_loop, write_json
-from .dense.io import BadSample, list_images, read_image
+from .dense.io import readable_images
 from .dense.visualize import draw_instances
 from .dense.weights import load_task_weights
 
@@ -296,13 +296,7 @@ def predict(cfg_or_model, checkpoint, inputs, out_dir: str | os.PathLike, score_
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
-    for path in list_images(inputs):
-        try:
-            image = read_image(path)
-        except BadSample as e:
-            _logger.warning("skipped: %s", e)
-            results.append({"image": str(path), "error": str(e)})
-            continue
+    for path, image in readable_images(inputs, results):
         x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255.0
         out = _detect(model, [x], cfg)[0]
         keep = out["scores"] >= score_thr

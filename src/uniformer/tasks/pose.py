@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader
 from .dense.coco import coco_ground_truth
 from .dense.config import load_config as _load_config
 from .dense.engine import train_loop, write_json
-from .dense.io import BadSample, list_images, read_image
+from .dense.io import readable_images
 from .dense.pose_data import PoseDataset, _to_tensor, pose_collate
 from .dense.pose_head import HeatmapHead, TopDownPose, joints_mse_loss
 from .dense.pose_utils import COCO_SIGMAS, box_to_center_scale, decode_heatmaps, flip_back, oks_nms, warp
@@ -270,13 +270,7 @@ def predict(cfg_or_model, checkpoint, inputs, out_dir: str | os.PathLike,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
-    for path in list_images(inputs):
-        try:
-            image = read_image(path)
-        except BadSample as e:
-            _logger.warning("skipped: %s", e)
-            results.append({"image": str(path), "error": str(e)})
-            continue
+    for path, image in readable_images(inputs, results):
         h, w = image.shape[:2]
         person_boxes = (boxes or {}).get(path.name) or [[0, 0, w, h, 1.0]]
         crops, centers, scales, scores = [], [], [], []

@@ -42,7 +42,7 @@ from torch import nn
 
 from .dense.config import load_config as _load_config
 from .dense.engine import train_loop, write_json
-from .dense.io import BadSample, list_images, read_image
+from .dense.io import readable_images
 from .dense.seg_data import SegDataset, read_classes, seg_collate
 from .dense.seg_eval import SegMetric, infer_probs
 from .dense.seg_heads import FCNHead, FPNHead, FPNNeck, Segmentor, UPerHead
@@ -201,13 +201,7 @@ def predict(cfg_or_model, checkpoint, inputs, out_dir: str | os.PathLike) -> lis
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
-    for path in list_images(inputs):
-        try:
-            image = read_image(path)
-        except BadSample as e:
-            _logger.warning("skipped: %s", e)
-            results.append({"image": str(path), "error": str(e)})
-            continue
+    for path, image in readable_images(inputs, results):
         labels = infer_probs(model, image, cfg["data"], cfg["test"], len(classes)).argmax(0).cpu().numpy()
         draw_label_map(image, labels, len(classes)).save(out_dir / f"{path.stem}_seg.png")
         Image.fromarray(labels.astype(np.uint8 if len(classes) <= 256 else np.uint16)).save(

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["BadSample", "read_image", "read_label_map", "list_images", "IMAGE_SUFFIXES", "report_bad"]
+__all__ = ["BadSample", "read_image", "read_label_map", "list_images", "readable_images", "IMAGE_SUFFIXES",
+           "report_bad"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -70,3 +71,17 @@ def list_images(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list
     if not out:
         raise FileNotFoundError(f"no images found in {inputs}")
     return out
+
+
+def readable_images(inputs: str | os.PathLike | Iterable[str | os.PathLike],
+                    results: list) -> Iterator[tuple[Path, np.ndarray]]:
+    """(path, image) for every image named by `inputs` (files or folders); an unreadable one is logged
+    and recorded in `results` as {"image", "error"} instead, so prediction goes on."""
+    for path in list_images(inputs):
+        try:
+            image = read_image(path)
+        except BadSample as e:
+            logging.getLogger(__name__).warning("skipped: %s", e)
+            results.append({"image": str(path), "error": str(e)})
+            continue
+        yield path, image
