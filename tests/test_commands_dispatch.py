@@ -3,21 +3,23 @@ from pathlib import Path
 
 import pytest
 
-from uniformer import commands
-from uniformer.cli import main
+from uniformer.cli import demo, main, predict, train
+from uniformer.cli import eval as eval_command
+from uniformer.cli.common import DENSE_TASKS
+from uniformer.engine.config import recipe_task
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_recipe_task_follows_base_files():
-    assert commands.recipe_task(CONFIGS / "segmentation" / "fpn_uniformer_base_global_ade20k_80k.yaml") \
+    assert recipe_task(CONFIGS / "segmentation" / "fpn_uniformer_base_global_ade20k_80k.yaml") \
         == "segmentation"
-    assert commands.recipe_task(CONFIGS / "demo.yaml") == "classification"
-    for task in commands.DENSE_TASKS:
+    assert recipe_task(CONFIGS / "demo.yaml") == "classification"
+    for task in DENSE_TASKS:
         recipes = sorted((CONFIGS / task).glob("*.yaml"))
-        assert recipes and all(commands.recipe_task(r) == task for r in recipes)
+        assert recipes and all(recipe_task(r) == task for r in recipes)
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
-        commands.recipe_task(CONFIGS / "nope.yaml")
+        recipe_task(CONFIGS / "nope.yaml")
 
 
 class FakeTask:
@@ -46,7 +48,8 @@ class FakeTask:
 
 def test_dense_commands_dispatch(monkeypatch, tmp_path, capsys):
     fake = FakeTask()
-    monkeypatch.setattr(commands, "dense_task", lambda name: fake)
+    for module in (train, eval_command, predict, demo):
+        monkeypatch.setattr(module, "task_module", lambda name: fake)
     recipe = str(CONFIGS / "segmentation" / "fpn_uniformer_small_global_ade20k_80k.yaml")
     assert main(["train", recipe, "--out", str(tmp_path / "run"), "--set", "train.iters=3"]) == 0
     assert main(["eval", recipe, "--checkpoint", "ck.pt", "--split", "val"]) == 0

@@ -7,7 +7,7 @@ import sys
 
 import torch.distributed as dist
 
-from uniformer.commands import main
+from uniformer.cli import main
 
 if __name__ == "__main__":
     commands, current = [], []

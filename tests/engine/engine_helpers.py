@@ -1,7 +1,7 @@
 """Synthetic datasets, toy models and tiny recipes for the engine and task tests.
 
 Importable by subprocesses too (the tests put this folder and `src/` on PYTHONPATH), which is how a
-training run started with `python -m uniformer.commands` or torchrun finds `data.builder:
+training run started with `python -m uniformer.cli` or torchrun finds `data.builder:
 engine_helpers:build_tiny_clips` and `model.name: engine_helpers:toy_video_net`.
 """
 from __future__ import annotations
@@ -134,7 +134,7 @@ def subprocess_env(**extra: str) -> dict:
     return env
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 120, torchrun: int = 0, module: str = "uniformer.commands",
+def run_cli(args: list[str], cwd: Path, timeout: float = 120, torchrun: int = 0, module: str = "uniformer.cli",
             **env) -> subprocess.CompletedProcess:
     """`python -m MODULE ARGS` (by default the uniformer commands), under torchrun with `torchrun` processes."""
     if torchrun:

@@ -97,7 +97,7 @@ def test_duplicate_keys_are_an_error(tmp_path):
 
 
 def test_demo_yaml_is_the_demo_command_recipe():
-    from uniformer.commands import demo_recipe
+    from uniformer.tasks.classification.demo import demo_recipe
 
     data = {"root": "R", "train_list": "R/train.txt", "val_list": "R/val.txt", "class_names": "R/classnames.txt"}
     from_code = load_config(None, None, base=demo_recipe(data))

@@ -7,7 +7,7 @@ import json
 from engine_helpers import write_moving_videos
 
 import uniformer.data
-from uniformer.commands import main
+from uniformer.cli import main
 
 
 def test_demo_trains_evaluates_and_predicts(tmp_path, monkeypatch, capsys):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from engine_helpers import tiny_recipe, tiny_uniformer, write_moving_videos, write_recipe
 
-from uniformer.commands import main as cli
+from uniformer.cli import main as cli
 from uniformer.engine import ConfigError, load_config, load_training_checkpoint, train
 
 PNG = b"\x89PNG\r\n\x1a\n"

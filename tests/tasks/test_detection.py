@@ -15,10 +15,10 @@ from PIL import Image
 
 from uniformer.tasks import detection as D
 from uniformer.tasks.dense.coco import coco_ground_truth
-from uniformer.tasks.dense.det_data import DetDataset, det_collate
 from uniformer.tasks.dense.engine import lr_at
 from uniformer.tasks.dense.synthetic import write_shapes_coco
 from uniformer.tasks.dense.weights import load_task_weights
+from uniformer.tasks.detection.data import DetDataset, det_collate
 
 REPO = Path(__file__).resolve().parents[2]
 

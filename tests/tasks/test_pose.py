@@ -13,8 +13,9 @@ from dense_helpers import TINY_BACKBONE, edit_json, losses_fell, save_original_c
 from PIL import Image
 
 from uniformer.tasks import pose as P
-from uniformer.tasks.dense.pose_data import PoseDataset, pose_collate
-from uniformer.tasks.dense.pose_utils import (
+from uniformer.tasks.dense.synthetic import COCO_FLIP_PAIRS, write_pose_coco
+from uniformer.tasks.pose.data import PoseDataset, pose_collate
+from uniformer.tasks.pose.decoding import (
     affine_matrix,
     apply_affine,
     box_to_center_scale,
@@ -23,7 +24,6 @@ from uniformer.tasks.dense.pose_utils import (
     gaussian_targets,
     warp,
 )
-from uniformer.tasks.dense.synthetic import COCO_FLIP_PAIRS, write_pose_coco
 
 REPO = Path(__file__).resolve().parents[2]
 

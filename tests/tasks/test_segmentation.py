@@ -16,9 +16,9 @@ from uniformer.models.checkpoint import CheckpointError
 from uniformer.tasks import segmentation as S
 from uniformer.tasks.dense.config import ConfigError
 from uniformer.tasks.dense.engine import lr_at
-from uniformer.tasks.dense.seg_data import SegDataset, seg_collate
-from uniformer.tasks.dense.seg_eval import SegMetric, infer_probs
 from uniformer.tasks.dense.synthetic import write_shapes_segmentation
+from uniformer.tasks.segmentation.data import SegDataset, seg_collate
+from uniformer.tasks.segmentation.evaluation import SegMetric, infer_probs
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,9 +9,10 @@ import torch
 from engine_helpers import tiny_uniformer, write_moving_videos
 from PIL import Image
 
-from uniformer.commands import load_predictor, main
+from uniformer.cli import main
 from uniformer.engine import load_config, train
 from uniformer.tasks.classification import build_model
+from uniformer.tasks.classification.predict import load_predictor
 
 
 def _predict(capsys, args):

@@ -39,7 +39,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ConfigError", "default_config", "load_config", "apply_overrides", "validate_config", "merge",
+__all__ = ["ConfigError", "default_config", "load_config", "recipe_task", "apply_overrides", "validate_config", "merge",
            "dump_config", "resolve_out_dir", "parse_yaml"]
 
 # Sections whose keys are free-form (owned by other modules or by the model).
@@ -271,3 +271,16 @@ def dump_config(cfg: Mapping, path: str | os.PathLike) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(yaml.safe_dump(dict(cfg), sort_keys=False))
     os.replace(tmp, path)
+
+
+def recipe_task(path: str | os.PathLike) -> str:
+    """The `task:` a recipe names (following its `base:` files); classification when none does."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe {path} does not exist")
+    recipe = yaml.safe_load(path.read_text()) or {}
+    if "task" in recipe:
+        return str(recipe["task"])
+    if recipe.get("base"):
+        return recipe_task(path.parent / recipe["base"])
+    return "classification"

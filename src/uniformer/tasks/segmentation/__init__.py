@@ -40,14 +40,14 @@ import numpy as np
 from PIL import Image
 from torch import nn
 
-from .dense.config import load_config as _load_config
-from .dense.engine import train_loop, write_json
-from .dense.io import readable_images
-from .dense.seg_data import SegDataset, read_classes, seg_collate
-from .dense.seg_eval import SegMetric, infer_probs
-from .dense.seg_heads import FCNHead, FPNHead, FPNNeck, Segmentor, UPerHead
-from .dense.visualize import draw_label_map
-from .dense.weights import load_task_weights, model_and_recipe
+from ..dense.config import load_config as _load_config
+from ..dense.engine import train_loop, write_json
+from ..dense.io import readable_images
+from ..dense.visualize import draw_label_map
+from ..dense.weights import load_task_weights, model_and_recipe
+from .data import SegDataset, read_classes, seg_collate
+from .evaluation import SegMetric, infer_probs
+from .heads import FCNHead, FPNHead, FPNNeck, Segmentor, UPerHead
 
 __all__ = ["default_config", "load_config", "build_model", "build_datasets", "train", "evaluate", "predict",
            "complexity", "demo"]
@@ -262,7 +262,7 @@ def demo_config(data_root: str | os.PathLike) -> dict:
 def demo(out_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> dict:
     """Generate (once) synthetic shapes in the folder layout, train a tiny UniFormer + Semantic FPN,
     evaluate mIoU, write out_dir/metrics.json and example pictures in out_dir/examples."""
-    from .dense.synthetic import default_cache, write_shapes_segmentation
+    from ..dense.synthetic import default_cache, write_shapes_segmentation
 
     out_dir = Path(out_dir)
     t0 = time.perf_counter()

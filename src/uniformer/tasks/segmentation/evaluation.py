@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .seg_data import normalize, resize_keep_ratio
+from .data import normalize, resize_keep_ratio
 
 __all__ = ["infer_probs", "slide_logits", "SegMetric"]
 

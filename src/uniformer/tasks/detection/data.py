@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .coco import annotation_mask, load_coco
-from .config import resolve_path
-from .io import BadSample, read_image, report_bad
+from ..dense.coco import annotation_mask, load_coco
+from ..dense.config import resolve_path
+from ..dense.io import BadSample, read_image, report_bad
 
 __all__ = ["DetDataset", "det_collate"]
 

@@ -41,14 +41,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .dense.coco import coco_ground_truth
-from .dense.config import load_config as _load_config
-from .dense.det_data import DetDataset, det_collate
-from .dense.det_model import MaskRCNNFlops, build_mask_rcnn, convert_mmdet_keys
-from .dense.engine import load_dense_checkpoint, train_loop, write_json
-from .dense.io import readable_images
-from .dense.visualize import draw_instances
-from .dense.weights import load_task_weights
+from ..dense.coco import coco_ground_truth
+from ..dense.config import load_config as _load_config
+from ..dense.engine import load_dense_checkpoint, train_loop, write_json
+from ..dense.io import readable_images
+from ..dense.visualize import draw_instances
+from ..dense.weights import load_task_weights
+from .data import DetDataset, det_collate
+from .model import MaskRCNNFlops, build_mask_rcnn, convert_mmdet_keys
 
 __all__ = ["default_config", "load_config", "build_model", "build_datasets", "train", "evaluate", "predict",
            "complexity", "demo"]
@@ -104,7 +104,7 @@ def _class_names(cfg: dict) -> list[str]:
         return [str(c) for c in cfg["data"]["classes"]]
     import json
 
-    from .dense.config import resolve_path
+    from ..dense.config import resolve_path
 
     for split in ("train", "val"):
         ann = (cfg["data"].get(split) or {}).get("annotations")
@@ -362,7 +362,7 @@ def demo_config(data_root: str | os.PathLike) -> dict:
 def demo(out_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> dict:
     """Generate (once) coloured shapes in the COCO instances format, train a tiny UniFormer Mask R-CNN,
     evaluate box and mask AP with pycocotools, write out_dir/metrics.json and pictures in out_dir/examples."""
-    from .dense.synthetic import default_cache, write_shapes_coco
+    from ..dense.synthetic import default_cache, write_shapes_coco
 
     out_dir = Path(out_dir)
     t0 = time.perf_counter()

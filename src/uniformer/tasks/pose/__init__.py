@@ -41,16 +41,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .dense.coco import coco_ground_truth
-from .dense.config import load_config as _load_config
-from .dense.engine import train_loop, write_json
-from .dense.io import readable_images
-from .dense.pose_data import PoseDataset, _to_tensor, pose_collate
-from .dense.pose_head import HeatmapHead, TopDownPose, joints_mse_loss
-from .dense.pose_utils import COCO_SIGMAS, box_to_center_scale, decode_heatmaps, flip_back, oks_nms, warp
-from .dense.synthetic import COCO_FLIP_PAIRS, COCO_SKELETON
-from .dense.visualize import draw_keypoints
-from .dense.weights import load_task_weights, model_and_recipe
+from ..dense.coco import coco_ground_truth
+from ..dense.config import load_config as _load_config
+from ..dense.engine import train_loop, write_json
+from ..dense.io import readable_images
+from ..dense.synthetic import COCO_FLIP_PAIRS, COCO_SKELETON
+from ..dense.visualize import draw_keypoints
+from ..dense.weights import load_task_weights, model_and_recipe
+from .data import PoseDataset, _to_tensor, pose_collate
+from .decoding import COCO_SIGMAS, box_to_center_scale, decode_heatmaps, flip_back, oks_nms, warp
+from .head import HeatmapHead, TopDownPose, joints_mse_loss
 
 __all__ = ["default_config", "load_config", "build_model", "build_datasets", "train", "evaluate", "predict",
            "complexity", "demo"]
@@ -332,7 +332,7 @@ def demo_config(data_root: str | os.PathLike) -> dict:
 def demo(out_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> dict:
     """Generate (once) stick figures in the COCO keypoints format, train a tiny UniFormer pose network,
     evaluate OKS AP with pycocotools, write out_dir/metrics.json and example pictures in out_dir/examples."""
-    from .dense.synthetic import default_cache, write_pose_coco
+    from ..dense.synthetic import default_cache, write_pose_coco
 
     out_dir = Path(out_dir)
     t0 = time.perf_counter()

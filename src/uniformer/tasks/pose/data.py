@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .coco import load_coco
-from .config import resolve_path
-from .io import BadSample, read_image, report_bad
-from .pose_utils import affine_matrix, apply_affine, box_to_center_scale, gaussian_targets, warp
-from .synthetic import COCO_FLIP_PAIRS
+from ..dense.coco import load_coco
+from ..dense.config import resolve_path
+from ..dense.io import BadSample, read_image, report_bad
+from ..dense.synthetic import COCO_FLIP_PAIRS
+from .decoding import affine_matrix, apply_affine, box_to_center_scale, gaussian_targets, warp
 
 __all__ = ["PoseDataset", "pose_collate"]
 

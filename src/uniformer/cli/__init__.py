@@ -1,0 +1,37 @@
+"""The `uniformer` command line. Each sub-command is a module here with `register(subparsers)` and `run(args)`.
+
+`python -m uniformer.cli ...` runs it too, e.g. `torchrun --nproc_per_node 2 -m uniformer.cli train RECIPE`.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import benchmark, convert, demo, info, models, predict, train
+from . import eval as eval_command
+
+__all__ = ["main", "build_parser"]
+
+COMMANDS = (models, info, benchmark, convert, train, eval_command, predict, demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="uniformer", description="UniFormer models, training and inference.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    from uniformer.models.checkpoint import CheckpointError
+
+    try:
+        return args.func(args)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

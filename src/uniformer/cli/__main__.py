@@ -1,0 +1,5 @@
+import sys
+
+from uniformer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,161 @@
+"""Classification inference on files: a model from any checkpoint plus its data pipeline's test view.
+
+`load_predictor` builds the model behind a training checkpoint of this package or an original one;
+`predict_files` returns top-k classes for image and video files, averaging over test views.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Predictor", "load_predictor", "predict_files", "VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS"]
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# data-pipeline keys that shape the test-time view of a clip (carried over from a training checkpoint)
+TRANSFORM_KEYS = ("num_frames", "sampling", "stride", "input_size", "short_side", "test_clips", "test_crops",
+                  "mean", "std", "video_ext", "decode_threads")
+
+
+@dataclass
+class Predictor:
+    """A model ready for inference plus what is needed to read files the way its data pipeline does."""
+
+    model: Any  # torch.nn.Module in eval mode
+    classes: list[str]
+    data_cfg: dict  # data: section for the pipeline's test transform
+    device: Any  # torch.device
+    is_video: bool
+
+
+def _default_data_cfg(is_video: bool) -> dict:
+    if is_video:  # the UniFormer Kinetics test view: 16 frames 4 apart, short side 256, centre crop 224
+        return {"format": "video_list", "num_frames": 16, "sampling": "dense", "stride": 4, "input_size": 224,
+                "short_side": 256, "test_clips": 1, "test_crops": 1}
+    return {"format": "image_list", "input_size": 224, "short_side": 256, "test_crops": 1}
+
+
+def load_predictor(checkpoint: str | os.PathLike, model_name: str | None = None, labels: str | None = None,
+                   device: str | None = None, data_overrides: Mapping | None = None, use_ema: bool = False,
+                   model_options: Mapping | None = None) -> Predictor:
+    """Build the model behind `checkpoint` (a training checkpoint of this engine or any original one).
+
+    `model_options` (depths, embed_dims, ...) describe the architecture of an original checkpoint;
+    training checkpoints record theirs. `data_overrides` adjust the test transform (num_frames, ...).
+    """
+
+    from uniformer.engine.checkpoint import read_training_checkpoint
+    from uniformer.engine.distributed import resolve_device
+
+    from . import (
+        build_model,
+        checkpoint_num_classes,
+        load_weights,
+        model_input_ndim,
+        read_class_names,
+    )
+
+    path = Path(checkpoint)
+    obj = read_training_checkpoint(path)
+    if obj is not None:
+        spec = obj["model_spec"]
+        if model_name and model_name != spec["name"]:
+            raise ValueError(f"--model {model_name}: {path} was trained as {spec['name']}")
+        if model_options:
+            raise ValueError(f"-o model options are for original checkpoints; {path} records its architecture "
+                             f"({spec['kwargs']})")
+        model_cfg = {"name": spec["name"], "kwargs": spec["kwargs"]}
+        num_classes = int(obj["num_classes"])
+        classes = list(obj.get("classes") or [])
+        recorded = (obj.get("config") or {}).get("data", {})
+        data_cfg = {} if recorded.get("builder") else {k: v for k, v in recorded.items()
+                                                       if k in TRANSFORM_KEYS or k == "format"}
+    else:
+        if not model_name:
+            raise ValueError(f"--model is needed: {path} is not a training checkpoint of this engine, so it does "
+                             "not record which model it holds")
+        model_cfg = {"name": model_name, "kwargs": dict(model_options or {})}
+        num_classes = checkpoint_num_classes(path)
+        if num_classes is None:
+            raise ValueError(f"{path} has no classifier ('head.weight'); predict needs a classification checkpoint")
+        classes, data_cfg = [], {}
+    if labels:
+        classes = read_class_names(labels, expected=num_classes)
+    if len(classes) != num_classes:
+        classes = [f"class_{i}" for i in range(num_classes)]
+    model = build_model(model_cfg, num_classes, for_training=False)
+    load_weights(model, path, use_ema=use_ema)
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    is_video = model_input_ndim(model) == 5
+    fmt = data_cfg.get("format")
+    if fmt is not None and (fmt in ("video_list", "sthv2")) != is_video:
+        data_cfg = {}
+    cfg = {**_default_data_cfg(is_video), **{k: v for k, v in data_cfg.items() if k != "format"}}
+    cfg["format"] = "video_list" if is_video else "image_list"
+    cfg.update(dict(data_overrides or {}))
+    return Predictor(model, classes, cfg, dev, is_video)
+
+
+def _kind_of(path: str) -> str:
+    ext = Path(path).suffix.lower()
+    if ext in VIDEO_EXTENSIONS:
+        return "video"
+    if ext in IMAGE_EXTENSIONS:
+        return "image"
+    return "unknown"
+
+
+def predict_files(predictor: Predictor, inputs: Sequence[str], topk: int = 5) -> list[dict]:
+    """Top-k classes with probabilities for each image or video file (the test-split transform of the
+    data pipeline: multi-view inputs are averaged over views). Unreadable inputs get an `error`."""
+    import torch
+
+    from uniformer.data import build_dataset
+
+    from . import model_input_ndim, view_logits
+
+    results: list[dict] = [{"input": p, "predictions": [], "error": None} for p in inputs]
+    wanted = "video" if predictor.is_video else "image"
+    todo: list[int] = []
+    for i, p in enumerate(inputs):
+        kind = _kind_of(p)
+        if not Path(p).is_file():
+            results[i]["error"] = "file not found"
+        elif kind != wanted:
+            results[i]["error"] = (f"the model is a {wanted} model but this is "
+                                   f"{'an unrecognised file type' if kind == 'unknown' else f'a {kind}'}"
+                                   f" (known {wanted} extensions: "
+                                   f"{', '.join(VIDEO_EXTENSIONS if wanted == 'video' else IMAGE_EXTENSIONS)})")
+        else:
+            todo.append(i)
+    if not todo:
+        return results
+    k = min(topk, len(predictor.classes))
+    with tempfile.TemporaryDirectory(prefix="uniformer_predict_") as tmp:
+        list_file = Path(tmp) / "inputs.txt"
+        list_file.write_text("".join(f"{os.path.abspath(inputs[i])} 0\n" for i in todo))
+        cfg = {**predictor.data_cfg, "root": "/", "test_list": str(list_file), "max_retries": 0,
+               "num_classes": 1, "skip_missing": False}
+        for key in ("train_list", "val_list", "class_names"):
+            cfg.pop(key, None)
+        dataset = build_dataset(cfg, "test")
+        expected = model_input_ndim(predictor.model)
+        for pos, i in enumerate(todo):
+            try:
+                item = dataset[pos]
+            except Exception as e:  # a file the pipeline cannot decode
+                results[i]["error"] = f"cannot read: {e}"
+                continue
+            x = item["input"].unsqueeze(0).to(predictor.device)
+            with torch.no_grad():
+                probs = view_logits(predictor.model, x, expected).softmax(-1).mean(1)[0].cpu()
+            top = probs.topk(k)
+            results[i]["predictions"] = [{"label": predictor.classes[c], "index": int(c), "prob": float(pr)}
+                                         for pr, c in zip(top.values.tolist(), top.indices.tolist())]
+            results[i]["views"] = int(x.shape[1]) if x.ndim == (expected or 5) + 1 else 1
+    return results
