@@ -8,7 +8,7 @@
   window attention, whose zero padding comes after the affine map).
 - Layer-scale `gamma`s go into the output projections (`conv2`, `attn.proj`, `mlp.fc2`).
 - The DPE residual becomes +1 on the centre tap of its depthwise kernel.
-- FFNs become `InferenceMlp`: fc1 and GELU run as one oneDNN kernel on CPU.
+- FFNs become `InferenceMlp`: fc1 and GELU run as one oneDNN kernel on CPU (`layers.dense`).
 - The model runs on channels-last maps, where pointwise convolutions are matrix products over
   channels and the token views of the global stages need no copies.
 
