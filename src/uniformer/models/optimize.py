@@ -41,12 +41,15 @@ class OptimizedModel(nn.Module):
     shape compiles again (see `optimize`).
     """
 
-    def __init__(self, fused: nn.Module, compiled: bool, dynamic: bool):
+    def __init__(self, fused: nn.Module, compiled: bool):
         super().__init__()
         self.fused = fused
         self.compiled = compiled
         self.compile_seconds = 0.0
-        self._run = torch.compile(fused, backend="inductor", dynamic=dynamic) if compiled else fused
+        # Static shapes: one graph per input shape. Shape-generic graphs (`dynamic=True`, also what
+        # torch.compile's default switches to at the second shape) fail on channels-last 3-D convolutions
+        # in torch 2.14 (the oneDNN convolution's fake kernel reports other strides than it produces).
+        self._run = torch.compile(fused, backend="inductor", dynamic=False) if compiled else fused
 
     def forward(self, x: torch.Tensor):
         # Frozen weights are compiled for gradient-free calls only. Inductor reads `freezing` from its
@@ -57,8 +60,7 @@ class OptimizedModel(nn.Module):
             return self._run(x)
 
 
-def optimize(model: nn.Module, example: torch.Tensor | None = None, compile: bool = True,
-             dynamic: bool = False) -> OptimizedModel:
+def optimize(model: nn.Module, example: torch.Tensor | None = None, compile: bool = True) -> OptimizedModel:
     """Return a fast inference-only copy of a UniFormer model (the original is left untouched).
 
     Args:
@@ -67,20 +69,20 @@ def optimize(model: nn.Module, example: torch.Tensor | None = None, compile: boo
             right away (timed: `compile_seconds`, also logged), so that later calls run at full speed.
         compile: `torch.compile` the fused model (inductor backend, frozen weights). False: the fused
             model in eager mode, which needs no C++ compiler and no warm-up.
-        dynamic: compile once for any input shape instead of once per shape.
 
-    Shapes: by default each input shape gets its own compiled graph; the first call with a new shape
-    (another batch size, resolution or clip length) compiles again, which takes about as long as the
-    first compile. Serve a fixed shape (pad the last batch of a folder) to compile once. After
+    Shapes: each input shape gets its own compiled graph, specialised to it; the first call with a new
+    shape (another batch size, resolution or clip length) compiles again, which takes about as long as
+    the first compile. Compile once, reuse many times: serve one shape (e.g. pad the last, smaller batch
+    of a folder to the batch size and drop the padded outputs). After
     `torch._dynamo.config.recompile_limit` distinct shapes (8 by default) further shapes run the fused
-    model in eager mode: still correct, slower. `dynamic=True` compiles shape-generic code once instead.
+    model in eager mode: still correct, slower.
 
     Accuracy: float32 throughout, the same function as the eager model up to rounding (outputs agree
     to about 1e-6 relative; tests check 1e-4). The returned model is for inference only: it runs
     without gradients and its BatchNorm statistics are folded into the weights.
     """
     fused = fuse(model)
-    optimized = OptimizedModel(fused, compiled=compile, dynamic=dynamic)
+    optimized = OptimizedModel(fused, compiled=compile)
     if compile and example is not None:
         start = time.perf_counter()
         optimized(example)
