@@ -7,8 +7,8 @@ What each step buys on a CPU (measured on an AVX2 AMD EPYC, 2 threads, float32):
   oneDNN matrix products (GELU fused into them).
 - `torch.compile` with inductor and `freezing` turns the weights into constants and generates fused
   C++ loops for everything between the matrix products, attention and depthwise convolutions
-  (LayerNorms, residual adds, layout copies, the class-token-free pooling), which eager PyTorch runs
-  as separate memory-bound passes.
+  (LayerNorms, residual adds, layout copies, the average pooling), which eager PyTorch runs as
+  separate memory-bound passes.
 
 Every step computes the same function in float32: no reduced precision, no approximate GELU or
 softmax. The outputs differ from the eager model by float32 rounding only (about 1e-6 relative).
@@ -29,8 +29,8 @@ __all__ = ["optimize", "OptimizedModel"]
 _logger = logging.getLogger(__name__)
 
 # Inductor options of the compiled path. `freezing` makes the weights graph constants (constant
-# folding, oneDNN weight layouts); max-autotune stays off: it multiplies the compile time for no
-# gain on CPUs without AMX.
+# folding, oneDNN weight layouts, and the oneDNN matmul/convolution lowerings need it); max-autotune
+# stays off: it benchmarks kernel variants while compiling, which multiplies the compile time.
 INDUCTOR_OPTIONS = {"freezing": True}
 
 
@@ -50,6 +50,8 @@ class OptimizedModel(nn.Module):
         # torch.compile's default switches to at the second shape) fail on channels-last 3-D convolutions
         # in torch 2.14 (the oneDNN convolution's fake kernel reports other strides than it produces).
         self._run = torch.compile(fused, backend="inductor", dynamic=False) if compiled else fused
+        if compiled:
+            import torch._inductor.config  # noqa: F401  (here, not at the top: loading inductor takes seconds)
 
     def forward(self, x: torch.Tensor):
         # Frozen weights are compiled for gradient-free calls only. Inductor reads `freezing` from its
