@@ -16,6 +16,7 @@ softmax. The outputs differ from the eager model by float32 rounding only (about
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import time
 
@@ -50,8 +51,8 @@ class OptimizedModel(nn.Module):
         # torch.compile's default switches to at the second shape) fail on channels-last 3-D convolutions
         # in torch 2.14 (the oneDNN convolution's fake kernel reports other strides than it produces).
         self._run = torch.compile(fused, backend="inductor", dynamic=False) if compiled else fused
-        if compiled:
-            import torch._inductor.config  # noqa: F401  (here, not at the top: loading inductor takes seconds)
+        if compiled:  # loaded here, not at import: loading inductor takes seconds
+            importlib.import_module("torch._inductor.config")
 
     def forward(self, x: torch.Tensor):
         # Frozen weights are compiled for gradient-free calls only. Inductor reads `freezing` from its
