@@ -11,10 +11,10 @@ import timm
 from torch import nn
 
 from . import models  # noqa: F401  (registers the variants with timm)
-from .models import CheckpointError, fuse, identify_variant, load_checkpoint
+from .models import CheckpointError, fuse, identify_variant, load_checkpoint, optimize
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "list_models", "fuse", "load_checkpoint", "identify_variant", "CheckpointError"]
+__all__ = ["create_model", "list_models", "fuse", "optimize", "load_checkpoint", "identify_variant", "CheckpointError"]
 
 
 def list_models(pattern: str = "uniformer*", pretrained: bool = False) -> list[str]:

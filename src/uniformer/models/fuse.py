@@ -8,7 +8,7 @@
   window attention, whose zero padding comes after the affine map).
 - Layer-scale `gamma`s go into the output projections (`conv2`, `attn.proj`, `mlp.fc2`).
 - The DPE residual becomes +1 on the centre tap of its depthwise kernel.
-- FFNs become `InferenceMlp`: fc1 and GELU run as one oneDNN kernel on CPU.
+- FFNs become `InferenceMlp`: fc1 and GELU run as one oneDNN kernel on CPU (`layers.dense`).
 - The model runs on channels-last maps, where pointwise convolutions are matrix products over
   channels and the token views of the global stages need no copies.
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .layers import (
@@ -28,6 +27,7 @@ from .layers import (
     DynamicPositionEmbedding,
     GlobalBlock,
     LocalBlock,
+    dense,
     from_channels_last_view,
     to_channels_last_view,
 )
@@ -35,11 +35,6 @@ from .uniformer import UniFormer
 from .uniformer_light import EvolvingGlobalBlock, UniFormerLight
 
 __all__ = ["fuse", "InferenceMlp"]
-
-
-def _onednn_linear_gelu_available() -> bool:
-    return hasattr(torch.ops, "mkldnn") and hasattr(torch.ops.mkldnn, "_linear_pointwise") \
-        and torch.backends.mkldnn.is_available()
 
 
 class InferenceMlp(nn.Module):
@@ -57,16 +52,9 @@ class InferenceMlp(nn.Module):
         self.b1 = nn.Parameter(fc1.bias.detach().clone(), requires_grad=False)
         self.w2 = nn.Parameter(fc2.weight.detach().flatten(1).clone(), requires_grad=False)
         self.b2 = nn.Parameter(fc2.bias.detach().clone(), requires_grad=False)
-        self.fused_gelu = _onednn_linear_gelu_available()
 
     def _tokens(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused_gelu and x.device.type == "cpu" and x.dtype == torch.float32 \
-                and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing() \
-                and not torch.compiler.is_compiling():
-            h = torch.ops.mkldnn._linear_pointwise(x, self.w1, self.b1, "gelu", [], "none")
-        else:
-            h = F.gelu(F.linear(x, self.w1, self.b1))
-        return F.linear(h, self.w2, self.b2)
+        return dense(dense(x, self.w1, self.b1, gelu=True), self.w2, self.b2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.on_maps:
