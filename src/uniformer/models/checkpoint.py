@@ -26,7 +26,7 @@ _logger = logging.getLogger(__name__)
 
 __all__ = [
     "CheckpointError", "read_checkpoint", "unwrap_state_dict", "checkpoint_filter_fn", "load_checkpoint",
-    "load_pretrained", "identify_variant", "guess_variants", "inflate_weight", "save_safetensors",
+    "load_pretrained", "pretrained_file", "identify_variant", "guess_variants", "inflate_weight", "save_safetensors",
 ]
 
 CLASSIFIER_PREFIXES = ("head.", "head_cls.", "aux_head.")
@@ -284,13 +284,17 @@ def identify_variant(sd: Mapping[str, torch.Tensor], info: Mapping | None = None
 
 
 # --- pretrained weights ------------------------------------------------------------------------
-def _pretrained_file(cfg: Mapping) -> str:
+def pretrained_file(cfg: Mapping, how: str | None = None) -> str:
+    """The local file of a pretrained config: its `file`, else the hub download (cached), else its URL.
+
+    `how` tells the caller's way of passing a local file instead (the error says the Python one by default).
+    """
     name = f"{cfg.get('architecture')}.{cfg.get('tag')}"
     if cfg.get("file"):
         return str(cfg["file"])
-    how = (f"No network? Download it elsewhere and pass the file: "
-           f"uniformer.create_model('{cfg.get('architecture')}', checkpoint_path='FILE') or "
-           f"pretrained_cfg_overlay=dict(file='FILE').")
+    how = "No network? Download it elsewhere and pass the file: " + (how or (
+        f"uniformer.create_model('{cfg.get('architecture')}', checkpoint_path='FILE') or "
+        f"pretrained_cfg_overlay=dict(file='FILE')."))
     if cfg.get("hf_hub_id"):
         try:
             from huggingface_hub import hf_hub_download
@@ -312,7 +316,7 @@ def _pretrained_file(cfg: Mapping) -> str:
 
 def load_pretrained(model: torch.nn.Module, inflate: str = "average") -> dict:
     """Resolve the model's pretrained config (local file, hub or URL) and load it with the converter."""
-    return load_checkpoint(model, _pretrained_file(model.pretrained_cfg), inflate)
+    return load_checkpoint(model, pretrained_file(model.pretrained_cfg), inflate)
 
 
 def save_safetensors(model: torch.nn.Module, path: str | os.PathLike, name: str, config: Mapping) -> None:
