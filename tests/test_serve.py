@@ -121,3 +121,37 @@ def test_serve_binds_to_localhost_by_default():
 
     args = build_parser().parse_args(["serve", "--checkpoint", "x.pt"])
     assert (args.host, args.port, args.task) == ("127.0.0.1", 7860, "classification")
+
+
+def test_segmentation_page_draws_the_label_map_like_predict(tmp_path, capsys):
+    import yaml
+
+    from uniformer.serve import build_app
+    from uniformer.tasks import segmentation
+    from uniformer.tasks.dense.synthetic import write_shapes_segmentation
+
+    root = write_shapes_segmentation(tmp_path / "shapes", n_train=1, n_val=2, size=(64, 64))
+    recipe = {"model": {"backbone": {"name": "uniformer_small", "drop_path_rate": 0.0,
+                                     "kwargs": {"depths": [1, 1, 2, 1], "embed_dims": [16, 32, 64, 128],
+                                                "head_dim": 16}},
+                        "head": "fpn", "channels": 16, "neck_channels": 16, "dropout": 0.0},
+              "data": {"format": "folder", "root": str(root), "classes": "classes.txt",
+                       "num_classes": None, "img_scale": [64, 64], "crop_size": [64, 64]}}
+    config = tmp_path / "seg.yaml"
+    config.write_text(yaml.safe_dump({"task": "segmentation", **recipe}))
+    torch.manual_seed(0)
+    model = segmentation.build_model(segmentation.load_config(config))
+    ckpt = tmp_path / "seg.pth"
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+    image = sorted((root / "images" / "val").iterdir())[0]
+    app = build_app(checkpoint=ckpt, task="segmentation", config=config, examples_dir=tmp_path / "examples")
+    try:
+        picture, record = _served(app).predict(gradio_client.handle_file(str(image)), api_name="/predict")
+    finally:
+        app.close()
+    capsys.readouterr()
+    assert main(["predict", "--task", "segmentation", "--config", str(config), "--checkpoint", str(ckpt), "--json",
+                 "--out", str(tmp_path / "cli"), str(image)]) == 0
+    (cli,) = json.loads(capsys.readouterr().out)
+    assert record["classes"] == cli["classes"]  # names, pixel counts
+    assert np.array_equal(np.asarray(Image.open(picture)), np.asarray(Image.open(cli["picture"])))

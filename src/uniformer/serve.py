@@ -102,7 +102,8 @@ def _classification_page(gr, predictor, title: str, examples: list[str], out_dir
             with gr.Column():
                 top5 = gr.Label(label="top-5 classes", num_top_classes=5)
                 figure = gr.Image(label="what the model saw", type="filepath")
-                record = gr.JSON(label="predict --json")
+                with gr.Accordion("predict --json", open=False):
+                    record = gr.JSON(label="predict --json")
         run.click(classify, inputs=[source], outputs=[top5, figure, record], api_name="predict")
     return app
 
@@ -133,7 +134,8 @@ def _dense_page(gr, task: str, recipe, checkpoint: str, title: str, examples: li
                     gr.Examples(examples=[[p] for p in examples], inputs=[source])
             with gr.Column():
                 picture = gr.Image(label=what, type="filepath")
-                record = gr.JSON(label="predict --json")
+                with gr.Accordion("predict --json", open=False):
+                    record = gr.JSON(label="predict --json")
         run.click(analyse, inputs=[source], outputs=[picture, record], api_name="predict")
     return app
 

@@ -40,8 +40,8 @@ def _default_data_cfg(is_video: bool) -> dict:
     return {"format": "image_list", "input_size": 224, "short_side": 256, "test_crops": 1}
 
 
-def released_weights_of(model_name: str | None):
-    """The released weights `model_name` names: `NAME.TAG`, or a bare name's default tag (None if it has none)."""
+def _released_weights_of(model_name: str | None) -> tuple[Any, str | None]:
+    """(released weights or None, full `NAME.TAG`) for `NAME.TAG` or a bare name (its default tag)."""
     if not model_name:
         return None, model_name
     import timm
@@ -97,8 +97,9 @@ def load_predictor(checkpoint: str | os.PathLike | None = None, model_name: str 
         read_class_names,
     )
 
-    released, full_name = released_weights_of(model_name) if checkpoint is None or "." in (model_name or "") \
-        else (None, model_name)
+    released, full_name = None, model_name  # a bare name with a checkpoint: no tag, no recipe assumed
+    if checkpoint is None or "." in (model_name or ""):
+        released, full_name = _released_weights_of(model_name)
     if checkpoint is None:
         if released is None:
             raise ValueError(f"--checkpoint is needed: {model_name or 'no --model'} names no released weights "
