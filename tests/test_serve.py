@@ -155,3 +155,12 @@ def test_segmentation_page_draws_the_label_map_like_predict(tmp_path, capsys):
     (cli,) = json.loads(capsys.readouterr().out)
     assert record["classes"] == cli["classes"]  # names, pixel counts
     assert np.array_equal(np.asarray(Image.open(picture)), np.asarray(Image.open(cli["picture"])))
+
+
+def test_options_of_another_task_are_refused():
+    from uniformer.serve import build_app
+
+    with pytest.raises(ValueError, match="--labels.*classification options"):
+        build_app(checkpoint="seg.pth", task="segmentation", labels="names.txt")
+    with pytest.raises(ValueError, match="--config is the recipe of a dense task"):
+        build_app(checkpoint="clf.pth", config="recipe.yaml")

@@ -156,6 +156,11 @@ def build_app(model: str | None = None, checkpoint: str | os.PathLike | None = N
     if task in DENSE_TASKS:
         if not checkpoint:
             raise ValueError(f"--task {task} needs --checkpoint (e.g. final.pt of `uniformer demo --task {task}`)")
+        given = {"--model": model, "--labels": labels, "--device": device, "--data": data_overrides,
+                 "-o": model_options}
+        if any(given.values()):
+            raise ValueError(f"{', '.join(k for k, v in given.items() if v)}: classification options; "
+                             f"--task {task} takes its model and classes from --config or the checkpoint")
         module_config = None
         if config is not None:
             import importlib
@@ -166,6 +171,9 @@ def build_app(model: str | None = None, checkpoint: str | os.PathLike | None = N
         return _dense_page(gr, task, module_config, str(checkpoint), title, files, out_dir, max_file_mb)
     if task != "classification":
         raise ValueError(f"--task {task!r}: expected classification or one of {', '.join(DENSE_TASKS)}")
+    if config is not None:
+        raise ValueError("--config is the recipe of a dense task (--task detection|segmentation|pose); a "
+                         "classifier's test view comes from its tag or checkpoint (adjust it with --data)")
     from uniformer.tasks.classification.predict import load_predictor
 
     predictor = load_predictor(checkpoint, model, labels, device, data_overrides, model_options=model_options)
