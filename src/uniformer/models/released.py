@@ -5,9 +5,9 @@ One table serves three readers: timm's pretrained configs (built from it in `uni
 reads a clip the way the original evaluated it (frames, sampling stride, short side, crops × clips).
 
 `hub_evidence` says why the hub file name is believed: public code that downloads exactly that file
-from the hub, or the Hugging Face model card. An empty string marks a file name that could not be
-confirmed on the hub: it is the name of the file in the original Google Drive model zoo, and the
-hub may hold it under another name or not at all.
+from the hub. An empty string marks a file name that could not be confirmed there: it is the name of
+the file in the original Google Drive model zoo (as public code that loads local copies spells it),
+and the hub may hold it under another name or not at all.
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ __all__ = ["ReleasedWeights", "RELEASED_WEIGHTS", "released_weights", "timm_pret
 IMAGE_HUB = "Sense-X/uniformer_image"
 VIDEO_HUB = "Sense-X/uniformer_video"
 _CODE = "public code downloads this file from the hub"
-_CARD = "named in the hub's model card"
 
 
 @dataclass(frozen=True)
