@@ -95,3 +95,19 @@ def test_convert_to_own_safetensors(tmp_path, capsys):
 def test_bad_input_shape_is_a_clear_error(capsys):
     assert main(["info", "uniformer_small", "--input", "224x224x"]) == 2
     assert "--input" in capsys.readouterr().err
+
+
+def test_models_pretrained_lists_every_tag_with_its_recipe(capsys):
+    assert main(["models", "--pretrained"]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("uniformer_video_base.sthv2_32 "))
+    assert "something-something-v2" in line and "32x3x1" in line and "71.2" in line
+    assert line.endswith("Sense-X/uniformer_video/uniformer_base_sthv2_32_prek600.pth")  # confirmed: no mark
+    line = next(ln for ln in out.splitlines() if ln.startswith("uniformer_video_small.k400_16x8 "))
+    assert "16 x 8" in line and "16x1x4" in line and "80.8" in line and "unconfirmed" not in line
+    assert "unconfirmed" in next(ln for ln in out.splitlines() if ln.startswith("uniformer_video_small.k400_8x8 "))
+    assert main(["models", "--pretrained", "--json"]) == 0
+    rows = {r["tag"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == set(uniformer.list_models(pretrained=True))
+    assert rows["uniformer_video_small.k600_16x8"]["confirmed"] and rows["uniformer_small.in1k"]["confirmed"]
+    assert not rows["uniformer_base_ls.in1k"]["confirmed"]

@@ -27,7 +27,7 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: str | os.
     """Build a UniFormer variant; optionally load released weights or any original checkpoint.
 
     Args:
-        name: a registered variant, optionally with a weight tag ("uniformer_small.in1k_tl").
+        name: a registered variant, optionally with a weight tag ("uniformer_video_small.k400_16x8").
         pretrained: fetch the variant's released weights (Hugging Face hub), or the file given by
             `pretrained_cfg_overlay=dict(file=...)`.
         checkpoint_path: a checkpoint in any original layout or the project's own `.safetensors`.

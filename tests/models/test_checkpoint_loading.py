@@ -17,6 +17,7 @@ VARIANTS = (
     "uniformer_small", "uniformer_small_plus", "uniformer_small_plus_dim64", "uniformer_base", "uniformer_base_ls",
     "uniformer_large_ls", "uniformer_video_small", "uniformer_video_base", "uniformer_xxs", "uniformer_xs",
     "uniformer_video_xxs", "uniformer_video_xs",
+    "uniformer_small_tl", "uniformer_small_plus_tl", "uniformer_base_tl", "uniformer_large_ls_tl",
 )
 
 
@@ -273,7 +274,7 @@ def _named(text: str) -> set[str]:
 def test_identify_variant(full_summary, name):
     _, shapes = full_summary(name)
     text = uniformer.identify_variant(shapes)
-    if name.startswith("uniformer_small_plus"):
+    if name in ("uniformer_small_plus", "uniformer_small_plus_dim64"):
         assert _named(text) == {"uniformer_small_plus", "uniformer_small_plus_dim64"}
         assert "head_dim" in text
     else:
@@ -285,7 +286,10 @@ def test_identify_variant_notes(full_summary):
     assert "features_only=True" in uniformer.identify_variant(dense)
     _, tl = full_summary("uniformer_large_ls", aux_head=True)
     text = uniformer.identify_variant(tl)
-    assert _named(text) == {"uniformer_large_ls"} and "aux_head=True" in text and "head_dim" not in text
+    assert _named(text) == {"uniformer_large_ls_tl"} and "aux_head=True" in text and "head_dim" not in text
+    _, small_tl = full_summary("uniformer_small", aux_head=True, head_dim=32)
+    text = uniformer.identify_variant(small_tl)
+    assert _named(text) == {"uniformer_small_tl"} and "head_dim=32" in text
     _, ls = full_summary("uniformer_video_xxs", layer_scale=True)
     assert "layer_scale=True" in uniformer.identify_variant(ls)
     _, base = full_summary("uniformer_base")

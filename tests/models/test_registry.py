@@ -12,19 +12,20 @@ VARIANTS = (
     "uniformer_small", "uniformer_small_plus", "uniformer_small_plus_dim64", "uniformer_base", "uniformer_base_ls",
     "uniformer_large_ls", "uniformer_video_small", "uniformer_video_base", "uniformer_xxs", "uniformer_xs",
     "uniformer_video_xxs", "uniformer_video_xs",
+    "uniformer_small_tl", "uniformer_small_plus_tl", "uniformer_base_tl", "uniformer_large_ls_tl",
 )
 
 
-def test_list_models_has_all_twelve_variants():
+def test_list_models_has_all_sixteen_variants():
     names = uniformer.list_models()
     assert sorted(names) == sorted(VARIANTS)
-    assert len(names) == 12
+    assert len(names) == 16
 
 
 def test_pretrained_tags_are_listed():
     tagged = uniformer.list_models(pretrained=True)
-    for expected in ("uniformer_small.in1k", "uniformer_small.in1k_tl", "uniformer_large_ls.in1k_tl_384",
-                     "uniformer_video_small.k400_8x8", "uniformer_xxs.in1k_128"):
+    for expected in ("uniformer_small.in1k", "uniformer_small_tl.in1k", "uniformer_large_ls_tl.in1k_384",
+                     "uniformer_video_small.k400_8x8", "uniformer_video_small.k400_16x8", "uniformer_xxs.in1k_128"):
         assert expected in tagged
     assert all(t.split(".")[0] in VARIANTS for t in tagged)
 

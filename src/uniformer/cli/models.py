@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 
-def run(args) -> int:
+def _variants(args) -> int:
     import uniformer
     from uniformer.profiling import count_params
 
@@ -24,7 +24,33 @@ def run(args) -> int:
     return 0
 
 
+def _released(args) -> int:
+    from uniformer.models.released import RELEASED_WEIGHTS
+
+    if args.json:
+        print(json.dumps([dict(tag=tag, dataset=w.dataset, classes=w.num_classes, frames=w.frames, stride=w.stride,
+                               views=w.views, top1=w.top1, hub=w.hub, file=w.file, confirmed=w.confirmed,
+                               evidence=w.hub_evidence or None) for tag, w in RELEASED_WEIGHTS.items()], indent=1))
+        return 0
+    width = max(len(t) for t in RELEASED_WEIGHTS)
+    print(f"{'tag':<{width}}  {'dataset':<22}  {'frames x stride':<15}  {'views':<7}  {'top-1':>5}  hub file")
+    for tag, w in RELEASED_WEIGHTS.items():
+        sampling = "-" if not w.is_video else f"{w.frames} x {w.stride}" if w.stride else f"{w.frames} segments"
+        mark = "" if w.confirmed else "  (unconfirmed: model-zoo file name)"
+        print(f"{tag:<{width}}  {w.dataset:<22}  {sampling:<15}  {w.views:<7}  {w.top1:>5.1f}  {w.hub}/{w.file}{mark}")
+    print("\ntop-1: the original model zoo with these views (frames x crops x clips). Unconfirmed: the file name "
+          "of the original\nGoogle Drive release, not seen on the hub; pass the file with --checkpoint if the hub "
+          "lacks it.")
+    return 0
+
+
+def run(args) -> int:
+    return _released(args) if args.pretrained else _variants(args)
+
+
 def register(sub) -> None:
     p = sub.add_parser("models", help="the registered variants with their parameter counts")
+    p.add_argument("--pretrained", action="store_true",
+                   help="every released weight tag: dataset, frames x stride, test views, top-1, hub file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)

@@ -19,22 +19,26 @@ def _print_predictions(results: list[dict], stream=None) -> None:
             continue
         for rank, p in enumerate(r["predictions"], 1):
             print(f"  {rank}. {p['label']:<32} {p['prob']:.4f}", file=stream)
+        if r.get("figure"):
+            print(f"  picture: {r['figure']}", file=stream)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.task in DENSE_TASKS:  # writes a picture and a JSON per image
+        if not args.checkpoint:
+            raise ValueError(f"--task {args.task} needs --checkpoint (released weights by tag are for classification)")
         module = task_module(args.task)
         cfg = module.load_config(args.config) if args.config else None
-        results = module.predict(cfg, args.checkpoint, args.inputs, args.out)
+        results = module.predict(cfg, args.checkpoint, args.inputs, args.out or "predictions")
         if args.json:
             print_json(results)
         else:
-            print(f"{len(results)} image(s): pictures and JSON in {args.out}")
+            print(f"{len(results)} image(s): pictures and JSON in {args.out or 'predictions'}")
         return 0
     predictor = load_predictor(args.checkpoint, args.model, args.labels, args.device,
                                parse_pairs(args.data, "--data"), use_ema=args.ema,
                                model_options=parse_pairs(args.option, "-o"))
-    results = predict_files(predictor, args.inputs, args.topk)
+    results = predict_files(predictor, args.inputs, args.topk, figures=args.out)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -45,9 +49,13 @@ def run(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("predict", help="top-k classes of images or videos")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files")
-    p.add_argument("--model", help="model name (recorded in training checkpoints; needed for original ones)")
-    p.add_argument("--checkpoint", required=True, help="training checkpoint or original UniFormer checkpoint")
-    p.add_argument("--labels", help="class names, one per line (default: those recorded in the checkpoint)")
+    p.add_argument("--model", help="NAME.TAG of released weights (fetched from the hub; sets the test recipe and "
+                                    "class names, see `uniformer models --pretrained`), or the model of an original "
+                                    "checkpoint (training checkpoints record theirs)")
+    p.add_argument("--checkpoint", help="training checkpoint or original UniFormer checkpoint (with a tagged "
+                                        "--model: these weights instead of the hub's)")
+    p.add_argument("--labels", help="class names, one per line (default: the tag's dataset, or those recorded in "
+                                    "the checkpoint)")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--data", action="append", metavar="KEY=VALUE",
                    help="test-transform setting of the data pipeline (repeatable), e.g. --data num_frames=8 "
@@ -60,5 +68,6 @@ def register(sub) -> None:
     p.add_argument("--task", default="classification", choices=("classification",) + DENSE_TASKS,
                    help="detection/segmentation/pose: write a picture and a JSON per image")
     p.add_argument("--config", help="with --task: the recipe (default: the one recorded in the checkpoint)")
-    p.add_argument("--out", default="predictions", help="with --task: output folder")
+    p.add_argument("--out", help="classification: write a picture per input (sampled frames and top-5 bars) "
+                                  "here; with --task: output folder (default: predictions)")
     p.set_defaults(func=run)

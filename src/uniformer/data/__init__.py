@@ -6,6 +6,7 @@ Public API (the engine codes against exactly this):
 * :func:`collate` for those items;
 * :func:`build_mixup` ``(cfg, num_classes) -> callable | None`` (works on 4-D and 5-D batches);
 * :func:`generate_demo_dataset` for the built-in temporal-order demo dataset;
+* :func:`class_names` of the datasets the released weights were trained on;
 * :func:`benchmark_pipeline` plus :func:`make_synthetic_video` / :func:`make_benchmark_dataset`.
 
 Config keys are documented in :mod:`uniformer.data.config`.
@@ -21,6 +22,7 @@ from .datasets import (
     collate,
 )
 from .demo import generate_demo_dataset
+from .labels import class_names
 from .mixup import ClipMixup, build_mixup
 from .video_io import SampleLoadError, VideoDecodeError, VideoReader
 
@@ -38,6 +40,7 @@ __all__ = [
     "benchmark_pipeline",
     "build_dataset",
     "build_mixup",
+    "class_names",
     "collate",
     "generate_demo_dataset",
     "make_benchmark_dataset",

@@ -26,7 +26,7 @@ _logger = logging.getLogger(__name__)
 
 __all__ = [
     "CheckpointError", "read_checkpoint", "unwrap_state_dict", "checkpoint_filter_fn", "load_checkpoint",
-    "load_pretrained", "identify_variant", "guess_variants", "inflate_weight", "save_safetensors", "tag_model_args",
+    "load_pretrained", "pretrained_file", "identify_variant", "guess_variants", "inflate_weight", "save_safetensors",
 ]
 
 CLASSIFIER_PREFIXES = ("head.", "head_cls.", "aux_head.")
@@ -238,6 +238,7 @@ def _variant_table() -> dict[str, dict]:
             conv_downsample=args.get("downsample") == "conv",
             depths=tuple(args.get("depths")), dims=tuple(args.get("embed_dims", (64, 128, 320, 512))),
             layer_scale=args.get("layer_scale") is not None,
+            aux_head=bool(args.get("aux_head")),
         )
     return table
 
@@ -249,7 +250,7 @@ def guess_variants(sd: Mapping[str, torch.Tensor], info: Mapping | None = None) 
     if named in _variant_table():
         return [named]
     sig = _architecture_signature(sd)
-    keys = ("video", "light", "conv_stem", "conv_downsample", "depths", "dims")
+    keys = ("video", "light", "conv_stem", "conv_downsample", "depths", "dims", "aux_head")
     return [n for n, t in _variant_table().items() if all(t[k] == sig[k] for k in keys)
             and (sig["light"] or t["layer_scale"] == sig["layer_scale"])]
 
@@ -270,8 +271,8 @@ def identify_variant(sd: Mapping[str, torch.Tensor], info: Mapping | None = None
         notes.append("head_dim 32 or 64 cannot be read from the weights: uniformer_small_plus has 32, "
                      "uniformer_small_plus_dim64 has 64")
     if sig["aux_head"]:
-        notes.append("a token-labeling checkpoint: pass aux_head=True"
-                     + ("" if "large" in names[0] else " and head_dim=32"))
+        notes.append("a token-labeling checkpoint: aux_head=True"
+                     + ("" if "large" in names[0] else ", head_dim=32 as released"))
     if sig["local_layer_scale"] and sig["light"]:
         notes.append("layer-scaled blocks: pass layer_scale=True")
     if head_dim:
@@ -283,26 +284,17 @@ def identify_variant(sd: Mapping[str, torch.Tensor], info: Mapping | None = None
 
 
 # --- pretrained weights ------------------------------------------------------------------------
-# Tags whose weights need other constructor arguments than the variant's defaults.
-_TAG_MODEL_ARGS = {
-    "uniformer_small.in1k_tl": dict(head_dim=32, aux_head=True),
-    "uniformer_base.in1k_tl": dict(head_dim=32, aux_head=True),
-    "uniformer_large_ls.in1k_tl": dict(aux_head=True),
-    "uniformer_large_ls.in1k_tl_384": dict(aux_head=True),
-}
+def pretrained_file(cfg: Mapping, how: str | None = None) -> str:
+    """The local file of a pretrained config: its `file`, else the hub download (cached), else its URL.
 
-
-def tag_model_args(variant: str, tag) -> dict:
-    return dict(_TAG_MODEL_ARGS.get(f"{variant}.{tag}", {})) if isinstance(tag, str) else {}
-
-
-def _pretrained_file(cfg: Mapping) -> str:
+    `how` tells the caller's way of passing a local file instead (the error says the Python one by default).
+    """
     name = f"{cfg.get('architecture')}.{cfg.get('tag')}"
     if cfg.get("file"):
         return str(cfg["file"])
-    how = (f"No network? Download it elsewhere and pass the file: "
-           f"uniformer.create_model('{cfg.get('architecture')}', checkpoint_path='FILE') or "
-           f"pretrained_cfg_overlay=dict(file='FILE').")
+    how = "No network? Download it elsewhere and pass the file: " + (how or (
+        f"uniformer.create_model('{cfg.get('architecture')}', checkpoint_path='FILE') or "
+        f"pretrained_cfg_overlay=dict(file='FILE')."))
     if cfg.get("hf_hub_id"):
         try:
             from huggingface_hub import hf_hub_download
@@ -324,7 +316,7 @@ def _pretrained_file(cfg: Mapping) -> str:
 
 def load_pretrained(model: torch.nn.Module, inflate: str = "average") -> dict:
     """Resolve the model's pretrained config (local file, hub or URL) and load it with the converter."""
-    return load_checkpoint(model, _pretrained_file(model.pretrained_cfg), inflate)
+    return load_checkpoint(model, pretrained_file(model.pretrained_cfg), inflate)
 
 
 def save_safetensors(model: torch.nn.Module, path: str | os.PathLike, name: str, config: Mapping) -> None:

@@ -24,7 +24,7 @@ from timm.models import FeatureInfo, build_model_with_cfg, generate_default_cfgs
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .checkpoint import checkpoint_filter_fn, load_pretrained, tag_model_args
+from .checkpoint import checkpoint_filter_fn, load_pretrained
 from .layers import (
     ConvDownsample,
     ConvStem,
@@ -35,6 +35,7 @@ from .layers import (
     channels_last_norm,
     to_memory_format,
 )
+from .released import RELEASED_WEIGHTS, timm_pretrained_cfg
 
 __all__ = ["UniFormer"]
 
@@ -250,13 +251,19 @@ MODEL_ARGS = {
     "uniformer_base_ls": dict(depths=(5, 8, 20, 7), layer_scale=1e-6),
     "uniformer_large_ls": dict(depths=(5, 10, 24, 7), embed_dims=(128, 192, 448, 640), layer_scale=1e-6,
                                local_layer_scale=1e-6),
+    # token-labeling weights: an auxiliary head on every token, and head_dim 32 for S, S+ and B
+    "uniformer_small_tl": dict(depths=(3, 4, 8, 3), head_dim=32, aux_head=True),
+    "uniformer_small_plus_tl": dict(depths=(3, 5, 9, 3), head_dim=32, stem="conv", downsample="conv", aux_head=True),
+    "uniformer_base_tl": dict(depths=(5, 8, 20, 7), head_dim=32, aux_head=True),
+    "uniformer_large_ls_tl": dict(depths=(5, 10, 24, 7), embed_dims=(128, 192, 448, 640), layer_scale=1e-6,
+                                  local_layer_scale=1e-6, aux_head=True),
     "uniformer_video_small": dict(depths=(3, 4, 8, 3), video=True),
     "uniformer_video_base": dict(depths=(5, 8, 20, 7), video=True),
 }
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> UniFormer:
-    kwargs = {**MODEL_ARGS[variant], **tag_model_args(variant, kwargs.get("pretrained_cfg")), **kwargs}
+    kwargs = {**MODEL_ARGS[variant], **kwargs}
     # The backbone returns its stage maps itself (with their LayerNorms), so timm's feature
     # wrapper is bypassed: build_model_with_cfg would otherwise pop `features_only`.
     features_only = kwargs.pop("features_only", False)
@@ -269,45 +276,28 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> UniFormer:
     return model
 
 
-_IMAGE_HUB = "Sense-X/uniformer_image"
-_VIDEO_HUB = "Sense-X/uniformer_video"
 _PAPER = dict(paper_ids="arXiv:2201.09450", origin_url="https://github.com/Sense-X/UniFormer", license="mit")
 
 
-def _cfg(filename: str = "", hub: str = _IMAGE_HUB, **kwargs) -> dict:
+def _cfg(**kwargs) -> dict:
     cfg = dict(
-        hf_hub_id=hub if filename else None, hf_hub_filename=filename or None, num_classes=1000,
-        input_size=(3, 224, 224), crop_pct=0.875, interpolation="bicubic",
+        num_classes=1000, input_size=(3, 224, 224), crop_pct=0.875, interpolation="bicubic",
         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
         first_conv="patch_embed1.proj", classifier="head", **_PAPER)
     return {**cfg, **kwargs}
 
 
-def _video_cfg(filename: str, frames: int, num_classes: int = 400, **kwargs) -> dict:
-    # timm's input_size is (C, H, W); the clip length goes into the notes.
-    return _cfg(filename, _VIDEO_HUB, num_classes=num_classes, crop_pct=1.0, notes=(f"frames={frames}",), **kwargs)
+def pretrained_cfgs(variants) -> dict:
+    """timm's configs of `variants`: one per released `name.tag`, and an untagged one without weights for the rest."""
+    cfgs = {name: timm_pretrained_cfg(w, **_cfg()) for name, w in RELEASED_WEIGHTS.items()
+            if name.split(".")[0] in variants}
+    for variant in variants:
+        if not any(name.split(".")[0] == variant for name in cfgs):
+            cfgs[variant] = _cfg(num_classes=400) if "video" in variant else _cfg()
+    return cfgs
 
 
-default_cfgs = generate_default_cfgs({
-    "uniformer_small.in1k": _cfg("uniformer_small_in1k.pth"),
-    "uniformer_small.in1k_tl": _cfg("uniformer_small_tl_224.pth"),
-    "uniformer_small_plus.in1k": _cfg("uniformer_small_plus_in1k.pth"),
-    "uniformer_small_plus_dim64.in1k": _cfg("uniformer_small_plus_dim64_in1k.pth"),
-    "uniformer_base.in1k": _cfg("uniformer_base_in1k.pth"),
-    "uniformer_base.in1k_tl": _cfg("uniformer_base_tl_224.pth"),
-    "uniformer_base_ls.in1k": _cfg("uniformer_base_ls_in1k.pth"),
-    "uniformer_large_ls.in1k_tl": _cfg("uniformer_large_ls_tl_224.pth"),
-    "uniformer_large_ls.in1k_tl_384": _cfg("uniformer_large_ls_tl_384.pth", input_size=(3, 384, 384), crop_pct=1.0),
-    "uniformer_video_small.k400_8x8": _video_cfg("uniformer_small_k400_8x8.pth", 8),
-    "uniformer_video_small.k400_16x4": _video_cfg("uniformer_small_k400_16x4.pth", 16),
-    "uniformer_video_small.k600_16x4": _video_cfg("uniformer_small_k600_16x4.pth", 16, num_classes=600),
-    "uniformer_video_base.k400_8x8": _video_cfg("uniformer_base_k400_8x8.pth", 8),
-    "uniformer_video_base.k400_16x4": _video_cfg("uniformer_base_k400_16x4.pth", 16),
-    "uniformer_video_base.k400_32x4": _video_cfg("uniformer_base_k400_32x4.pth", 32),
-    "uniformer_video_base.k600_32x4": _video_cfg("uniformer_base_k600_32x4.pth", 32, num_classes=600),
-    "uniformer_video_small.sthv2_16": _video_cfg("uniformer_small_sthv2_prek600.pth", 16, num_classes=174),
-    "uniformer_video_base.sthv2_32": _video_cfg("uniformer_base_sthv2_prek600.pth", 32, num_classes=174),
-})
+default_cfgs = generate_default_cfgs(pretrained_cfgs(MODEL_ARGS))
 
 
 @register_model
@@ -344,6 +334,30 @@ def uniformer_base_ls(pretrained: bool = False, **kwargs) -> UniFormer:
 def uniformer_large_ls(pretrained: bool = False, **kwargs) -> UniFormer:
     """UniFormer-L: depths 5/10/24/7, widths 128/192/448/640, layer scale (token-labeling weights)."""
     return _create("uniformer_large_ls", pretrained, **kwargs)
+
+
+@register_model
+def uniformer_small_tl(pretrained: bool = False, **kwargs) -> UniFormer:
+    """UniFormer-S trained with token labeling: head_dim 32 and an auxiliary head on every token."""
+    return _create("uniformer_small_tl", pretrained, **kwargs)
+
+
+@register_model
+def uniformer_small_plus_tl(pretrained: bool = False, **kwargs) -> UniFormer:
+    """UniFormer-S+ trained with token labeling: head_dim 32 and an auxiliary head."""
+    return _create("uniformer_small_plus_tl", pretrained, **kwargs)
+
+
+@register_model
+def uniformer_base_tl(pretrained: bool = False, **kwargs) -> UniFormer:
+    """UniFormer-B trained with token labeling: head_dim 32 and an auxiliary head."""
+    return _create("uniformer_base_tl", pretrained, **kwargs)
+
+
+@register_model
+def uniformer_large_ls_tl(pretrained: bool = False, **kwargs) -> UniFormer:
+    """UniFormer-L (layer scale) trained with token labeling: an auxiliary head; head_dim 64."""
+    return _create("uniformer_large_ls_tl", pretrained, **kwargs)
 
 
 @register_model

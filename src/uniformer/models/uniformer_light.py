@@ -33,7 +33,7 @@ from .layers import (
     batch_norm_nd,
     to_memory_format,
 )
-from .uniformer import _cfg, _init_weights
+from .uniformer import _init_weights, pretrained_cfgs
 
 __all__ = ["UniFormerLight", "EvolvingGlobalBlock"]
 
@@ -279,16 +279,7 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> UniFormerLight:
     return model
 
 
-default_cfgs = generate_default_cfgs({
-    "uniformer_xxs.in1k_128": _cfg("uniformer_xxs_128_in1k.pth", input_size=(3, 128, 128)),
-    "uniformer_xxs.in1k_160": _cfg("uniformer_xxs_160_in1k.pth", input_size=(3, 160, 160)),
-    "uniformer_xxs.in1k_192": _cfg("uniformer_xxs_192_in1k.pth", input_size=(3, 192, 192)),
-    "uniformer_xxs.in1k_224": _cfg("uniformer_xxs_224_in1k.pth"),
-    "uniformer_xs.in1k_192": _cfg("uniformer_xs_192_in1k.pth", input_size=(3, 192, 192)),
-    "uniformer_xs.in1k_224": _cfg("uniformer_xs_224_in1k.pth"),
-    "uniformer_video_xxs.untrained": _cfg(num_classes=400, notes=("frames=16",)),
-    "uniformer_video_xs.untrained": _cfg(num_classes=400, notes=("frames=16",)),
-})
+default_cfgs = generate_default_cfgs(pretrained_cfgs(MODEL_ARGS))
 
 
 @register_model

@@ -30,6 +30,7 @@ class Predictor:
     data_cfg: dict  # data: section for the pipeline's test transform
     device: Any  # torch.device
     is_video: bool
+    dataset: str | None = None  # the dataset the classifier was trained on, when known
 
 
 def _default_data_cfg(is_video: bool) -> dict:
@@ -39,15 +40,52 @@ def _default_data_cfg(is_video: bool) -> dict:
     return {"format": "image_list", "input_size": 224, "short_side": 256, "test_crops": 1}
 
 
-def load_predictor(checkpoint: str | os.PathLike, model_name: str | None = None, labels: str | None = None,
-                   device: str | None = None, data_overrides: Mapping | None = None, use_ema: bool = False,
-                   model_options: Mapping | None = None) -> Predictor:
-    """Build the model behind `checkpoint` (a training checkpoint of this engine or any original one).
+def _released_weights_of(model_name: str | None) -> tuple[Any, str | None]:
+    """(released weights or None, full `NAME.TAG`) for `NAME.TAG` or a bare name (its default tag)."""
+    if not model_name:
+        return None, model_name
+    import timm
 
-    `model_options` (depths, embed_dims, ...) describe the architecture of an original checkpoint;
-    training checkpoints record theirs. `data_overrides` adjust the test transform (num_frames, ...).
+    from uniformer.models.released import released_weights
+
+    name, _, tag = model_name.partition(".")
+    if not tag:
+        cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=True)
+        tag = getattr(cfg, "tag", None) or ""
+    full = f"{name}.{tag}" if tag else name
+    return released_weights(full), full
+
+
+def _fetch_released(full_name: str) -> str:
+    import timm
+
+    from uniformer.models.checkpoint import CheckpointError, pretrained_file
+    from uniformer.models.released import released_weights
+
+    cfg = timm.models.get_pretrained_cfg(full_name).to_dict()
+    cfg.update(architecture=full_name.split(".")[0], tag=full_name.split(".")[1])
+    try:
+        return pretrained_file(cfg, how=f"uniformer predict --model {full_name} --checkpoint FILE INPUT...")
+    except CheckpointError as e:
+        if released_weights(full_name).confirmed:
+            raise
+        raise CheckpointError(f"{e} (The hub file name of {full_name} is the original model zoo's and could not "
+                              "be confirmed on the hub: `uniformer models --pretrained`.)") from None
+
+
+def load_predictor(checkpoint: str | os.PathLike | None = None, model_name: str | None = None,
+                   labels: str | None = None, device: str | None = None, data_overrides: Mapping | None = None,
+                   use_ema: bool = False, model_options: Mapping | None = None) -> Predictor:
+    """Build the model behind `checkpoint` (a training checkpoint of this engine or any original one), or
+    the released weights `model_name` names (`NAME.TAG`, fetched from the hub when no checkpoint is given).
+
+    A released tag also sets the test recipe the original evaluated with (frames, stride, short side,
+    crops × clips) and the class names of its dataset. `model_options` (depths, embed_dims, ...) describe
+    the architecture of an original checkpoint; training checkpoints record theirs. `data_overrides`
+    adjust the test transform (num_frames, ...); `labels` (a file, one name per line) overrides the names.
     """
 
+    from uniformer.data import class_names
     from uniformer.engine.checkpoint import read_training_checkpoint
     from uniformer.engine.distributed import resolve_device
 
@@ -59,11 +97,20 @@ def load_predictor(checkpoint: str | os.PathLike, model_name: str | None = None,
         read_class_names,
     )
 
+    released, full_name = None, model_name  # a bare name with a checkpoint: no tag, no recipe assumed
+    if checkpoint is None or "." in (model_name or ""):
+        released, full_name = _released_weights_of(model_name)
+    if checkpoint is None:
+        if released is None:
+            raise ValueError(f"--checkpoint is needed: {model_name or 'no --model'} names no released weights "
+                             "(`uniformer models --pretrained` lists the tags, e.g. uniformer_video_small.k400_16x8)")
+        checkpoint = _fetch_released(full_name)
     path = Path(checkpoint)
     obj = read_training_checkpoint(path)
+    dataset = released.dataset if released else None
     if obj is not None:
         spec = obj["model_spec"]
-        if model_name and model_name != spec["name"]:
+        if model_name and model_name.split(".")[0] != spec["name"]:
             raise ValueError(f"--model {model_name}: {path} was trained as {spec['name']}")
         if model_options:
             raise ValueError(f"-o model options are for original checkpoints; {path} records its architecture "
@@ -78,13 +125,18 @@ def load_predictor(checkpoint: str | os.PathLike, model_name: str | None = None,
         if not model_name:
             raise ValueError(f"--model is needed: {path} is not a training checkpoint of this engine, so it does "
                              "not record which model it holds")
-        model_cfg = {"name": model_name, "kwargs": dict(model_options or {})}
+        model_cfg = {"name": full_name, "kwargs": dict(model_options or {})}
         num_classes = checkpoint_num_classes(path)
         if num_classes is None:
             raise ValueError(f"{path} has no classifier ('head.weight'); predict needs a classification checkpoint")
-        classes, data_cfg = [], {}
+        if released is not None and num_classes != released.num_classes:
+            raise ValueError(f"{path} classifies {num_classes} classes, but {full_name} is a {released.dataset} "
+                             f"model with {released.num_classes}")
+        classes = class_names(dataset) if dataset else []
+        data_cfg = released.data_config() if released else {}
     if labels:
         classes = read_class_names(labels, expected=num_classes)
+        dataset = None
     if len(classes) != num_classes:
         classes = [f"class_{i}" for i in range(num_classes)]
     model = build_model(model_cfg, num_classes, for_training=False)
@@ -98,7 +150,7 @@ def load_predictor(checkpoint: str | os.PathLike, model_name: str | None = None,
     cfg = {**_default_data_cfg(is_video), **{k: v for k, v in data_cfg.items() if k != "format"}}
     cfg["format"] = "video_list" if is_video else "image_list"
     cfg.update(dict(data_overrides or {}))
-    return Predictor(model, classes, cfg, dev, is_video)
+    return Predictor(model, classes, cfg, dev, is_video, dataset)
 
 
 def _kind_of(path: str) -> str:
@@ -110,9 +162,13 @@ def _kind_of(path: str) -> str:
     return "unknown"
 
 
-def predict_files(predictor: Predictor, inputs: Sequence[str], topk: int = 5) -> list[dict]:
+def predict_files(predictor: Predictor, inputs: Sequence[str], topk: int = 5,
+                  figures: str | os.PathLike | None = None) -> list[dict]:
     """Top-k classes with probabilities for each image or video file (the test-split transform of the
-    data pipeline: multi-view inputs are averaged over views). Unreadable inputs get an `error`."""
+    data pipeline: multi-view inputs are averaged over views). Unreadable inputs get an `error`.
+
+    With `figures` (a folder), each input also gets `<stem>.png`: the sampled frames above a bar chart of
+    the top five classes (its path in the result's `figure`)."""
     import torch
 
     from uniformer.data import build_dataset
@@ -158,4 +214,22 @@ def predict_files(predictor: Predictor, inputs: Sequence[str], topk: int = 5) ->
             results[i]["predictions"] = [{"label": predictor.classes[c], "index": int(c), "prob": float(pr)}
                                          for pr, c in zip(top.values.tolist(), top.indices.tolist())]
             results[i]["views"] = int(x.shape[1]) if x.ndim == (expected or 5) + 1 else 1
+            if figures is not None:
+                results[i]["figure"] = _save_figure(predictor, item["input"], probs, inputs[i], Path(figures))
     return results
+
+
+def _save_figure(predictor: Predictor, x, probs, source: str, folder: Path) -> str:
+    from uniformer.data import IMAGENET_MEAN, IMAGENET_STD
+
+    from .visualize import sampled_frames, save_prediction_figure
+
+    folder.mkdir(parents=True, exist_ok=True)
+    top = probs.topk(min(5, len(predictor.classes)))
+    shown = [{"label": predictor.classes[c], "prob": float(p)} for p, c in zip(top.values.tolist(),
+                                                                                top.indices.tolist())]
+    frames = sampled_frames(x, predictor.is_video, predictor.data_cfg.get("mean", IMAGENET_MEAN),
+                            predictor.data_cfg.get("std", IMAGENET_STD))
+    path = folder / f"{Path(source).stem}.png"
+    save_prediction_figure(path, frames, shown, title=Path(source).name)
+    return str(path)

@@ -1,0 +1,44 @@
+"""`uniformer serve`: a local web page to try a model on images and videos (Gradio, `uniformer[web]`)."""
+from __future__ import annotations
+
+import argparse
+
+from .common import DENSE_TASKS, parse_pairs
+
+
+def run(args: argparse.Namespace) -> int:
+    from uniformer.serve import build_app, launch, require_gradio
+
+    require_gradio()
+    if not args.model and not args.checkpoint:
+        raise ValueError("give --model NAME.TAG (released weights) or --checkpoint FILE "
+                         "(e.g. demo_out/final.pt of `uniformer demo`)")
+    app = build_app(args.model, args.checkpoint, args.task, config=args.config, labels=args.labels,
+                    device=args.device, data_overrides=parse_pairs(args.data, "--data"),
+                    model_options=parse_pairs(args.option, "-o"), max_file_mb=args.max_file_mb,
+                    examples=not args.no_examples)
+    print(f"UniFormer {args.task} page on http://{args.host}:{args.port} (Ctrl+C stops it)")
+    launch(app, args.host, args.port, args.max_file_mb)
+    return 0
+
+
+def register(sub) -> None:
+    from uniformer.serve import DEFAULT_MAX_FILE_MB
+
+    p = sub.add_parser("serve", help="a local web page: drop an image or a video, see the model's answer")
+    p.add_argument("--model", help="classification: NAME.TAG of released weights (see `uniformer models "
+                                   "--pretrained`), or the model of an original checkpoint")
+    p.add_argument("--checkpoint", help="a checkpoint (training, original, or `uniformer demo` output)")
+    p.add_argument("--task", default="classification", choices=("classification",) + DENSE_TASKS)
+    p.add_argument("--config", help="dense tasks: the recipe (default: the one recorded in the checkpoint)")
+    p.add_argument("--labels", help="classification: class names, one per line")
+    p.add_argument("--data", action="append", metavar="KEY=VALUE", help="classification: test-transform setting")
+    p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
+                   help="classification: model argument of an original checkpoint (repeatable)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--max-file-mb", type=float, default=DEFAULT_MAX_FILE_MB,
+                   help=f"refuse uploads larger than this (default {DEFAULT_MAX_FILE_MB} MB)")
+    p.add_argument("--no-examples", action="store_true", help="no example inputs from the built-in demo data")
+    p.add_argument("--device", default=None, help="classification: auto, cpu, cuda, ...")
+    p.set_defaults(func=run)

@@ -1,0 +1,166 @@
+"""`uniformer serve`: the Gradio app on a free localhost port, called through gradio_client with an image
+and a video; its answers must equal `uniformer predict --json` on the same files."""
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import uniformer
+from uniformer.cli import main
+
+gradio = pytest.importorskip("gradio", reason="the web page needs the optional extra: pip install -e '.[web]'")
+gradio_client = pytest.importorskip("gradio_client", reason="pip install -e '.[web]'")
+
+TINY_KWARGS = {"depths": [1, 1, 1, 1], "embed_dims": [16, 32, 64, 128], "head_dim": 16}
+TINY = [arg for k, v in TINY_KWARGS.items() for arg in ("-o", f"{k}={json.dumps(v)}")]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _original_file(tmp_path, name: str, classes: int) -> str:
+    torch.manual_seed(0)
+    model = uniformer.create_model(name, num_classes=classes, **TINY_KWARGS)
+    path = tmp_path / f"{name}.pth"
+    torch.save({"model": model.state_dict()}, path)
+    return str(path)
+
+
+def _served(app, max_file_mb: float = 50):
+    from uniformer.serve import launch
+
+    url = launch(app, "127.0.0.1", _free_port(), max_file_mb, block=False)
+    return gradio_client.Client(url, verbose=False)
+
+
+def _predict_json(capsys, args) -> dict:
+    capsys.readouterr()  # what the server printed
+    assert main(["predict", *args, "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    return result
+
+
+def _same_predictions(served: dict, cli: dict) -> None:
+    assert [p["label"] for p in served["predictions"]] == [p["label"] for p in cli["predictions"]]
+    assert [p["index"] for p in served["predictions"]] == [p["index"] for p in cli["predictions"]]
+    np.testing.assert_allclose([p["prob"] for p in served["predictions"]], [p["prob"] for p in cli["predictions"]],
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_video_page_answers_like_predict(tmp_path, capsys):
+    from uniformer.data.video_io import write_video
+    from uniformer.serve import build_app
+
+    ckpt = _original_file(tmp_path, "uniformer_video_small", 400)
+    video = tmp_path / "clip.mp4"
+    write_video(video, np.random.default_rng(0).integers(0, 255, (24, 48, 64, 3), dtype=np.uint8), fps=10)
+    app = build_app("uniformer_video_small.k400_16x8", ckpt, model_options=TINY_KWARGS,
+                    examples_dir=tmp_path / "examples")
+    try:
+        client = _served(app)
+        label, figure, record = client.predict(gradio_client.handle_file(str(video)), api_name="/predict")
+    finally:
+        app.close()
+    cli = _predict_json(capsys, ["--model", "uniformer_video_small.k400_16x8", "--checkpoint", ckpt, *TINY,
+                                 str(video)])
+    _same_predictions(record, cli)
+    assert record["views"] == cli["views"] == 4
+    assert label["label"] == cli["predictions"][0]["label"]  # a Kinetics-400 name
+    assert [c["label"] for c in label["confidences"]] == [p["label"] for p in cli["predictions"]]
+    assert Image.open(figure).size[0] > 300
+    # the examples come from the built-in demo data: one clip per class
+    assert sorted(p.name for p in (tmp_path / "examples" / "video").iterdir()) == [
+        "move_left_to_right.mp4", "move_right_to_left.mp4", "rotate_clockwise.mp4", "rotate_counterclockwise.mp4"]
+
+
+def test_image_page_answers_like_predict_and_refuses_big_files(tmp_path, capsys):
+    from uniformer.serve import build_app
+
+    ckpt = _original_file(tmp_path, "uniformer_small", 1000)
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(image)
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (300, 300, 3), dtype=np.uint8)).save(big)
+    limit_mb = 0.2  # photo.png is ~15 kB, big.png ~270 kB
+    app = build_app("uniformer_small.in1k", ckpt, model_options=TINY_KWARGS, max_file_mb=limit_mb, examples=False)
+    try:
+        client = _served(app, limit_mb)
+        label, _, record = client.predict(gradio_client.handle_file(str(image)), api_name="/predict")
+        with pytest.raises(Exception, match=r"big\.png is 0\.\d MB; this server accepts files up to 0\.2 MB"):
+            client.predict(gradio_client.handle_file(str(big)), api_name="/predict")
+        huge = tmp_path / "huge.bin.png"  # over twice the limit: refused by Gradio before it is stored
+        huge.write_bytes(b"\0" * int(0.5 * 2**20))
+        with pytest.raises(Exception, match="(?i)size"):
+            client.predict(gradio_client.handle_file(str(huge)), api_name="/predict")
+    finally:
+        app.close()
+    cli = _predict_json(capsys, ["--model", "uniformer_small.in1k", "--checkpoint", ckpt, *TINY, str(image)])
+    _same_predictions(record, cli)
+    assert label["label"] == cli["predictions"][0]["label"]
+    assert not label["label"].startswith("class_")  # ImageNet names
+
+
+def test_serve_binds_to_localhost_by_default():
+    from uniformer.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--checkpoint", "x.pt"])
+    assert (args.host, args.port, args.task) == ("127.0.0.1", 7860, "classification")
+
+
+def test_segmentation_page_draws_the_label_map_like_predict(tmp_path, capsys):
+    import yaml
+
+    from uniformer.serve import build_app
+    from uniformer.tasks import segmentation
+    from uniformer.tasks.dense.synthetic import write_shapes_segmentation
+
+    root = write_shapes_segmentation(tmp_path / "shapes", n_train=1, n_val=2, size=(64, 64))
+    recipe = {"model": {"backbone": {"name": "uniformer_small", "drop_path_rate": 0.0,
+                                     "kwargs": {"depths": [1, 1, 2, 1], "embed_dims": [16, 32, 64, 128],
+                                                "head_dim": 16}},
+                        "head": "fpn", "channels": 16, "neck_channels": 16, "dropout": 0.0},
+              "data": {"format": "folder", "root": str(root), "classes": "classes.txt",
+                       "num_classes": None, "img_scale": [64, 64], "crop_size": [64, 64]}}
+    config = tmp_path / "seg.yaml"
+    config.write_text(yaml.safe_dump({"task": "segmentation", **recipe}))
+    torch.manual_seed(0)
+    model = segmentation.build_model(segmentation.load_config(config))
+    ckpt = tmp_path / "seg.pth"
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+    image = sorted((root / "images" / "val").iterdir())[0]
+    app = build_app(checkpoint=ckpt, task="segmentation", config=config, examples_dir=tmp_path / "examples")
+    try:
+        picture, record = _served(app).predict(gradio_client.handle_file(str(image)), api_name="/predict")
+    finally:
+        app.close()
+    capsys.readouterr()
+    assert main(["predict", "--task", "segmentation", "--config", str(config), "--checkpoint", str(ckpt), "--json",
+                 "--out", str(tmp_path / "cli"), str(image)]) == 0
+    (cli,) = json.loads(capsys.readouterr().out)
+    assert record["classes"] == cli["classes"]  # names, pixel counts
+    assert np.array_equal(np.asarray(Image.open(picture)), np.asarray(Image.open(cli["picture"])))
+
+
+def test_options_of_another_task_are_refused():
+    from uniformer.serve import build_app
+
+    with pytest.raises(ValueError, match="--labels.*classification options"):
+        build_app(checkpoint="seg.pth", task="segmentation", labels="names.txt")
+    with pytest.raises(ValueError, match="--config is the recipe of a dense task"):
+        build_app(checkpoint="clf.pth", config="recipe.yaml")
