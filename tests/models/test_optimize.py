@@ -74,3 +74,13 @@ def test_channels_last_training_step_has_gradients(make_tiny):
     model.channels_last = True
     model(torch.randn(1, 3, 4, 32, 32)).sum().backward()
     assert all(p.grad is not None for p in model.blocks1.parameters())
+
+
+def test_dense_products_are_counted_as_flops():
+    """`uniformer info` counts FLOPs with FlopCounterMode, which must see the oneDNN products too."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, weight = torch.randn(3, 10, 16), torch.randn(24, 16)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        dense(x, weight, torch.zeros(24), gelu=True)
+    assert counter.get_total_flops() == 2 * 30 * 16 * 24

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 from torch import nn
+from torch.utils.flop_counter import register_flop_formula
 
 __all__ = [
     "DynamicPositionEmbedding", "ConvMlp", "LocalBlock", "GlobalMHRA", "GlobalBlock",
@@ -80,6 +81,13 @@ def dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none", [], "none")
     y = F.linear(x, weight, bias)
     return F.gelu(y) if gelu else y
+
+
+if _ONEDNN_BUILT:
+    @register_flop_formula(torch.ops.mkldnn._linear_pointwise)
+    def _onednn_linear_flops(x_shape, *args, out_shape, **kwargs) -> int:
+        """`FlopCounterMode` (used by `uniformer info`) counts `dense`'s oneDNN products like `F.linear`'s."""
+        return 2 * math.prod(out_shape) * x_shape[-1]
 
 
 def pointwise(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
