@@ -18,8 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..dense.coco import annotation_mask, load_coco
-from ..dense.config import resolve_path
-from ..dense.io import BadSample, read_image, report_bad
+from ..dense.io import BadSample, read_image, report_bad, resolve_path
 
 __all__ = ["DetDataset", "det_collate"]
 

@@ -24,10 +24,24 @@ from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-__all__ = ["UniFormerFPN", "build_mask_rcnn", "convert_mmdet_keys", "MaskRCNNFlops"]
+__all__ = ["UniFormerFPN", "TrainTestResize", "build_mask_rcnn", "convert_mmdet_keys", "MaskRCNNFlops"]
+
+
+class TrainTestResize(GeneralizedRCNNTransform):
+    """torchvision's resize and normalisation with separate sizes: training draws the short side from
+    `train_sizes`, testing uses `test_size` (torchvision's own transform tests at the last training size)."""
+
+    def __init__(self, train_sizes: Sequence[int], test_size: int, max_size: int, mean, std):
+        super().__init__(tuple(int(s) for s in train_sizes) + (int(test_size),), max_size, list(mean), list(std))
+        self.train_sizes, self.test_size = tuple(int(s) for s in train_sizes), int(test_size)
+
+    def torch_choice(self, k: list[int]) -> int:
+        """Called in training only: one of the training sizes (the last entry of `min_size` is the test size)."""
+        return super().torch_choice(list(self.train_sizes))
 
 
 class UniFormerFPN(nn.Module):
@@ -46,13 +60,15 @@ class UniFormerFPN(nn.Module):
 
 def build_mask_rcnn(body: nn.Module, num_classes: int, *, with_masks: bool = True, fpn_channels: int = 256,
                     box_head_dim: int = 1024, mask_head_channels: Sequence[int] = (256, 256, 256, 256),
-                    min_size: int | Sequence[int] = 800, max_size: int = 1333, anchor_sizes=(32, 64, 128, 256, 512),
+                    min_size: int | Sequence[int] = 800, test_size: int | None = None, max_size: int = 1333,
+                    anchor_sizes=(32, 64, 128, 256, 512),
                     rpn_batch: int = 256, roi_batch: int = 512, mean=(0.485, 0.456, 0.406),
                     std=(0.229, 0.224, 0.225), test_score_thresh: float = 0.05, detections_per_img: int = 100,
                     rpn_train_proposals: Sequence[int] = (2000, 1000), rpn_test_proposals: Sequence[int] = (1000, 1000),
                     ) -> MaskRCNN | FasterRCNN:
     """torchvision Mask R-CNN (or Faster R-CNN without masks) on a UniFormer `body`; `num_classes` excludes
-    the background. `min_size` may be a list: training draws one per image, testing uses the last.
+    the background. `min_size` may be a list: training draws one per image; testing uses `test_size`
+    (default: the last of `min_size`).
     `rpn_*_proposals`: (top boxes per level before NMS, boxes kept after NMS) per image."""
     backbone = UniFormerFPN(body, fpn_channels)
     levels = ["0", "1", "2", "3"]
@@ -72,11 +88,17 @@ def build_mask_rcnn(body: nn.Module, num_classes: int, *, with_masks: bool = Tru
         box_positive_fraction=0.25, bbox_reg_weights=(10.0, 10.0, 5.0, 5.0),
     )
     if not with_masks:
-        return FasterRCNN(backbone, **common)
-    mask_head_channels = tuple(mask_head_channels)
-    return MaskRCNN(backbone, **common, mask_roi_pool=MultiScaleRoIAlign(levels, 14, sampling_ratio=0),
-                    mask_head=MaskRCNNHeads(fpn_channels, mask_head_channels, 1),
-                    mask_predictor=MaskRCNNPredictor(mask_head_channels[-1], mask_head_channels[-1], num_classes + 1))
+        model = FasterRCNN(backbone, **common)
+    else:
+        mask_head_channels = tuple(mask_head_channels)
+        model = MaskRCNN(backbone, **common, mask_roi_pool=MultiScaleRoIAlign(levels, 14, sampling_ratio=0),
+                         mask_head=MaskRCNNHeads(fpn_channels, mask_head_channels, 1),
+                         mask_predictor=MaskRCNNPredictor(mask_head_channels[-1], mask_head_channels[-1],
+                                                          num_classes + 1))
+    train_sizes = list(min_size) if isinstance(min_size, Sequence) else [min_size]
+    model.transform = TrainTestResize(train_sizes, train_sizes[-1] if test_size is None else test_size, max_size,
+                                      mean, std)
+    return model
 
 
 _RENAMES = (

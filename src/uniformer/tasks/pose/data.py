@@ -16,8 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..dense.coco import load_coco
-from ..dense.config import resolve_path
-from ..dense.io import BadSample, read_image, report_bad
+from ..dense.io import BadSample, read_image, report_bad, resolve_path
 from ..dense.synthetic import COCO_FLIP_PAIRS
 from .decoding import affine_matrix, apply_affine, box_to_center_scale, gaussian_targets, warp
 

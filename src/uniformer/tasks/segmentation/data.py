@@ -20,8 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..dense.config import resolve_path
-from ..dense.io import IMAGE_SUFFIXES, BadSample, read_image, read_label_map, report_bad
+from ..dense.io import IMAGE_SUFFIXES, BadSample, read_image, read_label_map, report_bad, resolve_path
 
 __all__ = ["SegDataset", "read_classes", "resize_keep_ratio", "seg_collate", "photometric_distortion"]
 
