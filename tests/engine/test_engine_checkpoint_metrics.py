@@ -7,6 +7,8 @@ import random
 import numpy as np
 import pytest
 import torch
+from uniformer.engine.evaluation import predict_loader, score_predictions
+from uniformer.engine.metrics import average_views, classification_metrics, confusion_matrix, topk_accuracy
 
 from uniformer.engine.checkpoint import (
     CheckpointManager,
@@ -17,8 +19,6 @@ from uniformer.engine.checkpoint import (
     to_plain,
 )
 from uniformer.engine.distributed import DistInfo
-from uniformer.engine.evaluation import predict_loader, score_predictions
-from uniformer.engine.metrics import average_views, classification_metrics, confusion_matrix, topk_accuracy
 
 
 def test_atomic_save_never_leaves_a_half_written_file(tmp_path, monkeypatch):

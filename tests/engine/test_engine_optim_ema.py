@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 from torch import nn
+from uniformer.engine.evaluation import resolve_amp
 
 from uniformer.engine.ema import ModelEma
-from uniformer.engine.evaluation import resolve_amp
 from uniformer.engine.optim import WarmupCosineSchedule, build_optimizer, param_groups, scaled_lr
 
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from dense_helpers import TINY_BACKBONE, edit_json, losses_fell, save_original_checkpoint, seeded, write_garbage_image
 from PIL import Image
+from uniformer.tasks.dense.engine import lr_at
 
 from uniformer.tasks import detection as D
 from uniformer.tasks.dense.coco import coco_ground_truth
-from uniformer.tasks.dense.engine import lr_at
 from uniformer.tasks.dense.synthetic import write_shapes_coco
 from uniformer.tasks.dense.weights import load_task_weights
 from uniformer.tasks.detection.data import DetDataset, det_collate

@@ -11,11 +11,11 @@ import pytest
 import torch
 from dense_helpers import TINY_BACKBONE, losses_fell, save_original_checkpoint, seeded, write_garbage_image
 from PIL import Image
+from uniformer.tasks.dense.config import ConfigError
+from uniformer.tasks.dense.engine import lr_at
 
 from uniformer.models.checkpoint import CheckpointError
 from uniformer.tasks import segmentation as S
-from uniformer.tasks.dense.config import ConfigError
-from uniformer.tasks.dense.engine import lr_at
 from uniformer.tasks.dense.synthetic import write_shapes_segmentation
 from uniformer.tasks.segmentation.data import SegDataset, seg_collate
 from uniformer.tasks.segmentation.evaluation import SegMetric, infer_probs

@@ -104,17 +104,28 @@ def engine_defaults() -> dict:
     }
 
 
-def merge(base: Mapping, update: Mapping, *, where: str = "config", strict: bool = True, _path: str = "") -> dict:
+def free_sections(defaults: Mapping, _path: str = "") -> frozenset[str]:
+    """Dotted names of the free-form mappings of a schema (those whose default is empty)."""
+    found: set[str] = set()
+    for key, value in defaults.items():
+        if isinstance(value, Mapping):
+            found |= {f"{_path}{key}"} if not value else free_sections(value, f"{_path}{key}.")
+    return frozenset(found)
+
+
+def merge(base: Mapping, update: Mapping, *, where: str = "config", strict: bool = True,
+          free: frozenset[str] = frozenset(), _path: str = "") -> dict:
     """Recursive merge of `update` into a copy of `base`; with `strict`, a key `base` lacks is an error,
-    except inside a mapping whose default is empty (free-form)."""
+    except inside the free-form mappings named in `free`."""
     out = copy.deepcopy(dict(base))
+    open_here = _path.rstrip(".") in free or any(_path.startswith(f"{f}.") for f in free)
     for key, value in update.items():
         dotted = f"{_path}{key}"
-        if strict and key not in out and not (_path and not base):
+        if strict and key not in out and not open_here:
             known = ", ".join(sorted(map(str, out))) or "none"
             raise ConfigError(f"{where}: unknown key '{dotted}' (known keys here: {known})")
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and out[key]:
-            out[key] = merge(out[key], value, where=where, strict=strict, _path=f"{dotted}.")
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value, where=where, strict=strict, free=free, _path=f"{dotted}.")
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -159,7 +170,7 @@ def recipe_task(source: str | os.PathLike | Mapping) -> str:
     return task
 
 
-def apply_overrides(cfg: Mapping, overrides: Sequence[str] | None) -> dict:
+def apply_overrides(cfg: Mapping, overrides: Sequence[str] | None, free: frozenset[str] = frozenset()) -> dict:
     """Apply `section.key=value` strings (values parsed as YAML) to a copy of `cfg`; unknown keys raise."""
     out = copy.deepcopy(dict(cfg))
     for item in overrides or []:
@@ -173,7 +184,7 @@ def apply_overrides(cfg: Mapping, overrides: Sequence[str] | None) -> dict:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML ({e})") from None
         for k in reversed(keys):
             nested = {k: nested}
-        out = merge(out, nested, where=f"--set {item}")
+        out = merge(out, nested, where=f"--set {item}", free=free)
     return out
 
 
@@ -297,9 +308,9 @@ def load_config(source: str | os.PathLike | Mapping | None, overrides: Sequence[
     got = user.get("task", task)
     if got != task:
         raise ConfigError(f"{where}: a '{got}' recipe cannot be used for the {task} task")
-    defaults = cfg
-    cfg = merge(cfg, user, where=where)
-    cfg = apply_overrides(cfg, overrides)
+    defaults, free = cfg, free_sections(cfg)
+    cfg = merge(cfg, user, where=where, free=free)
+    cfg = apply_overrides(cfg, overrides, free)
     check_types(cfg, defaults, where)
     validate_engine(cfg, where)
     if validate is not None:

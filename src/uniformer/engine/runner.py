@@ -196,7 +196,8 @@ class Runner:
         self.step = 0
         self.history: list[dict] = []
         self.best: dict = {"metric": cfg["checkpoint"]["best_metric"], "value": None, "step": None}
-        self.failures = 0
+        self.failures = 0  # unreadable samples replaced on this process since the last checkpoint
+        self.failures_done = 0  # on all processes up to the last checkpoint
         self._running: dict = {}  # loss sums since the last logged step
         self._samples, self._clock = 0, time.perf_counter()
 
@@ -207,7 +208,7 @@ class Runner:
             "config": self.cfg, "meta": self.task.meta,
             "model": self.model.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
             "step": self.step, "epoch": self.step / self.steps_per_epoch, "history": self.history,
-            "best": self.best, "world_size": self.dist.world_size, "failures": self.failures,
+            "best": self.best, "world_size": self.dist.world_size, "failures": self.failures_done,
         }
         if rng_states is not None:  # resumable
             state.update(optimizer=self.optimizer.state_dict(), scheduler=self.schedule.state_dict(),
@@ -234,8 +235,8 @@ class Runner:
             raise ConfigError(f"--resume {path}: this is a {ckpt['task']} checkpoint; the recipe is a "
                               f"{self.task.name} recipe")
         if ckpt["meta"] != self.task.meta:
-            raise ConfigError(f"--resume {path}: the checkpoint was trained on other data ({ckpt['meta']}); this "
-                              f"recipe's is {self.task.meta}")
+            raise ConfigError(f"--resume {path}: the checkpoint's model or data differ from this recipe's "
+                              f"(checkpoint: {ckpt['meta']}; recipe: {self.task.meta})")
         missing, unexpected = self.model.load_state_dict(ckpt["model"], strict=False)
         if missing or unexpected:
             raise ConfigError(f"--resume {path}: the checkpoint's model differs from this recipe's (missing "
@@ -255,7 +256,7 @@ class Runner:
         self.step = int(ckpt["step"])
         self.history = [row for row in ckpt["history"] if row["step"] <= self.step]
         self.best = dict(ckpt["best"])
-        self.failures = int(ckpt.get("failures", 0))
+        self.failures_done = int(ckpt.get("failures", 0))
         rng = ckpt.get("rng") or []
         if len(rng) == self.dist.world_size:
             restore_rng_state(rng[self.dist.rank])
@@ -347,7 +348,7 @@ class Runner:
                     out = self.task.training_step(model, batch)
                 loss = sum(v.float() for k, v in out.items() if k.startswith("loss"))
                 if not torch.isfinite(loss):  # checked before the weights take the step
-                    parts = {k: float(v) for k, v in out.items()}
+                    parts = {k: float(v.detach()) for k, v in out.items()}
                     raise FloatingPointError(
                         f"the loss is not finite ({loss.item()}; {parts}) at step {self.step + 1} (epoch "
                         f"{epoch + 1}): lower optim.lr, set train.clip_grad, or use train.amp=none")
@@ -413,6 +414,8 @@ class Runner:
         periodic = count % c["every"] == 0
         if periodic or final or improved:
             rng_states = all_gather_objects(capture_rng_state())
+            self.failures_done += sum(all_gather_objects(self.failures))
+            self.failures = 0
             if self.dist.is_main:
                 if periodic or final:
                     self.checkpoints.save(self._state(rng_states), count if periodic else None)
@@ -443,7 +446,8 @@ class Runner:
         summary: dict = {"task": self.task.name, "steps": self.step, "epochs": self.step / self.steps_per_epoch,
                          "out_dir": str(self.out_dir), "checkpoint": str(self.checkpoints.last_path),
                          "best_metric": self.best["metric"], "best_value": self.best["value"],
-                         "best_step": self.best["step"], "failures_total": self.failures}
+                         "best_step": self.best["step"],
+                         "failures_total": self.failures_done + sum(all_gather_objects(self.failures))}
         if last_eval is not None:
             summary.update({f"val_{k}": v for k, v in last_eval.items()})
         if self.dist.is_main:

@@ -10,7 +10,6 @@ Recipe sections of this task (on top of the engine's):
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -157,7 +156,6 @@ class Task:
                             collate_fn=self.collate, shuffle=False)
         expected = model_input_ndim(model)
         probs, labels, index, failures, view_correct = [], [], [], [], []
-        start = time.perf_counter()
         for batch in loader:
             failures += list(batch.get("failures") or [])
             logits = view_logits(model, batch["input"].to(device, non_blocking=True), expected).float()  # B×V×K
@@ -167,8 +165,7 @@ class Task:
             labels.append(batch["label"].cpu())
             index.append(batch["index"].cpu())
         return {"probs": torch.cat(probs) if probs else None, "labels": torch.cat(labels) if labels else None,
-                "index": torch.cat(index) if index else None, "view_correct": view_correct, "failures": failures,
-                "seconds": time.perf_counter() - start}
+                "index": torch.cat(index) if index else None, "view_correct": view_correct, "failures": failures}
 
     def merge(self, dataset, parts: Sequence[dict]) -> dict:
         full = [p for p in parts if p["probs"] is not None]
@@ -184,7 +181,6 @@ class Task:
         metrics["per_view_top1"] = [c / n for c in correct]
         metrics["single_view_top1"] = sum(metrics["per_view_top1"]) / max(1, views)
         metrics["failures"] = [f for p in parts for f in p["failures"]]
-        metrics["seconds"] = max(p["seconds"] for p in parts)
         metrics["confusion"] = metrics["confusion"].tolist()
         return metrics
 
