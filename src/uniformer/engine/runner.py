@@ -41,6 +41,7 @@ from uniformer.engine.config import ConfigError, dump_config
 from uniformer.engine.distributed import (
     DistInfo,
     all_gather_objects,
+    all_reduce_sum,
     barrier,
     broadcast_buffers,
     cpu_threads,
@@ -370,12 +371,14 @@ class Runner:
         log_every = self.cfg["train"]["log_every"]
         if not (self.step % log_every == 0 or self.step % self.unit_steps == 0 or self.step == self.total_steps):
             return None
-        count = max(1, self._running.pop("_count", 0))
+        keys = sorted(k for k in self._running if k != "_count")
+        # means over every process's micro-batches since the last logged step (one small all-reduce)
+        *sums, count, samples = all_reduce_sum([float(self._running[k]) for k in keys] +
+                                               [self._running.get("_count", 0), self._samples], d.device)
         seconds = time.perf_counter() - self._clock
         row = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4), "lr": lr,
-               **{f"train_{k}" if not k.startswith("loss") else k: float(v) / count
-                  for k, v in self._running.items()},
-               "samples_per_second": self._samples * d.world_size / max(seconds, 1e-9)}
+               **{k if k.startswith("loss") else f"train_{k}": v / max(count, 1) for k, v in zip(keys, sums)},
+               "samples_per_second": samples / max(seconds, 1e-9)}
         self._running, self._samples, self._clock = {}, 0, time.perf_counter()
         return row
 
