@@ -12,8 +12,8 @@ import pytest
 import torch
 from dense_helpers import TINY_BACKBONE, edit_json, losses_fell, save_original_checkpoint, seeded, write_garbage_image
 from PIL import Image
-from uniformer.tasks.dense.engine import lr_at
 
+from uniformer.engine.optim import LRSchedule
 from uniformer.tasks import detection as D
 from uniformer.tasks.dense.coco import coco_ground_truth
 from uniformer.tasks.dense.synthetic import write_shapes_coco
@@ -44,8 +44,8 @@ def tiny_cfg(root: Path, **over) -> dict:
         "data": {"root": str(root), "train": {"annotations": "annotations/instances_train.json", "images": "train"},
                  "val": {"annotations": "annotations/instances_val.json", "images": "val"},
                  "train_scales": [96], "test_scale": 96, "max_size": 96},
-        "train": {"epochs": None, "iters": 10, "batch_size": 2, "num_workers": 0, "log_every": 1,
-                  "checkpoint_every": None},
+        "train": {"epochs": None, "iters": 10, "batch_size": 2, "num_workers": 0, "log_every": 1},
+        "checkpoint": {"every": 10},
         "optim": {"lr": 1e-3},
         "sched": {"name": "constant", "warmup_iters": 0},
     }
@@ -88,17 +88,30 @@ def test_full_size_parameter_count():
 def test_train_loss_falls_and_evaluates(shapes, tmp_path):
     seeded()
     cfg = tiny_cfg(shapes)
-    summary = D.train(cfg, tmp_path)
+    summary = D.train(cfg, tmp_path, show_progress=False)
     assert {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"} <= set(
         summary["history"][0])
     first, last = losses_fell(summary["history"])
     assert last < first, summary["history"]
     m = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP", "segm_AP50"):
-        assert 0.0 <= m[key] <= 1.0
-    assert m["num_images"] == 3
-    again = D.evaluate(None, tmp_path / "final.pt")
-    assert again["bbox_AP"] == pytest.approx(m["bbox_AP"], abs=1e-9)
+        assert 0.0 <= m[f"val_{key}"] <= 1.0
+    assert m["val_num_images"] == 3
+    again = D.evaluate(None, tmp_path / "last.pt")  # the task and recipe come from the checkpoint
+    assert again["bbox_AP"] == pytest.approx(m["val_bbox_AP"], abs=1e-9)
+
+
+def test_model_gets_its_train_and_test_sizes_at_construction(shapes):
+    cfg = tiny_cfg(shapes, data={"train_scales": [64, 80], "test_scale": 96})
+    model = D.build_model(cfg)
+    assert model.transform.train_sizes == (64, 80) and model.transform.test_size == 96
+    model.eval()
+    image, _ = model.transform([torch.rand(3, 48, 48)])
+    assert image.image_sizes == [(96, 96)]
+    model.train()
+    torch.manual_seed(0)
+    sizes = {model.transform([torch.rand(3, 48, 48)])[0].image_sizes[0][0] for _ in range(20)}
+    assert sizes == {64, 80}
 
 
 def test_coco_evaluation_of_ground_truth_is_perfect(shapes):
@@ -227,7 +240,7 @@ def test_original_mmdet_checkpoint_loads(shapes, tmp_path):
         assert torch.equal(loaded.state_dict()[k], v), k
     # the same weights detect the same boxes
     x = [torch.rand(3, 96, 96)]
-    a, b = D._detect(source, x, cfg)[0], D._detect(loaded, x, cfg)[0]
+    a, b = D._detect(source, x)[0], D._detect(loaded, x)[0]
     assert torch.allclose(a["boxes"], b["boxes"]) and torch.equal(a["labels"], b["labels"])
     # a classification checkpoint fills only the backbone
     bare = tmp_path / "imagenet.pth"
@@ -244,9 +257,9 @@ def test_predict_draws_boxes_and_masks(shapes, tmp_path):
     seeded()
     cfg = tiny_cfg(shapes, test={"score_thresh": 0.0})
     model = D.build_model(cfg)
-    model.dense_cfg = cfg
+    path = save_original_checkpoint(tmp_path / "weights.pth", _mmdet_layout(model))  # the recipe: cfg
     image = shapes / "val" / "val_0000.jpg"
-    D.predict(model, None, [image], tmp_path, score_thr=0.0)
+    D.predict(cfg, path, [image], tmp_path, score_thr=0.0)
     pic = Image.open(tmp_path / "val_0000_det.png")
     assert pic.size == Image.open(image).size
     record = json.loads((tmp_path / "val_0000.json").read_text())
@@ -256,16 +269,19 @@ def test_predict_draws_boxes_and_masks(shapes, tmp_path):
 
 def test_recipes_and_step_schedule():
     recipes = {p.stem: D.load_config(p) for p in sorted((REPO / "configs" / "detection").glob("*.yaml"))}
-    assert len(recipes) == 4
+    assert len(recipes) == 5 and "demo" in recipes
     one = recipes["mask_rcnn_uniformer_small_h14_1x_coco"]
     assert one["optim"]["lr"] == 1e-4 and one["optim"]["weight_decay"] == 0.05 and one["train"]["epochs"] == 12
     assert one["sched"]["steps"] == [8, 11] and one["model"]["backbone"]["stage3"] == "hybrid"
     ms = recipes["mask_rcnn_uniformer_small_h14_3x_ms_coco"]
     assert ms["data"]["train_scales"][0] == 480 and ms["data"]["train_scales"][-1] == 800
     assert ms["train"]["epochs"] == 36 and ms["data"]["crop_policy"] == "detr"
-    sched = one["sched"]
-    per_epoch = 100
-    assert lr_at(sched, 1e-4, 0, 1200, per_epoch) == pytest.approx(1e-7)
-    assert lr_at(sched, 1e-4, 7 * per_epoch, 1200, per_epoch) == pytest.approx(1e-4)
-    assert lr_at(sched, 1e-4, 8 * per_epoch, 1200, per_epoch) == pytest.approx(1e-5)
-    assert lr_at(sched, 1e-4, 11 * per_epoch, 1200, per_epoch) == pytest.approx(1e-6)
+    assert one["train"]["batch_size"] * 8 == 16  # 2 per process x 8 processes, as the original
+    s, per_epoch = one["sched"], 100
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+    sched = LRSchedule(opt, 1e-4, 1200, kind=s["name"], warmup_steps=s["warmup_iters"], warmup_ratio=s["warmup_ratio"],
+                       milestones=[m * per_epoch for m in s["steps"]], gamma=s["gamma"])
+    assert sched.lr_at(0) == pytest.approx(1e-7)
+    assert sched.lr_at(7 * per_epoch) == pytest.approx(1e-4)
+    assert sched.lr_at(8 * per_epoch) == pytest.approx(1e-5)
+    assert sched.lr_at(11 * per_epoch) == pytest.approx(1e-6)

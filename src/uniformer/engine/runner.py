@@ -199,6 +199,7 @@ class Runner:
         self.best: dict = {"metric": cfg["checkpoint"]["best_metric"], "value": None, "step": None}
         self.failures = 0  # unreadable samples replaced on this process since the last checkpoint
         self.failures_done = 0  # on all processes up to the last checkpoint
+        self.skipped = 0  # micro-batches with too few usable samples, on this process
         self._running: dict = {}  # loss sums since the last logged step
         self._samples, self._clock = 0, time.perf_counter()
 
@@ -339,8 +340,10 @@ class Runner:
             if failures:
                 self.failures += len(failures)
                 log.warning("step %d: replaced unreadable sample(s): %s", self.step + 1, ", ".join(failures))
-            if n == 0:
-                log.warning("step %d: a batch without usable samples was skipped", self.step + 1)
+            if n < self.task.min_batch:
+                self.skipped += 1
+                log.warning("step %d: skipped a batch with %d readable samples (at least %d needed)", self.step + 1,
+                            n, self.task.min_batch)
                 continue
             batch = move_to(batch, d.device)
             sync = contextlib.nullcontext() if (self.ddp is None or micro == self.accum - 1) else self.ddp.no_sync()
@@ -375,6 +378,8 @@ class Runner:
         # means over every process's micro-batches since the last logged step (one small all-reduce)
         *sums, count, samples = all_reduce_sum([float(self._running[k]) for k in keys] +
                                                [self._running.get("_count", 0), self._samples], d.device)
+        if count == 0:  # every batch since the last row was skipped: nothing to log
+            return None
         seconds = time.perf_counter() - self._clock
         row = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4), "lr": lr,
                **{k if k.startswith("loss") else f"train_{k}": v / max(count, 1) for k, v in zip(keys, sums)},
@@ -450,7 +455,8 @@ class Runner:
                          "out_dir": str(self.out_dir), "checkpoint": str(self.checkpoints.last_path),
                          "best_metric": self.best["metric"], "best_value": self.best["value"],
                          "best_step": self.best["step"],
-                         "failures_total": self.failures_done + sum(all_gather_objects(self.failures))}
+                         "failures_total": self.failures_done + sum(all_gather_objects(self.failures)),
+                         "skipped_batches": sum(all_gather_objects(self.skipped))}
         if last_eval is not None:
             summary.update({f"val_{k}": v for k, v in last_eval.items()})
         if self.dist.is_main:

@@ -22,6 +22,7 @@ class Task(Protocol):
     name: str          # "classification", "detection", ...
     cfg: dict          # the resolved recipe
     meta: dict         # what rebuilding the model needs besides the recipe (class names, ...); saved in checkpoints
+    min_batch: int     # a training batch with fewer usable samples is skipped (2 for BatchNorm heads)
 
     @staticmethod
     def defaults() -> dict:

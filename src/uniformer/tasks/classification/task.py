@@ -35,6 +35,7 @@ class Task:
     """Image and video classification (see the module docstring for the recipe sections)."""
 
     name = "classification"
+    min_batch = 1
 
     def __init__(self, cfg: Mapping, meta: Mapping | None = None):
         self.cfg = dict(cfg)

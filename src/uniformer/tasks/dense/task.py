@@ -37,6 +37,7 @@ class DenseTask:
     """Shared behaviour of the detection, segmentation and pose tasks."""
 
     name = "dense"
+    min_batch = 1
 
     def __init__(self, cfg: Mapping, meta: Mapping | None = None):
         self.cfg = copy.deepcopy(dict(cfg))

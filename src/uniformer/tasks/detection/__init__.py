@@ -146,7 +146,8 @@ def _detect(model: nn.Module, images: list[torch.Tensor], cfg: Mapping | None = 
     """Detections of a list of images (the model's test size; `cfg` is not needed any more)."""
     model.eval()
     device = next(model.parameters()).device
-    return [{k: v.float().cpu() for k, v in out.items()} for out in model([im.to(device) for im in images])]
+    outs = model([im.to(device) for im in images])
+    return [{k: (v.float() if v.is_floating_point() else v).cpu() for k, v in out.items()} for out in outs]
 
 
 class Task(DenseTask):

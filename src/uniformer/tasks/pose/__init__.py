@@ -176,6 +176,7 @@ class Task(DenseTask):
     """Top-down pose estimation on COCO-style keypoint annotations (ground-truth or detected person boxes)."""
 
     name = TASK
+    min_batch = 2  # BatchNorm in the heads
 
     @staticmethod
     def defaults() -> dict:

@@ -90,6 +90,7 @@ class Task(DenseTask):
     """Semantic FPN / UperNet on an ADE20K-layout or image-folder + mask-folder dataset."""
 
     name = TASK
+    min_batch = 2  # BatchNorm in the heads
 
     @staticmethod
     def defaults() -> dict:
