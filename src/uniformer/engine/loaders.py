@@ -1,8 +1,8 @@
 """DataLoaders of the runner: how a split is sharded over processes and how its augmentations are seeded.
 
-Training: each epoch is a permutation drawn from (seed, epoch), cut into one shard per process
-(the tail dropped so that every process runs the same number of steps). Every sample carries its
-own seed, derived from (seed, epoch, position), and `SeededDataset` runs the dataset's
+Training: each epoch is a permutation drawn from (seed, epoch), dealt out to the processes (the tail
+dropped so that every process runs the same number of steps). Every sample carries its own seed,
+derived from (seed, epoch, place in the permutation), and `SeededDataset` runs the dataset's
 `__getitem__` under that seed (Python, NumPy and torch generators, restored afterwards): the
 augmentations of a sample do not depend on the number of workers, on which worker loads it, or on
 where a resumed run restarts, so a run resumed in the middle of an epoch draws the same batches.
@@ -53,8 +53,10 @@ class EpochSampler(Sampler):
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         order = torch.randperm(length, generator=g)[:shard_size(length, world_size) * world_size]
         self.indices = order[rank::world_size].tolist()[start:]
-        self.seeds = [(seed * 1_000_003 + epoch * 7_919 + rank * 104_729 + (start + i) * 31 + 12_345) % 2**62
-                      for i in range(len(self.indices))]
+        # a sample's seed depends on its place in the epoch's permutation, not on the process that loads it:
+        # the same global batch gets the same augmentations with one process or many
+        places = range(rank + start * world_size, len(order), world_size)
+        self.seeds = [(seed * 1_000_003 + epoch * 7_919 + place * 31 + 12_345) % 2**62 for place in places]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         return iter(zip(self.indices, self.seeds))

@@ -371,8 +371,8 @@ class Runner:
         if self.ema is not None:
             self.ema.update(self.model)
         self.step += 1
-        log_every = self.cfg["train"]["log_every"]
-        if not (self.step % log_every == 0 or self.step % self.unit_steps == 0 or self.step == self.total_steps):
+        end_of_epoch = self.by_epoch and self.step % self.unit_steps == 0
+        if not (self.step % self.cfg["train"]["log_every"] == 0 or end_of_epoch or self.step == self.total_steps):
             return None
         keys = sorted(k for k in self._running if k != "_count")
         # means over every process's micro-batches since the last logged step (one small all-reduce)

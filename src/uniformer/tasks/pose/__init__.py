@@ -207,6 +207,10 @@ class Task(DenseTask):
                              "the backbone's stride-32 map upsampled 8x)")
         backbone = uniformer.create_model(m["backbone"]["name"], out_indices=(3,),
                                           **backbone_kwargs(m["backbone"], for_training))
+        for i in (1, 2, 3):  # the output norms of the stages the head does not read: kept (original
+            norm = getattr(backbone, f"norm{i}", None)  # checkpoints hold them), not trained (DDP needs every
+            if norm is not None:  # trained parameter to receive a gradient)
+                norm.requires_grad_(False)
         head = HeatmapHead(backbone.feature_info.channels()[-1], int(d["num_joints"]), int(m["num_deconv"]),
                            int(m["deconv_channels"]), int(m["final_kernel"]))
         return self._initial_weights(TopDownPose(backbone, head), for_training)
