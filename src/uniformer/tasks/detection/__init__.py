@@ -324,12 +324,16 @@ def complexity(variants: Sequence[str] = ("uniformer_small", "uniformer_base"), 
 
 def recipe_complexity(cfg: Mapping, input_size: Sequence[int] | None = None) -> dict:
     """Parameters and GFLOPs of the detector of a resolved recipe, at `input_size` (default: the test scale
-    on a square image)."""
+    on a square image); COCO's 80 classes when the recipe's classes are not known here (no annotation file)."""
     from uniformer.profiling import count_gflops, count_params
 
     b = cfg["model"]["backbone"]
     size = list(input_size) if input_size else [int(cfg["data"]["test_scale"])] * 2
-    model = Task(cfg).build_model(for_training=False).eval()
+    try:
+        classes = _class_names(cfg)
+    except ValueError:
+        classes = [f"class_{i}" for i in range(80)]
+    model = Task(cfg, {"classes": classes}).build_model(for_training=False).eval()
     return {"model": f"Mask R-CNN {b['name']} {b['stage3'][0]}{b['window_size']}", "input": size,
             "params": count_params(model), "params_backbone": count_params(model.backbone.body),
             "params_fpn": count_params(model.backbone.fpn), "params_rpn": count_params(model.rpn),
