@@ -3,10 +3,9 @@ multi-view aggregation."""
 from __future__ import annotations
 
 import argparse
-import random
-
 import logging
 import os
+import random
 
 import numpy as np
 import pytest
