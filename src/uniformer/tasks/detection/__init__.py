@@ -48,7 +48,7 @@ from ..dense.io import readable_images
 from ..dense.visualize import draw_instances
 from ..dense.weights import load_task_weights
 from .data import DetDataset, det_collate
-from .model import MaskRCNNFlops, build_mask_rcnn, convert_mmdet_keys
+from .model import DetectorFlops, build_mask_rcnn, convert_mmdet_keys, detect
 
 __all__ = ["default_config", "load_config", "build_model", "build_datasets", "train", "evaluate", "predict",
            "complexity", "demo"]
@@ -68,7 +68,7 @@ def default_config() -> dict:
             "with_masks": True, "fpn_channels": 256, "box_head_dim": 1024, "mask_head_channels": [256, 256, 256, 256],
             "anchor_sizes": [32, 64, 128, 256, 512], "rpn_batch": 256, "roi_batch": 512,
             "rpn_train_proposals": [2000, 1000], "rpn_test_proposals": [1000, 1000],
-            "checkpoint": None, "skip_mismatched": False,
+            "box_loss": "l1", "checkpoint": None, "skip_mismatched": False,
         },
         "data": {
             "root": "data/coco",
@@ -85,7 +85,8 @@ def default_config() -> dict:
                   "no_decay_1d": False},
         "sched": {"name": "step", "warmup_iters": 500, "warmup_ratio": 0.001, "steps": [8, 11], "gamma": 0.1,
                   "power": 1.0, "min_lr": 0.0},
-        "test": {"score_thresh": 0.05, "detections_per_img": 100, "mask_thresh": 0.5, "batch_size": 1},
+        "test": {"score_thresh": 0.05, "detections_per_img": 100, "mask_thresh": 0.5, "batch_size": 1,
+                 "segm_area": "box"},
     }
 
 
@@ -134,11 +135,10 @@ def build_model(cfg, num_classes: int | None = None) -> nn.Module:
     model = build_mask_rcnn(
         body, num_classes, with_masks=bool(m["with_masks"]), fpn_channels=int(m["fpn_channels"]),
         box_head_dim=int(m["box_head_dim"]), mask_head_channels=[int(c) for c in m["mask_head_channels"]],
-        min_size=[int(s) for s in d["train_scales"]], max_size=int(d["max_size"]),
         anchor_sizes=[int(s) for s in m["anchor_sizes"]], rpn_batch=int(m["rpn_batch"]), roi_batch=int(m["roi_batch"]),
         mean=d["mean"], std=d["std"], test_score_thresh=float(cfg["test"]["score_thresh"]),
         detections_per_img=int(cfg["test"]["detections_per_img"]), rpn_train_proposals=m["rpn_train_proposals"],
-        rpn_test_proposals=m["rpn_test_proposals"])
+        rpn_test_proposals=m["rpn_test_proposals"], box_loss=str(m["box_loss"]))
     if m["checkpoint"]:
         _load(model, m["checkpoint"], bool(m["skip_mismatched"]))
     return model
@@ -154,29 +154,24 @@ def build_datasets(cfg, splits: Sequence[str] = ("train", "val")) -> dict[str, D
     return {s: DetDataset(cfg, s) for s in splits}
 
 
-def _set_scales(model: nn.Module, cfg: dict, training: bool) -> None:
-    d = cfg["data"]
-    model.transform.min_size = tuple(int(s) for s in d["train_scales"]) if training else (int(d["test_scale"]),)
-
-
 def _loss(model: nn.Module, batch, cfg: dict) -> dict:
     images, targets = batch
     device = next(model.parameters()).device
-    _set_scales(model, cfg, True)
     images = [im.to(device) for im in images]
     targets = [{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in t.items()} for t in targets]
     return model(images, targets)
 
 
-@torch.no_grad()
-def _detect(model: nn.Module, images: list[torch.Tensor], cfg: dict) -> list[dict]:
-    model.eval()
-    _set_scales(model, cfg, False)
-    device = next(model.parameters()).device
-    return [{k: v.cpu() for k, v in out.items()} for out in model([im.to(device) for im in images])]
+def _detect(model: nn.Module, images: list[np.ndarray], cfg: dict) -> list[dict]:
+    """The original test pipeline on RGB uint8 images (see `model.detect`)."""
+    d = cfg["data"]
+    return detect(model, images, scale=(int(d["test_scale"]), int(d["max_size"])),
+                  mask_thresh=float(cfg["test"]["mask_thresh"]))
 
 
-def _to_coco(out: dict, image_id, cat_ids: Sequence[int], mask_thresh: float) -> tuple[list, list]:
+def _to_coco(out: dict, image_id, cat_ids: Sequence[int], segm_area: str = "box") -> tuple[list, list]:
+    """COCO result entries. `segm_area="box"` keeps each mask result's `bbox`, so that pycocotools sizes
+    detections by their box area for APs/m/l, as mmdet 2.11 evaluated; "mask" sizes them by mask area."""
     from pycocotools import mask as mask_utils
 
     boxes, segms = [], []
@@ -186,10 +181,9 @@ def _to_coco(out: dict, image_id, cat_ids: Sequence[int], mask_thresh: float) ->
                   "score": float(out["scores"][j])}
         boxes.append({**common, "bbox": [x1, y1, x2 - x1, y2 - y1]})
         if "masks" in out:
-            m = (out["masks"][j, 0] > mask_thresh).numpy().astype(np.uint8)
-            rle = mask_utils.encode(np.asfortranarray(m))
+            rle = mask_utils.encode(np.asfortranarray(out["masks"][j].numpy().astype(np.uint8)))
             rle["counts"] = rle["counts"].decode("ascii")
-            segms.append({**common, "segmentation": rle})
+            segms.append({**common, "segmentation": rle, **({"bbox": boxes[-1]["bbox"]} if segm_area == "box" else {})})
     return boxes, segms
 
 
@@ -213,6 +207,9 @@ def _evaluate_model(model: nn.Module, cfg: dict, dataset: DetDataset, limit: int
     ids = dataset.image_ids if limit is None else dataset.image_ids[:limit]
     bbox_results, segm_results, done, skipped = [], [], [], []
     bs = int(cfg["test"]["batch_size"])
+    segm_area = str(cfg["test"]["segm_area"])
+    if segm_area not in ("box", "mask"):
+        raise ValueError(f"test.segm_area={segm_area!r}: expected 'box' (mmdet 2.11) or 'mask'")
     for start in range(0, len(ids), bs):
         batch = [(i, dataset[start + k]) for k, i in enumerate(ids[start:start + bs])]
         skipped += [i for i, s in batch if s is None]
@@ -221,7 +218,7 @@ def _evaluate_model(model: nn.Module, cfg: dict, dataset: DetDataset, limit: int
             continue
         outs = _detect(model, [s[0] for _, s in batch], cfg)
         for (iid, _), out in zip(batch, outs):
-            b, s = _to_coco(out, iid, dataset.cat_ids, float(cfg["test"]["mask_thresh"]))
+            b, s = _to_coco(out, iid, dataset.cat_ids, segm_area)
             bbox_results += b
             segm_results += s
             done.append(iid)
@@ -229,6 +226,9 @@ def _evaluate_model(model: nn.Module, cfg: dict, dataset: DetDataset, limit: int
     metrics = _coco_eval(gt, bbox_results, "bbox", done)
     if dataset.with_masks:
         metrics.update(_coco_eval(gt, segm_results, "segm", done))
+        metrics["segm_size_convention"] = (
+            "box area (as mmdet 2.11: mask results carry their bbox, so pycocotools sizes them by it)"
+            if segm_area == "box" else "mask area")
     metrics.update({"num_images": len(done), "num_detections": len(bbox_results), "skipped_images": skipped,
                     "eval_time_s": time.perf_counter() - t0})
     return metrics
@@ -297,11 +297,10 @@ def predict(cfg_or_model, checkpoint, inputs, out_dir: str | os.PathLike, score_
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for path, image in readable_images(inputs, results):
-        x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255.0
-        out = _detect(model, [x], cfg)[0]
+        out = _detect(model, [np.asarray(image)], cfg)[0]
         keep = out["scores"] >= score_thr
         boxes, labels, scores = out["boxes"][keep].numpy(), out["labels"][keep].tolist(), out["scores"][keep].tolist()
-        masks = (out["masks"][keep, 0] > float(cfg["test"]["mask_thresh"])).numpy() if "masks" in out else None
+        masks = out["masks"][keep].numpy() if "masks" in out else None
         draw_instances(image, boxes, [lab - 1 for lab in labels], scores, names, masks).save(
             out_dir / f"{path.stem}_det.png")
         dets = []
@@ -335,7 +334,7 @@ def complexity(variants: Sequence[str] = ("uniformer_small", "uniformer_base"), 
                      "params": count_params(model), "params_backbone": backbone,
                      "params_fpn": count_params(model.backbone.fpn), "params_rpn": count_params(model.rpn),
                      "params_roi_heads": count_params(model.roi_heads),
-                     "gflops": count_gflops(MaskRCNNFlops(model), (3, *input_size))})
+                     "gflops": count_gflops(DetectorFlops(model), (3, *input_size))})
     return rows
 
 
