@@ -58,16 +58,20 @@ def test_model_follows_the_original_config(shapes):
     cfg = D.load_config({"model": {"backbone": TINY_BACKBONE}, "data": {"classes": ["a", "b", "c"]}})
     model = D.build_model(cfg)
     gen = model.rpn.anchor_generator
-    assert gen.sizes == ((32,), (64,), (128,), (256,), (512,)) and gen.aspect_ratios == ((0.5, 1.0, 2.0),) * 5
-    assert model.rpn.fg_bg_sampler.batch_size_per_image == 256 and model.rpn.fg_bg_sampler.positive_fraction == 0.5
+    assert gen.sizes == (32, 64, 128, 256, 512) and gen.ratios == (0.5, 1.0, 2.0)
+    assert gen.strides == (4, 8, 16, 32, 64)  # fixed, not padded size / feature size
+    assert model.rpn.batch_size_per_image == 256 and model.rpn.positive_fraction == 0.5
     assert model.rpn._pre_nms_top_n == {"training": 2000, "testing": 1000}
     assert model.rpn._post_nms_top_n == {"training": 1000, "testing": 1000} and model.rpn.nms_thresh == 0.7
-    assert model.rpn.proposal_matcher.high_threshold == 0.7 and model.rpn.proposal_matcher.low_threshold == 0.3
+    assert model.rpn.fg_iou_thresh == 0.7 and model.rpn.bg_iou_thresh == 0.3 and model.rpn.min_pos_iou == 0.3
+    assert model.rpn.box_loss == "l1"
     roi = model.roi_heads
-    assert roi.fg_bg_sampler.batch_size_per_image == 512 and roi.fg_bg_sampler.positive_fraction == 0.25
-    assert roi.box_coder.weights == (10.0, 10.0, 5.0, 5.0) and roi.nms_thresh == 0.5
+    assert roi.sampling.batch_size_per_image == 512 and roi.sampling.positive_fraction == 0.25
+    assert roi.sampling.iou_thresh == 0.5 and roi.sampling.low_quality
+    assert roi.box_stds == (0.1, 0.1, 0.2, 0.2) and roi.nms_thresh == 0.5 and roi.box_loss == "l1"
     assert roi.score_thresh == 0.05 and roi.detections_per_img == 100
-    assert roi.box_roi_pool.output_size == (7, 7) and roi.mask_roi_pool.output_size == (14, 14)
+    assert roi.box_roi_pool.output_size == 7 and roi.mask_roi_pool.output_size == 14
+    assert roi.box_roi_pool.aligned and roi.box_roi_pool.finest_scale == 56 and roi.box_roi_pool.sampling_ratio == 0
     assert roi.box_predictor.cls_score.out_features == 4 and roi.mask_predictor.mask_fcn_logits.out_channels == 4
     assert model.backbone.body.blocks3[0].attn is not None  # built with the UniFormer body
     feats = model.backbone(torch.zeros(1, 3, 128, 192))
@@ -109,10 +113,10 @@ def test_coco_evaluation_of_ground_truth_is_perfect(shapes):
         _, target = ds[i]
         n = len(target["boxes"])
         outs[iid] = {"boxes": target["boxes"], "labels": target["labels"], "scores": torch.ones(n),
-                     "masks": target["masks"][:, None].float()}
+                     "masks": target["masks"].bool()}
     boxes, segms = [], []
     for iid, out in outs.items():
-        b, s = D._to_coco(out, iid, ds.cat_ids, 0.5)
+        b, s = D._to_coco(out, iid, ds.cat_ids)
         boxes += b
         segms += s
     gt = coco_ground_truth(ds.index)
@@ -226,7 +230,7 @@ def test_original_mmdet_checkpoint_loads(shapes, tmp_path):
     for k, v in source.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
     # the same weights detect the same boxes
-    x = [torch.rand(3, 96, 96)]
+    x = [np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)]
     a, b = D._detect(source, x, cfg)[0], D._detect(loaded, x, cfg)[0]
     assert torch.allclose(a["boxes"], b["boxes"]) and torch.equal(a["labels"], b["labels"])
     # a classification checkpoint fills only the backbone
