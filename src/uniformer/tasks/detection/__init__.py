@@ -4,7 +4,7 @@ Entry points (plain Python; `cfg` is a recipe path, a mapping in recipe layout, 
 
     default_config() -> dict
     load_config(source=None, overrides=()) -> dict
-    build_model(cfg) -> torchvision MaskRCNN (FasterRCNN with model.with_masks=false) on UniFormer + FPN
+    build_model(cfg) -> Mask R-CNN or Cascade Mask R-CNN (model.type; boxes only with model.with_masks=false)
     build_datasets(cfg, splits=("train", "val")) -> dict[str, DetDataset]
     train(cfg, out_dir, resume=None) -> dict                # resume: None, "auto" or a last.pt path
     # bbox_/segm_ AP, AP50, AP75, APs, APm, APl
@@ -17,14 +17,17 @@ Entry points (plain Python; `cfg` is a recipe path, a mapping in recipe layout, 
 Recipe schema (defaults in `default_config()`, the 1× schedule; every key must exist there):
 
     model:  backbone {name, stage3 (hybrid), window_size (14), drop_path_rate, pretrained, kwargs}, with_masks,
-            fpn_channels, box_head_dim, mask_head_channels, anchor_sizes, rpn_batch, roi_batch,
-            rpn_train_proposals / rpn_test_proposals ([per level before NMS, kept after NMS]),
-            checkpoint (ours or an original mmdet Mask R-CNN file), skip_mismatched
+            type (mask_rcnn | cascade_mask_rcnn), fpn_channels, box_head_dim, mask_head_channels, anchor_sizes,
+            rpn_batch, roi_batch, rpn_train_proposals / rpn_test_proposals ([per level before NMS, kept after NMS]),
+            box_loss (l1 | smooth_l1 | giou for cascade), rpn_box_loss (l1 | smooth_l1), rpn_allowed_border
+            (-1: every anchor trains), cascade {box_head_convs, box_head_fcs, box_head_norm, class_agnostic,
+            stage_ious, stage_loss_weights, stage_stds}, checkpoint (ours or an original mmdet file), skip_mismatched
     data:   root, train/val {annotations, images}, train_scales (short sides drawn per image), test_scale,
             max_size, flip_prob, crop_policy (null | detr: the 3×+MS recipe's crop branch), crop_scales,
             crop_size, mean, std
     train / optim / sched: as segmentation (1×: 12 epochs, steps at 8 and 11, AdamW 1e-4, wd 0.05, no decay on norms)
-    test:   score_thresh, detections_per_img, mask_thresh, batch_size
+    test:   score_thresh, detections_per_img, mask_thresh, batch_size, segm_area (box: mask APs/m/l by box area
+            as mmdet 2.11 | mask)
 """
 from __future__ import annotations
 
@@ -48,7 +51,7 @@ from ..dense.io import readable_images
 from ..dense.visualize import draw_instances
 from ..dense.weights import load_task_weights
 from .data import DetDataset, det_collate
-from .model import DetectorFlops, build_mask_rcnn, convert_mmdet_keys, detect
+from .model import DetectorFlops, build_detector, detect, mmdet_key_converter
 
 __all__ = ["default_config", "load_config", "build_model", "build_datasets", "train", "evaluate", "predict",
            "complexity", "demo"]
@@ -68,7 +71,11 @@ def default_config() -> dict:
             "with_masks": True, "fpn_channels": 256, "box_head_dim": 1024, "mask_head_channels": [256, 256, 256, 256],
             "anchor_sizes": [32, 64, 128, 256, 512], "rpn_batch": 256, "roi_batch": 512,
             "rpn_train_proposals": [2000, 1000], "rpn_test_proposals": [1000, 1000],
-            "box_loss": "l1", "checkpoint": None, "skip_mismatched": False,
+            "type": "mask_rcnn", "box_loss": "l1", "rpn_box_loss": "l1", "rpn_allowed_border": -1,
+            "cascade": {"box_head_convs": 4, "box_head_fcs": 1, "box_head_norm": True, "class_agnostic": False,
+                        "stage_ious": [0.5, 0.6, 0.7], "stage_loss_weights": [1.0, 0.5, 0.25],
+                        "stage_stds": [[0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1], [0.033, 0.033, 0.067, 0.067]]},
+            "checkpoint": None, "skip_mismatched": False,
         },
         "data": {
             "root": "data/coco",
@@ -132,21 +139,18 @@ def build_model(cfg, num_classes: int | None = None) -> nn.Module:
     body = uniformer.create_model(
         b["name"], features_only=True, stage3=b["stage3"], window_size=int(b["window_size"]),
         drop_path_rate=float(b["drop_path_rate"]), checkpoint_path=b["pretrained"], **(b["kwargs"] or {}))
-    model = build_mask_rcnn(
-        body, num_classes, with_masks=bool(m["with_masks"]), fpn_channels=int(m["fpn_channels"]),
-        box_head_dim=int(m["box_head_dim"]), mask_head_channels=[int(c) for c in m["mask_head_channels"]],
-        anchor_sizes=[int(s) for s in m["anchor_sizes"]], rpn_batch=int(m["rpn_batch"]), roi_batch=int(m["roi_batch"]),
-        mean=d["mean"], std=d["std"], test_score_thresh=float(cfg["test"]["score_thresh"]),
-        detections_per_img=int(cfg["test"]["detections_per_img"]), rpn_train_proposals=m["rpn_train_proposals"],
-        rpn_test_proposals=m["rpn_test_proposals"], box_loss=str(m["box_loss"]))
+    model = build_detector(body, num_classes, m, mean=d["mean"], std=d["std"],
+                           score_thresh=float(cfg["test"]["score_thresh"]),
+                           detections_per_img=int(cfg["test"]["detections_per_img"]))
     if m["checkpoint"]:
         _load(model, m["checkpoint"], bool(m["skip_mismatched"]))
     return model
 
 
 def _load(model: nn.Module, path, skip_mismatched: bool = False) -> dict:
-    return load_task_weights(model, path, task=TASK, convert=convert_mmdet_keys, skip_mismatched=skip_mismatched,
-                             backbone=model.backbone.body, backbone_prefix="backbone.body.")
+    return load_task_weights(model, path, task=TASK, convert=mmdet_key_converter(model),
+                             skip_mismatched=skip_mismatched, backbone=model.backbone.body,
+                             backbone_prefix="backbone.body.")
 
 
 def build_datasets(cfg, splits: Sequence[str] = ("train", "val")) -> dict[str, DetDataset]:
@@ -319,18 +323,22 @@ def predict(cfg_or_model, checkpoint, inputs, out_dir: str | os.PathLike, score_
 
 
 def complexity(variants: Sequence[str] = ("uniformer_small", "uniformer_base"), input_size: Sequence[int] = (800, 1280),
-               stage3: str = "hybrid", window_size: int = 14, num_classes: int = 80) -> list[dict]:
-    """Parameters and GFLOPs of Mask R-CNN on UniFormer at `input_size` (height, width), counting as mmdet's
-    get_flops does: backbone + FPN + RPN head, box head on 1000 proposals, mask head on 100."""
+               stage3: str = "hybrid", window_size: int = 14, num_classes: int = 80,
+               model_type: str = "mask_rcnn") -> list[dict]:
+    """Parameters and GFLOPs of Mask R-CNN (or `model_type="cascade_mask_rcnn"`) on UniFormer at `input_size`
+    (height, width), counting as mmdet's get_flops does: backbone + FPN + RPN head, the box head(s) on 1000
+    proposals, the mask head(s) on 100."""
     from uniformer.profiling import count_gflops, count_params
 
     rows = []
     for variant in variants:
-        cfg = load_config({"model": {"backbone": {"name": variant, "stage3": stage3, "window_size": window_size}},
+        cfg = load_config({"model": {"type": model_type,
+                                     "backbone": {"name": variant, "stage3": stage3, "window_size": window_size}},
                            "data": {"classes": [f"c{i}" for i in range(num_classes)]}})
         model = build_model(cfg).eval()
         backbone = count_params(model.backbone.body)
-        rows.append({"model": f"Mask R-CNN {variant} {stage3[0]}{window_size}", "input": list(input_size),
+        name = {"mask_rcnn": "Mask R-CNN", "cascade_mask_rcnn": "Cascade Mask R-CNN"}[model_type]
+        rows.append({"model": f"{name} {variant} {stage3[0]}{window_size}", "input": list(input_size),
                      "params": count_params(model), "params_backbone": backbone,
                      "params_fpn": count_params(model.backbone.fpn), "params_rpn": count_params(model.rpn),
                      "params_roi_heads": count_params(model.roi_heads),

@@ -42,7 +42,8 @@ from torchvision.ops import FeaturePyramidNetwork, box_iou, nms, roi_align
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 __all__ = ["UniFormerFPN", "AnchorGenerator", "RegionProposalNetwork", "LevelRoIAlign", "MaskRCNNRoIHeads",
-           "TwoStageDetector", "build_mask_rcnn", "convert_mmdet_keys", "decode_boxes", "encode_boxes",
+           "TwoStageDetector", "MODEL_TYPES", "build_detector", "build_mask_rcnn", "mmdet_key_converter",
+           "convert_mmdet_keys", "decode_boxes", "encode_boxes",
            "batched_nms", "multiclass_nms", "paste_masks", "detect", "DetectorFlops"]
 
 _RATIO_CLIP = abs(math.log(16 / 1000))
@@ -267,7 +268,8 @@ class RegionProposalNetwork(nn.Module):
     def __init__(self, in_channels: int, anchor_generator: AnchorGenerator, *, pre_nms_top_n: Mapping[str, int],
                  post_nms_top_n: Mapping[str, int], nms_thresh: float = 0.7, fg_iou_thresh: float = 0.7,
                  bg_iou_thresh: float = 0.3, min_pos_iou: float = 0.3, batch_size_per_image: int = 256,
-                 positive_fraction: float = 0.5, min_box_size: float = 0.0, box_loss: str = "l1"):
+                 positive_fraction: float = 0.5, min_box_size: float = 0.0, box_loss: str = "l1",
+                 allowed_border: int = -1, size_divisor: int = 32):
         super().__init__()
         self.anchor_generator = anchor_generator
         self.head = RPNHead(in_channels, anchor_generator.num_anchors_per_location())
@@ -275,6 +277,7 @@ class RegionProposalNetwork(nn.Module):
         self.nms_thresh, self.fg_iou_thresh, self.bg_iou_thresh = nms_thresh, fg_iou_thresh, bg_iou_thresh
         self.min_pos_iou, self.batch_size_per_image = min_pos_iou, batch_size_per_image
         self.positive_fraction, self.min_box_size, self.box_loss = positive_fraction, min_box_size, box_loss
+        self.allowed_border, self.size_divisor = allowed_border, size_divisor
 
     def _mode(self) -> str:
         return "training" if self.training else "testing"
@@ -317,14 +320,36 @@ class RegionProposalNetwork(nn.Module):
             return proposals, {}
         if targets is None:
             raise ValueError("the RPN needs targets in training mode")
-        return proposals, self.loss(torch.cat(scores, 1), torch.cat(deltas, 1), torch.cat(anchors), targets)
+        usable = [self._usable(anchors, [f.shape[-2:] for f in features], size) for size in image_sizes]
+        return proposals, self.loss(torch.cat(scores, 1), torch.cat(deltas, 1), torch.cat(anchors), usable, targets)
 
-    def loss(self, scores: torch.Tensor, deltas: torch.Tensor, anchors: torch.Tensor,
+    def _usable(self, anchors: list[torch.Tensor], feature_sizes, image_size: Sequence[int]) -> torch.Tensor:
+        """mmdet's training anchors: centred on the image's padded area (`valid_flags`) and, with
+        `allowed_border` >= 0, inside the image up to that many pixels (`anchor_inside_flags`)."""
+        a = self.anchor_generator.num_anchors_per_location()
+        d = self.size_divisor
+        pad_h, pad_w = (math.ceil(image_size[0] / d) * d, math.ceil(image_size[1] / d) * d)
+        flags = []
+        for level, (fh, fw) in enumerate(feature_sizes):
+            stride = self.anchor_generator.strides[level]
+            ys = torch.arange(int(fh), device=anchors[0].device) < min(math.ceil(pad_h / stride), int(fh))
+            xs = torch.arange(int(fw), device=anchors[0].device) < min(math.ceil(pad_w / stride), int(fw))
+            flags.append((ys[:, None, None] & xs[None, :, None]).expand(int(fh), int(fw), a).reshape(-1))
+        flags = torch.cat(flags)
+        if self.allowed_border >= 0:
+            b, (h, w), all_anchors = self.allowed_border, image_size, torch.cat(anchors)
+            flags &= ((all_anchors[:, 0] >= -b) & (all_anchors[:, 1] >= -b) & (all_anchors[:, 2] < w + b)
+                      & (all_anchors[:, 3] < h + b))
+        return torch.nonzero(flags).squeeze(1)
+
+    def loss(self, scores: torch.Tensor, deltas: torch.Tensor, anchors: torch.Tensor, usable: list[torch.Tensor],
              targets: Sequence[Mapping]) -> dict:
         labels, sampled, pos_pred, pos_target = [], [], [], []
         for i, t in enumerate(targets):
-            assigned = _assign(box_iou(t["boxes"], anchors), self.fg_iou_thresh, self.bg_iou_thresh,
-                               self.min_pos_iou, low_quality=True)
+            inside = usable[i]
+            assigned = torch.full((len(anchors),), -2, dtype=torch.int64, device=anchors.device)
+            assigned[inside] = _assign(box_iou(t["boxes"], anchors[inside]), self.fg_iou_thresh, self.bg_iou_thresh,
+                                       self.min_pos_iou, low_quality=True)
             pos, neg = _sample(assigned, self.batch_size_per_image, self.positive_fraction)
             sampled.append(scores[i, torch.cat([pos, neg])])
             labels.append(torch.cat([torch.ones_like(pos), torch.zeros_like(neg)]).float())
@@ -489,11 +514,13 @@ def build_mask_rcnn(body: nn.Module, num_classes: int, *, with_masks: bool = Tru
                     mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), test_score_thresh: float = 0.05,
                     detections_per_img: int = 100, rpn_train_proposals: Sequence[int] = (2000, 1000),
                     rpn_test_proposals: Sequence[int] = (1000, 1000), box_loss: str = "l1",
+                    rpn_box_loss: str = "l1", rpn_allowed_border: int = -1,
                     roi_low_quality_matches: bool = True) -> TwoStageDetector:
     """Mask R-CNN (or Faster R-CNN without masks) on a UniFormer `body`; `num_classes` excludes the background.
     `rpn_*_proposals`: (top boxes per level before NMS, boxes kept after NMS) per image."""
     backbone = UniFormerFPN(body, fpn_channels)
-    rpn = _build_rpn(fpn_channels, anchor_sizes, rpn_batch, rpn_train_proposals, rpn_test_proposals, box_loss)
+    rpn = _build_rpn(fpn_channels, anchor_sizes, rpn_batch, rpn_train_proposals, rpn_test_proposals, rpn_box_loss,
+                     rpn_allowed_border)
     mask_head = mask_predictor = None
     if with_masks:
         mask_head_channels = tuple(mask_head_channels)
@@ -507,12 +534,51 @@ def build_mask_rcnn(body: nn.Module, num_classes: int, *, with_masks: bool = Tru
 
 
 def _build_rpn(fpn_channels: int, anchor_sizes, rpn_batch: int, train_proposals, test_proposals,
-               box_loss: str) -> RegionProposalNetwork:
+               box_loss: str, allowed_border: int = -1) -> RegionProposalNetwork:
     return RegionProposalNetwork(
         fpn_channels, AnchorGenerator(sizes=[float(s) for s in anchor_sizes]),
         pre_nms_top_n={"training": int(train_proposals[0]), "testing": int(test_proposals[0])},
         post_nms_top_n={"training": int(train_proposals[1]), "testing": int(test_proposals[1])},
-        batch_size_per_image=rpn_batch, box_loss=box_loss)
+        batch_size_per_image=rpn_batch, box_loss=box_loss, allowed_border=allowed_border)
+
+
+MODEL_TYPES = ("mask_rcnn", "cascade_mask_rcnn")
+
+
+def build_detector(body: nn.Module, num_classes: int, model_cfg: Mapping, *, mean=(0.485, 0.456, 0.406),
+                   std=(0.229, 0.224, 0.225), score_thresh: float = 0.05,
+                   detections_per_img: int = 100) -> TwoStageDetector:
+    """The detector of a recipe's `model` section (`type`: mask_rcnn or cascade_mask_rcnn) on `body`."""
+    m = model_cfg
+    common = dict(
+        with_masks=bool(m["with_masks"]), fpn_channels=int(m["fpn_channels"]), box_head_dim=int(m["box_head_dim"]),
+        mask_head_channels=[int(c) for c in m["mask_head_channels"]], anchor_sizes=[int(s) for s in m["anchor_sizes"]],
+        rpn_batch=int(m["rpn_batch"]), roi_batch=int(m["roi_batch"]), mean=mean, std=std,
+        test_score_thresh=float(score_thresh), detections_per_img=int(detections_per_img),
+        rpn_train_proposals=[int(v) for v in m["rpn_train_proposals"]],
+        rpn_test_proposals=[int(v) for v in m["rpn_test_proposals"]], box_loss=str(m["box_loss"]))
+    if m["type"] == "mask_rcnn":
+        return build_mask_rcnn(body, num_classes, **common, rpn_box_loss=str(m["rpn_box_loss"]),
+                               rpn_allowed_border=int(m["rpn_allowed_border"]))
+    if m["type"] == "cascade_mask_rcnn":
+        from .cascade import build_cascade_mask_rcnn
+
+        c = m["cascade"]
+        return build_cascade_mask_rcnn(
+            body, num_classes, **common, rpn_box_loss=str(m["rpn_box_loss"]),
+            rpn_allowed_border=int(m["rpn_allowed_border"]), box_head_convs=int(c["box_head_convs"]),
+            box_head_fcs=int(c["box_head_fcs"]), box_head_norm=bool(c["box_head_norm"]),
+            class_agnostic=bool(c["class_agnostic"]), stage_ious=[float(v) for v in c["stage_ious"]],
+            stage_stds=[[float(v) for v in s] for s in c["stage_stds"]],
+            stage_loss_weights=[float(v) for v in c["stage_loss_weights"]])
+    raise ValueError(f"model.type={m['type']!r}: expected one of {', '.join(MODEL_TYPES)}")
+
+
+def mmdet_key_converter(model: TwoStageDetector):
+    """The function renaming an original mmdet checkpoint's neck and heads for `model`."""
+    from .cascade import CascadeRoIHeads, convert_mmdet_cascade_keys
+
+    return convert_mmdet_cascade_keys if isinstance(model.roi_heads, CascadeRoIHeads) else convert_mmdet_keys
 
 
 @torch.no_grad()
