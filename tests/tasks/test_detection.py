@@ -260,7 +260,7 @@ def test_predict_draws_boxes_and_masks(shapes, tmp_path):
 
 def test_recipes_and_step_schedule():
     recipes = {p.stem: D.load_config(p) for p in sorted((REPO / "configs" / "detection").glob("*.yaml"))}
-    assert len(recipes) == 4
+    assert len(recipes) == 6  # Mask R-CNN S/B 1x and 3x+MS, Cascade Mask R-CNN S/B 3x+MS
     one = recipes["mask_rcnn_uniformer_small_h14_1x_coco"]
     assert one["optim"]["lr"] == 1e-4 and one["optim"]["weight_decay"] == 0.05 and one["train"]["epochs"] == 12
     assert one["sched"]["steps"] == [8, 11] and one["model"]["backbone"]["stage3"] == "hybrid"

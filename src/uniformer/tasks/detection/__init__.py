@@ -20,8 +20,9 @@ Recipe schema (defaults in `default_config()`, the 1× schedule; every key must 
             type (mask_rcnn | cascade_mask_rcnn), fpn_channels, box_head_dim, mask_head_channels, anchor_sizes,
             rpn_batch, roi_batch, rpn_train_proposals / rpn_test_proposals ([per level before NMS, kept after NMS]),
             box_loss (l1 | smooth_l1 | giou for cascade), rpn_box_loss (l1 | smooth_l1), rpn_allowed_border
-            (-1: every anchor trains), cascade {box_head_convs, box_head_fcs, box_head_norm, class_agnostic,
-            stage_ious, stage_loss_weights, stage_stds}, checkpoint (ours or an original mmdet file), skip_mismatched
+            (-1: every anchor trains) — null: the original config's choice for the type,
+            cascade {box_head_convs, box_head_fcs, box_head_norm, class_agnostic, stage_ious, stage_loss_weights,
+            stage_stds}, checkpoint (ours or an original mmdet file), skip_mismatched
     data:   root, train/val {annotations, images}, train_scales (short sides drawn per image), test_scale,
             max_size, flip_prob, crop_policy (null | detr: the 3×+MS recipe's crop branch), crop_scales,
             crop_size, mean, std
@@ -71,7 +72,7 @@ def default_config() -> dict:
             "with_masks": True, "fpn_channels": 256, "box_head_dim": 1024, "mask_head_channels": [256, 256, 256, 256],
             "anchor_sizes": [32, 64, 128, 256, 512], "rpn_batch": 256, "roi_batch": 512,
             "rpn_train_proposals": [2000, 1000], "rpn_test_proposals": [1000, 1000],
-            "type": "mask_rcnn", "box_loss": "l1", "rpn_box_loss": "l1", "rpn_allowed_border": -1,
+            "type": "mask_rcnn", "box_loss": None, "rpn_box_loss": None, "rpn_allowed_border": None,
             "cascade": {"box_head_convs": 4, "box_head_fcs": 1, "box_head_norm": True, "class_agnostic": False,
                         "stage_ious": [0.5, 0.6, 0.7], "stage_loss_weights": [1.0, 0.5, 0.25],
                         "stage_stds": [[0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1], [0.033, 0.033, 0.067, 0.067]]},

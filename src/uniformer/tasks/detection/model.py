@@ -271,6 +271,8 @@ class RegionProposalNetwork(nn.Module):
                  positive_fraction: float = 0.5, min_box_size: float = 0.0, box_loss: str = "l1",
                  allowed_border: int = -1, size_divisor: int = 32):
         super().__init__()
+        if box_loss not in ("l1", "smooth_l1"):
+            raise ValueError(f"rpn_box_loss={box_loss!r}: expected 'l1' or 'smooth_l1'")
         self.anchor_generator = anchor_generator
         self.head = RPNHead(in_channels, anchor_generator.num_anchors_per_location())
         self._pre_nms_top_n, self._post_nms_top_n = dict(pre_nms_top_n), dict(post_nms_top_n)
@@ -399,6 +401,8 @@ class MaskRCNNRoIHeads(nn.Module):
                  low_quality_matches: bool = True, batch_size_per_image: int = 512, positive_fraction: float = 0.25,
                  box_loss: str = "l1", mask_size: int = 28):
         super().__init__()
+        if box_loss not in ("l1", "smooth_l1"):
+            raise ValueError(f"box_loss={box_loss!r}: expected 'l1' (the original config) or 'smooth_l1'")
         self.box_roi_pool = LevelRoIAlign(7)
         self.box_head, self.box_predictor = box_head, box_predictor
         self.mask_roi_pool = LevelRoIAlign(14) if mask_head is not None else None
@@ -543,13 +547,20 @@ def _build_rpn(fpn_channels: int, anchor_sizes, rpn_batch: int, train_proposals,
 
 
 MODEL_TYPES = ("mask_rcnn", "cascade_mask_rcnn")
+# what the original configs use where a recipe leaves `box_loss`, `rpn_box_loss`, `rpn_allowed_border` null
+_ORIGINAL_LOSSES = {"mask_rcnn": {"box_loss": "l1", "rpn_box_loss": "l1", "rpn_allowed_border": -1},
+                    "cascade_mask_rcnn": {"box_loss": "giou", "rpn_box_loss": "smooth_l1", "rpn_allowed_border": 0}}
 
 
 def build_detector(body: nn.Module, num_classes: int, model_cfg: Mapping, *, mean=(0.485, 0.456, 0.406),
                    std=(0.229, 0.224, 0.225), score_thresh: float = 0.05,
                    detections_per_img: int = 100) -> TwoStageDetector:
-    """The detector of a recipe's `model` section (`type`: mask_rcnn or cascade_mask_rcnn) on `body`."""
-    m = model_cfg
+    """The detector of a recipe's `model` section (`type`: mask_rcnn or cascade_mask_rcnn) on `body`; null
+    `box_loss`, `rpn_box_loss` and `rpn_allowed_border` take the original config's value for the type."""
+    if model_cfg["type"] not in MODEL_TYPES:
+        raise ValueError(f"model.type={model_cfg['type']!r}: expected one of {', '.join(MODEL_TYPES)}")
+    originals = _ORIGINAL_LOSSES[model_cfg["type"]]
+    m = {**model_cfg, **{k: v for k, v in originals.items() if model_cfg.get(k) is None}}
     common = dict(
         with_masks=bool(m["with_masks"]), fpn_channels=int(m["fpn_channels"]), box_head_dim=int(m["box_head_dim"]),
         mask_head_channels=[int(c) for c in m["mask_head_channels"]], anchor_sizes=[int(s) for s in m["anchor_sizes"]],
@@ -560,18 +571,16 @@ def build_detector(body: nn.Module, num_classes: int, model_cfg: Mapping, *, mea
     if m["type"] == "mask_rcnn":
         return build_mask_rcnn(body, num_classes, **common, rpn_box_loss=str(m["rpn_box_loss"]),
                                rpn_allowed_border=int(m["rpn_allowed_border"]))
-    if m["type"] == "cascade_mask_rcnn":
-        from .cascade import build_cascade_mask_rcnn
+    from .cascade import build_cascade_mask_rcnn
 
-        c = m["cascade"]
-        return build_cascade_mask_rcnn(
-            body, num_classes, **common, rpn_box_loss=str(m["rpn_box_loss"]),
-            rpn_allowed_border=int(m["rpn_allowed_border"]), box_head_convs=int(c["box_head_convs"]),
-            box_head_fcs=int(c["box_head_fcs"]), box_head_norm=bool(c["box_head_norm"]),
-            class_agnostic=bool(c["class_agnostic"]), stage_ious=[float(v) for v in c["stage_ious"]],
-            stage_stds=[[float(v) for v in s] for s in c["stage_stds"]],
-            stage_loss_weights=[float(v) for v in c["stage_loss_weights"]])
-    raise ValueError(f"model.type={m['type']!r}: expected one of {', '.join(MODEL_TYPES)}")
+    c = m["cascade"]
+    return build_cascade_mask_rcnn(
+        body, num_classes, **common, rpn_box_loss=str(m["rpn_box_loss"]),
+        rpn_allowed_border=int(m["rpn_allowed_border"]), box_head_convs=int(c["box_head_convs"]),
+        box_head_fcs=int(c["box_head_fcs"]), box_head_norm=bool(c["box_head_norm"]),
+        class_agnostic=bool(c["class_agnostic"]), stage_ious=[float(v) for v in c["stage_ious"]],
+        stage_stds=[[float(v) for v in s] for s in c["stage_stds"]],
+        stage_loss_weights=[float(v) for v in c["stage_loss_weights"]])
 
 
 def mmdet_key_converter(model: TwoStageDetector):
