@@ -8,6 +8,7 @@ import pytest
 import torch
 from dense_helpers import TINY_BACKBONE, save_original_checkpoint, seeded
 
+from uniformer.models.checkpoint import CheckpointError
 from uniformer.tasks import detection as D
 from uniformer.tasks.dense.synthetic import write_shapes_coco
 from uniformer.tasks.detection.cascade import CascadeRoIHeads, ConvFCBoxHead, FCNMaskHead
@@ -151,9 +152,9 @@ def test_original_cascade_checkpoint_loads(shapes, tmp_path):
         [k for k in state if not k.startswith("backbone.")])
     # a Mask R-CNN checkpoint does not fit: the error names what is missing
     cfg_bad = tiny_cascade_cfg(shapes)
-    cfg_bad["model"]["type"] = "mask_rcnn"
-    cfg_bad["model"]["checkpoint"] = str(path)
-    with pytest.raises(Exception, match="missing"):
+    cfg_bad["model"].update(type="mask_rcnn", box_loss=None, rpn_box_loss=None, rpn_allowed_border=None,
+                            checkpoint=str(path))
+    with pytest.raises(CheckpointError, match="missing"):
         D.build_model(cfg_bad)
 
 
