@@ -100,7 +100,7 @@ def test_train_loss_falls_and_evaluates(shapes, tmp_path):
     m = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP", "segm_AP50"):
         assert 0.0 <= m[key] <= 1.0
-    assert m["num_images"] == 3
+    assert m["num_images"] == 3 and m["segm_size_convention"].startswith("box area")
     again = D.evaluate(None, tmp_path / "final.pt")
     assert again["bbox_AP"] == pytest.approx(m["bbox_AP"], abs=1e-9)
 
@@ -273,3 +273,32 @@ def test_recipes_and_step_schedule():
     assert lr_at(sched, 1e-4, 7 * per_epoch, 1200, per_epoch) == pytest.approx(1e-4)
     assert lr_at(sched, 1e-4, 8 * per_epoch, 1200, per_epoch) == pytest.approx(1e-5)
     assert lr_at(sched, 1e-4, 11 * per_epoch, 1200, per_epoch) == pytest.approx(1e-6)
+
+
+def test_mask_ap_by_size_follows_mmdet_2_11_box_area():
+    """mmdet 2.11 left each mask result's bbox in place, so pycocotools sized detections by box area: a false
+    positive with a thin (small) mask in a large box counts against APl. `segm_area="mask"` sizes it by its mask."""
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+
+    h = w = 200
+    square = np.zeros((h, w), np.uint8)
+    square[20:120, 20:120] = 1
+    thin = np.zeros((h, w), np.uint8)
+    np.fill_diagonal(thin[40:190, 40:190], 1)  # a small mask (150 pixels) in a large box (150 x 150)
+    rle = mask_utils.encode(np.asfortranarray(square))
+    rle["counts"] = rle["counts"].decode("ascii")
+    gt = COCO()
+    gt.dataset = {"images": [{"id": 1, "width": w, "height": h}], "categories": [{"id": 1, "name": "a"}],
+                  "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": rle, "area": 10000.0,
+                                   "bbox": [20, 20, 100, 100], "iscrowd": 0}]}
+    gt.createIndex()
+    out = {"boxes": torch.tensor([[20.0, 20.0, 120.0, 120.0], [40.0, 40.0, 190.0, 190.0]]),
+           "scores": torch.tensor([0.5, 0.9]), "labels": torch.tensor([1, 1]),
+           "masks": torch.from_numpy(np.stack([square, thin])).bool()}
+    _, by_box = D._to_coco(out, 1, [1], "box")
+    _, by_mask = D._to_coco(out, 1, [1], "mask")
+    assert all("bbox" in r for r in by_box) and not any("bbox" in r for r in by_mask)
+    box_metrics, mask_metrics = D._coco_eval(gt, by_box, "segm", [1]), D._coco_eval(gt, by_mask, "segm", [1])
+    assert box_metrics["segm_AP"] == pytest.approx(mask_metrics["segm_AP"])  # overall AP does not depend on it
+    assert mask_metrics["segm_APl"] == pytest.approx(1.0) and box_metrics["segm_APl"] < 0.6
