@@ -14,7 +14,7 @@ from dense_helpers import TINY_BACKBONE, edit_json, losses_fell, save_original_c
 from PIL import Image
 
 from uniformer.tasks import detection as D
-from uniformer.tasks.dense.coco import coco_ground_truth
+from uniformer.tasks.dense.coco import coco_ground_truth, evaluate_instances, instance_results
 from uniformer.tasks.dense.engine import lr_at
 from uniformer.tasks.dense.synthetic import write_shapes_coco
 from uniformer.tasks.dense.weights import load_task_weights
@@ -116,14 +116,14 @@ def test_coco_evaluation_of_ground_truth_is_perfect(shapes):
                      "masks": target["masks"].bool()}
     boxes, segms = [], []
     for iid, out in outs.items():
-        b, s = D._to_coco(out, iid, ds.cat_ids)
+        b, s = instance_results(out, iid, ds.cat_ids)
         boxes += b
         segms += s
     gt = coco_ground_truth(ds.index)
-    assert D._coco_eval(gt, boxes, "bbox", list(outs))["bbox_AP"] == pytest.approx(1.0)
-    assert D._coco_eval(gt, segms, "segm", list(outs))["segm_AP"] > 0.95  # polygons vs their rasterisation
+    assert evaluate_instances(gt, boxes, "bbox", list(outs))["bbox_AP"] == pytest.approx(1.0)
+    assert evaluate_instances(gt, segms, "segm", list(outs))["segm_AP"] > 0.95  # polygons vs their rasterisation
     shifted = [dict(b, bbox=[b["bbox"][0] + 0.6 * b["bbox"][2]] + b["bbox"][1:]) for b in boxes]
-    assert D._coco_eval(gt, shifted, "bbox", list(outs))["bbox_AP"] < 0.2
+    assert evaluate_instances(gt, shifted, "bbox", list(outs))["bbox_AP"] < 0.2
 
 
 def test_dataset_error_paths(shapes, tmp_path, caplog):
@@ -296,9 +296,10 @@ def test_mask_ap_by_size_follows_mmdet_2_11_box_area():
     out = {"boxes": torch.tensor([[20.0, 20.0, 120.0, 120.0], [40.0, 40.0, 190.0, 190.0]]),
            "scores": torch.tensor([0.5, 0.9]), "labels": torch.tensor([1, 1]),
            "masks": torch.from_numpy(np.stack([square, thin])).bool()}
-    _, by_box = D._to_coco(out, 1, [1], "box")
-    _, by_mask = D._to_coco(out, 1, [1], "mask")
+    _, by_box = instance_results(out, 1, [1], "box")
+    _, by_mask = instance_results(out, 1, [1], "mask")
     assert all("bbox" in r for r in by_box) and not any("bbox" in r for r in by_mask)
-    box_metrics, mask_metrics = D._coco_eval(gt, by_box, "segm", [1]), D._coco_eval(gt, by_mask, "segm", [1])
+    box_metrics = evaluate_instances(gt, by_box, "segm", [1])
+    mask_metrics = evaluate_instances(gt, by_mask, "segm", [1])
     assert box_metrics["segm_AP"] == pytest.approx(mask_metrics["segm_AP"])  # overall AP does not depend on it
     assert mask_metrics["segm_APl"] == pytest.approx(1.0) and box_metrics["segm_APl"] < 0.6

@@ -32,9 +32,7 @@ Recipe schema (defaults in `default_config()`, the 1× schedule; every key must 
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import logging
 import os
 import time
@@ -45,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..dense.coco import coco_ground_truth
+from ..dense.coco import coco_ground_truth, evaluate_instances, instance_results
 from ..dense.config import load_config as _load_config
 from ..dense.engine import load_dense_checkpoint, train_loop, write_json
 from ..dense.io import readable_images
@@ -59,7 +57,6 @@ __all__ = ["default_config", "load_config", "build_model", "build_datasets", "tr
 
 TASK = "detection"
 _logger = logging.getLogger("uniformer.tasks.detection")
-STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 def default_config() -> dict:
     """A fresh copy of every default of this task's recipes (the schema: a key not here is an error)."""
@@ -174,47 +171,12 @@ def _detect(model: nn.Module, images: list[np.ndarray], cfg: dict) -> list[dict]
                   mask_thresh=float(cfg["test"]["mask_thresh"]))
 
 
-def _to_coco(out: dict, image_id, cat_ids: Sequence[int], segm_area: str = "box") -> tuple[list, list]:
-    """COCO result entries. `segm_area="box"` keeps each mask result's `bbox`, so that pycocotools sizes
-    detections by their box area for APs/m/l, as mmdet 2.11 evaluated; "mask" sizes them by mask area."""
-    from pycocotools import mask as mask_utils
-
-    boxes, segms = [], []
-    for j in range(len(out["boxes"])):
-        x1, y1, x2, y2 = (float(v) for v in out["boxes"][j])
-        common = {"image_id": image_id, "category_id": int(cat_ids[int(out["labels"][j]) - 1]),
-                  "score": float(out["scores"][j])}
-        boxes.append({**common, "bbox": [x1, y1, x2 - x1, y2 - y1]})
-        if "masks" in out:
-            rle = mask_utils.encode(np.asfortranarray(out["masks"][j].numpy().astype(np.uint8)))
-            rle["counts"] = rle["counts"].decode("ascii")
-            segms.append({**common, "segmentation": rle, **({"bbox": boxes[-1]["bbox"]} if segm_area == "box" else {})})
-    return boxes, segms
-
-
-def _coco_eval(gt, results: list[dict], iou_type: str, image_ids) -> dict:
-    from pycocotools.cocoeval import COCOeval
-
-    if not results:
-        return {f"{iou_type}_{n}": 0.0 for n in STAT_NAMES}
-    with contextlib.redirect_stdout(io.StringIO()):
-        dt = gt.loadRes(results)
-        ev = COCOeval(gt, dt, iou_type)
-        ev.params.imgIds = sorted(image_ids)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return {f"{iou_type}_{n}": float(v) for n, v in zip(STAT_NAMES, ev.stats[:6])}
-
-
 def _evaluate_model(model: nn.Module, cfg: dict, dataset: DetDataset, limit: int | None = None) -> dict:
     t0 = time.perf_counter()
     ids = dataset.image_ids if limit is None else dataset.image_ids[:limit]
     bbox_results, segm_results, done, skipped = [], [], [], []
     bs = int(cfg["test"]["batch_size"])
     segm_area = str(cfg["test"]["segm_area"])
-    if segm_area not in ("box", "mask"):
-        raise ValueError(f"test.segm_area={segm_area!r}: expected 'box' (mmdet 2.11) or 'mask'")
     for start in range(0, len(ids), bs):
         batch = [(i, dataset[start + k]) for k, i in enumerate(ids[start:start + bs])]
         skipped += [i for i, s in batch if s is None]
@@ -223,14 +185,14 @@ def _evaluate_model(model: nn.Module, cfg: dict, dataset: DetDataset, limit: int
             continue
         outs = _detect(model, [s[0] for _, s in batch], cfg)
         for (iid, _), out in zip(batch, outs):
-            b, s = _to_coco(out, iid, dataset.cat_ids, segm_area)
+            b, s = instance_results(out, iid, dataset.cat_ids, segm_area)
             bbox_results += b
             segm_results += s
             done.append(iid)
     gt = coco_ground_truth(dataset.index)
-    metrics = _coco_eval(gt, bbox_results, "bbox", done)
+    metrics = evaluate_instances(gt, bbox_results, "bbox", done)
     if dataset.with_masks:
-        metrics.update(_coco_eval(gt, segm_results, "segm", done))
+        metrics.update(evaluate_instances(gt, segm_results, "segm", done))
         metrics["segm_size_convention"] = (
             "box area (as mmdet 2.11: mask results carry their bbox, so pycocotools sizes them by it)"
             if segm_area == "box" else "mask area")
