@@ -6,7 +6,7 @@ layout, or a resolved recipe):
 
     default_config() -> dict                                # this task's part of the recipe schema
     load_config(source=None, overrides=()) -> dict
-    build_model(cfg) -> torchvision MaskRCNN (FasterRCNN with model.with_masks=false) on UniFormer + FPN
+    build_model(cfg) -> Mask R-CNN or Cascade Mask R-CNN (model.type; boxes only with model.with_masks=false)
     build_datasets(cfg, splits=("train", "val")) -> dict[str, DetDataset]
     train(cfg, out_dir, resume=None) -> dict                # the runner's summary
     evaluate(cfg, checkpoint, split="val", out_dir=None, limit=None) -> dict   # bbox_/segm_ AP, AP50, ...
@@ -17,42 +17,45 @@ Recipe sections of this task (defaults in `default_config()`, the 1x schedule; e
 `uniformer.engine.config`):
 
     model:  backbone {name, stage3 (hybrid), window_size (14), drop_path_rate, pretrained, kwargs}, with_masks,
-            fpn_channels, box_head_dim, mask_head_channels, anchor_sizes, rpn_batch, roi_batch,
-            rpn_train_proposals / rpn_test_proposals ([per level before NMS, kept after NMS]),
-            checkpoint (ours or an original mmdet Mask R-CNN file), skip_mismatched
+            type (mask_rcnn | cascade_mask_rcnn), fpn_channels, box_head_dim, mask_head_channels, anchor_sizes,
+            rpn_batch, roi_batch, rpn_train_proposals / rpn_test_proposals ([per level before NMS, kept after NMS]),
+            box_loss (l1 | smooth_l1 | giou for cascade), rpn_box_loss (l1 | smooth_l1), rpn_allowed_border
+            (-1: every anchor trains) — null: the original config's choice for the type,
+            cascade {box_head_convs, box_head_fcs, box_head_norm, class_agnostic, stage_ious, stage_loss_weights,
+            stage_stds}, checkpoint (ours or an original mmdet file), skip_mismatched
     data:   root, train/val {annotations, images}, classes, train_scales (short sides drawn per image),
             test_scale, max_size, flip_prob, crop_policy (null | detr: the 3x+MS recipe's crop branch),
             crop_scales, crop_size, mean, std
-    test:   score_thresh, detections_per_img, mask_thresh, batch_size
+    test:   score_thresh, detections_per_img, mask_thresh, batch_size, segm_area (box: mask APs/m/l by box area
+            as mmdet 2.11 | mask)
+
+Inference is the original mmdet 2.11 test pipeline (`model.detect`): uint8 image resized with OpenCV as
+mmcv's `imrescale`, aligned RoIAlign, fixed-stride fractional anchors, masks pasted with grid_sample.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from uniformer.engine.config import merge
 from uniformer.engine.reporting import write_json
 
-from ..dense.coco import coco_ground_truth
+from ..dense.coco import coco_ground_truth, evaluate_instances, instance_results
 from ..dense.io import readable_images, resolve_path
 from ..dense.task import DenseTask, backbone_kwargs, dense_defaults
 from ..dense.visualize import draw_instances
 from .data import DetDataset, det_collate
-from .model import MaskRCNNFlops, build_mask_rcnn, convert_mmdet_keys
+from .model import DetectorFlops, build_detector, detect, mmdet_key_converter
 
 __all__ = ["Task", "default_config", "load_config", "build_model", "build_datasets", "train", "evaluate", "predict",
            "complexity"]
 
 TASK = "detection"
-STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 def default_config() -> dict:
@@ -66,6 +69,10 @@ def default_config() -> dict:
             "with_masks": True, "fpn_channels": 256, "box_head_dim": 1024, "mask_head_channels": [256, 256, 256, 256],
             "anchor_sizes": [32, 64, 128, 256, 512], "rpn_batch": 256, "roi_batch": 512,
             "rpn_train_proposals": [2000, 1000], "rpn_test_proposals": [1000, 1000],
+            "type": "mask_rcnn", "box_loss": None, "rpn_box_loss": None, "rpn_allowed_border": None,
+            "cascade": {"box_head_convs": 4, "box_head_fcs": 1, "box_head_norm": True, "class_agnostic": False,
+                        "stage_ious": [0.5, 0.6, 0.7], "stage_loss_weights": [1.0, 0.5, 0.25],
+                        "stage_stds": [[0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1], [0.033, 0.033, 0.067, 0.067]]},
             "checkpoint": None, "skip_mismatched": False,
         },
         "data": {
@@ -81,7 +88,8 @@ def default_config() -> dict:
         "optim": {"lr": 1e-4, "weight_decay": 0.05, "no_decay_keys": ["norm"]},
         "sched": {"name": "step", "warmup_iters": 500, "warmup_ratio": 0.001, "steps": [8, 11], "gamma": 0.1},
         "checkpoint": {"best_metric": "val_bbox_AP"},
-        "test": {"score_thresh": 0.05, "detections_per_img": 100, "mask_thresh": 0.5, "batch_size": 1},
+        "test": {"score_thresh": 0.05, "detections_per_img": 100, "mask_thresh": 0.5, "batch_size": 1,
+                 "segm_area": "box"},
     }, strict=False)
 
 
@@ -109,45 +117,11 @@ def _class_names(cfg: Mapping) -> list[str]:
     raise ValueError("data.classes: not given, and no annotation file with categories was found")
 
 
-def _to_coco(out: dict, image_id, cat_ids: Sequence[int], mask_thresh: float) -> tuple[list, list]:
-    from pycocotools import mask as mask_utils
-
-    boxes, segms = [], []
-    for j in range(len(out["boxes"])):
-        x1, y1, x2, y2 = (float(v) for v in out["boxes"][j])
-        common = {"image_id": image_id, "category_id": int(cat_ids[int(out["labels"][j]) - 1]),
-                  "score": float(out["scores"][j])}
-        boxes.append({**common, "bbox": [x1, y1, x2 - x1, y2 - y1]})
-        if "masks" in out:
-            m = (out["masks"][j, 0] > mask_thresh).numpy().astype(np.uint8)
-            rle = mask_utils.encode(np.asfortranarray(m))
-            rle["counts"] = rle["counts"].decode("ascii")
-            segms.append({**common, "segmentation": rle})
-    return boxes, segms
-
-
-def _coco_eval(gt, results: list[dict], iou_type: str, image_ids) -> dict:
-    from pycocotools.cocoeval import COCOeval
-
-    if not results:
-        return {f"{iou_type}_{n}": 0.0 for n in STAT_NAMES}
-    with contextlib.redirect_stdout(io.StringIO()):
-        dt = gt.loadRes(results)
-        ev = COCOeval(gt, dt, iou_type)
-        ev.params.imgIds = sorted(image_ids)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return {f"{iou_type}_{n}": float(v) for n, v in zip(STAT_NAMES, ev.stats[:6])}
-
-
-@torch.no_grad()
-def _detect(model: nn.Module, images: list[torch.Tensor], cfg: Mapping | None = None) -> list[dict]:
-    """Detections of a list of images (the model's test size; `cfg` is not needed any more)."""
-    model.eval()
-    device = next(model.parameters()).device
-    outs = model([im.to(device) for im in images])
-    return [{k: (v.float() if v.is_floating_point() else v).cpu() for k, v in out.items()} for out in outs]
+def _detect(model: nn.Module, images: list[np.ndarray], cfg: Mapping) -> list[dict]:
+    """The original test pipeline on RGB uint8 images at the recipe's test scale (see `model.detect`)."""
+    d = cfg["data"]
+    return detect(model, images, scale=(int(d["test_scale"]), int(d["max_size"])),
+                  mask_thresh=float(cfg["test"]["mask_thresh"]))
 
 
 class Task(DenseTask):
@@ -185,27 +159,22 @@ class Task(DenseTask):
         m, d = cfg["model"], cfg["data"]
         classes = self.meta.get("classes") or _class_names(cfg)
         body = uniformer.create_model(m["backbone"]["name"], **backbone_kwargs(m["backbone"], for_training))
-        model = build_mask_rcnn(
-            body, len(classes), with_masks=bool(m["with_masks"]), fpn_channels=int(m["fpn_channels"]),
-            box_head_dim=int(m["box_head_dim"]), mask_head_channels=[int(c) for c in m["mask_head_channels"]],
-            min_size=[int(s) for s in d["train_scales"]], test_size=int(d["test_scale"]), max_size=int(d["max_size"]),
-            anchor_sizes=[int(s) for s in m["anchor_sizes"]], rpn_batch=int(m["rpn_batch"]),
-            roi_batch=int(m["roi_batch"]), mean=d["mean"], std=d["std"],
-            test_score_thresh=float(cfg["test"]["score_thresh"]),
-            detections_per_img=int(cfg["test"]["detections_per_img"]), rpn_train_proposals=m["rpn_train_proposals"],
-            rpn_test_proposals=m["rpn_test_proposals"])
+        model = build_detector(body, len(classes), m, mean=d["mean"], std=d["std"],
+                               score_thresh=float(cfg["test"]["score_thresh"]),
+                               detections_per_img=int(cfg["test"]["detections_per_img"]))
         return self._initial_weights(model, for_training)
 
     def _weight_options(self, model: nn.Module) -> dict:
-        return {"convert": convert_mmdet_keys, "backbone": model.backbone.body, "backbone_prefix": "backbone.body."}
+        return {"convert": mmdet_key_converter(model), "backbone": model.backbone.body,
+                "backbone_prefix": "backbone.body."}
 
     def training_step(self, model: nn.Module, batch) -> dict:
         images, targets = batch
-        return model(images, targets)  # torchvision's named losses: loss_classifier, loss_box_reg, loss_mask, ...
+        return model(images, targets)  # named losses: loss_objectness, loss_rpn_box_reg, loss_classifier, ...
 
     def evaluate(self, model: nn.Module, dataset: DetDataset, indices: Sequence[int]) -> dict:
         indices = list(indices)
-        bs, thresh = int(self.cfg["test"]["batch_size"]), float(self.cfg["test"]["mask_thresh"])
+        bs, segm_area = int(self.cfg["test"]["batch_size"]), str(self.cfg["test"]["segm_area"])
         boxes, segms, done, skipped = [], [], [], []
         for start in range(0, len(indices), bs):
             batch = [(dataset.image_ids[i], dataset[i]) for i in indices[start:start + bs]]
@@ -213,8 +182,8 @@ class Task(DenseTask):
             batch = [(iid, s) for iid, s in batch if s is not None]
             if not batch:
                 continue
-            for (iid, _), out in zip(batch, _detect(model, [s[0] for _, s in batch])):
-                b, m = _to_coco(out, iid, dataset.cat_ids, thresh)
+            for (iid, _), out in zip(batch, _detect(model, [s[0] for _, s in batch], self.cfg)):
+                b, m = instance_results(out, iid, dataset.cat_ids, segm_area)
                 boxes += b
                 segms += m
                 done.append(iid)
@@ -224,9 +193,12 @@ class Task(DenseTask):
         boxes = [r for p in parts for r in p["boxes"]]
         done = [i for p in parts for i in p["done"]]
         gt = coco_ground_truth(dataset.index)
-        metrics = _coco_eval(gt, boxes, "bbox", done)
+        metrics = evaluate_instances(gt, boxes, "bbox", done)
         if dataset.with_masks:
-            metrics.update(_coco_eval(gt, [r for p in parts for r in p["segms"]], "segm", done))
+            metrics.update(evaluate_instances(gt, [r for p in parts for r in p["segms"]], "segm", done))
+            metrics["segm_size_convention"] = (
+                "box area (as mmdet 2.11: mask results carry their bbox, so pycocotools sizes them by it)"
+                if self.cfg["test"]["segm_area"] == "box" else "mask area")
         metrics.update({"num_images": len(done), "num_detections": len(boxes),
                         "skipped_images": [i for p in parts for i in p["skipped"]]})
         return metrics
@@ -283,16 +255,14 @@ def predict(cfg, checkpoint, inputs, out_dir: str | os.PathLike, score_thr: floa
 
     task, model = inference_model(TASK, cfg, checkpoint, device)
     names = task.meta.get("classes") or _class_names(task.cfg)
-    mask_thresh = float(task.cfg["test"]["mask_thresh"])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for path, image in readable_images(inputs, results):
-        x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255.0
-        out = _detect(model, [x])[0]
+        out = _detect(model, [np.asarray(image)], task.cfg)[0]
         keep = out["scores"] >= score_thr
         boxes, labels, scores = out["boxes"][keep].numpy(), out["labels"][keep].tolist(), out["scores"][keep].tolist()
-        masks = (out["masks"][keep, 0] > mask_thresh).numpy() if "masks" in out else None
+        masks = out["masks"][keep].numpy() if "masks" in out else None
         draw_instances(image, boxes, [lab - 1 for lab in labels], scores, names, masks).save(
             out_dir / f"{path.stem}_det.png")
         dets = []
@@ -311,12 +281,15 @@ def predict(cfg, checkpoint, inputs, out_dir: str | os.PathLike, score_thr: floa
 
 
 def complexity(variants: Sequence[str] = ("uniformer_small", "uniformer_base"), input_size: Sequence[int] = (800, 1280),
-               stage3: str = "hybrid", window_size: int = 14, num_classes: int = 80) -> list[dict]:
-    """Parameters and GFLOPs of Mask R-CNN on UniFormer at `input_size` (height, width), counting as mmdet's
-    get_flops does: backbone + FPN + RPN head, box head on 1000 proposals, mask head on 100."""
+               stage3: str = "hybrid", window_size: int = 14, num_classes: int = 80,
+               model_type: str = "mask_rcnn") -> list[dict]:
+    """Parameters and GFLOPs of Mask R-CNN (or `model_type="cascade_mask_rcnn"`) on UniFormer at `input_size`
+    (height, width), counting as mmdet's get_flops does: backbone + FPN + RPN head, the box head(s) on 1000
+    proposals, the mask head(s) on 100."""
     rows = []
     for variant in variants:
-        cfg = load_config({"model": {"backbone": {"name": variant, "stage3": stage3, "window_size": window_size}},
+        cfg = load_config({"model": {"type": model_type,
+                                     "backbone": {"name": variant, "stage3": stage3, "window_size": window_size}},
                            "data": {"classes": [f"c{i}" for i in range(num_classes)]}})
         rows.append(recipe_complexity(cfg, input_size))
     return rows
@@ -334,7 +307,8 @@ def recipe_complexity(cfg: Mapping, input_size: Sequence[int] | None = None) -> 
     except ValueError:
         classes = [f"class_{i}" for i in range(80)]
     model = Task(cfg, {"classes": classes}).build_model(for_training=False).eval()
-    return {"model": f"Mask R-CNN {b['name']} {b['stage3'][0]}{b['window_size']}", "input": size,
+    name = {"mask_rcnn": "Mask R-CNN", "cascade_mask_rcnn": "Cascade Mask R-CNN"}[cfg["model"]["type"]]
+    return {"model": f"{name} {b['name']} {b['stage3'][0]}{b['window_size']}", "input": size,
             "params": count_params(model), "params_backbone": count_params(model.backbone.body),
             "params_fpn": count_params(model.backbone.fpn), "params_rpn": count_params(model.rpn),
-            "params_roi_heads": count_params(model.roi_heads), "gflops": count_gflops(MaskRCNNFlops(model), (3, *size))}
+            "params_roi_heads": count_params(model.roi_heads), "gflops": count_gflops(DetectorFlops(model), (3, *size))}
