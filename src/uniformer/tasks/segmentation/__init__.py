@@ -26,7 +26,8 @@ Recipe schema (defaults in `default_config()`; every key must exist there):
             clip_grad, max_iters
     optim:  lr, weight_decay, betas, no_decay_keys, no_decay_1d
     sched:  name step|poly|cosine|constant, warmup_iters, warmup_ratio, power, min_lr, steps, gamma
-    test:   mode whole|slide, crop_size, stride, scales (ratios of img_scale), flip
+    test:   mode whole|slide, crop_size, stride, scales (ratios of img_scale), flip, size_divisor (null, or
+            resize each side on to a multiple of it after the keep-ratio resize: the Semantic FPN AlignResize)
 """
 from __future__ import annotations
 
@@ -83,7 +84,8 @@ def default_config() -> dict:
         "optim": {"lr": 6e-5, "weight_decay": 0.01, "betas": [0.9, 0.999], "no_decay_keys": [], "no_decay_1d": False},
         "sched": {"name": "poly", "warmup_iters": 1500, "warmup_ratio": 1e-6, "power": 1.0, "min_lr": 0.0,
                   "steps": [], "gamma": 0.1},
-        "test": {"mode": "whole", "crop_size": [512, 512], "stride": [341, 341], "scales": [1.0], "flip": False},
+        "test": {"mode": "whole", "crop_size": [512, 512], "stride": [341, 341], "scales": [1.0], "flip": False,
+                 "size_divisor": None},
     }
 
 
