@@ -16,12 +16,15 @@ from uniformer.tasks import pose as P
 from uniformer.tasks.dense.synthetic import COCO_FLIP_PAIRS, write_pose_coco
 from uniformer.tasks.pose.data import PoseDataset, pose_collate
 from uniformer.tasks.pose.decoding import (
+    COCO_SIGMAS,
     affine_matrix,
     apply_affine,
     box_to_center_scale,
     decode_heatmaps,
     flip_back,
     gaussian_targets,
+    oks_nms,
+    rescore,
     warp,
 )
 
@@ -95,6 +98,46 @@ def test_affine_crop_and_flip_back():
     heat = torch.rand(1, 17, 8, 6)
     mirrored = heat.flip(-1)[:, [_swap(i) for i in range(17)]]
     assert torch.equal(flip_back(mirrored, COCO_FLIP_PAIRS, shift=False), heat)
+
+
+def test_crop_uses_integer_pixel_centres():
+    # a box exactly the size of the output, unpadded, is the identity warp (no half-pixel shift)
+    image = np.random.default_rng(0).integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    center, scale = box_to_center_scale((0, 0, 48, 64), aspect=0.75, padding=1.0)
+    assert np.array_equal(warp(image, center, scale, 0.0, (48, 64)), image)
+
+
+def test_decoding_at_borders_and_of_empty_maps_follows_mmpose():
+    hm = np.zeros((1, 4, 8, 8), np.float32)
+    hm[0, 0, 4, 1], hm[0, 0, 4, 2] = 1.0, 0.5  # peak on column 1: not shifted
+    hm[0, 1, 4, 2], hm[0, 1, 4, 3] = 1.0, 0.5  # peak on column 2: shifted a quarter towards the higher side
+    hm[0, 2] = -1.0  # no positive value: heatmap position (-1, -1)
+    hm[0, 3, 5, 5] = hm[0, 3, 6, 6] = 0.7  # a tie: the first maximum (row-major)
+    center, scale = np.array([[4.0, 4.0]]), np.array([[8.0, 8.0]])  # heatmap pixel = image pixel
+    coords, maxvals = decode_heatmaps(hm, center, scale, "default")
+    assert coords[0, 0].tolist() == [1.0, 4.0] and coords[0, 1].tolist() == [2.25, 4.0]
+    assert coords[0, 2].tolist() == [-1.0, -1.0] and maxvals[0, 2] == -1.0
+    assert coords[0, 3].tolist() == [5.0, 5.0]
+    # DARK blurs with zeros beyond the border: a peak near the edge decodes as in a larger empty map
+    yy, xx = np.mgrid[0:10, 0:10]
+    small = np.exp(-((xx - 2.4) ** 2 + (yy - 3.6) ** 2) / 8.0).astype(np.float32)
+    large = np.zeros((30, 30), np.float32)
+    large[10:20, 10:20] = small
+    near, _ = decode_heatmaps(small[None, None], np.array([[5.0, 5.0]]), np.array([[10.0, 10.0]]), "unbiased")
+    far, _ = decode_heatmaps(large[None, None], np.array([[15.0, 15.0]]), np.array([[30.0, 30.0]]), "unbiased")
+    assert np.allclose(near[0, 0], far[0, 0] - 10.0, atol=1e-4)
+    assert np.abs(near[0, 0] - [2.4, 3.6]).max() < 0.2
+
+
+def test_rescoring_and_oks_nms_as_the_coco_evaluation():
+    kpts = np.zeros((2, 17, 3), np.float32)
+    kpts[0, :3, 2] = [0.1, 0.5, 0.7]
+    assert rescore(kpts, [0.5, 0.9], 0.2).tolist() == pytest.approx([0.3, 0.0])
+    # every joint counts, whatever its confidence: two people on the same spots are one person
+    people = [{"keypoints": kpts[1] + [10.0, 20.0, 0.0], "score": s, "area": 1000.0} for s in (0.8, 0.9)]
+    assert oks_nms(people, 0.9, COCO_SIGMAS) == [1]
+    far = dict(people[0], keypoints=people[0]["keypoints"] + [50.0, 0.0, 0.0])
+    assert oks_nms([people[0], far], 0.9, COCO_SIGMAS) == [1, 0]  # equal scores: the later first, as mmpose
 
 
 def _swap(i: int) -> int:

@@ -16,7 +16,7 @@ from uniformer.engine.config import ConfigError
 from uniformer.models.checkpoint import CheckpointError
 from uniformer.tasks import segmentation as S
 from uniformer.tasks.dense.synthetic import write_shapes_segmentation
-from uniformer.tasks.segmentation.data import SegDataset, seg_collate
+from uniformer.tasks.segmentation.data import SegDataset, rescale_size, resize_keep_ratio, scaled_size, seg_collate
 from uniformer.tasks.segmentation.evaluation import SegMetric, infer_probs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -117,6 +117,25 @@ def test_upernet_aux_losses_and_inference_modes(shapes):
     assert small.shape == (4, 64, 64) and not torch.allclose(small, whole, atol=1e-3)
     ms = infer_probs(model, image, cfg["data"], {"mode": "whole", "scales": [0.75, 1.0, 1.25], "flip": True}, 4)
     assert ms.shape == (4, 64, 64) and torch.allclose(ms.sum(0), torch.ones(64, 64), atol=1e-5)
+
+
+def test_test_resize_follows_mmcv_and_align_resize():
+    # mmcv's keep-ratio sizes (rounded half up), integer multi-scale sizes, AlignResize's second resize
+    assert rescale_size(150, 200, (2048, 512)) == (512, 683)
+    assert rescale_size(560, 760, (2048, 512)) == (512, 695)
+    assert scaled_size((2048, 512), 0.75) == (1536, 384) and scaled_size((2048, 512), 1.1) == (2252, 563)
+    image = np.zeros((150, 200, 3), np.uint8)
+    assert resize_keep_ratio(image, (2048, 512)).shape == (512, 683, 3)
+    assert resize_keep_ratio(image, (2048, 512), size_divisor=32).shape == (512, 704, 3)
+    # OpenCV's bilinear on uint8: halving averages 2x2 blocks (rounded half up), with no extra smoothing;
+    # label maps take the nearest label
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (8, 12, 3), dtype=np.uint8)
+    labels = rng.integers(0, 5, (8, 12))
+    out, lab = resize_keep_ratio(img, (6, 4), labels)
+    blocks = img.reshape(4, 2, 6, 2, 3).astype(np.float64).mean((1, 3))
+    assert np.array_equal(out, np.floor(blocks + 0.5).astype(np.uint8))
+    assert np.array_equal(lab, labels[::2, ::2]) and lab.dtype == np.int64
 
 
 def test_ade20k_layout_shifts_labels(tmp_path):

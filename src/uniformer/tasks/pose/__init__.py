@@ -45,8 +45,8 @@ from ..dense.io import readable_images
 from ..dense.synthetic import COCO_FLIP_PAIRS, COCO_SKELETON
 from ..dense.task import DenseTask, backbone_kwargs, dense_defaults
 from ..dense.visualize import draw_keypoints
-from .data import PoseDataset, _to_tensor, pose_collate
-from .decoding import COCO_SIGMAS, box_to_center_scale, decode_heatmaps, flip_back, oks_nms, warp
+from .data import PoseDataset, pose_collate
+from .decoding import COCO_SIGMAS, decode_heatmaps, estimate_poses, rescore_and_nms, topdown_heatmaps
 from .head import HeatmapHead, TopDownPose, joints_mse_loss
 
 __all__ = ["Task", "default_config", "load_config", "build_model", "build_datasets", "train", "evaluate", "predict",
@@ -105,17 +105,6 @@ def _sigmas(cfg) -> np.ndarray:
     return sigmas
 
 
-@torch.no_grad()
-def _heatmaps(model: nn.Module, img: torch.Tensor, test_cfg: Mapping, flip_pairs) -> torch.Tensor:
-    model.eval()
-    device = next(model.parameters()).device
-    img = img.to(device)
-    heat = model(img)
-    if test_cfg["flip"]:
-        heat = 0.5 * (heat + flip_back(model(img.flip(-1)), flip_pairs, bool(test_cfg["shift_heatmap"])))
-    return heat.float()
-
-
 def _predict_people(model: nn.Module, dataset: PoseDataset, cfg: Mapping, indices: Sequence[int]):
     indices = list(indices)
     subset = torch.utils.data.Subset(dataset, indices)
@@ -125,32 +114,26 @@ def _predict_people(model: nn.Module, dataset: PoseDataset, cfg: Mapping, indice
     for batch in loader:
         if batch is None:
             continue
-        heat = _heatmaps(model, batch["img"], cfg["test"], _flip_pairs(cfg))
+        t = cfg["test"]
+        heat = topdown_heatmaps(model, batch["img"], _flip_pairs(cfg), bool(t["flip"]), bool(t["shift_heatmap"]))
         centers, scales = np.stack(batch["center"]), np.stack(batch["scale"])
-        coords, maxvals = decode_heatmaps(heat, centers, scales, cfg["test"]["post_process"],
-                                          int(cfg["test"]["modulate_kernel"]))
+        coords, maxvals = decode_heatmaps(heat, centers, scales, t["post_process"], int(t["modulate_kernel"]))
         for j in range(len(coords)):
             people.append({"image_id": batch["image_id"][j], "keypoints": np.concatenate(
-                [coords[j], maxvals[j][:, None]], 1), "box_score": float(batch["score"][j]), "area": batch["area"][j]})
+                [coords[j], maxvals[j][:, None]], 1), "box_score": batch["score"][j], "area": batch["area"][j]})
             seen.add(batch["index"][j])
     skipped = sorted({dataset.samples[i]["image_id"] for i in indices if i not in seen})
     return people, skipped
 
 
-def _rescore_and_nms(people: list[dict], cfg: dict) -> list[dict]:
-    """Person score = box score × mean confidence of its joints above vis_thr; then OKS NMS per image."""
-    vis_thr, oks_thr = float(cfg["test"]["vis_thr"]), float(cfg["test"]["oks_thr"])
+def _rescore_and_nms(people: list[dict], cfg: Mapping) -> list[dict]:
+    """Per image: person score = box score × mean confidence of its joints above vis_thr, then OKS-NMS."""
     by_image: dict = {}
     for p in people:
-        conf = p["keypoints"][:, 2]
-        good = conf[conf > vis_thr]
-        p = dict(p, score=p["box_score"] * (float(good.mean()) if len(good) else 0.0))
         by_image.setdefault(p["image_id"], []).append(p)
-    out = []
-    for plist in by_image.values():
-        keep = oks_nms(plist, oks_thr, _sigmas(cfg), vis_thr) if oks_thr < 1 else range(len(plist))
-        out += [plist[i] for i in keep]
-    return out
+    t = cfg["test"]
+    return [kept for plist in by_image.values()
+            for kept in rescore_and_nms(plist, float(t["vis_thr"]), float(t["oks_thr"]), _sigmas(cfg))]
 
 
 def _coco_keypoint_eval(dataset: PoseDataset, results: list[dict], image_ids: Sequence, sigmas: np.ndarray) -> dict:
@@ -286,40 +269,29 @@ def predict(cfg, checkpoint, inputs, out_dir: str | os.PathLike,
     """Keypoints of the people in an image, a folder or a list of images.
 
     `boxes` maps an image's file name to its person boxes `[x, y, w, h]` or `[x, y, w, h, score]`
-    (from a detector); without an entry the whole image is one person. Writes `<stem>_pose.png`
-    (skeletons) and `<stem>.json` per image, plus predictions.json. `cfg` None: the recipe recorded in the
-    checkpoint.
+    (from a detector); without an entry the whole image is one person. The people are those the
+    evaluation keeps (rescored, OKS-NMS), in the order of their boxes. Writes `<stem>_pose.png` (skeletons)
+    and `<stem>.json` per image, plus predictions.json. `cfg` None: the recipe recorded in the checkpoint.
     """
     from ..dense.task import inference_model
 
     task, model = inference_model(TASK, cfg, checkpoint, device)
     cfg = task.cfg
-    d = cfg["data"]
-    input_size = tuple(int(v) for v in d["input_size"])
-    aspect = input_size[0] / input_size[1]
-    skeleton = [tuple(p) for p in (d["skeleton"] or COCO_SKELETON)]
+    skeleton = [tuple(p) for p in (cfg["data"]["skeleton"] or COCO_SKELETON)]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for path, image in readable_images(inputs, results):
         h, w = image.shape[:2]
         person_boxes = (boxes or {}).get(path.name) or [[0, 0, w, h, 1.0]]
-        crops, centers, scales, scores = [], [], [], []
-        for box in person_boxes:
-            c, s = box_to_center_scale(box[:4], aspect, float(d["bbox_padding"]))
-            crops.append(_to_tensor(warp(image, c, s, 0.0, input_size), d["mean"], d["std"]))
-            centers.append(c)
-            scales.append(s)
-            scores.append(float(box[4]) if len(box) > 4 else 1.0)
-        heat = _heatmaps(model, torch.stack(crops), cfg["test"], _flip_pairs(cfg))
-        coords, maxvals = decode_heatmaps(heat, np.stack(centers), np.stack(scales), cfg["test"]["post_process"],
-                                          int(cfg["test"]["modulate_kernel"]))
-        people = [np.concatenate([c, v[:, None]], 1) for c, v in zip(coords, maxvals)]
-        draw_keypoints(image, people, skeleton, float(cfg["test"]["vis_thr"])).save(out_dir / f"{path.stem}_pose.png")
+        people = sorted(estimate_poses(model, image, person_boxes, cfg["data"], cfg["test"], _flip_pairs(cfg),
+                                       _sigmas(cfg)), key=lambda p: p["index"])
+        draw_keypoints(image, [p["keypoints"] for p in people], skeleton,
+                       float(cfg["test"]["vis_thr"])).save(out_dir / f"{path.stem}_pose.png")
         record = {"image": str(path), "height": h, "width": w, "picture": str(out_dir / f"{path.stem}_pose.png"),
-                  "people": [{"box": [float(v) for v in b[:4]], "score": sc * float(np.mean(p[:, 2])),
-                              "keypoints": [[float(x), float(y), float(v)] for x, y, v in p]}
-                             for b, sc, p in zip(person_boxes, scores, people)]}
+                  "people": [{"box_index": p["index"], "box": p["box"], "score": float(p["score"]),
+                              "keypoints": [[float(x), float(y), float(v)] for x, y, v in p["keypoints"]]}
+                             for p in people]}
         write_json(out_dir / f"{path.stem}.json", record)
         results.append(record)
     write_json(out_dir / "predictions.json", results)

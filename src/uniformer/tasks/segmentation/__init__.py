@@ -21,7 +21,8 @@ Recipe sections of this task (defaults in `default_config()`; engine sections in
     data:   format ade20k|folder, root, train/val {images, masks, split}, classes (list or file),
             num_classes, reduce_zero_label (null: true for ade20k), ignore_index, img_suffix, mask_suffix,
             img_scale, ratio_range, crop_size, cat_max_ratio, flip_prob, photometric, mean, std
-    test:   mode whole|slide, crop_size, stride, scales (ratios of img_scale), flip
+    test:   mode whole|slide, crop_size, stride, scales (ratios of img_scale), flip, size_divisor (null, or
+            resize each side on to a multiple of it after the keep-ratio resize: the Semantic FPN AlignResize)
 """
 from __future__ import annotations
 
@@ -75,7 +76,8 @@ def default_config() -> dict:
         "optim": {"lr": 6e-5, "weight_decay": 0.01},
         "sched": {"name": "poly", "warmup_iters": 1500, "warmup_ratio": 1e-6, "power": 1.0, "min_lr": 0.0},
         "checkpoint": {"every": 8000, "best_metric": "val_mIoU"},
-        "test": {"mode": "whole", "crop_size": [512, 512], "stride": [341, 341], "scales": [1.0], "flip": False},
+        "test": {"mode": "whole", "crop_size": [512, 512], "stride": [341, 341], "scales": [1.0], "flip": False,
+                 "size_divisor": None},
     }, strict=False)
 
 
