@@ -102,12 +102,13 @@ def toy_video_net(num_classes: int = 3, **kwargs) -> ToyVideoNet:
 def tiny_recipe(**sections) -> dict:
     """A recipe on TinyClips (12 train, 7 val, 5 test samples) with the toy model; sections override."""
     recipe = {
+        "task": "classification",
         "seed": 3,
         "deterministic": True,
         "model": {"name": "engine_helpers:toy_video_net", "kwargs": {}},
         "data": {"builder": "engine_helpers:build_tiny_clips", "sizes": {"train": 12, "val": 7, "test": 5},
-                 "classes": 3, "frames": 4, "size": 32, "views": 2, "batch_size": 4, "num_workers": 0},
-        "train": {"epochs": 2, "threads": 1, "log_every": 1},
+                 "classes": 3, "frames": 4, "size": 32, "views": 2},
+        "train": {"epochs": 2, "threads": 1, "log_every": 1, "batch_size": 4, "num_workers": 0},
         "optim": {"lr": 0.01, "weight_decay": 0.05},
         "sched": {"warmup_epochs": 0.5, "min_lr": 1e-4},
         "checkpoint": {"keep_last": 2},
@@ -148,7 +149,8 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 120, torchrun: int = 0,
 def write_moving_videos(root: Path, n_train: int, n_val: int, *, frames: int = 8, size: int = 32,
                         corrupt: int = 0) -> dict:
     """Real MP4 files for `format: video_list`: class 0 = a bar moving right, class 1 = moving left.
-    `corrupt` extra train entries point at files that are not videos. Returns a data: section."""
+    `corrupt` extra train entries point at files that are not videos. Returns a data: section (batch of 4
+    and no workers go in the recipe's train: section)."""
     from uniformer.data.video_io import write_video
 
     root.mkdir(parents=True, exist_ok=True)
@@ -177,5 +179,4 @@ def write_moving_videos(root: Path, n_train: int, n_val: int, *, frames: int = 8
     (root / "classes.txt").write_text("moves_right\nmoves_left\n")
     return {"format": "video_list", "root": str(root), "train_list": lists["train"], "val_list": lists["val"],
             "class_names": str(root / "classes.txt"), "num_frames": 4, "sampling": "uniform",
-            "input_size": size, "short_side": size, "scale_jitter": [size, size + 8], "hflip": False,
-            "batch_size": 4, "num_workers": 0}
+            "input_size": size, "short_side": size, "scale_jitter": [size, size + 8], "hflip": False}

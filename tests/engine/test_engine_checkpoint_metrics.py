@@ -1,7 +1,10 @@
-"""Checkpoint atomicity, retention, plain-data contents; metrics and multi-view aggregation."""
+"""Checkpoint atomicity, retention, `--resume auto` fallback, the earlier layouts; classification metrics and
+multi-view aggregation."""
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import random
 
 import numpy as np
@@ -12,13 +15,19 @@ from uniformer.engine.checkpoint import (
     CheckpointManager,
     atomic_save,
     capture_rng_state,
-    find_latest_checkpoint,
+    load_run_checkpoint,
+    read_checkpoint,
     restore_rng_state,
     to_plain,
 )
-from uniformer.engine.distributed import DistInfo
-from uniformer.engine.evaluation import predict_loader, score_predictions
-from uniformer.engine.metrics import average_views, classification_metrics, confusion_matrix, topk_accuracy
+from uniformer.tasks import load_recipe
+from uniformer.tasks.classification import Task
+from uniformer.tasks.classification.metrics import (
+    average_views,
+    classification_metrics,
+    confusion_matrix,
+    topk_accuracy,
+)
 
 
 def test_atomic_save_never_leaves_a_half_written_file(tmp_path, monkeypatch):
@@ -36,19 +45,56 @@ def test_atomic_save_never_leaves_a_half_written_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
 
 
+def _state(step: int) -> dict:
+    return {"format": "uniformer-train", "version": 2, "task": "classification", "config": {}, "meta": {},
+            "model": {}, "step": step, "optimizer": {}, "history": []}
+
+
 def test_retention_keeps_the_last_k_and_best(tmp_path):
     mgr = CheckpointManager(tmp_path, keep_last=2)
     for epoch in range(1, 5):
-        mgr.save({"epoch": epoch}, epoch)
+        mgr.save(_state(epoch), epoch)
     mgr.save_best({"epoch": 2})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "checkpoint_epoch0003.pt",
-                                                          "checkpoint_epoch0004.pt"]
-    assert find_latest_checkpoint(tmp_path) == tmp_path / "checkpoint_epoch0004.pt"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "checkpoint_epoch0000003.pt",
+                                                          "checkpoint_epoch0000004.pt", "last.pt"]
+    assert mgr.latest() == tmp_path / "last.pt" and torch.load(mgr.last_path, weights_only=True)["step"] == 4
     assert torch.load(mgr.best_path, weights_only=True) == {"epoch": 2}
-    keep_all = CheckpointManager(tmp_path / "all", keep_last=None)
-    for epoch in range(1, 4):
-        keep_all.save({"epoch": epoch}, epoch)
-    assert len(keep_all.checkpoints()) == 3
+    keep_all = CheckpointManager(tmp_path / "all", keep_last=None, unit="iter")
+    for it in (100, 200, 300):
+        keep_all.save(_state(it), it)
+    assert [p.name for p in keep_all.periodic()] == [f"checkpoint_iter{i:07d}.pt" for i in (100, 200, 300)]
+
+
+def test_resume_auto_skips_an_unreadable_newest_checkpoint(tmp_path, caplog):
+    mgr = CheckpointManager(tmp_path, keep_last=3)
+    for step in (1, 2):
+        mgr.save(_state(step), step)
+    os.unlink(mgr.last_path)
+    truncated = mgr.periodic_path(3)
+    truncated.write_bytes(mgr.periodic_path(2).read_bytes()[:100])  # a copy cut short (a full disk)
+    with caplog.at_level(logging.WARNING):
+        path, ckpt = mgr.load_latest()
+    assert path == mgr.periodic_path(2) and ckpt["step"] == 2
+    assert str(truncated) in caplog.text
+    with pytest.raises(ValueError, match="cannot be read"):
+        load_run_checkpoint(truncated)
+
+
+def test_the_two_earlier_layouts_still_open(tmp_path):
+    old_train = {"format": "uniformer-train", "version": 1, "model": {"w": torch.ones(1)}, "ema": None,
+                 "global_step": 9, "history": [], "config": {"data": {"batch_size": 4}}, "classes": ["a", "b"],
+                 "num_classes": 2, "model_spec": {"name": "m", "kwargs": {}}}
+    old_dense = {"format": "uniformer-dense", "task": "segmentation", "config": {"train": {"seed": 1}},
+                 "meta": {"classes": ["x"]}, "model": {"w": torch.zeros(1)}, "iter": 40}
+    torch.save(old_train, tmp_path / "train.pt")
+    torch.save(old_dense, tmp_path / "dense.pt")
+    a, b = read_checkpoint(tmp_path / "train.pt"), read_checkpoint(tmp_path / "dense.pt")
+    assert a["task"] == "classification" and a["step"] == 9 and a["meta"]["classes"] == ["a", "b"]
+    assert b["task"] == "segmentation" and b["step"] == 40 and b["meta"] == {"classes": ["x"]}
+    with pytest.raises(ValueError, match="not be resumed|can be evaluated"):
+        load_run_checkpoint(tmp_path / "dense.pt")
+    torch.save({"state_dict": {"w": torch.ones(1)}}, tmp_path / "original.pth")
+    assert read_checkpoint(tmp_path / "original.pth") is None
 
 
 def test_to_plain_converts_numpy_and_rejects_objects():
@@ -95,20 +141,41 @@ class _FixedViews(torch.nn.Module):
 
     video = True
 
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))  # a device to read
+
     def forward(self, x):
         return x.flatten(1)[:, :3]
 
 
-def test_predict_loader_aggregates_views_and_reports_each_view():
+class _Items(torch.utils.data.Dataset):
+    def __init__(self, x, labels):
+        self.x, self.labels = x, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"input": self.x[i], "label": int(self.labels[i]), "index": i,
+                "failures": ["x.mp4"] if i == 0 else []}
+
+
+def test_evaluation_aggregates_views_reports_each_view_and_merges_shards():
     view_logits = torch.tensor([[[5.0, 0, 0], [0, 1, 0]],  # views disagree: mean softmax -> class 0
                                 [[0, 0, 3.0], [0, 0, 3.0]],
                                 [[0, 2.0, 0], [3.0, 0, 0]]])  # -> class 0 (softmax mean), label 1
-    batch = {"input": torch.zeros(3, 2, 3, 2, 1, 1), "label": torch.tensor([0, 2, 1]),
-             "index": torch.tensor([0, 1, 2]), "failures": ["x.mp4"]}
-    batch["input"].view(3, 2, -1)[:, :, :3] = view_logits
-    pred = predict_loader(_FixedViews(), [batch], DistInfo(), show_progress=False)
-    assert torch.allclose(pred.probs, view_logits.softmax(-1).mean(1))
-    m = score_predictions(pred)
-    assert m["num_views"] == 2 and m["top1"] == pytest.approx(2 / 3)
-    assert m["per_view_top1"] == pytest.approx([1.0, 1 / 3])  # each view alone: 3/3 and 1/3 right
-    assert m["failures"] == ["x.mp4"]
+    x = torch.zeros(3, 2, 3, 2, 1, 1)
+    x.view(3, 2, -1)[:, :, :3] = view_logits
+    data = _Items(x, [0, 2, 1])
+    task = Task(load_recipe({"task": "classification", "model": {"name": "m"},
+                             "data": {"builder": "x:y"}, "train": {"batch_size": 2, "num_workers": 0}}),
+                {"num_classes": 3, "classes": ["a", "b", "c"]})
+    model = _FixedViews()
+    one = task.merge(data, [task.evaluate(model, data, range(3))])
+    two = task.merge(data, [task.evaluate(model, data, [1]), task.evaluate(model, data, [0, 2])])
+    for m in (one, two):
+        assert m["num_views"] == 2 and m["top1"] == pytest.approx(2 / 3)
+        assert m["per_view_top1"] == pytest.approx([1.0, 1 / 3])  # each view alone: 3/3 and 1/3 right
+        assert m["failures"] == ["x.mp4"]
+    assert one["loss"] == pytest.approx(two["loss"])

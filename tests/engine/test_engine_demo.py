@@ -15,23 +15,25 @@ def test_demo_trains_evaluates_and_predicts(tmp_path, monkeypatch, capsys):
 
     def tiny_demo_data(root):
         calls.append(root)
-        data = write_moving_videos(tmp_path / "videos", n_train=8, n_val=4)
-        return {**data, "size": 32, "classes": ["moves_right", "moves_left"]}
+        write_moving_videos(root, n_train=8, n_val=4)
+        (root / "classnames.txt").write_text("moves_right\nmoves_left\n")
 
     monkeypatch.setattr(uniformer.data, "generate_demo_dataset", tiny_demo_data)
     out = tmp_path / "demo"
-    code = main(["demo", "--out", str(out), "--data-root", str(tmp_path / "cache"), "--epochs", "2", "--show", "3",
-                 "--no-progress", "--set", "data.batch_size=4"])
-    assert code == 0 and calls == [tmp_path / "cache"]
+    args = ["demo", "--out", str(out), "--data-root", str(tmp_path / "cache"), "--epochs", "2", "--show", "3",
+            "--no-progress", "--set", "train.batch_size=4", "--set", "train.num_workers=0",
+            "--set", "data.num_frames=4", "--set", "data.input_size=32", "--set", "data.short_side=32",
+            "--set", "data.scale_jitter=[32,40]"]
+    assert main(args) == 0 and calls == [tmp_path / "cache"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["val_top1"] <= metrics["val_top5"] <= 1 and metrics["epochs"] == 2
-    assert metrics["wall_seconds"] > 0 and (out / "checkpoint_epoch0002.pt").is_file()
-    for name in ("curves.png", "confusion_matrix.png", "metrics.csv", "eval_val.json"):
+    assert metrics["wall_seconds"] > 0 and metrics["bar"] == {"val_top1": 0.9} and "passed" in metrics
+    for name in ("curves.png", "confusion_matrix.png", "metrics.csv", "train.log", "last.pt", "best.pt"):
         assert (out / name).is_file(), name
     printed = capsys.readouterr().out
-    assert "val top-1" in printed and printed.count("predicted ") == 3
+    assert "classification demo: val_top1" in printed and printed.count("predicted ") == 3
     assert "true moves_right" in printed and "true moves_left" in printed  # clips of both classes are shown
-    # a second call reuses the finished run instead of training again
-    assert main(["demo", "--out", str(out), "--data-root", str(tmp_path / "cache"), "--epochs", "2", "--show", "1",
-                 "--no-progress", "--set", "data.batch_size=4"]) == 0
+    # a demo is a run like any other: a second one into the same folder needs --resume
+    assert main(args) == 2
+    assert main(args + ["--resume", "auto"]) == 0
     assert json.loads((out / "metrics.json").read_text())["val_top1"] == metrics["val_top1"]

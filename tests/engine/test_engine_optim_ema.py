@@ -1,4 +1,4 @@
-"""AdamW parameter groups, the warm-up + cosine schedule, the EMA update, and the AMP guard."""
+"""AdamW parameter groups, the learning-rate schedules, the EMA update, and the AMP guard."""
 from __future__ import annotations
 
 import math
@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from uniformer.engine.ema import ModelEma
-from uniformer.engine.evaluation import resolve_amp
-from uniformer.engine.optim import WarmupCosineSchedule, build_optimizer, param_groups, scaled_lr
+from uniformer.engine.optim import LRSchedule, build_optimizer, param_groups, scaled_lr
+from uniformer.engine.runner import resolve_amp
 
 
 def test_no_weight_decay_on_1d_parameters_and_biases():
@@ -36,7 +36,7 @@ def test_linear_lr_scaling():
 
 def test_warmup_then_cosine_per_step():
     opt = torch.optim.AdamW([nn.Parameter(torch.zeros(2, 2))], lr=1.0)
-    s = WarmupCosineSchedule(opt, peak_lr=1e-2, total_steps=110, warmup_steps=10, warmup_lr=1e-4, min_lr=1e-5)
+    s = LRSchedule(opt, peak_lr=1e-2, total_steps=110, warmup_steps=10, warmup_lr=1e-4, min_lr=1e-5)
     lrs = [s.step() for _ in range(110)]
     assert lrs[0] == pytest.approx(1e-4)
     assert lrs[5] == pytest.approx(1e-4 + (1e-2 - 1e-4) * 0.5)
@@ -45,9 +45,37 @@ def test_warmup_then_cosine_per_step():
     assert lrs[-1] == pytest.approx(1e-5 + 0.5 * (1e-2 - 1e-5) * (1 + math.cos(math.pi * 99 / 100)))
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert opt.param_groups[0]["lr"] == lrs[-1]
-    again = WarmupCosineSchedule(opt, 1e-2, 110, 10, 1e-4, 1e-5)
+    again = LRSchedule(opt, 1e-2, 110, warmup_steps=10, warmup_lr=1e-4, min_lr=1e-5)
     again.load_state_dict({"last_step": 60})
     assert again.step() == pytest.approx(lrs[60])
+
+
+def test_poly_and_step_schedules_with_an_mmcv_warmup():
+    opt = torch.optim.AdamW([nn.Parameter(torch.zeros(2))], lr=1.0)
+    poly = LRSchedule(opt, 1.0, 100, kind="poly", warmup_steps=10, warmup_ratio=1e-6, min_lr=0.0)
+    assert poly.lr_at(0) == pytest.approx(1e-6) and poly.lr_at(50) == pytest.approx(0.5)
+    assert poly.lr_at(100) == pytest.approx(0.0)
+    step = LRSchedule(opt, 1e-4, 36, kind="step", milestones=[24, 33], gamma=0.1)
+    assert [step.lr_at(i) for i in (0, 23, 24, 33)] == pytest.approx([1e-4, 1e-4, 1e-5, 1e-6])
+    assert LRSchedule(opt, 2.0, 10, kind="constant").lr_at(7) == 2.0
+
+
+def test_no_decay_keys_and_no_weight_decay_names():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 3)
+            self.norm = nn.GroupNorm(1, 2)
+            self.pos = nn.Parameter(torch.zeros(1, 4, 4))
+
+        def no_weight_decay(self):
+            return {"pos"}
+
+    net = Net()
+    groups = param_groups(net, 0.1, no_decay_1d=False, no_decay_keys=["norm"])
+    decay = {id(p) for g in groups if g["name"] == "decay" for p in g["params"]}
+    # biases, names containing "norm" and no_weight_decay() names are exempt; 1-D parameters decay here
+    assert {n for n, p in net.named_parameters() if id(p) in decay} == {"conv.weight"}
 
 
 def test_ema_is_the_moving_average_and_copies_integer_buffers():

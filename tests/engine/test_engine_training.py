@@ -10,7 +10,8 @@ import torch
 from engine_helpers import tiny_recipe, tiny_uniformer, write_moving_videos, write_recipe
 
 from uniformer.cli import main as cli
-from uniformer.engine import ConfigError, load_config, load_training_checkpoint, train
+from uniformer.engine import ConfigError, load_run_checkpoint
+from uniformer.tasks import load_recipe, train
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -21,27 +22,28 @@ def _rows(path):
 
 
 def _train(tmp_path, name, **sections):
-    cfg = load_config(None, None, base=tiny_recipe(**sections))
+    cfg = load_recipe(tiny_recipe(**sections))
     summary = train(cfg, tmp_path / name, show_progress=False)
-    return summary, load_training_checkpoint(summary["checkpoint"])
+    return summary, load_run_checkpoint(summary["checkpoint"])
 
 
 def test_gradient_accumulation_matches_the_large_batch(tmp_path):
-    _, big = _train(tmp_path, "big", data={"batch_size": 4}, train={"epochs": 1, "accum_steps": 1})
-    _, acc = _train(tmp_path, "acc", data={"batch_size": 2}, train={"epochs": 1, "accum_steps": 2})
-    assert big["global_step"] == acc["global_step"] == 3
+    _, big = _train(tmp_path, "big", train={"epochs": 1, "accum_steps": 1, "batch_size": 4})
+    _, acc = _train(tmp_path, "acc", train={"epochs": 1, "accum_steps": 2, "batch_size": 2})
+    assert big["step"] == acc["step"] == 3
     for key, value in big["model"].items():
         assert torch.allclose(value, acc["model"][key], atol=1e-6), key
-    assert big["history"][0]["train_loss"] == pytest.approx(acc["history"][0]["train_loss"], abs=1e-6)
-    assert big["history"][0]["val_top1"] == acc["history"][0]["val_top1"]
+    for a, b in zip(big["history"], acc["history"]):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+    assert big["history"][-1]["val_top1"] == acc["history"][-1]["val_top1"]
 
 
 def test_bf16_autocast_with_ema_and_clipping(tmp_path):
-    summary, ckpt = _train(tmp_path, "amp", train={"epochs": 2, "amp": "bf16", "clip_grad": 0.5, "accum_steps": 2},
-                           data={"batch_size": 2}, ema={"enabled": True, "decay": 0.5})
+    summary, ckpt = _train(tmp_path, "amp", train={"epochs": 2, "amp": "bf16", "clip_grad": 0.5, "accum_steps": 2,
+                                                   "batch_size": 2}, ema={"enabled": True, "decay": 0.5})
     rows = _rows(tmp_path / "amp" / "metrics.csv")
-    assert len(rows) == 2 and all(float(r["train_loss"]) > 0 for r in rows)
-    assert {"val_ema_top1", "val_ema_loss"} <= set(rows[0])
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6] and all(float(r["loss"]) > 0 for r in rows)
+    assert {"val_ema_top1", "val_ema_loss"} <= set(rows[2])
     assert ckpt["ema"]["updates"] == 6 and ckpt["scaler"] is not None
     # the EMA really is an average: it differs from the final weights but tracks them
     w, e = ckpt["model"]["conv.weight"], ckpt["ema"]["module"]["conv.weight"]
@@ -50,13 +52,13 @@ def test_bf16_autocast_with_ema_and_clipping(tmp_path):
 
 def test_existing_run_needs_resume_and_a_finished_run_resumes_to_itself(tmp_path):
     first, _ = _train(tmp_path, "run", train={"epochs": 1})
-    cfg = load_config(None, None, base=tiny_recipe(train={"epochs": 1}))
+    cfg = load_recipe(tiny_recipe(train={"epochs": 1}))
     with pytest.raises(ConfigError, match="--resume auto"):
         train(cfg, tmp_path / "run", show_progress=False)
     again = train(cfg, tmp_path / "run", resume="auto", show_progress=False)
     assert again["val_top1"] == first["val_top1"] and again["epochs"] == 1
-    other = load_config(None, None, base=tiny_recipe(train={"epochs": 1}, model={"kwargs": {"width": 4}}))
-    with pytest.raises(ConfigError, match="trained as"):
+    other = load_recipe(tiny_recipe(train={"epochs": 1}, model={"kwargs": {"width": 4}}))
+    with pytest.raises(ConfigError, match="model or data differ"):
         train(other, tmp_path / "run", resume="auto", show_progress=False)
 
 
@@ -65,8 +67,9 @@ def video_run(tmp_path_factory):
     """`uniformer train` on eight real MP4s (one of them corrupt) with a tiny video UniFormer."""
     root = tmp_path_factory.mktemp("e2e")
     data = write_moving_videos(root / "videos", n_train=7, n_val=4, corrupt=1)
-    recipe = {"seed": 0, "model": {**tiny_uniformer(), "drop_path_rate": 0.1},
-              "data": {**data, "label_smoothing": 0.1}, "train": {"epochs": 2, "threads": 1},
+    recipe = {"task": "classification", "seed": 0, "model": {**tiny_uniformer(), "drop_path_rate": 0.1},
+              "data": {**data, "label_smoothing": 0.1},
+              "train": {"epochs": 2, "threads": 1, "batch_size": 4, "num_workers": 0},
               "optim": {"lr": 1e-3, "lr_base_batch": 8}, "sched": {"warmup_epochs": 1},
               "checkpoint": {"keep_last": 1}}
     config = write_recipe(root / "tiny.yaml", recipe)
@@ -79,18 +82,21 @@ def test_train_writes_every_output(video_run):
     code, _, out = video_run
     assert code == 0
     rows = _rows(out / "metrics.csv")
-    assert [int(r["epoch"]) for r in rows] == [1, 2]
-    assert {"lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "val_mean_class_acc",
-            "clips_per_second", "failures"} <= set(rows[0])
+    # log_every 10 > 2 steps per epoch: one row at the end of each epoch, training and validation numbers
+    assert [int(r["step"]) for r in rows] == [2, 4] and [float(r["epoch"]) for r in rows] == [1, 2]
+    assert {"step", "lr", "loss", "train_top1", "samples_per_second", "val_loss", "val_top1", "val_top5",
+            "val_mean_class_acc"} <= set(rows[0])
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["val_top1"] <= metrics["val_top5"] <= 1.0
-    assert metrics["classes"] == ["moves_right", "moves_left"]
+    assert set(metrics["val_per_class_acc"]) == {"moves_right", "moves_left"}
     for png in ("curves.png", "confusion_matrix.png"):
         assert (out / png).read_bytes()[:8] == PNG
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").iterdir())
-    assert sorted(p.name for p in out.glob("*.pt")) == ["best.pt", "checkpoint_epoch0002.pt"]
-    ckpt = torch.load(out / "checkpoint_epoch0002.pt", weights_only=True)
-    assert ckpt["epoch"] == 2 and ckpt["global_step"] == 4 and ckpt["scheduler"]["last_step"] == 4
+    assert sorted(p.name for p in out.glob("*.pt")) == ["best.pt", "checkpoint_epoch0000002.pt", "last.pt"]
+    assert (out / "train.log").is_file() and (out / "config.yaml").is_file()
+    ckpt = torch.load(out / "checkpoint_epoch0000002.pt", weights_only=True)
+    assert ckpt["task"] == "classification" and ckpt["step"] == 4 and ckpt["scheduler"]["last_step"] == 4
+    assert ckpt["meta"]["classes"] == ["moves_right", "moves_left"]
     assert {"optimizer", "scaler", "rng", "history", "config"} <= set(ckpt)
     # lr_base_batch 8 with a batch of 4: the peak rate is halved
     assert ckpt["scheduler"]["peak_lr"] == pytest.approx(5e-4)
@@ -99,17 +105,15 @@ def test_train_writes_every_output(video_run):
 
 def test_corrupt_videos_are_counted_and_named(video_run):
     _, _, out = video_run
-    rows = _rows(out / "metrics.csv")
-    assert [int(r["failures"]) for r in rows] == [1, 1]
+    assert json.loads((out / "metrics.json").read_text())["failures_total"] == 2  # once per epoch
     log = (out / "train.log").read_text()
     assert "replaced unreadable sample(s)" in log and "corrupt_0.mp4" in log
-    assert "1 unreadable sample(s) replaced:" in log
 
 
 def test_eval_multi_view_json(video_run, tmp_path):
     _, config, out = video_run
     result_path = tmp_path / "eval.json"
-    code = cli(["eval", str(config), "--checkpoint", str(out / "best.pt"), "--split", "test", "--no-progress",
+    code = cli(["eval", str(config), "--checkpoint", str(out / "best.pt"), "--split", "test",
                 "--set", "data.test_clips=2", "--set", "data.test_crops=3", "--output", str(result_path)])
     assert code == 0
     result = json.loads(result_path.read_text())
@@ -117,10 +121,14 @@ def test_eval_multi_view_json(video_run, tmp_path):
     assert len(result["per_view_top1"]) == 6
     assert {"top1", "top5", "mean_class_acc", "per_class_acc", "loss"} <= set(result)
     assert result["top5"] == 1.0  # two classes
-    assert (tmp_path / "eval_confusion.png").read_bytes()[:8] == PNG
+    assert (tmp_path / "eval_confusion_matrix.png").read_bytes()[:8] == PNG
+    # without a recipe, the one recorded in the checkpoint is used
+    assert cli(["eval", "--checkpoint", str(out / "best.pt"), "--split", "val", "--output",
+                str(tmp_path / "recorded.json")]) == 0
+    assert json.loads((tmp_path / "recorded.json").read_text())["num_samples"] == 4
 
 
 def test_a_diverging_run_stops_with_a_clear_error(tmp_path):
-    cfg = load_config(None, None, base=tiny_recipe(optim={"lr": 1e30}, train={"epochs": 3}))
+    cfg = load_recipe(tiny_recipe(optim={"lr": 1e30}, train={"epochs": 3}))
     with pytest.raises(FloatingPointError, match="not finite .* lower optim.lr"):
         train(cfg, tmp_path / "nan", show_progress=False)

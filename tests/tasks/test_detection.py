@@ -13,9 +13,9 @@ import torch
 from dense_helpers import TINY_BACKBONE, edit_json, losses_fell, save_original_checkpoint, seeded, write_garbage_image
 from PIL import Image
 
+from uniformer.engine.optim import LRSchedule
 from uniformer.tasks import detection as D
-from uniformer.tasks.dense.coco import coco_ground_truth
-from uniformer.tasks.dense.engine import lr_at
+from uniformer.tasks.dense.coco import coco_ground_truth, evaluate_instances, instance_results
 from uniformer.tasks.dense.synthetic import write_shapes_coco
 from uniformer.tasks.dense.weights import load_task_weights
 from uniformer.tasks.detection.data import DetDataset, det_collate
@@ -44,8 +44,8 @@ def tiny_cfg(root: Path, **over) -> dict:
         "data": {"root": str(root), "train": {"annotations": "annotations/instances_train.json", "images": "train"},
                  "val": {"annotations": "annotations/instances_val.json", "images": "val"},
                  "train_scales": [96], "test_scale": 96, "max_size": 96},
-        "train": {"epochs": None, "iters": 10, "batch_size": 2, "num_workers": 0, "log_every": 1,
-                  "checkpoint_every": None},
+        "train": {"epochs": None, "iters": 10, "batch_size": 2, "num_workers": 0, "log_every": 1},
+        "checkpoint": {"every": 10},
         "optim": {"lr": 1e-3},
         "sched": {"name": "constant", "warmup_iters": 0},
     }
@@ -58,16 +58,20 @@ def test_model_follows_the_original_config(shapes):
     cfg = D.load_config({"model": {"backbone": TINY_BACKBONE}, "data": {"classes": ["a", "b", "c"]}})
     model = D.build_model(cfg)
     gen = model.rpn.anchor_generator
-    assert gen.sizes == ((32,), (64,), (128,), (256,), (512,)) and gen.aspect_ratios == ((0.5, 1.0, 2.0),) * 5
-    assert model.rpn.fg_bg_sampler.batch_size_per_image == 256 and model.rpn.fg_bg_sampler.positive_fraction == 0.5
+    assert gen.sizes == (32, 64, 128, 256, 512) and gen.ratios == (0.5, 1.0, 2.0)
+    assert gen.strides == (4, 8, 16, 32, 64)  # fixed, not padded size / feature size
+    assert model.rpn.batch_size_per_image == 256 and model.rpn.positive_fraction == 0.5
     assert model.rpn._pre_nms_top_n == {"training": 2000, "testing": 1000}
     assert model.rpn._post_nms_top_n == {"training": 1000, "testing": 1000} and model.rpn.nms_thresh == 0.7
-    assert model.rpn.proposal_matcher.high_threshold == 0.7 and model.rpn.proposal_matcher.low_threshold == 0.3
+    assert model.rpn.fg_iou_thresh == 0.7 and model.rpn.bg_iou_thresh == 0.3 and model.rpn.min_pos_iou == 0.3
+    assert model.rpn.box_loss == "l1"
     roi = model.roi_heads
-    assert roi.fg_bg_sampler.batch_size_per_image == 512 and roi.fg_bg_sampler.positive_fraction == 0.25
-    assert roi.box_coder.weights == (10.0, 10.0, 5.0, 5.0) and roi.nms_thresh == 0.5
+    assert roi.sampling.batch_size_per_image == 512 and roi.sampling.positive_fraction == 0.25
+    assert roi.sampling.iou_thresh == 0.5 and roi.sampling.low_quality
+    assert roi.box_stds == (0.1, 0.1, 0.2, 0.2) and roi.nms_thresh == 0.5 and roi.box_loss == "l1"
     assert roi.score_thresh == 0.05 and roi.detections_per_img == 100
-    assert roi.box_roi_pool.output_size == (7, 7) and roi.mask_roi_pool.output_size == (14, 14)
+    assert roi.box_roi_pool.output_size == 7 and roi.mask_roi_pool.output_size == 14
+    assert roi.box_roi_pool.aligned and roi.box_roi_pool.finest_scale == 56 and roi.box_roi_pool.sampling_ratio == 0
     assert roi.box_predictor.cls_score.out_features == 4 and roi.mask_predictor.mask_fcn_logits.out_channels == 4
     assert model.backbone.body.blocks3[0].attn is not None  # built with the UniFormer body
     feats = model.backbone(torch.zeros(1, 3, 128, 192))
@@ -88,17 +92,19 @@ def test_full_size_parameter_count():
 def test_train_loss_falls_and_evaluates(shapes, tmp_path):
     seeded()
     cfg = tiny_cfg(shapes)
-    summary = D.train(cfg, tmp_path)
+    summary = D.train(cfg, tmp_path, show_progress=False)
     assert {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"} <= set(
         summary["history"][0])
     first, last = losses_fell(summary["history"])
     assert last < first, summary["history"]
     m = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP", "segm_AP50"):
-        assert 0.0 <= m[key] <= 1.0
-    assert m["num_images"] == 3
-    again = D.evaluate(None, tmp_path / "final.pt")
-    assert again["bbox_AP"] == pytest.approx(m["bbox_AP"], abs=1e-9)
+        assert 0.0 <= m[f"val_{key}"] <= 1.0
+    assert m["val_num_images"] == 3
+    again = D.evaluate(None, tmp_path / "last.pt")  # the task and recipe come from the checkpoint
+    assert again["bbox_AP"] == pytest.approx(m["val_bbox_AP"], abs=1e-9)
+
+    assert again["segm_size_convention"].startswith("box area")
 
 
 def test_coco_evaluation_of_ground_truth_is_perfect(shapes):
@@ -109,17 +115,17 @@ def test_coco_evaluation_of_ground_truth_is_perfect(shapes):
         _, target = ds[i]
         n = len(target["boxes"])
         outs[iid] = {"boxes": target["boxes"], "labels": target["labels"], "scores": torch.ones(n),
-                     "masks": target["masks"][:, None].float()}
+                     "masks": target["masks"].bool()}
     boxes, segms = [], []
     for iid, out in outs.items():
-        b, s = D._to_coco(out, iid, ds.cat_ids, 0.5)
+        b, s = instance_results(out, iid, ds.cat_ids)
         boxes += b
         segms += s
     gt = coco_ground_truth(ds.index)
-    assert D._coco_eval(gt, boxes, "bbox", list(outs))["bbox_AP"] == pytest.approx(1.0)
-    assert D._coco_eval(gt, segms, "segm", list(outs))["segm_AP"] > 0.95  # polygons vs their rasterisation
+    assert evaluate_instances(gt, boxes, "bbox", list(outs))["bbox_AP"] == pytest.approx(1.0)
+    assert evaluate_instances(gt, segms, "segm", list(outs))["segm_AP"] > 0.95  # polygons vs their rasterisation
     shifted = [dict(b, bbox=[b["bbox"][0] + 0.6 * b["bbox"][2]] + b["bbox"][1:]) for b in boxes]
-    assert D._coco_eval(gt, shifted, "bbox", list(outs))["bbox_AP"] < 0.2
+    assert evaluate_instances(gt, shifted, "bbox", list(outs))["bbox_AP"] < 0.2
 
 
 def test_dataset_error_paths(shapes, tmp_path, caplog):
@@ -226,7 +232,7 @@ def test_original_mmdet_checkpoint_loads(shapes, tmp_path):
     for k, v in source.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
     # the same weights detect the same boxes
-    x = [torch.rand(3, 96, 96)]
+    x = [np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)]
     a, b = D._detect(source, x, cfg)[0], D._detect(loaded, x, cfg)[0]
     assert torch.allclose(a["boxes"], b["boxes"]) and torch.equal(a["labels"], b["labels"])
     # a classification checkpoint fills only the backbone
@@ -244,9 +250,9 @@ def test_predict_draws_boxes_and_masks(shapes, tmp_path):
     seeded()
     cfg = tiny_cfg(shapes, test={"score_thresh": 0.0})
     model = D.build_model(cfg)
-    model.dense_cfg = cfg
+    path = save_original_checkpoint(tmp_path / "weights.pth", _mmdet_layout(model))  # the recipe: cfg
     image = shapes / "val" / "val_0000.jpg"
-    D.predict(model, None, [image], tmp_path, score_thr=0.0)
+    D.predict(cfg, path, [image], tmp_path, score_thr=0.0)
     pic = Image.open(tmp_path / "val_0000_det.png")
     assert pic.size == Image.open(image).size
     record = json.loads((tmp_path / "val_0000.json").read_text())
@@ -256,16 +262,49 @@ def test_predict_draws_boxes_and_masks(shapes, tmp_path):
 
 def test_recipes_and_step_schedule():
     recipes = {p.stem: D.load_config(p) for p in sorted((REPO / "configs" / "detection").glob("*.yaml"))}
-    assert len(recipes) == 4
+    assert len(recipes) == 7 and "demo" in recipes  # Mask R-CNN S/B 1x, 3x+MS; Cascade S/B; demo
     one = recipes["mask_rcnn_uniformer_small_h14_1x_coco"]
     assert one["optim"]["lr"] == 1e-4 and one["optim"]["weight_decay"] == 0.05 and one["train"]["epochs"] == 12
     assert one["sched"]["steps"] == [8, 11] and one["model"]["backbone"]["stage3"] == "hybrid"
     ms = recipes["mask_rcnn_uniformer_small_h14_3x_ms_coco"]
     assert ms["data"]["train_scales"][0] == 480 and ms["data"]["train_scales"][-1] == 800
     assert ms["train"]["epochs"] == 36 and ms["data"]["crop_policy"] == "detr"
-    sched = one["sched"]
-    per_epoch = 100
-    assert lr_at(sched, 1e-4, 0, 1200, per_epoch) == pytest.approx(1e-7)
-    assert lr_at(sched, 1e-4, 7 * per_epoch, 1200, per_epoch) == pytest.approx(1e-4)
-    assert lr_at(sched, 1e-4, 8 * per_epoch, 1200, per_epoch) == pytest.approx(1e-5)
-    assert lr_at(sched, 1e-4, 11 * per_epoch, 1200, per_epoch) == pytest.approx(1e-6)
+    assert one["train"]["batch_size"] * 8 == 16  # 2 per process x 8 processes, as the original
+    s, per_epoch = one["sched"], 100
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+    sched = LRSchedule(opt, 1e-4, 1200, kind=s["name"], warmup_steps=s["warmup_iters"], warmup_ratio=s["warmup_ratio"],
+                       milestones=[m * per_epoch for m in s["steps"]], gamma=s["gamma"])
+    assert sched.lr_at(0) == pytest.approx(1e-7)
+    assert sched.lr_at(7 * per_epoch) == pytest.approx(1e-4)
+    assert sched.lr_at(8 * per_epoch) == pytest.approx(1e-5)
+    assert sched.lr_at(11 * per_epoch) == pytest.approx(1e-6)
+
+
+def test_mask_ap_by_size_follows_mmdet_2_11_box_area():
+    """mmdet 2.11 left each mask result's bbox in place, so pycocotools sized detections by box area: a false
+    positive with a thin (small) mask in a large box counts against APl. `segm_area="mask"` sizes it by its mask."""
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+
+    h = w = 200
+    square = np.zeros((h, w), np.uint8)
+    square[20:120, 20:120] = 1
+    thin = np.zeros((h, w), np.uint8)
+    np.fill_diagonal(thin[40:190, 40:190], 1)  # a small mask (150 pixels) in a large box (150 x 150)
+    rle = mask_utils.encode(np.asfortranarray(square))
+    rle["counts"] = rle["counts"].decode("ascii")
+    gt = COCO()
+    gt.dataset = {"images": [{"id": 1, "width": w, "height": h}], "categories": [{"id": 1, "name": "a"}],
+                  "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": rle, "area": 10000.0,
+                                   "bbox": [20, 20, 100, 100], "iscrowd": 0}]}
+    gt.createIndex()
+    out = {"boxes": torch.tensor([[20.0, 20.0, 120.0, 120.0], [40.0, 40.0, 190.0, 190.0]]),
+           "scores": torch.tensor([0.5, 0.9]), "labels": torch.tensor([1, 1]),
+           "masks": torch.from_numpy(np.stack([square, thin])).bool()}
+    _, by_box = instance_results(out, 1, [1], "box")
+    _, by_mask = instance_results(out, 1, [1], "mask")
+    assert all("bbox" in r for r in by_box) and not any("bbox" in r for r in by_mask)
+    box_metrics = evaluate_instances(gt, by_box, "segm", [1])
+    mask_metrics = evaluate_instances(gt, by_mask, "segm", [1])
+    assert box_metrics["segm_AP"] == pytest.approx(mask_metrics["segm_AP"])  # overall AP does not depend on it
+    assert mask_metrics["segm_APl"] == pytest.approx(1.0) and box_metrics["segm_APl"] < 0.6

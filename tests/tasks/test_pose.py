@@ -16,12 +16,15 @@ from uniformer.tasks import pose as P
 from uniformer.tasks.dense.synthetic import COCO_FLIP_PAIRS, write_pose_coco
 from uniformer.tasks.pose.data import PoseDataset, pose_collate
 from uniformer.tasks.pose.decoding import (
+    COCO_SIGMAS,
     affine_matrix,
     apply_affine,
     box_to_center_scale,
     decode_heatmaps,
     flip_back,
     gaussian_targets,
+    oks_nms,
+    rescore,
     warp,
 )
 
@@ -49,8 +52,8 @@ def tiny_cfg(root: Path, **over) -> dict:
                  "val": {"annotations": "annotations/person_keypoints_val.json", "images": "val",
                          "detections": None},
                  "input_size": [32, 64]},
-        "train": {"epochs": None, "iters": 10, "batch_size": 4, "num_workers": 0, "log_every": 1,
-                  "checkpoint_every": None},
+        "train": {"epochs": None, "iters": 10, "batch_size": 4, "num_workers": 0, "log_every": 1},
+        "checkpoint": {"every": 10},
         "optim": {"lr": 5e-3},
         "sched": {"name": "constant", "warmup_iters": 0},
         "test": {"use_gt_bbox": True, "batch_size": 8},
@@ -97,6 +100,46 @@ def test_affine_crop_and_flip_back():
     assert torch.equal(flip_back(mirrored, COCO_FLIP_PAIRS, shift=False), heat)
 
 
+def test_crop_uses_integer_pixel_centres():
+    # a box exactly the size of the output, unpadded, is the identity warp (no half-pixel shift)
+    image = np.random.default_rng(0).integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    center, scale = box_to_center_scale((0, 0, 48, 64), aspect=0.75, padding=1.0)
+    assert np.array_equal(warp(image, center, scale, 0.0, (48, 64)), image)
+
+
+def test_decoding_at_borders_and_of_empty_maps_follows_mmpose():
+    hm = np.zeros((1, 4, 8, 8), np.float32)
+    hm[0, 0, 4, 1], hm[0, 0, 4, 2] = 1.0, 0.5  # peak on column 1: not shifted
+    hm[0, 1, 4, 2], hm[0, 1, 4, 3] = 1.0, 0.5  # peak on column 2: shifted a quarter towards the higher side
+    hm[0, 2] = -1.0  # no positive value: heatmap position (-1, -1)
+    hm[0, 3, 5, 5] = hm[0, 3, 6, 6] = 0.7  # a tie: the first maximum (row-major)
+    center, scale = np.array([[4.0, 4.0]]), np.array([[8.0, 8.0]])  # heatmap pixel = image pixel
+    coords, maxvals = decode_heatmaps(hm, center, scale, "default")
+    assert coords[0, 0].tolist() == [1.0, 4.0] and coords[0, 1].tolist() == [2.25, 4.0]
+    assert coords[0, 2].tolist() == [-1.0, -1.0] and maxvals[0, 2] == -1.0
+    assert coords[0, 3].tolist() == [5.0, 5.0]
+    # DARK blurs with zeros beyond the border: a peak near the edge decodes as in a larger empty map
+    yy, xx = np.mgrid[0:10, 0:10]
+    small = np.exp(-((xx - 2.4) ** 2 + (yy - 3.6) ** 2) / 8.0).astype(np.float32)
+    large = np.zeros((30, 30), np.float32)
+    large[10:20, 10:20] = small
+    near, _ = decode_heatmaps(small[None, None], np.array([[5.0, 5.0]]), np.array([[10.0, 10.0]]), "unbiased")
+    far, _ = decode_heatmaps(large[None, None], np.array([[15.0, 15.0]]), np.array([[30.0, 30.0]]), "unbiased")
+    assert np.allclose(near[0, 0], far[0, 0] - 10.0, atol=1e-4)
+    assert np.abs(near[0, 0] - [2.4, 3.6]).max() < 0.2
+
+
+def test_rescoring_and_oks_nms_as_the_coco_evaluation():
+    kpts = np.zeros((2, 17, 3), np.float32)
+    kpts[0, :3, 2] = [0.1, 0.5, 0.7]
+    assert rescore(kpts, [0.5, 0.9], 0.2).tolist() == pytest.approx([0.3, 0.0])
+    # every joint counts, whatever its confidence: two people on the same spots are one person
+    people = [{"keypoints": kpts[1] + [10.0, 20.0, 0.0], "score": s, "area": 1000.0} for s in (0.8, 0.9)]
+    assert oks_nms(people, 0.9, COCO_SIGMAS) == [1]
+    far = dict(people[0], keypoints=people[0]["keypoints"] + [50.0, 0.0, 0.0])
+    assert oks_nms([people[0], far], 0.9, COCO_SIGMAS) == [1, 0]  # equal scores: the later first, as mmpose
+
+
 def _swap(i: int) -> int:
     for a, b in COCO_FLIP_PAIRS:
         if i in (a, b):
@@ -123,13 +166,15 @@ def test_oks_evaluation_of_ground_truth_is_perfect(figures):
 def test_train_loss_falls_and_evaluates(figures, tmp_path):
     seeded()
     cfg = tiny_cfg(figures)
-    summary = P.train(cfg, tmp_path)
+    summary = P.train(cfg, tmp_path, show_progress=False)
     first, last = losses_fell(summary["history"])
     assert last < first, summary["history"]
     m = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("AP", "AP50", "AP75", "AR"):
-        assert 0.0 <= m[key] <= 1.0
-    assert m["num_images"] == 4 and m["skipped_images"] == []
+        assert 0.0 <= m[f"val_{key}"] <= 1.0
+    assert m["val_num_images"] == 4 and m["val_skipped_images"] == []
+    again = P.evaluate(None, tmp_path / "last.pt")  # the task and recipe come from the checkpoint
+    assert again["AP"] == pytest.approx(m["val_AP"], abs=1e-9)
     batch = pose_collate([PoseDataset(cfg, "train")[i] for i in range(2)])
     assert batch["img"].shape == (2, 3, 64, 32) and batch["target"].shape == (2, 17, 16, 8)
 
@@ -195,10 +240,13 @@ def test_original_pose_checkpoint_loads(figures, tmp_path):
 def test_predict_draws_skeletons(figures, tmp_path):
     seeded()
     cfg = tiny_cfg(figures)
-    model = P.build_model(cfg)
-    model.dense_cfg = cfg
+    sections: dict = {"backbone": {}, "keypoint_head": {}}
+    for k, v in P.build_model(cfg).state_dict().items():
+        prefix, rest = k.split(".", 1)
+        sections[prefix][rest] = v
+    weights = save_original_checkpoint(tmp_path / "pose.pth", sections)  # an mmpose file: the recipe is cfg
     image = figures / "val" / "val_0000.jpg"
-    results = P.predict(model, None, [image], tmp_path, boxes={"val_0000.jpg": [[5, 5, 40, 80, 0.8],
+    results = P.predict(cfg, weights, [image], tmp_path, boxes={"val_0000.jpg": [[5, 5, 40, 80, 0.8],
                                                                                 [50, 5, 40, 80]]})
     pic = Image.open(tmp_path / "val_0000_pose.png")
     assert pic.size == Image.open(image).size
@@ -210,7 +258,8 @@ def test_predict_draws_skeletons(figures, tmp_path):
 
 
 def test_shipped_recipes_load():
-    recipes = sorted((REPO / "configs" / "pose").glob("*.yaml"))
+    recipes = sorted(p for p in (REPO / "configs" / "pose").glob("*.yaml") if p.stem != "demo")
     assert len(recipes) == 6
     sizes = {tuple(P.load_config(p)["data"]["input_size"]) for p in recipes}
+    assert {P.load_config(p)["train"]["batch_size"] for p in recipes} == {128, 64}  # x 8 processes = 1024, 512
     assert sizes == {(192, 256), (288, 384), (320, 448)}

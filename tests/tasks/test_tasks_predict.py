@@ -10,7 +10,7 @@ from engine_helpers import tiny_uniformer, write_moving_videos
 from PIL import Image
 
 from uniformer.cli import main
-from uniformer.engine import load_config, train
+from uniformer.tasks import load_recipe, train
 from uniformer.tasks.classification import build_model
 from uniformer.tasks.classification.predict import load_predictor
 
@@ -59,8 +59,8 @@ def test_predict_an_image_with_an_original_checkpoint(tmp_path, capsys):
 def video_checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     data = write_moving_videos(root / "videos", n_train=4, n_val=2)
-    cfg = load_config(None, None, base={"model": tiny_uniformer(), "data": data,
-                                        "train": {"epochs": 1, "threads": 1}})
+    cfg = load_recipe({"task": "classification", "model": tiny_uniformer(), "data": data,
+                       "train": {"epochs": 1, "threads": 1, "batch_size": 4, "num_workers": 0}})
     summary = train(cfg, root / "run", show_progress=False)
     return root, summary["checkpoint"]
 

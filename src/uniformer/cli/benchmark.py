@@ -78,18 +78,19 @@ def run(args) -> int:
 
 def _benchmark_data(args) -> int:
     from uniformer.data import benchmark_pipeline
-    from uniformer.engine.config import load_config
     from uniformer.profiling import append_result, environment
+    from uniformer.tasks import load_recipe
 
     if args.data == "synthetic":  # 10-second 320p videos, Kinetics-style 16x4 sampling at 224
         from uniformer.data import make_benchmark_dataset
 
         root = Path("~/.cache/uniformer/benchmark_videos").expanduser()
         root.mkdir(parents=True, exist_ok=True)
-        recipe = {"model": {"name": "uniformer_video_small"}, "data": make_benchmark_dataset(root)}
-        cfg = load_config(None, args.set, base=recipe)
+        recipe = {"task": "classification", "model": {"name": "uniformer_video_small"},
+                  "data": make_benchmark_dataset(root)}
+        cfg = load_recipe(recipe, args.set)
     else:
-        cfg = load_config(args.data, args.set)  # validated, with data paths ~-expanded
+        cfg = load_recipe(args.data, args.set)  # validated, with data paths ~-expanded
     result = benchmark_pipeline(cfg["data"], split=args.split, num_workers=args.workers,
                                 batches=args.iters, batch_size=args.batch_size)
     record = dict(kind="data", config=str(args.data), **result, **environment())

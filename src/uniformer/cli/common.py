@@ -1,23 +1,13 @@
-"""What several commands share: KEY=VALUE options, device and progress flags, JSON printing."""
+"""What several commands share: device and progress flags, the device check, JSON printing."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
-from collections.abc import Sequence
 
+from uniformer.engine.config import parse_pairs
 
-def parse_pairs(pairs: Sequence[str] | None, flag: str) -> dict:
-    """`KEY=VALUE` pairs with YAML values (`-o depths=[1,1,1,1]`, `--data num_frames=8`) as a dict."""
-    from uniformer.engine.config import parse_yaml  # YAML that reads 1e-4 as a number
-
-    out = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"{flag} {pair!r}: expected KEY=VALUE")
-        out[key.strip()] = parse_yaml(value)
-    return out
+__all__ = ["parse_pairs", "add_model_options", "add_device_options", "check_device", "print_json", "is_main_process"]
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -25,9 +15,17 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="model argument, YAML value (repeatable), e.g. -o features_only=true -o stage3=hybrid")
 
 
-def add_device_options(p: argparse.ArgumentParser) -> None:
+def add_device_options(p: argparse.ArgumentParser, progress: bool = True) -> None:
     p.add_argument("--device", default=None, help="auto (default: the GPU if any), cpu, cuda, cuda:1, ...")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    if progress:
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def check_device(device: str | None) -> None:
+    """Fail before any work (data generation included) when `--device` names a device this machine lacks."""
+    from uniformer.engine.distributed import resolve_device
+
+    resolve_device(device, int(os.environ.get("LOCAL_RANK", "0") or 0))
 
 
 def print_json(result) -> None:
@@ -36,13 +34,3 @@ def print_json(result) -> None:
 
 def is_main_process() -> bool:
     return os.environ.get("RANK", "0") in ("", "0")
-
-
-def task_module(name: str):
-    """The module of a dense task (`detection`, `segmentation`, `pose`)."""
-    import importlib
-
-    return importlib.import_module(f"uniformer.tasks.{name}")
-
-
-DENSE_TASKS = ("detection", "segmentation", "pose")

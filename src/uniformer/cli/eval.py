@@ -1,44 +1,40 @@
-"""`uniformer eval`: score a checkpoint on a recipe's data, as JSON."""
+"""`uniformer eval`: score a checkpoint of any task on a split, as JSON (the task and recipe come from the
+checkpoint; a recipe given replaces the recorded one, and is needed for original toolbox files)."""
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from uniformer.engine.config import recipe_task
+from .common import add_device_options, check_device, is_main_process, print_json
 
-from .common import DENSE_TASKS, add_device_options, is_main_process, print_json, task_module
+_LARGE = ("per_class_acc", "per_class", "confusion", "failures", "skipped", "skipped_images")
 
 
 def run(args: argparse.Namespace) -> int:
-    from uniformer.engine import evaluate_checkpoint, load_config
+    from uniformer.engine import evaluate_checkpoint
+    from uniformer.tasks import task_from_checkpoint
 
-    task = recipe_task(args.config)
-    if task in DENSE_TASKS:
-        module = task_module(task)
-        out = Path(args.output).parent if args.output else None
-        print_json(module.evaluate(module.load_config(args.config, args.set or ()), args.checkpoint,
-                                    split=args.split or "val", out_dir=out))
-        return 0
-    cfg = load_config(args.config, args.set)
-    result = evaluate_checkpoint(cfg, args.checkpoint, split=args.split, device=args.device,
-                                 use_ema=True if args.ema else None, output=args.output, batch_size=args.batch_size,
-                                 show_progress=not args.no_progress)
+    check_device(args.device)
+    overrides = list(args.set or []) + ([f"eval.batch_size={args.batch_size}"] if args.batch_size else [])
+    task = task_from_checkpoint(args.checkpoint, args.config, overrides, args.task)
+    result = evaluate_checkpoint(task, args.checkpoint, split=args.split, device=args.device,
+                                 use_ema=True if args.ema else None, output=args.output)
     if is_main_process():
-        shown = {k: v for k, v in result.items() if k not in ("per_class_acc", "failures")}
-        shown["failures"] = len(result["failures"])
-        print(json.dumps(shown, indent=2))
+        shown = {k: v for k, v in result.items() if k not in _LARGE}
+        shown.update({k: len(result[k]) for k in ("failures", "skipped", "skipped_images") if k in result})
+        print_json(shown)
     return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="top-1/top-5/mean class accuracy of a checkpoint (multi-view), as JSON")
-    p.add_argument("config", help="YAML recipe naming the model and the data")
-    p.add_argument("--checkpoint", required=True, help="training checkpoint or any original UniFormer checkpoint")
-    p.add_argument("--split", choices=["train", "val", "test"], help="default: the recipe's eval.split (test)")
+    p = sub.add_parser("eval", help="metrics of a checkpoint of any task on a split, as JSON")
+    p.add_argument("config", nargs="?", help="YAML recipe (default: the one recorded in the checkpoint)")
+    p.add_argument("--checkpoint", required=True, help="a run checkpoint, or an original checkpoint with its recipe")
+    p.add_argument("--task", choices=("classification", "detection", "segmentation", "pose"),
+                   help="only for original toolbox files without a recipe: which task they are")
+    p.add_argument("--split", choices=["train", "val", "test"], help="default: the recipe's eval.split")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key (repeatable)")
-    p.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a training checkpoint")
-    p.add_argument("--batch-size", type=int, help="samples per batch (default: eval.batch_size or data.batch_size)")
+    p.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a run checkpoint")
+    p.add_argument("--batch-size", type=int, help="samples per batch (sets eval.batch_size)")
     p.add_argument("--output", help="JSON file (default: eval_<split>.json beside the checkpoint)")
-    add_device_options(p)
+    add_device_options(p, progress=False)
     p.set_defaults(func=run)

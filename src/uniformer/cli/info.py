@@ -11,6 +11,13 @@ def run(args) -> int:
     from uniformer.models.checkpoint import guess_variants, read_checkpoint, unwrap_state_dict
     from uniformer.profiling import count_gflops, count_params, default_input, parse_input
 
+    if args.config:
+        from uniformer.tasks import load_recipe, recipe_complexity
+
+        row = recipe_complexity(load_recipe(args.config, args.set))
+        print(json.dumps({"params": row["params"], "gflops": round(row["gflops"], 3)}) if args.json else
+              "  ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in row.items()))
+        return 0
     if args.task:
         from uniformer.tasks.dense import complexity_report
 
@@ -19,7 +26,7 @@ def run(args) -> int:
             "  ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in row.items()) for row in rows))
         return 0
     if args.name is None and args.checkpoint is None:
-        raise SystemExit("error: give a model NAME, a --checkpoint FILE, or both (or --task)")
+        raise SystemExit("error: give a model NAME, a --checkpoint FILE, or both (or --task, or --config)")
     report: dict = {}
     if args.checkpoint:
         obj, meta = read_checkpoint(args.checkpoint)
@@ -57,6 +64,9 @@ def register(sub) -> None:
     p.add_argument("--input", help="CxHxW or CxTxHxW without batch (default: the model's)")
     p.add_argument("--checkpoint", help="a checkpoint to inspect (and load, with NAME)")
     p.add_argument("--json", action="store_true", help='print {"params": ..., "gflops": ...}')
+    p.add_argument("--config", metavar="RECIPE", help="parameters and GFLOPs of the model a recipe of any task "
+                   "builds, at its test input")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --config: override a recipe key")
     p.add_argument("--task", choices=("detection", "segmentation", "pose"),
                    help="parameters and GFLOPs of the composed task models at the paper's input sizes")
     add_model_options(p)

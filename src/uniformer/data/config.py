@@ -30,14 +30,14 @@ Keys (all optional unless marked):
 * ``skip_missing`` (False), ``max_retries`` (10), ``min_video_frames`` (1; shorter videos count as
   unloadable), ``seed`` (0), ``decode_threads`` (1; 0 = FFmpeg's choice),
   ``mean`` / ``std`` (ImageNet).
-* Loader and mixup keys are accepted and ignored here (they are read by the engine and by
-  :func:`uniformer.data.build_mixup`): ``batch_size``, ``num_workers``, ``pin_memory``,
-  ``persistent_workers``, ``prefetch_factor``, ``drop_last``, ``mixup``, ``cutmix``,
-  ``cutmix_minmax``, ``label_smoothing``, ``mixup_prob``, ``mixup_switch_prob``, ``mixup_mode``.
+* Mixup keys are accepted here and read by :func:`uniformer.data.build_mixup`: ``mixup``,
+  ``cutmix``, ``cutmix_minmax``, ``label_smoothing``, ``mixup_prob``, ``mixup_switch_prob``,
+  ``mixup_mode``.  Batch size and workers are the recipe's ``train.batch_size`` /
+  ``train.num_workers``, as for every task.
 
-Unknown keys produce a warning (not an error) so that other parts of the project may add
-their own keys to the section.  A whole config that holds a ``data:`` mapping (and no
-``format`` key of its own) is accepted too; its ``data`` section is used.
+An unknown key is an error naming it, so a typo never trains with a silent default.  A whole
+config that holds a ``data:`` mapping (and no ``format`` key of its own) is accepted too; its
+``data`` section is used.
 """
 
 from __future__ import annotations
@@ -54,9 +54,6 @@ FORMATS = ("video_list", "sthv2", "image_folder", "image_list")
 VIDEO_FORMATS = ("video_list", "sthv2")
 SPLITS = ("train", "val", "test")
 
-_LOADER_KEYS = frozenset(
-    {"batch_size", "num_workers", "pin_memory", "persistent_workers", "prefetch_factor", "drop_last"}
-)
 _MIXUP_KEYS = frozenset(
     {"mixup", "cutmix", "cutmix_minmax", "label_smoothing", "mixup_prob", "mixup_switch_prob", "mixup_mode"}
 )
@@ -170,10 +167,10 @@ def parse_data_config(cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
         raise _err("format", fmt, f"expected one of {list(FORMATS)}")
     is_video = fmt in VIDEO_FORMATS
     known = {f for f in DataConfig.__dataclass_fields__ if f != "extra"}
-    unknown = sorted(set(cfg) - known - _LOADER_KEYS - _MIXUP_KEYS)
+    unknown = sorted(set(cfg) - known - _MIXUP_KEYS)
     if unknown:
-        warnings.warn(f"data config: unknown key(s) {unknown} are ignored", stacklevel=2)
-    extra = {k: cfg[k] for k in cfg if k in _LOADER_KEYS or k in _MIXUP_KEYS}
+        raise ValueError(f"data config: unknown key(s) {unknown} (known: {sorted(known | _MIXUP_KEYS)})")
+    extra = {k: cfg[k] for k in cfg if k in _MIXUP_KEYS}
 
     out: dict[str, Any] = {"format": fmt, "extra": extra}
     root = cfg.get("root", ".")

@@ -1,21 +1,22 @@
-"""Training and evaluation engine: recipes, the training loop, checkpoints, metrics, many-process runs.
+"""The task-agnostic engine: recipes, the `Runner` (one training loop for every task), checkpoints, processes.
 
-    from uniformer.engine import load_config, train, evaluate_checkpoint
-    cfg = load_config("configs/demo.yaml", ["train.epochs=2"])
-    metrics = train(cfg, "runs/demo")
-    result = evaluate_checkpoint(cfg, "runs/demo/best.pt", split="val")
+    from uniformer.tasks import load_recipe, build_task
+    from uniformer.engine import Runner
+    task = build_task(load_recipe("configs/segmentation/demo.yaml", ["train.iters=100"]))
+    summary = Runner(task, "runs/seg").fit()
+
+`uniformer.tasks.<task>` implement the `Task` protocol; nothing here imports them.
 """
-from uniformer.engine.checkpoint import CheckpointManager, atomic_save, load_training_checkpoint
-from uniformer.engine.config import ConfigError, apply_overrides, default_config, load_config, resolve_out_dir
+from uniformer.engine.checkpoint import CheckpointManager, atomic_save, load_run_checkpoint, read_checkpoint
+from uniformer.engine.config import ConfigError, apply_overrides, load_config, read_recipe, recipe_task, resolve_out_dir
+from uniformer.engine.distributed import resolve_device
 from uniformer.engine.ema import ModelEma
-from uniformer.engine.evaluation import evaluate_checkpoint, predict_loader, score_predictions
-from uniformer.engine.metrics import average_views, classification_metrics
-from uniformer.engine.optim import WarmupCosineSchedule, build_optimizer, param_groups
-from uniformer.engine.trainer import Trainer, train
+from uniformer.engine.optim import LRSchedule, build_optimizer, param_groups
+from uniformer.engine.runner import Runner, evaluate_checkpoint, evaluate_model
+from uniformer.engine.task import Task
 
 __all__ = [
-    "CheckpointManager", "ConfigError", "ModelEma", "Trainer", "WarmupCosineSchedule", "apply_overrides",
-    "atomic_save", "average_views", "build_optimizer", "classification_metrics", "default_config",
-    "evaluate_checkpoint", "load_config", "load_training_checkpoint", "param_groups", "predict_loader",
-    "resolve_out_dir", "score_predictions", "train",
+    "CheckpointManager", "ConfigError", "LRSchedule", "ModelEma", "Runner", "Task", "apply_overrides", "atomic_save",
+    "build_optimizer", "evaluate_checkpoint", "evaluate_model", "load_config", "load_run_checkpoint", "param_groups",
+    "read_checkpoint", "read_recipe", "recipe_task", "resolve_device", "resolve_out_dir",
 ]

@@ -1,17 +1,20 @@
-"""Training checkpoints: atomic writes, retention, discovery for `--resume auto`, RNG state as plain data.
+"""Run checkpoints: one format for every task, atomic writes, retention, `--resume auto` with fallback.
 
 A checkpoint must survive a kill at any instant (written to a temporary file in the same folder,
 flushed, then `os.replace`d over the final name) and must load with `torch.load(weights_only=True)`:
 it holds only tensors, dicts, lists, tuples, numbers, strings, bools and None. `to_plain` converts
 NumPy values and paths and refuses anything else, naming where it sits.
 
-Layout of the dict (format "uniformer-train", version 1):
-    model, ema (state dicts or None), optimizer, scheduler, scaler, epoch (completed epochs),
-    global_step, rng (one entry per process rank), history (per-epoch metrics), best
-    ({metric, value, epoch}), config (the resolved recipe), classes (names), num_classes, model_name.
+Layout (format "uniformer-train", version 2):
+    task, config (the resolved recipe), meta (what the task needs to rebuild the model: classes, ...),
+    model, ema (state dicts or None), optimizer, scheduler, scaler, step (optimiser steps done),
+    world_size, rng (one entry per process rank), history (logged rows), best ({metric, value, step}).
+`read_checkpoint` also opens the two earlier layouts (classification "uniformer-train" version 1 and
+the dense tasks' "uniformer-dense") as this layout, for evaluation and prediction.
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -23,10 +26,13 @@ import numpy as np
 import torch
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointManager", "atomic_save", "to_plain", "capture_rng_state",
-           "restore_rng_state", "load_training_checkpoint", "is_training_checkpoint", "find_latest_checkpoint"]
+           "restore_rng_state", "read_checkpoint", "load_run_checkpoint"]
 
 CHECKPOINT_FORMAT = "uniformer-train"
-_EPOCH_FILE = re.compile(r"^checkpoint_epoch(\d+)\.pt$")
+CHECKPOINT_VERSION = 2
+_DENSE_FORMAT = "uniformer-dense"  # the dense tasks' layout before the one engine (read only)
+_PERIODIC_FILE = re.compile(r"^checkpoint_(epoch|iter)(\d+)\.pt$")
+_logger = logging.getLogger("uniformer.engine.checkpoint")
 
 
 def to_plain(obj: Any, where: str = "checkpoint") -> Any:
@@ -107,74 +113,122 @@ def restore_rng_state(state: Mapping) -> None:
 
 
 # --- reading ---------------------------------------------------------------------------------------------
-def is_training_checkpoint(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT
-
-
-def read_training_checkpoint(path: str | os.PathLike) -> dict | None:
-    """This engine's checkpoint at `path`, or None when the file holds another layout (an original
-    UniFormer checkpoint, for `uniformer.load_checkpoint`). Weights only: no pickled code runs."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # truncated, a foreign pickle, safetensors, ...: not ours
+def _upgrade(obj: Any) -> dict | None:
+    """`obj` in the current layout, or None when it is not a checkpoint of this package."""
+    if not isinstance(obj, Mapping):
         return None
-    return obj if is_training_checkpoint(obj) else None
+    if obj.get("format") == CHECKPOINT_FORMAT and obj.get("version") == CHECKPOINT_VERSION:
+        return dict(obj)
+    if obj.get("format") == CHECKPOINT_FORMAT:  # version 1: classification only
+        meta = {"classes": obj.get("classes"), "num_classes": obj.get("num_classes"),
+                "model_spec": obj.get("model_spec")}
+        return {"format": CHECKPOINT_FORMAT, "version": 1, "task": "classification", "config": obj.get("config"),
+                "meta": meta, "model": obj["model"], "ema": obj.get("ema"), "step": obj.get("global_step", 0),
+                "history": obj.get("history", [])}
+    if obj.get("format") == _DENSE_FORMAT:
+        return {"format": _DENSE_FORMAT, "version": 1, "task": obj.get("task"), "config": obj.get("config"),
+                "meta": dict(obj.get("meta") or {}), "model": obj["model"], "ema": None,
+                "step": obj.get("iter", 0), "history": obj.get("history", [])}
+    return None
 
 
-def load_training_checkpoint(path: str | os.PathLike) -> dict:
-    """Load one of this engine's checkpoints (weights only; no pickled code runs)."""
+def read_checkpoint(path: str | os.PathLike) -> dict | None:
+    """This package's checkpoint at `path` (any of its layouts, as the current one), or None when the file
+    holds another layout (an original UniFormer / mmdet / mmseg / mmpose file). Weights only: no pickled
+    code runs. A file that cannot be read at all raises ValueError naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated file, foreign pickle, ...
-        raise ValueError(f"{path}: cannot be read as a training checkpoint ({type(e).__name__}: {e})") from None
-    if not is_training_checkpoint(obj):
-        raise ValueError(f"{path}: not a uniformer training checkpoint (no format={CHECKPOINT_FORMAT!r} entry); "
-                         "load original checkpoints with model.checkpoint / --checkpoint instead")
-    return obj
+    except Exception:  # a foreign pickle, safetensors, a truncated file: not one of ours
+        return None
+    return _upgrade(obj)
 
 
-def _epoch_files(folder: Path) -> list[tuple[int, Path]]:
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _EPOCH_FILE.match(p.name))]
-    return sorted(found)
-
-
-def find_latest_checkpoint(folder: str | os.PathLike) -> Path | None:
-    """The epoch checkpoint with the highest epoch in `folder`, or None."""
-    files = _epoch_files(Path(folder))
-    return files[-1][1] if files else None
+def load_run_checkpoint(path: str | os.PathLike) -> dict:
+    """A resumable checkpoint of this engine; ValueError naming the file when it is unreadable or of
+    another kind."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, disk full while writing, foreign pickle, ...
+        raise ValueError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {e})") from None
+    ckpt = _upgrade(obj)
+    if ckpt is None:
+        raise ValueError(f"{path}: not a checkpoint of a uniformer run (no format={CHECKPOINT_FORMAT!r} entry)")
+    if ckpt.get("version") != CHECKPOINT_VERSION or "optimizer" not in ckpt:
+        raise ValueError(f"{path}: a {ckpt['task']} checkpoint of an earlier release holds weights only; it can "
+                         "be evaluated or used as model.checkpoint, but not resumed")
+    return ckpt
 
 
 class CheckpointManager:
-    """Writes `checkpoint_epochNNNN.pt` files and `best.pt` in one folder, keeping the newest `keep_last`."""
+    """The checkpoints of one run folder: `last.pt`, `best.pt` and periodic `checkpoint_<unit>NNNNNNN.pt`
+    files, of which the newest `keep_last` are kept."""
 
-    def __init__(self, folder: str | os.PathLike, keep_last: int | None = 2):
+    def __init__(self, folder: str | os.PathLike, keep_last: int | None = 2, unit: str = "epoch"):
         self.folder = Path(folder)
-        self.keep_last = keep_last
+        self.keep_last, self.unit = keep_last, unit
 
-    def epoch_path(self, epoch: int) -> Path:
-        return self.folder / f"checkpoint_epoch{epoch:04d}.pt"
+    @property
+    def last_path(self) -> Path:
+        return self.folder / "last.pt"
 
     @property
     def best_path(self) -> Path:
         return self.folder / "best.pt"
 
-    def checkpoints(self) -> list[Path]:
-        return [p for _, p in _epoch_files(self.folder)]
+    def periodic_path(self, count: int) -> Path:
+        return self.folder / f"checkpoint_{self.unit}{count:07d}.pt"
+
+    def periodic(self) -> list[Path]:
+        """Periodic checkpoints, oldest first."""
+        if not self.folder.is_dir():
+            return []
+        found = [(int(m.group(2)), p) for p in self.folder.iterdir() if (m := _PERIODIC_FILE.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def candidates(self) -> list[Path]:
+        """Resumable files, newest first (by modification time; `last.pt` wins a tie)."""
+        files = self.periodic() + ([self.last_path] if self.last_path.is_file() else [])
+        return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.pt"), reverse=True)
 
     def latest(self) -> Path | None:
-        return find_latest_checkpoint(self.folder)
+        files = self.candidates()
+        return files[0] if files else None
 
-    def save(self, state: Mapping, epoch: int) -> Path:
-        path = atomic_save(to_plain(dict(state)), self.epoch_path(epoch))
-        self._prune()
+    def load_latest(self) -> tuple[Path, dict] | None:
+        """The newest checkpoint that can be read; an unreadable one (truncated copy, full disk) is skipped
+        with a warning naming it. None when the folder holds none."""
+        bad = []
+        for path in self.candidates():
+            try:
+                return path, load_run_checkpoint(path)
+            except ValueError as e:
+                _logger.warning("--resume auto: skipping %s, which cannot be used (%s)", path, e)
+                bad.append(path)
+        if bad:
+            raise ValueError(f"--resume auto: no checkpoint in {self.folder} can be read "
+                             f"({', '.join(p.name for p in bad)})")
+        return None
+
+    def save(self, state: Mapping, count: int | None) -> Path:
+        """Write `last.pt`, and a periodic copy for `count` (epochs or iterations) when given."""
+        plain = to_plain(dict(state))
+        path = atomic_save(plain, self.last_path)
+        if count is not None:
+            periodic = self.periodic_path(count)
+            tmp = periodic.with_name(f".{periodic.name}.tmp{os.getpid()}")
+            try:  # the same bytes: a second name for last.pt's file instead of a second write
+                tmp.unlink(missing_ok=True)
+                os.link(path, tmp)
+                os.replace(tmp, periodic)
+            except OSError:
+                atomic_save(plain, periodic)
+            self._prune()
         return path
 
     def save_best(self, state: Mapping) -> Path:
@@ -183,6 +237,5 @@ class CheckpointManager:
     def _prune(self) -> None:
         if not self.keep_last:
             return
-        files = _epoch_files(self.folder)
-        for _, old in files[:-self.keep_last]:
+        for old in self.periodic()[:-self.keep_last]:
             old.unlink(missing_ok=True)

@@ -1,52 +1,51 @@
-"""Training recipes as YAML: defaults, inheritance (`base:`), `--set key=value` overrides, validation.
+"""Recipes as YAML, one schema for every task: defaults <- `base:` files <- the recipe <- `--set key=value`.
 
-A recipe is one YAML mapping. The engine's own sections (`model`, `train`, `optim`, `sched`, `ema`,
-`checkpoint`, `eval`) are checked key by key so that a typo fails at start-up with the file or
-command-line argument named; the `data:` section belongs to `uniformer.data` (which validates it)
-and is passed through untouched, apart from `~` expansion in its path keys.
+A recipe is one YAML mapping with a `task:` (classification, detection, segmentation, pose). The
+engine owns the sections every task shares; the task adds its own (`model`, `data`, `test`) and
+may change engine defaults. Every key must exist in these defaults, so a typo fails at start-up
+with the file (or `--set`) and the dotted key named; a mapping whose default is empty (`{}`, e.g.
+`model.kwargs`) is free-form and checked by its owner. A key given twice in one YAML mapping is
+an error. Types and ranges of the engine's keys are checked here, the task's by the task.
 
-Schema (defaults in brackets):
+Engine sections (defaults in brackets; a task may change them):
 
-    base: other.yaml | [a.yaml, b.yaml]   # recipes this one extends (paths relative to this file)
-    description: free text
-    seed: [0]                   deterministic: [false]          out_dir: [runs/<config name>]
-    model:  name (required), pretrained [false], checkpoint [null], inflate ["average"],
-            drop_path_rate [0.0], grad_checkpointing [false], kwargs [{}] (depths, embed_dims, ...)
-    data:   see uniformer.data; the engine reads batch_size [8] (per process), num_workers [4],
-            pin_memory [true], prefetch_factor, persistent_workers [false], drop_last [true], the
-            mixup keys (mixup, cutmix, label_smoothing, ...) through uniformer.data.build_mixup
-            (label_smoothing [0] also applies to the plain cross-entropy when Mixup/CutMix are off),
-            and builder [null; "package.module:function(data_cfg, split)" for a custom dataset]
-    train:  epochs [1], accum_steps [1], amp [auto|none|bf16|fp16], clip_grad [null],
-            eval_every [1], max_steps_per_epoch [null], sync_bn [false], log_every [10],
-            threads [null = torch's default; intra-op CPU threads of each process]
-    optim:  name [adamw], lr [1e-3], lr_base_batch [null: lr used as is; else lr *= batch / lr_base_batch
-            with batch = per-process batch x processes x accum_steps], weight_decay [0.05],
-            betas [[0.9, 0.999]], eps [1e-8], no_decay_1d [true]
-    sched:  name [cosine|constant], warmup_epochs [0], warmup_lr [1e-6], min_lr [1e-6]
+    task (required)  description [""]  seed [0]  deterministic [false]  out_dir [runs/<recipe name>]
+    train:  epochs | iters (exactly one), batch_size [8] (per process), num_workers [4], accum_steps [1],
+            amp [auto|none|bf16|fp16], clip_grad [null], eval_every [1] (epochs or iterations; null: at the
+            end only), log_every [10] (optimiser steps), max_steps_per_epoch [null], sync_bn [false],
+            threads [null], pin_memory [true], prefetch_factor [null]
+    optim:  name [adamw], lr [1e-3], lr_base_batch [null: lr as is; else lr x global batch / lr_base_batch],
+            weight_decay [0.05], betas [[0.9, 0.999]], eps [1e-8], no_decay_1d [true], no_decay_keys [[]]
+    sched:  name [cosine|poly|step|constant], warmup_epochs [0] | warmup_iters [0], warmup_lr [1e-6]
+            (start of the warm-up) or warmup_ratio [null] (start as a fraction of the peak), min_lr [1e-6],
+            power [1.0] (poly), steps [[]] and gamma [0.1] (step; in epochs or iterations, as the run)
     ema:    enabled [false], decay [0.9999], warmup [false], eval [true]
-    checkpoint: every [1], keep_last [2], best_metric [val_top1], save_best [true]
-    eval:   split [test], batch_size [null = data.batch_size], num_workers [null], use_ema [false]
+    checkpoint: every [1] (epochs or iterations), keep_last [2], best_metric [the task's], save_best [true]
+    eval:   split [val], batch_size [null = train.batch_size], num_workers [null = train.num_workers],
+            use_ema [false]
 """
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["ConfigError", "default_config", "load_config", "recipe_task", "apply_overrides", "validate_config", "merge",
-           "dump_config", "resolve_out_dir", "parse_yaml"]
+__all__ = ["ConfigError", "engine_defaults", "load_config", "read_recipe", "recipe_task", "apply_overrides",
+           "merge", "dump_config", "resolve_out_dir", "parse_yaml", "parse_pairs", "check", "expand_path"]
 
-# Sections whose keys are free-form (owned by other modules or by the model).
-_OPEN_SECTIONS = ("data",)
-_DATA_PATH_KEYS = ("root", "train_list", "val_list", "test_list", "class_names", "labels_file",
-                   "train_annotations", "val_annotations", "test_annotations", "train_dir", "val_dir", "test_dir")
+_logger = logging.getLogger("uniformer.engine.config")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
+SCHEDULES = ("cosine", "poly", "step", "constant")
+
+
+class ConfigError(ValueError):
+    """A recipe that cannot be used; the message names the file, key or argument at fault."""
 
 
 class _Loader(yaml.SafeLoader):
@@ -70,64 +69,80 @@ _Loader.add_implicit_resolver(
 
 
 def parse_yaml(text: str):
-    """`yaml.safe_load`, except that `1e-4` is a float."""
+    """`yaml.safe_load`, except that `1e-4` is a float and duplicate keys are errors."""
     return yaml.load(text, Loader=_Loader)
 
 
-class ConfigError(ValueError):
-    """A recipe that cannot be used; the message names the file, key or argument at fault."""
+def parse_pairs(pairs: Sequence[str] | None, flag: str) -> dict:
+    """`KEY=VALUE` strings with YAML values (`-o depths=[1,1,1,1]`) as a dict; errors name `flag`."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} {pair!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = parse_yaml(value) if value.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{flag} {pair!r}: the value is not valid YAML ({e})") from None
+    return out
 
 
-def default_config() -> dict:
-    """A fresh copy of every engine default (see the module docstring)."""
+def engine_defaults() -> dict:
+    """A fresh copy of the engine's sections (see the module docstring)."""
     return {
-        "description": "",
-        "seed": 0,
-        "deterministic": False,
-        "out_dir": None,
-        "model": {"name": None, "pretrained": False, "checkpoint": None, "inflate": "average",
-                  "drop_path_rate": 0.0, "grad_checkpointing": False, "kwargs": {}},
-        "data": {},
-        "train": {"epochs": 1, "accum_steps": 1, "amp": "auto", "clip_grad": None, "eval_every": 1,
-                  "max_steps_per_epoch": None, "sync_bn": False, "log_every": 10, "threads": None},
-        "optim": {"name": "adamw", "lr": 1e-3, "lr_base_batch": None, "weight_decay": 0.05,
-                  "betas": [0.9, 0.999], "eps": 1e-8, "no_decay_1d": True},
-        "sched": {"name": "cosine", "warmup_epochs": 0, "warmup_lr": 1e-6, "min_lr": 1e-6},
+        "task": None, "description": "", "seed": 0, "deterministic": False, "out_dir": None,
+        "train": {"epochs": None, "iters": None, "batch_size": 8, "num_workers": 4, "accum_steps": 1, "amp": "auto",
+                  "clip_grad": None, "eval_every": 1, "log_every": 10, "max_steps_per_epoch": None,
+                  "sync_bn": False, "threads": None, "pin_memory": True, "prefetch_factor": None},
+        "optim": {"name": "adamw", "lr": 1e-3, "lr_base_batch": None, "weight_decay": 0.05, "betas": [0.9, 0.999],
+                  "eps": 1e-8, "no_decay_1d": True, "no_decay_keys": []},
+        "sched": {"name": "cosine", "warmup_epochs": 0.0, "warmup_iters": 0, "warmup_lr": 1e-6, "warmup_ratio": None,
+                  "min_lr": 1e-6, "power": 1.0, "steps": [], "gamma": 0.1},
         "ema": {"enabled": False, "decay": 0.9999, "warmup": False, "eval": True},
-        "checkpoint": {"every": 1, "keep_last": 2, "best_metric": "val_top1", "save_best": True},
-        "eval": {"split": "test", "batch_size": None, "num_workers": None, "use_ema": False},
+        "checkpoint": {"every": 1, "keep_last": 2, "best_metric": None, "save_best": True},
+        "eval": {"split": "val", "batch_size": None, "num_workers": None, "use_ema": False},
     }
 
 
-def merge(base: Mapping, update: Mapping, *, where: str = "config", strict: bool = False, _path: str = "") -> dict:
-    """Recursive merge of `update` into a copy of `base`; with `strict`, keys of closed sections must exist."""
+def free_sections(defaults: Mapping, _path: str = "") -> frozenset[str]:
+    """Dotted names of the free-form mappings of a schema (those whose default is empty)."""
+    found: set[str] = set()
+    for key, value in defaults.items():
+        if isinstance(value, Mapping):
+            found |= {f"{_path}{key}"} if not value else free_sections(value, f"{_path}{key}.")
+    return frozenset(found)
+
+
+def merge(base: Mapping, update: Mapping, *, where: str = "config", strict: bool = True,
+          free: frozenset[str] = frozenset(), _path: str = "") -> dict:
+    """Recursive merge of `update` into a copy of `base`; with `strict`, a key `base` lacks is an error,
+    except inside the free-form mappings named in `free`."""
     out = copy.deepcopy(dict(base))
+    open_here = _path.rstrip(".") in free or any(_path.startswith(f"{f}.") for f in free)
     for key, value in update.items():
         dotted = f"{_path}{key}"
-        open_section = _path.split(".")[0] in _OPEN_SECTIONS or dotted.startswith("model.kwargs")
-        if strict and key not in out and not open_section and dotted not in _OPEN_SECTIONS:
-            known = ", ".join(sorted(out)) if out else "none"
+        if strict and key not in out and not open_here:
+            known = ", ".join(sorted(map(str, out))) or "none"
             raise ConfigError(f"{where}: unknown key '{dotted}' (known keys here: {known})")
         if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = merge(out[key], value, where=where, strict=strict, _path=f"{dotted}.")
+            out[key] = merge(out[key], value, where=where, strict=strict, free=free, _path=f"{dotted}.")
         else:
             out[key] = copy.deepcopy(value)
     return out
 
 
-def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
-    """Read a recipe and the recipes it extends (`base:`), earliest first."""
-    path = path.resolve()
-    if path in chain:
-        raise ConfigError(f"{path}: circular 'base:' chain ({' -> '.join(str(p) for p in chain + (path,))})")
+def read_recipe(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> dict:
+    """A recipe file merged over the files it extends (`base:` a path or a list, relative to the file)."""
+    path = Path(path).expanduser().resolve()
+    if path in _chain:
+        raise ConfigError(f"{path}: circular 'base:' chain ({' -> '.join(str(p) for p in _chain + (path,))})")
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"recipe {path} does not exist")
     try:
         data = parse_yaml(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    if data is None:
-        data = {}
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a YAML mapping, got {type(data).__name__}")
     bases = data.pop("base", None) or []
@@ -137,39 +152,48 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"{path}: 'base' must be a file name or a list of file names")
     merged: dict = {}
     for b in bases:
-        merged = merge(merged, _read_yaml(path.parent / b, chain + (path,)))
-    return merge(merged, data)
+        merged = merge(merged, read_recipe(path.parent / b, _chain + (path,)), strict=False)
+    return merge(merged, data, strict=False)
 
 
-def _parse_override(item: str) -> tuple[list[str], Any]:
-    key, sep, value = item.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. optim.lr=5e-4")
-    try:
-        parsed = parse_yaml(value) if value.strip() else None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({e})") from None
-    return key.split("."), parsed
+def recipe_task(source: str | os.PathLike | Mapping) -> str:
+    """The `task:` a recipe (file, following `base:`, or mapping) names; classification, with a
+    deprecation message, for the classification recipes written before `task:` was required."""
+    recipe = read_recipe(source) if not isinstance(source, Mapping) else source
+    task = recipe.get("task")
+    if task is None:
+        _logger.warning("%s names no task: read as a classification recipe; add 'task: classification' (recipes "
+                        "without a task are deprecated)", source if not isinstance(source, Mapping) else "the recipe")
+        return "classification"
+    if not isinstance(task, str):
+        raise ConfigError(f"task = {task!r}: expected a task name")
+    return task
 
 
-def apply_overrides(cfg: Mapping, overrides: list[str] | None) -> dict:
-    """Apply `section.key=value` strings (values parsed as YAML) to a copy of `cfg`."""
+def apply_overrides(cfg: Mapping, overrides: Sequence[str] | None, free: frozenset[str] = frozenset()) -> dict:
+    """Apply `section.key=value` strings (values parsed as YAML) to a copy of `cfg`; unknown keys raise."""
     out = copy.deepcopy(dict(cfg))
     for item in overrides or []:
-        keys, value = _parse_override(item)
-        nested: Any = value
+        key, sep, value = item.partition("=")
+        keys = key.strip().split(".")
+        if not sep or not all(keys):
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. optim.lr=5e-4")
+        try:
+            nested: Any = parse_yaml(value) if value.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({e})") from None
         for k in reversed(keys):
             nested = {k: nested}
-        out = merge(out, nested, where=f"--set {item}", strict=True)
+        out = merge(out, nested, where=f"--set {item}", free=free)
     return out
 
 
-def _expand(value: Any) -> Any:
+def expand_path(value: Any) -> Any:
     return os.path.expandvars(os.path.expanduser(value)) if isinstance(value, str) else value
 
 
-def _check(cond: bool, where: str, key: str, value: Any, what: str) -> None:
+def check(cond: bool, where: str, key: str, value: Any, what: str) -> None:
+    """Raise ConfigError('<where>: <key> = <value> is invalid: <what>') unless `cond`."""
     if not cond:
         raise ConfigError(f"{where}: {key} = {value!r} is invalid: {what}")
 
@@ -182,76 +206,115 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def validate_config(cfg: dict, where: str = "config") -> dict:
-    """Check types and ranges of the engine's keys; returns `cfg` with data paths `~`-expanded."""
-    m, t, o, s, e, c, ev = (cfg[k] for k in ("model", "train", "optim", "sched", "ema", "checkpoint", "eval"))
-    _check(isinstance(m["name"], str) and bool(m["name"]), where, "model.name", m["name"],
-           "name a model variant, e.g. uniformer_video_small (or 'package.module:factory')")
-    _check(isinstance(m["kwargs"], dict), where, "model.kwargs", m["kwargs"], "expected a mapping")
-    _check(_is_num(m["drop_path_rate"]) and 0 <= m["drop_path_rate"] < 1, where, "model.drop_path_rate",
-           m["drop_path_rate"], "expected a number in [0, 1)")
-    _check(m["checkpoint"] is None or isinstance(m["checkpoint"], str), where, "model.checkpoint",
-           m["checkpoint"], "expected a file path or null")
-    _check(_is_int(cfg["seed"]) and cfg["seed"] >= 0, where, "seed", cfg["seed"], "expected an integer >= 0")
-    _check(isinstance(cfg["deterministic"], bool), where, "deterministic", cfg["deterministic"], "expected a bool")
-    _check(isinstance(cfg["data"], dict), where, "data", cfg["data"], "expected a mapping")
-    for key in ("epochs", "accum_steps", "eval_every", "log_every"):
-        _check(_is_int(t[key]) and t[key] >= 1, where, f"train.{key}", t[key], "expected an integer >= 1")
-    _check(t["amp"] in AMP_MODES, where, "train.amp", t["amp"], f"expected one of {list(AMP_MODES)}")
-    _check(t["clip_grad"] is None or (_is_num(t["clip_grad"]) and t["clip_grad"] > 0), where, "train.clip_grad",
-           t["clip_grad"], "expected a positive number or null")
-    _check(t["max_steps_per_epoch"] is None or (_is_int(t["max_steps_per_epoch"]) and t["max_steps_per_epoch"] > 0),
-           where, "train.max_steps_per_epoch", t["max_steps_per_epoch"], "expected a positive integer or null")
-    _check(t["threads"] is None or (_is_int(t["threads"]) and t["threads"] >= 1), where, "train.threads",
-           t["threads"], "expected an integer >= 1 or null")
-    _check(o["name"] == "adamw", where, "optim.name", o["name"], "only 'adamw' is supported")
+def _positive_int_or_none(v: Any) -> bool:
+    return v is None or (_is_int(v) and v >= 1)
+
+
+def check_types(cfg: Mapping, defaults: Mapping, where: str, _path: str = "") -> None:
+    """Every value has its default's type (numbers interchangeable, null always allowed); free-form
+    mappings (empty defaults) are left to their owner."""
+    kinds = ((bool, bool, "true or false"), (int | float, int | float, "a number"), (str, str, "a string"),
+             (list | tuple, list | tuple, "a list"))
+    for key, default in defaults.items():
+        value = cfg.get(key)
+        dotted = f"{_path}{key}"
+        if value is None or default is None:
+            continue
+        if isinstance(default, Mapping):
+            check(isinstance(value, Mapping), where, dotted, value, "expected a mapping")
+            if default:
+                check_types(value, default, where, f"{dotted}.")
+            continue
+        for default_kind, accepted, what in kinds:
+            if isinstance(default, default_kind):
+                ok = isinstance(value, accepted) and (default_kind is bool or not isinstance(value, bool))
+                check(ok, where, dotted, value, f"expected {what}")
+                break
+
+
+def validate_engine(cfg: dict, where: str) -> None:
+    """Types and ranges of the engine's sections."""
+    t, o, s, e, c, ev = (cfg[k] for k in ("train", "optim", "sched", "ema", "checkpoint", "eval"))
+    check(_is_int(cfg["seed"]) and cfg["seed"] >= 0, where, "seed", cfg["seed"], "expected an integer >= 0")
+    check(isinstance(cfg["deterministic"], bool), where, "deterministic", cfg["deterministic"], "expected a bool")
+    check((t["epochs"] is None) != (t["iters"] is None), where, "train.epochs / train.iters",
+          [t["epochs"], t["iters"]], "give exactly one of them (set the other to null)")
+    for key in ("epochs", "iters", "max_steps_per_epoch", "eval_every", "threads", "prefetch_factor"):
+        check(_positive_int_or_none(t[key]), where, f"train.{key}", t[key], "expected an integer >= 1 or null")
+    for key in ("batch_size", "accum_steps", "log_every"):
+        check(_is_int(t[key]) and t[key] >= 1, where, f"train.{key}", t[key], "expected an integer >= 1")
+    check(_is_int(t["num_workers"]) and t["num_workers"] >= 0, where, "train.num_workers", t["num_workers"],
+          "expected an integer >= 0")
+    check(t["amp"] in AMP_MODES, where, "train.amp", t["amp"], f"expected one of {list(AMP_MODES)}")
+    check(t["clip_grad"] is None or (_is_num(t["clip_grad"]) and t["clip_grad"] > 0), where, "train.clip_grad",
+          t["clip_grad"], "expected a positive number or null")
+    for key in ("sync_bn", "pin_memory"):
+        check(isinstance(t[key], bool), where, f"train.{key}", t[key], "expected true or false")
+    check(o["name"] == "adamw", where, "optim.name", o["name"], "only 'adamw' is supported")
     for key in ("lr", "eps"):
-        _check(_is_num(o[key]) and o[key] > 0, where, f"optim.{key}", o[key], "expected a positive number")
-    _check(_is_num(o["weight_decay"]) and o["weight_decay"] >= 0, where, "optim.weight_decay", o["weight_decay"],
-           "expected a number >= 0")
-    _check(o["lr_base_batch"] is None or (_is_num(o["lr_base_batch"]) and o["lr_base_batch"] > 0), where,
-           "optim.lr_base_batch", o["lr_base_batch"], "expected a positive number or null")
-    _check(isinstance(o["betas"], list | tuple) and len(o["betas"]) == 2 and all(0 <= b < 1 for b in o["betas"]),
-           where, "optim.betas", o["betas"], "expected two numbers in [0, 1)")
-    _check(s["name"] in ("cosine", "constant"), where, "sched.name", s["name"], "expected 'cosine' or 'constant'")
-    for key in ("warmup_epochs", "warmup_lr", "min_lr"):
-        _check(_is_num(s[key]) and s[key] >= 0, where, f"sched.{key}", s[key], "expected a number >= 0")
-    _check(_is_num(e["decay"]) and 0 < e["decay"] < 1, where, "ema.decay", e["decay"], "expected a number in (0, 1)")
-    _check(_is_int(c["every"]) and c["every"] >= 1, where, "checkpoint.every", c["every"], "expected an integer >= 1")
-    _check(c["keep_last"] is None or (_is_int(c["keep_last"]) and c["keep_last"] >= 1), where,
-           "checkpoint.keep_last", c["keep_last"], "expected an integer >= 1, or null to keep all")
-    _check(isinstance(c["best_metric"], str), where, "checkpoint.best_metric", c["best_metric"], "expected a name")
-    _check(ev["split"] in ("train", "val", "test"), where, "eval.split", ev["split"], "expected train, val or test")
-    data = cfg["data"]
-    for key in _DATA_PATH_KEYS:
-        if key in data:
-            data[key] = _expand(data[key])
-    bs = data.get("batch_size", 8)
-    _check(_is_int(bs) and bs >= 1, where, "data.batch_size", bs, "expected an integer >= 1")
-    nw = data.get("num_workers", 4)
-    _check(_is_int(nw) and nw >= 0, where, "data.num_workers", nw, "expected an integer >= 0")
-    if m["checkpoint"]:
-        m["checkpoint"] = _expand(m["checkpoint"])
-    return cfg
+        check(_is_num(o[key]) and o[key] > 0, where, f"optim.{key}", o[key], "expected a positive number")
+    check(_is_num(o["weight_decay"]) and o["weight_decay"] >= 0, where, "optim.weight_decay", o["weight_decay"],
+          "expected a number >= 0")
+    check(o["lr_base_batch"] is None or (_is_num(o["lr_base_batch"]) and o["lr_base_batch"] > 0), where,
+          "optim.lr_base_batch", o["lr_base_batch"], "expected a positive number or null")
+    check(isinstance(o["betas"], list | tuple) and len(o["betas"]) == 2
+          and all(_is_num(b) and 0 <= b < 1 for b in o["betas"]), where, "optim.betas", o["betas"],
+          "expected two numbers in [0, 1)")
+    check(isinstance(o["no_decay_1d"], bool), where, "optim.no_decay_1d", o["no_decay_1d"], "expected a bool")
+    check(isinstance(o["no_decay_keys"], list) and all(isinstance(k, str) for k in o["no_decay_keys"]), where,
+          "optim.no_decay_keys", o["no_decay_keys"], "expected a list of name substrings")
+    check(s["name"] in SCHEDULES, where, "sched.name", s["name"], f"expected one of {list(SCHEDULES)}")
+    for key in ("warmup_epochs", "warmup_iters", "warmup_lr", "min_lr", "power", "gamma"):
+        check(_is_num(s[key]) and s[key] >= 0, where, f"sched.{key}", s[key], "expected a number >= 0")
+    check(not (s["warmup_epochs"] and s["warmup_iters"]), where, "sched.warmup_epochs / sched.warmup_iters",
+          [s["warmup_epochs"], s["warmup_iters"]], "give at most one of them")
+    check(s["warmup_ratio"] is None or (_is_num(s["warmup_ratio"]) and 0 <= s["warmup_ratio"] <= 1), where,
+          "sched.warmup_ratio", s["warmup_ratio"], "expected a number in [0, 1] or null")
+    check(isinstance(s["steps"], list) and all(_is_num(v) and v >= 0 for v in s["steps"]), where, "sched.steps",
+          s["steps"], "expected a list of epochs or iterations")
+    check(_is_num(e["decay"]) and 0 < e["decay"] < 1, where, "ema.decay", e["decay"], "expected a number in (0, 1)")
+    for key in ("enabled", "warmup", "eval"):
+        check(isinstance(e[key], bool), where, f"ema.{key}", e[key], "expected true or false")
+    check(_is_int(c["every"]) and c["every"] >= 1, where, "checkpoint.every", c["every"], "expected an integer >= 1")
+    check(_positive_int_or_none(c["keep_last"]), where, "checkpoint.keep_last", c["keep_last"],
+          "expected an integer >= 1, or null to keep all")
+    check(isinstance(c["best_metric"], str) and c["best_metric"], where, "checkpoint.best_metric",
+          c["best_metric"], "expected a metric name such as val_top1")
+    check(ev["split"] in ("train", "val", "test"), where, "eval.split", ev["split"], "expected train, val or test")
+    check(_positive_int_or_none(ev["batch_size"]), where, "eval.batch_size", ev["batch_size"],
+          "expected an integer >= 1 or null")
+    check(ev["num_workers"] is None or (_is_int(ev["num_workers"]) and ev["num_workers"] >= 0), where,
+          "eval.num_workers", ev["num_workers"], "expected an integer >= 0 or null")
 
 
-def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None,
-                base: Mapping | None = None) -> dict:
-    """Defaults <- recipe file (with its `base:` chain) <- `--set` overrides, validated.
+def load_config(source: str | os.PathLike | Mapping | None, overrides: Sequence[str] | None = None, *,
+                task_defaults: Mapping, validate: Callable[[dict, str], None] | None = None) -> dict:
+    """Engine defaults <- the task's defaults <- recipe (file or mapping) <- `--set` overrides, validated.
 
-    `path` may be None when `base` (a mapping in recipe layout) provides the recipe instead.
+    `task_defaults` is the task's part of the schema in recipe layout (its own sections and any engine
+    default it changes); `validate(cfg, where)` checks the task's sections.
     """
-    cfg = default_config()
-    if base is not None:
-        cfg = merge(cfg, base, where="recipe", strict=True)
-    where = "config"
-    if path is not None:
-        where = str(path)
-        cfg = merge(cfg, _read_yaml(Path(path)), where=where, strict=True)
-        cfg.setdefault("_name", Path(path).stem)
-    cfg = apply_overrides(cfg, overrides)
-    name = cfg.pop("_name", None)
-    validate_config(cfg, where)
+    cfg = merge(engine_defaults(), task_defaults, strict=False)
+    where, name = "recipe", None
+    if isinstance(source, Mapping):
+        user = copy.deepcopy(dict(source))
+        user.pop("base", None)
+    elif source is not None:
+        where, name = str(source), Path(source).stem
+        user = read_recipe(source)
+    else:
+        user = {}
+    task = cfg["task"]
+    got = user.get("task", task)
+    if got != task:
+        raise ConfigError(f"{where}: a '{got}' recipe cannot be used for the {task} task")
+    defaults, free = cfg, free_sections(cfg)
+    cfg = merge(cfg, user, where=where, free=free)
+    cfg = apply_overrides(cfg, overrides, free)
+    check_types(cfg, defaults, where)
+    validate_engine(cfg, where)
+    if validate is not None:
+        validate(cfg, where)
     if cfg["out_dir"] is None and name:
         cfg["out_dir"] = str(Path("runs") / name)
     return cfg
@@ -261,8 +324,8 @@ def resolve_out_dir(cfg: Mapping, out: str | os.PathLike | None) -> Path:
     """`--out` wins over the recipe's `out_dir`; one of them is needed."""
     chosen = out or cfg.get("out_dir")
     if not chosen:
-        raise ConfigError("no output directory: pass --out DIR or set out_dir in the config")
-    return Path(_expand(str(chosen)))
+        raise ConfigError("no output directory: pass --out DIR or set out_dir in the recipe")
+    return Path(expand_path(str(chosen)))
 
 
 def dump_config(cfg: Mapping, path: str | os.PathLike) -> None:
@@ -271,16 +334,3 @@ def dump_config(cfg: Mapping, path: str | os.PathLike) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(yaml.safe_dump(dict(cfg), sort_keys=False))
     os.replace(tmp, path)
-
-
-def recipe_task(path: str | os.PathLike) -> str:
-    """The `task:` a recipe names (following its `base:` files); classification when none does."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe {path} does not exist")
-    recipe = yaml.safe_load(path.read_text()) or {}
-    if "task" in recipe:
-        return str(recipe["task"])
-    if recipe.get("base"):
-        return recipe_task(path.parent / recipe["base"])
-    return "classification"

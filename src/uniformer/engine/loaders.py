@@ -1,29 +1,26 @@
-"""Datasets and DataLoaders for the engine: which builder makes a split, how it is sharded, how it is seeded.
+"""DataLoaders of the runner: how a split is sharded over processes and how its augmentations are seeded.
 
-Datasets come from `uniformer.data.build_dataset(data_cfg, split)`, or from any function named
-by `data.builder: "package.module:function"` (same signature, same item format) for custom data.
-Training shards with `DistributedSampler` (shuffled by seed and epoch, tail dropped so every
-process runs the same number of steps); evaluation shards without padding or duplicates, so
-metrics gathered from many processes equal those of one. Worker seeds come from a generator
-re-seeded from (seed, epoch, rank) each epoch, so a resumed run draws the same augmentations.
+Training: each epoch is a permutation drawn from (seed, epoch), dealt out to the processes (the tail
+dropped so that every process runs the same number of steps). Every sample carries its own seed,
+derived from (seed, epoch, place in the permutation), and `SeededDataset` runs the dataset's
+`__getitem__` under that seed (Python, NumPy and torch generators, restored afterwards): the
+augmentations of a sample do not depend on the number of workers, on which worker loads it, or on
+where a resumed run restarts, so a run resumed in the middle of an epoch draws the same batches.
+Evaluation shards without padding or duplicates, so metrics merged from many processes equal those
+of one.
 """
 from __future__ import annotations
 
 import importlib
+import random
 from collections.abc import Callable, Iterator, Mapping
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["ENGINE_DATA_KEYS", "pipeline_config", "resolve_callable", "build_split", "get_collate",
-           "ShardSampler", "TrainLoader", "build_eval_loader", "loader_seed"]
-
-ENGINE_DATA_KEYS = ("builder",)  # data-section keys the engine consumes itself
-
-
-def pipeline_config(data_cfg: Mapping) -> dict:
-    """The `data:` section as handed to `uniformer.data` (engine-only keys removed)."""
-    return {k: v for k, v in data_cfg.items() if k not in ENGINE_DATA_KEYS}
+__all__ = ["resolve_callable", "EpochSampler", "SeededDataset", "ShardSampler", "train_loader", "eval_loader",
+           "shard_size"]
 
 
 def resolve_callable(spec: str, what: str) -> Callable:
@@ -44,87 +41,85 @@ def resolve_callable(spec: str, what: str) -> Callable:
     return fn
 
 
-def build_split(data_cfg: Mapping, split: str) -> Dataset:
-    """The dataset for `split` ("train", "val" or "test")."""
-    builder = data_cfg.get("builder")
-    if builder:
-        dataset = resolve_callable(builder, "data.builder")(pipeline_config(data_cfg), split)
-    else:
-        from uniformer.data import build_dataset
-
-        dataset = build_dataset(pipeline_config(data_cfg), split)
-    if len(dataset) == 0:
-        raise ValueError(f"the {split} split of the dataset is empty (data config: {dict(data_cfg)})")
-    return dataset
+def shard_size(length: int, world_size: int) -> int:
+    """Training samples each process sees per epoch (the permutation's tail is dropped)."""
+    return length // world_size
 
 
-def get_collate(dataset: Dataset) -> Callable:
-    """The dataset's own `collate` if it has one, else `uniformer.data.collate`."""
-    own = getattr(dataset, "collate", None)
-    if callable(own):
-        return own
-    from uniformer.data import collate
+class EpochSampler(Sampler):
+    """(index, sample seed) pairs of one process's shard of epoch `epoch`, from position `start` on."""
 
-    return collate
+    def __init__(self, length: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1, start: int = 0):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(length, generator=g)[:shard_size(length, world_size) * world_size]
+        self.indices = order[rank::world_size].tolist()[start:]
+        # a sample's seed depends on its place in the epoch's permutation, not on the process that loads it:
+        # the same global batch gets the same augmentations with one process or many
+        places = range(rank + start * world_size, len(order), world_size)
+        self.seeds = [(seed * 1_000_003 + epoch * 7_919 + place * 31 + 12_345) % 2**62 for place in places]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(zip(self.indices, self.seeds))
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
-def loader_seed(seed: int, epoch: int, rank: int) -> int:
-    return (seed * 1_000_003 + epoch * 7_919 + rank * 104_729 + 12_345) % (2**63 - 1)
+class SeededDataset(Dataset):
+    """`dataset[index]` computed under a given seed; the caller's generator states are left as they were."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        try:
+            return self.dataset[index]
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            torch.set_rng_state(states[2])
 
 
 class ShardSampler(Sampler[int]):
-    """Indices rank, rank + world, ... : each sample is seen by exactly one process, none repeated."""
+    """Indices rank, rank + world, ... of `indices` (default all): each sample seen by exactly one process."""
 
     def __init__(self, length: int, rank: int = 0, world_size: int = 1):
-        self.length, self.rank, self.world_size = length, rank, world_size
+        self.indices = list(range(rank, length, world_size))
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.length, self.world_size))
+        return iter(self.indices)
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.length, self.world_size))
+        return len(self.indices)
 
 
-def _loader_kwargs(data_cfg: Mapping, num_workers: int, device: torch.device) -> dict:
-    kw: dict = {"num_workers": num_workers, "pin_memory": bool(data_cfg.get("pin_memory", True))
-                and device.type == "cuda"}
-    if num_workers > 0:
-        if data_cfg.get("prefetch_factor") is not None:
-            kw["prefetch_factor"] = int(data_cfg["prefetch_factor"])
-        # Fresh workers each epoch (the default) are what makes resumed runs draw identical
-        # augmentations; persistent workers trade that for start-up time.
-        kw["persistent_workers"] = bool(data_cfg.get("persistent_workers", False))
+def _loader_kwargs(train_cfg: Mapping, num_workers: int, device: torch.device) -> dict:
+    kw: dict = {"num_workers": num_workers, "pin_memory": bool(train_cfg["pin_memory"]) and device.type == "cuda"}
+    if num_workers > 0 and train_cfg["prefetch_factor"] is not None:
+        kw["prefetch_factor"] = int(train_cfg["prefetch_factor"])
     return kw
 
 
-class TrainLoader:
-    """A training DataLoader whose shuffling and worker seeds are a function of (seed, epoch, rank)."""
-
-    def __init__(self, dataset: Dataset, data_cfg: Mapping, batch_size: int, seed: int, rank: int, world_size: int,
-                 device: torch.device):
-        self.dataset, self.seed, self.rank = dataset, seed, rank
-        self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
-                                          drop_last=True)
-        self.generator = torch.Generator()
-        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler,
-                                 drop_last=bool(data_cfg.get("drop_last", True)), collate_fn=get_collate(dataset),
-                                 generator=self.generator,
-                                 **_loader_kwargs(data_cfg, int(data_cfg.get("num_workers", 4)), device))
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def epoch(self, epoch: int) -> Iterator:
-        """An iterator over the batches of `epoch` (0-based)."""
-        self.sampler.set_epoch(epoch)
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-        self.generator.manual_seed(loader_seed(self.seed, epoch, self.rank))
-        return iter(self.loader)
+def train_loader(dataset: Dataset, collate: Callable, train_cfg: Mapping, seed: int, epoch: int, rank: int,
+                 world_size: int, device: torch.device, start_batch: int = 0) -> DataLoader:
+    """The batches of one process for `epoch` (0-based), starting at batch `start_batch` (a resumed run)."""
+    batch_size = int(train_cfg["batch_size"])
+    sampler = EpochSampler(len(dataset), seed, epoch, rank, world_size, start_batch * batch_size)
+    return DataLoader(SeededDataset(dataset), batch_size=batch_size, sampler=sampler, drop_last=True,
+                      collate_fn=collate, **_loader_kwargs(train_cfg, int(train_cfg["num_workers"]), device))
 
 
-def build_eval_loader(dataset: Dataset, data_cfg: Mapping, batch_size: int, num_workers: int, rank: int,
-                      world_size: int, device: torch.device) -> DataLoader:
+def eval_loader(dataset: Dataset, collate: Callable, batch_size: int, num_workers: int, train_cfg: Mapping,
+                rank: int, world_size: int, device: torch.device) -> DataLoader:
+    """This process's shard of `dataset`, in order, every sample once."""
     return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world_size),
-                      shuffle=False, drop_last=False, collate_fn=get_collate(dataset),
-                      **_loader_kwargs(data_cfg, num_workers, device))
+                      shuffle=False, drop_last=False, collate_fn=collate,
+                      **_loader_kwargs(train_cfg, num_workers, device))

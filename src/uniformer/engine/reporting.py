@@ -1,4 +1,4 @@
-"""What a run leaves for people: log file, per-epoch CSV and TensorBoard scalars, PNG curves and confusion matrix.
+"""What a run leaves for people: log file, per-step CSV and TensorBoard scalars, PNG curves, JSON.
 
 Only the main process writes. The CSV is rewritten from the run's full history (which also lives in
 every checkpoint), so a resumed run never duplicates or loses rows; TensorBoard events past the
@@ -16,11 +16,11 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
-__all__ = ["log_to", "write_history_csv", "TensorBoardLogger", "plot_curves", "plot_confusion_matrix",
-           "write_json", "LOGGER_NAME"]
+__all__ = ["log_to", "write_history_csv", "TensorBoardLogger", "plot_curves", "write_json", "LOGGER_NAME"]
 
 LOGGER_NAME = "uniformer"
 
@@ -82,12 +82,18 @@ def write_json(path: str | os.PathLike, obj) -> None:
             return [clean(v) for v in x]
         if isinstance(x, torch.Tensor):
             return clean(x.tolist())
+        if isinstance(x, np.generic | np.ndarray):
+            return clean(x.tolist())
+        if isinstance(x, os.PathLike):
+            return os.fspath(x)
         return x
-    _atomic_text(Path(path), json.dumps(clean(obj), indent=2) + "\n")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_text(path, json.dumps(clean(obj), indent=2) + "\n")
 
 
 def write_history_csv(history: Sequence[Mapping], path: str | os.PathLike) -> None:
-    """One row per epoch; columns = union of keys in first-seen order."""
+    """One row per logged step; columns = union of keys in first-seen order."""
     columns: list[str] = []
     for row in history:
         columns += [k for k in row if k not in columns]
@@ -102,20 +108,21 @@ def write_history_csv(history: Sequence[Mapping], path: str | os.PathLike) -> No
 
 
 class TensorBoardLogger:
-    """Per-epoch scalars under `out_dir/tensorboard`; events at or after `start_epoch + 1` are purged on resume."""
+    """Scalars of each history row under `out_dir/tensorboard`, at its step; on resume, events after
+    `start_step` are purged."""
 
-    def __init__(self, log_dir: Path, start_epoch: int = 0):
+    def __init__(self, log_dir: Path, start_step: int = 0):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(log_dir), purge_step=start_epoch + 1 if start_epoch else None)
+        self.writer = SummaryWriter(str(log_dir), purge_step=start_step + 1 if start_step else None)
 
-    def log_epoch(self, row: Mapping) -> None:
-        epoch = int(row["epoch"])
+    def log(self, row: Mapping) -> None:
+        step = int(row["step"])
         for key, value in row.items():
-            if key == "epoch" or not isinstance(value, int | float) or isinstance(value, bool):
+            if key == "step" or not isinstance(value, int | float) or isinstance(value, bool):
                 continue
-            group = "val" if key.startswith("val_") else "train" if key.startswith("train_") else "misc"
-            self.writer.add_scalar(f"{group}/{key}", value, epoch)
+            group = "val" if key.startswith("val_") else "train" if key.startswith(("train_", "loss")) else "misc"
+            self.writer.add_scalar(f"{group}/{key}", value, step)
         self.writer.flush()
 
     def close(self) -> None:
@@ -123,7 +130,7 @@ class TensorBoardLogger:
 
 
 def plot_curves(history: Sequence[Mapping], path: str | os.PathLike) -> Path | None:
-    """Loss, accuracy and learning-rate curves over epochs in one PNG."""
+    """Losses, validation metrics and the learning rate over optimiser steps in one PNG."""
     if not history:
         return None
     import matplotlib
@@ -131,58 +138,28 @@ def plot_curves(history: Sequence[Mapping], path: str | os.PathLike) -> Path | N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+
     def series(key):
-        pts = [(r["epoch"], r[key]) for r in history if isinstance(r.get(key), int | float)]
+        pts = [(r["step"], r[key]) for r in history if isinstance(r.get(key), int | float)]
         return ([p[0] for p in pts], [p[1] for p in pts]) if pts else None
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    panels = [("loss", ["train_loss", "val_loss", "val_ema_loss"]),
-              ("accuracy", ["train_top1", "val_top1", "val_top5", "val_ema_top1"]),
+    panels = [("loss", [k for k in keys if "loss" in k]),
+              ("validation", [k for k in keys if k.startswith("val_") and "loss" not in k][:8]),
               ("learning rate", ["lr"])]
-    for ax, (title, keys) in zip(axes, panels):
-        for key in keys:
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, (title, names) in zip(axes, panels):
+        for key in names:
             s = series(key)
             if s:
                 ax.plot(*s, marker="o" if len(s[0]) < 30 else None, label=key)
         ax.set_title(title)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         if ax.lines:
-            ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def plot_confusion_matrix(cm: torch.Tensor, class_names: Sequence[str] | None, path: str | os.PathLike,
-                          title: str = "confusion matrix (rows: true class, normalised)") -> Path:
-    """Row-normalised confusion matrix as a PNG; class names on the axes when there are few classes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cm = cm.double()
-    k = cm.shape[0]
-    norm = cm / cm.sum(1, keepdim=True).clamp_min(1)
-    size = min(4 + 0.4 * k, 20)
-    fig, ax = plt.subplots(figsize=(size, size))
-    im = ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    if k <= 40:
-        names = list(class_names) if class_names else [str(i) for i in range(k)]
-        ax.set_xticks(range(k), names, rotation=90)
-        ax.set_yticks(range(k), names)
-        if k <= 15:
-            for i in range(k):
-                for j in range(k):
-                    ax.text(j, i, int(cm[i, j]), ha="center", va="center",
-                            color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)

@@ -1,11 +1,11 @@
 """Image / video classification as a task: which model a recipe builds, its loss, and its class scores.
 
-The engine is generic about loops, checkpoints and processes; this module holds what is specific
+The engine is generic about loops, checkpoints and processes; this package holds what is specific
 to classifying clips: building the network from `model:` (a UniFormer variant via
 `uniformer.create_model`, or any `package.module:factory`), the loss (soft-target cross-entropy
 after Mixup/CutMix, label-smoothed cross-entropy otherwise, averaged over the outputs of models
 that return several logit sets in training), and scores for evaluation, including several views
-of the same sample.
+of the same sample. `Task` (in `task.py`) is the engine's view of it.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["build_model", "load_weights", "checkpoint_num_classes", "classification_loss", "merge_outputs",
-           "model_input_ndim", "view_logits", "read_class_names", "model_spec"]
+__all__ = ["Task", "build_model", "load_weights", "checkpoint_num_classes", "classification_loss", "merge_outputs",
+           "model_input_ndim", "view_logits", "read_class_names", "model_spec", "recipe_complexity"]
 
 _logger = logging.getLogger("uniformer.tasks.classification")
 
@@ -65,13 +65,15 @@ def build_model(model_cfg: Mapping, num_classes: int, *, for_training: bool = Tr
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, use_ema: bool = False) -> dict:
-    """Load a training checkpoint of this engine (model or EMA weights), or any checkpoint
-    `uniformer.load_checkpoint` understands. Returns the training checkpoint's metadata ({} otherwise)."""
-    from uniformer.engine.checkpoint import read_training_checkpoint
+    """Load a run checkpoint of this package (model or EMA weights), or any checkpoint
+    `uniformer.load_checkpoint` understands. Returns the run checkpoint's metadata ({} otherwise)."""
+    from uniformer.engine.checkpoint import read_checkpoint
 
     path = Path(path)
-    obj = read_training_checkpoint(path)
+    obj = read_checkpoint(path)
     if obj is not None:
+        if obj["task"] != "classification":
+            raise ValueError(f"{path}: this is a {obj['task']} checkpoint, not a classification one")
         state = obj["model"]
         if use_ema:
             if not obj.get("ema"):
@@ -81,7 +83,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, use_ema: bool = Fals
         if missing or unexpected:
             raise ValueError(f"{path} does not fit the model: missing {sorted(missing)[:5]}, "
                              f"unexpected {sorted(unexpected)[:5]} (was it trained with other model.kwargs?)")
-        return {k: v for k, v in obj.items() if k not in ("model", "ema", "optimizer", "scaler", "rng")}
+        return dict(obj["meta"], step=obj.get("step"))
     import uniformer
 
     head = getattr(model, "head", None)
@@ -165,3 +167,26 @@ def default_class_names(num_classes: int, known: Sequence[str] | None = None) ->
     if known and len(known) == num_classes:
         return list(known)
     return [f"class_{i}" for i in range(num_classes)]
+
+
+def recipe_complexity(cfg: Mapping) -> dict:
+    """Parameters and GFLOPs (batch 1) of the network a resolved recipe builds, at its test input
+    (data.num_frames x data.input_size for video models); classes from data.num_classes or class_names."""
+    from uniformer.profiling import count_gflops, count_params
+
+    data = cfg["data"]
+    num_classes = data.get("num_classes")
+    names = Path(str(data.get("class_names") or ""))
+    if num_classes is None and data.get("class_names"):
+        if not names.is_file():
+            names = Path(str(data.get("root", "."))) / names
+        if names.is_file():
+            num_classes = len(read_class_names(names))
+    model = build_model(cfg["model"], int(num_classes or 1000), for_training=False).eval()
+    size = int(data.get("input_size", 224))
+    shape = (3, int(data.get("num_frames", 16)), size, size) if model_input_ndim(model) == 5 else (3, size, size)
+    return {"model": cfg["model"]["name"], "input": list(shape), "num_classes": int(num_classes or 1000),
+            "params": count_params(model), "gflops": count_gflops(model, shape)}
+
+
+from .task import Task  # noqa: E402  (the task class uses the functions above)

@@ -86,7 +86,7 @@ def load_predictor(checkpoint: str | os.PathLike | None = None, model_name: str 
     """
 
     from uniformer.data import class_names
-    from uniformer.engine.checkpoint import read_training_checkpoint
+    from uniformer.engine.checkpoint import read_checkpoint
     from uniformer.engine.distributed import resolve_device
 
     from . import (
@@ -97,6 +97,7 @@ def load_predictor(checkpoint: str | os.PathLike | None = None, model_name: str 
         read_class_names,
     )
 
+    dev = resolve_device(device)  # an unavailable device fails before any download
     released, full_name = None, model_name  # a bare name with a checkpoint: no tag, no recipe assumed
     if checkpoint is None or "." in (model_name or ""):
         released, full_name = _released_weights_of(model_name)
@@ -106,24 +107,27 @@ def load_predictor(checkpoint: str | os.PathLike | None = None, model_name: str 
                              "(`uniformer models --pretrained` lists the tags, e.g. uniformer_video_small.k400_16x8)")
         checkpoint = _fetch_released(full_name)
     path = Path(checkpoint)
-    obj = read_training_checkpoint(path)
+    obj = read_checkpoint(path)
+    if obj is not None and obj["task"] != "classification":
+        raise ValueError(f"{path}: this is a {obj['task']} checkpoint; use it with `uniformer predict` (which reads "
+                         "the task from the checkpoint)")
     dataset = released.dataset if released else None
     if obj is not None:
-        spec = obj["model_spec"]
+        spec = obj["meta"]["model_spec"]
         if model_name and model_name.split(".")[0] != spec["name"]:
             raise ValueError(f"--model {model_name}: {path} was trained as {spec['name']}")
         if model_options:
             raise ValueError(f"-o model options are for original checkpoints; {path} records its architecture "
                              f"({spec['kwargs']})")
         model_cfg = {"name": spec["name"], "kwargs": spec["kwargs"]}
-        num_classes = int(obj["num_classes"])
-        classes = list(obj.get("classes") or [])
+        num_classes = int(obj["meta"]["num_classes"])
+        classes = list(obj["meta"].get("classes") or [])
         recorded = (obj.get("config") or {}).get("data", {})
         data_cfg = {} if recorded.get("builder") else {k: v for k, v in recorded.items()
                                                        if k in TRANSFORM_KEYS or k == "format"}
     else:
         if not model_name:
-            raise ValueError(f"--model is needed: {path} is not a training checkpoint of this engine, so it does "
+            raise ValueError(f"--model is needed: {path} is not a run checkpoint of this package, so it does "
                              "not record which model it holds")
         model_cfg = {"name": full_name, "kwargs": dict(model_options or {})}
         num_classes = checkpoint_num_classes(path)
@@ -141,7 +145,6 @@ def load_predictor(checkpoint: str | os.PathLike | None = None, model_name: str 
         classes = [f"class_{i}" for i in range(num_classes)]
     model = build_model(model_cfg, num_classes, for_training=False)
     load_weights(model, path, use_ema=use_ema)
-    dev = resolve_device(device)
     model.to(dev).eval()
     is_video = model_input_ndim(model) == 5
     fmt = data_cfg.get("format")
@@ -204,8 +207,10 @@ def predict_files(predictor: Predictor, inputs: Sequence[str], topk: int = 5,
         for pos, i in enumerate(todo):
             try:
                 item = dataset[pos]
-            except Exception as e:  # a file the pipeline cannot decode
-                results[i]["error"] = f"cannot read: {e}"
+            except Exception as e:  # a file the pipeline cannot decode: name the user's file, not the list
+                reason = str(e).replace(str(list_file), "the input list").replace(os.path.abspath(inputs[i]),
+                                                                                 inputs[i])
+                results[i]["error"] = f"cannot read {inputs[i]}: {reason}"
                 continue
             x = item["input"].unsqueeze(0).to(predictor.device)
             with torch.no_grad():

@@ -24,7 +24,10 @@ import numpy as np
 
 from .io import report_bad
 
-__all__ = ["CocoIndex", "load_coco", "polygons_to_mask", "annotation_mask", "coco_ground_truth"]
+__all__ = ["CocoIndex", "load_coco", "polygons_to_mask", "annotation_mask", "coco_ground_truth",
+           "instance_results", "evaluate_instances", "INSTANCE_STATS"]
+
+INSTANCE_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 @dataclass
@@ -225,3 +228,46 @@ def coco_ground_truth(index: CocoIndex, keypoints: bool = False):
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
     return gt
+
+
+def instance_results(out: Mapping, image_id, cat_ids, segm_area: str = "box") -> tuple[list, list]:
+    """COCO result entries (bbox, and segm when `out` has bool `masks` N×H×W) of one image's detections
+    (`boxes` x1 y1 x2 y2, `scores`, `labels` 1..K indexing `cat_ids`).
+
+    `segm_area="box"` keeps each mask result's `bbox`, so that pycocotools sizes detections by their box area
+    for APs/m/l, as mmdetection 2.11 evaluated (2.12 dropped the bbox to size them by mask area: "mask").
+    The overall AP does not depend on it."""
+    from pycocotools import mask as mask_utils
+
+    if segm_area not in ("box", "mask"):
+        raise ValueError(f"segm_area={segm_area!r}: expected 'box' (mmdet 2.11) or 'mask'")
+    boxes, segms = [], []
+    for j in range(len(out["boxes"])):
+        x1, y1, x2, y2 = (float(v) for v in out["boxes"][j])
+        common = {"image_id": image_id, "category_id": int(cat_ids[int(out["labels"][j]) - 1]),
+                  "score": float(out["scores"][j])}
+        boxes.append({**common, "bbox": [x1, y1, x2 - x1, y2 - y1]})
+        if "masks" in out:
+            rle = mask_utils.encode(np.asfortranarray(np.asarray(out["masks"][j]).astype(np.uint8)))
+            rle["counts"] = rle["counts"].decode("ascii")
+            segm = {**common, "segmentation": rle}
+            if segm_area == "box":
+                segm["bbox"] = boxes[-1]["bbox"]
+            segms.append(segm)
+    return boxes, segms
+
+
+def evaluate_instances(gt, results: list[dict], iou_type: str, image_ids) -> dict:
+    """pycocotools COCOeval of `results` ("bbox" or "segm") on `image_ids`: `{iou_type}_AP` ... `_APl`."""
+    from pycocotools.cocoeval import COCOeval
+
+    if not results:
+        return {f"{iou_type}_{n}": 0.0 for n in INSTANCE_STATS}
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(results)
+        ev = COCOeval(gt, dt, iou_type)
+        ev.params.imgIds = sorted(image_ids)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {f"{iou_type}_{n}": float(v) for n, v in zip(INSTANCE_STATS, ev.stats[:6])}

@@ -8,16 +8,28 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["BadSample", "read_image", "read_label_map", "list_images", "readable_images", "IMAGE_SUFFIXES",
-           "report_bad"]
+__all__ = ["resolve_path", "BadSample", "read_image", "read_label_map", "list_images", "readable_images",
+           "IMAGE_SUFFIXES", "report_bad"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def resolve_path(cfg: Mapping, path: str | os.PathLike | None) -> Path | None:
+    """`path` relative to `data.root` (absolute and `~` paths are kept); `data.root` itself is relative to the
+    working directory, as in the original toolboxes."""
+    if path is None:
+        return None
+    p = Path(os.path.expandvars(os.path.expanduser(str(path))))
+    root = cfg.get("data", {}).get("root")
+    if p.is_absolute() or root is None:
+        return p
+    return Path(os.path.expandvars(os.path.expanduser(str(root)))) / p
 
 
 class BadSample(RuntimeError):

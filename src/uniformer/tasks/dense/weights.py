@@ -9,7 +9,6 @@ checkpoint fills the backbone only and leaves the heads as initialised.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -17,8 +16,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-
-from .engine import load_dense_checkpoint
 
 __all__ = ["load_task_weights"]
 
@@ -32,28 +29,36 @@ def _listing(keys, n: int = 5) -> str:
 
 def load_task_weights(model: nn.Module, path: str | os.PathLike, *, task: str,
                       convert: Callable[[dict, nn.Module], dict] | None = None, skip_mismatched: bool = False,
-                      backbone: nn.Module | None = None, backbone_prefix: str = "backbone.") -> dict:
-    """Load `path` into `model`. Returns what was loaded:
-    `{"format": "uniformer-dense" | "original" | "backbone-only", "meta": ..., "skipped": [...]}`.
+                      backbone: nn.Module | None = None, backbone_prefix: str = "backbone.",
+                      use_ema: bool = False) -> dict:
+    """Load `path` into `model` (`use_ema`: a run checkpoint's EMA weights). Returns what was loaded:
+    `{"format": "run" | "original" | "backbone-only", "meta": ..., "skipped": [...]}`.
 
     `backbone` is the UniFormer inside `model` (default `model.backbone`), whose parameters are named
     `backbone_prefix` + its own names in `model.state_dict()`.
     `skip_mismatched` leaves head tensors of another shape (e.g. a classifier for another number of
     classes) at their initial values instead of raising, for fine-tuning on a new label set.
     """
+    from uniformer.engine.checkpoint import read_checkpoint as read_run_checkpoint
     from uniformer.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 
     path = Path(path)
-    own = load_dense_checkpoint(path)
+    own = read_run_checkpoint(path)
     if own is not None:
         if own.get("task") != task:
-            raise CheckpointError(f"{path}: a {own.get('task')} checkpoint cannot be loaded into a {task} model")
-        result = model.load_state_dict(own["model"], strict=False)
+            raise CheckpointError(f"{path}: this is a {own.get('task')} checkpoint; it cannot be loaded into a "
+                                  f"{task} model")
+        state = own["model"]
+        if use_ema:
+            if not own.get("ema"):
+                raise CheckpointError(f"{path}: asked for EMA weights, but the run kept no EMA (ema.enabled was false)")
+            state = own["ema"]["module"]
+        result = model.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise CheckpointError(f"{path} does not fit this {task} model: missing "
                                   f"{_listing(result.missing_keys)}, unexpected {_listing(result.unexpected_keys)}; "
                                   "was it trained with another recipe (model section)?")
-        return {"format": "uniformer-dense", "meta": own.get("meta", {}), "skipped": []}
+        return {"format": "run", "meta": own.get("meta", {}), "skipped": []}
 
     obj, _ = read_checkpoint(path)
     sd = obj
@@ -98,35 +103,3 @@ def load_task_weights(model: nn.Module, path: str | os.PathLike, *, task: str,
         raise CheckpointError("\n".join(lines))
     model.load_state_dict(converted, strict=False)
     return {"format": "original", "meta": meta, "skipped": skipped}
-
-
-def model_and_recipe(cfg_or_model, checkpoint: str | os.PathLike | None, *, task: str,
-                     resolve: Callable[[object], dict], build: Callable[[dict], nn.Module]) -> tuple[nn.Module, dict]:
-    """(model in eval mode, its recipe) for evaluation and prediction.
-
-    `cfg_or_model` is a model carrying its recipe as `dense_cfg`, a recipe (path or mapping), or None to use
-    the recipe recorded in one of this package's checkpoints. `checkpoint` weights (any supported layout)
-    are loaded into the model.
-    """
-    if isinstance(cfg_or_model, nn.Module):
-        cfg = getattr(cfg_or_model, "dense_cfg", None)
-        if cfg is None:
-            raise ValueError("a model passed directly needs its recipe as `model.dense_cfg`")
-        model = cfg_or_model
-    else:
-        if cfg_or_model is None:
-            if checkpoint is None:
-                raise ValueError("give a recipe, a model or a checkpoint")
-            own = load_dense_checkpoint(checkpoint)
-            if own is None:
-                raise ValueError(f"{checkpoint}: not a checkpoint of this package, so it carries no recipe; "
-                                 "give the recipe too")
-            cfg_or_model = own["config"]
-        cfg = copy.deepcopy(resolve(cfg_or_model))
-        cfg["model"]["checkpoint"] = None  # the weights come from `checkpoint`
-        cfg["model"]["backbone"]["pretrained"] = None
-        model = build(cfg)
-        model.dense_cfg = cfg
-    if checkpoint:
-        load_task_weights(model, checkpoint, task=task)
-    return model.eval(), cfg

@@ -1,34 +1,61 @@
-"""COCO instance data for Mask R-CNN: images as [0, 1] tensors with boxes, labels and masks.
+"""COCO instance data for Mask R-CNN, resized as the original mmdet pipeline does.
 
-Resizing happens inside the torchvision model (short side from `data.train_scales`, long side at
-most `data.max_size`), so the dataset only flips and, for the 3×+MS recipe, applies the DETR-style
-crop policy of the original config: with probability 0.5 the image is first resized to a short
-side of 400/500/600 and a random 384..600 crop is cut (expressed here as an equivalent crop in the
-original image), before the model's multi-scale resize. Crowd annotations and training images
-without any usable annotation are left out (as mmdet's `filter_empty_gt`); every unusable entry is
-reported by `uniformer.tasks.dense.coco.load_coco`.
+`resize_keep_ratio` is mmcv's `imrescale`: the scale factor min(long / long side, short / short side), the
+new size rounded (int(side · s + 0.5)), the uint8 image resized with OpenCV bilinear; boxes then scale by
+(new width / width, new height / height) and masks are resized nearest. Training samples are flipped,
+optionally cropped (the 3×+MS recipe's DETR-style policy: with probability 0.5 the image is first resized
+to a short side of 400/500/600 and a random 384..600 crop is cut, expressed here as an equivalent crop in
+the original image) and resized to a short side drawn from `data.train_scales` (long side at most
+`data.max_size`), and come out as float 0..255 tensors. Evaluation samples are the original uint8 images;
+`model.detect` resizes them to `data.test_scale`. Crowd annotations and training images without any
+usable annotation are left out (as mmdet's `filter_empty_gt`); every unusable entry is reported by
+`uniformer.tasks.dense.coco.load_coco`.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from ..dense.coco import annotation_mask, load_coco
-from ..dense.config import resolve_path
-from ..dense.io import BadSample, read_image, report_bad
+from ..dense.io import BadSample, read_image, report_bad, resolve_path
 
-__all__ = ["DetDataset", "det_collate"]
+__all__ = ["DetDataset", "det_collate", "rescale_size", "resize_keep_ratio"]
 
 _logger = logging.getLogger("uniformer.tasks.detection")
 
 
+def rescale_size(height: int, width: int, scale: Sequence[int]) -> tuple[int, int]:
+    """mmcv's `rescale_size`: (new height, new width) fitting `scale` (either order of short and long side)
+    with the aspect ratio kept, each side rounded half up."""
+    factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
+    return int(height * float(factor) + 0.5), int(width * float(factor) + 0.5)
+
+
+def resize_keep_ratio(image: np.ndarray, scale: Sequence[int],
+                      interpolation: str = "bilinear") -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """mmcv's `imrescale` with OpenCV: the H×W(×C) uint8 `image` resized to fit `scale`, and the scale factor
+    (w, h, w, h) = (new width / width, new height / height, ...) as float32 values."""
+    import cv2
+
+    h, w = image.shape[:2]
+    new_h, new_w = rescale_size(h, w, scale)
+    flag = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}[interpolation]
+    resized = cv2.resize(np.ascontiguousarray(image), (new_w, new_h), interpolation=flag)
+    if resized.ndim < image.ndim:  # OpenCV drops a trailing channel axis of one
+        resized = resized[..., None]
+    factor = np.array([new_w / w, new_h / h, new_w / w, new_h / h], np.float32)
+    return resized, tuple(float(f) for f in factor)
+
+
 class DetDataset(Dataset):
-    """One split of a COCO instances file. A sample is `(image 3×H×W float in [0, 1], target)` with target
-    `{"boxes" N×4 xyxy, "labels" N (1..K), "masks" N×H×W uint8 (with masks), "image_id"}`; None if unreadable."""
+    """One split of a COCO instances file. A training sample is `(image 3×h×w float 0..255, target)`, resized
+    to a training scale, with target `{"boxes" N×4 xyxy, "labels" N (1..K), "masks" N×h×w uint8 (with masks),
+    "image_id"}` in resized pixels; an evaluation sample is `(image H×W×3 uint8, target)` at the original
+    size. None if unreadable."""
 
     def __init__(self, cfg: Mapping, split: str = "train", train: bool | None = None):
         d = cfg["data"]
@@ -80,12 +107,30 @@ class DetDataset(Dataset):
                 boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], 1)
             if self.data["crop_policy"] == "detr" and rng.random() < 0.5:
                 image, boxes, labels, masks = self._detr_crop(image, boxes, labels, masks, rng)
-        img = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255.0
+            short = int(rng.choice([int(v) for v in self.data["train_scales"]]))
+            image, boxes, masks = self._resize(image, boxes, masks, (short, int(self.data["max_size"])))
+            img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+        else:
+            img = np.ascontiguousarray(image)
         target = {"boxes": torch.from_numpy(np.ascontiguousarray(boxes)).float().reshape(-1, 4),
                   "labels": torch.from_numpy(labels), "image_id": iid}
         if self.with_masks:
             target["masks"] = torch.from_numpy(np.ascontiguousarray(masks))
         return img, target
+
+    @staticmethod
+    def _resize(image: np.ndarray, boxes: np.ndarray, masks: np.ndarray, scale: Sequence[int]):
+        """mmdet's `Resize(keep_ratio=True)`: image bilinear, boxes by the scale factor (clipped), masks nearest."""
+        image, factor = resize_keep_ratio(image, scale)
+        h, w = image.shape[:2]
+        boxes = boxes * np.array(factor, np.float32)
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
+        if len(masks):
+            masks = np.stack([resize_keep_ratio(m, scale, "nearest")[0][..., 0] for m in masks[..., None]])
+        else:
+            masks = np.zeros((0, h, w), np.uint8)
+        return image, boxes, masks
 
     def _detr_crop(self, image, boxes, labels, masks, rng: np.random.Generator):
         """Resize-to-(400|500|600) then crop 384..600 (absolute range), expressed in original pixels."""

@@ -16,19 +16,13 @@ import torch
 from torch.utils.data import Dataset
 
 from ..dense.coco import load_coco
-from ..dense.config import resolve_path
-from ..dense.io import BadSample, read_image, report_bad
+from ..dense.io import BadSample, read_image, report_bad, resolve_path
 from ..dense.synthetic import COCO_FLIP_PAIRS
-from .decoding import affine_matrix, apply_affine, box_to_center_scale, gaussian_targets, warp
+from .decoding import affine_matrix, apply_affine, box_to_center_scale, gaussian_targets, normalize_crop, warp
 
 __all__ = ["PoseDataset", "pose_collate"]
 
 _logger = logging.getLogger("uniformer.tasks.pose")
-
-
-def _to_tensor(img: np.ndarray, mean, std) -> torch.Tensor:
-    x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255.0
-    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
 class PoseDataset(Dataset):
@@ -62,14 +56,20 @@ class PoseDataset(Dataset):
             raise ValueError(f"{self.ann_file}: no usable person boxes for data.{split}")
 
     def _from_ground_truth(self) -> list[dict]:
+        """One sample per annotated person with a labelled joint, its box cleaned as mmpose does (clipped to
+        the image, width and height less one pixel)."""
         out = []
         for iid, anns in self.index.annotations.items():
             im = self.index.images[iid]
             for ann in anns:
                 kp = np.asarray(ann["keypoints"], np.float64).reshape(-1, 3)
-                if self.train and kp[:, 2].max() <= 0:
-                    continue  # no labelled joint: nothing to learn from (as mmpose)
-                x1, y1, x2, y2 = ann["box"]
+                if kp[:, 2].max() <= 0:
+                    continue  # no labelled joint (as mmpose, for training and testing)
+                x, y, w, h = (float(v) for v in ann["bbox"])
+                x1, y1 = max(0.0, x), max(0.0, y)
+                x2, y2 = min(im["width"] - 1.0, x1 + max(0.0, w - 1)), min(im["height"] - 1.0, y1 + max(0.0, h - 1))
+                if x2 <= x1 or y2 <= y1:
+                    continue
                 center, scale = box_to_center_scale((x1, y1, x2 - x1, y2 - y1), self.aspect, self.data["bbox_padding"])
                 out.append({"image_id": iid, "file": im["file"], "center": center, "scale": scale,
                             "joints": kp[:, :2], "visible": (kp[:, 2] > 0).astype(np.float32), "score": 1.0,
@@ -139,10 +139,10 @@ class PoseDataset(Dataset):
             if rng.random() <= float(d["rot_prob"]):
                 rotation = float(np.clip(rng.normal() * rf, -2 * rf, 2 * rf))
         crop = warp(np.ascontiguousarray(image), center, scale, rotation, self.input_size)
-        img = _to_tensor(crop, d["mean"], d["std"])
+        img = normalize_crop(crop, d["mean"], d["std"])
         if not self.train:
-            return {"img": img, "center": center, "scale": scale, "score": s["score"], "image_id": s["image_id"],
-                    "area": float(scale[0] * scale[1]), "index": index}
+            return {"img": img, "center": center, "scale": scale, "score": np.float32(s["score"]),
+                    "image_id": s["image_id"], "area": scale[0] * scale[1], "index": index}
         m = affine_matrix(center, scale, rotation, self.input_size)
         pts = apply_affine(joints, m)
         stride = self.input_size[0] / self.heatmap_size[0]

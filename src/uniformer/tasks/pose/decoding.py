@@ -1,58 +1,71 @@
-"""Top-down pose geometry: person boxes to crops, affine warps, Gaussian heatmap targets, decoding.
+"""Top-down pose geometry and the test pipeline: person boxes to crops, affine warps, Gaussian heatmap
+targets, flip test, decoding, rescoring and OKS-NMS.
 
-Conventions (as mmpose's TopDown pipeline): a person is a `center` (x, y) and a `scale` (w, h) in
-pixels, the box padded by 1.25 and widened or heightened to the input's aspect ratio. The crop is
-an affine warp that maps the scaled box, rotated by `rotation` degrees, onto the input; heatmaps
-are a quarter of the input. Decoding takes each heatmap's argmax shifted a quarter pixel towards
-the higher neighbour ("default"), or refines it with DARK's Taylor expansion ("unbiased"), and maps
-it back through the box.
+Every step follows mmpose 0.16's TopDown pipeline (the code of the paper's results), to the float:
+a person is a `center` (x, y) and a `scale` (w, h) in pixels, the box padded by 1.25 and widened or
+heightened to the input's aspect ratio, both float32 as mmpose stores them (its scale in units of
+200 px; computing through that unit gives its values bit for bit). The crop is OpenCV's bilinear
+affine warp (`cv2.warpAffine`, zero outside the image) by mmpose's three-point transform. Decoding
+takes each heatmap's first maximum, placed at (-1, -1) when it is not positive, and shifts it a
+quarter pixel towards the higher neighbour when it lies inside the border ("default"), or refines it
+with DARK's Taylor expansion on the zero-padded Gaussian-blurred log-heatmap ("unbiased"), then maps
+it back through the box. Evaluation rescoring and OKS-NMS are those of mmpose's COCO evaluation.
 """
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
+from torch import nn
 
-__all__ = ["box_to_center_scale", "affine_matrix", "warp", "apply_affine", "gaussian_targets", "decode_heatmaps",
-           "flip_back", "oks_nms", "COCO_SIGMAS"]
+__all__ = ["box_to_center_scale", "affine_matrix", "warp", "apply_affine", "normalize_crop", "person_crops",
+           "gaussian_targets", "topdown_heatmaps", "decode_heatmaps", "flip_back", "rescore", "oks_nms",
+           "rescore_and_nms", "estimate_poses", "COCO_SIGMAS"]
 
 # COCO's per-keypoint OKS constants (a tuple: module constants stay immutable).
 COCO_SIGMAS = (.026, .025, .025, .035, .035, .079, .079, .072, .072, .062, .062, .107, .107, .087, .087, .089, .089)
+PIXEL_STD = 200.0  # mmpose's unit of scale
 
 
 def box_to_center_scale(box: Sequence[float], aspect: float, padding: float = 1.25) -> tuple[np.ndarray, np.ndarray]:
-    """(x, y, w, h) box → center and (w, h) scale of aspect `aspect` = width / height, padded."""
+    """(x, y, w, h) box → float32 center and (w, h) scale in pixels of aspect `aspect` = width / height, padded
+    (mmpose's `_xywh2cs`)."""
     x, y, w, h = (float(v) for v in box)
-    center = np.array([x + 0.5 * w, y + 0.5 * h], np.float64)
+    center = np.array([x + w * 0.5, y + h * 0.5], np.float32)
     if w > aspect * h:
         h = w / aspect
-    else:
+    elif w < aspect * h:
         w = h * aspect
-    return center, np.array([w, h], np.float64) * padding
+    scale = np.array([w / PIXEL_STD, h / PIXEL_STD], np.float32) * padding
+    return center, scale * np.float32(PIXEL_STD)
+
+
+def _third_point(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d = a - b
+    return b + np.array([-d[1], d[0]], np.float32)
 
 
 def affine_matrix(center: np.ndarray, scale: np.ndarray, rotation: float, out_size: Sequence[int],
                   inverse: bool = False) -> np.ndarray:
-    """2×3 matrix taking image pixels to output pixels (`inverse`: output to image).
-
-    `out_size` is (width, height); the box width `scale[0]` maps onto the output width, the box is
-    rotated by `rotation` degrees (counter-clockwise in the image) about its center."""
-    out_w, out_h = out_size
-    s = out_w / scale[0]
-    a = math.radians(rotation)
-    cos, sin = math.cos(a), math.sin(a)
-    # x_out = s * R(a) (x - c) + out_center, with R rotating image content clockwise by `a` in the output
-    r = np.array([[cos, -sin], [sin, cos]]) * s
-    t = np.array([out_w * 0.5, out_h * 0.5]) - r @ center
-    m = np.concatenate([r, t[:, None]], 1)
-    if inverse:
-        r_inv = np.linalg.inv(r)
-        m = np.concatenate([r_inv, (-r_inv @ t)[:, None]], 1)
-    return m
+    """2×3 matrix taking image pixels to output pixels (`inverse`: output to image), mmpose's
+    `get_affine_transform`: the box center goes to the output center, the point half a box width above
+    it (rotated by `rotation` degrees) to the top-middle of the output, as three float32 point pairs."""
+    out_w, out_h = (float(v) for v in out_size)
+    center = np.asarray(center, np.float32)
+    half = np.asarray(scale, np.float32)[0] * -0.5
+    a = np.pi * rotation / 180
+    src_dir = np.array([0.0 * np.cos(a) - half * np.sin(a), 0.0 * np.sin(a) + half * np.cos(a)])
+    src = np.zeros((3, 2), np.float32)
+    src[0] = center
+    src[1] = center + src_dir
+    src[2] = _third_point(src[0], src[1])
+    dst = np.zeros((3, 2), np.float32)
+    dst[0] = [out_w * 0.5, out_h * 0.5]
+    dst[1] = np.array([out_w * 0.5, out_h * 0.5]) + np.array([0.0, out_w * -0.5])
+    dst[2] = _third_point(dst[0], dst[1])
+    return cv2.getAffineTransform(dst, src) if inverse else cv2.getAffineTransform(src, dst)
 
 
 def apply_affine(points: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -62,14 +75,34 @@ def apply_affine(points: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 def warp(image: np.ndarray, center: np.ndarray, scale: np.ndarray, rotation: float,
          out_size: Sequence[int]) -> np.ndarray:
-    """The affine crop (bilinear, zero outside the image) of an RGB uint8 image; out_size = (width, height)."""
-    inv = affine_matrix(center, scale, rotation, out_size, inverse=True)
-    # PIL maps output pixel centres (x + 0.5) through the coefficients; pixel coordinates here are integer-centred.
-    a, b, c = inv[0]
-    d, e, f = inv[1]
-    coeffs = (a, b, c - 0.5 * (a + b) + 0.5, d, e, f - 0.5 * (d + e) + 0.5)
-    img = Image.fromarray(image).transform(tuple(out_size), Image.AFFINE, coeffs, resample=Image.BILINEAR)
-    return np.asarray(img)
+    """The affine crop of an RGB uint8 image (OpenCV bilinear, zero outside the image); out_size = (width, height)."""
+    m = affine_matrix(center, scale, rotation, out_size)
+    return cv2.warpAffine(np.ascontiguousarray(image), m, (int(out_size[0]), int(out_size[1])), flags=cv2.INTER_LINEAR)
+
+
+def normalize_crop(crop: np.ndarray, mean, std) -> torch.Tensor:
+    """uint8 H×W×3 crop → 3×H×W float tensor in [0, 1], minus `mean`, over `std` (torchvision's order)."""
+    x = torch.from_numpy(np.array(crop)).permute(2, 0, 1).float() / 255.0
+    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+def person_crops(image: np.ndarray, boxes: Sequence[Sequence[float]], data_cfg: Mapping) -> dict:
+    """The network input of one image's people: `boxes` are (x, y, w, h) or (x, y, w, h, score).
+
+    Returns `{"img": N×3×H×W, "center": N×2, "scale": N×2 (pixels), "score": N, "area": N}` (float32 arrays;
+    `area` is the padded box's, as mmpose's OKS-NMS uses)."""
+    input_size = tuple(int(v) for v in data_cfg["input_size"])
+    aspect = input_size[0] / input_size[1]
+    crops, centers, scales = [], [], []
+    for box in boxes:
+        c, s = box_to_center_scale(box[:4], aspect, float(data_cfg["bbox_padding"]))
+        crops.append(normalize_crop(warp(image, c, s, 0.0, input_size), data_cfg["mean"], data_cfg["std"]))
+        centers.append(c)
+        scales.append(s)
+    scales = np.stack(scales)
+    return {"img": torch.stack(crops), "center": np.stack(centers), "scale": scales,
+            "score": np.array([float(b[4]) if len(b) > 4 else 1.0 for b in boxes], np.float32),
+            "area": scales[:, 0] * scales[:, 1]}
 
 
 def gaussian_targets(joints: np.ndarray, visible: np.ndarray, heatmap_size: Sequence[int], stride: float,
@@ -86,7 +119,7 @@ def gaussian_targets(joints: np.ndarray, visible: np.ndarray, heatmap_size: Sequ
         if weight[j] == 0:
             continue
         mx, my = int(joints[j, 0] / stride + 0.5), int(joints[j, 1] / stride + 0.5)
-        if mx - radius >= w or my - radius >= h or mx + radius + 1 <= 0 or my + radius + 1 <= 0:
+        if mx - radius >= w or my - radius >= h or mx + radius + 1 < 0 or my + radius + 1 < 0:
             weight[j] = 0
             continue
         g = np.exp(-((xs - mx) ** 2 + (ys - my) ** 2) / (2 * sigma**2))
@@ -106,87 +139,152 @@ def flip_back(heatmaps: torch.Tensor, flip_pairs: Sequence[Sequence[int]], shift
     return out
 
 
-def _gaussian_blur(hm: torch.Tensor, kernel: int) -> torch.Tensor:
-    sigma = 0.3 * ((kernel - 1) * 0.5 - 1) + 0.8  # OpenCV's sigma for a kernel size
-    x = torch.arange(kernel, dtype=hm.dtype) - (kernel - 1) / 2
-    g = torch.exp(-x**2 / (2 * sigma**2))
-    g = g / g.sum()
-    n, k, h, w = hm.shape
-    flat = hm.reshape(n * k, 1, h, w)
-    pad = kernel // 2
-    flat = F.conv2d(F.pad(flat, (pad, pad, 0, 0), mode="reflect"), g.view(1, 1, 1, -1))
-    flat = F.conv2d(F.pad(flat, (0, 0, pad, pad), mode="reflect"), g.view(1, 1, -1, 1))
-    out = flat.reshape(n, k, h, w)
-    peak = hm.amax((2, 3), keepdim=True)
-    return out * peak / out.amax((2, 3), keepdim=True).clamp_min(1e-12)
+def _gaussian_blur(heatmaps: np.ndarray, kernel: int) -> np.ndarray:
+    """DARK's modulation: each map blurred (OpenCV's Gaussian of size `kernel`) with zeros beyond its border,
+    then rescaled to its original maximum."""
+    border = (kernel - 1) // 2
+    out = np.empty_like(heatmaps)
+    for idx in np.ndindex(heatmaps.shape[:2]):
+        hm = heatmaps[idx]
+        padded = np.pad(hm, border)
+        blurred = cv2.GaussianBlur(padded, (kernel, kernel), 0)[border:-border, border:-border]
+        with np.errstate(divide="ignore", invalid="ignore"):  # an all-zero map: NaN, as mmpose (never used)
+            out[idx] = blurred * (hm.max() / blurred.max())
+    return out
 
 
-def decode_heatmaps(heatmaps: torch.Tensor, centers: np.ndarray, scales: np.ndarray, method: str = "default",
-                    kernel: int = 11) -> tuple[np.ndarray, np.ndarray]:
-    """N×K×H×W heatmaps → N×K×2 image coordinates and N×K peak values."""
-    hm = heatmaps.detach().float().cpu()
+def _taylor_offsets(logs: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
+    """DARK's Newton step −H⁻¹∇ of the log-heatmaps at integer peaks (N×K×2; zero where the peak is within two
+    pixels of the border or the Hessian is singular)."""
+    n, k, h, w = logs.shape
+    inside = (px > 1) & (px < w - 2) & (py > 1) & (py < h - 2)
+    x, y = np.where(inside, px, 2), np.where(inside, py, 2)
+    nn_, kk = np.meshgrid(np.arange(n), np.arange(k), indexing="ij")
+
+    def at(dy: int, dx: int) -> np.ndarray:
+        return logs[nn_, kk, y + dy, x + dx]
+
+    c = at(0, 0)
+    dx = 0.5 * (at(0, 1) - at(0, -1))
+    dy = 0.5 * (at(1, 0) - at(-1, 0))
+    dxx = 0.25 * (at(0, 2) - 2 * c + at(0, -2))
+    dxy = 0.25 * (at(1, 1) - at(-1, 1) - at(1, -1) + at(-1, -1))
+    dyy = 0.25 * (at(2, 0) - 2 * c + at(-2, 0))
+    solvable = inside & (dxx * dyy - dxy**2 != 0)
+    hessian = np.stack([np.stack([dxx, dxy], -1), np.stack([dxy, dyy], -1)], -2)
+    hessian[~solvable] = np.eye(2, dtype=hessian.dtype)
+    offsets = -(np.linalg.inv(hessian) @ np.stack([dx, dy], -1)[..., None])[..., 0]
+    return np.where(solvable[..., None], offsets, 0).astype(logs.dtype)
+
+
+def decode_heatmaps(heatmaps: torch.Tensor | np.ndarray, centers: np.ndarray, scales: np.ndarray,
+                    method: str = "default", kernel: int = 11) -> tuple[np.ndarray, np.ndarray]:
+    """N×K×H×W heatmaps → N×K×2 image coordinates and N×K peak values (float32, mmpose's `keypoints_from_heatmaps`).
+
+    `centers` and `scales` (pixels) are the people's boxes; a joint whose map has no positive value is
+    placed at heatmap position (-1, -1) before the transform back, as mmpose does."""
+    hm = heatmaps.detach().float().cpu().numpy() if isinstance(heatmaps, torch.Tensor) else np.asarray(heatmaps)
+    hm = hm.astype(np.float32, copy=False)
     n, k, h, w = hm.shape
     flat = hm.reshape(n, k, -1)
-    maxvals, idx = flat.max(-1)
-    coords = torch.stack([(idx % w).float(), (idx // w).float()], -1)
-    px, py = (idx % w), (idx // w)
+    idx = flat.argmax(-1)
+    maxvals = np.take_along_axis(flat, idx[..., None], -1)[..., 0]
+    px, py = idx % w, idx // w
+    coords = np.stack([px, py], -1).astype(np.float32)
+    coords = np.where(maxvals[..., None] > 0, coords, np.float32(-1))
+    px, py = coords[..., 0].astype(np.int64), coords[..., 1].astype(np.int64)
     if method == "default":
-        inner = (px > 0) & (px < w - 1) & (py > 0) & (py < h - 1)
-        pxc, pyc = px.clamp(1, w - 2), py.clamp(1, h - 2)
-
-        def at(yy, xx):
-            return hm.reshape(n * k, h, w)[torch.arange(n * k), yy.reshape(-1), xx.reshape(-1)].reshape(n, k)
-
-        dx = at(pyc, pxc + 1) - at(pyc, pxc - 1)
-        dy = at(pyc + 1, pxc) - at(pyc - 1, pxc)
-        coords += torch.stack([dx.sign(), dy.sign()], -1) * 0.25 * inner[..., None]
-    elif method == "unbiased":  # DARK: Taylor expansion of the log of the blurred heatmap
-        logs = _gaussian_blur(hm, kernel).clamp_min(1e-10).log()
-        inner = (px > 1) & (px < w - 2) & (py > 1) & (py < h - 2)
-        pxc, pyc = px.clamp(2, w - 3), py.clamp(2, h - 3)
-
-        def at(yy, xx):
-            return logs.reshape(n * k, h, w)[torch.arange(n * k), yy.reshape(-1), xx.reshape(-1)].reshape(n, k)
-
-        c = at(pyc, pxc)
-        dx = 0.5 * (at(pyc, pxc + 1) - at(pyc, pxc - 1))
-        dy = 0.5 * (at(pyc + 1, pxc) - at(pyc - 1, pxc))
-        dxx = 0.25 * (at(pyc, pxc + 2) - 2 * c + at(pyc, pxc - 2))
-        dyy = 0.25 * (at(pyc + 2, pxc) - 2 * c + at(pyc - 2, pxc))
-        dxy = 0.25 * (at(pyc + 1, pxc + 1) - at(pyc - 1, pxc + 1) - at(pyc + 1, pxc - 1) + at(pyc - 1, pxc - 1))
-        det = dxx * dyy - dxy**2
-        ok = inner & (det.abs() > 1e-12)
-        safe = torch.where(ok, det, torch.ones_like(det))
-        ox = -(dyy * dx - dxy * dy) / safe
-        oy = -(-dxy * dx + dxx * dy) / safe
-        coords += torch.stack([ox, oy], -1) * ok[..., None]
+        inside = (px > 1) & (px < w - 1) & (py > 1) & (py < h - 1)
+        x, y = np.where(inside, px, 1), np.where(inside, py, 1)
+        nn_, kk = np.meshgrid(np.arange(n), np.arange(k), indexing="ij")
+        diff = np.stack([hm[nn_, kk, y, x + 1] - hm[nn_, kk, y, x - 1], hm[nn_, kk, y + 1, x] - hm[nn_, kk, y - 1, x]],
+                        -1)
+        coords = coords + np.where(inside[..., None], np.sign(diff) * np.float32(0.25), np.float32(0))
+    elif method == "unbiased":
+        logs = np.log(np.maximum(_gaussian_blur(hm, kernel), np.float32(1e-10)))
+        coords = coords + _taylor_offsets(logs, px, py)
     else:
         raise ValueError(f"post_process={method!r}: expected 'default' or 'unbiased'")
-    coords = coords.numpy().astype(np.float64)
-    # heatmap → image through the (unrotated) box: scale / heatmap width pixels per heatmap pixel
-    out = coords * (scales[:, None, :] / np.array([w, h])) + centers[:, None, :] - scales[:, None, :] * 0.5
-    return out, maxvals.numpy()
+    # heatmap → image through the (unrotated) box, in float32 as mmpose's transform_preds
+    centers = np.asarray(centers, np.float32)[:, None, :]
+    scales = np.asarray(scales, np.float32)[:, None, :]
+    out = coords * (scales / np.array([w, h], np.float32)) + centers - scales * np.float32(0.5)
+    return out.astype(np.float32), maxvals
 
 
-def oks_nms(people: list[dict], threshold: float, sigmas: np.ndarray, vis_threshold: float = 0.2) -> list[int]:
-    """Indices of the people kept by greedy non-maximum suppression on object keypoint similarity."""
+@torch.no_grad()
+def topdown_heatmaps(model: nn.Module, img: torch.Tensor, flip_pairs: Sequence[Sequence[int]], flip: bool = True,
+                     shift: bool = True) -> np.ndarray:
+    """N×K×h×w float32 heatmaps of a batch of crops; `flip` averages them with those of the mirrored crops,
+    flipped back (`shift`: moved one pixel right, mmpose's `shift_heatmap`)."""
+    model.eval()
+    img = img.to(next(model.parameters()).device)
+    heat = model(img).float().cpu()
+    if flip:
+        heat = (heat + flip_back(model(img.flip(-1)).float().cpu(), flip_pairs, shift)) * 0.5
+    return heat.numpy()
+
+
+def rescore(keypoints: np.ndarray, box_scores, vis_thr: float) -> np.ndarray:
+    """Person scores of mmpose's COCO evaluation: box score × mean confidence of the joints above `vis_thr`
+    (0 when there is none); float32, summed joint by joint as mmpose does."""
+    conf = np.asarray(keypoints, np.float32)[..., 2]
+    good = conf > vis_thr
+    total = np.cumsum(np.where(good, conf, np.float32(0)), -1, dtype=np.float32)[..., -1]
+    count = good.sum(-1).astype(np.float32)
+    mean = np.where(count > 0, total / np.maximum(count, np.float32(1)), np.float32(0))
+    return (mean * np.asarray(box_scores, np.float32)).astype(np.float32)
+
+
+def oks_nms(people: list[dict], threshold: float, sigmas: Sequence[float]) -> list[int]:
+    """Indices of the people kept by greedy non-maximum suppression on object keypoint similarity, in the
+    order kept (mmpose's `oks_nms` as its COCO evaluation calls it: every joint counts, whatever its confidence).
+
+    Each person is `{"keypoints": K×3, "score", "area"}`."""
     if not people:
         return []
     scores = np.array([p["score"] for p in people])
-    kpts = np.stack([p["keypoints"] for p in people])  # N×K×3
+    kpts = np.stack([np.asarray(p["keypoints"]) for p in people])  # N×K×3
     areas = np.array([p["area"] for p in people])
-    order = scores.argsort()[::-1]
-    variances = (sigmas * 2) ** 2
+    variances = (np.asarray(sigmas, np.float64) * 2) ** 2
+    order = scores.argsort(kind="stable")[::-1]  # ties: the last first, as mmpose's (insertion-sorted) argsort
     keep = []
     while len(order):
         i = order[0]
         keep.append(int(i))
         rest = order[1:]
-        if not len(rest):
-            break
         d = kpts[rest, :, :2] - kpts[i, None, :, :2]
-        e = (d**2).sum(-1) / variances / ((areas[i] + areas[rest])[:, None] / 2 + np.spacing(1)) / 2
-        vis = (kpts[i, None, :, 2] > vis_threshold) & (kpts[rest, :, 2] > vis_threshold)
-        oks = np.where(vis, np.exp(-e), 0).sum(-1) / np.maximum(vis.sum(-1), 1)
+        e = (d[..., 0] ** 2 + d[..., 1] ** 2) / variances / ((areas[i] + areas[rest])[:, None] / 2 + np.spacing(1)) / 2
+        oks = (np.exp(-e).sum(-1) / e.shape[-1]).astype(np.float32)
         order = rest[oks <= threshold]
     return keep
+
+
+def rescore_and_nms(people: list[dict], vis_thr: float, oks_thr: float, sigmas: Sequence[float]) -> list[dict]:
+    """One image's people (`{"keypoints": K×3, "box_score", "area", ...}`) → those OKS-NMS keeps, in the order
+    kept, each with its rescored `"score"` (mmpose's COCO evaluation)."""
+    if not people:
+        return []
+    scores = rescore(np.stack([p["keypoints"] for p in people]), [p["box_score"] for p in people], vis_thr)
+    people = [dict(p, score=score) for p, score in zip(people, scores)]
+    return [people[i] for i in oks_nms(people, oks_thr, sigmas)]
+
+
+def estimate_poses(model: nn.Module, image: np.ndarray, boxes: Sequence[Sequence[float]], data_cfg: Mapping,
+                   test_cfg: Mapping, flip_pairs: Sequence[Sequence[int]], sigmas: Sequence[float]) -> list[dict]:
+    """The whole test pipeline on one RGB uint8 image and its person boxes ((x, y, w, h[, score])):
+    crops → heatmaps (with the flip test) → keypoints → rescoring → OKS-NMS.
+
+    Returns the people kept, in the order kept: `{"index" (of the box), "box", "keypoints": K×3 (x, y,
+    confidence), "box_score", "score", "area", "center", "scale"}`."""
+    if not len(boxes):
+        return []
+    batch = person_crops(image, boxes, data_cfg)
+    heat = topdown_heatmaps(model, batch["img"], flip_pairs, bool(test_cfg["flip"]), bool(test_cfg["shift_heatmap"]))
+    coords, maxvals = decode_heatmaps(heat, batch["center"], batch["scale"], test_cfg["post_process"],
+                                      int(test_cfg["modulate_kernel"]))
+    people = [{"index": i, "box": [float(v) for v in box[:4]],
+               "keypoints": np.concatenate([coords[i], maxvals[i][:, None]], 1), "box_score": batch["score"][i],
+               "area": batch["area"][i], "center": batch["center"][i], "scale": batch["scale"][i]}
+              for i, box in enumerate(boxes)]
+    return rescore_and_nms(people, float(test_cfg["vis_thr"]), float(test_cfg["oks_thr"]), sigmas)

@@ -12,18 +12,19 @@ skipped whenever the sample is drawn.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..dense.config import resolve_path
-from ..dense.io import IMAGE_SUFFIXES, BadSample, read_image, read_label_map, report_bad
+from ..dense.io import IMAGE_SUFFIXES, BadSample, read_image, read_label_map, report_bad, resolve_path
 
-__all__ = ["SegDataset", "read_classes", "resize_keep_ratio", "seg_collate", "photometric_distortion"]
+__all__ = ["SegDataset", "read_classes", "resize_keep_ratio", "rescale_size", "scaled_size", "seg_collate",
+           "photometric_distortion"]
 
 _logger = logging.getLogger("uniformer.tasks.segmentation")
 
@@ -49,15 +50,43 @@ def read_classes(data_cfg: Mapping, cfg: Mapping | None = None) -> list[str]:
 
 
 # --- geometric and photometric transforms (numpy) ----------------------------------------------------
-def resize_keep_ratio(img: np.ndarray, scale, label: np.ndarray | None = None):
-    """Resize so that the long side fits max(scale) and the short side fits min(scale) (mmcv's keep_ratio)."""
-    h, w = img.shape[:2]
-    f = min(max(scale) / max(h, w), min(scale) / min(h, w))
-    nw, nh = max(1, int(w * f + 0.5)), max(1, int(h * f + 0.5))
-    out = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
+def scaled_size(img_scale: Sequence[float], ratio: float) -> tuple[int, int]:
+    """`img_scale` times `ratio`, truncated to integers (as mmseg's multi-scale test and ratio-range resize)."""
+    return int(img_scale[0] * ratio), int(img_scale[1] * ratio)
+
+
+def rescale_size(height: int, width: int, scale: Sequence[float]) -> tuple[int, int]:
+    """(new_height, new_width) of a keep-ratio resize: the long side fits max(scale), the short side
+    min(scale), each side rounded half up (mmcv's `rescale_size`)."""
+    f = min(max(scale) / max(height, width), min(scale) / min(height, width))
+    return max(1, int(height * f + 0.5)), max(1, int(width * f + 0.5))
+
+
+def _cv2_resize(array: np.ndarray, height: int, width: int, nearest: bool = False) -> np.ndarray:
+    if array.shape[:2] == (height, width):
+        return array
+    return cv2.resize(np.ascontiguousarray(array), (width, height),
+                      interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR)
+
+
+def resize_keep_ratio(img: np.ndarray, scale: Sequence[float], label: np.ndarray | None = None,
+                      size_divisor: int | None = None):
+    """Resize so that the long side fits max(scale) and the short side fits min(scale) (mmcv's imrescale:
+    OpenCV bilinear on uint8, nearest for the label map).
+
+    `size_divisor` then resizes the result a second time, each side up to its next multiple of it
+    (the `AlignResize` test transform of the original Semantic FPN pipeline: 512×683 → 512×704).
+    """
+    nh, nw = rescale_size(*img.shape[:2], scale)
+    out = _cv2_resize(img, nh, nw)
+    if size_divisor:
+        ah, aw = (-(-n // int(size_divisor)) * int(size_divisor) for n in (nh, nw))
+        out = _cv2_resize(out, ah, aw)
     if label is None:
         return out
-    lab = np.asarray(Image.fromarray(label.astype(np.int32)).resize((nw, nh), Image.NEAREST))
+    lab = _cv2_resize(label.astype(np.int32), nh, nw, nearest=True)
+    if size_divisor:
+        lab = _cv2_resize(lab, *out.shape[:2], nearest=True)
     return out, lab.astype(np.int64)
 
 
@@ -212,7 +241,7 @@ class SegDataset(Dataset):
         rng = np.random.default_rng(np.random.randint(0, 2**31))
         lo, hi = d["ratio_range"] or (1.0, 1.0)
         ratio = rng.uniform(lo, hi)
-        img, seg = resize_keep_ratio(img, [s * ratio for s in d["img_scale"]], seg)
+        img, seg = resize_keep_ratio(img, scaled_size(d["img_scale"], ratio), seg)
         crop = d["crop_size"]
         img, seg = _random_crop(img, seg, crop, float(d["cat_max_ratio"]), self.ignore_index, rng)
         if rng.random() < float(d["flip_prob"]):

@@ -1,8 +1,10 @@
 """Segmentation inference (whole image or sliding window, optional multi-scale and flip) and its scores.
 
-Inference follows mmseg's test path: the image is resized to the recipe's scale (keeping its
-aspect ratio) times each test ratio, predicted whole or in overlapping crops, resized back to the
-original size, turned into probabilities, un-flipped and averaged. Scores come from a class
+Inference follows mmseg's (0.13) test path step by step: the uint8 image is resized with OpenCV
+to the recipe's scale times each test ratio (keeping its aspect ratio; with `test.size_divisor`,
+then on to multiples of it, as the Semantic FPN pipeline's AlignResize), normalised, predicted
+whole or in overlapping crops, its logits resized back to the original size, turned into
+probabilities, un-flipped and averaged over the views. Scores come from a class
 confusion accumulated over the whole set: IoU and accuracy per class, their means over the classes
 present (NaN, written as null, for a class absent from both labels and predictions), and all-pixel accuracy.
 """
@@ -15,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import normalize, resize_keep_ratio
+from .data import normalize, resize_keep_ratio, scaled_size
 
 __all__ = ["infer_probs", "slide_logits", "SegMetric"]
 
@@ -41,14 +43,18 @@ def slide_logits(model: nn.Module, x: torch.Tensor, crop, stride, num_classes: i
 @torch.no_grad()
 def infer_probs(model: nn.Module, image: np.ndarray, data_cfg: Mapping, test_cfg: Mapping,
                 num_classes: int) -> torch.Tensor:
-    """Class probabilities (C×H×W) of an RGB uint8 image at its original size."""
+    """Class probabilities (C×H×W) of an RGB uint8 image at its original size.
+
+    `test_cfg`: `mode` whole|slide (`crop_size`, `stride`), `scales` (ratios of `data_cfg["img_scale"]`),
+    `flip`, `size_divisor` (None: plain keep-ratio resize)."""
     model.eval()
     h, w = image.shape[:2]
     device = next(model.parameters()).device
     total = torch.zeros(num_classes, h, w, device=device)
     views = 0
     for ratio in test_cfg.get("scales") or (1.0,):
-        resized = resize_keep_ratio(image, [s * ratio for s in data_cfg["img_scale"]])
+        resized = resize_keep_ratio(image, scaled_size(data_cfg["img_scale"], ratio),
+                                    size_divisor=test_cfg.get("size_divisor"))
         x = normalize(resized, data_cfg["mean"], data_cfg["std"]).unsqueeze(0).to(device)
         for flip in (False, True) if test_cfg.get("flip") else (False,):
             xi = x.flip(-1) if flip else x

@@ -138,7 +138,8 @@ class FPNHead(_DecodeHead):
 class Segmentor(nn.Module):
     """Backbone (→ neck) → decode head, with an optional auxiliary head used only for the training loss.
 
-    `forward(img)` returns class logits at the input's resolution.
+    `forward(img)` returns class logits at the input's resolution; `forward(img, seg)` (training) the
+    losses against label maps, so that DistributedDataParallel sees the training pass as a forward call.
     """
 
     def __init__(self, backbone: nn.Module, decode_head: nn.Module, neck: nn.Module | None = None,
@@ -159,7 +160,9 @@ class Segmentor(nn.Module):
         x = self.neck(feats) if hasattr(self, "neck") else feats
         return self.decode_head(x), feats
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
+    def forward(self, img: torch.Tensor, seg: torch.Tensor | None = None):
+        if seg is not None:
+            return self.losses(img, seg)
         logits, _ = self._decode(img)
         return _up(logits, img.shape[2:])
 

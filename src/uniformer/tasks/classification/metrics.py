@@ -6,11 +6,13 @@ is that step. Everything here works on whole-split tensors already gathered from
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
-__all__ = ["average_views", "topk_accuracy", "confusion_matrix", "classification_metrics"]
+__all__ = ["average_views", "topk_accuracy", "confusion_matrix", "classification_metrics", "plot_confusion_matrix"]
 
 
 def average_views(logits: torch.Tensor) -> torch.Tensor:
@@ -65,3 +67,36 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor,
         "confusion": cm,
     }
 
+
+def plot_confusion_matrix(cm: torch.Tensor, class_names: Sequence[str] | None, path: str | os.PathLike,
+                          title: str = "confusion matrix (rows: true class, normalised)") -> Path:
+    """Row-normalised confusion matrix as a PNG; class names on the axes when there are few classes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = cm.double()
+    k = cm.shape[0]
+    norm = cm / cm.sum(1, keepdim=True).clamp_min(1)
+    size = min(4 + 0.4 * k, 20)
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    if k <= 40:
+        names = list(class_names) if class_names else [str(i) for i in range(k)]
+        ax.set_xticks(range(k), names, rotation=90)
+        ax.set_yticks(range(k), names)
+        if k <= 15:
+            for i in range(k):
+                for j in range(k):
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center",
+                            color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

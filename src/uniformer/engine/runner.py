@@ -1,0 +1,504 @@
+"""The one training loop: a `Runner` trains any `Task` (see `uniformer.engine.task`) from its recipe.
+
+The runner owns what every task shares. Per optimiser step: `accum_steps` micro-batches (DDP
+gradient sync on the last only), autocast (bf16, or fp16 with a GradScaler on GPUs), the sum of the
+task's `loss*` entries, a non-finite-loss guard, clipping, AdamW, the per-step schedule and the EMA.
+The run is counted in epochs or iterations (`train.epochs` | `train.iters`); evaluation, checkpoints
+and schedule steps use the same unit. A checkpoint holds everything a killed run needs to continue
+exactly, also in the middle of an epoch (optimiser, schedule, scaler, EMA, every process's RNG
+state; the data order and augmentations are functions of seed, epoch and position). The run folder:
+`train.log`, `metrics.csv` (one row per logged step, rebuilt from the checkpointed history, so a
+resumed run never repeats a step), `metrics.json` (final evaluation), `last.pt`, `best.pt`, periodic
+checkpoints, `curves.png`, `tensorboard/` and the task's pictures.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from uniformer.engine.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    CheckpointManager,
+    capture_rng_state,
+    load_run_checkpoint,
+    restore_rng_state,
+)
+from uniformer.engine.config import ConfigError, dump_config
+from uniformer.engine.distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    broadcast_buffers,
+    cpu_threads,
+    init_distributed,
+    shutdown_distributed,
+)
+from uniformer.engine.ema import ModelEma
+from uniformer.engine.loaders import shard_size, train_loader
+from uniformer.engine.optim import LRSchedule, build_optimizer, scaled_lr
+from uniformer.engine.reporting import TensorBoardLogger, log_to, plot_curves, write_history_csv, write_json
+from uniformer.engine.task import Task
+
+__all__ = ["Runner", "seed_everything", "deterministic_mode", "resolve_amp", "autocast_context", "move_to",
+           "evaluate_model", "evaluate_checkpoint"]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def deterministic_mode(enabled: bool, device: torch.device):
+    """Deterministic kernels (and no cuDNN autotuning) for the duration of a run; restores the previous mode."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    prev_bench, prev_det = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)  # an op without a deterministic kernel warns
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = prev_bench, prev_det
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """"auto" -> bf16 on GPUs that support it, fp16 on older GPUs, none (float32) on CPUs."""
+    if amp == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "none"
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError(f"train.amp = 'fp16' needs a GPU (device is {device}); use 'bf16' or 'none' on CPUs")
+    return amp
+
+
+def autocast_context(device: torch.device, amp: str):
+    """`torch.autocast` for "bf16" / "fp16", nothing for "none"."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def move_to(batch: Any, device: torch.device) -> Any:
+    """Tensors of a (nested) batch on `device`; everything else as is."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: move_to(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(move_to(v, device) for v in batch)
+    return batch
+
+
+@torch.no_grad()
+def evaluate_model(task: Task, model: nn.Module, dataset, d: DistInfo, amp: str = "none") -> dict:
+    """Metrics of `model` on `dataset`: each process predicts its shard, the task merges all shards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with autocast_context(d.device, amp):
+            local = task.evaluate(model, dataset, range(d.rank, len(dataset), d.world_size))
+    finally:
+        model.train(was_training)
+    return task.merge(dataset, all_gather_objects(local))
+
+
+def _scalars(metrics: Mapping, prefix: str) -> dict:
+    return {f"{prefix}{k}": float(v) for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def _higher_is_better(metric: str) -> bool:
+    return "loss" not in metric
+
+
+class Runner:
+    """Train `task` (made from a validated recipe) into `out_dir`.
+
+    Args:
+        resume: None (a fresh run; refused in a folder that already holds a run), "auto" (continue from
+            the newest readable checkpoint in `out_dir`, if any) or a checkpoint path.
+        device: "auto"/None, "cpu", "cuda", "cuda:1", ...
+        show_progress: a progress bar on the main process.
+    """
+
+    def __init__(self, task: Task, out_dir: str | os.PathLike, *, resume: str | None = None,
+                 device: str | None = None, show_progress: bool = True):
+        self.task, self.cfg = task, task.cfg
+        self.out_dir = Path(out_dir)
+        self.resume, self.device_arg, self.show_progress = resume, device, show_progress
+
+    # --- set-up -------------------------------------------------------------------------------------
+    def _setup(self, d: DistInfo, log: logging.Logger) -> None:
+        cfg, t, task = self.cfg, self.cfg["train"], self.task
+        self.dist = d
+        self.amp = resolve_amp(t["amp"], d.device)
+        sets = task.build_datasets(["train", "val"])
+        self.train_set, self.val_set = sets["train"], sets.get("val")
+        seed_everything(cfg["seed"])  # the same initial weights on every process
+        model = task.build_model().to(d.device)
+        if t["sync_bn"] and d.distributed:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model
+        e = cfg["ema"]
+        self.ema = ModelEma(model, e["decay"], e["warmup"]) if e["enabled"] else None
+        self.ddp = DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) \
+            if d.distributed else None
+        seed_everything(cfg["seed"] + d.rank)
+
+        self.batch_size, self.accum = t["batch_size"], t["accum_steps"]
+        self.global_batch = self.batch_size * d.world_size * self.accum
+        per_process = shard_size(len(self.train_set), d.world_size)
+        steps = per_process // self.batch_size // self.accum
+        if t["max_steps_per_epoch"]:
+            steps = min(steps, t["max_steps_per_epoch"])
+        if steps < 1:
+            raise ConfigError(f"the training split has {len(self.train_set)} samples: too few for one step of "
+                              f"{self.batch_size} per process x {d.world_size} process(es) x {self.accum} "
+                              "accumulation steps (lower train.batch_size or train.accum_steps)")
+        self.steps_per_epoch = steps
+        self.by_epoch = t["epochs"] is not None
+        self.unit_steps = steps if self.by_epoch else 1  # optimiser steps per epoch or per iteration
+        self.total_steps = t["epochs"] * steps if self.by_epoch else t["iters"]
+        o, s = cfg["optim"], cfg["sched"]
+        self.peak_lr = scaled_lr(o["lr"], self.global_batch, o["lr_base_batch"])
+        self.optimizer = build_optimizer(model, self.peak_lr, o["weight_decay"], o["betas"], o["eps"],
+                                         o["no_decay_1d"], o["no_decay_keys"])
+        warmup = round(s["warmup_epochs"] * steps) if s["warmup_epochs"] else int(s["warmup_iters"])
+        self.schedule = LRSchedule(self.optimizer, self.peak_lr, self.total_steps, kind=s["name"],
+                                   warmup_steps=warmup, warmup_lr=s["warmup_lr"], warmup_ratio=s["warmup_ratio"],
+                                   min_lr=s["min_lr"], power=s["power"], gamma=s["gamma"],
+                                   milestones=[round(m * self.unit_steps) for m in s["steps"]])
+        self.scaler = torch.amp.GradScaler(d.device.type, enabled=self.amp == "fp16")
+        self.checkpoints = CheckpointManager(self.out_dir, cfg["checkpoint"]["keep_last"],
+                                             "epoch" if self.by_epoch else "iter")
+        self.step = 0
+        self.history: list[dict] = []
+        self.best: dict = {"metric": cfg["checkpoint"]["best_metric"], "value": None, "step": None}
+        self.failures = 0  # unreadable samples replaced on this process since the last checkpoint
+        self.failures_done = 0  # on all processes up to the last checkpoint
+        self.skipped = 0  # micro-batches with too few usable samples, on this process
+        self._running: dict = {}  # loss sums since the last logged step
+        self._samples, self._clock = 0, time.perf_counter()
+
+    # --- checkpoints ---------------------------------------------------------------------------------
+    def _state(self, rng_states: list | None) -> dict:
+        state = {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "task": self.task.name,
+            "config": self.cfg, "meta": self.task.meta,
+            "model": self.model.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
+            "step": self.step, "epoch": self.step / self.steps_per_epoch, "history": self.history,
+            "best": self.best, "world_size": self.dist.world_size, "failures": self.failures_done,
+        }
+        if rng_states is not None:  # resumable
+            state.update(optimizer=self.optimizer.state_dict(), scheduler=self.schedule.state_dict(),
+                         scaler=self.scaler.state_dict(), rng=rng_states)
+        return state
+
+    def _load(self, log: logging.Logger) -> None:
+        if self.resume in (None, ""):
+            existing = self.checkpoints.latest()
+            if existing is not None or (self.out_dir / "metrics.csv").is_file():
+                raise ConfigError(f"{self.out_dir} already holds a run ({(existing or self.out_dir).name}); pass "
+                                  "--resume auto to continue it, or choose another --out")
+            return
+        if self.resume == "auto":
+            found = self.checkpoints.load_latest()
+            if found is None:
+                log.info("--resume auto: no checkpoint in %s, starting from scratch", self.out_dir)
+                return
+            path, ckpt = found
+        else:
+            path = Path(self.resume)
+            ckpt = load_run_checkpoint(path)
+        if ckpt["task"] != self.task.name:
+            raise ConfigError(f"--resume {path}: this is a {ckpt['task']} checkpoint; the recipe is a "
+                              f"{self.task.name} recipe")
+        if ckpt["meta"] != self.task.meta:
+            raise ConfigError(f"--resume {path}: the checkpoint's model or data differ from this recipe's "
+                              f"(checkpoint: {ckpt['meta']}; recipe: {self.task.meta})")
+        missing, unexpected = self.model.load_state_dict(ckpt["model"], strict=False)
+        if missing or unexpected:
+            raise ConfigError(f"--resume {path}: the checkpoint's model differs from this recipe's (missing "
+                              f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+        if self.ema is not None:
+            if ckpt.get("ema"):
+                self.ema.load_state_dict(ckpt["ema"])
+            else:
+                log.warning("%s has no EMA weights; the EMA restarts from the current weights", path)
+                self.ema = ModelEma(self.model, self.ema.decay, self.ema.warmup)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.schedule.load_state_dict(ckpt["scheduler"])
+        if ckpt["scheduler"].get("total_steps") != self.schedule.total_steps:
+            log.warning("the schedule length changed (%s -> %d steps): the run length or batch differ from the "
+                        "checkpoint's", ckpt["scheduler"].get("total_steps"), self.schedule.total_steps)
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.step = int(ckpt["step"])
+        self.history = [row for row in ckpt["history"] if row["step"] <= self.step]
+        self.best = dict(ckpt["best"])
+        self.failures_done = int(ckpt.get("failures", 0))
+        rng = ckpt.get("rng") or []
+        if len(rng) == self.dist.world_size:
+            restore_rng_state(rng[self.dist.rank])
+        else:
+            log.warning("the checkpoint was written by %d process(es), this run has %d: random streams are re-seeded",
+                        len(rng), self.dist.world_size)
+            seed_everything(self.cfg["seed"] + 1000 * self.step + self.dist.rank)
+        log.info("resumed from %s (step %d of %d)", path, self.step, self.total_steps)
+
+    # --- the loop ------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Run (or continue) training; returns the summary (also written to `metrics.json`)."""
+        d = init_distributed(self.device_arg)
+        try:
+            with log_to(self.out_dir, d.is_main, d.rank) as log, \
+                    deterministic_mode(self.cfg["deterministic"], d.device), \
+                    cpu_threads(self.cfg["train"]["threads"]):
+                return self._fit(d, log)
+        finally:
+            shutdown_distributed(d)
+
+    def _batches(self, epoch: int, start_batch: int):
+        return iter(train_loader(self.train_set, self.task.collate, self.cfg["train"], self.cfg["seed"], epoch,
+                                 self.dist.rank, self.dist.world_size, self.dist.device, start_batch))
+
+    def _fit(self, d: DistInfo, log: logging.Logger) -> dict:
+        self._setup(d, log)
+        self._load(log)
+        tb = None
+        if d.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            dump_config(self.cfg, self.out_dir / "config.yaml")
+            tb = TensorBoardLogger(self.out_dir / "tensorboard", self.step)
+            log.info("%s: %.2fM parameters; %d train / %s val samples", self.task.name,
+                     sum(p.numel() for p in self.model.parameters()) / 1e6, len(self.train_set),
+                     len(self.val_set) if self.val_set is not None else "no")
+            log.info("%d process(es) on %s, amp %s; batch %d x %d process(es) x %d accumulation = %d per step; "
+                     "peak lr %.3g; %d steps (%d per epoch)", d.world_size, d.device, self.amp, self.batch_size,
+                     d.world_size, self.accum, self.global_batch, self.peak_lr, self.total_steps,
+                     self.steps_per_epoch)
+        last_eval: dict | None = None
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{self.task.name} train", dynamic_ncols=True,
+                   disable=not (self.show_progress and d.is_main))
+        try:
+            while self.step < self.total_steps:
+                epoch, offset = divmod(self.step, self.steps_per_epoch)
+                batches = self._batches(epoch, offset * self.accum)
+                for _ in range(offset, self.steps_per_epoch):
+                    row = self._train_step(batches, epoch, log)
+                    bar.update(1)
+                    if row is not None:
+                        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+                        self._record(row)
+                        if d.is_main:
+                            tb.log(row)
+                            log.info(self._log_line(row))
+                    if self.step % self.unit_steps == 0 or self.step == self.total_steps:
+                        last_eval = self._end_of_unit(log, tb) or last_eval
+                    if self.step >= self.total_steps:
+                        break
+            if last_eval is None and self.val_set is not None:  # a finished run resumed: evaluate once more
+                last_eval = self._evaluate(log)
+        finally:
+            bar.close()
+            if tb is not None:
+                tb.close()
+        return self._finish(last_eval, log)
+
+    def _train_step(self, batches, epoch: int, log: logging.Logger) -> dict | None:
+        """One optimiser step; returns the history row when this step is logged."""
+        d, model = self.dist, self.ddp or self.model
+        model.train()
+        lr = self.schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        for micro in range(self.accum):
+            batch = next(batches, None)
+            n = self.task.batch_size(batch) if batch is not None else 0
+            failures = batch.get("failures") if isinstance(batch, Mapping) else None
+            if failures:
+                self.failures += len(failures)
+                log.warning("step %d: replaced unreadable sample(s): %s", self.step + 1, ", ".join(failures))
+            if n < self.task.min_batch:
+                self.skipped += 1
+                log.warning("step %d: skipped a batch with %d readable samples (at least %d needed)", self.step + 1,
+                            n, self.task.min_batch)
+                continue
+            batch = move_to(batch, d.device)
+            sync = contextlib.nullcontext() if (self.ddp is None or micro == self.accum - 1) else self.ddp.no_sync()
+            with sync:
+                with autocast_context(d.device, self.amp):
+                    out = self.task.training_step(model, batch)
+                loss = sum(v.float() for k, v in out.items() if k.startswith("loss"))
+                if not torch.isfinite(loss):  # checked before the weights take the step
+                    parts = {k: float(v.detach()) for k, v in out.items()}
+                    raise FloatingPointError(
+                        f"the loss is not finite ({loss.item()}; {parts}) at step {self.step + 1} (epoch "
+                        f"{epoch + 1}): lower optim.lr, set train.clip_grad, or use train.amp=none")
+                self.scaler.scale(loss / self.accum).backward()
+            self._running["loss"] = self._running.get("loss", 0.0) + loss.detach()
+            for k, v in out.items():
+                self._running[k] = self._running.get(k, 0.0) + v.detach().float()
+            self._running["_count"] = self._running.get("_count", 0) + 1
+            self._samples += n
+        clip = self.cfg["train"]["clip_grad"]
+        if clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        end_of_epoch = self.by_epoch and self.step % self.unit_steps == 0
+        if not (self.step % self.cfg["train"]["log_every"] == 0 or end_of_epoch or self.step == self.total_steps):
+            return None
+        keys = sorted(k for k in self._running if k != "_count")
+        # means over every process's micro-batches since the last logged step (one small all-reduce)
+        *sums, count, samples = all_reduce_sum([float(self._running[k]) for k in keys] +
+                                               [self._running.get("_count", 0), self._samples], d.device)
+        if count == 0:  # every batch since the last row was skipped: nothing to log
+            return None
+        seconds = time.perf_counter() - self._clock
+        row = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4), "lr": lr,
+               **{k if k.startswith("loss") else f"train_{k}": v / max(count, 1) for k, v in zip(keys, sums)},
+               "samples_per_second": samples / max(seconds, 1e-9)}
+        self._running, self._samples, self._clock = {}, 0, time.perf_counter()
+        return row
+
+    def _record(self, row: Mapping) -> None:
+        if self.history and self.history[-1]["step"] == row["step"]:
+            self.history[-1].update(row)
+        else:
+            self.history.append(dict(row))
+
+    def _evaluate(self, log: logging.Logger) -> dict:
+        # each process updated BatchNorm statistics on its own batches: evaluate rank 0's everywhere
+        broadcast_buffers(self.model)
+        metrics = evaluate_model(self.task, self.model, self.val_set, self.dist, self.amp)
+        row = {"step": self.step, **_scalars(metrics, "val_")}
+        if self.ema is not None and self.cfg["ema"]["eval"]:
+            broadcast_buffers(self.ema.module)
+            row.update(_scalars(evaluate_model(self.task, self.ema.module, self.val_set, self.dist, self.amp),
+                                "val_ema_"))
+        self._record(row)
+        if self.dist.is_main:
+            log.info("step %d: %s", self.step, "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "step"))
+        return metrics
+
+    def _end_of_unit(self, log: logging.Logger, tb) -> dict | None:
+        """Evaluation and checkpoints due after an epoch (or iteration) of the run."""
+        count = self.step // self.unit_steps
+        final = self.step >= self.total_steps
+        metrics = None
+        every = self.cfg["train"]["eval_every"]
+        if self.val_set is not None and (final or (every and count % every == 0)):
+            metrics = self._evaluate(log)
+            if self.dist.is_main:
+                tb.log(self.history[-1])
+        c = self.cfg["checkpoint"]
+        improved = metrics is not None and self._update_best(self.history[-1])
+        periodic = count % c["every"] == 0
+        if periodic or final or improved:
+            rng_states = all_gather_objects(capture_rng_state())
+            self.failures_done += sum(all_gather_objects(self.failures))
+            self.failures = 0
+            if self.dist.is_main:
+                if periodic or final:
+                    self.checkpoints.save(self._state(rng_states), count if periodic else None)
+                if improved and c["save_best"]:
+                    self.checkpoints.save_best(self._state(None))
+                write_history_csv(self.history, self.out_dir / "metrics.csv")
+            barrier()
+        return metrics
+
+    def _update_best(self, row: Mapping) -> bool:
+        key = self.best["metric"]
+        value = row.get(key)
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            return False
+        old = self.best["value"]
+        better = old is None or (value > old if _higher_is_better(key) else value < old)
+        if better:
+            self.best = {"metric": key, "value": float(value), "step": int(row["step"])}
+        return better
+
+    def _log_line(self, row: Mapping) -> str:
+        parts = [f"step {row['step']}/{self.total_steps}", f"epoch {row['epoch']:.2f}", f"lr {row['lr']:.3g}"]
+        parts += [f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("loss", "train_"))]
+        parts.append(f"{row['samples_per_second']:.1f} samples/s")
+        return " | ".join(parts)
+
+    def _finish(self, last_eval: dict | None, log: logging.Logger) -> dict:
+        summary: dict = {"task": self.task.name, "steps": self.step, "epochs": self.step / self.steps_per_epoch,
+                         "out_dir": str(self.out_dir), "checkpoint": str(self.checkpoints.last_path),
+                         "best_metric": self.best["metric"], "best_value": self.best["value"],
+                         "best_step": self.best["step"],
+                         "failures_total": self.failures_done + sum(all_gather_objects(self.failures)),
+                         "skipped_batches": sum(all_gather_objects(self.skipped))}
+        if last_eval is not None:
+            summary.update({f"val_{k}": v for k, v in last_eval.items()})
+        if self.dist.is_main:
+            write_history_csv(self.history, self.out_dir / "metrics.csv")
+            plot_curves(self.history, self.out_dir / "curves.png")
+            if last_eval is not None:
+                self.task.write_pictures(self.out_dir, last_eval)
+            write_json(self.out_dir / "metrics.json", summary)
+            log.info("done: %d steps in %s", self.step, self.out_dir)
+        summary["history"] = list(self.history)
+        return summary
+
+
+def evaluate_checkpoint(task: Task, checkpoint: str | os.PathLike, *, split: str | None = None,
+                        device: str | None = None, use_ema: bool | None = None,
+                        output: str | os.PathLike | None = None) -> dict:
+    """Score `checkpoint` on a split of the task's recipe (default `eval.split`); writes the metrics as JSON
+    (default: `eval_<split>.json` beside the checkpoint) and the task's pictures beside it."""
+    checkpoint = Path(checkpoint)
+    cfg = task.cfg
+    split = split or cfg["eval"]["split"]
+    use_ema = cfg["eval"]["use_ema"] if use_ema is None else use_ema
+    d = init_distributed(device)
+    try:
+        with log_to(None, d.is_main, d.rank) as log, cpu_threads(cfg["train"]["threads"]):
+            dataset = task.build_datasets([split])[split]
+            if dataset is None:
+                raise ConfigError(f"the recipe has no {split} split")
+            model = task.build_model(for_training=False)
+            task.load_weights(model, checkpoint, use_ema=use_ema)
+            model.to(d.device)
+            metrics = evaluate_model(task, model, dataset, d, resolve_amp(cfg["train"]["amp"], d.device))
+            result = {"task": task.name, "checkpoint": str(checkpoint), "split": split,
+                      "weights": "ema" if use_ema else "model", **metrics}
+            if d.is_main:
+                out = Path(output) if output else checkpoint.parent / f"eval_{split}.json"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                write_json(out, result)
+                task.write_pictures(out.parent, metrics, prefix=f"{out.stem}_")
+                result["output"] = str(out)
+                log.info("%s on %s: %s", checkpoint.name, split,
+                         "  ".join(f"{k} {v:.4f}" for k, v in _scalars(metrics, "").items()))
+            return result
+    finally:
+        shutdown_distributed(d)

@@ -1,0 +1,61 @@
+"""What a task gives the runner: the `Task` protocol that `uniformer.tasks.<task>` implement.
+
+A task object is made from a resolved recipe (`Task(cfg)`, or `Task(cfg, meta)` to rebuild a
+trained model from a checkpoint's `meta`). The runner owns everything else: devices, processes,
+precision, the optimiser and schedule, checkpoints, logs and the run folder.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+__all__ = ["Task"]
+
+
+@runtime_checkable
+class Task(Protocol):
+    name: str          # "classification", "detection", ...
+    cfg: dict          # the resolved recipe
+    meta: dict         # what rebuilding the model needs besides the recipe (class names, ...); saved in checkpoints
+    min_batch: int     # a training batch with fewer usable samples is skipped (2 for BatchNorm heads)
+
+    @staticmethod
+    def defaults() -> dict:
+        """The task's part of the recipe schema (its sections, and engine defaults it changes)."""
+
+    @staticmethod
+    def validate(cfg: dict, where: str) -> None:
+        """Check the task's sections of a resolved recipe; raise ConfigError naming the key."""
+
+    def build_datasets(self, splits: Sequence[str]) -> dict[str, Dataset | None]:
+        """The datasets of `splits` (None for a split the recipe does not have); fills `meta` from the
+        training split."""
+
+    def collate(self, samples: list) -> Any:
+        """A batch from dataset items (None when no item of it is usable)."""
+
+    def build_model(self, for_training: bool = True) -> nn.Module:
+        """The network for `cfg` and `meta`; for training with the recipe's initial weights."""
+
+    def load_weights(self, model: nn.Module, path: str | Path, use_ema: bool = False) -> None:
+        """Weights of a run checkpoint or of an original toolbox file."""
+
+    def training_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        """Named losses (the runner optimises the sum of the `loss*` entries) and other scalars to log."""
+
+    def batch_size(self, batch: Any) -> int:
+        """Samples in a batch (0: nothing usable)."""
+
+    def evaluate(self, model: nn.Module, dataset: Dataset, indices: Sequence[int]) -> Any:
+        """Predictions of this process's shard `indices` (picklable; the model is in eval mode)."""
+
+    def merge(self, dataset: Dataset, parts: Sequence[Any]) -> dict:
+        """Metrics of the whole split from every process's `evaluate` result."""
+
+    def write_pictures(self, folder: Path, metrics: Mapping, prefix: str = "") -> None:
+        """The task's figures of a finished run or evaluation (confusion matrix, ...), file names prefixed."""

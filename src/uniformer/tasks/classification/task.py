@@ -1,0 +1,222 @@
+"""Classification as the engine's `Task`: datasets of `uniformer.data`, Mixup/CutMix, top-k scores, confusion matrix.
+
+Recipe sections of this task (on top of the engine's):
+
+    model:  name (required: a variant or 'package.module:factory'), pretrained [false], checkpoint [null],
+            inflate ["average"], drop_path_rate [0.0], grad_checkpointing [false], kwargs [{}]
+    data:   the keys of `uniformer.data` (format, root, lists, clip sampling, augmentation, test views,
+            mixup / cutmix / label_smoothing, ...); or `builder: "package.module:function"` (called as
+            function(data_cfg, split)) and free keys for a custom dataset
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from uniformer.engine.config import ConfigError, check, expand_path
+from uniformer.engine.loaders import resolve_callable
+
+from . import build_model, classification_loss, load_weights, merge_outputs, model_input_ndim, model_spec, view_logits
+from .metrics import classification_metrics
+
+__all__ = ["Task"]
+
+_DATA_PATH_KEYS = ("root", "train_list", "val_list", "test_list", "class_names", "labels_file",
+                   "train_annotations", "val_annotations", "test_annotations", "train_dir", "val_dir", "test_dir")
+_MOVED = {"batch_size": "train.batch_size", "num_workers": "train.num_workers", "pin_memory": "train.pin_memory",
+          "prefetch_factor": "train.prefetch_factor"}
+
+
+class Task:
+    """Image and video classification (see the module docstring for the recipe sections)."""
+
+    name = "classification"
+    min_batch = 1
+
+    def __init__(self, cfg: Mapping, meta: Mapping | None = None):
+        self.cfg = dict(cfg)
+        self.meta = dict(meta or {})
+        self._collate = None
+        self.mixup = None
+
+    @staticmethod
+    def defaults() -> dict:
+        return {
+            "task": "classification",
+            "model": {"name": None, "pretrained": False, "checkpoint": None, "inflate": "average",
+                      "drop_path_rate": 0.0, "grad_checkpointing": False, "kwargs": {}},
+            "data": {},
+            "train": {"epochs": 1},
+            "checkpoint": {"best_metric": "val_top1"},
+            "eval": {"split": "test"},
+        }
+
+    @staticmethod
+    def validate(cfg: dict, where: str) -> None:
+        m, data = cfg["model"], cfg["data"]
+        check(isinstance(m["name"], str) and bool(m["name"]), where, "model.name", m["name"],
+              "name a model variant, e.g. uniformer_video_small (or 'package.module:factory')")
+        check(isinstance(m["kwargs"], dict), where, "model.kwargs", m["kwargs"], "expected a mapping")
+        check(isinstance(m["drop_path_rate"], int | float) and 0 <= m["drop_path_rate"] < 1, where,
+              "model.drop_path_rate", m["drop_path_rate"], "expected a number in [0, 1)")
+        check(m["checkpoint"] is None or isinstance(m["checkpoint"], str), where, "model.checkpoint",
+              m["checkpoint"], "expected a file path or null")
+        check(isinstance(data, dict) and bool(data), where, "data", data, "the data section is required")
+        for key, new in _MOVED.items():
+            if key in data:
+                raise ConfigError(f"{where}: data.{key} is now {new} (the same name for every task)")
+        for key in _DATA_PATH_KEYS:
+            if key in data:
+                data[key] = expand_path(data[key])
+        if m["checkpoint"]:
+            m["checkpoint"] = expand_path(m["checkpoint"])
+        if data.get("builder"):
+            return  # a custom dataset owns its keys
+        from uniformer.data import build_mixup, parse_data_config
+
+        try:
+            parse_data_config(data)
+            build_mixup(data, 2)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+
+    # --- data ------------------------------------------------------------------------------------------
+    def _data_cfg(self) -> dict:
+        return {k: v for k, v in self.cfg["data"].items() if k != "builder"}
+
+    def _dataset(self, split: str):
+        builder = self.cfg["data"].get("builder")
+        if builder:
+            dataset = resolve_callable(builder, "data.builder")(self._data_cfg(), split)
+        else:
+            from uniformer.data import build_dataset
+
+            dataset = build_dataset(self._data_cfg(), split)
+        if len(dataset) == 0:
+            raise ValueError(f"the {split} split of the dataset is empty")
+        return dataset
+
+    def build_datasets(self, splits: Sequence[str]) -> dict:
+        from uniformer.data import build_mixup, collate
+
+        sets = {split: self._dataset(split) for split in splits}
+        first = sets[splits[0]]
+        self._collate = getattr(first, "collate", None) or collate
+        num_classes = int(getattr(first, "num_classes", 0) or 0)
+        if "train" in sets:
+            if num_classes < 1:
+                raise ValueError("the training dataset does not say how many classes it has (num_classes)")
+            classes = [str(c) for c in getattr(first, "classes", None) or
+                       [f"class_{i}" for i in range(num_classes)]]
+            self.meta = {"num_classes": num_classes, "classes": classes, "model_spec": model_spec(self.cfg["model"])}
+            self.mixup = build_mixup(self._data_cfg(), num_classes)
+        elif not self.meta:
+            self.meta = {"num_classes": num_classes, "classes": [str(c) for c in getattr(first, "classes", None)
+                                                                 or range(num_classes)],
+                         "model_spec": model_spec(self.cfg["model"])}
+        return sets
+
+    def collate(self, samples: list):
+        if self._collate is None:
+            from uniformer.data import collate
+
+            self._collate = collate
+        return self._collate(samples)
+
+    def batch_size(self, batch) -> int:
+        return int(batch["input"].shape[0])
+
+    # --- model -------------------------------------------------------------------------------------------
+    def build_model(self, for_training: bool = True) -> nn.Module:
+        return build_model(self.cfg["model"], int(self.meta["num_classes"]), for_training=for_training)
+
+    def load_weights(self, model: nn.Module, path, use_ema: bool = False) -> None:
+        load_weights(model, path, use_ema=use_ema)
+
+    def training_step(self, model: nn.Module, batch: Mapping) -> dict:
+        x, y = batch["input"], batch["label"]
+        target = y
+        if self.mixup is not None:
+            x, target = self.mixup(x, y)
+        outputs = model(x)
+        out = {"loss": classification_loss(outputs, target, float(self.cfg["data"].get("label_smoothing") or 0.0))}
+        if self.mixup is None:
+            out["top1"] = merge_outputs(outputs).detach().argmax(-1).eq(y).float().mean()
+        return out
+
+    # --- evaluation ----------------------------------------------------------------------------------------
+    def evaluate(self, model: nn.Module, dataset, indices: Sequence[int]) -> dict:
+        t, ev = self.cfg["train"], self.cfg["eval"]
+        device = next(model.parameters()).device
+        loader = DataLoader(Subset(dataset, list(indices)), batch_size=ev["batch_size"] or t["batch_size"],
+                            num_workers=t["num_workers"] if ev["num_workers"] is None else ev["num_workers"],
+                            collate_fn=self.collate, shuffle=False)
+        expected = model_input_ndim(model)
+        probs, labels, index, failures, view_correct = [], [], [], [], []
+        for batch in loader:
+            failures += list(batch.get("failures") or [])
+            logits = view_logits(model, batch["input"].to(device, non_blocking=True), expected).float()  # B×V×K
+            hits = logits.argmax(-1).cpu().eq(batch["label"].view(-1, 1)).sum(0).double().tolist()
+            view_correct = [a + b for a, b in zip(view_correct, hits)] if view_correct else hits
+            probs.append(logits.softmax(-1).mean(1).cpu())
+            labels.append(batch["label"].cpu())
+            index.append(batch["index"].cpu())
+        return {"probs": torch.cat(probs) if probs else None, "labels": torch.cat(labels) if labels else None,
+                "index": torch.cat(index) if index else None, "view_correct": view_correct, "failures": failures}
+
+    def merge(self, dataset, parts: Sequence[dict]) -> dict:
+        full = [p for p in parts if p["probs"] is not None]
+        if not full:
+            raise ValueError("the evaluation split produced no samples")
+        order = torch.cat([p["index"] for p in full]).argsort()
+        probs, labels = torch.cat([p["probs"] for p in full])[order], torch.cat([p["labels"] for p in full])[order]
+        views = max(len(p["view_correct"]) for p in full)
+        correct = [sum(p["view_correct"][v] for p in full if len(p["view_correct"]) > v) for v in range(views)]
+        metrics = classification_metrics(probs, labels.long(), self.meta.get("classes"))
+        n = max(1, len(labels))
+        metrics["num_views"] = views
+        metrics["per_view_top1"] = [c / n for c in correct]
+        metrics["single_view_top1"] = sum(metrics["per_view_top1"]) / max(1, views)
+        metrics["failures"] = [f for p in parts for f in p["failures"]]
+        metrics["confusion"] = metrics["confusion"].tolist()
+        return metrics
+
+    def write_pictures(self, folder: Path, metrics: Mapping, prefix: str = "") -> None:
+        from .metrics import plot_confusion_matrix
+
+        plot_confusion_matrix(torch.tensor(metrics["confusion"]), self.meta.get("classes"),
+                              Path(folder) / f"{prefix}confusion_matrix.png")
+
+    # --- demo ----------------------------------------------------------------------------------------------
+    demo_bar = {"top1": 0.9}
+
+    def prepare_demo(self, root: Path) -> None:
+        """Generate (once) the built-in demo videos under `root` (the demo recipe's data.root)."""
+        from uniformer.data import generate_demo_dataset
+
+        generate_demo_dataset(root)
+
+    def demo_examples(self, checkpoint: Path, out_dir: Path, device: str | None, show: int = 8) -> list[dict]:
+        """Predictions for a few validation clips of each class (printed by `uniformer demo`)."""
+        from uniformer.data import parse_data_config
+
+        from .predict import load_predictor, predict_files
+
+        data = parse_data_config(self.cfg["data"])
+        val_list = Path(data.val_list)
+        if not val_list.is_file():
+            val_list = Path(data.root) / data.val_list
+        entries = [ln.rsplit(None, 1) for ln in val_list.read_text().splitlines() if ln.strip()]
+        by_class: dict[str, list] = {}
+        for entry in entries:
+            by_class.setdefault(entry[1], []).append(entry)
+        picks = [group[i] for i in range(len(entries)) for group in by_class.values() if i < len(group)][:show]
+        predictor = load_predictor(checkpoint, device=device)
+        results = predict_files(predictor, [str(Path(data.root) / p) for p, _ in picks], topk=2)
+        for (_, label), r in zip(picks, results):
+            r["true"] = predictor.classes[int(label)]
+        return results

@@ -1,0 +1,313 @@
+"""Cascade Mask R-CNN with a UniFormer backbone, as the original `cascade_mask_rcnn_3x_ms_hybrid_*` experiments.
+
+The experiment configs (`object_detection/exp/cascade_mask_rcnn_3x_ms_hybrid_{small,base}/config.py` on top of
+`configs/_base_/models/cascade_mask_rcnn_uniformer_fpn.py`) define three box stages, each mmdet's
+`ConvFCBBoxHead` with 4 shared 3×3 convs (256 channels, SyncBN, no conv bias) and 1 shared fc (1024),
+class-specific regression (`reg_class_agnostic=False`) decoded before the loss (`reg_decoded_bbox=True`, GIoU
+loss × 10), target stds 0.1/0.1/0.2/0.2, 0.05/0.05/0.1/0.1 and 0.033/0.033/0.067/0.067, assigner IoU 0.5, 0.6,
+0.7 (no low-quality matches), 512 RoIs a quarter positive, stage loss weights 1, 0.5, 0.25; and one
+`FCNMaskHead` (4 convs) per stage (mmdet's `CascadeRoIHead` repeats a single mask head config for every stage).
+The RPN is Mask R-CNN's, with smooth-L1 (β 1/9), anchors no further than 0 px outside the image and 2000
+proposals kept in training.
+
+At test time, as mmdet 2.11's `CascadeRoIHead.simple_test`: each stage re-regresses the RoIs with the class of
+its highest non-background score, the classification logits of the three stages are averaged before the
+softmax, boxes are the last stage's, and the mask probabilities of the three mask heads are averaged.
+
+Module names and class layout follow mmdet (`roi_heads.box_heads.{i}.shared_convs.{j}.conv/bn`,
+`shared_fcs`, `fc_cls` with the background last, `fc_reg`; `roi_heads.mask_heads.{i}.convs.{j}.conv`,
+`upsample`, `conv_logits`), so that `convert_mmdet_cascade_keys` only renames. BatchNorm is plain
+`BatchNorm2d`; multi-process training converts it to SyncBatchNorm as the original did.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import generalized_box_iou_loss
+
+from .model import (
+    LevelRoIAlign,
+    TwoStageDetector,
+    UniFormerFPN,
+    _box_loss,
+    _build_rpn,
+    _mask_targets,
+    _rois,
+    _RoISampling,
+    decode_boxes,
+    encode_boxes,
+    multiclass_nms,
+    rename_keys,
+)
+
+__all__ = ["ConvModule", "ConvFCBoxHead", "FCNMaskHead", "CascadeRoIHeads", "build_cascade_mask_rcnn",
+           "convert_mmdet_cascade_keys", "STAGE_STDS"]
+
+STAGE_STDS = ((0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1), (0.033, 0.033, 0.067, 0.067))
+
+
+class ConvModule(nn.Module):
+    """mmcv's `ConvModule`: a k×k convolution (no bias when normalised), BatchNorm, ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, norm: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=not norm)
+        self.bn = nn.BatchNorm2d(out_channels) if norm else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        return F.relu(self.bn(x) if self.bn is not None else x)
+
+
+class ConvFCBoxHead(nn.Module):
+    """mmdet's `ConvFCBBoxHead` with shared convs and fcs only: RoI features → class logits (K + 1, background
+    last) and box deltas (4 per class, or 4 with `class_agnostic`)."""
+
+    def __init__(self, in_channels: int, num_classes: int, *, roi_size: int = 7, num_convs: int = 4,
+                 conv_channels: int = 256, num_fcs: int = 1, fc_dim: int = 1024, norm: bool = True,
+                 class_agnostic: bool = False):
+        super().__init__()
+        self.num_classes, self.class_agnostic = num_classes, class_agnostic
+        self.shared_convs = nn.ModuleList(
+            ConvModule(in_channels if i == 0 else conv_channels, conv_channels, 3, norm) for i in range(num_convs))
+        width = (conv_channels if num_convs else in_channels) * roi_size * roi_size
+        self.shared_fcs = nn.ModuleList(nn.Linear(width if i == 0 else fc_dim, fc_dim) for i in range(num_fcs))
+        self.fc_cls = nn.Linear(fc_dim if num_fcs else width, num_classes + 1)
+        self.fc_reg = nn.Linear(fc_dim if num_fcs else width, 4 if class_agnostic else 4 * num_classes)
+        for fc in self.shared_fcs:
+            nn.init.xavier_uniform_(fc.weight)
+            nn.init.zeros_(fc.bias)
+        nn.init.normal_(self.fc_cls.weight, std=0.01)
+        nn.init.normal_(self.fc_reg.weight, std=0.001)
+        nn.init.zeros_(self.fc_cls.bias)
+        nn.init.zeros_(self.fc_reg.bias)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for conv in self.shared_convs:
+            x = conv(x)
+        x = x.flatten(1)
+        for fc in self.shared_fcs:
+            x = F.relu(fc(x))
+        return self.fc_cls(x), self.fc_reg(x)
+
+    def class_deltas(self, deltas: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """The N×4 deltas of `classes` (0..K-1) from the N×4K (or N×4) predictions."""
+        if self.class_agnostic:
+            return deltas
+        return deltas.reshape(len(deltas), -1, 4)[torch.arange(len(deltas), device=deltas.device), classes]
+
+
+class FCNMaskHead(nn.Module):
+    """mmdet's `FCNMaskHead`: 3×3 convs + ReLU, a 2× transposed convolution + ReLU, 1×1 logits per class."""
+
+    def __init__(self, in_channels: int, num_classes: int, channels: Sequence[int] = (256, 256, 256, 256)):
+        super().__init__()
+        channels = list(channels)
+        self.convs = nn.ModuleList(
+            ConvModule(in_channels if i == 0 else channels[i - 1], c, 3) for i, c in enumerate(channels))
+        self.upsample = nn.ConvTranspose2d(channels[-1], channels[-1], 2, stride=2)
+        self.conv_logits = nn.Conv2d(channels[-1], num_classes, 1)
+        for m in (self.upsample, self.conv_logits):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in self.convs:
+            x = conv(x)
+        return self.conv_logits(F.relu(self.upsample(x)))
+
+
+class CascadeRoIHeads(nn.Module):
+    """mmdet's `CascadeRoIHead` (see the module docstring). Labels outside are 1..K (0 background) as in
+    the Mask R-CNN heads; inside, the heads put the background last as mmdet does."""
+
+    def __init__(self, box_heads: Sequence[ConvFCBoxHead], mask_heads: Sequence[FCNMaskHead] | None, *,
+                 stage_ious: Sequence[float] = (0.5, 0.6, 0.7), stage_stds: Sequence[Sequence[float]] = STAGE_STDS,
+                 stage_loss_weights: Sequence[float] = (1.0, 0.5, 0.25), box_loss: str = "giou",
+                 giou_weight: float = 10.0, batch_size_per_image: int = 512, positive_fraction: float = 0.25,
+                 score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100,
+                 mask_size: int = 28):
+        super().__init__()
+        n = len(box_heads)
+        if not (len(stage_ious) == len(stage_stds) == len(stage_loss_weights) == n):
+            raise ValueError(f"cascade: {n} box heads need as many stage IoUs ({list(stage_ious)}), stds "
+                             f"({[list(s) for s in stage_stds]}) and loss weights ({list(stage_loss_weights)})")
+        if mask_heads is not None and len(mask_heads) != n:
+            raise ValueError(f"cascade: {n} box heads but {len(mask_heads)} mask heads")
+        if box_loss not in ("giou", "l1", "smooth_l1"):
+            raise ValueError(f"box_loss={box_loss!r}: expected 'giou' (the original config), 'l1' or 'smooth_l1'")
+        self.box_roi_pool = LevelRoIAlign(7)
+        self.mask_roi_pool = LevelRoIAlign(14) if mask_heads is not None else None
+        self.box_heads = nn.ModuleList(box_heads)
+        self.mask_heads = nn.ModuleList(mask_heads) if mask_heads is not None else None
+        self.stage_stds = [tuple(float(v) for v in s) for s in stage_stds]
+        self.stage_loss_weights = [float(w) for w in stage_loss_weights]
+        self.stage_ious = [float(v) for v in stage_ious]
+        self.sampling = [_RoISampling(iou, False, batch_size_per_image, positive_fraction) for iou in stage_ious]
+        self.box_loss, self.giou_weight, self.mask_size = box_loss, giou_weight, mask_size
+        self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
+
+    @property
+    def num_classes(self) -> int:
+        return self.box_heads[0].num_classes
+
+    def has_mask(self) -> bool:
+        return self.mask_heads is not None
+
+    def box_forward(self, stage: int, features, rois):
+        return self.box_heads[stage](self.box_roi_pool(features, rois))
+
+    def mask_forward(self, stage: int, features, rois):
+        return self.mask_heads[stage](self.mask_roi_pool(features, rois))
+
+    def dummy_forward(self, features, rois: torch.Tensor, mask_rois: int):
+        """mmdet's `forward_dummy`: every stage's box head on `rois`, every mask head on the first `mask_rois`."""
+        outs = [self.box_forward(s, features, rois) for s in range(len(self.box_heads))]
+        if self.has_mask():
+            outs += [self.mask_forward(s, features, rois[:mask_rois]) for s in range(len(self.box_heads))]
+        return outs
+
+    def _regress(self, stage: int, rois: torch.Tensor, classes: torch.Tensor, deltas: torch.Tensor,
+                 image_sizes: Sequence[Sequence[int]]) -> torch.Tensor:
+        """mmdet's `regress_by_class`: the RoIs (K×5) moved by the deltas of `classes`, clipped per image."""
+        d = self.box_heads[stage].class_deltas(deltas, classes)
+        out = rois.clone()
+        for i, size in enumerate(image_sizes):
+            inds = torch.nonzero(rois[:, 0] == i).squeeze(1)
+            out[inds, 1:] = decode_boxes(rois[inds, 1:], d[inds], self.stage_stds[stage], size)
+        return out
+
+    def _stage_loss(self, stage: int, features, samples: list[dict], targets: Sequence[Mapping]) -> tuple[dict, tuple]:
+        k = self.num_classes
+        rois = _rois([s["boxes"] for s in samples])
+        logits, deltas = self.box_forward(stage, features, rois)
+        labels = torch.cat([s["labels"] for s in samples])
+        classes = torch.where(labels > 0, labels - 1, torch.full_like(labels, k))  # background last
+        pos = torch.nonzero(labels > 0).squeeze(1)
+        gt = torch.cat([s["gt_boxes"] for s in samples])[pos]
+        pred = self.box_heads[stage].class_deltas(deltas[pos], classes[pos])
+        count = max(1, len(labels))
+        if self.box_loss == "giou":
+            boxes = decode_boxes(rois[pos, 1:], pred, self.stage_stds[stage])
+            box_loss = self.giou_weight * generalized_box_iou_loss(boxes, gt, reduction="sum") / count
+        else:
+            box_loss = _box_loss(pred, encode_boxes(rois[pos, 1:], gt, self.stage_stds[stage]), self.box_loss) / count
+        w = self.stage_loss_weights[stage]
+        losses = {f"loss_classifier_s{stage}": w * F.cross_entropy(logits, classes),
+                  f"loss_box_reg_s{stage}": w * box_loss}
+        if self.has_mask():
+            pos_boxes = [s["boxes"][:s["num_pos"]] for s in samples]
+            target = torch.cat([
+                _mask_targets(t["masks"], torch.cat([s["gt_index"][:s["num_pos"], None].to(b), b], 1), self.mask_size)
+                for s, t, b in zip(samples, targets, pos_boxes)])
+            pos_classes = torch.cat([s["labels"][:s["num_pos"]] for s in samples]) - 1
+            mask_logits = self.mask_forward(stage, features, _rois(pos_boxes))
+            mask_logits = mask_logits[torch.arange(len(pos_classes)), pos_classes]
+            losses[f"loss_mask_s{stage}"] = w * (F.binary_cross_entropy_with_logits(mask_logits, target)
+                                                 if len(pos_classes) else mask_logits.sum() * 0)
+        return losses, (rois, logits, deltas, classes)
+
+    def forward(self, features: Sequence[torch.Tensor], proposals: Sequence[torch.Tensor],
+                image_sizes: Sequence[Sequence[int]], targets: Sequence[Mapping]) -> dict:
+        """Training losses of every stage (`loss_classifier_s{i}`, `loss_box_reg_s{i}`, `loss_mask_s{i}`: the runner
+        sums every `loss*` entry), each weighted by its stage weight; stage i + 1 samples from the boxes stage i
+        regressed."""
+        losses = {}
+        k = self.num_classes
+        for stage in range(len(self.box_heads)):
+            samples = [self.sampling[stage](p, t) for p, t in zip(proposals, targets)]
+            stage_losses, (rois, logits, deltas, classes) = self._stage_loss(stage, features, samples, targets)
+            losses.update(stage_losses)
+            if stage == len(self.box_heads) - 1:
+                break
+            with torch.no_grad():  # mmdet's refine_bboxes: regress the sampled RoIs, drop the ground truth ones
+                classes = torch.where(classes == k, logits[:, :k].argmax(1), classes)
+                moved = self._regress(stage, rois, classes, deltas, image_sizes)
+                proposals = []
+                for i, s in enumerate(samples):
+                    keep = torch.ones(len(s["boxes"]), dtype=torch.bool, device=rois.device)
+                    keep[:s["num_pos"]] = ~s["pos_is_gt"]
+                    proposals.append(moved[rois[:, 0] == i, 1:][keep])
+        return losses
+
+    @torch.no_grad()
+    def predict(self, features: Sequence[torch.Tensor], proposals: Sequence[torch.Tensor],
+                image_sizes: Sequence[Sequence[int]], scale_factors: Sequence[torch.Tensor]) -> list[dict]:
+        """Detections per image as `MaskRCNNRoIHeads.predict`: boxes in original pixels, scores, labels 1..K,
+        the label's mask probabilities averaged over the stages' mask heads."""
+        k, n_stages = self.num_classes, len(self.box_heads)
+        rois = _rois(proposals)
+        stage_logits = []
+        for stage in range(n_stages):
+            logits, deltas = self.box_forward(stage, features, rois)
+            stage_logits.append(logits)
+            if stage < n_stages - 1:
+                rois = self._regress(stage, rois, logits[:, :k].argmax(1), deltas, image_sizes)
+        scores = F.softmax(sum(stage_logits) / float(n_stages), -1)[:, :k]
+        results = []
+        for i, (size, sf) in enumerate(zip(image_sizes, scale_factors)):
+            inds = torch.nonzero(rois[:, 0] == i).squeeze(1)
+            boxes = decode_boxes(rois[inds, 1:], deltas[inds], self.stage_stds[-1], size)
+            boxes = boxes.reshape(len(inds), -1, 4).expand(len(inds), k, 4) / sf
+            b, s, lab = multiclass_nms(boxes, scores[inds], self.score_thresh, self.nms_thresh,
+                                       self.detections_per_img)
+            results.append({"boxes": b, "scores": s, "labels": lab + 1})
+        if self.has_mask():
+            mask_rois = _rois([r["boxes"] * sf for r, sf in zip(results, scale_factors)])
+            probs = None
+            if len(mask_rois):
+                probs = sum(self.mask_forward(s, features, mask_rois).sigmoid() for s in range(n_stages)) / n_stages
+            start = 0
+            for r in results:
+                n = len(r["boxes"])
+                r["mask_probs"] = (probs[start:start + n][torch.arange(n), r["labels"] - 1] if n else
+                                   features[0].new_zeros((0, self.mask_size, self.mask_size)))
+                start += n
+        return results
+
+
+def build_cascade_mask_rcnn(body: nn.Module, num_classes: int, *, with_masks: bool = True, fpn_channels: int = 256,
+                            box_head_convs: int = 4, box_head_fcs: int = 1, box_head_dim: int = 1024,
+                            box_head_norm: bool = True, class_agnostic: bool = False,
+                            mask_head_channels: Sequence[int] = (256, 256, 256, 256),
+                            anchor_sizes=(32, 64, 128, 256, 512), rpn_batch: int = 256, roi_batch: int = 512,
+                            mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), test_score_thresh: float = 0.05,
+                            detections_per_img: int = 100, rpn_train_proposals: Sequence[int] = (2000, 2000),
+                            rpn_test_proposals: Sequence[int] = (1000, 1000), rpn_box_loss: str = "smooth_l1",
+                            rpn_allowed_border: int = 0, box_loss: str = "giou",
+                            stage_ious: Sequence[float] = (0.5, 0.6, 0.7),
+                            stage_stds: Sequence[Sequence[float]] = STAGE_STDS,
+                            stage_loss_weights: Sequence[float] = (1.0, 0.5, 0.25)) -> TwoStageDetector:
+    """Cascade Mask R-CNN (Cascade R-CNN without masks) on a UniFormer `body` with the original experiment's
+    defaults; `num_classes` excludes the background."""
+    backbone = UniFormerFPN(body, fpn_channels)
+    rpn = _build_rpn(fpn_channels, anchor_sizes, rpn_batch, rpn_train_proposals, rpn_test_proposals, rpn_box_loss,
+                     rpn_allowed_border)
+    box_heads = [ConvFCBoxHead(fpn_channels, num_classes, num_convs=box_head_convs, conv_channels=fpn_channels,
+                               num_fcs=box_head_fcs, fc_dim=box_head_dim, norm=box_head_norm,
+                               class_agnostic=class_agnostic) for _ in stage_ious]
+    mask_heads = None
+    if with_masks:
+        mask_heads = [FCNMaskHead(fpn_channels, num_classes, mask_head_channels) for _ in stage_ious]
+    roi_heads = CascadeRoIHeads(box_heads, mask_heads, stage_ious=stage_ious, stage_stds=stage_stds,
+                                stage_loss_weights=stage_loss_weights, box_loss=box_loss,
+                                batch_size_per_image=roi_batch, score_thresh=test_score_thresh,
+                                detections_per_img=detections_per_img)
+    return TwoStageDetector(backbone, rpn, roi_heads, mean, std)
+
+
+_CASCADE_RENAMES = (
+    (r"^roi_head\.bbox_head\.(\d+)\.", r"roi_heads.box_heads.\1."),
+    (r"^roi_head\.mask_head\.(\d+)\.", r"roi_heads.mask_heads.\1."),
+)
+
+
+def convert_mmdet_cascade_keys(heads: Mapping[str, torch.Tensor], model: nn.Module | None = None) -> dict:
+    """mmdet Cascade Mask R-CNN neck / head tensors → this model's names (the heads keep mmdet's layout).
+    Unknown keys are kept under their own names, so that they are reported as unexpected."""
+    from .model import _NECK_RPN_RENAMES
+
+    return rename_keys(heads, _NECK_RPN_RENAMES + _CASCADE_RENAMES)

@@ -1,0 +1,61 @@
+"""The command line without task branches: the device is checked before any work for every command, options of
+another task are refused, `info --config` reports any recipe, predict/eval take the task from the checkpoint."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from uniformer.cli import main
+from uniformer.engine.checkpoint import atomic_save
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+
+
+@no_cuda
+@pytest.mark.parametrize("task", ["classification", "detection", "segmentation", "pose"])
+def test_unavailable_device_fails_before_any_work(task, tmp_path, capsys):
+    data = tmp_path / "data"
+    recipe = CONFIGS / task / "demo.yaml"
+    commands = [["demo", "--task", task, "--data-root", str(data), "--out", str(tmp_path / "demo")],
+                ["train", str(recipe), "--out", str(tmp_path / "run")],
+                ["eval", str(recipe), "--checkpoint", str(tmp_path / "none.pt")],
+                ["predict", "--checkpoint", str(tmp_path / "none.pt"), "x.png"]]
+    for args in commands:
+        assert main([*args, "--device", "cuda"]) == 2, args
+        assert "CUDA is not available" in capsys.readouterr().err, args
+    assert not data.exists() and not (tmp_path / "run").exists()  # no data generated, no run folder
+
+
+def _segmentation_checkpoint(path: Path) -> Path:
+    cfg = {"task": "segmentation", "model": {}, "data": {}}
+    state = {"format": "uniformer-train", "version": 2, "task": "segmentation", "config": cfg, "meta": {},
+             "model": {}, "step": 0}
+    return atomic_save(state, path)
+
+
+def test_predict_refuses_options_of_another_task_and_names_the_task(tmp_path, capsys):
+    ckpt = _segmentation_checkpoint(tmp_path / "seg.pt")
+    assert main(["predict", "--checkpoint", str(ckpt), "--topk", "3", "a.png"]) == 2
+    assert "--topk does not apply to segmentation checkpoints" in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", str(ckpt), "--task", "pose", "a.png"]) == 2
+    assert "is a segmentation checkpoint" in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", str(ckpt), "--score-thr", "0.5", "a.png"]) == 2
+    assert "--score-thr does not apply" in capsys.readouterr().err
+
+
+def test_classification_predictor_names_a_checkpoint_of_another_task(tmp_path):
+    from uniformer.tasks.classification.predict import load_predictor
+
+    with pytest.raises(ValueError, match="this is a segmentation checkpoint"):
+        load_predictor(_segmentation_checkpoint(tmp_path / "seg.pt"))
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation", "pose", "detection"])
+def test_info_reports_any_recipe(task, capsys):
+    assert main(["info", "--config", str(CONFIGS / task / "demo.yaml"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"params", "gflops"} and out["params"] > 0 and out["gflops"] > 0
