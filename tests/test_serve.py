@@ -120,7 +120,7 @@ def test_serve_binds_to_localhost_by_default():
     from uniformer.cli import build_parser
 
     args = build_parser().parse_args(["serve", "--checkpoint", "x.pt"])
-    assert (args.host, args.port, args.task) == ("127.0.0.1", 7860, "classification")
+    assert (args.host, args.port, args.task) == ("127.0.0.1", 7860, None)  # the task: from the checkpoint
 
 
 def test_segmentation_page_draws_the_label_map_like_predict(tmp_path, capsys):

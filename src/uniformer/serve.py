@@ -13,10 +13,12 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from uniformer.tasks import TASKS
+
 __all__ = ["DEFAULT_MAX_FILE_MB", "build_app", "example_inputs", "launch", "require_gradio"]
 
 DEFAULT_MAX_FILE_MB = 50
-DENSE_TASKS = ("detection", "segmentation", "pose")
+DENSE_TASKS = tuple(t for t in TASKS if t != "classification")
 EXAMPLES_CACHE = Path("~/.cache/uniformer/serve_examples")
 
 
@@ -140,18 +142,24 @@ def _dense_page(gr, task: str, recipe, checkpoint: str, title: str, examples: li
     return app
 
 
-def build_app(model: str | None = None, checkpoint: str | os.PathLike | None = None, task: str = "classification",
+def build_app(model: str | None = None, checkpoint: str | os.PathLike | None = None, task: str | None = None,
               *, config: str | os.PathLike | Mapping | None = None, labels: str | None = None,
               device: str | None = None, data_overrides: Mapping | None = None, model_options: Mapping | None = None,
               max_file_mb: float = DEFAULT_MAX_FILE_MB, examples: bool = True,
               examples_dir: str | os.PathLike | None = None):
-    """The Gradio app for `model` (released weights `NAME.TAG`) or `checkpoint`; `task` picks the page.
+    """The Gradio app for `model` (released weights `NAME.TAG`) or `checkpoint`; `task` picks the page
+    (default: the task a run checkpoint records, else classification).
 
     Classification accepts what `uniformer predict` accepts (`labels`, `data_overrides`, `model_options`);
     the dense tasks take their recipe from `config` or the checkpoint. Its API endpoint `/predict`
     returns what the page shows, the last output being the record `uniformer predict --json` prints.
     """
     gr = require_gradio()
+    if task is None:
+        from uniformer.engine.checkpoint import read_checkpoint
+
+        recorded = read_checkpoint(checkpoint) if checkpoint else None
+        task = recorded["task"] if recorded is not None else "classification"
     out_dir = Path(tempfile.mkdtemp(prefix="uniformer_serve_"))
     if task in DENSE_TASKS:
         if not checkpoint:

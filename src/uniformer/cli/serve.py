@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import DENSE_TASKS, parse_pairs
+from .common import parse_pairs
 
 
 def run(args: argparse.Namespace) -> int:
@@ -17,19 +17,21 @@ def run(args: argparse.Namespace) -> int:
                     device=args.device, data_overrides=parse_pairs(args.data, "--data"),
                     model_options=parse_pairs(args.option, "-o"), max_file_mb=args.max_file_mb,
                     examples=not args.no_examples)
-    print(f"UniFormer {args.task} page on http://{args.host}:{args.port} (Ctrl+C stops it)")
+    print(f"UniFormer page on http://{args.host}:{args.port} (Ctrl+C stops it)")
     launch(app, args.host, args.port, args.max_file_mb)
     return 0
 
 
 def register(sub) -> None:
     from uniformer.serve import DEFAULT_MAX_FILE_MB
+    from uniformer.tasks import TASKS
 
     p = sub.add_parser("serve", help="a local web page: drop an image or a video, see the model's answer")
     p.add_argument("--model", help="classification: NAME.TAG of released weights (see `uniformer models "
                                    "--pretrained`), or the model of an original checkpoint")
     p.add_argument("--checkpoint", help="a checkpoint (training, original, or `uniformer demo` output)")
-    p.add_argument("--task", default="classification", choices=("classification",) + DENSE_TASKS)
+    p.add_argument("--task", choices=TASKS, help="which page (default: the task the checkpoint records, else "
+                   "classification; needed only for original toolbox files)")
     p.add_argument("--config", help="dense tasks: the recipe (default: the one recorded in the checkpoint)")
     p.add_argument("--labels", help="classification: class names, one per line")
     p.add_argument("--data", action="append", metavar="KEY=VALUE", help="classification: test-transform setting")
