@@ -26,17 +26,30 @@ def count_params(model: nn.Module) -> int:
 @torch.no_grad()
 def count_gflops(model: nn.Module, input_shape: Sequence[int]) -> float:
     """Multiply-adds / 1e9 of one forward pass on a batch of one (as the paper counts): every
-    convolution, matrix product and attention product; norms and activations are not counted."""
+    convolution, matrix product and attention product; norms and activations are not counted.
+
+    Attention is counted on its explicit path (q·kᵀ and attn·v as matrix products, the light
+    models' class-token scores included): torch's counter has a formula for those on every
+    version, while its coverage of fused attention kernels differs between versions and devices.
+    """
+    from .models.layers import GlobalMHRA
+
     was_training = model.training
     flags = [p.requires_grad for p in model.parameters()]
+    attention = [m for m in model.modules() if isinstance(m, GlobalMHRA)]
+    fused = [m.fused_attn for m in attention]
     model.eval()
     for p in model.parameters():  # expanded parameters under no_grad confuse the module tracker
         p.requires_grad_(False)
+    for m in attention:
+        m.fused_attn = False
     try:
         x = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
         with FlopCounterMode(display=False) as counter:
             model(x)
     finally:
+        for m, f in zip(attention, fused):
+            m.fused_attn = f
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
         model.train(was_training)

@@ -28,6 +28,7 @@ from uniformer.engine.distributed import (
 )
 from uniformer.engine.loaders import build_eval_loader, build_split
 from uniformer.engine.metrics import classification_metrics
+from uniformer.engine.precision import resolve_dtype
 from uniformer.engine.reporting import log_to, plot_confusion_matrix, write_json
 from uniformer.tasks.classification import build_model, load_weights, model_input_ndim, view_logits
 
@@ -51,14 +52,12 @@ class Predictions:
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:
-    """"auto" -> bf16 on GPUs that support it, fp16 on older GPUs, none (float32) on CPUs."""
-    if amp == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "none"
+    """"auto" -> bf16 on GPUs that support it, fp16 on older GPUs; on CPUs bf16 only where the CPU has
+    bfloat16 units, else none (float32). "bf16" on a CPU without them warns that it is emulated."""
     if amp == "fp16" and device.type != "cuda":
         raise ValueError(f"train.amp = 'fp16' needs a GPU (device is {device}); use 'bf16' or 'none' on CPUs")
-    return amp
+    names = {"auto": "auto", "none": "float32", "bf16": "bfloat16", "fp16": "float16"}
+    return {"float32": "none", "bfloat16": "bf16", "float16": "fp16"}[resolve_dtype(names[amp], device)]
 
 
 def autocast_context(device: torch.device, amp: str):
