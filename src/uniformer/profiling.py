@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["count_params", "count_gflops", "parse_input", "default_input", "benchmark_model", "append_result",
-           "set_reference_attention"]
+           "set_reference_attention", "compare_models"]
 
 
 def count_params(model: nn.Module) -> int:
@@ -149,6 +149,36 @@ def benchmark_model(model: nn.Module, input_shape: Sequence[int], batch_size: in
         latency_p90_ms=1000 * sorted(times)[int(0.9 * (len(times) - 1))],
         peak_memory_mb=_peak_memory_mb(dev), iters=iters, warmup=warmup,
     )
+
+
+@torch.inference_mode()
+def compare_models(models: dict, x: torch.Tensor, rounds: int = 6, iters: int = 3, warmup: int = 1) -> dict:
+    """Time several callables on the same input, interleaved: each round runs every model `iters` times in
+    turn, so drifting machine load touches them alike; a model's time is its best round's median.
+    Returns label → {throughput, latency_ms, relative_error (against the first model's outputs)}."""
+    reference = None
+    results = {}
+    for label, model in models.items():
+        for _ in range(warmup):
+            out = model(x)
+        out = out if isinstance(out, (tuple, list)) else [out]
+        if reference is None:
+            reference = out
+        error = max(((o.float() - r.float()).abs().max() / r.float().abs().max()).item()
+                    for o, r in zip(out, reference))
+        results[label] = dict(relative_error=error, round_ms=[])
+    for _ in range(rounds):
+        for label, model in models.items():
+            times = []
+            for _ in range(iters):
+                t0 = time.perf_counter()
+                model(x)
+                times.append(time.perf_counter() - t0)
+            results[label]["round_ms"].append(1000 * statistics.median(times))
+    for r in results.values():
+        r["latency_ms"] = min(r["round_ms"])
+        r["throughput"] = x.shape[0] * 1000 / r["latency_ms"]
+    return results
 
 
 def environment() -> dict:

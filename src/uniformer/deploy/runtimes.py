@@ -15,7 +15,7 @@ from torch import nn
 
 from .export import export_onnx, export_openvino, require
 
-__all__ = ["RUNTIMES", "RuntimeModel", "load_runtime", "export_for_runtime"]
+__all__ = ["RUNTIMES", "RuntimeModel", "load_runtime", "export_for_runtime", "inference_variants"]
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 
@@ -81,3 +81,25 @@ def export_for_runtime(model: nn.Module, runtime: str, input_shape: Sequence[int
     else:
         path = export_openvino(model.eval(), example, workdir / "model.xml", dynamic_batch)
     return load_runtime(runtime, path, video=len(input_shape) == 4, threads=threads)
+
+
+def inference_variants(model: nn.Module, input_shape: Sequence[int], workdir: str | os.PathLike,
+                       batch_size: int = 1) -> dict:
+    """Label → zero-argument factory of each way to run `model` for inference, in the order
+    `uniformer benchmark --compare-runtimes` reports them: the eager reference (explicit attention,
+    as the original code), `uniformer.fuse`, and the fused model's export in onnxruntime and OpenVINO.
+    A factory raises `MissingExtraError` when its runtime is not installed."""
+    import copy
+
+    from ..models.fuse import fuse
+    from ..profiling import set_reference_attention
+
+    workdir = Path(workdir)
+    return {
+        "eager": lambda: set_reference_attention(copy.deepcopy(model)).eval(),
+        "fuse": lambda: fuse(model),
+        "onnxruntime": lambda: export_for_runtime(fuse(model), "onnxruntime", input_shape, workdir / "onnxruntime",
+                                                  batch_size=batch_size),
+        "openvino": lambda: export_for_runtime(fuse(model), "openvino", input_shape, workdir / "openvino",
+                                               batch_size=batch_size),
+    }
