@@ -21,6 +21,8 @@ def run(args: argparse.Namespace) -> int:
                                     split=args.split or "val", out_dir=out))
         return 0
     cfg = load_config(args.config, args.set)
+    if args.dtype:  # inference precision overrides the recipe's train.amp
+        cfg["train"]["amp"] = {"auto": "auto", "float32": "none", "bfloat16": "bf16"}[args.dtype]
     result = evaluate_checkpoint(cfg, args.checkpoint, split=args.split, device=args.device,
                                  use_ema=True if args.ema else None, output=args.output, batch_size=args.batch_size,
                                  show_progress=not args.no_progress)
@@ -40,5 +42,8 @@ def register(sub) -> None:
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a training checkpoint")
     p.add_argument("--batch-size", type=int, help="samples per batch (default: eval.batch_size or data.batch_size)")
     p.add_argument("--output", help="JSON file (default: eval_<split>.json beside the checkpoint)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"],
+                   help="auto: bfloat16 autocast on GPUs and on CPUs with bfloat16 units, else float32 "
+                        "(default: the recipe's train.amp, auto unless set)")
     add_device_options(p)
     p.set_defaults(func=run)

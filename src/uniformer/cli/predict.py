@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     predictor = load_predictor(args.checkpoint, args.model, args.labels, args.device,
                                parse_pairs(args.data, "--data"), use_ema=args.ema,
-                               model_options=parse_pairs(args.option, "-o"))
+                               model_options=parse_pairs(args.option, "-o"), runtime=args.runtime, dtype=args.dtype)
     results = predict_files(predictor, args.inputs, args.topk)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -57,6 +57,10 @@ def register(sub) -> None:
     p.add_argument("--ema", action="store_true", help="use the EMA weights of a training checkpoint")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, ...")
+    p.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime", "openvino"],
+                   help="classification: run the model's ONNX / OpenVINO export (pip install 'uniformer[deploy]')")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="auto: bfloat16 autocast on GPUs and on CPUs with bfloat16 units, else float32")
     p.add_argument("--task", default="classification", choices=("classification",) + DENSE_TASKS,
                    help="detection/segmentation/pose: write a picture and a JSON per image")
     p.add_argument("--config", help="with --task: the recipe (default: the one recorded in the checkpoint)")
