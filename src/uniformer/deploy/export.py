@@ -43,15 +43,11 @@ def require(module: str, purpose: str):
 
 
 def check_export_shape(model: nn.Module, input_shape: Sequence[int]) -> None:
-    """Image models take C×H×W, video models C×T×H×W; spatial sizes must be multiples of 32."""
+    """Image models take C×H×W, video models C×T×H×W."""
     video = bool(getattr(model, "video", False))
     if len(input_shape) != (4 if video else 3):
         kind, expected = ("video", "CxTxHxW, e.g. 3x8x224x224") if video else ("image", "CxHxW, e.g. 3x224x224")
         raise ExportError(f"--input {'x'.join(map(str, input_shape))}: a {kind} model takes {expected}")
-    if input_shape[-1] % 32 or input_shape[-2] % 32:
-        raise ExportError(f"--input {'x'.join(map(str, input_shape))}: height and width must be multiples of 32")
-    if video and input_shape[1] % 2:
-        raise ExportError(f"--input {'x'.join(map(str, input_shape))}: a video model needs an even frame count")
 
 
 def _outputs(out) -> list[torch.Tensor]:
