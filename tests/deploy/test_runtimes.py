@@ -58,8 +58,8 @@ def test_benchmark_one_runtime_and_its_limits(tmp_path, capsys):
     assert main(args) == 0
     record = json.loads(results.read_text().splitlines()[-1])
     assert record["runtime"] == "openvino" and record["fused"] and record["throughput"] > 0
-    with pytest.raises(SystemExit, match="drop --train"):
-        main(args + ["--train"])
+    with pytest.raises(SystemExit, match="drop --channels-last, --dtype bfloat16"):
+        main(args + ["--channels-last", "--dtype", "bfloat16"])
 
 
 def test_export_command(tmp_path, capsys):
