@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["count_params", "count_gflops", "parse_input", "default_input", "benchmark_model", "append_result",
-           "set_reference_attention"]
+           "set_reference_attention", "compare_models"]
 
 
 def count_params(model: nn.Module) -> int:
@@ -26,17 +26,30 @@ def count_params(model: nn.Module) -> int:
 @torch.no_grad()
 def count_gflops(model: nn.Module, input_shape: Sequence[int]) -> float:
     """Multiply-adds / 1e9 of one forward pass on a batch of one (as the paper counts): every
-    convolution, matrix product and attention product; norms and activations are not counted."""
+    convolution, matrix product and attention product; norms and activations are not counted.
+
+    Attention is counted on its explicit path (q·kᵀ and attn·v as matrix products, the light
+    models' class-token scores included): torch's counter has a formula for those on every
+    version, while its coverage of fused attention kernels differs between versions and devices.
+    """
+    from .models.layers import GlobalMHRA
+
     was_training = model.training
     flags = [p.requires_grad for p in model.parameters()]
+    attention = [m for m in model.modules() if isinstance(m, GlobalMHRA)]
+    fused = [m.fused_attn for m in attention]
     model.eval()
     for p in model.parameters():  # expanded parameters under no_grad confuse the module tracker
         p.requires_grad_(False)
+    for m in attention:
+        m.fused_attn = False
     try:
         x = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
         with FlopCounterMode(display=False) as counter:
             model(x)
     finally:
+        for m, f in zip(attention, fused):
+            m.fused_attn = f
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
         model.train(was_training)
@@ -136,6 +149,36 @@ def benchmark_model(model: nn.Module, input_shape: Sequence[int], batch_size: in
         latency_p90_ms=1000 * sorted(times)[int(0.9 * (len(times) - 1))],
         peak_memory_mb=_peak_memory_mb(dev), iters=iters, warmup=warmup,
     )
+
+
+@torch.inference_mode()
+def compare_models(models: dict, x: torch.Tensor, rounds: int = 6, iters: int = 3, warmup: int = 1) -> dict:
+    """Time several callables on the same input, interleaved: each round runs every model `iters` times in
+    turn, so drifting machine load touches them alike; a model's time is its best round's median.
+    Returns label → {throughput, latency_ms, relative_error (against the first model's outputs)}."""
+    reference = None
+    results = {}
+    for label, model in models.items():
+        for _ in range(warmup):
+            out = model(x)
+        out = out if isinstance(out, (tuple, list)) else [out]
+        if reference is None:
+            reference = out
+        error = max(((o.float() - r.float()).abs().max() / r.float().abs().max()).item()
+                    for o, r in zip(out, reference))
+        results[label] = dict(relative_error=error, round_ms=[])
+    for _ in range(rounds):
+        for label, model in models.items():
+            times = []
+            for _ in range(iters):
+                t0 = time.perf_counter()
+                model(x)
+                times.append(time.perf_counter() - t0)
+            results[label]["round_ms"].append(1000 * statistics.median(times))
+    for r in results.values():
+        r["latency_ms"] = min(r["round_ms"])
+        r["throughput"] = x.shape[0] * 1000 / r["latency_ms"]
+    return results
 
 
 def environment() -> dict:

@@ -8,12 +8,12 @@ import argparse
 import logging
 import sys
 
-from . import benchmark, convert, demo, info, models, predict, serve, train
+from . import benchmark, convert, demo, export, info, models, predict, serve, train
 from . import eval as eval_command
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS = (models, info, benchmark, convert, train, eval_command, predict, demo, serve)
+COMMANDS = (models, info, benchmark, export, convert, train, eval_command, predict, demo, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

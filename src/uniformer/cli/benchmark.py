@@ -11,14 +11,8 @@ def run(args) -> int:
     import torch
 
     import uniformer
-    from uniformer.profiling import (
-        append_result,
-        benchmark_model,
-        default_input,
-        environment,
-        parse_input,
-        set_reference_attention,
-    )
+    from uniformer.engine.precision import resolve_dtype
+    from uniformer.profiling import default_input, parse_input
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -30,8 +24,31 @@ def run(args) -> int:
     options = parse_pairs(args.option, "-o")
     model = uniformer.create_model(args.name, checkpoint_path=args.checkpoint, **options).eval()
     shape = parse_input(args.input) if args.input else default_input(model)
+    if args.compare_runtimes:
+        return _compare_runtimes(args, model, shape)
     if args.train and args.fused:
         raise SystemExit("error: --fused models are for inference; drop --fused with --train")
+    dtype = resolve_dtype("float32" if args.runtime != "torch" and args.dtype == "auto" else args.dtype, args.device)
+    if args.runtime != "torch":
+        unsupported = [flag for flag, on in (("--train", args.train), ("--compile", args.compile),
+                                             ("--channels-last", args.channels_last), ("--reference", args.reference),
+                                             (f"--dtype {dtype}", dtype != "float32"),
+                                             (f"--device {args.device}", args.device != "cpu")) if on]
+        if unsupported:
+            raise SystemExit(f"error: --runtime {args.runtime} runs float32 inference on the CPU; drop "
+                             f"{', '.join(unsupported)}")
+    return _benchmark_model(args, model, shape, dtype, options)
+
+
+def _benchmark_model(args, model, shape, dtype: str, options: dict) -> int:
+    import tempfile
+
+    import torch
+
+    import uniformer
+    from uniformer.deploy import MissingExtraError, export_for_runtime
+    from uniformer.engine.precision import autocast_dtype
+    from uniformer.profiling import append_result, benchmark_model, environment, set_reference_attention
 
     def variant(reference: bool):
         m = set_reference_attention(uniformer.create_model(args.name, **options)) if reference else \
@@ -40,38 +57,95 @@ def run(args) -> int:
             m.load_state_dict(model.state_dict())
         return m.eval()
 
+    workdir = tempfile.TemporaryDirectory(prefix="uniformer_benchmark_")
+    requested = variant(args.reference)
+    if args.runtime != "torch":
+        try:
+            requested = export_for_runtime(requested, args.runtime, shape, workdir.name)
+        except MissingExtraError as e:
+            raise SystemExit(f"error: {e}") from None
     runs = [("reference", variant(True), "float32", False, False)] if args.compare else []
-    runs.append(("requested", variant(args.reference), args.dtype, args.channels_last, args.compile))
+    runs.append(("requested", requested, dtype, args.channels_last, args.compile))
     records = []
-    for label, m, dtype, cl, comp in runs:
-        result = benchmark_model(m, shape, args.batch_size, args.device, dtype, cl, comp, args.train,
+    for label, m, run_dtype, cl, comp in runs:
+        result = benchmark_model(m, shape, args.batch_size, args.device, run_dtype, cl, comp, args.train,
                                  args.warmup, args.iters)
         record = dict(model=args.name, run=label, fused=args.fused and label == "requested",
+                      runtime=args.runtime if label == "requested" else "torch",
                       reference_attention=label == "reference" or args.reference, **result, **environment())
         records.append(record)
         append_result(args.results, record)
         print(f"{label:>9}: {args.name} {record['mode']} batch {args.batch_size} {'x'.join(map(str, shape))} "
-              f"{dtype}{' channels-last' if cl else ''}{' compiled' if comp else ''}"
+              f"{run_dtype}{' channels-last' if cl else ''}{' compiled' if comp else ''}"
               f"{' fused' if record['fused'] else ''}{' explicit-attention' if record['reference_attention'] else ''}"
+              f"{'' if record['runtime'] == 'torch' else ' ' + record['runtime']}"
               f": {result['throughput']:.2f} samples/s, {result['latency_ms']:.1f} ms/batch, "
               f"peak memory {result['peak_memory_mb']:.0f} MB")
     if args.compare:
         speedup = records[1]["throughput"] / records[0]["throughput"]
         x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1)).to(args.device)
         ref_model, new_model = runs[0][1], runs[1][1]
-        amp = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+        amp = autocast_dtype(dtype)
         with torch.inference_mode():
             expected = ref_model.to(args.device)(x).float()
             with torch.autocast(torch.device(args.device).type, dtype=amp, enabled=amp is not None):
                 got = new_model(x).float()
         rel = ((got - expected).abs().max() / expected.abs().max()).item()
         summary = dict(model=args.name, run="comparison", speedup=speedup, logits_relative_error=rel,
-                       requested=dict(dtype=args.dtype, fused=args.fused, channels_last=args.channels_last,
-                                      compile=args.compile), batch_size=args.batch_size, input=list(shape),
-                       **environment())
+                       requested=dict(dtype=dtype, fused=args.fused, channels_last=args.channels_last,
+                                      compile=args.compile, runtime=args.runtime),
+                       batch_size=args.batch_size, input=list(shape), **environment())
         append_result(args.results, summary)
         print(f"speed-up over the eager float32 reference: {speedup:.2f}x; "
               f"logits relative error {rel:.2e} (max abs difference / max abs logit)")
+    workdir.cleanup()
+    print(f"results appended to {args.results}")
+    return 0
+
+
+def _compare_runtimes(args, model, shape) -> int:
+    """Every inference path on the same weights and input, timed interleaved (`inference_variants`)."""
+    import tempfile
+    import time
+
+    import torch
+
+    from uniformer.deploy import MissingExtraError
+    from uniformer.deploy.runtimes import inference_variants
+    from uniformer.profiling import append_result, compare_models, environment
+
+    if args.train or args.compile or args.channels_last or args.reference or args.fused or args.device != "cpu" \
+            or args.dtype not in ("auto", "float32") or args.runtime != "torch":
+        raise SystemExit("error: --compare-runtimes compares float32 CPU inference of every runtime itself; "
+                         "use it without --train, --compile, --channels-last, --reference, --fused, --runtime, "
+                         "--device cuda or --dtype bfloat16/float16")
+    x = torch.randn(args.batch_size, *shape, generator=torch.Generator().manual_seed(1))
+    models, prepare_s = {}, {}
+    with tempfile.TemporaryDirectory(prefix="uniformer_compare_") as workdir:
+        for label, make in inference_variants(model, shape, workdir, args.batch_size).items():
+            t0 = time.perf_counter()
+            try:
+                models[label] = make()
+            except MissingExtraError as e:
+                print(f"{label}: skipped ({e})")
+                continue
+            prepare_s[label] = time.perf_counter() - t0
+        results = compare_models(models, x, rounds=args.rounds, iters=args.iters, warmup=args.warmup)
+    env = environment()
+    base = results["eager"]["throughput"]
+    unit = "clips/s" if x.ndim == 5 else "images/s"
+    print(f"{args.name} batch {args.batch_size} {'x'.join(map(str, shape))} float32, {env['threads']} threads, "
+          f"{env['cpu']}, torch {env['torch']}; best of {args.rounds} interleaved rounds of {args.iters}")
+    print(f"{'runtime':<12} {unit:>10} {'vs eager':>9} {'ms/batch':>9} {'rel. error':>10} {'prepare s':>10}")
+    for label, r in results.items():
+        print(f"{label:<12} {r['throughput']:>10.2f} {r['throughput'] / base:>8.2f}x {r['latency_ms']:>9.1f} "
+              f"{r['relative_error']:>10.1e} {prepare_s[label]:>10.1f}")
+        append_result(args.results, dict(model=args.name, run="compare-runtimes", runtime=label,
+                                         batch_size=args.batch_size, input=list(shape), rounds=args.rounds,
+                                         iters=args.iters, throughput=r["throughput"], latency_ms=r["latency_ms"],
+                                         speedup=r["throughput"] / base, relative_error=r["relative_error"],
+                                         prepare_s=prepare_s[label], **env))
+    print("prepare s: time to build the variant (fuse; export and runtime compilation), not in the timings")
     print(f"results appended to {args.results}")
     return 0
 
@@ -105,8 +179,14 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--input", help="CxHxW or CxTxHxW (default: the model's)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="float32, or autocast to bfloat16/float16")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="auto: bfloat16 autocast on GPUs and on CPUs with bfloat16 units (AVX512-BF16, AMX), "
+                        "else float32")
+    p.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime", "openvino"],
+                   help="run the model's ONNX / OpenVINO export instead (pip install 'uniformer[deploy]')")
+    p.add_argument("--compare-runtimes", action="store_true",
+                   help="eager, fuse, onnxruntime and OpenVINO on the same input, interleaved, with ratios")
+    p.add_argument("--rounds", type=int, default=6, help="with --compare-runtimes: interleaved rounds (best kept)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--fused", action="store_true", help="run uniformer.fuse(model)")

@@ -15,6 +15,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_device(args.device)
     overrides = list(args.set or []) + ([f"eval.batch_size={args.batch_size}"] if args.batch_size else [])
+    if args.dtype:  # inference precision overrides the recipe's train.amp
+        overrides.append("train.amp=" + {"auto": "auto", "float32": "none", "bfloat16": "bf16"}[args.dtype])
     task = task_from_checkpoint(args.checkpoint, args.config, overrides, args.task)
     result = evaluate_checkpoint(task, args.checkpoint, split=args.split, device=args.device,
                                  use_ema=True if args.ema else None, output=args.output)
@@ -36,5 +38,8 @@ def register(sub) -> None:
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a run checkpoint")
     p.add_argument("--batch-size", type=int, help="samples per batch (sets eval.batch_size)")
     p.add_argument("--output", help="JSON file (default: eval_<split>.json beside the checkpoint)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"],
+                   help="auto: bfloat16 autocast on GPUs and on CPUs with bfloat16 units, else float32 "
+                        "(default: the recipe's train.amp, auto unless set)")
     add_device_options(p, progress=False)
     p.set_defaults(func=run)

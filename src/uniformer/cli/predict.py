@@ -52,13 +52,14 @@ def run(args: argparse.Namespace) -> int:
 
         predictor = load_predictor(args.checkpoint, args.model, args.labels, args.device,
                                    parse_pairs(args.data, "--data"), use_ema=args.ema,
-                                   model_options=parse_pairs(args.option, "-o"))
+                                   model_options=parse_pairs(args.option, "-o"), runtime=args.runtime or "torch",
+                                   dtype=args.dtype or "auto")
         results = predict_files(predictor, args.inputs, args.topk or 5, figures=args.out)
         print_json(results) if args.json else _print_predictions(results)
         return 0 if all(r["error"] is None for r in results) else 1
     if not args.checkpoint:
         raise ValueError(f"{task} needs --checkpoint (released weights by tag are for classification)")
-    _reject(args, task, {**_CLASSIFICATION_ONLY, "ema": "--ema"})
+    _reject(args, task, {**_CLASSIFICATION_ONLY, "ema": "--ema", "runtime": "--runtime", "dtype": "--dtype"})
     if task != "detection" and args.score_thr is not None:
         raise ValueError(f"--score-thr does not apply to {task} checkpoints")
     module = importlib.import_module(f"uniformer.tasks.{task}")
@@ -102,4 +103,10 @@ def register(sub) -> None:
     p.add_argument("--score-thr", type=float, help="detection: smallest score drawn and listed (default 0.3)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--device", default=None, help="auto (default: the GPU if any), cpu, cuda, ...")
+    p.add_argument("--runtime", choices=["torch", "onnxruntime", "openvino"],
+                   help="classification: run the model's ONNX / OpenVINO export (pip install 'uniformer[deploy]'; "
+                        "default: torch)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"],
+                   help="classification: auto (default): bfloat16 autocast on GPUs and on CPUs with bfloat16 units, "
+                        "else float32")
     p.set_defaults(func=run)

@@ -51,6 +51,7 @@ from uniformer.engine.distributed import (
 from uniformer.engine.ema import ModelEma
 from uniformer.engine.loaders import shard_size, train_loader
 from uniformer.engine.optim import LRSchedule, build_optimizer, scaled_lr
+from uniformer.engine.precision import resolve_dtype
 from uniformer.engine.reporting import TensorBoardLogger, log_to, plot_curves, write_history_csv, write_json
 from uniformer.engine.task import Task
 
@@ -84,14 +85,12 @@ def deterministic_mode(enabled: bool, device: torch.device):
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:
-    """"auto" -> bf16 on GPUs that support it, fp16 on older GPUs, none (float32) on CPUs."""
-    if amp == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "none"
+    """"auto" -> bf16 on GPUs that support it, fp16 on older GPUs; on CPUs bf16 only where the CPU has
+    bfloat16 units (`engine.precision`), else none (float32). "bf16" on a CPU without them warns."""
     if amp == "fp16" and device.type != "cuda":
         raise ConfigError(f"train.amp = 'fp16' needs a GPU (device is {device}); use 'bf16' or 'none' on CPUs")
-    return amp
+    names = {"auto": "auto", "none": "float32", "bf16": "bfloat16", "fp16": "float16"}
+    return {"float32": "none", "bfloat16": "bf16", "float16": "fp16"}[resolve_dtype(names[amp], device)]
 
 
 def autocast_context(device: torch.device, amp: str):

@@ -31,6 +31,7 @@ class Predictor:
     device: Any  # torch.device
     is_video: bool
     dataset: str | None = None  # the dataset the classifier was trained on, when known
+    dtype: str = "float32"  # resolved: float32, or bfloat16 / float16 autocast
 
 
 def _default_data_cfg(is_video: bool) -> dict:
@@ -75,7 +76,8 @@ def _fetch_released(full_name: str) -> str:
 
 def load_predictor(checkpoint: str | os.PathLike | None = None, model_name: str | None = None,
                    labels: str | None = None, device: str | None = None, data_overrides: Mapping | None = None,
-                   use_ema: bool = False, model_options: Mapping | None = None) -> Predictor:
+                   use_ema: bool = False, model_options: Mapping | None = None, runtime: str = "torch",
+                   dtype: str = "auto") -> Predictor:
     """Build the model behind `checkpoint` (a training checkpoint of this engine or any original one), or
     the released weights `model_name` names (`NAME.TAG`, fetched from the hub when no checkpoint is given).
 
@@ -83,11 +85,14 @@ def load_predictor(checkpoint: str | os.PathLike | None = None, model_name: str 
     crops × clips) and the class names of its dataset. `model_options` (depths, embed_dims, ...) describe
     the architecture of an original checkpoint; training checkpoints record theirs. `data_overrides`
     adjust the test transform (num_frames, ...); `labels` (a file, one name per line) overrides the names.
+    `runtime` "onnxruntime" / "openvino" runs the fused model's export there (CPU, float32);
+    `dtype` "auto" autocasts to bfloat16 only where that is fast (`uniformer.engine.precision`).
     """
 
     from uniformer.data import class_names
     from uniformer.engine.checkpoint import read_checkpoint
     from uniformer.engine.distributed import resolve_device
+    from uniformer.engine.precision import resolve_dtype
 
     from . import (
         build_model,
@@ -153,7 +158,25 @@ def load_predictor(checkpoint: str | os.PathLike | None = None, model_name: str 
     cfg = {**_default_data_cfg(is_video), **{k: v for k, v in data_cfg.items() if k != "format"}}
     cfg["format"] = "video_list" if is_video else "image_list"
     cfg.update(dict(data_overrides or {}))
-    return Predictor(model, classes, cfg, dev, is_video, dataset)
+    if runtime != "torch":
+        model = _runtime_model(model, runtime, cfg, is_video, dev, dtype)
+        dtype = "float32"
+    return Predictor(model, classes, cfg, dev, is_video, dataset, resolve_dtype(dtype, dev))
+
+
+def _runtime_model(model, runtime: str, cfg: dict, is_video: bool, device, dtype: str):
+    """The fused model exported for `runtime` at the test view's input size (any batch)."""
+    import tempfile
+
+    from uniformer.deploy import export_for_runtime
+    from uniformer.models.fuse import fuse
+
+    if device.type != "cpu" or dtype == "bfloat16":
+        raise ValueError(f"--runtime {runtime} runs float32 on the CPU: drop --device {device} / --dtype {dtype}")
+    size = cfg["input_size"]
+    shape = (3, cfg["num_frames"], size, size) if is_video else (3, size, size)
+    with tempfile.TemporaryDirectory(prefix=f"uniformer_{runtime}_") as workdir:  # loaded into memory
+        return export_for_runtime(fuse(model), runtime, shape, workdir)
 
 
 def _kind_of(path: str) -> str:
@@ -175,6 +198,7 @@ def predict_files(predictor: Predictor, inputs: Sequence[str], topk: int = 5,
     import torch
 
     from uniformer.data import build_dataset
+    from uniformer.engine.precision import autocast_dtype
 
     from . import model_input_ndim, view_logits
 
@@ -213,7 +237,8 @@ def predict_files(predictor: Predictor, inputs: Sequence[str], topk: int = 5,
                 results[i]["error"] = f"cannot read {inputs[i]}: {reason}"
                 continue
             x = item["input"].unsqueeze(0).to(predictor.device)
-            with torch.no_grad():
+            amp = autocast_dtype(predictor.dtype)
+            with torch.no_grad(), torch.autocast(predictor.device.type, dtype=amp, enabled=amp is not None):
                 probs = view_logits(predictor.model, x, expected).softmax(-1).mean(1)[0].cpu()
             top = probs.topk(k)
             results[i]["predictions"] = [{"label": predictor.classes[c], "index": int(c), "prob": float(pr)}

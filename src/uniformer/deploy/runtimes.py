@@ -1,0 +1,105 @@
+"""Run exported UniFormer graphs through onnxruntime or OpenVINO as if they were PyTorch modules.
+
+`RuntimeModel` takes and returns torch tensors (one tensor, or a list for `features_only`
+backbones), so prediction and benchmarking code need not know which runtime computes.
+`export_for_runtime` turns a PyTorch model into such a model in one call.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .export import export_onnx, export_openvino, require
+
+__all__ = ["RUNTIMES", "RuntimeModel", "load_runtime", "export_for_runtime", "inference_variants"]
+
+RUNTIMES = ("torch", "onnxruntime", "openvino")
+
+
+class RuntimeModel(nn.Module):
+    """An exported graph behind the call signature of a UniFormer module (CPU, float32, inference).
+
+    `video` says whether it takes B×C×T×H×W clips, as the PyTorch models do.
+    """
+
+    def __init__(self, runtime: str, path: str | os.PathLike, video: bool, threads: int | None = None):
+        super().__init__()
+        self.runtime = runtime
+        self.path = Path(path)
+        self.video = video
+        threads = threads or torch.get_num_threads()
+        if runtime == "onnxruntime":
+            ort = require("onnxruntime", "--runtime onnxruntime")
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            self._input = self._session.get_inputs()[0].name
+        elif runtime == "openvino":
+            ov = require("openvino", "--runtime openvino")
+            config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+                      "INFERENCE_NUM_THREADS": threads}
+            self._compiled = ov.Core().compile_model(str(self.path), "CPU", config)
+        else:
+            raise ValueError(f"runtime {runtime!r}: expected onnxruntime or openvino")
+
+    def forward(self, x: torch.Tensor):
+        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        if self.runtime == "onnxruntime":
+            outputs = self._session.run(None, {self._input: array})
+        else:
+            result = self._compiled(array)
+            outputs = [result[out] for out in self._compiled.outputs]
+        tensors = [torch.from_numpy(o) for o in outputs]
+        return tensors[0] if len(tensors) == 1 else tensors
+
+    def extra_repr(self) -> str:
+        return f"runtime={self.runtime}, path={self.path}, video={self.video}"
+
+
+def load_runtime(runtime: str, path: str | os.PathLike, video: bool, threads: int | None = None) -> RuntimeModel:
+    """An exported graph (`.onnx` for onnxruntime; `.xml` or `.onnx` for OpenVINO) as a callable model."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"exported model {path} does not exist")
+    return RuntimeModel(runtime, path, video, threads)
+
+
+def export_for_runtime(model: nn.Module, runtime: str, input_shape: Sequence[int], workdir: str | os.PathLike,
+                       dynamic_batch: bool = True, batch_size: int = 1, threads: int | None = None) -> RuntimeModel:
+    """Export `model` into `workdir` for `runtime` and load it there (the same weights, another engine)."""
+    if runtime not in RUNTIMES[1:]:
+        raise ValueError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+    require(runtime, f"--runtime {runtime}")
+    example = torch.randn(batch_size, *input_shape)
+    workdir = Path(workdir)
+    if runtime == "onnxruntime":
+        path = export_onnx(model.eval(), example, workdir / "model.onnx", dynamic_batch)
+    else:
+        path = export_openvino(model.eval(), example, workdir / "model.xml", dynamic_batch)
+    return load_runtime(runtime, path, video=len(input_shape) == 4, threads=threads)
+
+
+def inference_variants(model: nn.Module, input_shape: Sequence[int], workdir: str | os.PathLike,
+                       batch_size: int = 1) -> dict:
+    """Label → zero-argument factory of each way to run `model` for inference, in the order
+    `uniformer benchmark --compare-runtimes` reports them: the eager reference (explicit attention,
+    as the original code), `uniformer.fuse`, and the fused model's export in onnxruntime and OpenVINO.
+    A factory raises `MissingExtraError` when its runtime is not installed."""
+    import copy
+
+    from ..models.fuse import fuse
+    from ..profiling import set_reference_attention
+
+    workdir = Path(workdir)
+    return {
+        "eager": lambda: set_reference_attention(copy.deepcopy(model)).eval(),
+        "fuse": lambda: fuse(model),
+        "onnxruntime": lambda: export_for_runtime(fuse(model), "onnxruntime", input_shape, workdir / "onnxruntime",
+                                                  batch_size=batch_size),
+        "openvino": lambda: export_for_runtime(fuse(model), "openvino", input_shape, workdir / "openvino",
+                                               batch_size=batch_size),
+    }

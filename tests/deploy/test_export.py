@@ -1,0 +1,71 @@
+"""Export round trips: ONNX (onnxruntime) and OpenVINO IR against the PyTorch model, for image, video and
+`features_only` models, through `export_model` (which checks the graph itself) and re-checked here.
+
+Skipped only when the `deploy` extra (onnx, onnxscript, onnxruntime, openvino) is not installed.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import uniformer
+from uniformer.deploy import ExportError, export_model, load_runtime
+
+pytest.importorskip("onnx", reason="the deploy extra is not installed: pip install 'uniformer[deploy]'")
+pytest.importorskip("onnxscript", reason="the deploy extra is not installed: pip install 'uniformer[deploy]'")
+pytest.importorskip("onnxruntime", reason="the deploy extra is not installed: pip install 'uniformer[deploy]'")
+pytest.importorskip("openvino", reason="the deploy extra is not installed: pip install 'uniformer[deploy]'")
+
+RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino"}
+
+
+def _outputs(out) -> list[torch.Tensor]:
+    return list(out) if isinstance(out, (tuple, list)) else [out]
+
+
+def _round_trip(model, shape, path, fmt, **kwargs):
+    result = export_model(model, shape, path, fmt, **kwargs)
+    assert result["relative_error"] <= 1e-4
+    runtime = load_runtime(RUNTIME[fmt], result["path"], video=len(shape) == 4)
+    x = torch.randn(2 if kwargs.get("dynamic_batch") else kwargs.get("batch_size", 1), *shape)
+    with torch.no_grad():
+        expected = _outputs(model(x))
+    got = _outputs(runtime(x))
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape
+        torch.testing.assert_close(g, e, atol=1e-4 * e.abs().max().item(), rtol=0)
+    return result
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_image_classifier_fused_dynamic_batch(make_tiny, tmp_path, fmt):
+    model = uniformer.fuse(make_tiny(aux_head=True))
+    result = _round_trip(model, (3, 64, 96), tmp_path / f"classifier.{fmt}", fmt, dynamic_batch=True)
+    assert result["input"][0] == 3  # checked at another batch size than the one exported
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_video_classifier(make_tiny, tmp_path, fmt):
+    _round_trip(make_tiny("uniformer_video_small"), (3, 8, 64, 64), tmp_path / f"video.{fmt}", fmt)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_features_only_hybrid_window_backbone(make_tiny, tmp_path, fmt):
+    """Stage 3 is 6×5 here: window 2 pads the width, and block 4 of the hybrid stage is global."""
+    model = make_tiny(features_only=True, num_classes=0, depths=(1, 1, 4, 1), stage3="hybrid", window_size=2)
+    assert [blk.window_size for blk in model.blocks3] == [2, 2, 2, None]
+    _round_trip(model, (3, 96, 80), tmp_path / f"backbone.{fmt}", fmt)
+
+
+def test_light_model_with_token_evolution(make_tiny, tmp_path):
+    _round_trip(uniformer.fuse(make_tiny("uniformer_xxs")), (3, 64, 64), tmp_path / "xxs.onnx", "onnx")
+
+
+def test_wrong_input_rank_is_a_clear_error(make_tiny, tmp_path):
+    with pytest.raises(ExportError, match="video model takes CxTxHxW"):
+        export_model(make_tiny("uniformer_video_small"), (3, 64, 64), tmp_path / "x.onnx")
+    with pytest.raises(ExportError, match="image model takes CxHxW"):
+        export_model(make_tiny(), (3, 4, 64, 64), tmp_path / "x.onnx")
+    with pytest.raises(ExportError, match="--format"):
+        export_model(make_tiny(), (3, 64, 64), tmp_path / "x.trt", format="tensorrt")

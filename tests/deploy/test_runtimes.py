@@ -1,0 +1,72 @@
+"""The same weights through onnxruntime / OpenVINO: `predict --runtime`, `benchmark --runtime` and
+`--compare-runtimes`, `uniformer export` (CLI). Skipped only without the `deploy` extra."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import uniformer
+from uniformer.cli import main
+from uniformer.tasks.classification.predict import load_predictor, predict_files
+
+for _module in ("onnx", "onnxscript", "onnxruntime", "openvino"):
+    pytest.importorskip(_module, reason="the deploy extra is not installed: pip install 'uniformer[deploy]'")
+
+TINY_ARGS = ["-o", "depths=[1,1,1,1]", "-o", "embed_dims=[16,32,64,128]", "-o", "head_dim=16", "-o", "num_classes=5"]
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_predict_with_a_runtime_matches_torch(tmp_path, runtime):
+    torch.manual_seed(0)
+    model = uniformer.create_model("uniformer_small", depths=(1, 1, 1, 1), embed_dims=(16, 32, 64, 128),
+                                   head_dim=16, num_classes=5)
+    ckpt = tmp_path / "model.pth"
+    torch.save({"model": model.state_dict()}, ckpt)
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)).save(image)
+    common = dict(checkpoint=ckpt, model_name="uniformer_small", device="cpu",
+                  data_overrides={"input_size": 64, "short_side": 72},
+                  model_options={"depths": [1, 1, 1, 1], "embed_dims": [16, 32, 64, 128], "head_dim": 16})
+    eager = predict_files(load_predictor(**common, dtype="float32"), [str(image)])[0]["predictions"]
+    predictor = load_predictor(**common, runtime=runtime)
+    assert predictor.model.runtime == runtime
+    exported = predict_files(predictor, [str(image)])[0]["predictions"]
+    assert [p["index"] for p in exported] == [p["index"] for p in eager]
+    assert [p["prob"] for p in exported] == pytest.approx([p["prob"] for p in eager], abs=1e-5)
+
+
+def test_benchmark_compare_runtimes(tmp_path, capsys):
+    results = tmp_path / "bench.jsonl"
+    assert main(["benchmark", "uniformer_small", "--compare-runtimes", "--input", "3x64x64", "--batch-size", "2",
+                 "--rounds", "2", "--iters", "1", "--warmup", "1", "--threads", "1", "--results", str(results),
+                 *TINY_ARGS]) == 0
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [r["runtime"] for r in rows] == ["eager", "fuse", "onnxruntime", "openvino"]
+    assert rows[0]["speedup"] == 1 and all(r["throughput"] > 0 and r["prepare_s"] >= 0 for r in rows)
+    assert all(r["relative_error"] < 1e-4 for r in rows)
+    assert "vs eager" in capsys.readouterr().out
+
+
+def test_benchmark_one_runtime_and_its_limits(tmp_path, capsys):
+    results = tmp_path / "bench.jsonl"
+    args = ["benchmark", "uniformer_small", "--runtime", "openvino", "--fused", "--input", "3x64x64",
+            "--batch-size", "2", "--iters", "1", "--warmup", "1", "--results", str(results), *TINY_ARGS]
+    assert main(args) == 0
+    record = json.loads(results.read_text().splitlines()[-1])
+    assert record["runtime"] == "openvino" and record["fused"] and record["throughput"] > 0
+    with pytest.raises(SystemExit, match="drop --channels-last, --dtype bfloat16"):
+        main(args + ["--channels-last", "--dtype", "bfloat16"])
+
+
+def test_export_command(tmp_path, capsys):
+    out = tmp_path / "video.onnx"
+    assert main(["export", "uniformer_video_small", str(out), "--input", "3x8x64x64", "--fused", "--dynamic-batch",
+                 "--json", *TINY_ARGS]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert out.is_file() and result["relative_error"] <= 1e-4 and result["input"] == [3, 3, 8, 64, 64]
+    with pytest.raises(SystemExit, match="video model takes CxTxHxW"):
+        main(["export", "uniformer_video_small", str(out), "--input", "3x64x64", *TINY_ARGS])
