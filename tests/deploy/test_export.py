@@ -50,12 +50,15 @@ def test_video_classifier(make_tiny, tmp_path, fmt):
     _round_trip(make_tiny("uniformer_video_small"), (3, 8, 64, 64), tmp_path / f"video.{fmt}", fmt)
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+@pytest.mark.parametrize("fmt", ["onnx", pytest.param("openvino", marks=pytest.mark.xfail(
+    strict=True, raises=ExportError, reason="open: OpenVINO 2026.4's CPU plugin differs by 2.8e-4 (relative) from "
+    "PyTorch on the hybrid-window backbone while onnxruntime matches the same ONNX graph to 1e-6; export_model "
+    "refuses the graph"))])
 def test_features_only_hybrid_window_backbone(make_tiny, tmp_path, fmt):
-    """Stage 3 is 6×5 here: window 2 pads the width, and block 4 of the hybrid stage is global."""
+    """Stage 3 is 8×7 here: window 2 pads the width, and block 4 of the hybrid stage is global."""
     model = make_tiny(features_only=True, num_classes=0, depths=(1, 1, 4, 1), stage3="hybrid", window_size=2)
     assert [blk.window_size for blk in model.blocks3] == [2, 2, 2, None]
-    _round_trip(model, (3, 96, 80), tmp_path / f"backbone.{fmt}", fmt)
+    _round_trip(model, (3, 128, 112), tmp_path / f"backbone.{fmt}", fmt)
 
 
 def test_light_model_with_token_evolution(make_tiny, tmp_path):
