@@ -106,12 +106,14 @@ def test_config_errors_name_the_key():
         parse_data_config({"format": "video_list", "scale_jitter": [320, 256]})
     with pytest.raises(ValueError, match="'num_frames'"):
         parse_data_config({"format": "video_list", "num_frames": 0})
-    with pytest.warns(UserWarning, match="unknown key"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['num_frame'\]"):  # an error, not a warning
         parse_data_config({"format": "video_list", "num_frame": 8})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['batch_size'\]"):  # train.batch_size, as every task
+        parse_data_config({"format": "video_list", "batch_size": 8})
     with pytest.warns(UserWarning, match="hflip"):
         parse_data_config({"format": "sthv2", "hflip": True})
-    cfg = parse_data_config({"format": "image_folder", "batch_size": 8, "mixup": 0.8})
-    assert cfg.random_resized_crop and cfg.hflip and cfg.short_side == 224 and cfg.extra["batch_size"] == 8
+    cfg = parse_data_config({"format": "image_folder", "mixup": 0.8})
+    assert cfg.random_resized_crop and cfg.hflip and cfg.short_side == 224 and cfg.extra["mixup"] == 0.8
 
 
 def test_dataloader_shuffled_epochs_differ(tmp_path):

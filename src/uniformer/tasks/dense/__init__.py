@@ -1,8 +1,9 @@
 """Shared machinery of the dense-prediction tasks (detection, segmentation, pose).
 
-The task modules `uniformer.tasks.detection`, `.segmentation` and `.pose` hold the entry points;
-this package holds what they share (recipes, the training loop, image reading, drawing, COCO
-helpers, synthetic demo data) and the task-specific heads, datasets and metrics.
+The task packages `uniformer.tasks.detection`, `.segmentation` and `.pose` hold their `Task` classes and
+entry points; this package holds what they share (the `DenseTask` base, weight loading of the original
+toolboxes' files, image reading, drawing, COCO helpers, synthetic demo data). Training, checkpoints and
+processes are the engine's (`uniformer.engine.Runner`).
 """
 
 
