@@ -163,4 +163,4 @@ def test_options_of_another_task_are_refused():
     with pytest.raises(ValueError, match="--labels.*classification options"):
         build_app(checkpoint="seg.pth", task="segmentation", labels="names.txt")
     with pytest.raises(ValueError, match="--config is the recipe of a dense task"):
-        build_app(checkpoint="clf.pth", config="recipe.yaml")
+        build_app(checkpoint="clf.pth", task="classification", config="recipe.yaml")

@@ -45,7 +45,7 @@ def test_benchmark_compare_runtimes(tmp_path, capsys):
                  "--rounds", "2", "--iters", "1", "--warmup", "1", "--threads", "1", "--results", str(results),
                  *TINY_ARGS]) == 0
     rows = [json.loads(line) for line in results.read_text().splitlines()]
-    assert [r["runtime"] for r in rows] == ["eager", "fuse", "onnxruntime", "openvino"]
+    assert [r["runtime"] for r in rows] == ["eager", "fuse", "optimize", "onnxruntime", "openvino"]
     assert rows[0]["speedup"] == 1 and all(r["throughput"] > 0 and r["prepare_s"] >= 0 for r in rows)
     assert all(r["relative_error"] < 1e-4 for r in rows)
     assert "vs eager" in capsys.readouterr().out

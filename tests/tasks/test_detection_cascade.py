@@ -19,12 +19,6 @@ REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "configs" / "detection" / "cascade_mask_rcnn_uniformer_small_h14_3x_ms_coco.yaml"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -87,17 +87,22 @@ def inference_variants(model: nn.Module, input_shape: Sequence[int], workdir: st
                        batch_size: int = 1) -> dict:
     """Label → zero-argument factory of each way to run `model` for inference, in the order
     `uniformer benchmark --compare-runtimes` reports them: the eager reference (explicit attention,
-    as the original code), `uniformer.fuse`, and the fused model's export in onnxruntime and OpenVINO.
+    as the original code), `uniformer.fuse`, `uniformer.optimize` (fused and compiled with inductor for the
+    benchmark's input shape), and the fused model's export in onnxruntime and OpenVINO.
     A factory raises `MissingExtraError` when its runtime is not installed."""
     import copy
 
+    import torch
+
     from ..models.fuse import fuse
+    from ..models.optimize import optimize
     from ..profiling import set_reference_attention
 
     workdir = Path(workdir)
     return {
         "eager": lambda: set_reference_attention(copy.deepcopy(model)).eval(),
         "fuse": lambda: fuse(model),
+        "optimize": lambda: optimize(model, example=torch.randn(batch_size, *input_shape)),
         "onnxruntime": lambda: export_for_runtime(fuse(model), "onnxruntime", input_shape, workdir / "onnxruntime",
                                                   batch_size=batch_size),
         "openvino": lambda: export_for_runtime(fuse(model), "openvino", input_shape, workdir / "openvino",
