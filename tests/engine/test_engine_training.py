@@ -132,3 +132,16 @@ def test_a_diverging_run_stops_with_a_clear_error(tmp_path):
     cfg = load_recipe(tiny_recipe(optim={"lr": 1e30}, train={"epochs": 3}))
     with pytest.raises(FloatingPointError, match="not finite .* lower optim.lr"):
         train(cfg, tmp_path / "nan", show_progress=False)
+
+
+def test_logged_loss_is_the_optimised_sum_counted_once(tmp_path, monkeypatch):
+    """A task's own `loss` entry is the sum the runner optimises: it is logged once, not added to itself."""
+    from uniformer.tasks.classification.task import Task
+
+    def constant_loss(self, model, batch):
+        return {"loss": model(batch["input"]).sum() * 0 + 0.5, "loss_part": torch.tensor(0.25)}
+
+    monkeypatch.setattr(Task, "training_step", constant_loss)
+    summary, _ = _train(tmp_path, "const", train={"epochs": 1, "batch_size": 4, "log_every": 1})
+    assert [r["loss"] for r in summary["history"] if "loss" in r] == pytest.approx([0.75] * 3)  # 0.5 + 0.25
+    assert all(r["loss_part"] == pytest.approx(0.25) for r in summary["history"] if "loss_part" in r)

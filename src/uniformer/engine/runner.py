@@ -356,9 +356,10 @@ class Runner:
                         f"the loss is not finite ({loss.item()}; {parts}) at step {self.step + 1} (epoch "
                         f"{epoch + 1}): lower optim.lr, set train.clip_grad, or use train.amp=none")
                 self.scaler.scale(loss / self.accum).backward()
-            self._running["loss"] = self._running.get("loss", 0.0) + loss.detach()
+            self._running["loss"] = self._running.get("loss", 0.0) + loss.detach()  # the sum the step optimised
             for k, v in out.items():
-                self._running[k] = self._running.get(k, 0.0) + v.detach().float()
+                if k != "loss":  # a task's own `loss` entry is that sum already
+                    self._running[k] = self._running.get(k, 0.0) + v.detach().float()
             self._running["_count"] = self._running.get("_count", 0) + 1
             self._samples += n
         clip = self.cfg["train"]["clip_grad"]
