@@ -3,7 +3,10 @@ and a video; its answers must equal `uniformer predict --json` on the same files
 from __future__ import annotations
 
 import json
+import multiprocessing
 import socket
+import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -42,11 +45,34 @@ def _original_file(tmp_path, name: str, classes: int) -> str:
     return str(path)
 
 
-def _served(app, max_file_mb: float = 50):
-    from uniformer.serve import launch
+def _serve_forever(port: int, app_kwargs: dict) -> None:
+    from uniformer.serve import DEFAULT_MAX_FILE_MB, build_app, launch
 
-    url = launch(app, "127.0.0.1", _free_port(), max_file_mb, block=False)
-    return gradio_client.Client(url, verbose=False)
+    launch(build_app(**app_kwargs), "127.0.0.1", port, app_kwargs.get("max_file_mb", DEFAULT_MAX_FILE_MB))
+
+
+@contextmanager
+def _served(**app_kwargs):
+    """A client of `build_app(**app_kwargs)` served from a child process on a free localhost port (in this
+    process, a Gradio server and a later `torch.compile` together break pytest's output capture)."""
+    port = _free_port()
+    server = multiprocessing.get_context("spawn").Process(target=_serve_forever, args=(port, app_kwargs),
+                                                          daemon=True)
+    server.start()
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+                break
+            except Exception:  # not up yet
+                if not server.is_alive() or time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+        yield client
+    finally:
+        server.terminate()
+        server.join(10)
 
 
 def _predict_json(capsys, args) -> dict:
@@ -65,18 +91,13 @@ def _same_predictions(served: dict, cli: dict) -> None:
 
 def test_video_page_answers_like_predict(tmp_path, capsys):
     from uniformer.data.video_io import write_video
-    from uniformer.serve import build_app
 
     ckpt = _original_file(tmp_path, "uniformer_video_small", 400)
     video = tmp_path / "clip.mp4"
     write_video(video, np.random.default_rng(0).integers(0, 255, (24, 48, 64, 3), dtype=np.uint8), fps=10)
-    app = build_app("uniformer_video_small.k400_16x8", ckpt, model_options=TINY_KWARGS,
-                    examples_dir=tmp_path / "examples")
-    try:
-        client = _served(app)
+    with _served(model="uniformer_video_small.k400_16x8", checkpoint=ckpt, model_options=TINY_KWARGS,
+                 examples_dir=tmp_path / "examples") as client:
         label, figure, record = client.predict(gradio_client.handle_file(str(video)), api_name="/predict")
-    finally:
-        app.close()
     cli = _predict_json(capsys, ["--model", "uniformer_video_small.k400_16x8", "--checkpoint", ckpt, *TINY,
                                  str(video)])
     _same_predictions(record, cli)
@@ -90,17 +111,14 @@ def test_video_page_answers_like_predict(tmp_path, capsys):
 
 
 def test_image_page_answers_like_predict_and_refuses_big_files(tmp_path, capsys):
-    from uniformer.serve import build_app
-
     ckpt = _original_file(tmp_path, "uniformer_small", 1000)
     image = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(image)
     big = tmp_path / "big.png"
     Image.fromarray(np.random.default_rng(2).integers(0, 255, (300, 300, 3), dtype=np.uint8)).save(big)
     limit_mb = 0.2  # photo.png is ~15 kB, big.png ~270 kB
-    app = build_app("uniformer_small.in1k", ckpt, model_options=TINY_KWARGS, max_file_mb=limit_mb, examples=False)
-    try:
-        client = _served(app, limit_mb)
+    with _served(model="uniformer_small.in1k", checkpoint=ckpt, model_options=TINY_KWARGS, max_file_mb=limit_mb,
+                 examples=False) as client:
         label, _, record = client.predict(gradio_client.handle_file(str(image)), api_name="/predict")
         with pytest.raises(Exception, match=r"big\.png is 0\.\d MB; this server accepts files up to 0\.2 MB"):
             client.predict(gradio_client.handle_file(str(big)), api_name="/predict")
@@ -108,8 +126,6 @@ def test_image_page_answers_like_predict_and_refuses_big_files(tmp_path, capsys)
         huge.write_bytes(b"\0" * int(0.5 * 2**20))
         with pytest.raises(Exception, match="(?i)size"):
             client.predict(gradio_client.handle_file(str(huge)), api_name="/predict")
-    finally:
-        app.close()
     cli = _predict_json(capsys, ["--model", "uniformer_small.in1k", "--checkpoint", ckpt, *TINY, str(image)])
     _same_predictions(record, cli)
     assert label["label"] == cli["predictions"][0]["label"]
@@ -126,7 +142,6 @@ def test_serve_binds_to_localhost_by_default():
 def test_segmentation_page_draws_the_label_map_like_predict(tmp_path, capsys):
     import yaml
 
-    from uniformer.serve import build_app
     from uniformer.tasks import segmentation
     from uniformer.tasks.dense.synthetic import write_shapes_segmentation
 
@@ -144,11 +159,9 @@ def test_segmentation_page_draws_the_label_map_like_predict(tmp_path, capsys):
     ckpt = tmp_path / "seg.pth"
     torch.save({"state_dict": model.state_dict()}, ckpt)
     image = sorted((root / "images" / "val").iterdir())[0]
-    app = build_app(checkpoint=ckpt, task="segmentation", config=config, examples_dir=tmp_path / "examples")
-    try:
-        picture, record = _served(app).predict(gradio_client.handle_file(str(image)), api_name="/predict")
-    finally:
-        app.close()
+    with _served(checkpoint=str(ckpt), task="segmentation", config=str(config),
+                 examples_dir=tmp_path / "examples") as client:
+        picture, record = client.predict(gradio_client.handle_file(str(image)), api_name="/predict")
     capsys.readouterr()
     assert main(["predict", "--task", "segmentation", "--config", str(config), "--checkpoint", str(ckpt), "--json",
                  "--out", str(tmp_path / "cli"), str(image)]) == 0
