@@ -29,14 +29,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _original_file(tmp_path, name: str, classes: int) -> str:
     torch.manual_seed(0)
     model = uniformer.create_model(name, num_classes=classes, **TINY_KWARGS)

@@ -7,17 +7,12 @@ these tests are skipped, saying where they looked.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-try:
-    import uniformer.tasks  # noqa: F401
-except ImportError:  # package not installed: use the source tree
-    sys.path.insert(0, str(REPO / "src"))
 
 
 def _reference_dir() -> Path:
@@ -44,12 +39,3 @@ def load_case(dense_reference):
         return torch.load(path, weights_only=True)
 
     return load
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the tiny networks run faster without spinning on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

@@ -7,10 +7,6 @@ from pathlib import Path
 
 import pytest
 
-try:
-    import uniformer.data  # noqa: F401
-except ImportError:  # package not installed: use the source tree
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:  # lets tests import _data_helpers under any pytest import mode
     sys.path.insert(0, _HERE)

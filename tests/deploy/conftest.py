@@ -11,14 +11,6 @@ TINY = dict(depths=(1, 1, 2, 1), embed_dims=(16, 32, 64, 128), head_dim=16, num_
 TINY_LIGHT = dict(depths=(1, 1, 2, 2), embed_dims=(16, 32, 64, 128), head_dim=16, num_classes=10)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def make_tiny():
     """make_tiny(name="uniformer_small", **overrides) → a seeded tiny model in eval mode."""

@@ -13,16 +13,6 @@ import uniformer
 TINY = dict(depths=(1, 1, 2, 1), embed_dims=(16, 32, 64, 128), head_dim=16, num_classes=10)
 TINY_LIGHT = dict(depths=(1, 1, 3, 2), embed_dims=(16, 32, 64, 128), head_dim=16, num_classes=10)
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a shared machine the threads' waiting
-    costs far more than the work (measured: 30× slower forward passes with 2 threads under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def tiny_kwargs() -> dict:
     return dict(TINY)

@@ -1,5 +1,6 @@
 """UniFormer networks; importing this package registers every variant in timm's registry."""
 from .checkpoint import CheckpointError, identify_variant, inflate_weight, load_checkpoint, read_checkpoint
+from .depthwise import use_shifted_taps
 from .fuse import fuse
 from .layers import DynamicPositionEmbedding, GlobalBlock, GlobalMHRA, LocalBlock
 from .optimize import OptimizedModel, optimize
@@ -9,5 +10,5 @@ from .uniformer_light import EvolvingGlobalBlock, UniFormerLight
 __all__ = [
     "UniFormer", "UniFormerLight", "LocalBlock", "GlobalBlock", "GlobalMHRA", "EvolvingGlobalBlock",
     "DynamicPositionEmbedding", "CheckpointError", "load_checkpoint", "read_checkpoint", "identify_variant",
-    "inflate_weight", "fuse", "optimize", "OptimizedModel",
+    "inflate_weight", "fuse", "optimize", "OptimizedModel", "use_shifted_taps",
 ]

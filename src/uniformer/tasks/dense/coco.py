@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import report_bad
+from .io import report_bad, resolve_path
 
-__all__ = ["CocoIndex", "load_coco", "polygons_to_mask", "annotation_mask", "coco_ground_truth",
+__all__ = ["CocoIndex", "load_coco", "load_coco_split", "polygons_to_mask", "annotation_mask", "coco_ground_truth",
            "instance_results", "evaluate_instances", "INSTANCE_STATS"]
 
 INSTANCE_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -88,6 +88,18 @@ def _check_segmentation(seg, width: int, height: int) -> str | None:
             return f"RLE mask of size {size} on a {width}x{height} image"
         return None
     return f"segmentation of type {type(seg).__name__}"
+
+
+def load_coco_split(cfg: Mapping, split: str, content: str, *, logger: logging.Logger,
+                    **checks) -> tuple[Mapping, CocoIndex]:
+    """`data.<split>` of a recipe (its `annotations` JSON and `images` folder, relative to the recipe) indexed by
+    `load_coco` with `checks`; returns that section and the index. `content` names the JSON in errors."""
+    section = cfg["data"].get(split) or {}
+    if not section.get("annotations") or not section.get("images"):
+        raise ValueError(f"data.{split}: give 'annotations' (a COCO {content} JSON) and 'images' (a folder)")
+    index = load_coco(resolve_path(cfg, section["annotations"]), resolve_path(cfg, section["images"]),
+                      logger=logger, **checks)
+    return section, index
 
 
 def load_coco(ann_file: str | os.PathLike, image_dir: str | os.PathLike, *, logger: logging.Logger,

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..dense.coco import annotation_mask, load_coco
-from ..dense.io import BadSample, read_image, report_bad, resolve_path
+from ..dense.coco import annotation_mask, load_coco_split
+from ..dense.io import BadSample, read_image, report_bad
 
 __all__ = ["DetDataset", "det_collate", "rescale_size", "resize_keep_ratio"]
 
@@ -61,13 +61,9 @@ class DetDataset(Dataset):
         d = cfg["data"]
         self.cfg, self.data, self.split = cfg, d, split
         self.train = split == "train" if train is None else train
-        section = d.get(split) or {}
-        if not section.get("annotations") or not section.get("images"):
-            raise ValueError(f"data.{split}: give 'annotations' (a COCO instances JSON) and 'images' (a folder)")
-        self.ann_file = resolve_path(cfg, section["annotations"])
-        self.image_dir = resolve_path(cfg, section["images"])
         self.with_masks = bool(cfg["model"]["with_masks"])
-        self.index = load_coco(self.ann_file, self.image_dir, logger=_logger, need_masks=self.with_masks)
+        _, self.index = load_coco_split(cfg, split, "instances", logger=_logger, need_masks=self.with_masks)
+        self.ann_file = self.index.path
         self.rejected = list(self.index.rejected)
         self.cat_ids = self.index.cat_ids
         self.classes = [c.get("name", str(c["id"])) for c in self.index.categories]

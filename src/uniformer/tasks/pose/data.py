@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..dense.coco import load_coco
+from ..dense.coco import load_coco_split
 from ..dense.io import BadSample, read_image, report_bad, resolve_path
 from ..dense.synthetic import COCO_FLIP_PAIRS
 from .decoding import affine_matrix, apply_affine, box_to_center_scale, gaussian_targets, normalize_crop, warp
@@ -36,18 +36,14 @@ class PoseDataset(Dataset):
         d = cfg["data"]
         self.cfg, self.data, self.split = cfg, d, split
         self.train = split == "train" if train is None else train
-        section = d.get(split) or {}
-        if not section.get("annotations") or not section.get("images"):
-            raise ValueError(f"data.{split}: give 'annotations' (a COCO keypoints JSON) and 'images' (a folder)")
-        self.ann_file = resolve_path(cfg, section["annotations"])
-        self.image_dir = resolve_path(cfg, section["images"])
         self.num_joints = int(d["num_joints"])
         self.flip_pairs = [tuple(p) for p in (d["flip_pairs"] or COCO_FLIP_PAIRS)]
         self.input_size = tuple(int(v) for v in d["input_size"])  # (width, height)
         hm = d.get("heatmap_size") or [self.input_size[0] // 4, self.input_size[1] // 4]
         self.heatmap_size = tuple(int(v) for v in hm)
         self.aspect = self.input_size[0] / self.input_size[1]
-        self.index = load_coco(self.ann_file, self.image_dir, logger=_logger, need_keypoints=self.num_joints)
+        section, self.index = load_coco_split(cfg, split, "keypoints", logger=_logger, need_keypoints=self.num_joints)
+        self.ann_file = self.index.path
         self.rejected = list(self.index.rejected)
         detections = section.get("detections")
         use_gt = self.train or not detections or cfg.get("test", {}).get("use_gt_bbox", False)
