@@ -19,7 +19,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +150,9 @@ class Runner:
         self.resume, self.device_arg, self.show_progress = resume, device, show_progress
 
     # --- set-up -------------------------------------------------------------------------------------
-    def _setup(self, d: DistInfo, log: logging.Logger) -> None:
+    def setup(self, d: DistInfo) -> None:
+        """Datasets, model, EMA, DDP wrapper, optimiser, schedule and scaler of the recipe on this process
+        (what `fit` trains; `engine.benchmark` times `train_step` on them)."""
         cfg, t, task = self.cfg, self.cfg["train"], self.task
         self.dist = d
         self.amp = resolve_amp(t["amp"], d.device)
@@ -279,12 +281,13 @@ class Runner:
         finally:
             shutdown_distributed(d)
 
-    def _batches(self, epoch: int, start_batch: int):
+    def train_batches(self, epoch: int, start_batch: int = 0):
+        """This process's training batches of `epoch` (0-based) from batch `start_batch` on."""
         return iter(train_loader(self.train_set, self.task.collate, self.cfg["train"], self.cfg["seed"], epoch,
                                  self.dist.rank, self.dist.world_size, self.dist.device, start_batch))
 
     def _fit(self, d: DistInfo, log: logging.Logger) -> dict:
-        self._setup(d, log)
+        self.setup(d)
         self._load(log)
         tb = None
         if d.is_main:
@@ -304,9 +307,9 @@ class Runner:
         try:
             while self.step < self.total_steps:
                 epoch, offset = divmod(self.step, self.steps_per_epoch)
-                batches = self._batches(epoch, offset * self.accum)
+                batches = self.train_batches(epoch, offset * self.accum)
                 for _ in range(offset, self.steps_per_epoch):
-                    row = self._train_step(batches, epoch, log)
+                    row = self.train_step(batches, log)
                     bar.update(1)
                     if row is not None:
                         bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
@@ -326,8 +329,9 @@ class Runner:
                 tb.close()
         return self._finish(last_eval, log)
 
-    def _train_step(self, batches, epoch: int, log: logging.Logger) -> dict | None:
-        """One optimiser step; returns the history row when this step is logged."""
+    def train_step(self, batches: Iterator, log: logging.Logger) -> dict | None:
+        """One optimiser step on the next `accum_steps` batches of `batches`; returns the history row when
+        this step is logged."""
         d, model = self.dist, self.ddp or self.model
         model.train()
         lr = self.schedule.step()
@@ -354,7 +358,8 @@ class Runner:
                     parts = {k: float(v.detach()) for k, v in out.items()}
                     raise FloatingPointError(
                         f"the loss is not finite ({loss.item()}; {parts}) at step {self.step + 1} (epoch "
-                        f"{epoch + 1}): lower optim.lr, set train.clip_grad, or use train.amp=none")
+                        f"{self.step // self.steps_per_epoch + 1}): lower optim.lr, set train.clip_grad, or use "
+                        "train.amp=none")
                 self.scaler.scale(loss / self.accum).backward()
             self._running["loss"] = self._running.get("loss", 0.0) + loss.detach()  # the sum the step optimised
             for k, v in out.items():
