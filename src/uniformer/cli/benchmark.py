@@ -184,13 +184,14 @@ def _benchmark_recipe(args) -> int:
           f"amp {result['amp']}, clip_grad {result['clip_grad']}, EMA {'on' if result['ema'] else 'off'}, "
           f"log every {result['log_every']} steps")
     print(f"{result['device']}, {result['threads']} threads, {env['cpu']}, torch {env['torch']}; best of "
-          f"{args.rounds} interleaved rounds of {args.iters} steps each; batches loaded before timing")
+          f"{args.rounds} rounds of {args.iters} steps each, interleaved step by step; batches loaded before timing")
     print(f"{'step':<8} {'steps/s':>9} {'samples/s':>10} {'ms/step':>9}")
     for name in ("engine", "bare"):
         r = result[name]
         print(f"{name:<8} {r['steps_per_second']:>9.3f} {r['samples_per_second']:>10.2f} {r['ms_per_step']:>9.1f}")
-    print(f"runner overhead per step: {result['overhead_percent']:+.2f}% (engine: Runner.train_step; bare: losses, "
-          "backward, optimiser step)")
+    print(f"runner overhead per step: {result['overhead_percent']:+.2f}% (median of {args.rounds * args.iters} "
+          f"paired steps), {result['best_round_overhead_percent']:+.2f}% (best rounds); engine: Runner.train_step, "
+          "bare: losses, backward, optimiser step")
     append_result(args.results, {"run": "train-recipe", "recipe": str(recipe), "overrides": list(args.set or []),
                                  **env, **result})
     print(f"results appended to {args.results}")

@@ -3,8 +3,10 @@ a bare loop, on the same model, optimiser and batches.
 
 The runner is set up exactly as `Runner.fit` sets it up (datasets, model, EMA, optimiser, schedule,
 precision, threads, deterministic mode) and a fixed list of training batches is loaded first, so data
-loading is not timed. Each round runs every variant over that list in turn (interleaved, so drifting
-machine load touches both alike); a variant's time is its best round.
+loading is not timed. Each round runs both variants over that list step by step, interleaved (engine,
+bare, then bare, engine, ...), so that drifting machine load touches both alike. A variant's speed is
+its best round; the overhead is the median over all steps of the ratio of the paired step times
+(robust on a shared machine), and also given from the best rounds.
 
     engine: `Runner.train_step`, the code path of every training step (autocast, the sum of the `loss*`
             entries, accumulation, the non-finite guard, clipping, schedule, EMA, logging bookkeeping)
@@ -13,6 +15,7 @@ machine load touches both alike); a variant's time is its best round.
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -64,12 +67,13 @@ def _preload(runner: Runner, count: int) -> list[Any]:
 
 def benchmark_training(task: Task, *, steps: int = 5, rounds: int = 5, warmup: int = 1, device: str | None = "cpu",
                        threads: int | None = None) -> dict:
-    """Time `steps` optimiser steps of the runner and of the bare loop per round, `rounds` rounds interleaved,
-    after `warmup` untimed steps of each.
+    """Time `steps` optimiser steps of the runner and of the bare loop per round, interleaved step by step, in
+    `rounds` rounds, after `warmup` untimed steps of each.
 
     `threads` (default: the recipe's `train.threads`) sets torch's compute threads for the whole benchmark.
-    Returns {"engine": {...}, "bare": {...}, "overhead_percent", and what the step does}; each variant has
-    steps_per_second, samples_per_second, ms_per_step (its best round) and round_ms (every round's).
+    Returns {"engine": {...}, "bare": {...}, "overhead_percent" (median of paired steps),
+    "best_round_overhead_percent", and what the step does}; each variant has steps_per_second,
+    samples_per_second, ms_per_step (its best round) and round_ms (every round's mean).
     """
     if steps < 1 or rounds < 1 or warmup < 0:
         raise ValueError(f"steps={steps}, rounds={rounds}, warmup={warmup}: expected steps, rounds >= 1, warmup >= 0")
@@ -83,37 +87,41 @@ def benchmark_training(task: Task, *, steps: int = 5, rounds: int = 5, warmup: i
         batches = _preload(runner, steps * runner.accum)
         groups = [batches[i * runner.accum:(i + 1) * runner.accum] for i in range(steps)]
 
-        def engine() -> None:
-            for group in groups:
-                runner.train_step(iter(group), log)
+        def engine(group: list) -> None:
+            runner.train_step(iter(group), log)
 
-        def bare() -> None:
-            for group in groups:
-                bare_training_step(task, runner.model, runner.optimizer, group, d.device, runner.amp)
+        def bare(group: list) -> None:
+            bare_training_step(task, runner.model, runner.optimizer, group, d.device, runner.amp)
 
         variants = {"engine": engine, "bare": bare}
         runner.model.train()
         for i in range(warmup):  # one-off costs (allocator, kernel selection) before timing
-            group = groups[i % steps]
-            runner.train_step(iter(group), log)
-            bare_training_step(task, runner.model, runner.optimizer, group, d.device, runner.amp)
-        round_ms: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(rounds):
-            for name, run in variants.items():
-                _sync(d.device)
-                t0 = time.perf_counter()
-                run()
-                _sync(d.device)
-                round_ms[name].append(1000 * (time.perf_counter() - t0) / steps)
+            for run in variants.values():
+                run(groups[i % steps])
+        step_ms: dict[str, list[list[float]]] = {name: [] for name in variants}  # [round][step]
+        for r in range(rounds):
+            for times in step_ms.values():
+                times.append([])
+            for i, group in enumerate(groups):
+                order = list(variants.items()) if (r + i) % 2 == 0 else list(variants.items())[::-1]
+                for name, run in order:
+                    _sync(d.device)
+                    t0 = time.perf_counter()
+                    run(group)
+                    _sync(d.device)
+                    step_ms[name][r].append(1000 * (time.perf_counter() - t0))
         used_threads = torch.get_num_threads()
     samples = runner.batch_size * runner.accum
     results: dict = {}
-    for name, times in round_ms.items():
-        best = min(times)
+    for name, per_round in step_ms.items():
+        round_ms = [sum(times) / steps for times in per_round]
+        best = min(round_ms)
         results[name] = {"ms_per_step": best, "steps_per_second": 1000 / best,
-                         "samples_per_second": samples * 1000 / best, "round_ms": times}
+                         "samples_per_second": samples * 1000 / best, "round_ms": round_ms}
+    paired = [e / b for e_round, b_round in zip(step_ms["engine"], step_ms["bare"]) for e, b in zip(e_round, b_round)]
     results.update(
-        overhead_percent=100 * (results["engine"]["ms_per_step"] / results["bare"]["ms_per_step"] - 1),
+        overhead_percent=100 * (statistics.median(paired) - 1),
+        best_round_overhead_percent=100 * (results["engine"]["ms_per_step"] / results["bare"]["ms_per_step"] - 1),
         task=task.name, device=str(d.device), threads=used_threads, amp=runner.amp, batch_size=runner.batch_size,
         accum_steps=runner.accum, samples_per_step=samples, clip_grad=cfg["train"]["clip_grad"],
         ema=runner.ema is not None, log_every=cfg["train"]["log_every"], steps=steps, rounds=rounds, warmup=warmup,
