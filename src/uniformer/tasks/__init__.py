@@ -21,7 +21,7 @@ __all__ = ["TASKS", "task_class", "load_recipe", "build_task", "train", "task_fr
            "prepare_demo_data", "run_demo", "recipe_complexity"]
 
 TASKS = ("classification", "detection", "segmentation", "pose")
-CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # the recipes ship in the package (`configs/` of a checkout)
 
 
 def task_class(name: str) -> type:
@@ -108,10 +108,12 @@ def task_from_checkpoint(checkpoint: str | os.PathLike, recipe: str | os.PathLik
 
 
 def demo_recipe_path(task: str) -> Path:
-    """`configs/<task>/demo.yaml`, the recipe `uniformer demo --task <task>` trains."""
+    """`configs/<task>/demo.yaml` of the package, the recipe `uniformer demo --task <task>` trains."""
+    if task not in TASKS:
+        raise ConfigError(f"no demo recipe for task {task!r}: expected one of {', '.join(TASKS)}")
     path = CONFIGS / task / "demo.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"the demo recipe of {task} ({path}) is missing: a source checkout is needed")
+        raise FileNotFoundError(f"the demo recipe of {task} ({path}) is missing from the installed package")
     return path
 
 
