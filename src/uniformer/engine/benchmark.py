@@ -82,7 +82,7 @@ def benchmark_training(task: Task, *, steps: int = 5, rounds: int = 5, warmup: i
     log = logging.getLogger("uniformer.engine.benchmark")
     with deterministic_mode(cfg["deterministic"], d.device), \
             cpu_threads(threads if threads else cfg["train"]["threads"]):
-        runner = Runner(task, ".", device=str(d.device), show_progress=False)
+        runner = Runner(task, ".", show_progress=False)  # writes nothing: no run folder
         runner.setup(d)
         batches = _preload(runner, steps * runner.accum)
         groups = [batches[i * runner.accum:(i + 1) * runner.accum] for i in range(steps)]
