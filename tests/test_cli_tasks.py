@@ -10,8 +10,8 @@ import torch
 
 from uniformer.cli import main
 from uniformer.engine.checkpoint import atomic_save
+from uniformer.tasks import CONFIGS
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 
 

@@ -81,6 +81,29 @@ def build_tiny_clips(cfg: dict, split: str) -> TinyClips:
     return TinyClips(cfg, split)
 
 
+class ClipsWithUnusable(TinyClips):
+    """TinyClips whose training items listed in cfg `unusable` cannot be trained on: the dataset's collate drops
+    them, and a batch of nothing but those is None (0 usable samples), as a dense task's collate does."""
+
+    def __init__(self, cfg: dict, split: str):
+        super().__init__(cfg, split)
+        self.unusable = set(cfg.get("unusable", ())) if split == "train" else set()
+
+    def __getitem__(self, index: int) -> dict:
+        return {**super().__getitem__(index), "usable": index not in self.unusable}
+
+    @staticmethod
+    def collate(items: list[dict]):
+        from uniformer.data import collate
+
+        kept = [item for item in items if item["usable"]]
+        return collate(kept) if kept else None
+
+
+def build_clips_with_unusable(cfg: dict, split: str) -> ClipsWithUnusable:
+    return ClipsWithUnusable(cfg, split)
+
+
 class ToyVideoNet(nn.Module):
     """conv3d -> GELU -> global mean -> linear: no BatchNorm, no dropout (exact accumulation / DDP tests)."""
 

@@ -8,9 +8,8 @@ import pytest
 
 import uniformer.tasks.dense.weights  # noqa: F401  (the dense tasks import cleanly)
 from uniformer.engine.config import ConfigError, engine_defaults, parse_yaml
-from uniformer.tasks import TASKS, demo_recipe_path, load_recipe
+from uniformer.tasks import CONFIGS, TASKS, demo_recipe_path, load_recipe
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 VIDEO = "task: classification\nmodel: {name: m}\ndata: {format: video_list}\n"
 
 
@@ -119,6 +118,13 @@ def test_shipped_recipes_load(path, caplog):
         assert cfg["sched"]["warmup_epochs"] > 0 and cfg["optim"]["lr_base_batch"]
 
 
-def test_every_task_has_a_demo_recipe_file():
+def test_every_task_has_a_demo_recipe_file_in_the_package():
+    import uniformer
+
     for task in TASKS:
         assert demo_recipe_path(task) == CONFIGS / task / "demo.yaml"
+    assert CONFIGS.parent == Path(uniformer.__file__).resolve().parent
+    # pyproject's package-data ships configs/*.yaml and configs/*/*.yaml: nothing may sit deeper
+    assert all(len(p.relative_to(CONFIGS).parts) <= 2 for p in CONFIGS.rglob("*.yaml"))
+    with pytest.raises(ConfigError, match="no demo recipe for task 'tracking'"):
+        demo_recipe_path("tracking")

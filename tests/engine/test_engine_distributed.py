@@ -75,3 +75,34 @@ def test_two_gloo_processes_match_one(tmp_path):
                                     output=tmp_path / f"bn_{prefix}.json")
         assert bn_rows[-1][f"{prefix}_loss"] == pytest.approx(alone["loss"], abs=1e-5), prefix
         assert bn_rows[-1][f"{prefix}_top1"] == pytest.approx(alone["top1"]), prefix
+
+
+def test_a_batch_too_small_on_one_process_is_skipped_by_all(tmp_path):
+    # Two training items cannot be used: with one sample per process, the process that draws one has an empty
+    # batch while the other has a full one. Both must skip it (or the gradient all-reduce waits forever), and
+    # gradients must still be synchronised when the skipped micro-batch is the last of an accumulated step.
+    from uniformer.engine.loaders import EpochSampler
+
+    recipe = tiny_recipe(train={"epochs": 1, "batch_size": 1})
+    order = EpochSampler(12, recipe["seed"], 0, 0, 1).indices  # the epoch's permutation; process r takes r::2
+    last_micro_rank0, first_micro_rank1 = order[2 * 1 + 0], order[2 * 2 + 1]  # process sample k = step*accum+micro
+    recipe["data"] = {**recipe["data"], "builder": "engine_helpers:build_clips_with_unusable",
+                      "unusable": [last_micro_rank0, first_micro_rank1]}
+    args = []
+    for accum in (1, 2):
+        path = write_recipe(tmp_path / f"accum{accum}.yaml", {**recipe, "train": {**recipe["train"],
+                                                                                    "accum_steps": accum}})
+        args += ["--then"] * bool(args) + ["train", str(path), "--out", str(tmp_path / f"accum{accum}"),
+                                           "--no-progress", "--device", "cpu"]
+    proc = run_cli(args, cwd=tmp_path, torchrun=2, module="ddp_driver", timeout=180)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    for accum in (1, 2):
+        out = tmp_path / f"accum{accum}"
+        summary = json.loads((out / "metrics.json").read_text())
+        assert summary["skipped_batches"] == 4, accum  # two micro-batches, skipped by both processes
+        assert summary["steps"] == 6 // accum
+        # the processes evaluated their halves of the split with their own weights: equal to rank 0's alone
+        # only if every step's gradients were synchronised
+        alone = evaluate_checkpoint(build_task(load_recipe(out / "config.yaml")), out / "last.pt", split="val",
+                                    output=tmp_path / f"alone{accum}.json")
+        assert summary["val_loss"] == pytest.approx(alone["loss"], abs=1e-6), accum

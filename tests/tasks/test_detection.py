@@ -14,15 +14,12 @@ from dense_helpers import TINY_BACKBONE, edit_json, losses_fell, save_original_c
 from PIL import Image
 
 from uniformer.engine.optim import LRSchedule
+from uniformer.tasks import CONFIGS
 from uniformer.tasks import detection as D
 from uniformer.tasks.dense.coco import coco_ground_truth, evaluate_instances, instance_results
 from uniformer.tasks.dense.synthetic import write_shapes_coco
 from uniformer.tasks.dense.weights import load_task_weights
 from uniformer.tasks.detection.data import DetDataset, det_collate
-
-REPO = Path(__file__).resolve().parents[2]
-
-
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +252,7 @@ def test_predict_draws_boxes_and_masks(shapes, tmp_path):
 
 
 def test_recipes_and_step_schedule():
-    recipes = {p.stem: D.load_config(p) for p in sorted((REPO / "configs" / "detection").glob("*.yaml"))}
+    recipes = {p.stem: D.load_config(p) for p in sorted((CONFIGS / "detection").glob("*.yaml"))}
     assert len(recipes) == 7 and "demo" in recipes  # Mask R-CNN S/B 1x, 3x+MS; Cascade S/B; demo
     one = recipes["mask_rcnn_uniformer_small_h14_1x_coco"]
     assert one["optim"]["lr"] == 1e-4 and one["optim"]["weight_decay"] == 0.05 and one["train"]["epochs"] == 12

@@ -10,13 +10,13 @@ import torch
 from dense_helpers import TINY_BACKBONE, save_original_checkpoint, seeded
 
 from uniformer.models.checkpoint import CheckpointError
+from uniformer.tasks import CONFIGS
 from uniformer.tasks import detection as D
 from uniformer.tasks.dense.synthetic import write_shapes_coco
 from uniformer.tasks.detection.cascade import CascadeRoIHeads, ConvFCBoxHead, FCNMaskHead
 from uniformer.tasks.detection.data import DetDataset, det_collate
 
-REPO = Path(__file__).resolve().parents[2]
-RECIPE = REPO / "configs" / "detection" / "cascade_mask_rcnn_uniformer_small_h14_3x_ms_coco.yaml"
+RECIPE = CONFIGS / "detection" / "cascade_mask_rcnn_uniformer_small_h14_3x_ms_coco.yaml"
 
 
 
@@ -71,7 +71,7 @@ def test_recipe_builds_the_original_experiment():
     assert model.rpn._post_nms_top_n == {"training": 2000, "testing": 1000}
     assert count_params(model.backbone.body) == 21_033_280
     assert 78.5e6 < count_params(model) < 79.5e6
-    base = D.load_config(REPO / "configs" / "detection" / "cascade_mask_rcnn_uniformer_base_h14_3x_ms_coco.yaml")
+    base = D.load_config(CONFIGS / "detection" / "cascade_mask_rcnn_uniformer_base_h14_3x_ms_coco.yaml")
     assert base["model"]["type"] == "cascade_mask_rcnn" and base["model"]["backbone"]["name"] == "uniformer_base"
     assert base["model"]["backbone"]["drop_path_rate"] == 0.4 and base["train"]["epochs"] == 36
 

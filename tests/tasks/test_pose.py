@@ -12,6 +12,7 @@ import torch
 from dense_helpers import TINY_BACKBONE, edit_json, losses_fell, save_original_checkpoint, seeded, write_garbage_image
 from PIL import Image
 
+from uniformer.tasks import CONFIGS
 from uniformer.tasks import pose as P
 from uniformer.tasks.dense.synthetic import COCO_FLIP_PAIRS, write_pose_coco
 from uniformer.tasks.pose.data import PoseDataset, pose_collate
@@ -27,10 +28,6 @@ from uniformer.tasks.pose.decoding import (
     rescore,
     warp,
 )
-
-REPO = Path(__file__).resolve().parents[2]
-
-
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +249,7 @@ def test_predict_draws_skeletons(figures, tmp_path):
 
 
 def test_shipped_recipes_load():
-    recipes = sorted(p for p in (REPO / "configs" / "pose").glob("*.yaml") if p.stem != "demo")
+    recipes = sorted(p for p in (CONFIGS / "pose").glob("*.yaml") if p.stem != "demo")
     assert len(recipes) == 6
     sizes = {tuple(P.load_config(p)["data"]["input_size"]) for p in recipes}
     assert {P.load_config(p)["train"]["batch_size"] for p in recipes} == {128, 64}  # x 8 processes = 1024, 512

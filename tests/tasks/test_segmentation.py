@@ -14,14 +14,11 @@ from PIL import Image
 
 from uniformer.engine.config import ConfigError
 from uniformer.models.checkpoint import CheckpointError
+from uniformer.tasks import CONFIGS
 from uniformer.tasks import segmentation as S
 from uniformer.tasks.dense.synthetic import write_shapes_segmentation
 from uniformer.tasks.segmentation.data import SegDataset, rescale_size, resize_keep_ratio, scaled_size, seg_collate
 from uniformer.tasks.segmentation.evaluation import SegMetric, infer_probs
-
-REPO = Path(__file__).resolve().parents[2]
-
-
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +246,7 @@ def test_config_errors_name_the_key(tmp_path):
 
 
 def test_shipped_recipes_load():
-    recipes = sorted((REPO / "configs" / "segmentation").glob("*.yaml"))
+    recipes = sorted((CONFIGS / "segmentation").glob("*.yaml"))
     assert recipes
     for path in recipes:
         cfg = S.load_config(path)

@@ -101,3 +101,29 @@ def test_load_weights_refuses_a_mismatched_training_checkpoint(tmp_path):
         load_weights(other, path)
     with pytest.raises(ValueError, match="no EMA"):
         load_weights(model, path, use_ema=True)
+
+
+def test_data_seed_drives_the_augmentation_for_any_number_of_workers(tmp_path):
+    # the runner's first training batch of real videos: the order comes from the recipe's seed, the
+    # augmentation (frame positions, scale jitter, crop) from data.seed and each sample's place in the epoch
+    from engine_helpers import write_moving_videos
+
+    from uniformer.engine.distributed import DistInfo
+    from uniformer.engine.runner import Runner
+    from uniformer.tasks import build_task, load_recipe
+
+    data = write_moving_videos(tmp_path / "videos", 4, 2)
+
+    def first_batch(data_seed: int, workers: int) -> dict:
+        cfg = load_recipe({"task": "classification", "model": tiny_uniformer(), "data": {**data, "seed": data_seed},
+                           "train": {"batch_size": 4, "num_workers": workers, "epochs": 1}})
+        runner = Runner(build_task(cfg), tmp_path / "run", show_progress=False)
+        runner.setup(DistInfo())
+        return next(runner.train_batches(0))
+
+    a = first_batch(0, 0)
+    assert torch.equal(a["input"], first_batch(0, 0)["input"])
+    assert torch.equal(a["input"], first_batch(0, 1)["input"])
+    b = first_batch(1, 0)
+    assert torch.equal(a["index"], b["index"]) and not torch.equal(a["input"], b["input"])
+    assert torch.equal(b["input"], first_batch(1, 1)["input"])

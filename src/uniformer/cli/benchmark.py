@@ -1,4 +1,4 @@
-"""`uniformer benchmark`: model throughput, latency and memory, or the input pipeline."""
+"""`uniformer benchmark`: model throughput, latency and memory, a recipe's training steps, or the input pipeline."""
 from __future__ import annotations
 
 import json
@@ -16,6 +16,9 @@ def run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.recipe:
+        return _benchmark_recipe(args)
+    args.batch_size = args.batch_size or 8
     if args.data:
         return _benchmark_data(args)
     if args.name is None:
@@ -150,6 +153,51 @@ def _compare_runtimes(args, model, shape) -> int:
     return 0
 
 
+def _benchmark_recipe(args) -> int:
+    """Training steps of a recipe: the runner's own step against a bare loop, interleaved (`engine.benchmark`)."""
+    from uniformer.engine.benchmark import benchmark_training
+    from uniformer.profiling import append_result, environment
+    from uniformer.tasks import build_task, demo_recipe_path, load_recipe, prepare_demo_data
+
+    extra = [flag for flag, on in (("a model NAME", args.name), ("--input", args.input),
+                                   ("--checkpoint", args.checkpoint), ("--batch-size", args.batch_size),
+                                   ("--dtype", args.dtype != "auto"),
+                                   ("--runtime", args.runtime != "torch"), ("--compare", args.compare),
+                                   ("--compare-runtimes", args.compare_runtimes), ("--compile", args.compile),
+                                   ("--channels-last", args.channels_last), ("--fused", args.fused),
+                                   ("--reference", args.reference), ("-o", args.option), ("--data", args.data)) if on]
+    if not args.train:
+        extra.insert(0, "no --train")
+    if extra:
+        raise SystemExit(f"error: --recipe times the recipe's training steps (--train; the recipe sets model, batch "
+                         f"and precision, change them with --set): drop {', '.join(extra)}")
+    demo = args.recipe.startswith("demo:")
+    recipe = demo_recipe_path(args.recipe[len("demo:"):]) if demo else args.recipe
+    cfg = load_recipe(recipe, args.set)
+    task = build_task(cfg)
+    if demo:
+        prepare_demo_data(task)
+    result = benchmark_training(task, steps=args.iters, rounds=args.rounds, warmup=args.warmup, device=args.device,
+                                threads=args.threads)
+    env = environment()
+    print(f"{task.name} recipe {recipe}: batch {result['batch_size']} x {result['accum_steps']} accumulation, "
+          f"amp {result['amp']}, clip_grad {result['clip_grad']}, EMA {'on' if result['ema'] else 'off'}, "
+          f"log every {result['log_every']} steps")
+    print(f"{result['device']}, {result['threads']} threads, {env['cpu']}, torch {env['torch']}; best of "
+          f"{args.rounds} rounds of {args.iters} steps each, interleaved step by step; batches loaded before timing")
+    print(f"{'step':<8} {'steps/s':>9} {'samples/s':>10} {'ms/step':>9}")
+    for name in ("engine", "bare"):
+        r = result[name]
+        print(f"{name:<8} {r['steps_per_second']:>9.3f} {r['samples_per_second']:>10.2f} {r['ms_per_step']:>9.1f}")
+    print(f"runner overhead per step: {result['overhead_percent']:+.2f}% (median of {args.rounds * args.iters} "
+          f"paired steps), {result['best_round_overhead_percent']:+.2f}% (best rounds); engine: Runner.train_step, "
+          "bare: losses, backward, optimiser step")
+    append_result(args.results, {"run": "train-recipe", "recipe": str(recipe), "overrides": list(args.set or []),
+                                 **env, **result})
+    print(f"results appended to {args.results}")
+    return 0
+
+
 def _benchmark_data(args) -> int:
     from uniformer.data import benchmark_pipeline
     from uniformer.profiling import append_result, environment
@@ -176,7 +224,7 @@ def _benchmark_data(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("benchmark", help="throughput, latency and peak memory; results appended as JSON lines")
     p.add_argument("name", nargs="?", help="model name")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, help="default 8")
     p.add_argument("--input", help="CxHxW or CxTxHxW (default: the model's)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
@@ -186,7 +234,8 @@ def register(sub) -> None:
                    help="run the model's ONNX / OpenVINO export instead (pip install 'uniformer[deploy]')")
     p.add_argument("--compare-runtimes", action="store_true",
                    help="eager, fuse, onnxruntime and OpenVINO on the same input, interleaved, with ratios")
-    p.add_argument("--rounds", type=int, default=6, help="with --compare-runtimes: interleaved rounds (best kept)")
+    p.add_argument("--rounds", type=int, default=6,
+                   help="with --compare-runtimes or --recipe: interleaved rounds (best kept)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--fused", action="store_true", help="run uniformer.fuse(model)")
@@ -195,6 +244,9 @@ def register(sub) -> None:
     p.add_argument("--compare", action="store_true",
                    help="also run the eager float32 reference and report speed-up and logits error")
     p.add_argument("--train", action="store_true", help="time training steps (forward, backward, AdamW)")
+    p.add_argument("--recipe", metavar="RECIPE", help="with --train: time the training steps of a recipe (a YAML "
+                   "file, or demo:TASK for a task's demo recipe) through the runner and through a bare loop, "
+                   "interleaved; --iters steps per round")
     p.add_argument("--checkpoint", help="weights to load first")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
@@ -204,6 +256,6 @@ def register(sub) -> None:
                    "('synthetic': generated 10-second 320p videos, 16x4 clips at 224)")
     p.add_argument("--split", default="train", help="with --data: which split")
     p.add_argument("--workers", type=int, default=2, help="with --data: DataLoader workers")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --data: override config keys")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --data or --recipe: override recipe keys")
     add_model_options(p)
     p.set_defaults(func=run)

@@ -18,10 +18,12 @@ dataset state) is what makes failures visible from DataLoader worker processes;
 :func:`collate` concatenates them per batch.
 
 Training randomness (temporal offset, crop, flip, RandAugment, erasing) is drawn from a
-per-item ``numpy.random.Generator`` seeded from ``(seed, index, attempt)`` and one draw of
-torch's RNG.  DataLoader seeds torch's RNG differently in every worker and epoch from the
-main process's torch seed, so augmentations vary between epochs and are reproducible
-under ``torch.manual_seed``.  Val and test items are fully deterministic.
+per-item ``numpy.random.Generator`` seeded from ``(data.seed, index, attempt)`` and one draw of
+torch's RNG.  The runner sets torch's RNG for every sample from the recipe's seed, the epoch and
+the sample's place in it (``uniformer.engine.loaders.SeededDataset``), so augmentations change
+with ``data.seed`` and between epochs, and are the same for any number of workers.  (A plain
+DataLoader seeds torch's RNG per worker from the main process's seed instead.)  Val and test
+items are fully deterministic.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The one training loop: a `Runner` trains any `Task` (see `uniformer.engine.task`) from its recipe.
 
-The runner owns what every task shares. Per optimiser step: `accum_steps` micro-batches (DDP
-gradient sync on the last only), autocast (bf16, or fp16 with a GradScaler on GPUs), the sum of the
-task's `loss*` entries, a non-finite-loss guard, clipping, AdamW, the per-step schedule and the EMA.
+The runner owns what every task shares. Per optimiser step: `accum_steps` micro-batches (one with
+too few usable samples on any process is skipped by all; DDP gradient sync on the last one kept),
+autocast (bf16, or fp16 with a GradScaler on GPUs), the sum of the task's `loss*` entries, a
+non-finite-loss guard, clipping, AdamW, the per-step schedule and the EMA.
 The run is counted in epochs or iterations (`train.epochs` | `train.iters`); evaluation, checkpoints
 and schedule steps use the same unit. A checkpoint holds everything a killed run needs to continue
 exactly, also in the middle of an epoch (optimiser, schedule, scaler, EMA, every process's RNG
@@ -19,7 +20,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +151,9 @@ class Runner:
         self.resume, self.device_arg, self.show_progress = resume, device, show_progress
 
     # --- set-up -------------------------------------------------------------------------------------
-    def _setup(self, d: DistInfo, log: logging.Logger) -> None:
+    def setup(self, d: DistInfo) -> None:
+        """Datasets, model, EMA, DDP wrapper, optimiser, schedule and scaler of the recipe on this process
+        (what `fit` trains; `engine.benchmark` times `train_step` on them)."""
         cfg, t, task = self.cfg, self.cfg["train"], self.task
         self.dist = d
         self.amp = resolve_amp(t["amp"], d.device)
@@ -279,12 +282,13 @@ class Runner:
         finally:
             shutdown_distributed(d)
 
-    def _batches(self, epoch: int, start_batch: int):
+    def train_batches(self, epoch: int, start_batch: int = 0):
+        """This process's training batches of `epoch` (0-based) from batch `start_batch` on."""
         return iter(train_loader(self.train_set, self.task.collate, self.cfg["train"], self.cfg["seed"], epoch,
                                  self.dist.rank, self.dist.world_size, self.dist.device, start_batch))
 
     def _fit(self, d: DistInfo, log: logging.Logger) -> dict:
-        self._setup(d, log)
+        self.setup(d)
         self._load(log)
         tb = None
         if d.is_main:
@@ -304,9 +308,9 @@ class Runner:
         try:
             while self.step < self.total_steps:
                 epoch, offset = divmod(self.step, self.steps_per_epoch)
-                batches = self._batches(epoch, offset * self.accum)
+                batches = self.train_batches(epoch, offset * self.accum)
                 for _ in range(offset, self.steps_per_epoch):
-                    row = self._train_step(batches, epoch, log)
+                    row = self.train_step(batches, log)
                     bar.update(1)
                     if row is not None:
                         bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
@@ -326,26 +330,35 @@ class Runner:
                 tb.close()
         return self._finish(last_eval, log)
 
-    def _train_step(self, batches, epoch: int, log: logging.Logger) -> dict | None:
-        """One optimiser step; returns the history row when this step is logged."""
+    def train_step(self, batches: Iterator, log: logging.Logger) -> dict | None:
+        """One optimiser step on the next `accum_steps` batches of `batches`; returns the history row when
+        this step is logged."""
         d, model = self.dist, self.ddp or self.model
         model.train()
         lr = self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
-        for micro in range(self.accum):
-            batch = next(batches, None)
-            n = self.task.batch_size(batch) if batch is not None else 0
+        micro_batches = [next(batches, None) for _ in range(self.accum)]
+        counts = [self.task.batch_size(b) if b is not None else 0 for b in micro_batches]
+        # Every process skips the same micro-batches (those too small on any process): one that skipped alone
+        # would leave the others waiting in the gradient all-reduce. The last one kept synchronises gradients.
+        short = all_reduce_sum([n < self.task.min_batch for n in counts], d.device)
+        kept = [micro for micro, s in enumerate(short) if s == 0]
+        for micro, (batch, n) in enumerate(zip(micro_batches, counts)):
             failures = batch.get("failures") if isinstance(batch, Mapping) else None
             if failures:
                 self.failures += len(failures)
                 log.warning("step %d: replaced unreadable sample(s): %s", self.step + 1, ", ".join(failures))
-            if n < self.task.min_batch:
+            if micro not in kept:
                 self.skipped += 1
-                log.warning("step %d: skipped a batch with %d readable samples (at least %d needed)", self.step + 1,
-                            n, self.task.min_batch)
+                if n < self.task.min_batch:
+                    log.warning("step %d: skipped a batch with %d readable samples (at least %d needed)",
+                                self.step + 1, n, self.task.min_batch)
+                else:
+                    log.warning("step %d: skipped a batch because another process's has too few readable samples",
+                                self.step + 1)
                 continue
             batch = move_to(batch, d.device)
-            sync = contextlib.nullcontext() if (self.ddp is None or micro == self.accum - 1) else self.ddp.no_sync()
+            sync = contextlib.nullcontext() if (self.ddp is None or micro == kept[-1]) else self.ddp.no_sync()
             with sync:
                 with autocast_context(d.device, self.amp):
                     out = self.task.training_step(model, batch)
@@ -354,7 +367,8 @@ class Runner:
                     parts = {k: float(v.detach()) for k, v in out.items()}
                     raise FloatingPointError(
                         f"the loss is not finite ({loss.item()}; {parts}) at step {self.step + 1} (epoch "
-                        f"{epoch + 1}): lower optim.lr, set train.clip_grad, or use train.amp=none")
+                        f"{self.step // self.steps_per_epoch + 1}): lower optim.lr, set train.clip_grad, or use "
+                        "train.amp=none")
                 self.scaler.scale(loss / self.accum).backward()
             self._running["loss"] = self._running.get("loss", 0.0) + loss.detach()  # the sum the step optimised
             for k, v in out.items():
@@ -362,14 +376,15 @@ class Runner:
                     self._running[k] = self._running.get(k, 0.0) + v.detach().float()
             self._running["_count"] = self._running.get("_count", 0) + 1
             self._samples += n
-        clip = self.cfg["train"]["clip_grad"]
-        if clip:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if self.ema is not None:
-            self.ema.update(self.model)
+        if kept:  # else no gradient: the step only advances the schedule
+            clip = self.cfg["train"]["clip_grad"]
+            if clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.ema is not None:
+                self.ema.update(self.model)
         self.step += 1
         end_of_epoch = self.by_epoch and self.step % self.unit_steps == 0
         if not (self.step % self.cfg["train"]["log_every"] == 0 or end_of_epoch or self.step == self.total_steps):

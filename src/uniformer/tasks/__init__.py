@@ -18,10 +18,10 @@ from uniformer.engine.checkpoint import read_checkpoint
 from uniformer.engine.config import ConfigError, load_config, recipe_task
 
 __all__ = ["TASKS", "task_class", "load_recipe", "build_task", "train", "task_from_checkpoint", "demo_recipe_path",
-           "run_demo", "recipe_complexity"]
+           "prepare_demo_data", "run_demo", "recipe_complexity"]
 
 TASKS = ("classification", "detection", "segmentation", "pose")
-CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # the recipes ship in the package (`configs/` of a checkout)
 
 
 def task_class(name: str) -> type:
@@ -108,11 +108,27 @@ def task_from_checkpoint(checkpoint: str | os.PathLike, recipe: str | os.PathLik
 
 
 def demo_recipe_path(task: str) -> Path:
-    """`configs/<task>/demo.yaml`, the recipe `uniformer demo --task <task>` trains."""
+    """`configs/<task>/demo.yaml` of the package, the recipe `uniformer demo --task <task>` trains."""
+    if task not in TASKS:
+        raise ConfigError(f"no demo recipe for task {task!r}: expected one of {', '.join(TASKS)}")
     path = CONFIGS / task / "demo.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"the demo recipe of {task} ({path}) is missing: a source checkout is needed")
+        raise FileNotFoundError(f"the demo recipe of {task} ({path}) is missing from the installed package")
     return path
+
+
+def prepare_demo_data(task) -> Path:
+    """Generate (once) the built-in data of a demo recipe's task under its `data.root`; returns that folder."""
+    import fcntl
+
+    from uniformer.engine.config import expand_path
+
+    root = Path(expand_path(task.cfg["data"]["root"]))
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "w") as lock:  # one generator at a time (torchrun)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        task.prepare_demo(root)
+    return root
 
 
 def run_demo(task_name: str, out_dir: str | os.PathLike, *, data_root: str | os.PathLike | None = None,
@@ -121,10 +137,8 @@ def run_demo(task_name: str, out_dir: str | os.PathLike, *, data_root: str | os.
     """`uniformer demo --task T`: generate (once) T's built-in data under the demo recipe's `data.root`
     (or `data_root`), train `configs/T/demo.yaml` with the runner, draw example predictions into
     `out_dir/examples` (`show` of them) and add the demo's bar to `metrics.json`. Returns the run's summary."""
-    import fcntl
     import time
 
-    from uniformer.engine.config import expand_path
     from uniformer.engine.distributed import resolve_device
     from uniformer.engine.reporting import write_json
 
@@ -133,11 +147,7 @@ def run_demo(task_name: str, out_dir: str | os.PathLike, *, data_root: str | os.
     over = list(overrides) + ([f"data.root={data_root}"] if data_root else [])
     cfg = load_recipe(demo_recipe_path(task_name), over)
     task = build_task(cfg)
-    root = Path(expand_path(cfg["data"]["root"]))
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f".{root.name}.lock", "w") as lock:  # one generator at a time (torchrun)
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        task.prepare_demo(root)
+    root = prepare_demo_data(task)
     summary = train(cfg, out_dir, resume=resume, device=device, show_progress=show_progress)
     if os.environ.get("RANK", "0") in ("", "0"):
         out_dir = Path(out_dir)
