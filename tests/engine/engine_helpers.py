@@ -46,6 +46,7 @@ class TinyClips(Dataset):
         self.frames, self.size = int(cfg.get("frames", 4)), int(cfg.get("size", 32))
         self.views = int(cfg.get("views", 2)) if split == "test" else 0
         self.fail_every = int(cfg.get("fail_every", 0)) if split == "train" else 0
+        self.nan_items = set(cfg.get("nan_items", ())) if split == "train" else set()  # clips of NaN: a NaN loss
         self.noise = float(cfg.get("noise", 0.3))
         self.kill_after = int(os.environ.get(KILL_ENV, "0")) if split == "train" else 0
         self.served = 0
@@ -73,6 +74,8 @@ class TinyClips(Dataset):
             x = self._clip(index, label)
             if self.split == "train" and self.noise:
                 x = x + self.noise * torch.randn(x.shape)  # global RNG: seeded per worker / restored on resume
+        if index in self.nan_items:
+            x = torch.full_like(x, float("nan"))
         failures = [f"videos/broken_{index}.mp4"] if self.fail_every and index % self.fail_every == 0 else []
         return {"input": x, "label": label, "index": index, "failures": failures}
 

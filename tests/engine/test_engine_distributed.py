@@ -106,3 +106,18 @@ def test_a_batch_too_small_on_one_process_is_skipped_by_all(tmp_path):
         alone = evaluate_checkpoint(build_task(load_recipe(out / "config.yaml")), out / "last.pt", split="val",
                                     output=tmp_path / f"alone{accum}.json")
         assert summary["val_loss"] == pytest.approx(alone["loss"], abs=1e-6), accum
+
+
+def test_a_non_finite_loss_on_one_process_stops_every_process_with_the_reason(tmp_path):
+    from uniformer.engine.loaders import EpochSampler
+
+    recipe = tiny_recipe(train={"epochs": 1, "batch_size": 1})
+    order = EpochSampler(12, recipe["seed"], 0, 0, 1).indices  # process r's sample of step k: order[2 * k + r]
+    recipe["data"] = {**recipe["data"], "nan_items": [order[2 * 1 + 0]]}  # process 0, second step
+    path = write_recipe(tmp_path / "nan.yaml", recipe)
+    proc = run_cli(["train", str(path), "--out", str(tmp_path / "nan"), "--no-progress", "--device", "cpu"],
+                   cwd=tmp_path, torchrun=2, timeout=180)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "the loss is not finite (nan;" in output and "at step 2" in output  # process 0: its own loss
+    assert "the loss is not finite (on another process) at step 2" in output  # process 1 stops too, saying why

@@ -343,6 +343,7 @@ class Runner:
         # would leave the others waiting in the gradient all-reduce. The last one kept synchronises gradients.
         short = all_reduce_sum([n < self.task.min_batch for n in counts], d.device)
         kept = [micro for micro, s in enumerate(short) if s == 0]
+        not_finite = None  # the first non-finite loss of this process's micro-batches, described
         for micro, (batch, n) in enumerate(zip(micro_batches, counts)):
             failures = batch.get("failures") if isinstance(batch, Mapping) else None
             if failures:
@@ -363,19 +364,23 @@ class Runner:
                 with autocast_context(d.device, self.amp):
                     out = self.task.training_step(model, batch)
                 loss = sum(v.float() for k, v in out.items() if k.startswith("loss"))
-                if not torch.isfinite(loss):  # checked before the weights take the step
-                    parts = {k: float(v.detach()) for k, v in out.items()}
-                    raise FloatingPointError(
-                        f"the loss is not finite ({loss.item()}; {parts}) at step {self.step + 1} (epoch "
-                        f"{self.step // self.steps_per_epoch + 1}): lower optim.lr, set train.clip_grad, or use "
-                        "train.amp=none")
-                self.scaler.scale(loss / self.accum).backward()
+                if not torch.isfinite(loss) and not_finite is None:
+                    not_finite = f"{loss.item()}; {({k: float(v.detach()) for k, v in out.items()})}"
+                # the mean over the micro-batches kept: a skipped one does not shrink the step
+                self.scaler.scale(loss / len(kept)).backward()
             self._running["loss"] = self._running.get("loss", 0.0) + loss.detach()  # the sum the step optimised
             for k, v in out.items():
                 if k != "loss":  # a task's own `loss` entry is that sum already
                     self._running[k] = self._running.get(k, 0.0) + v.detach().float()
             self._running["_count"] = self._running.get("_count", 0) + 1
             self._samples += n
+        # Checked before the weights take the step, by every process together (one raising alone would leave
+        # the others waiting in the next gradient all-reduce).
+        if all_reduce_sum([not_finite is not None], d.device)[0]:
+            raise FloatingPointError(
+                f"the loss is not finite ({not_finite or 'on another process'}) at step {self.step + 1} (epoch "
+                f"{self.step // self.steps_per_epoch + 1}): lower optim.lr, set train.clip_grad, or use "
+                "train.amp=none")
         if kept:  # else no gradient: the step only advances the schedule
             clip = self.cfg["train"]["clip_grad"]
             if clip:
