@@ -27,17 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 import uniformer  # noqa: E402
-from uniformer.profiling import benchmark_model  # noqa: E402
+from uniformer.engine.benchmark import bare_training_step  # noqa: E402
+from uniformer.profiling import benchmark_model, peak_memory_mb, synchronize  # noqa: E402
 from uniformer.tasks import build_task, load_recipe  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _peak_mb(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
 def detection_batch(n: int, size: tuple[int, int], classes: int, device: torch.device, g: torch.Generator):
@@ -64,10 +56,10 @@ def segmentation_batch(n: int, size: tuple[int, int], classes: int, device: torc
             "seg": torch.randint(0, classes, (n, h, w), generator=g).to(device), "ids": list(range(n))}
 
 
-def time_training_steps(recipe: str, make_batch, batch_images: int, device: torch.device, dtype: torch.dtype | None,
-                        warmup: int, iters: int, overrides: list[str]) -> dict:
-    """Median time of training steps under `dtype` autocast (None: float32): the task's `training_step`, its
-    `loss*` entries summed, AdamW."""
+def time_training_steps(recipe: str, make_batch, batch_images: int, device: torch.device, amp: str, warmup: int,
+                        iters: int, overrides: list[str]) -> dict:
+    """Median time of bare training steps (`engine.benchmark.bare_training_step`: the task's `loss*` entries
+    summed under `amp` autocast, backward, AdamW)."""
     cfg = load_recipe(REPO / recipe, overrides)
     task = build_task(cfg)
     model = task.build_model(for_training=True).to(device).train()
@@ -75,29 +67,22 @@ def time_training_steps(recipe: str, make_batch, batch_images: int, device: torc
     batch = make_batch(device)
 
     def step() -> float:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            losses = task.training_step(model, batch)
-        loss = sum(v for k, v in losses.items() if k.startswith("loss"))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return float(loss.detach())
+        return float(bare_training_step(task, model, opt, [batch], device, amp))
 
     for _ in range(warmup):
         step()
-    _sync(device)
+    synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times, loss = [], None
     for _ in range(iters):
         t0 = time.perf_counter()
         loss = step()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - t0)
     median = statistics.median(times)
-    dtype_name = str(dtype or torch.float32).removeprefix("torch.")
-    return {"kind": "train", "recipe": recipe, "batch": batch_images, "dtype": dtype_name, "step_ms": 1000 * median,
-            "images_per_s": batch_images / median, "peak_memory_mb": _peak_mb(device), "last_loss": loss}
+    return {"kind": "train", "recipe": recipe, "batch": batch_images, "amp": amp, "step_ms": 1000 * median,
+            "images_per_s": batch_images / median, "peak_memory_mb": peak_memory_mb(device), "last_loss": loss}
 
 
 def main() -> None:
@@ -123,17 +108,17 @@ def main() -> None:
 
     warmup, iters = (1, 2) if q else (3, 10)
     g = torch.Generator().manual_seed(0)
-    train_dtype = torch.bfloat16 if args.train_dtype == "bfloat16" else None
+    train_amp = "bf16" if args.train_dtype == "bfloat16" else "none"
     if "train" not in args.skip:
         seg_size, seg_batch = ((64, 64), 2) if q else ((512, 512), 8)
         record(time_training_steps(
             "configs/segmentation/upernet_uniformer_small_global_ade20k_160k.yaml",
-            lambda d: segmentation_batch(seg_batch, seg_size, 150, d, g), seg_batch, device, train_dtype, warmup, iters,
+            lambda d: segmentation_batch(seg_batch, seg_size, 150, d, g), seg_batch, device, train_amp, warmup, iters,
             ["model.backbone.pretrained=null"] + (["model.channels=32", "model.aux_channels=16"] if q else [])))
         det_size = (128, 192) if q else (800, 1333)
         record(time_training_steps(
             "configs/detection/mask_rcnn_uniformer_small_h14_1x_coco.yaml",
-            lambda d: detection_batch(2, det_size, 80, d, g), 2, device, train_dtype, warmup, iters,
+            lambda d: detection_batch(2, det_size, 80, d, g), 2, device, train_amp, warmup, iters,
             ["model.backbone.pretrained=null", "data.classes=" + json.dumps([f"c{i}" for i in range(80)])]))
     rows = [("image", "uniformer_small", (3, 224, 224), 64), ("video", "uniformer_video_small", (3, 16, 224, 224), 8)]
     for kind, name, shape, batch in rows:

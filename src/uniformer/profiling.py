@@ -91,13 +91,15 @@ def set_reference_attention(model: nn.Module) -> nn.Module:
     return model
 
 
-def _peak_memory_mb(device: torch.device) -> float:
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory since the last reset: allocated GPU memory on CUDA, else the process's peak RSS."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (KiB on Linux)
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU), so that host clocks time it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -138,12 +140,12 @@ def benchmark_model(model: nn.Module, input_shape: Sequence[int], batch_size: in
 
     for _ in range(warmup):
         step()
-    _sync(dev)
+    synchronize(dev)
     times = []
     for _ in range(iters):
         t0 = time.perf_counter()
         step()
-        _sync(dev)
+        synchronize(dev)
         times.append(time.perf_counter() - t0)
         if progress is not None:
             progress()
@@ -153,7 +155,7 @@ def benchmark_model(model: nn.Module, input_shape: Sequence[int], batch_size: in
         dtype=dtype, channels_last=channels_last, compile=compile, shifted_taps_convolutions=shifted_taps,
         throughput=batch_size / median, latency_ms=1000 * median,
         latency_p90_ms=1000 * sorted(times)[int(0.9 * (len(times) - 1))],
-        peak_memory_mb=_peak_memory_mb(dev), iters=iters, warmup=warmup,
+        peak_memory_mb=peak_memory_mb(dev), iters=iters, warmup=warmup,
     )
 
 

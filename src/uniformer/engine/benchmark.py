@@ -26,26 +26,25 @@ from torch import nn
 from uniformer.engine.distributed import DistInfo, cpu_threads, resolve_device
 from uniformer.engine.runner import Runner, autocast_context, deterministic_mode, move_to
 from uniformer.engine.task import Task
+from uniformer.profiling import synchronize
 
 __all__ = ["bare_training_step", "benchmark_training"]
 
 
 def bare_training_step(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches: Sequence,
-                       device: torch.device, amp: str = "none") -> None:
+                       device: torch.device, amp: str = "none") -> torch.Tensor:
     """The least an optimiser step does: per micro-batch the sum of the task's `loss*` entries, backward; then
-    the optimiser step."""
+    the optimiser step. Returns the step's loss (mean over the micro-batches, detached)."""
     optimizer.zero_grad(set_to_none=True)
+    total = 0.0
     for batch in micro_batches:
         with autocast_context(device, amp):
             out = task.training_step(model, move_to(batch, device))
-        loss = sum(v for k, v in out.items() if k.startswith("loss"))
-        (loss / len(micro_batches)).backward()
+        loss = sum(v for k, v in out.items() if k.startswith("loss")) / len(micro_batches)
+        loss.backward()
+        total = total + loss.detach()
     optimizer.step()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    return total
 
 
 def _preload(runner: Runner, count: int) -> list[Any]:
@@ -105,10 +104,10 @@ def benchmark_training(task: Task, *, steps: int = 5, rounds: int = 5, warmup: i
             for i, group in enumerate(groups):
                 order = list(variants.items()) if (r + i) % 2 == 0 else list(variants.items())[::-1]
                 for name, run in order:
-                    _sync(d.device)
+                    synchronize(d.device)
                     t0 = time.perf_counter()
                     run(group)
-                    _sync(d.device)
+                    synchronize(d.device)
                     step_ms[name][r].append(1000 * (time.perf_counter() - t0))
         used_threads = torch.get_num_threads()
     samples = runner.batch_size * runner.accum
