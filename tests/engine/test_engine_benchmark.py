@@ -57,6 +57,7 @@ def test_benchmark_recipe_reports_both_steps(tmp_path, capsys):
     record = json.loads(results.read_text().splitlines()[-1])
     assert record["run"] == "train-recipe" and record["task"] == "classification"
     assert record["batch_size"] == 3 and record["samples_per_step"] == 3 and record["ema"] and record["threads"] == 1
+    assert record["steps"] == 2 and record["rounds"] == 2 and record["warmup"] == 1  # --iters, --rounds, --warmup
     for name in ("engine", "bare"):
         assert len(record[name]["round_ms"]) == 2
         assert record[name]["samples_per_second"] == pytest.approx(3 * record[name]["steps_per_second"])
