@@ -23,10 +23,11 @@ from uniformer.engine.checkpoint import (
 from uniformer.tasks import load_recipe
 from uniformer.tasks.classification import Task
 from uniformer.tasks.classification.metrics import (
-    average_views,
     classification_metrics,
+    combine_views,
     confusion_matrix,
     topk_accuracy,
+    view_probabilities,
 )
 
 
@@ -128,12 +129,19 @@ def test_metrics_on_a_hand_made_example():
     assert confusion_matrix(torch.tensor([2]), torch.tensor([0]), 3)[0, 2] == 1
 
 
-def test_views_are_averaged_as_probabilities_not_logits():
-    logits = torch.tensor([[[4.0, 0.0, 0.0], [0.0, 2.2, 2.2]]])  # one sample, two views
-    probs = average_views(logits)
-    assert torch.allclose(probs, logits.softmax(-1).mean(1))
-    assert probs.argmax().item() == 0  # logit averaging would pick class 1 or 2 (2.0 vs 1.1 each)
-    assert logits.mean(1).argmax().item() == 0 and logits.mean(1)[0, 1] > 1.0
+def test_views_are_combined_as_the_original_sum_of_logits_or_mean_softmax_on_request():
+    logits = torch.tensor([[[4.0, 0.0, 0.0], [0.0, 2.2, 2.5]]])  # one sample, two views
+    assert torch.equal(combine_views(logits), logits.sum(1))  # the original TestMeter: "sum"
+    assert combine_views(logits).argmax().item() == 0  # 4.0 vs 2.2 / 2.5 summed
+    soft = combine_views(logits, "mean_softmax")
+    assert torch.allclose(soft, logits.softmax(-1).mean(1))
+    assert soft.argmax().item() == 0
+    disagree = torch.tensor([[[3.0, 0.0], [0.0, 3.5]], [[5.0, 0.0], [0.0, 0.5]]])[:1]
+    assert combine_views(disagree).argmax().item() == 1  # 3.0 vs 3.5 summed
+    probs = view_probabilities(disagree)
+    assert probs.argmax().item() == 1 and torch.allclose(probs.sum(-1), torch.ones(1))
+    with pytest.raises(ValueError, match="view aggregation"):
+        combine_views(logits, "max")
 
 
 class _FixedViews(torch.nn.Module):

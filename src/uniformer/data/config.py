@@ -27,6 +27,12 @@ Keys (all optional unless marked):
 * ``hflip`` (True, but False for ``sthv2``), ``rand_augment`` (timm string or null),
   ``random_erasing`` (probability, 0 = off), ``random_erasing_mode`` (``pixel``).
 * ``test_clips`` (1), ``test_crops`` (1 or 3).
+* ``channel_order`` (``RGB`` | ``BGR``; the network's input channel order, default ``RGB``),
+  ``interpolation`` (``bilinear`` | ``bicubic``; default ``bilinear`` for videos, ``bicubic`` for images),
+  ``view_aggregation`` (``sum_logits``, the original's sum of raw logits over test views, default;
+  or ``mean_softmax``).
+* ``num_sample`` (1; clips cut from one decoded video per training item, repeated augmentation),
+  ``repeated_aug`` (0 = off; each training image this many times per epoch over all processes).
 * ``skip_missing`` (False), ``max_retries`` (10), ``min_video_frames`` (1; shorter videos count as
   unloadable), ``seed`` (0), ``decode_threads`` (1; 0 = FFmpeg's choice),
   ``mean`` / ``std`` (ImageNet).
@@ -93,6 +99,11 @@ class DataConfig:
     random_erasing_mode: str = "pixel"
     test_clips: int = 1
     test_crops: int = 1
+    channel_order: str = "RGB"
+    interpolation: str = "bilinear"
+    view_aggregation: str = "sum_logits"
+    num_sample: int = 1
+    repeated_aug: int = 0
     skip_missing: bool = False
     max_retries: int = 10
     min_video_frames: int = 1
@@ -237,6 +248,15 @@ def parse_data_config(cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
     out["test_crops"] = _as_int("test_crops", cfg.get("test_crops", 1), 1)
     if out["test_crops"] not in (1, 3):
         raise _err("test_crops", out["test_crops"], "expected 1 (centre) or 3 (left/centre/right)")
+    for key, default, choices in (("channel_order", "RGB", ("RGB", "BGR")),
+                                  ("interpolation", "bilinear" if is_video else "bicubic", ("bilinear", "bicubic")),
+                                  ("view_aggregation", "sum_logits", ("sum_logits", "mean_softmax"))):
+        value = cfg.get(key, default)
+        if value not in choices:
+            raise _err(key, value, f"expected one of {list(choices)}")
+        out[key] = value
+    out["num_sample"] = _as_int("num_sample", cfg.get("num_sample", 1), 1)
+    out["repeated_aug"] = _as_int("repeated_aug", cfg.get("repeated_aug", 0), 0)
     out["skip_missing"] = _as_bool("skip_missing", cfg.get("skip_missing", False))
     out["max_retries"] = _as_int("max_retries", cfg.get("max_retries", 10), 0)
     out["min_video_frames"] = _as_int("min_video_frames", cfg.get("min_video_frames", 1), 1)

@@ -1,8 +1,10 @@
 """Classification metrics from class probabilities: top-k, mean per-class accuracy, confusion matrix.
 
-Multi-view testing (several clips and/or crops per video) averages the softmax of each view's
-logits before any metric, as the original UniFormer / SlowFast evaluation does; `average_views`
-is that step. Everything here works on whole-split tensors already gathered from every process.
+Multi-view testing (several clips and/or crops per video) combines the views before any metric:
+the original UniFormer / SlowFast `TestMeter` sums the raw logits of the views ("sum_logits");
+"mean_softmax" averages per-view softmax on request. `combine_views` is that step,
+`view_probabilities` the probabilities shown to users. Everything here works on whole-split tensors
+already gathered from every process.
 """
 from __future__ import annotations
 
@@ -12,13 +14,35 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["average_views", "topk_accuracy", "confusion_matrix", "classification_metrics", "plot_confusion_matrix"]
+__all__ = ["VIEW_AGGREGATIONS", "combine_views", "view_probabilities", "topk_accuracy", "confusion_matrix",
+           "classification_metrics", "plot_confusion_matrix"]
 
 
-def average_views(logits: torch.Tensor) -> torch.Tensor:
-    """B×V×K logits (V views of each sample) -> B×K probabilities (mean of the per-view softmax)."""
+VIEW_AGGREGATIONS = ("sum_logits", "mean_softmax")
+
+
+def _check_views(logits: torch.Tensor, method: str) -> None:
     if logits.ndim != 3:
         raise ValueError(f"expected B×V×K logits, got shape {tuple(logits.shape)}")
+    if method not in VIEW_AGGREGATIONS:
+        raise ValueError(f"view aggregation {method!r}: expected one of {list(VIEW_AGGREGATIONS)}")
+
+
+def combine_views(logits: torch.Tensor, method: str = "sum_logits") -> torch.Tensor:
+    """B×V×K logits (V views of each sample) -> B×K scores: the sum of the raw logits (the original's
+    `TestMeter` with ENSEMBLE_METHOD "sum"), or the mean of the per-view softmax."""
+    _check_views(logits, method)
+    if method == "sum_logits":
+        return logits.float().sum(1)
+    return logits.float().softmax(-1).mean(1)
+
+
+def view_probabilities(logits: torch.Tensor, method: str = "sum_logits") -> torch.Tensor:
+    """B×V×K logits -> B×K class probabilities ranked exactly as `combine_views` ranks them: for
+    "sum_logits" the softmax of the mean logit (same order as the sum), else the mean softmax."""
+    _check_views(logits, method)
+    if method == "sum_logits":
+        return logits.float().mean(1).softmax(-1)
     return logits.float().softmax(-1).mean(1)
 
 

@@ -201,6 +201,7 @@ def predict_files(predictor: Predictor, inputs: Sequence[str], topk: int = 5,
     from uniformer.engine.precision import autocast_dtype
 
     from . import model_input_ndim, view_logits
+    from .metrics import view_probabilities
 
     results: list[dict] = [{"input": p, "predictions": [], "error": None} for p in inputs]
     wanted = "video" if predictor.is_video else "image"
@@ -239,7 +240,8 @@ def predict_files(predictor: Predictor, inputs: Sequence[str], topk: int = 5,
             x = item["input"].unsqueeze(0).to(predictor.device)
             amp = autocast_dtype(predictor.dtype)
             with torch.no_grad(), torch.autocast(predictor.device.type, dtype=amp, enabled=amp is not None):
-                probs = view_logits(predictor.model, x, expected).softmax(-1).mean(1)[0].cpu()
+                logits = view_logits(predictor.model, x, expected)
+                probs = view_probabilities(logits, predictor.data_cfg.get("view_aggregation", "sum_logits"))[0].cpu()
             top = probs.topk(k)
             results[i]["predictions"] = [{"label": predictor.classes[c], "index": int(c), "prob": float(pr)}
                                          for pr, c in zip(top.values.tolist(), top.indices.tolist())]

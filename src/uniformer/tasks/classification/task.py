@@ -21,7 +21,7 @@ from uniformer.engine.config import ConfigError, check, expand_path
 from uniformer.engine.loaders import resolve_callable
 
 from . import build_model, classification_loss, load_weights, merge_outputs, model_input_ndim, model_spec, view_logits
-from .metrics import classification_metrics
+from .metrics import classification_metrics, view_probabilities
 
 __all__ = ["Task"]
 
@@ -156,13 +156,14 @@ class Task:
                             num_workers=t["num_workers"] if ev["num_workers"] is None else ev["num_workers"],
                             collate_fn=self.collate, shuffle=False)
         expected = model_input_ndim(model)
+        aggregation = self.cfg["data"].get("view_aggregation", "sum_logits")
         probs, labels, index, failures, view_correct = [], [], [], [], []
         for batch in loader:
             failures += list(batch.get("failures") or [])
             logits = view_logits(model, batch["input"].to(device, non_blocking=True), expected).float()  # B×V×K
             hits = logits.argmax(-1).cpu().eq(batch["label"].view(-1, 1)).sum(0).double().tolist()
             view_correct = [a + b for a, b in zip(view_correct, hits)] if view_correct else hits
-            probs.append(logits.softmax(-1).mean(1).cpu())
+            probs.append(view_probabilities(logits, aggregation).cpu())
             labels.append(batch["label"].cpu())
             index.append(batch["index"].cpu())
         return {"probs": torch.cat(probs) if probs else None, "labels": torch.cat(labels) if labels else None,
