@@ -19,7 +19,7 @@ from uniformer.tasks import detection as D
 from uniformer.tasks import pose as P
 from uniformer.tasks import segmentation as S
 from uniformer.tasks.detection.data import resize_keep_ratio as det_resize_keep_ratio
-from uniformer.tasks.detection.model import detect
+from uniformer.tasks.detection.detector import detect
 from uniformer.tasks.pose.decoding import (
     COCO_SIGMAS,
     decode_heatmaps,

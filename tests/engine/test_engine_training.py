@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from engine_helpers import tiny_recipe, tiny_uniformer, write_moving_videos, write_recipe
+from engine_helpers import run_cli, tiny_recipe, tiny_uniformer, write_moving_videos, write_recipe
 
 from uniformer.cli import main as cli
 from uniformer.engine import ConfigError, load_run_checkpoint
@@ -132,6 +132,15 @@ def test_a_diverging_run_stops_with_a_clear_error(tmp_path):
     cfg = load_recipe(tiny_recipe(optim={"lr": 1e30}, train={"epochs": 3}))
     with pytest.raises(FloatingPointError, match="not finite .* lower optim.lr"):
         train(cfg, tmp_path / "nan", show_progress=False)
+
+
+def test_a_diverging_run_ends_the_command_with_the_message_and_no_traceback(tmp_path):
+    path = write_recipe(tmp_path / "diverge.yaml", tiny_recipe(optim={"lr": 1e30}, train={"epochs": 3}))
+    proc = run_cli(["train", str(path), "--out", str(tmp_path / "nan"), "--no-progress", "--device", "cpu"],
+                   cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "error: the loss is not finite" in proc.stderr and "lower optim.lr" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
 
 
 def test_logged_loss_is_the_optimised_sum_counted_once(tmp_path, monkeypatch):

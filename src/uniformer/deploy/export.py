@@ -3,7 +3,8 @@
 ONNX goes through torch's TorchDynamo exporter (opset 18): the legacy TorchScript exporter writes
 the channels-last LayerNorm's permutation with a negative axis, which onnxruntime rejects. OpenVINO
 IR is converted from that ONNX graph and saved in float32 (OpenVINO would otherwise halve the
-weights to float16 on saving).
+weights to float16 on saving). The checked export (`export_model`: write, then run the graph against PyTorch)
+is in `runtimes.py`, with the runtimes it runs on.
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["FORMATS", "ExportError", "MissingExtraError", "require", "export_model", "export_onnx",
-           "export_openvino", "relative_error", "check_export_shape"]
+__all__ = ["FORMATS", "ExportError", "MissingExtraError", "require", "export_onnx", "export_openvino",
+           "relative_error", "check_export_shape"]
 
 FORMATS = ("onnx", "openvino")
 OPSET = 18
@@ -48,10 +49,6 @@ def check_export_shape(model: nn.Module, input_shape: Sequence[int]) -> None:
     if len(input_shape) != (4 if video else 3):
         kind, expected = ("video", "CxTxHxW, e.g. 3x8x224x224") if video else ("image", "CxHxW, e.g. 3x224x224")
         raise ExportError(f"--input {'x'.join(map(str, input_shape))}: a {kind} model takes {expected}")
-
-
-def _outputs(out) -> list[torch.Tensor]:
-    return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
 def relative_error(got: Sequence[torch.Tensor], expected: Sequence[torch.Tensor]) -> float:
@@ -98,28 +95,3 @@ def export_openvino(model: nn.Module, example: torch.Tensor, path: str | os.Path
         ov.save_model(ov.convert_model(str(onnx_path)), str(path), compress_to_fp16=False)
     return path
 
-
-def export_model(model: nn.Module, input_shape: Sequence[int], path: str | os.PathLike, format: str = "onnx",
-                 dynamic_batch: bool = False, batch_size: int = 1, tolerance: float = 1e-4) -> dict:
-    """Export `model` for inputs of `input_shape` (no batch axis), then run the exported graph and the
-    PyTorch model on the same random input and raise `ExportError` if they differ by more than
-    `tolerance` (relative error). Returns {"path", "format", "relative_error", "input"}."""
-    from .runtimes import load_runtime
-
-    if format not in FORMATS:
-        raise ExportError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
-    check_export_shape(model, input_shape)
-    model = model.eval()
-    example = torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(0))
-    writer = export_onnx if format == "onnx" else export_openvino
-    path = writer(model, example, path, dynamic_batch)
-    runtime = load_runtime("onnxruntime" if format == "onnx" else "openvino", path, video=len(input_shape) == 4)
-    check_batch = 3 if dynamic_batch else batch_size  # another batch size than exported, where it may vary
-    x = torch.randn(check_batch, *input_shape, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        expected = _outputs(model(x))
-    error = relative_error(_outputs(runtime(x)), expected)
-    if not error <= tolerance:
-        raise ExportError(f"{path}: the exported graph differs from the PyTorch model by {error:.2e} "
-                          f"(relative; at most {tolerance:.0e} expected)")
-    return dict(path=str(path), format=format, relative_error=error, input=[check_batch, *input_shape])

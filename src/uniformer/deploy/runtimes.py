@@ -2,7 +2,8 @@
 
 `RuntimeModel` takes and returns torch tensors (one tensor, or a list for `features_only`
 backbones), so prediction and benchmarking code need not know which runtime computes.
-`export_for_runtime` turns a PyTorch model into such a model in one call.
+`export_for_runtime` turns a PyTorch model into such a model in one call; `export_model` writes an export and
+checks it against PyTorch through its runtime.
 """
 from __future__ import annotations
 
@@ -13,9 +14,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .export import export_onnx, export_openvino, require
+from .export import (
+    FORMATS,
+    ExportError,
+    check_export_shape,
+    export_onnx,
+    export_openvino,
+    relative_error,
+    require,
+)
 
-__all__ = ["RUNTIMES", "RuntimeModel", "load_runtime", "export_for_runtime", "inference_variants"]
+__all__ = ["RUNTIMES", "RuntimeModel", "load_runtime", "export_model", "export_for_runtime", "inference_variants"]
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 
@@ -81,6 +90,34 @@ def export_for_runtime(model: nn.Module, runtime: str, input_shape: Sequence[int
     else:
         path = export_openvino(model.eval(), example, workdir / "model.xml", dynamic_batch)
     return load_runtime(runtime, path, video=len(input_shape) == 4, threads=threads)
+
+
+def _outputs(out) -> list[torch.Tensor]:
+    return list(out) if isinstance(out, (tuple, list)) else [out]
+
+
+def export_model(model: nn.Module, input_shape: Sequence[int], path: str | os.PathLike, format: str = "onnx",
+                 dynamic_batch: bool = False, batch_size: int = 1, tolerance: float = 1e-4) -> dict:
+    """Export `model` for inputs of `input_shape` (no batch axis), then run the exported graph and the
+    PyTorch model on the same random input and raise `ExportError` if they differ by more than
+    `tolerance` (relative error). Returns {"path", "format", "relative_error", "input"}."""
+    if format not in FORMATS:
+        raise ExportError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
+    check_export_shape(model, input_shape)
+    model = model.eval()
+    example = torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(0))
+    writer = export_onnx if format == "onnx" else export_openvino
+    path = writer(model, example, path, dynamic_batch)
+    runtime = load_runtime("onnxruntime" if format == "onnx" else "openvino", path, video=len(input_shape) == 4)
+    check_batch = 3 if dynamic_batch else batch_size  # another batch size than exported, where it may vary
+    x = torch.randn(check_batch, *input_shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = _outputs(model(x))
+    error = relative_error(_outputs(runtime(x)), expected)
+    if not error <= tolerance:
+        raise ExportError(f"{path}: the exported graph differs from the PyTorch model by {error:.2e} "
+                          f"(relative; at most {tolerance:.0e} expected)")
+    return dict(path=str(path), format=format, relative_error=error, input=[check_batch, *input_shape])
 
 
 def inference_variants(model: nn.Module, input_shape: Sequence[int], workdir: str | os.PathLike,

@@ -56,8 +56,13 @@ from uniformer.engine.precision import resolve_dtype
 from uniformer.engine.reporting import TensorBoardLogger, log_to, plot_curves, write_history_csv, write_json
 from uniformer.engine.task import Task
 
-__all__ = ["Runner", "seed_everything", "deterministic_mode", "resolve_amp", "autocast_context", "move_to",
-           "evaluate_model", "evaluate_checkpoint"]
+__all__ = ["Runner", "NonFiniteLossError", "seed_everything", "deterministic_mode", "resolve_amp", "autocast_context",
+           "move_to", "evaluate_model", "evaluate_checkpoint"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training diverged; the message says where and what to change (the command line shows it without a
+    traceback)."""
 
 
 def seed_everything(seed: int) -> None:
@@ -377,7 +382,7 @@ class Runner:
         # Checked before the weights take the step, by every process together (one raising alone would leave
         # the others waiting in the next gradient all-reduce).
         if all_reduce_sum([not_finite is not None], d.device)[0]:
-            raise FloatingPointError(
+            raise NonFiniteLossError(
                 f"the loss is not finite ({not_finite or 'on another process'}) at step {self.step + 1} (epoch "
                 f"{self.step // self.steps_per_epoch + 1}): lower optim.lr, set train.clip_grad, or use "
                 "train.amp=none")

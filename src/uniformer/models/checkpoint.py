@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from .variants import LIGHT_MODEL_ARGS, MODEL_ARGS
+
 _logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -225,13 +227,10 @@ def _architecture_signature(sd: Mapping[str, torch.Tensor]) -> dict:
 
 
 def _variant_table() -> dict[str, dict]:
-    from .uniformer import MODEL_ARGS
-    from .uniformer_light import MODEL_ARGS as LIGHT_ARGS
-
     table = {}
-    for name, args in {**MODEL_ARGS, **LIGHT_ARGS}.items():
+    for name, args in {**MODEL_ARGS, **LIGHT_MODEL_ARGS}.items():
         video = args.get("video", False)
-        light = name in LIGHT_ARGS
+        light = name in LIGHT_MODEL_ARGS
         table[name] = dict(
             video=video, light=light,
             conv_stem=light or args.get("stem") == "conv",

@@ -36,6 +36,7 @@ from .layers import (
     to_memory_format,
 )
 from .released import RELEASED_WEIGHTS, timm_pretrained_cfg
+from .variants import MODEL_ARGS
 
 __all__ = ["UniFormer"]
 
@@ -243,23 +244,6 @@ def _init_weights(m: nn.Module) -> None:
 
 
 # --- variants ---------------------------------------------------------------------------------
-MODEL_ARGS = {
-    "uniformer_small": dict(depths=(3, 4, 8, 3)),
-    "uniformer_small_plus": dict(depths=(3, 5, 9, 3), head_dim=32, stem="conv", downsample="conv"),
-    "uniformer_small_plus_dim64": dict(depths=(3, 5, 9, 3), head_dim=64, stem="conv", downsample="conv"),
-    "uniformer_base": dict(depths=(5, 8, 20, 7)),
-    "uniformer_base_ls": dict(depths=(5, 8, 20, 7), layer_scale=1e-6),
-    "uniformer_large_ls": dict(depths=(5, 10, 24, 7), embed_dims=(128, 192, 448, 640), layer_scale=1e-6,
-                               local_layer_scale=1e-6),
-    # token-labeling weights: an auxiliary head on every token, and head_dim 32 for S, S+ and B
-    "uniformer_small_tl": dict(depths=(3, 4, 8, 3), head_dim=32, aux_head=True),
-    "uniformer_small_plus_tl": dict(depths=(3, 5, 9, 3), head_dim=32, stem="conv", downsample="conv", aux_head=True),
-    "uniformer_base_tl": dict(depths=(5, 8, 20, 7), head_dim=32, aux_head=True),
-    "uniformer_large_ls_tl": dict(depths=(5, 10, 24, 7), embed_dims=(128, 192, 448, 640), layer_scale=1e-6,
-                                  local_layer_scale=1e-6, aux_head=True),
-    "uniformer_video_small": dict(depths=(3, 4, 8, 3), video=True),
-    "uniformer_video_base": dict(depths=(5, 8, 20, 7), video=True),
-}
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> UniFormer:

@@ -34,6 +34,7 @@ from .layers import (
     to_memory_format,
 )
 from .uniformer import _init_weights, pretrained_cfgs
+from .variants import LIGHT_MODEL_ARGS
 
 __all__ = ["UniFormerLight", "EvolvingGlobalBlock"]
 
@@ -261,25 +262,19 @@ class UniFormerLight(nn.Module):
         return logits
 
 
-MODEL_ARGS = {
-    "uniformer_xxs": dict(depths=(2, 5, 8, 2), embed_dims=(56, 112, 224, 448), head_dim=28),
-    "uniformer_xs": dict(depths=(3, 5, 9, 3), embed_dims=(64, 128, 256, 512), head_dim=32),
-    "uniformer_video_xxs": dict(depths=(2, 5, 8, 2), embed_dims=(56, 112, 224, 448), head_dim=28, video=True),
-    "uniformer_video_xs": dict(depths=(3, 5, 9, 3), embed_dims=(64, 128, 256, 512), head_dim=32, video=True),
-}
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> UniFormerLight:
     if kwargs.pop("features_only", False):
         raise ValueError(f"{variant}: features_only backbones exist for the standard models, not the light ones")
     model = build_model_with_cfg(UniFormerLight, variant, pretrained=False, pretrained_filter_fn=checkpoint_filter_fn,
-                                 **{**MODEL_ARGS[variant], **kwargs})
+                                 **{**LIGHT_MODEL_ARGS[variant], **kwargs})
     if pretrained:
         load_pretrained(model)
     return model
 
 
-default_cfgs = generate_default_cfgs(pretrained_cfgs(MODEL_ARGS))
+default_cfgs = generate_default_cfgs(pretrained_cfgs(LIGHT_MODEL_ARGS))
 
 
 @register_model

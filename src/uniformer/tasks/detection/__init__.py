@@ -1,6 +1,6 @@
 """Object detection and instance segmentation with UniFormer backbones (COCO Mask R-CNN recipes of the paper).
 
-`Task` is the engine's view of it (a training step is `Task.training_step` here, the model in `model.py`
+`Task` is the engine's view of it (a training step is `Task.training_step` here, the model in `detector.py`
 and the loop in `uniformer/engine/runner.py`). Entry points (`cfg`: a recipe path, a mapping in recipe
 layout, or a resolved recipe):
 
@@ -29,7 +29,7 @@ Recipe sections of this task (defaults in `default_config()`, the 1x schedule; e
     test:   score_thresh, detections_per_img, mask_thresh, batch_size, segm_area (box: mask APs/m/l by box area
             as mmdet 2.11 | mask)
 
-Inference is the original mmdet 2.11 test pipeline (`model.detect`): uint8 image resized with OpenCV as
+Inference is the original mmdet 2.11 test pipeline (`detector.detect`): uint8 image resized with OpenCV as
 mmcv's `imrescale`, aligned RoIAlign, fixed-stride fractional anchors, masks pasted with grid_sample.
 """
 from __future__ import annotations
@@ -49,8 +49,9 @@ from ..dense.coco import coco_ground_truth, evaluate_instances, instance_results
 from ..dense.io import readable_images, resolve_path
 from ..dense.task import DenseTask, backbone_kwargs, dense_defaults
 from ..dense.visualize import draw_instances
+from .convert import mmdet_key_converter
 from .data import DetDataset, det_collate
-from .model import DetectorFlops, build_detector, detect, mmdet_key_converter
+from .detector import DetectorFlops, build_detector, detect
 
 __all__ = ["Task", "default_config", "load_config", "build_model", "build_datasets", "train", "evaluate", "predict",
            "complexity"]
@@ -118,7 +119,7 @@ def _class_names(cfg: Mapping) -> list[str]:
 
 
 def _detect(model: nn.Module, images: list[np.ndarray], cfg: Mapping) -> list[dict]:
-    """The original test pipeline on RGB uint8 images at the recipe's test scale (see `model.detect`)."""
+    """The original test pipeline on RGB uint8 images at the recipe's test scale (see `detector.detect`)."""
     d = cfg["data"]
     return detect(model, images, scale=(int(d["test_scale"]), int(d["max_size"])),
                   mask_thresh=float(cfg["test"]["mask_thresh"]))

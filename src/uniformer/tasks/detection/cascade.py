@@ -16,7 +16,7 @@ softmax, boxes are the last stage's, and the mask probabilities of the three mas
 
 Module names and class layout follow mmdet (`roi_heads.box_heads.{i}.shared_convs.{j}.conv/bn`,
 `shared_fcs`, `fc_cls` with the background last, `fc_reg`; `roi_heads.mask_heads.{i}.convs.{j}.conv`,
-`upsample`, `conv_logits`), so that `convert_mmdet_cascade_keys` only renames. BatchNorm is plain
+`upsample`, `conv_logits`), so that `convert.convert_mmdet_cascade_keys` only renames. BatchNorm is plain
 `BatchNorm2d`; multi-process training converts it to SyncBatchNorm as the original did.
 """
 from __future__ import annotations
@@ -28,23 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import generalized_box_iou_loss
 
-from .model import (
-    LevelRoIAlign,
-    TwoStageDetector,
-    UniFormerFPN,
-    _box_loss,
-    _build_rpn,
-    _mask_targets,
-    _rois,
-    _RoISampling,
-    decode_boxes,
-    encode_boxes,
-    multiclass_nms,
-    rename_keys,
-)
+from .boxes import box_regression_loss, boxes_to_rois, decode_boxes, encode_boxes, multiclass_nms
+from .roi_heads import LevelRoIAlign, mask_targets
+from .sampling import RoISampler
 
-__all__ = ["ConvModule", "ConvFCBoxHead", "FCNMaskHead", "CascadeRoIHeads", "build_cascade_mask_rcnn",
-           "convert_mmdet_cascade_keys", "STAGE_STDS"]
+__all__ = ["ConvModule", "ConvFCBoxHead", "FCNMaskHead", "CascadeRoIHeads", "STAGE_STDS"]
 
 STAGE_STDS = ((0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1), (0.033, 0.033, 0.067, 0.067))
 
@@ -146,7 +134,7 @@ class CascadeRoIHeads(nn.Module):
         self.stage_stds = [tuple(float(v) for v in s) for s in stage_stds]
         self.stage_loss_weights = [float(w) for w in stage_loss_weights]
         self.stage_ious = [float(v) for v in stage_ious]
-        self.sampling = [_RoISampling(iou, False, batch_size_per_image, positive_fraction) for iou in stage_ious]
+        self.sampling = [RoISampler(iou, False, batch_size_per_image, positive_fraction) for iou in stage_ious]
         self.box_loss, self.giou_weight, self.mask_size = box_loss, giou_weight, mask_size
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
 
@@ -182,7 +170,7 @@ class CascadeRoIHeads(nn.Module):
 
     def _stage_loss(self, stage: int, features, samples: list[dict], targets: Sequence[Mapping]) -> tuple[dict, tuple]:
         k = self.num_classes
-        rois = _rois([s["boxes"] for s in samples])
+        rois = boxes_to_rois([s["boxes"] for s in samples])
         logits, deltas = self.box_forward(stage, features, rois)
         labels = torch.cat([s["labels"] for s in samples])
         classes = torch.where(labels > 0, labels - 1, torch.full_like(labels, k))  # background last
@@ -194,17 +182,18 @@ class CascadeRoIHeads(nn.Module):
             boxes = decode_boxes(rois[pos, 1:], pred, self.stage_stds[stage])
             box_loss = self.giou_weight * generalized_box_iou_loss(boxes, gt, reduction="sum") / count
         else:
-            box_loss = _box_loss(pred, encode_boxes(rois[pos, 1:], gt, self.stage_stds[stage]), self.box_loss) / count
+            box_target = encode_boxes(rois[pos, 1:], gt, self.stage_stds[stage])
+            box_loss = box_regression_loss(pred, box_target, self.box_loss) / count
         w = self.stage_loss_weights[stage]
         losses = {f"loss_classifier_s{stage}": w * F.cross_entropy(logits, classes),
                   f"loss_box_reg_s{stage}": w * box_loss}
         if self.has_mask():
             pos_boxes = [s["boxes"][:s["num_pos"]] for s in samples]
             target = torch.cat([
-                _mask_targets(t["masks"], torch.cat([s["gt_index"][:s["num_pos"], None].to(b), b], 1), self.mask_size)
+                mask_targets(t["masks"], torch.cat([s["gt_index"][:s["num_pos"], None].to(b), b], 1), self.mask_size)
                 for s, t, b in zip(samples, targets, pos_boxes)])
             pos_classes = torch.cat([s["labels"][:s["num_pos"]] for s in samples]) - 1
-            mask_logits = self.mask_forward(stage, features, _rois(pos_boxes))
+            mask_logits = self.mask_forward(stage, features, boxes_to_rois(pos_boxes))
             mask_logits = mask_logits[torch.arange(len(pos_classes)), pos_classes]
             losses[f"loss_mask_s{stage}"] = w * (F.binary_cross_entropy_with_logits(mask_logits, target)
                                                  if len(pos_classes) else mask_logits.sum() * 0)
@@ -239,7 +228,7 @@ class CascadeRoIHeads(nn.Module):
         """Detections per image as `MaskRCNNRoIHeads.predict`: boxes in original pixels, scores, labels 1..K,
         the label's mask probabilities averaged over the stages' mask heads."""
         k, n_stages = self.num_classes, len(self.box_heads)
-        rois = _rois(proposals)
+        rois = boxes_to_rois(proposals)
         stage_logits = []
         for stage in range(n_stages):
             logits, deltas = self.box_forward(stage, features, rois)
@@ -256,7 +245,7 @@ class CascadeRoIHeads(nn.Module):
                                        self.detections_per_img)
             results.append({"boxes": b, "scores": s, "labels": lab + 1})
         if self.has_mask():
-            mask_rois = _rois([r["boxes"] * sf for r, sf in zip(results, scale_factors)])
+            mask_rois = boxes_to_rois([r["boxes"] * sf for r, sf in zip(results, scale_factors)])
             probs = None
             if len(mask_rois):
                 probs = sum(self.mask_forward(s, features, mask_rois).sigmoid() for s in range(n_stages)) / n_stages
@@ -268,46 +257,3 @@ class CascadeRoIHeads(nn.Module):
                 start += n
         return results
 
-
-def build_cascade_mask_rcnn(body: nn.Module, num_classes: int, *, with_masks: bool = True, fpn_channels: int = 256,
-                            box_head_convs: int = 4, box_head_fcs: int = 1, box_head_dim: int = 1024,
-                            box_head_norm: bool = True, class_agnostic: bool = False,
-                            mask_head_channels: Sequence[int] = (256, 256, 256, 256),
-                            anchor_sizes=(32, 64, 128, 256, 512), rpn_batch: int = 256, roi_batch: int = 512,
-                            mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), test_score_thresh: float = 0.05,
-                            detections_per_img: int = 100, rpn_train_proposals: Sequence[int] = (2000, 2000),
-                            rpn_test_proposals: Sequence[int] = (1000, 1000), rpn_box_loss: str = "smooth_l1",
-                            rpn_allowed_border: int = 0, box_loss: str = "giou",
-                            stage_ious: Sequence[float] = (0.5, 0.6, 0.7),
-                            stage_stds: Sequence[Sequence[float]] = STAGE_STDS,
-                            stage_loss_weights: Sequence[float] = (1.0, 0.5, 0.25)) -> TwoStageDetector:
-    """Cascade Mask R-CNN (Cascade R-CNN without masks) on a UniFormer `body` with the original experiment's
-    defaults; `num_classes` excludes the background."""
-    backbone = UniFormerFPN(body, fpn_channels)
-    rpn = _build_rpn(fpn_channels, anchor_sizes, rpn_batch, rpn_train_proposals, rpn_test_proposals, rpn_box_loss,
-                     rpn_allowed_border)
-    box_heads = [ConvFCBoxHead(fpn_channels, num_classes, num_convs=box_head_convs, conv_channels=fpn_channels,
-                               num_fcs=box_head_fcs, fc_dim=box_head_dim, norm=box_head_norm,
-                               class_agnostic=class_agnostic) for _ in stage_ious]
-    mask_heads = None
-    if with_masks:
-        mask_heads = [FCNMaskHead(fpn_channels, num_classes, mask_head_channels) for _ in stage_ious]
-    roi_heads = CascadeRoIHeads(box_heads, mask_heads, stage_ious=stage_ious, stage_stds=stage_stds,
-                                stage_loss_weights=stage_loss_weights, box_loss=box_loss,
-                                batch_size_per_image=roi_batch, score_thresh=test_score_thresh,
-                                detections_per_img=detections_per_img)
-    return TwoStageDetector(backbone, rpn, roi_heads, mean, std)
-
-
-_CASCADE_RENAMES = (
-    (r"^roi_head\.bbox_head\.(\d+)\.", r"roi_heads.box_heads.\1."),
-    (r"^roi_head\.mask_head\.(\d+)\.", r"roi_heads.mask_heads.\1."),
-)
-
-
-def convert_mmdet_cascade_keys(heads: Mapping[str, torch.Tensor], model: nn.Module | None = None) -> dict:
-    """mmdet Cascade Mask R-CNN neck / head tensors → this model's names (the heads keep mmdet's layout).
-    Unknown keys are kept under their own names, so that they are reported as unexpected."""
-    from .model import _NECK_RPN_RENAMES
-
-    return rename_keys(heads, _NECK_RPN_RENAMES + _CASCADE_RENAMES)
