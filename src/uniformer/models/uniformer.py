@@ -151,7 +151,7 @@ class UniFormer(nn.Module):
             self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
             self.aux_head = (nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()) \
                 if aux_head else None
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     # --- timm model API -------------------------------------------------------------------
     @torch.jit.ignore
@@ -233,7 +233,8 @@ class UniFormer(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _init_weights(m: nn.Module) -> None:
+def init_weights(m: nn.Module) -> None:
+    """The original's initialisation (used with `Module.apply`): truncated-normal Linear weights, zero biases."""
     if isinstance(m, nn.Linear):
         trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:

@@ -33,7 +33,7 @@ from .layers import (
     batch_norm_nd,
     to_memory_format,
 )
-from .uniformer import _init_weights, pretrained_cfgs
+from .uniformer import init_weights, pretrained_cfgs
 from .variants import LIGHT_MODEL_ARGS
 
 __all__ = ["UniFormerLight", "EvolvingGlobalBlock"]
@@ -197,7 +197,7 @@ class UniFormerLight(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         self.head_cls = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(_init_weights)
+        self.apply(init_weights)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
     @torch.jit.ignore
