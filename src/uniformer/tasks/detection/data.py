@@ -7,7 +7,7 @@ optionally cropped (the 3×+MS recipe's DETR-style policy: with probability 0.5 
 to a short side of 400/500/600 and a random 384..600 crop is cut, expressed here as an equivalent crop in
 the original image) and resized to a short side drawn from `data.train_scales` (long side at most
 `data.max_size`), and come out as float 0..255 tensors. Evaluation samples are the original uint8 images;
-`model.detect` resizes them to `data.test_scale`. Crowd annotations and training images without any
+`detector.detect` resizes them to `data.test_scale`. Crowd annotations and training images without any
 usable annotation are left out (as mmdet's `filter_empty_gt`); every unusable entry is reported by
 `uniformer.tasks.dense.coco.load_coco`.
 """
