@@ -121,3 +121,34 @@ def test_a_non_finite_loss_on_one_process_stops_every_process_with_the_reason(tm
     assert proc.returncode != 0
     assert "the loss is not finite (nan;" in output and "at step 2" in output  # process 0: its own loss
     assert "the loss is not finite (on another process) at step 2" in output  # process 1 stops too, saying why
+
+
+def test_ddp_gradients_keep_their_parameters_layout():
+    # UniFormer's depthwise convolutions (C x 1 x k x k weights) are fed channels-last maps, and their weight gradients
+    # come with the channels-last stride of the size-1 axis; DDP compares strides literally, warned "Grad strides do
+    # not match bucket view strides" and copied through a strided view on every step. The runner aligns them.
+    import warnings
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from uniformer.engine.distributed import align_grad_strides
+    from uniformer.models.uniformer import uniformer_small
+
+    def mismatched(align: bool) -> tuple[list[str], list[str]]:
+        torch.manual_seed(0)
+        model = uniformer_small(num_classes=3, **tiny_uniformer("uniformer_small")["kwargs"])
+        if align:
+            align_grad_strides(model)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            DistributedDataParallel(model)(torch.randn(2, 3, 64, 64)).square().mean().backward()
+        return ([n for n, p in model.named_parameters() if p.grad.stride() != p.stride()],
+                [str(w.message) for w in caught if "Grad strides do not match" in str(w.message)])
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        assert mismatched(align=False)[0]  # the case exists: some gradients differ from their parameters
+        assert mismatched(align=True) == ([], [])
+    finally:
+        dist.destroy_process_group()
