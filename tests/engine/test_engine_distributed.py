@@ -152,3 +152,40 @@ def test_ddp_gradients_keep_their_parameters_layout():
         assert mismatched(align=True) == ([], [])
     finally:
         dist.destroy_process_group()
+
+
+def test_a_new_process_group_never_takes_a_dead_groups_generation():
+    # torchrun keeps one store across worker groups: what a killed group wrote (its generation, its offers) is
+    # still there when the restarted group starts, and its non-zero ranks may read it before the new rank 0 runs.
+    import threading
+    import time
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from uniformer.engine.distributed import agree_generation
+
+    server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=30))
+
+    def group(world: int, first_rank_0_delay: float) -> list[int]:
+        results: dict[int, int] = {}
+
+        def member(rank: int) -> None:
+            store = dist.TCPStore("127.0.0.1", server.port, is_master=False, timeout=timedelta(seconds=30))
+            if rank == 0:
+                time.sleep(first_rank_0_delay)  # the others read the previous group's number first
+            results[rank] = agree_generation(store, rank, world, timedelta(seconds=30), poll=0.1)
+
+        threads = [threading.Thread(target=member, args=(rank,)) for rank in range(world)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads)
+        return [results[rank] for rank in range(world)]
+
+    assert group(2, 0.0) == [1, 1]
+    server.add("uniformer/generation", 1)  # a group whose rank 0 died right after drawing its number
+    server.set("uniformer/2/offer/1", "stale")
+    assert group(3, 0.5) == [3, 3, 3]
+    assert group(2, 0.3) == [4, 4]

@@ -8,7 +8,7 @@ After an elastic restart (`torchrun --max-restarts`) the new worker group gets t
 group that died (torchrun shares its rendezvous TCPStore with the workers and keeps it across rounds),
 and that store still holds the dead group's gloo/NCCL addresses under the same keys: the new ranks read
 them and time out connecting ("Gloo connectFullMesh failed ... Connection refused"). So every group
-first agrees on a fresh generation number (`_fresh_group_store`) and builds its process group under a
+first agrees on a fresh generation number (`agree_generation`) and builds its process group under a
 key prefix of its own.
 """
 from __future__ import annotations
@@ -98,45 +98,49 @@ def init_distributed(device: str | None = None) -> DistInfo:
 _GENERATION = "uniformer/generation"
 
 
-def _fresh_group_store(rank: int, world: int, timeout: timedelta = timedelta(minutes=30),
-                       poll: float = 0.5) -> tuple[dist.Store, int, int]:
-    """The rendezvous store of torchrun's environment (env://), under a prefix no earlier group used.
-
-    Rank 0 draws the next generation number (an atomic `add`). The other ranks cannot tell the current
-    number from one a dead group left, so each offers a nonce under the number it reads and waits for
-    rank 0 to acknowledge it; an offer under a dead group's number goes unanswered and is renewed under
-    the number read next. Rank 0 answers every rank before anyone builds the process group.
-    """
+def _fresh_group_store(rank: int, world: int,
+                       timeout: timedelta = timedelta(minutes=30)) -> tuple[dist.Store, int, int]:
+    """The rendezvous store of torchrun's environment (env://), under a prefix no earlier group used."""
     store, rank, world = next(dist.rendezvous("env://", rank=rank, world_size=world, timeout=timeout))
     store.set_timeout(timeout)
-    deadline = time.monotonic() + timeout.total_seconds()
+    return dist.PrefixStore(f"uniformer/{agree_generation(store, rank, world, timeout)}/group", store), rank, world
+
+
+def agree_generation(store: dist.Store, rank: int, world: int, timeout: timedelta = timedelta(minutes=30),
+                     poll: float = 0.5) -> int:
+    """A number that the `world` processes calling this on `store` agree on and that no earlier group got.
+
+    Rank 0 draws the next number (an atomic `add`). The other ranks cannot tell the current number from one a
+    dead group left, so each offers a nonce under the number it reads and waits for rank 0 to acknowledge it;
+    an offer under a dead group's number goes unanswered and is renewed under the number read next. Rank 0
+    answers every rank before anyone builds the process group.
+    """
     if rank == 0:
         generation = store.add(_GENERATION, 1)
         for peer in range(1, world):
             key = f"uniformer/{generation}/offer/{peer}"
             store.wait([key], timeout)
             store.set(f"uniformer/ack/{store.get(key).decode()}", str(generation))
-    else:
-        nonce, offered, generation = uuid.uuid4().hex, None, 0
-        while True:
-            current = store.add(_GENERATION, 0)
-            if current and current != offered:
-                store.set(f"uniformer/{current}/offer/{rank}", nonce)
-                offered = current
-            if offered is not None:
-                try:
-                    store.wait([f"uniformer/ack/{nonce}"], timedelta(seconds=poll))
-                    generation = int(store.get(f"uniformer/ack/{nonce}"))
-                    break
-                except RuntimeError:  # DistStoreError: not answered (yet): a dead group's number, or early
-                    pass
-            else:
-                time.sleep(poll / 5)
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"rank {rank}: rank 0 did not start a process group within {timeout} "
-                                   f"(MASTER_ADDR={os.environ.get('MASTER_ADDR')}, "
-                                   f"MASTER_PORT={os.environ.get('MASTER_PORT')})")
-    return dist.PrefixStore(f"uniformer/{generation}/group", store), rank, world
+        return generation
+    deadline = time.monotonic() + timeout.total_seconds()
+    nonce, offered = uuid.uuid4().hex, None
+    while True:
+        current = store.add(_GENERATION, 0)
+        if current and current != offered:
+            store.set(f"uniformer/{current}/offer/{rank}", nonce)
+            offered = current
+        if offered is not None:
+            try:
+                store.wait([f"uniformer/ack/{nonce}"], timedelta(seconds=poll))
+                return int(store.get(f"uniformer/ack/{nonce}"))
+            except RuntimeError:  # DistStoreError: not answered (yet): a dead group's number, or early
+                pass
+        else:
+            time.sleep(poll / 5)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"rank {rank}: rank 0 did not start a process group within {timeout} "
+                               f"(MASTER_ADDR={os.environ.get('MASTER_ADDR')}, "
+                               f"MASTER_PORT={os.environ.get('MASTER_PORT')})")
 
 
 def shutdown_distributed(info: DistInfo) -> None:

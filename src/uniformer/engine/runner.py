@@ -49,8 +49,8 @@ from uniformer.engine.distributed import (
     check_same_recipe_and_data,
     cpu_threads,
     disagreements,
-    per_rank,
     init_distributed,
+    per_rank,
     shutdown_distributed,
 )
 from uniformer.engine.ema import ModelEma
