@@ -5,7 +5,10 @@ All on localhost with gloo and the toy model; every launch has a timeout, so a h
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -23,16 +26,23 @@ def _rows(path):
         return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(f)]
 
 
-def _launch(torchrun_args: list[str], args: list[str], cwd, timeout: float = 120, **env) -> subprocess.Popen:
+def _launch(torchrun_args: list[str], args: list[str], cwd, **env) -> subprocess.Popen:
+    """torchrun in a session of its own, so that a hung launch is killed with its workers."""
     return subprocess.Popen([*TORCHRUN, *torchrun_args, "-m", "elastic_driver", *args], cwd=cwd,
-                            env=subprocess_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=subprocess_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
 
 
-def _finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
+def _kill(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        _kill(proc)
         out, err = proc.communicate()
         pytest.fail(f"torchrun did not finish within {timeout} s:\n{out[-2000:]}{err[-4000:]}")
     return proc.returncode, out + err
@@ -71,7 +81,7 @@ def test_a_killed_worker_restarts_the_group_which_resumes_to_the_uninterrupted_r
     # rank 1 SIGKILLs itself as it loads its 10th training sample: in step 5, after the step-3 checkpoint
     code, output = _finish(_launch(["--standalone", "--nproc_per_node=2", "--max-restarts=1"],
                                    ["train", str(recipe), "--out", str(out), "--no-progress", "--device", "cpu",
-                                    "--resume", "auto"], root, UF_TEST_ELASTIC_KILL="10"), timeout=150)
+                                    "--resume", "auto"], root, UF_TEST_ELASTIC_KILL="10"), timeout=300)
     assert code == 0, output[-4000:]
     assert "exitcode: -9" in output  # the first group really lost a worker
     log = (out / "train.log").read_text()
@@ -86,28 +96,45 @@ def test_two_nodes_through_the_c10d_rendezvous_match_one_node(straight):
             "--rdzv-id=uniformer-test", "--local-addr=127.0.0.1"]
     args = ["train", str(recipe), "--out", str(out), "--no-progress", "--device", "cpu"]
     nodes = [_launch(node, args, root) for _ in range(2)]
-    results = [_finish(p) for p in nodes]
+    try:
+        results = [_finish(p) for p in nodes]
+    finally:
+        for p in nodes:
+            _kill(p)  # the other node, when one timed out
     for code, output in results:
         assert code == 0, output[-4000:]
     assert "2 process(es) on cpu" in (out / "train.log").read_text()
     _same_run(out, root / "straight")
 
 
-def test_processes_that_disagree_on_the_recipe_or_the_data_stop_naming_the_difference(tmp_path):
+def test_processes_that_disagree_on_the_recipe_the_data_or_the_checkpoint_stop_naming_the_difference(tmp_path):
     recipe = write_recipe(tmp_path / "recipe.yaml", tiny_recipe(train={"epochs": 1, "batch_size": 2}))
+    (tmp_path / "node1").mkdir()
+    train = ["train", str(recipe), "--no-progress", "--device", "cpu"]
     code, output = _finish(_launch(
         ["--standalone", "--nproc_per_node=2"],
-        ["train", str(recipe), "--out", str(tmp_path / "a"), "--no-progress", "--device", "cpu",
-         "@1:--set", "@1:optim.lr=0.02",  # rank 1 was given another override
-         "--then", "train", str(recipe), "--out", str(tmp_path / "b"), "--no-progress", "--device", "cpu"],
-        tmp_path, UF_TEST_SHORT_TRAIN_RANK="1", UF_TEST_EXIT_ZERO="1"))  # and its list file has one sample fewer
+        [*train, "--out", "a", "@1:--set", "@1:optim.lr=0.02",  # rank 1 was given another override
+         "@1:--driver-short-train",  # and its list file has one sample fewer
+         "--then", *train, "--out", "b", "@1:--driver-short-train",  # only the list file differs
+         "--then", *train, "--out", "run",  # a run of 3 steps, in a folder both processes share
+         "--then", *train, "--out", "run", "--set", "train.epochs=2", "--resume", "auto",
+         "@1:--driver-chdir=node1"],  # continued, but rank 1's relative --out is a folder of its own
+        tmp_path, UF_TEST_EXIT_ZERO="1"))
     assert code == 0, output[-4000:]
-    assert "rank 0 exit codes: [2, 2]" in output and "rank 1 exit codes: [2, 2]" in output
-    errors = [line for line in output.splitlines() if line.startswith("error: the 2 processes disagree")]
-    assert len(errors) == 4, output[-4000:]  # both commands stopped, on both processes
-    recipe_error, data_error = errors[0], errors[-1]
-    assert "recipe key optim.lr = 0.01 on rank 0; 0.02 on rank 1" in recipe_error
-    assert "train split size = 12 on rank 0; 11 on rank 1" in recipe_error
-    assert "recipe key" not in data_error and "train split size = 12 on rank 0; 11 on rank 1" in data_error
-    assert "val split size" not in data_error
+    assert "rank 0 exit codes: [2, 2, 0, 2]" in output and "rank 1 exit codes: [2, 2, 0, 2]" in output, output[-4000:]
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 6, output[-4000:]  # three commands stopped, on both processes
+    recipe_errors = [line for line in errors if "recipe key" in line]
+    step_errors = [line for line in errors if "resumed at different steps" in line]
+    data_errors = [line for line in errors if line not in recipe_errors + step_errors]
+    assert len(recipe_errors) == len(step_errors) == len(data_errors) == 2
+    for line in recipe_errors:
+        assert "recipe key optim.lr = 0.01 on rank 0; 0.02 on rank 1" in line
+        assert "train split size = 12 on rank 0; 11 on rank 1" in line
+    for line in data_errors:
+        assert "train split size = 12 on rank 0; 11 on rank 1" in line
+        assert "val split size" not in line
+    for line in step_errors:
+        assert "resumed at different steps (step 3 on rank 0; 0 on rank 1)" in line
     assert not (tmp_path / "a" / "last.pt").exists() and not (tmp_path / "b" / "last.pt").exists()
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 3  # the stopped run wrote nothing
