@@ -121,3 +121,71 @@ def test_a_non_finite_loss_on_one_process_stops_every_process_with_the_reason(tm
     assert proc.returncode != 0
     assert "the loss is not finite (nan;" in output and "at step 2" in output  # process 0: its own loss
     assert "the loss is not finite (on another process) at step 2" in output  # process 1 stops too, saying why
+
+
+def test_ddp_gradients_keep_their_parameters_layout():
+    # UniFormer's depthwise convolutions (C x 1 x k x k weights) are fed channels-last maps, and their weight gradients
+    # come with the channels-last stride of the size-1 axis; DDP compares strides literally, warned "Grad strides do
+    # not match bucket view strides" and copied through a strided view on every step. The runner aligns them.
+    import warnings
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from uniformer.engine.distributed import align_grad_strides
+    from uniformer.models.uniformer import uniformer_small
+
+    def mismatched(align: bool) -> tuple[list[str], list[str]]:
+        torch.manual_seed(0)
+        model = uniformer_small(num_classes=3, **tiny_uniformer("uniformer_small")["kwargs"])
+        if align:
+            align_grad_strides(model)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            DistributedDataParallel(model)(torch.randn(2, 3, 64, 64)).square().mean().backward()
+        return ([n for n, p in model.named_parameters() if p.grad.stride() != p.stride()],
+                [str(w.message) for w in caught if "Grad strides do not match" in str(w.message)])
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        assert mismatched(align=False)[0]  # the case exists: some gradients differ from their parameters
+        assert mismatched(align=True) == ([], [])
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_new_process_group_never_takes_a_dead_groups_generation():
+    # torchrun keeps one store across worker groups: what a killed group wrote (its generation, its offers) is
+    # still there when the restarted group starts, and its non-zero ranks may read it before the new rank 0 runs.
+    import threading
+    import time
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from uniformer.engine.distributed import agree_generation
+
+    server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=30))
+
+    def group(world: int, first_rank_0_delay: float) -> list[int]:
+        results: dict[int, int] = {}
+
+        def member(rank: int) -> None:
+            store = dist.TCPStore("127.0.0.1", server.port, is_master=False, timeout=timedelta(seconds=30))
+            if rank == 0:
+                time.sleep(first_rank_0_delay)  # the others read the previous group's number first
+            results[rank] = agree_generation(store, rank, world, timedelta(seconds=30), poll=0.1)
+
+        threads = [threading.Thread(target=member, args=(rank,)) for rank in range(world)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads)
+        return [results[rank] for rank in range(world)]
+
+    assert group(2, 0.0) == [1, 1]
+    server.add("uniformer/generation", 1)  # a group whose rank 0 died right after drawing its number
+    server.set("uniformer/2/offer/1", "stale")
+    assert group(3, 0.5) == [3, 3, 3]
+    assert group(2, 0.3) == [4, 4]

@@ -3,18 +3,35 @@
 Under `torchrun` the environment carries RANK / WORLD_SIZE / LOCAL_RANK; the process group is
 NCCL on GPUs and gloo on CPUs. Without it everything degrades to single-process no-ops, so the
 training code never branches on "distributed or not" beyond `DistInfo.distributed`.
+
+After an elastic restart (`torchrun --max-restarts`) the new worker group gets the same store as the
+group that died (torchrun shares its rendezvous TCPStore with the workers and keeps it across rounds),
+and that store still holds the dead group's gloo/NCCL addresses under the same keys: the new ranks read
+them and time out connecting ("Gloo connectFullMesh failed ... Connection refused"). So every group
+first agrees on a fresh generation number (`agree_generation`) and builds its process group under a
+key prefix of its own.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
+import time
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from uniformer.engine.config import ConfigError
+
 __all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "resolve_device", "barrier", "all_reduce_sum",
-           "all_gather_objects", "broadcast_object", "broadcast_buffers", "cpu_threads"]
+           "all_gather_objects", "broadcast_object", "broadcast_buffers", "cpu_threads", "align_grad_strides",
+           "disagreements", "per_rank", "check_same_recipe_and_data"]
 
 
 @dataclass(frozen=True)
@@ -70,11 +87,60 @@ def init_distributed(device: str | None = None) -> DistInfo:
     owns = False
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        store, rank, world = _fresh_group_store(rank, world)
+        dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world)
         owns = True
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev, owns_group=owns)
+
+
+_GENERATION = "uniformer/generation"
+
+
+def _fresh_group_store(rank: int, world: int,
+                       timeout: timedelta = timedelta(minutes=30)) -> tuple[dist.Store, int, int]:
+    """The rendezvous store of torchrun's environment (env://), under a prefix no earlier group used."""
+    store, rank, world = next(dist.rendezvous("env://", rank=rank, world_size=world, timeout=timeout))
+    store.set_timeout(timeout)
+    return dist.PrefixStore(f"uniformer/{agree_generation(store, rank, world, timeout)}/group", store), rank, world
+
+
+def agree_generation(store: dist.Store, rank: int, world: int, timeout: timedelta = timedelta(minutes=30),
+                     poll: float = 0.5) -> int:
+    """A number that the `world` processes calling this on `store` agree on and that no earlier group got.
+
+    Rank 0 draws the next number (an atomic `add`). The other ranks cannot tell the current number from one a
+    dead group left, so each offers a nonce under the number it reads and waits for rank 0 to acknowledge it;
+    an offer under a dead group's number goes unanswered and is renewed under the number read next. Rank 0
+    answers every rank before anyone builds the process group.
+    """
+    if rank == 0:
+        generation = store.add(_GENERATION, 1)
+        for peer in range(1, world):
+            key = f"uniformer/{generation}/offer/{peer}"
+            store.wait([key], timeout)
+            store.set(f"uniformer/ack/{store.get(key).decode()}", str(generation))
+        return generation
+    deadline = time.monotonic() + timeout.total_seconds()
+    nonce, offered = uuid.uuid4().hex, None
+    while True:
+        current = store.add(_GENERATION, 0)
+        if current and current != offered:
+            store.set(f"uniformer/{current}/offer/{rank}", nonce)
+            offered = current
+        if offered is not None:
+            try:
+                store.wait([f"uniformer/ack/{nonce}"], timedelta(seconds=poll))
+                return int(store.get(f"uniformer/ack/{nonce}"))
+            except RuntimeError:  # DistStoreError: not answered (yet): a dead group's number, or early
+                pass
+        else:
+            time.sleep(poll / 5)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"rank {rank}: rank 0 did not start a process group within {timeout} "
+                               f"(MASTER_ADDR={os.environ.get('MASTER_ADDR')}, "
+                               f"MASTER_PORT={os.environ.get('MASTER_PORT')})")
 
 
 def shutdown_distributed(info: DistInfo) -> None:
@@ -118,6 +184,60 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def disagreements(values: Mapping[str, Any]) -> dict[str, list]:
+    """The entries of `values` whose value differs between processes, as {name: [value on each rank]}
+    (a collective: every process calls it with the same names)."""
+    if not _active():
+        return {}
+    views = all_gather_objects(dict(values))
+    return {name: [v.get(name) for v in views] for name in values if any(v.get(name) != views[0].get(name)
+                                                                        for v in views)}
+
+
+def per_rank(values: list) -> str:
+    """"2 on ranks 0, 2; 3 on rank 1": the ranks grouped by the value they hold."""
+    groups: dict[str, list[int]] = {}
+    for rank, value in enumerate(values):
+        groups.setdefault(repr(value), []).append(rank)
+    return "; ".join(f"{value} on rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}"
+                     for value, ranks in groups.items())
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def recipe_digest(recipe: Mapping) -> str:
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=repr).encode()).hexdigest()
+
+
+def check_same_recipe_and_data(recipe: Mapping, sizes: Mapping[str, int | None]) -> None:
+    """Stop every process, naming the difference, when the processes resolved different recipes (other
+    overrides, another copy of the file) or see splits of different sizes (different list files or
+    folders on different nodes): they would train different things and wait on each other forever
+    at the first epoch boundary."""
+    if not _active():
+        return
+    problems = []
+    if disagreements({"recipe": recipe_digest(recipe)}):
+        flat = all_gather_objects(_flatten(recipe))
+        keys = sorted(set().union(*flat))
+        problems += [f"recipe key {key} = {per_rank([f.get(key, '<unset>') for f in flat])}"
+                     for key in keys if any(f.get(key, "<unset>") != flat[0].get(key, "<unset>") for f in flat)]
+    differ = disagreements({f"{split} split size": n for split, n in sizes.items()})
+    problems += [f"{name} = {per_rank(values)}" for name, values in differ.items()]
+    if problems:
+        shown = problems[:8] + ([f"and {len(problems) - 8} more"] if len(problems) > 8 else [])
+        raise ConfigError(f"the {dist.get_world_size()} processes disagree on the recipe or the data: "
+                          + " | ".join(shown) + " (every process must resolve the same recipe and read the same "
+                          "data: the same files, overrides and list files on every node)")
+
+
 def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
     """Copy rank `src`'s buffers (BatchNorm running statistics) to every process, so that all of them
     evaluate, and checkpoint, the same network."""
@@ -125,6 +245,30 @@ def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
         return
     for buf in module.buffers():
         dist.broadcast(buf.data, src=src)
+
+
+def _same_layout(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor | None:
+    """`grad` with `param`'s strides when the two differ only in the strides of size-1 dimensions (which address
+    nothing, so the result is the same memory, not a copy); None when nothing needs changing."""
+    if grad.stride() == param.stride() or grad.shape != param.shape:
+        return None
+    if any(n != 1 and a != b for n, a, b in zip(grad.shape, grad.stride(), param.stride())):
+        return None  # a real layout difference: autograd's layout contract copies it into the parameter's
+    return grad.as_strided(grad.shape, param.stride(), grad.storage_offset())
+
+
+def align_grad_strides(module: torch.nn.Module) -> list:
+    """Give every gradient of `module` its parameter's strides before DistributedDataParallel reads it.
+
+    A depthwise convolution weight (C x 1 x k x k) fed channels-last maps gets its gradient with the
+    channels-last stride of the size-1 axis ([9, 1, 3, 1] instead of [9, 9, 3, 1]): the same memory
+    order, but DDP compares strides literally, warns "Grad strides do not match bucket view strides" and
+    copies through a strided view on every step. Returns the hook handles."""
+    handles = []
+    for param in module.parameters():
+        if param.requires_grad and 1 in param.shape and param.ndim > 1:
+            handles.append(param.register_hook(lambda grad, param=param: _same_layout(grad, param)))
+    return handles
 
 
 @contextlib.contextmanager

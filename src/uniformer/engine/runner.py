@@ -41,12 +41,16 @@ from uniformer.engine.checkpoint import (
 from uniformer.engine.config import ConfigError, dump_config
 from uniformer.engine.distributed import (
     DistInfo,
+    align_grad_strides,
     all_gather_objects,
     all_reduce_sum,
     barrier,
     broadcast_buffers,
+    check_same_recipe_and_data,
     cpu_threads,
+    disagreements,
     init_distributed,
+    per_rank,
     shutdown_distributed,
 )
 from uniformer.engine.ema import ModelEma
@@ -164,6 +168,8 @@ class Runner:
         self.amp = resolve_amp(t["amp"], d.device)
         sets = task.build_datasets(["train", "val"])
         self.train_set, self.val_set = sets["train"], sets.get("val")
+        check_same_recipe_and_data(cfg, {name: len(split) if split is not None else None
+                                         for name, split in sets.items()})
         seed_everything(cfg["seed"])  # the same initial weights on every process
         model = task.build_model().to(d.device)
         if t["sync_bn"] and d.distributed:
@@ -171,8 +177,10 @@ class Runner:
         self.model = model
         e = cfg["ema"]
         self.ema = ModelEma(model, e["decay"], e["warmup"]) if e["enabled"] else None
-        self.ddp = DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) \
-            if d.distributed else None
+        self.ddp = None
+        if d.distributed:
+            align_grad_strides(model)  # before DDP lays out its buckets: no per-step strided gradient copies
+            self.ddp = DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
         seed_everything(cfg["seed"] + d.rank)
 
         self.batch_size, self.accum = t["batch_size"], t["accum_steps"]
@@ -295,6 +303,11 @@ class Runner:
     def _fit(self, d: DistInfo, log: logging.Logger) -> dict:
         self.setup(d)
         self._load(log)
+        differ = disagreements({"step": self.step})
+        if differ:
+            raise ConfigError(f"the processes resumed at different steps (step {per_rank(differ['step'])}): "
+                              f"{self.out_dir} must be one folder every node shares, so that --resume auto finds "
+                              "the same checkpoint everywhere")
         tb = None
         if d.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
