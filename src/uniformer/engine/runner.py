@@ -33,9 +33,12 @@ from tqdm import tqdm
 from uniformer.engine.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
+    CheckpointFile,
     CheckpointManager,
+    as_checkpoint,
     capture_rng_state,
     load_run_checkpoint,
+    load_run_weights,
     restore_rng_state,
 )
 from uniformer.engine.config import ConfigError, dump_config
@@ -241,10 +244,10 @@ class Runner:
         if ckpt["meta"] != self.task.meta:
             raise ConfigError(f"--resume {path}: the checkpoint's model or data differ from this recipe's "
                               f"(checkpoint: {ckpt['meta']}; recipe: {self.task.meta})")
-        missing, unexpected = self.model.load_state_dict(ckpt["model"], strict=False)
-        if missing or unexpected:
-            raise ConfigError(f"--resume {path}: the checkpoint's model differs from this recipe's (missing "
-                              f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+        try:
+            load_run_weights(self.model, CheckpointFile(Path(path), "run", None, run=ckpt), task=self.task.name)
+        except ValueError as e:
+            raise ConfigError(f"--resume: {e}") from None
         if self.ema is not None:
             if ckpt.get("ema"):
                 self.ema.load_state_dict(ckpt["ema"])
@@ -490,12 +493,13 @@ class Runner:
         return summary
 
 
-def evaluate_checkpoint(task: Task, checkpoint: str | os.PathLike, *, split: str | None = None,
+def evaluate_checkpoint(task: Task, checkpoint: str | os.PathLike | CheckpointFile, *, split: str | None = None,
                         device: str | None = None, use_ema: bool | None = None,
                         output: str | os.PathLike | None = None) -> dict:
     """Score `checkpoint` on a split of the task's recipe (default `eval.split`); writes the metrics as JSON
     (default: `eval_<split>.json` beside the checkpoint) and the task's pictures beside it."""
-    checkpoint = Path(checkpoint)
+    ckpt = as_checkpoint(checkpoint)  # read once, also when the caller has not read it yet
+    checkpoint = ckpt.path
     cfg = task.cfg
     split = split or cfg["eval"]["split"]
     use_ema = cfg["eval"]["use_ema"] if use_ema is None else use_ema
@@ -506,7 +510,7 @@ def evaluate_checkpoint(task: Task, checkpoint: str | os.PathLike, *, split: str
             if dataset is None:
                 raise ConfigError(f"the recipe has no {split} split")
             model = task.build_model(for_training=False)
-            task.load_weights(model, checkpoint, use_ema=use_ema)
+            task.load_weights(model, ckpt, use_ema=use_ema)
             model.to(d.device)
             metrics = evaluate_model(task, model, dataset, d, resolve_amp(cfg["train"]["amp"], d.device))
             result = {"task": task.name, "checkpoint": str(checkpoint), "split": split,
