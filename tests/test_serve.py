@@ -134,7 +134,7 @@ def test_serve_binds_to_localhost_by_default():
 def test_segmentation_page_draws_the_label_map_like_predict(tmp_path, capsys):
     import yaml
 
-    from uniformer.tasks import segmentation
+    from uniformer.tasks import build_task, load_recipe
     from uniformer.tasks.dense.synthetic import write_shapes_segmentation
 
     root = write_shapes_segmentation(tmp_path / "shapes", n_train=1, n_val=2, size=(64, 64))
@@ -147,7 +147,7 @@ def test_segmentation_page_draws_the_label_map_like_predict(tmp_path, capsys):
     config = tmp_path / "seg.yaml"
     config.write_text(yaml.safe_dump({"task": "segmentation", **recipe}))
     torch.manual_seed(0)
-    model = segmentation.build_model(segmentation.load_config(config))
+    model = build_task(load_recipe(config)).build_model()
     ckpt = tmp_path / "seg.pth"
     torch.save({"state_dict": model.state_dict()}, ckpt)
     image = sorted((root / "images" / "val").iterdir())[0]

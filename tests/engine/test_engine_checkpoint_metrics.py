@@ -20,6 +20,8 @@ from uniformer.engine.checkpoint import (
     restore_rng_state,
     to_plain,
 )
+from uniformer.engine.distributed import DistInfo
+from uniformer.engine.runner import eval_batches
 from uniformer.tasks import load_recipe
 from uniformer.tasks.classification import Task
 from uniformer.tasks.classification.metrics import (
@@ -180,8 +182,12 @@ def test_evaluation_aggregates_views_reports_each_view_and_merges_shards():
                              "data": {"builder": "x:y"}, "train": {"batch_size": 2, "num_workers": 0}}),
                 {"num_classes": 3, "classes": ["a", "b", "c"]})
     model = _FixedViews()
-    one = task.merge(data, [task.evaluate(model, data, range(3))])
-    two = task.merge(data, [task.evaluate(model, data, [1]), task.evaluate(model, data, [0, 2])])
+
+    def shard(indices):  # the engine's batches of these samples (eval.batch_size from train.batch_size)
+        return task.evaluate(model, data, eval_batches(task, data, DistInfo(), indices))
+
+    one = task.merge(data, [shard(range(3))])
+    two = task.merge(data, [shard([1]), shard([0, 2])])
     for m in (one, two):
         assert m["num_views"] == 2 and m["top1"] == pytest.approx(2 / 3)
         assert m["per_view_top1"] == pytest.approx([1.0, 1 / 3])  # each view alone: 3/3 and 1/3 right

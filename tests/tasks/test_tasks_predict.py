@@ -11,8 +11,8 @@ from PIL import Image
 
 from uniformer.cli import main
 from uniformer.tasks import load_recipe, train
-from uniformer.tasks.classification import build_model
 from uniformer.tasks import open as open_checkpoint
+from uniformer.tasks.classification import build_model
 
 
 def _predict(capsys, args):
@@ -46,7 +46,8 @@ def test_predict_an_image_with_an_original_checkpoint(tmp_path, capsys):
     from uniformer.data import build_dataset
 
     (tmp_path / "one.txt").write_text(f"{image} 0\n")
-    item = build_dataset({**predictor.task.data_view(predictor.model), "test_list": str(tmp_path / "one.txt")}, "test")[0]
+    view = predictor.task.data_view(predictor.model)
+    item = build_dataset({**view, "test_list": str(tmp_path / "one.txt")}, "test")[0]
     with torch.no_grad():
         direct = predictor.model(item["input"]).softmax(-1).mean(0)
     assert result["predictions"][0]["prob"] == pytest.approx(direct.max().item(), abs=1e-5)

@@ -217,7 +217,7 @@ def load_run_checkpoint(path: str | os.PathLike) -> dict:
     try:
         ckpt = open_checkpoint(path)
     except CheckpointError as e:  # truncated file, disk full while writing, refused pickle, ...
-        raise ValueError(str(e)) from None
+        raise ValueError(f"cannot be read as a run checkpoint: {e}") from None
     if ckpt.run is None:
         raise ValueError(f"{ckpt.path}: not a checkpoint of a uniformer run (no format={CHECKPOINT_FORMAT!r} entry)")
     if ckpt.run.get("version") != CHECKPOINT_VERSION or "optimizer" not in ckpt.run:

@@ -53,14 +53,14 @@ from uniformer.engine.distributed import (
     shutdown_distributed,
 )
 from uniformer.engine.ema import ModelEma
-from uniformer.engine.loaders import shard_size, train_loader
+from uniformer.engine.loaders import eval_loader, shard_size, train_loader
 from uniformer.engine.optim import LRSchedule, build_optimizer, scaled_lr
 from uniformer.engine.precision import resolve_dtype
 from uniformer.engine.reporting import TensorBoardLogger, log_to, plot_curves, write_history_csv, write_json
 from uniformer.engine.task import Task
 
 __all__ = ["Runner", "seed_everything", "deterministic_mode", "resolve_amp", "autocast_context", "move_to",
-           "evaluate_model", "evaluate_checkpoint"]
+           "eval_batches", "evaluate_model", "evaluate_checkpoint"]
 
 
 def seed_everything(seed: int) -> None:
@@ -116,13 +116,25 @@ def move_to(batch: Any, device: torch.device) -> Any:
 
 
 @torch.no_grad()
+def eval_batches(task: Task, dataset, d: DistInfo, indices=None):
+    """The evaluation batches of this process's shard (or of `indices`): `eval.batch_size` (default: the
+    task's `eval_defaults()`) samples each, loaded by `eval.num_workers` processes (default: the task's)."""
+    ev, t = task.cfg["eval"], task.cfg["train"]
+    batch_size, num_workers = task.eval_defaults()
+    batch_size = int(ev["batch_size"] or batch_size)
+    num_workers = int(num_workers if ev["num_workers"] is None else ev["num_workers"])
+    return eval_loader(dataset, task.eval_collate, batch_size, num_workers, t, d.rank, d.world_size, d.device,
+                       indices)
+
+
 def evaluate_model(task: Task, model: nn.Module, dataset, d: DistInfo, amp: str = "none") -> dict:
-    """Metrics of `model` on `dataset`: each process predicts its shard, the task merges all shards."""
+    """Metrics of `model` on `dataset`, for every task: each process predicts the batches of its shard
+    (`eval_batches`), the task merges all shards."""
     was_training = model.training
     model.eval()
     try:
-        with autocast_context(d.device, amp):
-            local = task.evaluate(model, dataset, range(d.rank, len(dataset), d.world_size))
+        with torch.no_grad(), autocast_context(d.device, amp):
+            local = task.evaluate(model, dataset, eval_batches(task, dataset, d))
     finally:
         model.train(was_training)
     return task.merge(dataset, all_gather_objects(local))

@@ -6,7 +6,7 @@ precision, the optimiser and schedule, checkpoints, logs and the run folder.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -54,8 +54,15 @@ class Task(Protocol):
     def batch_size(self, batch: Any) -> int:
         """Samples in a batch (0: nothing usable)."""
 
-    def evaluate(self, model: nn.Module, dataset: Dataset, indices: Sequence[int]) -> Any:
-        """Predictions of this process's shard `indices` (picklable; the model is in eval mode)."""
+    def eval_defaults(self) -> tuple[int, int]:
+        """(batch size, loading processes) of evaluation when `eval.batch_size` / `eval.num_workers` are null."""
+
+    def eval_collate(self, items: list[tuple[int, Any]]) -> Any:
+        """An evaluation batch from (dataset index, item) pairs."""
+
+    def evaluate(self, model: nn.Module, dataset: Dataset, batches: Iterable) -> Any:
+        """Predictions of this process's batches (`engine.runner.eval_batches`: `eval_collate` outputs of its
+        shard); picklable; the model is in eval mode, gradients off."""
 
     def merge(self, dataset: Dataset, parts: Sequence[Any]) -> dict:
         """Metrics of the whole split from every process's `evaluate` result."""

@@ -137,6 +137,16 @@ class Opened:
         return self.task.predict(self.model, inputs, out_dir, **{k: v for k, v in options.items() if v is not None})
 
 
+def _check_classification_options(task: str | None, model, model_options, labels, data, runtime: str) -> None:
+    if task in (None, "classification"):
+        return
+    given = {"--model": model, "-o": model_options, "--labels": labels, "--data": data,
+             "--runtime": runtime if runtime != "torch" else None}
+    if any(given.values()):
+        raise ValueError(f"{', '.join(k for k, v in given.items() if v)}: classification options; a {task} "
+                         "checkpoint takes its model and classes from its recipe")
+
+
 def _is_tag(text: str) -> bool:
     return "." in text and "/" not in text and not Path(text).exists() \
         and Path(text).suffix.lower() not in (".pt", ".pth", ".safetensors", ".ckpt", ".bin", ".tar")
@@ -160,6 +170,8 @@ def open(source: str | os.PathLike | None = None, *, model: str | None = None,
     from uniformer.engine.precision import resolve_dtype
 
     dev = resolve_device(device)  # an unavailable device fails before any download
+    _check_classification_options(task or (recipe_task(recipe) if recipe is not None else None), model,
+                                  model_options, labels, data, runtime)
     if source is not None and not Path(source).exists() and _is_tag(str(source)):
         if model is not None:
             raise ValueError(f"{source} is a released tag; --model is for an original checkpoint file")
@@ -181,12 +193,7 @@ def open(source: str | os.PathLike | None = None, *, model: str | None = None,
         title = f"checkpoint `{Path(source).name}`"
     ckpt = as_checkpoint(source)  # the one read of the weights file
     name = ckpt.task or task or ("classification" if recipe is None else recipe_task(recipe))
-    if name != "classification":
-        given = {"--model": model, "-o": model_options, "--labels": labels, "--data": data,
-                 "--runtime": runtime if runtime != "torch" else None}
-        if any(given.values()):
-            raise ValueError(f"{', '.join(k for k, v in given.items() if v)}: classification options; a {name} "
-                             "checkpoint takes its model and classes from its recipe")
+    _check_classification_options(name, model, model_options, labels, data, runtime)
     if ckpt.run is not None or name != "classification" or recipe is not None:
         the_task = task_from_checkpoint(ckpt, recipe, overrides, task)
         if the_task.name == "classification" and ckpt.run is not None:

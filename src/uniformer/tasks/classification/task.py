@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
 
 from uniformer.engine.config import ConfigError, check, expand_path
 from uniformer.engine.loaders import resolve_callable
@@ -158,12 +157,15 @@ class Task:
         return out
 
     # --- evaluation ----------------------------------------------------------------------------------------
-    def evaluate(self, model: nn.Module, dataset, indices: Sequence[int]) -> dict:
-        t, ev = self.cfg["train"], self.cfg["eval"]
+    def eval_defaults(self) -> tuple[int, int]:
+        return int(self.cfg["train"]["batch_size"]), int(self.cfg["train"]["num_workers"])
+
+    def eval_collate(self, items: list):
+        return self.collate([sample for _, sample in items])
+
+    def evaluate(self, model: nn.Module, dataset, batches) -> dict:
         device = next(model.parameters()).device
-        loader = DataLoader(Subset(dataset, list(indices)), batch_size=ev["batch_size"] or t["batch_size"],
-                            num_workers=t["num_workers"] if ev["num_workers"] is None else ev["num_workers"],
-                            collate_fn=self.collate, shuffle=False)
+        loader = batches
         expected = model_input_ndim(model)
         aggregation = self.cfg["data"].get("view_aggregation", "sum_logits")
         probs, labels, index, failures, view_correct = [], [], [], [], []

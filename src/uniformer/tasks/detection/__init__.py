@@ -152,12 +152,17 @@ class Task(DenseTask):
         images, targets = batch
         return model(images, targets)  # named losses: loss_objectness, loss_rpn_box_reg, loss_classifier, ...
 
-    def evaluate(self, model: nn.Module, dataset: DetDataset, indices: Sequence[int]) -> dict:
-        indices = list(indices)
-        bs, segm_area = int(self.cfg["test"]["batch_size"]), str(self.cfg["test"]["segm_area"])
+    def eval_defaults(self) -> tuple[int, int]:
+        return int(self.cfg["test"]["batch_size"]), 0
+
+    def eval_collate(self, items: list) -> list:
+        return items
+
+    def evaluate(self, model: nn.Module, dataset: DetDataset, batches) -> dict:
+        segm_area = str(self.cfg["test"]["segm_area"])
         boxes, segms, done, skipped = [], [], [], []
-        for start in range(0, len(indices), bs):
-            batch = [(dataset.image_ids[i], dataset[i]) for i in indices[start:start + bs]]
+        for items in batches:
+            batch = [(dataset.image_ids[i], s) for i, s in items]
             skipped += [iid for iid, s in batch if s is None]
             batch = [(iid, s) for iid, s in batch if s is not None]
             if not batch:

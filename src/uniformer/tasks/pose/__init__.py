@@ -25,9 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from uniformer.engine.config import merge
 
@@ -87,13 +85,12 @@ def _sigmas(cfg) -> np.ndarray:
     return sigmas
 
 
-def _predict_people(model: nn.Module, dataset: PoseDataset, cfg: Mapping, indices: Sequence[int]):
-    indices = list(indices)
-    subset = torch.utils.data.Subset(dataset, indices)
-    loader = DataLoader(subset, batch_size=int(cfg["test"]["batch_size"]), collate_fn=pose_collate,
-                        num_workers=0, shuffle=False)
-    people, seen = [], set()
-    for batch in loader:
+def _predict_people(model: nn.Module, dataset: PoseDataset, cfg: Mapping, batches):
+    """Keypoints of every person box in `batches` ((indices, pose_collate batch) pairs); image ids of the
+    samples that could not be read."""
+    people, seen, indices = [], set(), []
+    for batch_indices, batch in batches:
+        indices += batch_indices
         if batch is None:
             continue
         t = cfg["test"]
@@ -105,7 +102,7 @@ def _predict_people(model: nn.Module, dataset: PoseDataset, cfg: Mapping, indice
                 [coords[j], maxvals[j][:, None]], 1), "box_score": batch["score"][j], "area": batch["area"][j]})
             seen.add(batch["index"][j])
     skipped = sorted({dataset.samples[i]["image_id"] for i in indices if i not in seen})
-    return people, skipped
+    return people, skipped, indices
 
 
 def _rescore_and_nms(people: list[dict], cfg: Mapping) -> list[dict]:
@@ -185,9 +182,14 @@ class Task(DenseTask):
                              "be a quarter of data.input_size")
         return {"loss_kpt": joints_mse_loss(heat.float(), target, batch["target_weight"])}
 
-    def evaluate(self, model: nn.Module, dataset: PoseDataset, indices: Sequence[int]) -> dict:
-        indices = list(indices)
-        people, skipped = _predict_people(model, dataset, self.cfg, indices)
+    def eval_defaults(self) -> tuple[int, int]:
+        return int(self.cfg["test"]["batch_size"]), 0
+
+    def eval_collate(self, items: list):
+        return [i for i, _ in items], pose_collate([sample for _, sample in items])
+
+    def evaluate(self, model: nn.Module, dataset: PoseDataset, batches) -> dict:
+        people, skipped, indices = _predict_people(model, dataset, self.cfg, batches)
         return {"people": people, "skipped": skipped, "image_ids": [dataset.samples[i]["image_id"] for i in indices]}
 
     def merge(self, dataset: PoseDataset, parts: Sequence[dict]) -> dict:

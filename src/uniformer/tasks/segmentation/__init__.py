@@ -120,16 +120,22 @@ class Task(DenseTask):
     def training_step(self, model: nn.Module, batch: dict) -> dict:
         return model(batch["img"], batch["seg"])  # loss_seg (+ loss_aux)
 
-    def evaluate(self, model: nn.Module, dataset: SegDataset, indices: Sequence[int]) -> dict:
+    def eval_defaults(self) -> tuple[int, int]:
+        return 1, 0  # images of different sizes: inferred one by one
+
+    def eval_collate(self, items: list) -> list:
+        return items
+
+    def evaluate(self, model: nn.Module, dataset: SegDataset, batches) -> dict:
         metric = SegMetric(dataset.num_classes, dataset.ignore_index, dataset.classes)
         skipped = []
-        for i in indices:
-            sample = dataset[i]
-            if sample is None:
-                skipped.append(dataset.samples[i][0])
-                continue
-            probs = infer_probs(model, sample["image"], self.cfg["data"], self.cfg["test"], dataset.num_classes)
-            metric.update(probs.argmax(0).cpu(), sample["seg"])
+        for items in batches:
+            for i, sample in items:
+                if sample is None:
+                    skipped.append(dataset.samples[i][0])
+                    continue
+                probs = infer_probs(model, sample["image"], self.cfg["data"], self.cfg["test"], dataset.num_classes)
+                metric.update(probs.argmax(0).cpu(), sample["seg"])
         return {"metric": metric, "skipped": skipped}
 
     def merge(self, dataset: SegDataset, parts: Sequence[dict]) -> dict:
