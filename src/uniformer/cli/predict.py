@@ -50,20 +50,24 @@ def run(args: argparse.Namespace) -> int:
     from uniformer.tasks import open as open_checkpoint
 
     check_device(args.device)
+
+    def check(the_task) -> None:  # before any weights are loaded
+        task = the_task.name
+        for flag, value in (("--dtype", args.dtype), ("--topk", args.topk)):
+            if value is not None and task != "classification":
+                raise ValueError(f"{flag} does not apply to {task} checkpoints")
+        if args.score_thr is not None and task != "detection":
+            raise ValueError(f"--score-thr does not apply to {task} checkpoints")
+        if (args.boxes or args.detector) and task != "pose":
+            raise ValueError(f"--boxes / --detector give person boxes to a pose model, not to a {task} one")
+        if args.boxes and args.detector:
+            raise ValueError("--boxes and --detector both give the person boxes: choose one")
+
     opened = open_checkpoint(args.checkpoint, model=args.model, recipe=args.config, task=args.task,
                              model_options=parse_pairs(args.option, "-o"), labels=args.labels,
                              data=parse_pairs(args.data, "--data"), use_ema=args.ema, device=args.device,
-                             dtype=args.dtype or "auto", runtime=args.runtime or "torch")
+                             dtype=args.dtype or "auto", runtime=args.runtime or "torch", check=check)
     task = opened.task.name
-    for flag, value in (("--dtype", args.dtype), ("--topk", args.topk)):
-        if value is not None and task != "classification":
-            raise ValueError(f"{flag} does not apply to {task} checkpoints")
-    if args.score_thr is not None and task != "detection":
-        raise ValueError(f"--score-thr does not apply to {task} checkpoints")
-    if (args.boxes or args.detector) and task != "pose":
-        raise ValueError(f"--boxes / --detector give person boxes to a pose model, not to a {task} one")
-    if args.boxes and args.detector:
-        raise ValueError("--boxes and --detector both give the person boxes: choose one")
     inputs = _expand(args.inputs, videos=task == "classification")
     if task == "pose" and not (args.boxes or args.detector):
         print("pose: no --boxes or --detector, so each whole image is taken as one person's box", file=sys.stderr)

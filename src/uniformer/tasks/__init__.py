@@ -156,7 +156,7 @@ def open(source: str | os.PathLike | None = None, *, model: str | None = None,
          recipe: str | os.PathLike | Mapping | None = None, overrides: Sequence[str] | None = None,
          task: str | None = None, model_options: Mapping | None = None, labels: str | None = None,
          data: Mapping | None = None, use_ema: bool = False, device: str | None = None, dtype: str = "auto",
-         runtime: str = "torch") -> Opened:
+         runtime: str = "torch", check: Any = None) -> Opened:
     """The task and trained model behind `source`: a checkpoint file (a run checkpoint records its task and
     recipe; an original toolbox file needs `recipe` or `task`, a classification one `model`, the variant or
     its `NAME.TAG`), or a released tag `NAME.TAG` (its weights from the hub, its test view and class names).
@@ -164,7 +164,8 @@ def open(source: str | os.PathLike | None = None, *, model: str | None = None,
     The file is read once (`uniformer.engine.checkpoint.open_checkpoint`); the weights (the EMA ones with
     `use_ema`) are loaded strictly. Classification only: `model_options` (the architecture of an original
     file), `labels` (class names, one per line), `data` (test-view keys), `runtime` (onnxruntime / openvino
-    run the fused model's export) and `dtype` ("auto": bfloat16 autocast where that is fast).
+    run the fused model's export) and `dtype` ("auto": bfloat16 autocast where that is fast). `check(task)`
+    runs before the model is built (a command's checks of its options against the task).
     """
     from uniformer.engine.distributed import resolve_device
     from uniformer.engine.precision import resolve_dtype
@@ -208,6 +209,8 @@ def open(source: str | os.PathLike | None = None, *, model: str | None = None,
 
         cfg, meta = original_recipe(ckpt, model, released, full_name, model_options)
         the_task = build_task(load_recipe(cfg, overrides), meta)
+    if check is not None:
+        check(the_task)
     if the_task.name == "classification":
         the_task.configure_inference(labels, data)
     net = the_task.build_model(for_training=False)
