@@ -266,3 +266,51 @@ def test_shipped_recipes_load():
     sizes = {tuple(recipe("pose", p)["data"]["input_size"]) for p in recipes}
     assert {recipe("pose", p)["train"]["batch_size"] for p in recipes} == {128, 64}  # x 8 processes = 1024, 512
     assert sizes == {(192, 256), (288, 384), (320, 448)}
+
+
+def test_predict_takes_person_boxes_from_a_coco_detections_file_or_a_detector(figures, tmp_path, capsys):
+    import shutil
+    from types import SimpleNamespace
+
+    import yaml
+
+    from uniformer.cli import main
+
+    seeded()
+    cfg = tiny_cfg(figures)
+    sections: dict = {"backbone": {}, "keypoint_head": {}}
+    for k, v in build("pose", cfg).state_dict().items():
+        prefix, rest = k.split(".", 1)
+        sections[prefix][rest] = v
+    weights = save_original_checkpoint(tmp_path / "pose.pth", sections)
+    recipe_file = tmp_path / "pose.yaml"
+    recipe_file.write_text(yaml.safe_dump({"task": "pose", **cfg}))
+    image = tmp_path / "000000000007.jpg"  # a COCO file name: image_id 7
+    shutil.copy(figures / "val" / "val_0000.jpg", image)
+    dets = tmp_path / "dets.json"
+    dets.write_text(json.dumps([{"image_id": 7, "category_id": 1, "bbox": [50, 5, 40, 80], "score": 0.7},
+                                {"image_id": 7, "category_id": 3, "bbox": [1, 1, 9, 9], "score": 0.9},  # no person
+                                {"image_id": 8, "category_id": 1, "bbox": [1, 1, 9, 9], "score": 0.9}]))
+    args = ["predict", "--checkpoint", str(weights), "--config", str(recipe_file), "--json", "--out",
+            str(tmp_path / "out")]
+    assert main([*args, "--boxes", str(dets), str(image)]) == 0
+    (record,) = json.loads(capsys.readouterr().out)
+    assert [p["box"] for p in record["people"]] == [[50.0, 5.0, 40.0, 80.0]]
+    same = predict(weights, [image], tmp_path / "api", cfg=cfg, boxes={image.name: [[50, 5, 40, 80, 0.7]]})
+    assert record["people"] == same[0]["people"]
+    # without boxes the whole image is one person, and the command says so
+    assert main([*args, str(image)]) == 0
+    captured = capsys.readouterr()
+    assert "no --boxes or --detector" in captured.err
+    assert json.loads(captured.out)[0]["people"][0]["box"] == [0.0, 0.0, 96.0, 96.0]
+    # a detector's person boxes (x1 y1 x2 y2 -> x y w h); a detector without a person class gives all its boxes
+    detector = SimpleNamespace(task=SimpleNamespace(classes=["person", "dog"]), predict=lambda inputs, score_thr: [
+        {"image": str(image), "detections": [{"box": [50, 5, 90, 85], "name": "person", "score": 0.8},
+                                             {"box": [0, 0, 9, 9], "name": "dog", "score": 0.9}]}])
+    assert P.boxes_from_detector(detector, [image]) == {image.name: [[50, 5, 40, 80, 0.8]]}
+    detector.task.classes = ["dog", "cat"]
+    assert len(P.boxes_from_detector(detector, [image])[image.name]) == 2
+    assert main([*args, "--boxes", str(dets), "--detector", str(weights), str(image)]) == 2
+    assert "choose one" in capsys.readouterr().err
+    assert main([*args, "--detector", str(weights), str(image)]) == 2  # an mmpose file says no detector recipe
+    assert "records no task or recipe" in capsys.readouterr().err

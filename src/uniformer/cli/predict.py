@@ -79,9 +79,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.detector:
         from uniformer.tasks.pose import boxes_from_detector
 
-        detector = open_checkpoint(args.detector, device=args.device)
-        if detector.task.name != "detection":
-            raise ValueError(f"--detector {args.detector}: a {detector.task.name} checkpoint, not a detection one")
+        detector = open_checkpoint(args.detector, task="detection", device=args.device)
         options["boxes"] = boxes_from_detector(detector, inputs)
     if task == "classification":
         results = opened.predict(inputs, args.out, **options)

@@ -195,6 +195,9 @@ def open(source: str | os.PathLike | None = None, *, model: str | None = None,
     ckpt = as_checkpoint(source)  # the one read of the weights file
     name = ckpt.task or task or ("classification" if recipe is None else recipe_task(recipe))
     _check_classification_options(name, model, model_options, labels, data, runtime)
+    if ckpt.run is None and name != "classification" and recipe is None:
+        raise ConfigError(f"{ckpt.path} is not a checkpoint of this package, so it records no task or recipe: give "
+                          f"the recipe of this {name} model (--config)")
     if ckpt.run is not None or name != "classification" or recipe is not None:
         the_task = task_from_checkpoint(ckpt, recipe, overrides, task)
         if the_task.name == "classification" and ckpt.run is not None:
