@@ -86,6 +86,8 @@ def test_predict_from_a_run_checkpoint_and_a_safetensors_reads_each_once(tmp_pat
     assert {p["label"] for p in from_run["predictions"]} == {"cat", "dog", "bird"}
 
     opened = open_checkpoint(run, device="cpu")
+    picture = opened.task.draw(np.zeros((2, 32, 32, 3), np.uint8), from_run["predictions"], "photo.jpg")
+    assert picture.size[0] > 300 and picture.size[1] > 100  # Task.draw: frames above the top classes
     flat = tmp_path / "weights.safetensors"
     save_safetensors(opened.model, flat, "uniformer_small", TINY_KWARGS)
     reads.clear()

@@ -253,6 +253,20 @@ class Task:
         return inference_data_cfg(self.cfg["data"], model_input_ndim(model) == 5,
                                   getattr(self, "_data_overrides", None))
 
+    def draw(self, image, output: Sequence[dict], title: str = ""):
+        """The picture of a prediction: the frames the model saw (T×H×W×3 uint8, `visualize.sampled_frames`)
+        above the top classes (`output`: the `predictions` of a record)."""
+        import io
+
+        from PIL import Image
+
+        from .visualize import save_prediction_figure
+
+        buffer = io.BytesIO()
+        save_prediction_figure(buffer, image, output[:5], title)
+        buffer.seek(0)
+        return Image.open(buffer)
+
     def predict(self, model: nn.Module, inputs: Sequence[str], out_dir: str | Path | None = None, *,
                 topk: int | None = None, dtype: str = "float32") -> list[dict]:
         """Top-k classes of image / video files through the data pipeline's test split; with `out_dir`, a
