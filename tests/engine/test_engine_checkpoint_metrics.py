@@ -16,7 +16,7 @@ from uniformer.engine.checkpoint import (
     atomic_save,
     capture_rng_state,
     load_run_checkpoint,
-    read_checkpoint,
+    open_checkpoint,
     restore_rng_state,
     to_plain,
 )
@@ -91,13 +91,14 @@ def test_the_two_earlier_layouts_still_open(tmp_path):
                  "meta": {"classes": ["x"]}, "model": {"w": torch.zeros(1)}, "iter": 40}
     torch.save(old_train, tmp_path / "train.pt")
     torch.save(old_dense, tmp_path / "dense.pt")
-    a, b = read_checkpoint(tmp_path / "train.pt"), read_checkpoint(tmp_path / "dense.pt")
+    a, b = open_checkpoint(tmp_path / "train.pt").run, open_checkpoint(tmp_path / "dense.pt").run
     assert a["task"] == "classification" and a["step"] == 9 and a["meta"]["classes"] == ["a", "b"]
     assert b["task"] == "segmentation" and b["step"] == 40 and b["meta"] == {"classes": ["x"]}
     with pytest.raises(ValueError, match="not be resumed|can be evaluated"):
         load_run_checkpoint(tmp_path / "dense.pt")
     torch.save({"state_dict": {"w": torch.ones(1)}}, tmp_path / "original.pth")
-    assert read_checkpoint(tmp_path / "original.pth") is None
+    original = open_checkpoint(tmp_path / "original.pth")
+    assert original.run is None and original.kind == "original"
 
 
 def test_to_plain_converts_numpy_and_rejects_objects():

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointManager", "CheckpointFile", "atomic_save", "to_plain", "capture_rng_state",
-           "restore_rng_state", "open_checkpoint", "as_checkpoint", "read_checkpoint", "load_run_weights",
+           "restore_rng_state", "open_checkpoint", "as_checkpoint", "load_run_weights",
            "load_run_checkpoint"]
 
 CHECKPOINT_FORMAT = "uniformer-train"
@@ -172,12 +172,6 @@ def open_checkpoint(path: str | os.PathLike) -> CheckpointFile:
 def as_checkpoint(source: str | os.PathLike | CheckpointFile) -> CheckpointFile:
     """`source` itself when already read, else `open_checkpoint(source)`."""
     return source if isinstance(source, CheckpointFile) else open_checkpoint(source)
-
-
-def read_checkpoint(path: str | os.PathLike | CheckpointFile) -> dict | None:
-    """This package's checkpoint at `path` (any of its layouts, as the current one), or None when the file
-    holds another layout (an original UniFormer / mmdet / mmseg / mmpose file, a .safetensors)."""
-    return as_checkpoint(path).run
 
 
 def _listing(keys, n: int = 5) -> str:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Task", "build_model", "load_weights", "checkpoint_num_classes", "classification_loss", "merge_outputs",
+__all__ = ["Task", "build_model", "load_weights", "classification_loss", "merge_outputs",
            "model_input_ndim", "view_logits", "read_class_names", "model_spec", "recipe_complexity"]
 
 _logger = logging.getLogger("uniformer.tasks.classification")
@@ -69,31 +69,20 @@ def load_weights(model: nn.Module, path, use_ema: bool = False) -> dict:
     `uniformer.load_checkpoint` understands; `path` may be a file already read (`CheckpointFile`).
     Returns the run checkpoint's metadata ({} otherwise)."""
     from uniformer.engine.checkpoint import as_checkpoint, load_run_weights
-    from uniformer.models.checkpoint import load_state
+    from uniformer.models.checkpoint import load_state, unwrap_state_dict
 
     ckpt = as_checkpoint(path)
     if ckpt.run is not None:
         run = load_run_weights(model, ckpt, task="classification", use_ema=use_ema)
         return dict(run["meta"], step=run.get("step"))
-    head = getattr(model, "head", None)
-    wanted = getattr(head, "out_features", None)
-    found = checkpoint_num_classes(ckpt)
+    wanted = getattr(getattr(model, "head", None), "out_features", None)
+    head = unwrap_state_dict(ckpt.obj)[0].get("head.weight")  # the classifier of an original file, if any
+    found = int(head.shape[0]) if head is not None else None
     if wanted is not None and found is not None and found != wanted:
         raise ValueError(f"{ckpt.path} classifies {found} classes, but the model/dataset has {wanted}: a checkpoint "
                          "for evaluation or prediction must carry its own trained classifier")
     load_state(model, ckpt.obj, ckpt.path, meta=ckpt.meta)
     return {}
-
-
-def checkpoint_num_classes(path) -> int | None:
-    """Classifier size (`head.weight` rows) of an original checkpoint (a path or a `CheckpointFile`), None when
-    it has no classifier."""
-    from uniformer.engine.checkpoint import as_checkpoint
-    from uniformer.models.checkpoint import unwrap_state_dict
-
-    sd, _ = unwrap_state_dict(as_checkpoint(path).obj)
-    head = sd.get("head.weight")
-    return int(head.shape[0]) if head is not None else None
 
 
 def merge_outputs(outputs) -> torch.Tensor:
