@@ -146,3 +146,27 @@ def test_predict_on_a_folder_predicts_every_image_in_it(tmp_path, photo, capsys)
     (tmp_path / "empty").mkdir()
     assert main(["predict", "--checkpoint", str(run), str(tmp_path / "empty")]) == 2
     assert "no image or video files" in capsys.readouterr().err
+
+
+def test_an_original_classifier_with_its_recipe(tmp_path, photo, reads, capsys):
+    import yaml
+
+    torch.manual_seed(0)
+    original = tmp_path / "original.pth"
+    model = uniformer.create_model("uniformer_small", num_classes=3, **TINY_KWARGS)
+    torch.save({"model": model.state_dict()}, original)
+    (tmp_path / "names.txt").write_text("cat\ndog\nbird\n")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"task": "classification", "model": tiny_uniformer("uniformer_small"),
+                                      "data": {"format": "image_list", "root": str(tmp_path),
+                                               "class_names": "names.txt", "input_size": 32, "short_side": 40}}))
+    assert main(["predict", "--config", str(recipe), "--checkpoint", str(original), "--json", str(photo)]) == 0
+    assert reads == {str(original.resolve()): 1}
+    (result,) = json.loads(capsys.readouterr().out)
+    assert {p["label"] for p in result["predictions"]} == {"cat", "dog", "bird"}
+    same = open_checkpoint(original, model="uniformer_small", model_options=TINY_KWARGS, device="cpu",
+                           labels=str(tmp_path / "names.txt"), data={"input_size": 32, "short_side": 40})
+    same = same.predict([str(photo)])
+    assert [p["label"] for p in same[0]["predictions"]] == [p["label"] for p in result["predictions"]]
+    np.testing.assert_allclose([p["prob"] for p in same[0]["predictions"]],
+                               [p["prob"] for p in result["predictions"]], rtol=1e-5)

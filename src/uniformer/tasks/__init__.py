@@ -200,6 +200,10 @@ def open(source: str | os.PathLike | None = None, *, model: str | None = None,
                           f"the recipe of this {name} model (--config)")
     if ckpt.run is not None or name != "classification" or recipe is not None:
         the_task = task_from_checkpoint(ckpt, recipe, overrides, task)
+        if the_task.name == "classification" and ckpt.run is None:  # an original file with its recipe
+            from .classification.predict import original_meta
+
+            the_task.meta = original_meta(ckpt, the_task.cfg)
         if the_task.name == "classification" and ckpt.run is not None:
             spec = the_task.meta["model_spec"]
             if model and model.split(".")[0] != spec["name"]:

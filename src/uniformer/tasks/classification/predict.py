@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS", "TRANSFORM_KEYS", "released_of", "fetch_released",
-           "original_recipe", "inference_data_cfg", "predict_paths"]
+           "original_recipe", "original_meta", "inference_data_cfg", "predict_paths"]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".gif")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -89,6 +89,27 @@ def original_recipe(ckpt, model_name: str | None, released, full_name: str | Non
     recipe = {"task": "classification", "model": model_cfg, "data": data or {"format": "image_list"}}
     meta = {"num_classes": num_classes, "classes": classes, "model_spec": model_cfg, "dataset": dataset}
     return recipe, meta
+
+
+def original_meta(ckpt, cfg: Mapping) -> dict:
+    """`meta` of a classification recipe given with an original file (read once): the classifier size of the
+    file, the class names of the recipe's `data.class_names` when they are as many."""
+    from uniformer.models.checkpoint import unwrap_state_dict
+
+    from . import model_spec, read_class_names
+
+    head = unwrap_state_dict(ckpt.obj)[0].get("head.weight")
+    if head is None:
+        raise ValueError(f"{ckpt.path} has no classifier ('head.weight'); predict needs a classification checkpoint")
+    num_classes = int(head.shape[0])
+    names = cfg["data"].get("class_names")
+    path = Path(str(names)) if names else None
+    if path is not None and not path.is_file():
+        path = Path(str(cfg["data"].get("root", "."))) / path
+    classes = read_class_names(path) if path is not None and path.is_file() else []
+    if len(classes) != num_classes:
+        classes = [f"class_{i}" for i in range(num_classes)]
+    return {"num_classes": num_classes, "classes": classes, "model_spec": model_spec(cfg["model"])}
 
 
 def inference_data_cfg(recorded: Mapping, is_video: bool, overrides: Mapping | None = None) -> dict:
