@@ -30,8 +30,14 @@ def run(args) -> int:
     elif Path(args.model).is_file() or _is_tag(args.model):  # run checkpoint, original file + recipe, or tag
         from uniformer.tasks import open as open_checkpoint
 
-        opened = open_checkpoint(args.model, recipe=args.config, task=args.task, model_options=options or None,
-                                 device="cpu")
+        try:
+            opened = open_checkpoint(args.model, recipe=args.config, task=args.task, model_options=options or None,
+                                     device="cpu")
+        except ValueError as e:
+            if "--model is needed" not in str(e):
+                raise
+            raise SystemExit(f"error: {args.model} is not a run checkpoint, so it does not record its model: give "
+                             "the variant with --name (and -o its arguments) or the recipe with --config") from None
         if opened.task.name != "classification":
             raise SystemExit(f"error: {args.model} is a {opened.task.name} checkpoint; export covers classification "
                              "models (a dense task's backbone: export the variant with -o features_only=true)")

@@ -2,7 +2,8 @@
 
 A task object is made from a resolved recipe (`Task(cfg)`, or `Task(cfg, meta)` to rebuild a
 trained model from a checkpoint's `meta`). The runner owns everything else: devices, processes,
-precision, the optimiser and schedule, checkpoints, logs and the run folder.
+precision, the optimiser and schedule, checkpoints, logs and the run folder. After training,
+`uniformer.tasks.open(checkpoint)` gives the task with its trained model for `predict` and `draw`.
 """
 from __future__ import annotations
 

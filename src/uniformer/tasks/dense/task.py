@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 from torch import nn
 
@@ -102,7 +103,8 @@ class DenseTask:
             out.mkdir(parents=True, exist_ok=True)
         results: list[dict] = []
         for path, image in readable_images(inputs, results):
-            fields, output = self.predict_image(model, image, path, **options)
+            with torch.no_grad():
+                fields, output = self.predict_image(model, image, path, **options)
             record = {"image": str(path), "height": int(image.shape[0]), "width": int(image.shape[1])}
             if out is not None:
                 picture = out / f"{path.stem}_{self.picture_suffix}.png"
