@@ -170,3 +170,24 @@ def test_an_original_classifier_with_its_recipe(tmp_path, photo, reads, capsys):
     assert [p["label"] for p in same[0]["predictions"]] == [p["label"] for p in result["predictions"]]
     np.testing.assert_allclose([p["prob"] for p in same[0]["predictions"]],
                                [p["prob"] for p in result["predictions"]], rtol=1e-5)
+
+
+def test_eval_reads_the_checkpoint_once(tmp_path, reads, capsys):
+    from engine_helpers import write_moving_videos
+
+    data = write_moving_videos(tmp_path / "videos", n_train=2, n_val=2)
+    cfg = load_recipe({"task": "classification", "model": tiny_uniformer(), "data": data,
+                       "train": {"epochs": 1, "batch_size": 2, "num_workers": 0, "threads": 1}})
+    torch.manual_seed(0)
+    model = build_model(cfg["model"], 2, for_training=False)
+    meta = {"num_classes": 2, "classes": ["moves_right", "moves_left"],
+            "model_spec": {"name": cfg["model"]["name"], "kwargs": cfg["model"]["kwargs"]}}
+    ckpt = atomic_save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "task": "classification",
+                        "config": cfg, "meta": meta, "model": model.state_dict(), "ema": None, "step": 1},
+                       tmp_path / "best.pt")
+    reads.clear()
+    assert main(["eval", "--checkpoint", str(ckpt), "--split", "val", "--batch-size", "1", "--num-workers", "0",
+                 "--device", "cpu"]) == 0
+    assert reads == {str(ckpt.resolve()): 1}
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["split"] == "val" and 0.0 <= shown["top1"] <= 1.0 and shown["num_views"] == 1
