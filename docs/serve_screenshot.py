@@ -5,7 +5,7 @@ Not part of the test suite: installing Chromium takes over two minutes (`apt-get
 2 min 7 s measured on the project machine). Needs Debian's chromium and Playwright, which drives it
 (`pip install playwright`; no browser download: it launches /usr/bin/chromium).
 
-    python docs/serve_screenshot.py --checkpoint demo_out/final.pt --input clip.mp4 --out docs/serve.png
+    python docs/serve_screenshot.py --checkpoint runs/demo/best.pt --input clip.mp4 --out docs/serve.png
 
 The server runs as `python -m uniformer.cli serve ...` with --python (default: this interpreter).
 """

@@ -48,10 +48,10 @@ def test_predict_refuses_options_of_another_task_and_names_the_task(tmp_path, ca
 
 
 def test_classification_predictor_names_a_checkpoint_of_another_task(tmp_path):
-    from uniformer.tasks.classification.predict import load_predictor
+    from uniformer.tasks import open as open_checkpoint
 
     with pytest.raises(ValueError, match="this is a segmentation checkpoint"):
-        load_predictor(_segmentation_checkpoint(tmp_path / "seg.pt"))
+        open_checkpoint(_segmentation_checkpoint(tmp_path / "seg.pt"), task="classification")
 
 
 @pytest.mark.parametrize("task", ["classification", "segmentation", "pose", "detection"])

@@ -24,17 +24,9 @@ PACKAGE_DIR = Path(uniformer.__file__).resolve().parent
 ALLOWED_BACK_EDGES = {
     ("uniformer.tasks.classification.task", "uniformer.tasks.classification"):
         "Task uses the module-level API of tasks/classification/__init__.py (build_model, load_weights, ...), which "
-        "imports Task at its end; issue 17 moves that API out of __init__",
+        "imports Task at its end",
     ("uniformer.tasks.classification.predict", "uniformer.tasks.classification"):
-        "Predictor / load_predictor (folded into the Task by issue 17) use the same module-level API",
-    ("uniformer.tasks.detection", "uniformer.tasks"):
-        "the module-level load_config / train of the detection package call back up into tasks/__init__ (issue 17 "
-        "removes the per-task module-level API)",
-    ("uniformer.tasks.segmentation", "uniformer.tasks"): "as detection's module-level load_config / train",
-    ("uniformer.tasks.pose", "uniformer.tasks"): "as detection's module-level load_config / train",
-    ("uniformer.tasks.dense.task", "uniformer.tasks"):
-        "dense/task.py:inference_model reads checkpoints through tasks.task_from_checkpoint (issue 17's one `open` "
-        "in uniformer.tasks replaces it)",
+        "prediction helpers use the same module-level API",
 }
 
 # lower layer -> the packages it must not import (README "Layout")

@@ -7,6 +7,7 @@ import multiprocessing
 import socket
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,7 +103,9 @@ def test_video_page_answers_like_predict(tmp_path, capsys):
         "move_left_to_right.mp4", "move_right_to_left.mp4", "rotate_clockwise.mp4", "rotate_counterclockwise.mp4"]
 
 
-def test_image_page_answers_like_predict_and_refuses_big_files(tmp_path, capsys):
+def test_image_page_answers_like_predict_and_refuses_big_files(tmp_path, capsys, monkeypatch):
+    stored = tmp_path / "uploads"  # where the served page (a child process) keeps uploads
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(stored))
     ckpt = _original_file(tmp_path, "uniformer_small", 1000)
     image = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(image)
@@ -112,12 +115,20 @@ def test_image_page_answers_like_predict_and_refuses_big_files(tmp_path, capsys)
     with _served(model="uniformer_small.in1k", checkpoint=ckpt, model_options=TINY_KWARGS, max_file_mb=limit_mb,
                  examples=False) as client:
         label, _, record = client.predict(gradio_client.handle_file(str(image)), api_name="/predict")
-        with pytest.raises(Exception, match=r"big\.png is 0\.\d MB; this server accepts files up to 0\.2 MB"):
+        # over the limit: refused before it is stored, saying the limit
+        with pytest.raises(Exception, match=r"big\.png exceeds the maximum file size of 209715 bytes"):
             client.predict(gradio_client.handle_file(str(big)), api_name="/predict")
         huge = tmp_path / "huge.bin.png"  # over twice the limit: refused by Gradio before it is stored
         huge.write_bytes(b"\0" * int(0.5 * 2**20))
         with pytest.raises(Exception, match="(?i)size"):
             client.predict(gradio_client.handle_file(str(huge)), api_name="/predict")
+        notes = tmp_path / "notes.png"  # not an image: a clear answer, not Gradio's internal error
+        notes.write_text("these are my notes, not a picture")
+        with pytest.raises(Exception, match=r"notes\.png is not an image this page can read"):
+            client.predict(gradio_client.handle_file(str(notes)), api_name="/predict")
+    kept = {p.name for p in stored.rglob("*") if p.is_file()}
+    assert {"photo.png", "notes.png"} <= kept  # uploads are stored there ...
+    assert not kept & {"big.png", "huge.bin.png"}  # ... none over the limit
     cli = _predict_json(capsys, ["--model", "uniformer_small.in1k", "--checkpoint", ckpt, *TINY, str(image)])
     _same_predictions(record, cli)
     assert label["label"] == cli["predictions"][0]["label"]
@@ -134,7 +145,7 @@ def test_serve_binds_to_localhost_by_default():
 def test_segmentation_page_draws_the_label_map_like_predict(tmp_path, capsys):
     import yaml
 
-    from uniformer.tasks import segmentation
+    from uniformer.tasks import build_task, load_recipe
     from uniformer.tasks.dense.synthetic import write_shapes_segmentation
 
     root = write_shapes_segmentation(tmp_path / "shapes", n_train=1, n_val=2, size=(64, 64))
@@ -147,7 +158,7 @@ def test_segmentation_page_draws_the_label_map_like_predict(tmp_path, capsys):
     config = tmp_path / "seg.yaml"
     config.write_text(yaml.safe_dump({"task": "segmentation", **recipe}))
     torch.manual_seed(0)
-    model = segmentation.build_model(segmentation.load_config(config))
+    model = build_task(load_recipe(config)).build_model()
     ckpt = tmp_path / "seg.pth"
     torch.save({"state_dict": model.state_dict()}, ckpt)
     image = sorted((root / "images" / "val").iterdir())[0]
@@ -169,3 +180,21 @@ def test_options_of_another_task_are_refused():
         build_app(checkpoint="seg.pth", task="segmentation", labels="names.txt")
     with pytest.raises(ValueError, match="--config is the recipe of a dense task"):
         build_app(checkpoint="clf.pth", task="classification", config="recipe.yaml")
+
+
+def test_serve_without_arguments_serves_the_latest_demo_checkpoint(tmp_path, monkeypatch, capsys):
+    from uniformer.serve import demo_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    assert demo_checkpoint() is None
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "best.pt" in err and "last.pt" in err and "final.pt" not in err
+    (tmp_path / "runs" / "demo_pose").mkdir(parents=True)
+    (tmp_path / "runs" / "demo_pose" / "last.pt").write_bytes(b"")
+    assert demo_checkpoint() == Path("runs/demo_pose/last.pt")
+    time.sleep(0.01)
+    (tmp_path / "runs" / "demo").mkdir()
+    (tmp_path / "runs" / "demo" / "best.pt").write_bytes(b"")
+    (tmp_path / "runs" / "demo" / "last.pt").write_bytes(b"")
+    assert demo_checkpoint() == Path("runs/demo/best.pt")  # the newest demo run, its best checkpoint

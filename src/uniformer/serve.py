@@ -15,7 +15,7 @@ from pathlib import Path
 
 from uniformer.tasks import TASKS
 
-__all__ = ["DEFAULT_MAX_FILE_MB", "build_app", "example_inputs", "launch", "require_gradio"]
+__all__ = ["DEFAULT_MAX_FILE_MB", "build_app", "demo_checkpoint", "example_inputs", "launch", "require_gradio"]
 
 DEFAULT_MAX_FILE_MB = 50
 DENSE_TASKS = tuple(t for t in TASKS if t != "classification")
@@ -70,135 +70,122 @@ def _test_view(cfg: Mapping, is_video: bool) -> str:
             f"{cfg.get('test_crops', 1)} crop(s) × {cfg.get('test_clips', 1)} clip(s)")
 
 
-def _check_size(path: str, max_file_mb: float) -> None:
+def _check_upload(path: str, max_file_mb: float, image: bool) -> None:
+    """Refuse a file over the limit, or one that is not an image when the page takes images, with a message."""
     import gradio as gr
 
     size = os.path.getsize(path) / 2**20
     if size > max_file_mb:
         raise gr.Error(f"{Path(path).name} is {size:.1f} MB; this server accepts files up to {max_file_mb:g} MB "
                        "(uniformer serve --max-file-mb)")
+    if image:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                im.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise gr.Error(f"{Path(path).name} is not an image this page can read ({type(e).__name__}); "
+                           "drop a JPEG, PNG, BMP, WebP or TIFF file") from None
 
 
-def _classification_page(gr, predictor, title: str, examples: list[str], out_dir: Path, max_file_mb: float):
-    from uniformer.tasks.classification.predict import predict_files
-
-    def classify(path: str | None):
-        if not path:
-            raise gr.Error("drop a file first")
-        _check_size(path, max_file_mb)
-        (result,) = predict_files(predictor, [path], topk=5, figures=out_dir)
-        if result["error"]:
-            raise gr.Error(f"{Path(path).name}: {result['error']}")
-        return {p["label"]: p["prob"] for p in result["predictions"]}, result["figure"], result
-
-    kind = "video" if predictor.is_video else "image"
-    with gr.Blocks(title="UniFormer") as app:
-        gr.Markdown(f"# UniFormer {kind} classification\n{title}")
-        with gr.Row():
-            with gr.Column():
-                source = gr.Video(label="video", sources=["upload"]) if predictor.is_video else \
-                    gr.Image(label="image", type="filepath", sources=["upload"])
-                run = gr.Button("Classify", variant="primary")
-                if examples:
-                    gr.Examples(examples=[[p] for p in examples], inputs=[source])
-            with gr.Column():
-                top5 = gr.Label(label="top-5 classes", num_top_classes=5)
-                figure = gr.Image(label="what the model saw", type="filepath")
-                with gr.Accordion("predict --json", open=False):
-                    record = gr.JSON(label="predict --json")
-        run.click(classify, inputs=[source], outputs=[top5, figure, record], api_name="predict")
-    return app
-
-
-def _dense_page(gr, task: str, recipe, checkpoint: str, title: str, examples: list[str], out_dir: Path,
-                max_file_mb: float):
-    import importlib
-
-    module = importlib.import_module(f"uniformer.tasks.{task}")
-    what = {"detection": "boxes and masks", "segmentation": "label map", "pose": "skeletons"}[task]
+def _page(gr, opened, title: str, examples: list[str], out_dir: Path, max_file_mb: float, is_video: bool):
+    """One page for every task: the upload, the picture `Task.predict` draws (classification: the top five
+    classes and the frames the model saw) and its record, the one `uniformer predict --json` prints."""
+    task = opened.task.name
 
     def analyse(path: str | None):
         if not path:
-            raise gr.Error("drop an image first")
-        _check_size(path, max_file_mb)
-        results = module.predict(recipe, checkpoint, [path], out_dir)
+            raise gr.Error("drop a file first")
+        _check_upload(path, max_file_mb, image=not is_video)
+        if task == "classification":
+            (result,) = opened.predict([path], out_dir, topk=5)
+            if result["error"]:
+                raise gr.Error(f"{Path(path).name}: {result['error']}")
+            return {p["label"]: p["prob"] for p in result["predictions"]}, result["figure"], result
+        results = opened.predict([path], out_dir)
         if not results or results[0].get("error"):
             raise gr.Error(f"{Path(path).name}: {results[0]['error'] if results else 'not a readable image'}")
         return results[0]["picture"], results[0]
 
+    what = {"classification": "what the model saw", "detection": "boxes and masks", "segmentation": "label map",
+            "pose": "skeletons"}[task]
+    heading = f"{'video' if is_video else 'image'} classification" if task == "classification" else task
     with gr.Blocks(title="UniFormer") as app:
-        gr.Markdown(f"# UniFormer {task}\n{title}")
+        gr.Markdown(f"# UniFormer {heading}\n{title}")
         with gr.Row():
             with gr.Column():
-                source = gr.Image(label="image", type="filepath", sources=["upload"])
-                run = gr.Button("Run", variant="primary")
+                source = gr.Video(label="video", sources=["upload"]) if is_video else \
+                    gr.File(label="image", file_types=["image"], type="filepath")
+                run = gr.Button("Classify" if task == "classification" else "Run", variant="primary")
                 if examples:
                     gr.Examples(examples=[[p] for p in examples], inputs=[source])
             with gr.Column():
-                picture = gr.Image(label=what, type="filepath")
+                outputs = [gr.Label(label="top-5 classes", num_top_classes=5)] if task == "classification" else []
+                outputs.append(gr.Image(label=what, type="filepath"))
                 with gr.Accordion("predict --json", open=False):
-                    record = gr.JSON(label="predict --json")
-        run.click(analyse, inputs=[source], outputs=[picture, record], api_name="predict")
+                    outputs.append(gr.JSON(label="predict --json"))
+        run.click(analyse, inputs=[source], outputs=outputs, api_name="predict")
     return app
+
+
+def demo_checkpoint() -> Path | None:
+    """The newest `best.pt` (else `last.pt`) a `uniformer demo` run left in its recipe's out_dir, if any."""
+    from uniformer.tasks import demo_recipe_path, load_recipe
+
+    found = []
+    for task in TASKS:
+        folder = Path(load_recipe(demo_recipe_path(task))["out_dir"])
+        for name in ("best.pt", "last.pt"):
+            if (folder / name).is_file():
+                found.append(folder / name)
+                break
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def build_app(model: str | None = None, checkpoint: str | os.PathLike | None = None, task: str | None = None,
               *, config: str | os.PathLike | Mapping | None = None, labels: str | None = None,
               device: str | None = None, data_overrides: Mapping | None = None, model_options: Mapping | None = None,
               max_file_mb: float = DEFAULT_MAX_FILE_MB, examples: bool = True,
-              examples_dir: str | os.PathLike | None = None):
-    """The Gradio app for `model` (released weights `NAME.TAG`) or `checkpoint`; `task` picks the page
-    (default: the task a run checkpoint records, else classification).
+              examples_dir: str | os.PathLike | None = None, use_ema: bool = False):
+    """The Gradio app for `model` (released weights `NAME.TAG`) or `checkpoint`, opened by
+    `uniformer.tasks.open` (the task a run checkpoint records; `task` / `config` for original toolbox files).
 
-    Classification accepts what `uniformer predict` accepts (`labels`, `data_overrides`, `model_options`);
-    the dense tasks take their recipe from `config` or the checkpoint. Its API endpoint `/predict`
-    returns what the page shows, the last output being the record `uniformer predict --json` prints.
+    Classification accepts what `uniformer predict` accepts (`labels`, `data_overrides`, `model_options`).
+    Its API endpoint `/predict` returns what the page shows, the last output being the record
+    `uniformer predict --json` prints.
     """
+    from uniformer.tasks import open as open_checkpoint
+
     gr = require_gradio()
-    if task is None:
-        from uniformer.engine.checkpoint import read_checkpoint
-
-        recorded = read_checkpoint(checkpoint) if checkpoint else None
-        task = recorded["task"] if recorded is not None else "classification"
-    out_dir = Path(tempfile.mkdtemp(prefix="uniformer_serve_"))
-    if task in DENSE_TASKS:
-        if not checkpoint:
-            raise ValueError(f"--task {task} needs --checkpoint (e.g. final.pt of `uniformer demo --task {task}`)")
-        given = {"--model": model, "--labels": labels, "--device": device, "--data": data_overrides,
-                 "-o": model_options}
-        if any(given.values()):
-            raise ValueError(f"{', '.join(k for k, v in given.items() if v)}: classification options; "
-                             f"--task {task} takes its model and classes from --config or the checkpoint")
-        module_config = None
-        if config is not None:
-            import importlib
-
-            module_config = importlib.import_module(f"uniformer.tasks.{task}").load_config(config)
-        title = f"checkpoint `{Path(checkpoint).name}`"
-        files = example_inputs(task, False, examples_dir) if examples else []
-        return _dense_page(gr, task, module_config, str(checkpoint), title, files, out_dir, max_file_mb)
-    if task != "classification":
-        raise ValueError(f"--task {task!r}: expected classification or one of {', '.join(DENSE_TASKS)}")
-    if config is not None:
+    if task is not None and task not in TASKS:
+        raise ValueError(f"--task {task!r}: expected one of {', '.join(TASKS)}")
+    if task == "classification" and config is not None:
         raise ValueError("--config is the recipe of a dense task (--task detection|segmentation|pose); a "
                          "classifier's test view comes from its tag or checkpoint (adjust it with --data)")
-    from uniformer.tasks.classification.predict import load_predictor
-
-    predictor = load_predictor(checkpoint, model, labels, device, data_overrides, model_options=model_options)
-    source = f"`{model}`" if model and not checkpoint else f"checkpoint `{Path(checkpoint).name}`"
-    dataset = f", {predictor.dataset} classes" if predictor.dataset else f", {len(predictor.classes)} classes"
-    recipe = _test_view(predictor.data_cfg, predictor.is_video)
-    title = f"{source}{dataset}; test view: {recipe}."
-    files = example_inputs("classification", predictor.is_video, examples_dir) if examples else []
-    return _classification_page(gr, predictor, title, files, out_dir, max_file_mb)
+    opened = open_checkpoint(checkpoint, model=model, recipe=config, task=task, model_options=model_options,
+                             labels=labels, data=data_overrides, use_ema=use_ema, device=device)
+    out_dir = Path(tempfile.mkdtemp(prefix="uniformer_serve_"))
+    name, is_video = opened.task.name, False
+    if name == "classification":
+        view = opened.task.data_view(opened.model)
+        is_video = view["format"] == "video_list"
+        dataset = opened.task.meta.get("dataset")
+        classes = f", {dataset} classes" if dataset else f", {len(opened.task.classes)} classes"
+        title = f"{opened.source}{classes}; test view: {_test_view(view, is_video)}."
+        files = example_inputs(name, is_video, examples_dir) if examples else []
+    else:
+        title = opened.source
+        files = example_inputs(name, False, examples_dir) if examples else []
+    return _page(gr, opened, title, files, out_dir, max_file_mb, is_video)
 
 
 def launch(app, host: str = "127.0.0.1", port: int = 7860, max_file_mb: float = DEFAULT_MAX_FILE_MB,
            block: bool = True) -> str:
     """Serve `app` on host:port (localhost by default); returns its URL (at once when not `block`).
 
-    Uploads up to twice `max_file_mb` reach the page, which refuses those over `max_file_mb` with a message
-    naming the file, its size and the limit; Gradio rejects larger ones before they are stored."""
+    Gradio refuses an upload over `max_file_mb` before it is stored (its message names the limit in bytes);
+    the page refuses any other file over the limit (an example) with a message naming the file and its size."""
     _, url, _ = app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=not block,
-                           max_file_size=int(2 * max_file_mb * 2**20), show_error=True)
+                           max_file_size=int(max_file_mb * 2**20), show_error=True)
     return url

@@ -15,9 +15,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from uniformer.tasks import detection as D
-from uniformer.tasks import pose as P
-from uniformer.tasks import segmentation as S
+from uniformer.tasks import build_task, load_recipe
 from uniformer.tasks.detection.data import resize_keep_ratio as det_resize_keep_ratio
 from uniformer.tasks.detection.detector import detect
 from uniformer.tasks.pose.decoding import (
@@ -31,6 +29,14 @@ from uniformer.tasks.pose.decoding import (
 )
 from uniformer.tasks.segmentation.data import resize_keep_ratio, scaled_size
 from uniformer.tasks.segmentation.evaluation import infer_probs
+
+
+def recipe(task: str, cfg) -> dict:
+    return load_recipe(cfg, task=task)
+
+
+def build(task: str, cfg):
+    return build_task(recipe(task, cfg)).build_model()
 
 
 def _original_checkpoint(case: dict, path: Path) -> str:
@@ -60,7 +66,7 @@ def _seg_recipe(case: dict, checkpoint: str) -> dict:
         model["neck_channels"] = int(sd["neck.lateral_convs.0.conv.weight"].shape[0])
     transforms = c["test_pipeline"][-1]["transforms"]
     align = [t for t in transforms if t["type"] == "AlignResize"]
-    return S.load_config({
+    return recipe("segmentation", {
         "model": model,
         "data": {"format": "folder", "num_classes": c["num_classes"], "img_scale": list(c["img_scale"]),
                  "mean": list(c["mean"]), "std": list(c["std"])},
@@ -94,7 +100,7 @@ def test_segmentation_matches_original(name, load_case, tmp_path):
     case = load_case(name)
     c, inputs, outputs = case["config"], case["inputs"], case["outputs"]
     cfg = _seg_recipe(case, _original_checkpoint(case, tmp_path / f"{name}.pth"))
-    model = S.build_model(cfg).eval()
+    model = build("segmentation", cfg).eval()
     num_classes = c["num_classes"]
     for key in ("up", "down"):  # the resized uint8 image, then whole-image probabilities at the original size
         image = inputs[f"image_{key}"].numpy()
@@ -124,7 +130,7 @@ def _pose_recipe(case: dict, checkpoint: str) -> dict:
     deconvs = sorted({int(k.split(".")[2]) for k in sd if k.startswith("keypoint_head.deconv_layers.")
                       and sd[k].ndim == 4})
     t = c["test_cfg"]
-    return P.load_config({
+    return recipe("pose", {
         "model": {"backbone": _backbone(c["tiny_backbone"]), "deconv_channels": c["deconv_channels"],
                   "num_deconv": len(deconvs), "final_kernel": int(sd["keypoint_head.final_layer.weight"].shape[-1]),
                   "checkpoint": checkpoint},
@@ -147,7 +153,7 @@ def test_pose_topdown_matches_original(load_case, tmp_path):
     case = load_case("pose_topdown")
     inputs, outputs = case["inputs"], case["outputs"]
     cfg = _pose_recipe(case, _original_checkpoint(case, tmp_path / "pose.pth"))
-    model = P.build_model(cfg).eval()
+    model = build("pose", cfg).eval()
     image = inputs["image"].numpy()
     boxes = inputs["boxes_xywhs"].tolist()
     flip_pairs = cfg["data"]["flip_pairs"]
@@ -201,7 +207,7 @@ def model_and_cfg(case, tmp_path_factory):
     c, tb = case["config"], case["config"]["tiny_backbone"]
     checkpoint = tmp_path_factory.mktemp("det_ref") / "mask_rcnn.pth"
     torch.save({"meta": {"mmdet_version": "2.11.0"}, "state_dict": case["state_dict"]}, checkpoint)
-    cfg = D.load_config({
+    cfg = recipe("detection", {
         "model": {"backbone": {"name": "uniformer_small", "stage3": "hybrid" if tb["hybrid"] else "global",
                                "window_size": tb["window_size"], "drop_path_rate": tb["drop_path_rate"],
                                "kwargs": {"depths": tb["layers"], "embed_dims": tb["embed_dim"],
@@ -212,7 +218,7 @@ def model_and_cfg(case, tmp_path_factory):
                  "max_size": c["max_size"]}})
     n = torch.get_num_threads()
     torch.set_num_threads(min(n, 2))
-    yield D.build_model(cfg).eval(), cfg
+    yield build("detection", cfg).eval(), cfg
     torch.set_num_threads(n)
 
 

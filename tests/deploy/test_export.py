@@ -80,3 +80,30 @@ def test_wrong_input_rank_is_a_clear_error(make_tiny, tmp_path):
         export_model(make_tiny(), (3, 4, 64, 64), tmp_path / "x.onnx")
     with pytest.raises(ExportError, match="--format"):
         export_model(make_tiny(), (3, 64, 64), tmp_path / "x.trt", format="tensorrt")
+
+
+def test_export_a_run_checkpoint_without_naming_its_model(tmp_path, capsys):
+    """`uniformer export RUN/best.pt out.onnx`: the model and its test input come from the checkpoint."""
+    import json
+
+    from uniformer.cli import main
+    from uniformer.engine.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, atomic_save
+    from uniformer.tasks import load_recipe
+
+    kwargs = {"depths": [1, 1, 1, 1], "embed_dims": [16, 32, 64, 128], "head_dim": 16}
+    cfg = load_recipe({"task": "classification", "model": {"name": "uniformer_small", "kwargs": kwargs},
+                       "data": {"format": "image_list", "input_size": 64, "short_side": 72}})
+    torch.manual_seed(0)
+    model = uniformer.create_model("uniformer_small", num_classes=10, **kwargs).eval()
+    run = atomic_save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "task": "classification",
+                       "config": cfg, "meta": {"num_classes": 10, "classes": [str(i) for i in range(10)],
+                                               "model_spec": {"name": "uniformer_small", "kwargs": kwargs}},
+                       "model": model.state_dict(), "ema": None, "step": 1}, tmp_path / "best.pt")
+    out = tmp_path / "img.onnx"
+    assert main(["export", str(run), str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["model"] == "uniformer_small" and result["input"] == [1, 3, 64, 64]
+    session = load_runtime("onnxruntime", out, video=False)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(session(x), model(x), atol=1e-4, rtol=1e-4)

@@ -11,7 +11,7 @@ from PIL import Image
 
 import uniformer
 from uniformer.cli import main
-from uniformer.tasks.classification.predict import load_predictor, predict_files
+from uniformer.tasks import open as open_checkpoint
 
 for _module in ("onnx", "onnxscript", "onnxruntime", "openvino"):
     pytest.importorskip(_module, reason="the deploy extra is not installed: pip install 'uniformer[deploy]'")
@@ -28,13 +28,12 @@ def test_predict_with_a_runtime_matches_torch(tmp_path, runtime):
     torch.save({"model": model.state_dict()}, ckpt)
     image = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)).save(image)
-    common = dict(checkpoint=ckpt, model_name="uniformer_small", device="cpu",
-                  data_overrides={"input_size": 64, "short_side": 72},
+    common = dict(source=ckpt, model="uniformer_small", device="cpu", data={"input_size": 64, "short_side": 72},
                   model_options={"depths": [1, 1, 1, 1], "embed_dims": [16, 32, 64, 128], "head_dim": 16})
-    eager = predict_files(load_predictor(**common, dtype="float32"), [str(image)])[0]["predictions"]
-    predictor = load_predictor(**common, runtime=runtime)
+    eager = open_checkpoint(**common, dtype="float32").predict([str(image)])[0]["predictions"]
+    predictor = open_checkpoint(**common, runtime=runtime)
     assert predictor.model.runtime == runtime
-    exported = predict_files(predictor, [str(image)])[0]["predictions"]
+    exported = predictor.predict([str(image)])[0]["predictions"]
     assert [p["index"] for p in exported] == [p["index"] for p in eager]
     assert [p["prob"] for p in exported] == pytest.approx([p["prob"] for p in eager], abs=1e-5)
 

@@ -16,10 +16,12 @@ from uniformer.engine.checkpoint import (
     atomic_save,
     capture_rng_state,
     load_run_checkpoint,
-    read_checkpoint,
+    open_checkpoint,
     restore_rng_state,
     to_plain,
 )
+from uniformer.engine.distributed import DistInfo
+from uniformer.engine.runner import eval_batches
 from uniformer.tasks import load_recipe
 from uniformer.tasks.classification import Task
 from uniformer.tasks.classification.metrics import (
@@ -89,13 +91,14 @@ def test_the_two_earlier_layouts_still_open(tmp_path):
                  "meta": {"classes": ["x"]}, "model": {"w": torch.zeros(1)}, "iter": 40}
     torch.save(old_train, tmp_path / "train.pt")
     torch.save(old_dense, tmp_path / "dense.pt")
-    a, b = read_checkpoint(tmp_path / "train.pt"), read_checkpoint(tmp_path / "dense.pt")
+    a, b = open_checkpoint(tmp_path / "train.pt").run, open_checkpoint(tmp_path / "dense.pt").run
     assert a["task"] == "classification" and a["step"] == 9 and a["meta"]["classes"] == ["a", "b"]
     assert b["task"] == "segmentation" and b["step"] == 40 and b["meta"] == {"classes": ["x"]}
     with pytest.raises(ValueError, match="not be resumed|can be evaluated"):
         load_run_checkpoint(tmp_path / "dense.pt")
     torch.save({"state_dict": {"w": torch.ones(1)}}, tmp_path / "original.pth")
-    assert read_checkpoint(tmp_path / "original.pth") is None
+    original = open_checkpoint(tmp_path / "original.pth")
+    assert original.run is None and original.kind == "original"
 
 
 def test_to_plain_converts_numpy_and_rejects_objects():
@@ -180,8 +183,12 @@ def test_evaluation_aggregates_views_reports_each_view_and_merges_shards():
                              "data": {"builder": "x:y"}, "train": {"batch_size": 2, "num_workers": 0}}),
                 {"num_classes": 3, "classes": ["a", "b", "c"]})
     model = _FixedViews()
-    one = task.merge(data, [task.evaluate(model, data, range(3))])
-    two = task.merge(data, [task.evaluate(model, data, [1]), task.evaluate(model, data, [0, 2])])
+
+    def shard(indices):  # the engine's batches of these samples (eval.batch_size from train.batch_size)
+        return task.evaluate(model, data, eval_batches(task, data, DistInfo(), indices))
+
+    one = task.merge(data, [shard(range(3))])
+    two = task.merge(data, [shard([1]), shard([0, 2])])
     for m in (one, two):
         assert m["num_views"] == 2 and m["top1"] == pytest.approx(2 / 3)
         assert m["per_view_top1"] == pytest.approx([1.0, 1 / 3])  # each view alone: 3/3 and 1/3 right

@@ -10,7 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from dense_helpers import TINY_BACKBONE, edit_json, losses_fell, save_original_checkpoint, seeded, write_garbage_image
+from dense_helpers import (
+    TINY_BACKBONE,
+    build,
+    edit_json,
+    evaluate,
+    losses_fell,
+    predict,
+    recipe,
+    save_original_checkpoint,
+    seeded,
+    train,
+    write_garbage_image,
+)
 from PIL import Image
 
 from uniformer.engine.optim import LRSchedule
@@ -42,12 +54,12 @@ def tiny_cfg(root: Path, **over) -> dict:
     }
     for k, v in over.items():
         cfg[k] = {**cfg.get(k, {}), **v}
-    return D.load_config(cfg)
+    return recipe("detection", cfg)
 
 
 def test_model_follows_the_original_config(shapes):
-    cfg = D.load_config({"model": {"backbone": TINY_BACKBONE}, "data": {"classes": ["a", "b", "c"]}})
-    model = D.build_model(cfg)
+    cfg = recipe("detection", {"model": {"backbone": TINY_BACKBONE}, "data": {"classes": ["a", "b", "c"]}})
+    model = build("detection", cfg)
     gen = model.rpn.anchor_generator
     assert gen.sizes == (32, 64, 128, 256, 512) and gen.ratios == (0.5, 1.0, 2.0)
     assert gen.strides == (4, 8, 16, 32, 64)  # fixed, not padded size / feature size
@@ -75,7 +87,7 @@ def test_full_size_parameter_count():
     """Mask R-CNN on UniFormer-S h14: about 41M parameters, as the paper reports."""
     from uniformer.profiling import count_params
 
-    model = D.build_model(D.load_config({"data": {"classes": [str(i) for i in range(80)]}}))
+    model = build("detection", recipe("detection", {"data": {"classes": [str(i) for i in range(80)]}}))
     assert count_params(model.backbone.body) == 21_033_280
     assert 40.5e6 < count_params(model) < 42.5e6
 
@@ -83,7 +95,7 @@ def test_full_size_parameter_count():
 def test_train_loss_falls_and_evaluates(shapes, tmp_path):
     seeded()
     cfg = tiny_cfg(shapes)
-    summary = D.train(cfg, tmp_path, show_progress=False)
+    summary = train("detection", cfg, tmp_path, show_progress=False)
     assert {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"} <= set(
         summary["history"][0])
     first, last = losses_fell(summary["history"])
@@ -92,7 +104,7 @@ def test_train_loss_falls_and_evaluates(shapes, tmp_path):
     for key in ("bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP", "segm_AP50"):
         assert 0.0 <= m[f"val_{key}"] <= 1.0
     assert m["val_num_images"] == 3
-    again = D.evaluate(None, tmp_path / "last.pt")  # the task and recipe come from the checkpoint
+    again = evaluate(tmp_path / "last.pt")  # the task and recipe come from the checkpoint
     assert again["bbox_AP"] == pytest.approx(m["val_bbox_AP"], abs=1e-9)
 
     assert again["segm_size_convention"].startswith("box area")
@@ -208,7 +220,7 @@ def _mmdet_layout(model) -> dict:
 def test_original_mmdet_checkpoint_loads(shapes, tmp_path):
     seeded(1)
     cfg = tiny_cfg(shapes)
-    source = D.build_model(cfg)
+    source = build("detection", cfg)
     with torch.no_grad():  # mmdet has no background deltas / mask logits: they load as zeros
         source.roi_heads.box_predictor.bbox_pred.weight[:4] = 0
         source.roi_heads.box_predictor.bbox_pred.bias[:4] = 0
@@ -219,7 +231,7 @@ def test_original_mmdet_checkpoint_loads(shapes, tmp_path):
     path = save_original_checkpoint(tmp_path / "mask_rcnn.pth", sections)
     seeded(2)
     cfg["model"]["checkpoint"] = str(path)
-    loaded = D.build_model(cfg)
+    loaded = build("detection", cfg)
     for k, v in source.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
     # the same weights detect the same boxes
@@ -230,7 +242,7 @@ def test_original_mmdet_checkpoint_loads(shapes, tmp_path):
     bare = tmp_path / "imagenet.pth"
     torch.save({"model": sections["backbone"]}, bare)
     seeded(3)
-    fresh = D.build_model(tiny_cfg(shapes))
+    fresh = build("detection", tiny_cfg(shapes))
     info = load_task_weights(fresh, bare, task="detection", backbone=fresh.backbone.body,
                              backbone_prefix="backbone.body.")
     assert info["format"] == "backbone-only"
@@ -240,10 +252,10 @@ def test_original_mmdet_checkpoint_loads(shapes, tmp_path):
 def test_predict_draws_boxes_and_masks(shapes, tmp_path):
     seeded()
     cfg = tiny_cfg(shapes, test={"score_thresh": 0.0})
-    model = D.build_model(cfg)
+    model = build("detection", cfg)
     path = save_original_checkpoint(tmp_path / "weights.pth", _mmdet_layout(model))  # the recipe: cfg
     image = shapes / "val" / "val_0000.jpg"
-    D.predict(cfg, path, [image], tmp_path, score_thr=0.0)
+    predict(path, [image], tmp_path, cfg=cfg, score_thr=0.0)
     pic = Image.open(tmp_path / "val_0000_det.png")
     assert pic.size == Image.open(image).size
     record = json.loads((tmp_path / "val_0000.json").read_text())
@@ -252,7 +264,7 @@ def test_predict_draws_boxes_and_masks(shapes, tmp_path):
 
 
 def test_recipes_and_step_schedule():
-    recipes = {p.stem: D.load_config(p) for p in sorted((CONFIGS / "detection").glob("*.yaml"))}
+    recipes = {p.stem: recipe("detection", p) for p in sorted((CONFIGS / "detection").glob("*.yaml"))}
     assert len(recipes) == 7 and "demo" in recipes  # Mask R-CNN S/B 1x, 3x+MS; Cascade S/B; demo
     one = recipes["mask_rcnn_uniformer_small_h14_1x_coco"]
     assert one["optim"]["lr"] == 1e-4 and one["optim"]["weight_decay"] == 0.05 and one["train"]["epochs"] == 12

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from dense_helpers import TINY_BACKBONE, save_original_checkpoint, seeded
+from dense_helpers import TINY_BACKBONE, build, recipe, save_original_checkpoint, seeded, train
 
 from uniformer.models.checkpoint import CheckpointError
 from uniformer.tasks import CONFIGS
@@ -34,7 +34,7 @@ def _update(cfg: dict, new: dict) -> dict:
 
 def tiny_cascade_cfg(root: Path) -> dict:
     """The Cascade recipe with a tiny backbone, narrow heads and the synthetic shapes."""
-    return D.load_config(_update(D.load_config(RECIPE), {
+    return recipe("detection", _update(recipe("detection", RECIPE), {
         "model": {"backbone": {**TINY_BACKBONE, "window_size": 4}, "fpn_channels": 32, "box_head_dim": 64,
                   "mask_head_channels": [16, 16], "anchor_sizes": [16, 32, 64, 128, 256], "rpn_batch": 64,
                   "roi_batch": 64},
@@ -52,9 +52,9 @@ def test_recipe_builds_the_original_experiment():
     """cascade_mask_rcnn_3x_ms_hybrid_small: 79M parameters as the paper counts, heads as the config says."""
     from uniformer.profiling import count_params
 
-    cfg = D.load_config(RECIPE)
+    cfg = recipe("detection", RECIPE)
     cfg["data"]["classes"] = [str(i) for i in range(80)]
-    model = D.build_model(cfg)
+    model = build("detection", cfg)
     roi = model.roi_heads
     assert isinstance(roi, CascadeRoIHeads) and len(roi.box_heads) == len(roi.mask_heads) == 3
     assert roi.stage_ious == [0.5, 0.6, 0.7] and roi.stage_loss_weights == [1.0, 0.5, 0.25]
@@ -71,7 +71,7 @@ def test_recipe_builds_the_original_experiment():
     assert model.rpn._post_nms_top_n == {"training": 2000, "testing": 1000}
     assert count_params(model.backbone.body) == 21_033_280
     assert 78.5e6 < count_params(model) < 79.5e6
-    base = D.load_config(CONFIGS / "detection" / "cascade_mask_rcnn_uniformer_base_h14_3x_ms_coco.yaml")
+    base = recipe("detection", CONFIGS / "detection" / "cascade_mask_rcnn_uniformer_base_h14_3x_ms_coco.yaml")
     assert base["model"]["type"] == "cascade_mask_rcnn" and base["model"]["backbone"]["name"] == "uniformer_base"
     assert base["model"]["backbone"]["drop_path_rate"] == 0.4 and base["train"]["epochs"] == 36
 
@@ -115,7 +115,7 @@ def _original_cascade_state(backbone: dict, fpn: int, classes: int, mask_channel
 def test_original_cascade_checkpoint_loads(shapes, tmp_path):
     seeded(0)
     cfg = tiny_cascade_cfg(shapes)
-    body = D.build_model(cfg).backbone.body
+    body = build("detection", cfg).backbone.body
     backbone = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in body.state_dict().items()}
     state = _original_cascade_state(backbone, fpn=32, classes=3, mask_channels=[16, 16], fc=64,
                                     in_channels=TINY_BACKBONE["kwargs"]["embed_dims"])
@@ -125,7 +125,7 @@ def test_original_cascade_checkpoint_loads(shapes, tmp_path):
         sections.setdefault(prefix, {})[rest] = v
     path = save_original_checkpoint(tmp_path / "cascade_mask_rcnn.pth", sections)
     cfg["model"]["checkpoint"] = str(path)
-    model = D.build_model(cfg)
+    model = build("detection", cfg)
     mine = model.state_dict()
     renames = {"neck.lateral_convs.": "backbone.fpn.inner_blocks.", "neck.fpn_convs.": "backbone.fpn.layer_blocks.",
                "rpn_head.rpn_conv.": "rpn.head.conv.0.0.", "rpn_head.rpn_cls.": "rpn.head.cls_logits.",
@@ -150,14 +150,14 @@ def test_original_cascade_checkpoint_loads(shapes, tmp_path):
     cfg_bad["model"].update(type="mask_rcnn", box_loss=None, rpn_box_loss=None, rpn_allowed_border=None,
                             checkpoint=str(path))
     with pytest.raises(CheckpointError, match="missing"):
-        D.build_model(cfg_bad)
+        build("detection", cfg_bad)
 
 
 def test_cascade_gradients_reach_every_head_and_it_trains(shapes, tmp_path):
     seeded(0)
     cfg = tiny_cascade_cfg(shapes)
     ds = DetDataset(cfg, "train")
-    model = D.build_model(cfg, num_classes=len(ds.cat_ids)).train()
+    model = build("detection", cfg, num_classes=len(ds.cat_ids)).train()
     images, targets = det_collate([ds[0], ds[1]])
     losses = model(images, targets)
     assert {f"{k}_s{s}" for s in range(3) for k in ("loss_classifier", "loss_box_reg", "loss_mask")} | {
@@ -167,7 +167,7 @@ def test_cascade_gradients_reach_every_head_and_it_trains(shapes, tmp_path):
     for name, p in model.named_parameters():
         if name.startswith(("rpn.", "roi_heads.")):
             assert p.grad is not None and p.grad.abs().sum() > 0, name
-    summary = D.train(cfg, tmp_path, show_progress=False)
+    summary = train("detection", cfg, tmp_path, show_progress=False)
     history = [h["loss"] for h in summary["history"]]
     assert all(np.isfinite(history)) and len(history) == 6
     assert {f"loss_classifier_s{s}" for s in range(3)} <= set(summary["history"][0])  # every stage trains
@@ -179,7 +179,7 @@ def test_cascade_detects_in_image_coordinates(shapes):
     seeded(1)
     cfg = tiny_cascade_cfg(shapes)
     cfg["test"]["score_thresh"] = 0.0
-    model = D.build_model(cfg).eval()
+    model = build("detection", cfg).eval()
     image = np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8)  # resized 64x96
     out = D._detect(model, [image], cfg)[0]
     assert 0 < len(out["boxes"]) <= 100 and out["masks"].shape == (len(out["boxes"]), 60, 90)
@@ -191,7 +191,7 @@ def test_cascade_scores_average_the_stages_logits(shapes):
     """With identical stages and no regression the cascade's scores equal one stage's softmax."""
     seeded(2)
     cfg = tiny_cascade_cfg(shapes)
-    model = D.build_model(cfg).eval()
+    model = build("detection", cfg).eval()
     roi = model.roi_heads
     with torch.no_grad():
         for head in roi.box_heads:

@@ -9,7 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from dense_helpers import TINY_BACKBONE, edit_json, losses_fell, save_original_checkpoint, seeded, write_garbage_image
+from dense_helpers import (
+    TINY_BACKBONE,
+    build,
+    edit_json,
+    evaluate,
+    losses_fell,
+    predict,
+    recipe,
+    save_original_checkpoint,
+    seeded,
+    train,
+    write_garbage_image,
+)
 from PIL import Image
 
 from uniformer.tasks import CONFIGS
@@ -51,7 +63,7 @@ def tiny_cfg(root: Path, **over) -> dict:
     }
     for k, v in over.items():
         cfg[k] = {**cfg.get(k, {}), **v}
-    return P.load_config(cfg)
+    return recipe("pose", cfg)
 
 
 def test_targets_and_decoding_round_trip():
@@ -157,14 +169,14 @@ def test_oks_evaluation_of_ground_truth_is_perfect(figures):
 def test_train_loss_falls_and_evaluates(figures, tmp_path):
     seeded()
     cfg = tiny_cfg(figures)
-    summary = P.train(cfg, tmp_path, show_progress=False)
+    summary = train("pose", cfg, tmp_path, show_progress=False)
     first, last = losses_fell(summary["history"])
     assert last < first, summary["history"]
     m = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("AP", "AP50", "AP75", "AR"):
         assert 0.0 <= m[f"val_{key}"] <= 1.0
     assert m["val_num_images"] == 4 and m["val_skipped_images"] == []
-    again = P.evaluate(None, tmp_path / "last.pt")  # the task and recipe come from the checkpoint
+    again = evaluate(tmp_path / "last.pt")  # the task and recipe come from the checkpoint
     assert again["AP"] == pytest.approx(m["val_AP"], abs=1e-9)
     batch = pose_collate([PoseDataset(cfg, "train")[i] for i in range(2)])
     assert batch["img"].shape == (2, 3, 64, 32) and batch["target"].shape == (2, 17, 16, 8)
@@ -199,7 +211,7 @@ def test_detection_boxes_and_error_paths(figures, tmp_path, caplog):
     assert "expected 51 keypoint values, got 3" in text
     assert "detection 1 references image 555" in text and "detection 2 (image 2)" in text
     assert len(ds) == 1 and ds.samples[0]["score"] == 0.9
-    gt = PoseDataset(P.load_config(dict(cfg, test={**cfg["test"], "use_gt_bbox": True})), "val", train=False)
+    gt = PoseDataset(recipe("pose", dict(cfg, test={**cfg["test"], "use_gt_bbox": True})), "val", train=False)
     broken = [i for i, s in enumerate(gt.samples) if s["image_id"] == last["image_id"]]
     with caplog.at_level(logging.WARNING):
         assert gt[broken[0]] is None
@@ -209,7 +221,7 @@ def test_detection_boxes_and_error_paths(figures, tmp_path, caplog):
 def test_original_pose_checkpoint_loads(figures, tmp_path):
     seeded(1)
     cfg = tiny_cfg(figures)
-    source = P.build_model(cfg)
+    source = build("pose", cfg)
     keys = set(source.state_dict())
     assert {"keypoint_head.deconv_layers.0.weight", "keypoint_head.deconv_layers.1.running_var",
             "keypoint_head.deconv_layers.3.weight", "keypoint_head.deconv_layers.7.bias",
@@ -223,7 +235,7 @@ def test_original_pose_checkpoint_loads(figures, tmp_path):
     path = save_original_checkpoint(tmp_path / "pose.pth", sections)
     seeded(2)
     cfg["model"]["checkpoint"] = str(path)
-    loaded = P.build_model(cfg)
+    loaded = build("pose", cfg)
     for k, v in source.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
 
@@ -232,12 +244,12 @@ def test_predict_draws_skeletons(figures, tmp_path):
     seeded()
     cfg = tiny_cfg(figures)
     sections: dict = {"backbone": {}, "keypoint_head": {}}
-    for k, v in P.build_model(cfg).state_dict().items():
+    for k, v in build("pose", cfg).state_dict().items():
         prefix, rest = k.split(".", 1)
         sections[prefix][rest] = v
     weights = save_original_checkpoint(tmp_path / "pose.pth", sections)  # an mmpose file: the recipe is cfg
     image = figures / "val" / "val_0000.jpg"
-    results = P.predict(cfg, weights, [image], tmp_path, boxes={"val_0000.jpg": [[5, 5, 40, 80, 0.8],
+    results = predict(weights, [image], tmp_path, cfg=cfg, boxes={"val_0000.jpg": [[5, 5, 40, 80, 0.8],
                                                                                 [50, 5, 40, 80]]})
     pic = Image.open(tmp_path / "val_0000_pose.png")
     assert pic.size == Image.open(image).size
@@ -245,12 +257,60 @@ def test_predict_draws_skeletons(figures, tmp_path):
     assert len(record["people"]) == 2 and len(record["people"][0]["keypoints"]) == 17
     assert results[0]["people"][1]["box"] == [50.0, 5.0, 40.0, 80.0]
     with pytest.raises(ValueError, match="multiples of 32"):
-        P.build_model(tiny_cfg(figures, data={"input_size": [48, 64]}))
+        build("pose", tiny_cfg(figures, data={"input_size": [48, 64]}))
 
 
 def test_shipped_recipes_load():
     recipes = sorted(p for p in (CONFIGS / "pose").glob("*.yaml") if p.stem != "demo")
     assert len(recipes) == 6
-    sizes = {tuple(P.load_config(p)["data"]["input_size"]) for p in recipes}
-    assert {P.load_config(p)["train"]["batch_size"] for p in recipes} == {128, 64}  # x 8 processes = 1024, 512
+    sizes = {tuple(recipe("pose", p)["data"]["input_size"]) for p in recipes}
+    assert {recipe("pose", p)["train"]["batch_size"] for p in recipes} == {128, 64}  # x 8 processes = 1024, 512
     assert sizes == {(192, 256), (288, 384), (320, 448)}
+
+
+def test_predict_takes_person_boxes_from_a_coco_detections_file_or_a_detector(figures, tmp_path, capsys):
+    import shutil
+    from types import SimpleNamespace
+
+    import yaml
+
+    from uniformer.cli import main
+
+    seeded()
+    cfg = tiny_cfg(figures)
+    sections: dict = {"backbone": {}, "keypoint_head": {}}
+    for k, v in build("pose", cfg).state_dict().items():
+        prefix, rest = k.split(".", 1)
+        sections[prefix][rest] = v
+    weights = save_original_checkpoint(tmp_path / "pose.pth", sections)
+    recipe_file = tmp_path / "pose.yaml"
+    recipe_file.write_text(yaml.safe_dump({"task": "pose", **cfg}))
+    image = tmp_path / "000000000007.jpg"  # a COCO file name: image_id 7
+    shutil.copy(figures / "val" / "val_0000.jpg", image)
+    dets = tmp_path / "dets.json"
+    dets.write_text(json.dumps([{"image_id": 7, "category_id": 1, "bbox": [50, 5, 40, 80], "score": 0.7},
+                                {"image_id": 7, "category_id": 3, "bbox": [1, 1, 9, 9], "score": 0.9},  # no person
+                                {"image_id": 8, "category_id": 1, "bbox": [1, 1, 9, 9], "score": 0.9}]))
+    args = ["predict", "--checkpoint", str(weights), "--config", str(recipe_file), "--json", "--out",
+            str(tmp_path / "out")]
+    assert main([*args, "--boxes", str(dets), str(image)]) == 0
+    (record,) = json.loads(capsys.readouterr().out)
+    assert [p["box"] for p in record["people"]] == [[50.0, 5.0, 40.0, 80.0]]
+    same = predict(weights, [image], tmp_path / "api", cfg=cfg, boxes={image.name: [[50, 5, 40, 80, 0.7]]})
+    assert record["people"] == same[0]["people"]
+    # without boxes the whole image is one person, and the command says so
+    assert main([*args, str(image)]) == 0
+    captured = capsys.readouterr()
+    assert "no --boxes or --detector" in captured.err
+    assert json.loads(captured.out)[0]["people"][0]["box"] == [0.0, 0.0, 96.0, 96.0]
+    # a detector's person boxes (x1 y1 x2 y2 -> x y w h); a detector without a person class gives all its boxes
+    detector = SimpleNamespace(task=SimpleNamespace(classes=["person", "dog"]), predict=lambda inputs, score_thr: [
+        {"image": str(image), "detections": [{"box": [50, 5, 90, 85], "name": "person", "score": 0.8},
+                                             {"box": [0, 0, 9, 9], "name": "dog", "score": 0.9}]}])
+    assert P.boxes_from_detector(detector, [image]) == {image.name: [[50, 5, 40, 80, 0.8]]}
+    detector.task.classes = ["dog", "cat"]
+    assert len(P.boxes_from_detector(detector, [image])[image.name]) == 2
+    assert main([*args, "--boxes", str(dets), "--detector", str(weights), str(image)]) == 2
+    assert "choose one" in capsys.readouterr().err
+    assert main([*args, "--detector", str(weights), str(image)]) == 2  # an mmpose file says no detector recipe
+    assert "records no task or recipe" in capsys.readouterr().err

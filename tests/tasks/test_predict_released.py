@@ -14,7 +14,7 @@ import uniformer
 from uniformer.cli import main
 from uniformer.data import class_names
 from uniformer.data.video_io import write_video
-from uniformer.tasks.classification.predict import load_predictor
+from uniformer.tasks import open as open_checkpoint
 
 TINY = ["-o", "depths=[1,1,1,1]", "-o", "embed_dims=[16,32,64,128]", "-o", "head_dim=16"]
 TINY_KWARGS = {"depths": [1, 1, 1, 1], "embed_dims": [16, 32, 64, 128], "head_dim": 16}
@@ -63,11 +63,11 @@ def test_predict_from_a_tag_uses_its_recipe_and_kinetics_names(fake_hub, clip, t
     figure = Image.open(result["figure"])
     assert figure.size[0] > 300 and figure.size[1] > 100
 
-    predictor = load_predictor(None, "uniformer_video_small.k400_16x8", model_options=TINY_KWARGS)
-    cfg = predictor.data_cfg
+    predictor = open_checkpoint("uniformer_video_small.k400_16x8", model_options=TINY_KWARGS)
+    cfg = predictor.task.data_view(predictor.model)
     assert (cfg["num_frames"], cfg["sampling"], cfg["stride"]) == (16, "dense", 8)
     assert (cfg["short_side"], cfg["input_size"], cfg["test_crops"], cfg["test_clips"]) == (256, 224, 1, 4)
-    assert predictor.dataset == "kinetics-400" and predictor.classes == names
+    assert predictor.task.meta["dataset"] == "kinetics-400" and predictor.task.classes == names
 
 
 def test_text_output_prints_names(fake_hub, clip, capsys):
@@ -80,9 +80,9 @@ def test_text_output_prints_names(fake_hub, clip, capsys):
 
 
 def test_a_bare_name_uses_its_default_tag(fake_hub, clip):
-    predictor = load_predictor(None, "uniformer_video_small", model_options=TINY_KWARGS)
+    predictor = open_checkpoint(model="uniformer_video_small", model_options=TINY_KWARGS)
     assert fake_hub == ["Sense-X/uniformer_video/uniformer_small_k400_16x8.pth"]
-    assert predictor.data_cfg["stride"] == 8
+    assert predictor.task.data_view(predictor.model)["stride"] == 8
 
 
 def test_checkpoint_overrides_the_hub_weights_and_labels_the_names(monkeypatch, kinetics_file, clip, tmp_path,

@@ -9,13 +9,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from dense_helpers import TINY_BACKBONE, losses_fell, save_original_checkpoint, seeded, write_garbage_image
+from dense_helpers import (
+    TINY_BACKBONE,
+    build,
+    evaluate,
+    losses_fell,
+    predict,
+    recipe,
+    save_original_checkpoint,
+    seeded,
+    train,
+    write_garbage_image,
+)
 from PIL import Image
 
 from uniformer.engine.config import ConfigError
 from uniformer.models.checkpoint import CheckpointError
 from uniformer.tasks import CONFIGS
-from uniformer.tasks import segmentation as S
 from uniformer.tasks.dense.synthetic import write_shapes_segmentation
 from uniformer.tasks.segmentation.data import SegDataset, rescale_size, resize_keep_ratio, scaled_size, seg_collate
 from uniformer.tasks.segmentation.evaluation import SegMetric, infer_probs
@@ -41,13 +51,13 @@ def tiny_cfg(root: Path, head: str = "fpn", **over) -> dict:
     }
     for k, v in over.items():
         cfg[k] = {**cfg.get(k, {}), **v}
-    return S.load_config(cfg)
+    return recipe("segmentation", cfg)
 
 
 def test_train_loss_falls_evaluates_and_resumes(shapes, tmp_path):
     seeded()
     cfg = tiny_cfg(shapes)
-    summary = S.train(cfg, tmp_path, show_progress=False)
+    summary = train("segmentation", cfg, tmp_path, show_progress=False)
     first, last = losses_fell(summary["history"])
     assert last < first * 0.85, summary["history"]
     m = json.loads((tmp_path / "metrics.json").read_text())
@@ -57,11 +67,11 @@ def test_train_loss_falls_evaluates_and_resumes(shapes, tmp_path):
     for name in ("train.log", "metrics.csv", "curves.png", "last.pt", "best.pt", "checkpoint_iter0000006.pt"):
         assert (tmp_path / name).is_file(), name
     # the final checkpoint evaluates to the same numbers through the public entry point
-    again = S.evaluate(cfg, tmp_path / "last.pt")
+    again = evaluate(tmp_path / "last.pt", cfg)
     assert again["mIoU"] == pytest.approx(m["val_mIoU"], abs=1e-9)
     # resume from last.pt runs only the missing iterations
     cfg["train"]["iters"] = 14
-    resumed = S.train(cfg, tmp_path, resume="auto", show_progress=False)
+    resumed = train("segmentation", cfg, tmp_path, resume="auto", show_progress=False)
     assert resumed["steps"] == 14 and len(resumed["history"]) == 14
     assert resumed["history"][:12] == summary["history"]
 
@@ -92,7 +102,7 @@ def test_metric_absent_class_is_nan_and_skipped():
 def test_upernet_aux_losses_and_inference_modes(shapes):
     seeded()
     cfg = tiny_cfg(shapes, head="upernet")
-    model = S.build_model(cfg)
+    model = build("segmentation", cfg)
     x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 4, (2, 64, 64))
     losses = model.losses(x, y)
     assert set(losses) == {"loss_seg", "loss_aux"} and all(torch.isfinite(v) for v in losses.values())
@@ -133,7 +143,7 @@ def test_ade20k_layout_shifts_labels(tmp_path):
         (tmp_path / sub).mkdir(parents=True)
     Image.fromarray(np.full((8, 8, 3), 100, np.uint8)).save(tmp_path / "images/training/a.jpg")
     Image.fromarray(np.array([[0, 1, 2, 150]] * 8, np.uint8).repeat(2, 1)).save(tmp_path / "annotations/training/a.png")
-    cfg = S.load_config({"data": {"root": str(tmp_path)}})
+    cfg = recipe("segmentation", {"data": {"root": str(tmp_path)}})
     img, seg = SegDataset(cfg, "train").load(0)
     assert img.shape == (8, 8, 3)
     assert seg[0].tolist() == [255, 255, 0, 0, 1, 1, 149, 149]
@@ -151,9 +161,9 @@ def test_dataset_error_paths(shapes, tmp_path, caplog):
     Image.fromarray(good).save(root / "masks" / "garbage.png")
     Image.fromarray(np.full((16, 16), 7, np.uint8)).save(root / "masks" / "outofrange.png")
     Image.fromarray(good).save(root / "masks" / "noimage.png")
-    cfg = S.load_config({"data": {"format": "folder", "root": str(root), "classes": ["bg", "fg"], "num_classes": 2,
-                                  "train": {"images": "images", "masks": "masks"}, "crop_size": [16, 16],
-                                  "img_scale": [16, 16]}})
+    cfg = recipe("segmentation", {"data": {"format": "folder", "root": str(root), "classes": ["bg", "fg"],
+                                           "num_classes": 2, "train": {"images": "images", "masks": "masks"},
+                                           "crop_size": [16, 16], "img_scale": [16, 16]}})
     with caplog.at_level(logging.WARNING):
         ds = SegDataset(cfg, "train")
         assert [s[0] for s in ds.samples] == ["garbage", "ok", "outofrange"]
@@ -171,7 +181,7 @@ def test_dataset_error_paths(shapes, tmp_path, caplog):
                     "neck_channels": 8, "aux_head": False}
     cfg["train"].update(iters=3, batch_size=2, num_workers=0)
     with caplog.at_level(logging.WARNING):
-        summary = S.train(cfg, tmp_path / "run", show_progress=False)
+        summary = train("segmentation", cfg, tmp_path / "run", show_progress=False)
     assert summary["skipped_batches"] == 3 and summary["steps"] == 3
     assert "skipped a batch with 1 readable samples" in (tmp_path / "run" / "train.log").read_text()
 
@@ -180,7 +190,7 @@ def test_original_segmentor_checkpoints_load(shapes, tmp_path):
     for head in ("upernet", "fpn"):
         seeded(1)
         cfg = tiny_cfg(shapes, head=head)
-        source = S.build_model(cfg)
+        source = build("segmentation", cfg)
         keys = set(source.state_dict())
         if head == "upernet":  # the original mmseg names
             assert {"decode_head.psp_modules.0.1.conv.weight", "decode_head.bottleneck.bn.running_mean",
@@ -198,16 +208,16 @@ def test_original_segmentor_checkpoints_load(shapes, tmp_path):
         path = save_original_checkpoint(tmp_path / f"{head}.pth", sections)
         seeded(2)
         cfg["model"]["checkpoint"] = str(path)
-        loaded = S.build_model(cfg)
+        loaded = build("segmentation", cfg)
         for k, v in source.state_dict().items():
             assert torch.equal(loaded.state_dict()[k], v), k
     # a classifier for another number of classes: refused, or left out on request
     cfg = tiny_cfg(shapes, head="fpn", data={"classes": ["a", "b"], "num_classes": 2})
     cfg["model"]["checkpoint"] = str(tmp_path / "fpn.pth")
     with pytest.raises(CheckpointError, match="decode_head.conv_seg.weight"):
-        S.build_model(cfg)
+        build("segmentation", cfg)
     cfg["model"]["skip_mismatched"] = True
-    model = S.build_model(cfg)
+    model = build("segmentation", cfg)
     assert model.decode_head.conv_seg.weight.shape[0] == 2
 
 
@@ -215,14 +225,14 @@ def test_predict_writes_pictures(shapes, tmp_path):
     seeded()
     cfg = tiny_cfg(shapes)
     sections: dict = {}
-    for k, v in S.build_model(cfg).state_dict().items():
+    for k, v in build("segmentation", cfg).state_dict().items():
         prefix, rest = k.split(".", 1)
         sections.setdefault(prefix, {})[rest] = v
     weights = save_original_checkpoint(tmp_path / "fpn.pth", sections)  # an mmseg file: the recipe is cfg
     (tmp_path / "in").mkdir()
     write_garbage_image(tmp_path / "in" / "broken.png")
     Image.fromarray(np.full((40, 56, 3), 120, np.uint8)).save(tmp_path / "in" / "plain.png")
-    results = S.predict(cfg, weights, tmp_path / "in", tmp_path / "out")
+    results = predict(weights, tmp_path / "in", tmp_path / "out", cfg=cfg)
     assert "error" in results[0] and "broken" in results[0]["image"]
     pic = Image.open(tmp_path / "out" / "plain_seg.png")
     labels = np.asarray(Image.open(tmp_path / "out" / "plain_labels.png"))
@@ -232,24 +242,24 @@ def test_predict_writes_pictures(shapes, tmp_path):
 
 
 def test_config_errors_name_the_key(tmp_path):
-    recipe = tmp_path / "bad.yaml"
-    recipe.write_text("task: segmentation\nmodel:\n  hed: upernet\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: segmentation\nmodel:\n  hed: upernet\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'model.hed'"):
-        S.load_config(recipe)
+        recipe("segmentation", bad)
     with pytest.raises(ConfigError, match="optim.lrr"):
-        S.load_config(None, ["optim.lrr=1e-3"])
-    assert S.load_config(None, ["optim.lr=1e-3"])["optim"]["lr"] == 1e-3
+        recipe("segmentation", None, ["optim.lrr=1e-3"])
+    assert recipe("segmentation", None, ["optim.lr=1e-3"])["optim"]["lr"] == 1e-3
     with pytest.raises(ConfigError, match="'pose' recipe"):
-        S.load_config({"task": "pose"})
+        recipe("segmentation", {"task": "pose"})
     with pytest.raises(ConfigError, match="give exactly one"):
-        S.load_config(None, ["train.epochs=3"])
+        recipe("segmentation", None, ["train.epochs=3"])
 
 
 def test_shipped_recipes_load():
     recipes = sorted((CONFIGS / "segmentation").glob("*.yaml"))
     assert recipes
     for path in recipes:
-        cfg = S.load_config(path)
+        cfg = recipe("segmentation", path)
         if path.stem != "demo":
             assert cfg["model"]["head"] in ("upernet", "fpn") and cfg["data"]["num_classes"] == 150
             assert cfg["train"]["batch_size"] in (2, 4)  # per process, x 8 processes as the originals

@@ -11,8 +11,8 @@ from PIL import Image
 
 from uniformer.cli import main
 from uniformer.tasks import load_recipe, train
+from uniformer.tasks import open as open_checkpoint
 from uniformer.tasks.classification import build_model
-from uniformer.tasks.classification.predict import load_predictor
 
 
 def _predict(capsys, args):
@@ -39,13 +39,15 @@ def test_predict_an_image_with_an_original_checkpoint(tmp_path, capsys):
     assert result["error"] is None and sorted(p["label"] for p in result["predictions"]) == ["bird", "cat", "dog"]
     assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0, abs=1e-5)
     # the same numbers as the model on the data pipeline's test view of the image
-    predictor = load_predictor(ckpt, "uniformer_small", str(labels), "cpu", {"input_size": 32, "short_side": 40},
-                               model_options={"depths": [1, 1, 1, 1], "embed_dims": [16, 32, 64, 128],
-                                              "head_dim": 16})
+    predictor = open_checkpoint(ckpt, model="uniformer_small", labels=str(labels), device="cpu",
+                                data={"input_size": 32, "short_side": 40},
+                                model_options={"depths": [1, 1, 1, 1], "embed_dims": [16, 32, 64, 128],
+                                               "head_dim": 16})
     from uniformer.data import build_dataset
 
     (tmp_path / "one.txt").write_text(f"{image} 0\n")
-    item = build_dataset({**predictor.data_cfg, "test_list": str(tmp_path / "one.txt")}, "test")[0]
+    view = predictor.task.data_view(predictor.model)
+    item = build_dataset({**view, "test_list": str(tmp_path / "one.txt")}, "test")[0]
     with torch.no_grad():
         direct = predictor.model(item["input"]).softmax(-1).mean(0)
     assert result["predictions"][0]["prob"] == pytest.approx(direct.max().item(), abs=1e-5)

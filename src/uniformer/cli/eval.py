@@ -11,14 +11,18 @@ _LARGE = ("per_class_acc", "per_class", "confusion", "failures", "skipped", "ski
 
 def run(args: argparse.Namespace) -> int:
     from uniformer.engine import evaluate_checkpoint
+    from uniformer.engine.checkpoint import open_checkpoint
     from uniformer.tasks import task_from_checkpoint
 
     check_device(args.device)
     overrides = list(args.set or []) + ([f"eval.batch_size={args.batch_size}"] if args.batch_size else [])
     if args.dtype:  # inference precision overrides the recipe's train.amp
         overrides.append("train.amp=" + {"auto": "auto", "float32": "none", "bfloat16": "bf16"}[args.dtype])
-    task = task_from_checkpoint(args.checkpoint, args.config, overrides, args.task)
-    result = evaluate_checkpoint(task, args.checkpoint, split=args.split, device=args.device,
+    if args.num_workers is not None:
+        overrides.append(f"eval.num_workers={args.num_workers}")
+    checkpoint = open_checkpoint(args.checkpoint)  # read once: the recipe it records and its weights
+    task = task_from_checkpoint(checkpoint, args.config, overrides, args.task)
+    result = evaluate_checkpoint(task, checkpoint, split=args.split, device=args.device,
                                  use_ema=True if args.ema else None, output=args.output)
     if is_main_process():
         shown = {k: v for k, v in result.items() if k not in _LARGE}
@@ -37,6 +41,7 @@ def register(sub) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key (repeatable)")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a run checkpoint")
     p.add_argument("--batch-size", type=int, help="samples per batch (sets eval.batch_size)")
+    p.add_argument("--num-workers", type=int, help="data-loading processes (sets eval.num_workers)")
     p.add_argument("--output", help="JSON file (default: eval_<split>.json beside the checkpoint)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"],
                    help="auto: bfloat16 autocast on GPUs and on CPUs with bfloat16 units, else float32 "

@@ -7,6 +7,13 @@ from pathlib import Path
 from .common import add_model_options, parse_pairs
 
 
+def _is_tag(text: str) -> bool:
+    """NAME.TAG of released weights (`uniformer models --pretrained`)."""
+    from uniformer.models.released import released_weights
+
+    return "." in text and released_weights(text) is not None
+
+
 def run(args) -> int:
     import torch
 
@@ -16,14 +23,36 @@ def run(args) -> int:
 
     torch.manual_seed(0)
     options = parse_pairs(args.option, "-o")
-    if Path(args.model).is_file():
-        if args.name is None:
-            raise SystemExit(f"error: {args.model} is a checkpoint file: give the model NAME with --name")
-        name, checkpoint = args.name, args.model
+    shape = parse_input(args.input) if args.input else None
+    if Path(args.model).is_file() and args.name is not None:  # an original backbone file of a named variant
+        name = args.name
+        model = uniformer.create_model(name, checkpoint_path=args.model, **options).eval()
+    elif Path(args.model).is_file() or _is_tag(args.model):  # run checkpoint, original file + recipe, or tag
+        from uniformer.tasks import open as open_checkpoint
+
+        try:
+            opened = open_checkpoint(args.model, recipe=args.config, task=args.task, model_options=options or None,
+                                     device="cpu")
+        except ValueError as e:
+            if "--model is needed" not in str(e):
+                raise
+            raise SystemExit(f"error: {args.model} is not a run checkpoint, so it does not record its model: give "
+                             "the variant with --name (and -o its arguments) or the recipe with --config") from None
+        if opened.task.name != "classification":
+            raise SystemExit(f"error: {args.model} is a {opened.task.name} checkpoint; export covers classification "
+                             "models (a dense task's backbone: export the variant with -o features_only=true)")
+        model = opened.model.float()
+        name = opened.task.meta["model_spec"]["name"]
+        if shape is None:  # the test view the checkpoint's recipe (or the tag) predicts with
+            view = opened.task.data_view(model)
+            size = int(view["input_size"])
+            shape = (3, int(view["num_frames"]), size, size) if view["format"] == "video_list" else (3, size, size)
     else:
-        name, checkpoint = args.model, None
-    model = uniformer.create_model(name, checkpoint_path=checkpoint, **options).eval()
-    shape = parse_input(args.input) if args.input else default_input(model)
+        if args.config or args.task:
+            raise SystemExit("error: --config / --task are for checkpoint files")
+        name = args.model
+        model = uniformer.create_model(name, **options).eval()
+    shape = shape or default_input(model)
     if args.fused:
         model = uniformer.fuse(model)
     try:
@@ -43,9 +72,13 @@ def run(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("export", help="ONNX or OpenVINO IR, checked against the PyTorch model")
-    p.add_argument("model", help="model name, or a checkpoint file (then --name says which model)")
+    p.add_argument("model", help="model name; a run checkpoint (it records its model and test input); an original "
+                   "checkpoint with --config (its recipe) or --name (its variant); or released weights NAME.TAG")
     p.add_argument("out", help="output file (.onnx; OpenVINO: .xml, written with its .bin)")
-    p.add_argument("--name", help="the model name of a checkpoint file")
+    p.add_argument("--name", help="the variant of an original backbone checkpoint file (with -o its arguments)")
+    p.add_argument("--config", help="the recipe of an original checkpoint file")
+    p.add_argument("--task", choices=("classification", "detection", "segmentation", "pose"),
+                   help="the task of an original checkpoint file")
     p.add_argument("--format", default="onnx", choices=["onnx", "openvino"])
     p.add_argument("--input", help="CxHxW or CxTxHxW without batch (default: the model's)")
     p.add_argument("--batch-size", type=int, default=1, help="batch of the exported graph (without --dynamic-batch)")

@@ -11,11 +11,6 @@ import sys
 
 from .common import check_device, parse_pairs, print_json
 
-# options of one task only: given for another task they are an error, not silently ignored
-_CLASSIFICATION_ONLY = {"model": "--model", "labels": "--labels", "topk": "--topk", "data": "--data",
-                        "option": "-o"}
-_DENSE_ONLY = {"config": "--config"}
-
 
 def _print_predictions(results: list[dict], stream=None) -> None:
     stream = stream or sys.stdout
@@ -30,42 +25,68 @@ def _print_predictions(results: list[dict], stream=None) -> None:
             print(f"  picture: {r['figure']}", file=stream)
 
 
-def _reject(args: argparse.Namespace, task: str, options: dict) -> None:
-    for attr, flag in options.items():
-        if getattr(args, attr) not in (None, [], False):
-            raise ValueError(f"{flag} does not apply to {task} checkpoints")
+def _expand(inputs: list[str], videos: bool) -> list[str]:
+    """Files of `inputs`, a folder standing for its images (and videos, for classification), sorted."""
+    from pathlib import Path
+
+    from uniformer.tasks.classification.predict import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+
+    known = IMAGE_EXTENSIONS + (VIDEO_EXTENSIONS if videos else ())
+    out = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(str(q) for q in p.iterdir() if q.is_file() and q.suffix.lower() in known)
+            if not found:
+                raise ValueError(f"{item}: a folder with no {'image or video' if videos else 'image'} files "
+                                 f"({', '.join(known)})")
+            out += found
+        else:
+            out.append(item)
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
-    import importlib
-
-    from uniformer.engine.checkpoint import read_checkpoint
+    from uniformer.tasks import open as open_checkpoint
 
     check_device(args.device)
-    recorded = read_checkpoint(args.checkpoint) if args.checkpoint else None
-    task = recorded["task"] if recorded is not None else (args.task or "classification")
-    if args.task and args.task != task:
-        raise ValueError(f"--task {args.task}: {args.checkpoint} is a {task} checkpoint")
-    if task == "classification":
-        _reject(args, task, _DENSE_ONLY)
-        from uniformer.tasks.classification.predict import load_predictor, predict_files
 
-        predictor = load_predictor(args.checkpoint, args.model, args.labels, args.device,
-                                   parse_pairs(args.data, "--data"), use_ema=args.ema,
-                                   model_options=parse_pairs(args.option, "-o"), runtime=args.runtime or "torch",
-                                   dtype=args.dtype or "auto")
-        results = predict_files(predictor, args.inputs, args.topk or 5, figures=args.out)
+    def check(the_task) -> None:  # before any weights are loaded
+        task = the_task.name
+        for flag, value in (("--dtype", args.dtype), ("--topk", args.topk)):
+            if value is not None and task != "classification":
+                raise ValueError(f"{flag} does not apply to {task} checkpoints")
+        if args.score_thr is not None and task != "detection":
+            raise ValueError(f"--score-thr does not apply to {task} checkpoints")
+        if (args.boxes or args.detector) and task != "pose":
+            raise ValueError(f"--boxes / --detector give person boxes to a pose model, not to a {task} one")
+        if args.boxes and args.detector:
+            raise ValueError("--boxes and --detector both give the person boxes: choose one")
+
+    opened = open_checkpoint(args.checkpoint, model=args.model, recipe=args.config, task=args.task,
+                             model_options=parse_pairs(args.option, "-o"), labels=args.labels,
+                             data=parse_pairs(args.data, "--data"), use_ema=args.ema, device=args.device,
+                             dtype=args.dtype or "auto", runtime=args.runtime or "torch", check=check)
+    task = opened.task.name
+    inputs = _expand(args.inputs, videos=task == "classification")
+    if task == "pose" and not (args.boxes or args.detector):
+        print("pose: no --boxes or --detector, so each whole image is taken as one person's box", file=sys.stderr)
+    options = {"topk": args.topk, "score_thr": args.score_thr}
+    if args.boxes:
+        from uniformer.tasks.pose import read_person_boxes
+
+        options["boxes"] = read_person_boxes(args.boxes, inputs)
+    elif args.detector:
+        from uniformer.tasks.pose import boxes_from_detector
+
+        detector = open_checkpoint(args.detector, task="detection", device=args.device)
+        options["boxes"] = boxes_from_detector(detector, inputs)
+    if task == "classification":
+        results = opened.predict(inputs, args.out, **options)
         print_json(results) if args.json else _print_predictions(results)
         return 0 if all(r["error"] is None for r in results) else 1
-    if not args.checkpoint:
-        raise ValueError(f"{task} needs --checkpoint (released weights by tag are for classification)")
-    _reject(args, task, {**_CLASSIFICATION_ONLY, "ema": "--ema", "runtime": "--runtime", "dtype": "--dtype"})
-    if task != "detection" and args.score_thr is not None:
-        raise ValueError(f"--score-thr does not apply to {task} checkpoints")
-    module = importlib.import_module(f"uniformer.tasks.{task}")
-    extra = {"score_thr": args.score_thr} if args.score_thr is not None else {}
     out = args.out or "predictions"
-    results = module.predict(args.config, args.checkpoint, args.inputs, out, device=args.device, **extra)
+    results = opened.predict(inputs, out, **options)
     if args.json:
         print_json(results)
     else:
@@ -78,9 +99,9 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("predict", help="top-k classes of images or videos; detection / segmentation / pose pictures")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files (or folders of images)")
-    p.add_argument("--checkpoint", help="a run checkpoint (it records its task and recipe), or an original "
-                   "checkpoint (with a tagged --model: these weights instead of the hub's)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, or folders of them")
+    p.add_argument("--checkpoint", help="a run checkpoint (it records its task and recipe), an original "
+                   "checkpoint (with a tagged --model: these weights instead of the hub's), or a tag NAME.TAG")
     p.add_argument("--task", choices=("classification", "detection", "segmentation", "pose"),
                    help="only for original toolbox files: which task they are (default: classification)")
     p.add_argument("--model", help="classification: NAME.TAG of released weights (fetched from the hub; sets the "
@@ -95,12 +116,16 @@ def register(sub) -> None:
     p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
                    help="classification: model argument of an original checkpoint (repeatable), "
                         "e.g. -o depths=[3,4,8,3]")
-    p.add_argument("--ema", action="store_true", help="classification: use the EMA weights of a run checkpoint")
-    p.add_argument("--config", help="detection/segmentation/pose: the recipe (default: the checkpoint's; needed "
-                   "for original toolbox files)")
+    p.add_argument("--ema", action="store_true", help="use the EMA weights of a run checkpoint")
+    p.add_argument("--config", help="the recipe (default: the checkpoint's; needed for original detection, "
+                   "segmentation and pose toolbox files)")
     p.add_argument("--out", help="classification: write a picture per input (sampled frames and top-5 bars) here; "
                    "detection/segmentation/pose: output folder (default: predictions)")
     p.add_argument("--score-thr", type=float, help="detection: smallest score drawn and listed (default 0.3)")
+    p.add_argument("--boxes", metavar="FILE", help="pose: person boxes, a COCO detections JSON (image_id matched "
+                   "to numeric file names as in COCO, or file_name) or {file name: [[x, y, w, h(, score)], ...]}")
+    p.add_argument("--detector", metavar="CHECKPOINT", help="pose: find the person boxes with this detection "
+                   "checkpoint of the package first (its person class, else every class; score >= 0.3)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--device", default=None, help="auto (default: the GPU if any), cpu, cuda, ...")
     p.add_argument("--runtime", choices=["torch", "onnxruntime", "openvino"],

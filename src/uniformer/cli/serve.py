@@ -7,16 +7,20 @@ from .common import parse_pairs
 
 
 def run(args: argparse.Namespace) -> int:
-    from uniformer.serve import build_app, launch, require_gradio
+    from uniformer.serve import build_app, demo_checkpoint, launch, require_gradio
 
     require_gradio()
-    if not args.model and not args.checkpoint:
-        raise ValueError("give --model NAME.TAG (released weights) or --checkpoint FILE "
-                         "(e.g. demo_out/final.pt of `uniformer demo`)")
-    app = build_app(args.model, args.checkpoint, args.task, config=args.config, labels=args.labels,
+    checkpoint = args.checkpoint
+    if not args.model and not checkpoint:
+        checkpoint = demo_checkpoint()
+        if checkpoint is None:
+            raise ValueError("give --model NAME.TAG (released weights) or --checkpoint FILE (e.g. runs/demo/best.pt "
+                             "or last.pt of `uniformer demo`; no demo run was found in runs/demo*)")
+        print(f"serving {checkpoint}, the checkpoint of the latest `uniformer demo` run")
+    app = build_app(args.model, checkpoint, args.task, config=args.config, labels=args.labels,
                     device=args.device, data_overrides=parse_pairs(args.data, "--data"),
                     model_options=parse_pairs(args.option, "-o"), max_file_mb=args.max_file_mb,
-                    examples=not args.no_examples)
+                    examples=not args.no_examples, use_ema=args.ema)
     print(f"UniFormer page on http://{args.host}:{args.port} (Ctrl+C stops it)")
     launch(app, args.host, args.port, args.max_file_mb)
     return 0
@@ -29,10 +33,13 @@ def register(sub) -> None:
     p = sub.add_parser("serve", help="a local web page: drop an image or a video, see the model's answer")
     p.add_argument("--model", help="classification: NAME.TAG of released weights (see `uniformer models "
                                    "--pretrained`), or the model of an original checkpoint")
-    p.add_argument("--checkpoint", help="a checkpoint (training, original, or `uniformer demo` output)")
+    p.add_argument("--checkpoint", help="a checkpoint (training, original, or `uniformer demo` output; default: "
+                   "best.pt or last.pt of the latest demo run in runs/demo*)")
+    p.add_argument("--ema", action="store_true", help="use the EMA weights of a run checkpoint")
     p.add_argument("--task", choices=TASKS, help="which page (default: the task the checkpoint records, else "
                    "classification; needed only for original toolbox files)")
-    p.add_argument("--config", help="dense tasks: the recipe (default: the one recorded in the checkpoint)")
+    p.add_argument("--config", help="the recipe (default: the one recorded in the checkpoint; needed for original "
+                   "detection, segmentation and pose files)")
     p.add_argument("--labels", help="classification: class names, one per line")
     p.add_argument("--data", action="append", metavar="KEY=VALUE", help="classification: test-transform setting")
     p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
@@ -42,5 +49,5 @@ def register(sub) -> None:
     p.add_argument("--max-file-mb", type=float, default=DEFAULT_MAX_FILE_MB,
                    help=f"refuse uploads larger than this (default {DEFAULT_MAX_FILE_MB} MB)")
     p.add_argument("--no-examples", action="store_true", help="no example inputs from the built-in demo data")
-    p.add_argument("--device", default=None, help="classification: auto, cpu, cuda, ...")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, ...")
     p.set_defaults(func=run)

@@ -7,16 +7,23 @@
 
 `uniformer.tasks.<task>` implement the `Task` protocol; nothing here imports them.
 """
-from uniformer.engine.checkpoint import CheckpointManager, atomic_save, load_run_checkpoint, read_checkpoint
+from uniformer.engine.checkpoint import (
+    CheckpointManager,
+    atomic_save,
+    load_run_checkpoint,
+    load_run_weights,
+    open_checkpoint,
+)
 from uniformer.engine.config import ConfigError, apply_overrides, load_config, read_recipe, recipe_task, resolve_out_dir
 from uniformer.engine.distributed import resolve_device
 from uniformer.engine.ema import ModelEma
 from uniformer.engine.optim import LRSchedule, build_optimizer, param_groups
-from uniformer.engine.runner import Runner, evaluate_checkpoint, evaluate_model
+from uniformer.engine.runner import Runner, eval_batches, evaluate_checkpoint, evaluate_model
 from uniformer.engine.task import Task
 
 __all__ = [
     "CheckpointManager", "ConfigError", "LRSchedule", "ModelEma", "Runner", "Task", "apply_overrides", "atomic_save",
-    "build_optimizer", "evaluate_checkpoint", "evaluate_model", "load_config", "load_run_checkpoint", "param_groups",
-    "read_checkpoint", "read_recipe", "recipe_task", "resolve_device", "resolve_out_dir",
+    "build_optimizer", "eval_batches", "evaluate_checkpoint", "evaluate_model", "load_config", "load_run_checkpoint",
+    "load_run_weights", "open_checkpoint", "param_groups", "read_recipe", "recipe_task", "resolve_device",
+    "resolve_out_dir",
 ]

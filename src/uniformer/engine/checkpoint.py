@@ -9,8 +9,10 @@ Layout (format "uniformer-train", version 2):
     task, config (the resolved recipe), meta (what the task needs to rebuild the model: classes, ...),
     model, ema (state dicts or None), optimizer, scheduler, scaler, step (optimiser steps done),
     world_size, rng (one entry per process rank), history (logged rows), best ({metric, value, step}).
-`read_checkpoint` also opens the two earlier layouts (classification "uniformer-train" version 1 and
-the dense tasks' "uniformer-dense") as this layout, for evaluation and prediction.
+`open_checkpoint` is the one reader of weights files (it says whether a file is a run checkpoint, an
+original layout or a .safetensors; it also opens the two earlier layouts, classification "uniformer-train"
+version 1 and the dense tasks' "uniformer-dense", as this layout); `load_run_weights` the one loader of a
+run checkpoint's model or EMA weights.
 """
 from __future__ import annotations
 
@@ -19,14 +21,16 @@ import os
 import random
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointManager", "atomic_save", "to_plain", "capture_rng_state",
-           "restore_rng_state", "read_checkpoint", "load_run_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointManager", "CheckpointFile", "atomic_save", "to_plain", "capture_rng_state",
+           "restore_rng_state", "open_checkpoint", "as_checkpoint", "load_run_weights",
+           "load_run_checkpoint"]
 
 CHECKPOINT_FORMAT = "uniformer-train"
 CHECKPOINT_VERSION = 2
@@ -132,37 +136,88 @@ def _upgrade(obj: Any) -> dict | None:
     return None
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict | None:
-    """This package's checkpoint at `path` (any of its layouts, as the current one), or None when the file
-    holds another layout (an original UniFormer / mmdet / mmseg / mmpose file). Weights only: no pickled
-    code runs. A file that cannot be read at all raises ValueError naming it."""
+@dataclass(frozen=True)
+class CheckpointFile:
+    """A weights file read once: what it is (`kind`) and what it holds.
+
+    kind "run": a checkpoint of this package (`run` is it in the current layout); "original": a PyTorch file
+    of another layout (an original UniFormer / mmdet / mmseg / mmpose file; `obj` is what it unpickled to);
+    "safetensors": the project's own format (`obj` the tensors, `meta` its metadata)."""
+
+    path: Path
+    kind: str
+    obj: Any
+    meta: Mapping = field(default_factory=dict)
+    run: dict | None = None
+
+    @property
+    def task(self) -> str | None:
+        return self.run["task"] if self.run is not None else None
+
+
+def open_checkpoint(path: str | os.PathLike) -> CheckpointFile:
+    """Read any weights file once, without executing pickled code (`uniformer.models.checkpoint.read_checkpoint`:
+    weights_only with an allow-list, or safetensors); say what it is. Raises FileNotFoundError, or
+    CheckpointError naming the file and what was refused or unreadable."""
+    from uniformer.models.checkpoint import read_checkpoint as read_file
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a foreign pickle, safetensors, a truncated file: not one of ours
-        return None
-    return _upgrade(obj)
+    obj, meta = read_file(path)
+    if path.suffix == ".safetensors":
+        return CheckpointFile(path, "safetensors", obj, meta)
+    run = _upgrade(obj)
+    return CheckpointFile(path, "run" if run is not None else "original", obj, meta, run)
+
+
+def as_checkpoint(source: str | os.PathLike | CheckpointFile) -> CheckpointFile:
+    """`source` itself when already read, else `open_checkpoint(source)`."""
+    return source if isinstance(source, CheckpointFile) else open_checkpoint(source)
+
+
+def _listing(keys, n: int = 5) -> str:
+    keys = sorted(keys)
+    return f"{len(keys)} ({', '.join(keys[:n])}{', ...' if len(keys) > n else ''})"
+
+
+def load_run_weights(model: torch.nn.Module, source: str | os.PathLike | CheckpointFile, *, task: str | None = None,
+                     use_ema: bool = False) -> dict:
+    """The one loader of run checkpoints: the model (or EMA) weights of `source` into `model`, strictly. Raises
+    ValueError naming the file and the missing / unexpected keys on a misfit, another task's checkpoint, or EMA
+    weights asked of a run that kept none. Returns the checkpoint in the current layout."""
+    ckpt = as_checkpoint(source)
+    if ckpt.run is None:
+        raise ValueError(f"{ckpt.path}: not a checkpoint of a uniformer run (no format={CHECKPOINT_FORMAT!r} entry)")
+    run = ckpt.run
+    if task is not None and run["task"] != task:
+        raise ValueError(f"{ckpt.path}: this is a {run['task']} checkpoint, not a {task} one")
+    state = run["model"]
+    if use_ema:
+        if not run.get("ema"):
+            raise ValueError(f"{ckpt.path}: asked for EMA weights, but the run kept no EMA (ema.enabled was false)")
+        state = run["ema"]["module"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{ckpt.path} does not fit the model: missing keys {_listing(missing)}, "
+                         f"unexpected keys {_listing(unexpected)} (a {run['task']} checkpoint: was it trained with "
+                         "another model section?)")
+    return run
 
 
 def load_run_checkpoint(path: str | os.PathLike) -> dict:
     """A resumable checkpoint of this engine; ValueError naming the file when it is unreadable or of
     another kind."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    from uniformer.models.checkpoint import CheckpointError
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated file, disk full while writing, foreign pickle, ...
-        raise ValueError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {e})") from None
-    ckpt = _upgrade(obj)
-    if ckpt is None:
-        raise ValueError(f"{path}: not a checkpoint of a uniformer run (no format={CHECKPOINT_FORMAT!r} entry)")
-    if ckpt.get("version") != CHECKPOINT_VERSION or "optimizer" not in ckpt:
-        raise ValueError(f"{path}: a {ckpt['task']} checkpoint of an earlier release holds weights only; it can "
-                         "be evaluated or used as model.checkpoint, but not resumed")
-    return ckpt
+        ckpt = open_checkpoint(path)
+    except CheckpointError as e:  # truncated file, disk full while writing, refused pickle, ...
+        raise ValueError(f"cannot be read as a run checkpoint: {e}") from None
+    if ckpt.run is None:
+        raise ValueError(f"{ckpt.path}: not a checkpoint of a uniformer run (no format={CHECKPOINT_FORMAT!r} entry)")
+    if ckpt.run.get("version") != CHECKPOINT_VERSION or "optimizer" not in ckpt.run:
+        raise ValueError(f"{ckpt.path}: a {ckpt.run['task']} checkpoint of an earlier release holds weights only; "
+                         "it can be evaluated or used as model.checkpoint, but not resumed")
+    return ckpt.run
 
 
 class CheckpointManager:

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import importlib
 import random
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["resolve_callable", "EpochSampler", "SeededDataset", "ShardSampler", "train_loader", "eval_loader",
-           "shard_size"]
+__all__ = ["resolve_callable", "EpochSampler", "SeededDataset", "ShardSampler", "IndexedDataset", "train_loader",
+           "eval_loader", "shard_size"]
 
 
 def resolve_callable(spec: str, what: str) -> Callable:
@@ -117,9 +117,25 @@ def train_loader(dataset: Dataset, collate: Callable, train_cfg: Mapping, seed: 
                       collate_fn=collate, **_loader_kwargs(train_cfg, int(train_cfg["num_workers"]), device))
 
 
+class IndexedDataset(Dataset):
+    """(index, sample) items: evaluation keeps track of which sample a prediction belongs to."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return index, self.dataset[index]
+
+
 def eval_loader(dataset: Dataset, collate: Callable, batch_size: int, num_workers: int, train_cfg: Mapping,
-                rank: int, world_size: int, device: torch.device) -> DataLoader:
-    """This process's shard of `dataset`, in order, every sample once."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world_size),
-                      shuffle=False, drop_last=False, collate_fn=collate,
-                      **_loader_kwargs(train_cfg, num_workers, device))
+                rank: int, world_size: int, device: torch.device, indices: Sequence[int] | None = None) -> DataLoader:
+    """This process's shard of `dataset` (or the given `indices`), in order, every sample once, as
+    `collate([(index, sample), ...])` batches."""
+    sampler = ShardSampler(len(dataset), rank, world_size)
+    if indices is not None:
+        sampler.indices = list(indices)
+    return DataLoader(IndexedDataset(dataset), batch_size=batch_size, sampler=sampler, shuffle=False,
+                      drop_last=False, collate_fn=collate, **_loader_kwargs(train_cfg, num_workers, device))

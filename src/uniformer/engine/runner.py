@@ -33,9 +33,12 @@ from tqdm import tqdm
 from uniformer.engine.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
+    CheckpointFile,
     CheckpointManager,
+    as_checkpoint,
     capture_rng_state,
     load_run_checkpoint,
+    load_run_weights,
     restore_rng_state,
 )
 from uniformer.engine.config import ConfigError, dump_config
@@ -54,14 +57,14 @@ from uniformer.engine.distributed import (
     shutdown_distributed,
 )
 from uniformer.engine.ema import ModelEma
-from uniformer.engine.loaders import shard_size, train_loader
+from uniformer.engine.loaders import eval_loader, shard_size, train_loader
 from uniformer.engine.optim import LRSchedule, build_optimizer, scaled_lr
 from uniformer.engine.precision import resolve_dtype
 from uniformer.engine.reporting import TensorBoardLogger, log_to, plot_curves, write_history_csv, write_json
 from uniformer.engine.task import Task
 
 __all__ = ["Runner", "NonFiniteLossError", "seed_everything", "deterministic_mode", "resolve_amp", "autocast_context",
-           "move_to", "evaluate_model", "evaluate_checkpoint"]
+           "move_to", "eval_batches", "evaluate_model", "evaluate_checkpoint"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -122,13 +125,25 @@ def move_to(batch: Any, device: torch.device) -> Any:
 
 
 @torch.no_grad()
+def eval_batches(task: Task, dataset, d: DistInfo, indices=None):
+    """The evaluation batches of this process's shard (or of `indices`): `eval.batch_size` (default: the
+    task's `eval_defaults()`) samples each, loaded by `eval.num_workers` processes (default: the task's)."""
+    ev, t = task.cfg["eval"], task.cfg["train"]
+    batch_size, num_workers = task.eval_defaults()
+    batch_size = int(ev["batch_size"] or batch_size)
+    num_workers = int(num_workers if ev["num_workers"] is None else ev["num_workers"])
+    return eval_loader(dataset, task.eval_collate, batch_size, num_workers, t, d.rank, d.world_size, d.device,
+                       indices)
+
+
 def evaluate_model(task: Task, model: nn.Module, dataset, d: DistInfo, amp: str = "none") -> dict:
-    """Metrics of `model` on `dataset`: each process predicts its shard, the task merges all shards."""
+    """Metrics of `model` on `dataset`, for every task: each process predicts the batches of its shard
+    (`eval_batches`), the task merges all shards."""
     was_training = model.training
     model.eval()
     try:
-        with autocast_context(d.device, amp):
-            local = task.evaluate(model, dataset, range(d.rank, len(dataset), d.world_size))
+        with torch.no_grad(), autocast_context(d.device, amp):
+            local = task.evaluate(model, dataset, eval_batches(task, dataset, d))
     finally:
         model.train(was_training)
     return task.merge(dataset, all_gather_objects(local))
@@ -254,10 +269,10 @@ class Runner:
         if ckpt["meta"] != self.task.meta:
             raise ConfigError(f"--resume {path}: the checkpoint's model or data differ from this recipe's "
                               f"(checkpoint: {ckpt['meta']}; recipe: {self.task.meta})")
-        missing, unexpected = self.model.load_state_dict(ckpt["model"], strict=False)
-        if missing or unexpected:
-            raise ConfigError(f"--resume {path}: the checkpoint's model differs from this recipe's (missing "
-                              f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+        try:
+            load_run_weights(self.model, CheckpointFile(Path(path), "run", None, run=ckpt), task=self.task.name)
+        except ValueError as e:
+            raise ConfigError(f"--resume: {e}") from None
         if self.ema is not None:
             if ckpt.get("ema"):
                 self.ema.load_state_dict(ckpt["ema"])
@@ -508,12 +523,13 @@ class Runner:
         return summary
 
 
-def evaluate_checkpoint(task: Task, checkpoint: str | os.PathLike, *, split: str | None = None,
+def evaluate_checkpoint(task: Task, checkpoint: str | os.PathLike | CheckpointFile, *, split: str | None = None,
                         device: str | None = None, use_ema: bool | None = None,
                         output: str | os.PathLike | None = None) -> dict:
     """Score `checkpoint` on a split of the task's recipe (default `eval.split`); writes the metrics as JSON
     (default: `eval_<split>.json` beside the checkpoint) and the task's pictures beside it."""
-    checkpoint = Path(checkpoint)
+    ckpt = as_checkpoint(checkpoint)  # read once, also when the caller has not read it yet
+    checkpoint = ckpt.path
     cfg = task.cfg
     split = split or cfg["eval"]["split"]
     use_ema = cfg["eval"]["use_ema"] if use_ema is None else use_ema
@@ -524,7 +540,7 @@ def evaluate_checkpoint(task: Task, checkpoint: str | os.PathLike, *, split: str
             if dataset is None:
                 raise ConfigError(f"the recipe has no {split} split")
             model = task.build_model(for_training=False)
-            task.load_weights(model, checkpoint, use_ema=use_ema)
+            task.load_weights(model, ckpt, use_ema=use_ema)
             model.to(d.device)
             metrics = evaluate_model(task, model, dataset, d, resolve_amp(cfg["train"]["amp"], d.device))
             result = {"task": task.name, "checkpoint": str(checkpoint), "split": split,

@@ -2,17 +2,20 @@
 
 A task object is made from a resolved recipe (`Task(cfg)`, or `Task(cfg, meta)` to rebuild a
 trained model from a checkpoint's `meta`). The runner owns everything else: devices, processes,
-precision, the optimiser and schedule, checkpoints, logs and the run folder.
+precision, the optimiser and schedule, checkpoints, logs and the run folder. After training,
+`uniformer.tasks.open(checkpoint)` gives the task with its trained model for `predict` and `draw`.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
+
+from uniformer.engine.checkpoint import CheckpointFile
 
 __all__ = ["Task"]
 
@@ -42,8 +45,9 @@ class Task(Protocol):
     def build_model(self, for_training: bool = True) -> nn.Module:
         """The network for `cfg` and `meta`; for training with the recipe's initial weights."""
 
-    def load_weights(self, model: nn.Module, path: str | Path, use_ema: bool = False) -> None:
-        """Weights of a run checkpoint or of an original toolbox file."""
+    def load_weights(self, model: nn.Module, path: str | Path | CheckpointFile, use_ema: bool = False) -> None:
+        """Weights of a run checkpoint (through `engine.checkpoint.load_run_weights`) or of an original toolbox
+        file; `path` may be a file already read (`CheckpointFile`), so a file is read once."""
 
     def training_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         """Named losses (the runner optimises the sum of the `loss*` entries) and other scalars to log."""
@@ -51,11 +55,38 @@ class Task(Protocol):
     def batch_size(self, batch: Any) -> int:
         """Samples in a batch (0: nothing usable)."""
 
-    def evaluate(self, model: nn.Module, dataset: Dataset, indices: Sequence[int]) -> Any:
-        """Predictions of this process's shard `indices` (picklable; the model is in eval mode)."""
+    def eval_defaults(self) -> tuple[int, int]:
+        """(batch size, loading processes) of evaluation when `eval.batch_size` / `eval.num_workers` are null."""
+
+    def eval_collate(self, items: list[tuple[int, Any]]) -> Any:
+        """An evaluation batch from (dataset index, item) pairs."""
+
+    def evaluate(self, model: nn.Module, dataset: Dataset, batches: Iterable) -> Any:
+        """Predictions of this process's batches (`engine.runner.eval_batches`: `eval_collate` outputs of its
+        shard); picklable; the model is in eval mode, gradients off."""
 
     def merge(self, dataset: Dataset, parts: Sequence[Any]) -> dict:
         """Metrics of the whole split from every process's `evaluate` result."""
 
     def write_pictures(self, folder: Path, metrics: Mapping, prefix: str = "") -> None:
         """The task's figures of a finished run or evaluation (confusion matrix, ...), file names prefixed."""
+
+    # --- inference (`uniformer.tasks.open` gives the task with its trained model) ---------------------------
+    predict_options: tuple[str, ...]  # the keyword options `predict` takes besides `out_dir` (e.g. score_thr)
+
+    def predict(self, model: nn.Module, inputs: Sequence[str | Path], out_dir: str | Path | None = None,
+                **options) -> list[dict]:
+        """One JSON-able record per input file (an unreadable one gets an `error`); with `out_dir`, the
+        pictures `draw` makes and the records as JSON there."""
+
+    def draw(self, image: Any, output: Any) -> Any:
+        """The picture (PIL image) of one prediction over its input."""
+
+    # --- demo (`uniformer demo --task <name>`) ----------------------------------------------------------------
+    demo_bar: dict  # metric -> the value a demo run must reach
+
+    def prepare_demo(self, root: Path) -> None:
+        """Generate the demo recipe's built-in data under `root` (once)."""
+
+    def demo_examples(self, model: nn.Module, out_dir: Path, show: int) -> list[dict]:
+        """`predict` on `show` validation samples of the demo data (pictures in `out_dir`)."""

@@ -27,7 +27,7 @@ from .variants import LIGHT_MODEL_ARGS, MODEL_ARGS
 _logger = logging.getLogger(__name__)
 
 __all__ = [
-    "CheckpointError", "read_checkpoint", "unwrap_state_dict", "checkpoint_filter_fn", "load_checkpoint",
+    "CheckpointError", "read_checkpoint", "unwrap_state_dict", "checkpoint_filter_fn", "load_checkpoint", "load_state",
     "load_pretrained", "pretrained_file", "identify_variant", "guess_variants", "inflate_weight", "save_safetensors",
 ]
 
@@ -81,8 +81,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
         what = f"the Python object {found.group(1)}" if found else "a Python object outside the allow-list"
         raise CheckpointError(
             f"{path}: refusing to load: the file needs {what}, and loading a checkpoint never executes "
-            "pickled code. Re-save its tensors (e.g. `torch.save(ckpt['model'], 'weights.pth')` in a trusted "
-            "session) or convert it with `uniformer convert`.") from None
+            "pickled code. If you trust the file, re-save its tensors in a Python session (e.g. "
+            "`torch.save(torch.load(f, weights_only=False)['model'], 'weights.pth')`, which runs that code).") from None
     except Exception as e:  # truncated or foreign files fail in many ways inside the unpickler
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
     return obj, {}
@@ -166,6 +166,13 @@ def _listing(keys: list[str], n: int = 5) -> str:
 def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, inflate: str = "average") -> dict:
     """Load `path` into `model`. Returns the source info; raises CheckpointError on any misfit."""
     obj, meta = read_checkpoint(path)
+    return load_state(model, obj, path, inflate, meta)
+
+
+def load_state(model: torch.nn.Module, obj, path: str | os.PathLike, inflate: str = "average",
+               meta: Mapping | None = None) -> dict:
+    """`load_checkpoint` of what `read_checkpoint(path)` already returned (`obj`, `meta`): a file is read once."""
+    meta = meta or {}
     try:
         sd, info = unwrap_state_dict(obj)
     except CheckpointError as e:

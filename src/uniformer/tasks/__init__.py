@@ -4,21 +4,25 @@ checkpoints and the runner:
 
     cfg = load_recipe("configs/segmentation/demo.yaml", ["train.iters=100"])   # any task's recipe
     summary = train(cfg, "runs/seg")                                           # Runner(build_task(cfg), ...)
-    task = task_from_checkpoint("runs/seg/best.pt")                            # the task and recipe it records
+    run = open("runs/seg/best.pt")                       # the task, recipe and trained model a checkpoint records
+    results = run.predict(["photo.jpg"], "predictions")  # Task.predict with that model
 """
 from __future__ import annotations
 
+import builtins
 import copy
 import importlib
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from uniformer.engine.checkpoint import read_checkpoint
+from uniformer.engine.checkpoint import CheckpointFile, as_checkpoint
 from uniformer.engine.config import ConfigError, load_config, recipe_task
 
-__all__ = ["TASKS", "task_class", "load_recipe", "build_task", "train", "task_from_checkpoint", "demo_recipe_path",
-           "prepare_demo_data", "run_demo", "recipe_complexity"]
+__all__ = ["TASKS", "task_class", "load_recipe", "build_task", "train", "task_from_checkpoint", "open", "Opened",
+           "demo_recipe_path", "prepare_demo_data", "run_demo", "recipe_complexity"]
 
 TASKS = ("classification", "detection", "segmentation", "pose")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # the recipes ship in the package (`configs/` of a checkout)
@@ -79,14 +83,18 @@ def _upgrade_recipe(task: str, cfg: Mapping) -> dict:
     return cfg
 
 
-def task_from_checkpoint(checkpoint: str | os.PathLike, recipe: str | os.PathLike | Mapping | None = None,
+def task_from_checkpoint(checkpoint: str | os.PathLike | CheckpointFile,
+                         recipe: str | os.PathLike | Mapping | None = None,
                          overrides: Sequence[str] | None = None, task: str | None = None):
-    """The task behind `checkpoint`: the task and recipe recorded in a checkpoint of this package (a recipe
-    given too replaces the recorded one, e.g. for other data), or `task` and `recipe` for an original
-    toolbox file. Returns the task object, ready for `build_model()` and `load_weights()`."""
-    ckpt = read_checkpoint(checkpoint)
-    if ckpt is not None:
-        name = ckpt["task"]
+    """The task behind `checkpoint` (a path, or a file already read): the task and recipe recorded in a
+    checkpoint of this package (a recipe given too replaces the recorded one, e.g. for other data), or `task`
+    and `recipe` for an original toolbox file. Returns the task object, ready for `build_model()` and
+    `load_weights()`."""
+    ckpt = as_checkpoint(checkpoint)
+    checkpoint = ckpt.path
+    if ckpt.run is not None:
+        run = ckpt.run
+        name = run["task"]
         if task is not None and task != name:
             raise ConfigError(f"{checkpoint}: this is a {name} checkpoint, not a {task} one")
         if recipe is not None:
@@ -95,9 +103,9 @@ def task_from_checkpoint(checkpoint: str | os.PathLike, recipe: str | os.PathLik
                 raise ConfigError(f"{checkpoint}: this is a {name} checkpoint; the recipe {recipe} is a {given} recipe")
             cfg = load_recipe(recipe, overrides)
         else:
-            recorded = ckpt["config"] if ckpt["version"] == 2 else _upgrade_recipe(name, ckpt["config"])
+            recorded = run["config"] if run["version"] == 2 else _upgrade_recipe(name, run["config"])
             cfg = load_recipe(recorded, overrides, task=name)
-        return build_task(cfg, ckpt["meta"])
+        return build_task(cfg, run["meta"])
     if recipe is None and task is None:
         raise ConfigError(f"{checkpoint} is not a checkpoint of this package, so it records no task or recipe: "
                           "give the recipe (or --task for an original toolbox file)")
@@ -105,6 +113,138 @@ def task_from_checkpoint(checkpoint: str | os.PathLike, recipe: str | os.PathLik
     if task is not None and cfg["task"] != task:
         raise ConfigError(f"--task {task}: the recipe {recipe} is a {cfg['task']} recipe")
     return build_task(cfg)
+
+
+@dataclass
+class Opened:
+    """A task with its trained model, from `open`: what prediction, evaluation, the web page and export use."""
+
+    task: Any            # the Task (its recipe in `task.cfg`, class names etc. in `task.meta`)
+    model: Any           # torch.nn.Module in eval mode on `device` (or a runtime's export of it)
+    checkpoint: CheckpointFile
+    device: Any          # torch.device
+    dtype: str = "float32"  # classification prediction: float32, or bfloat16 / float16 autocast
+    source: str = ""     # what was opened, in words (a tag or a file name)
+
+    def predict(self, inputs, out_dir: str | os.PathLike | None = None, **options) -> list[dict]:
+        """`Task.predict` with this model: one record per input (with `out_dir`, pictures and JSON there)."""
+        if self.task.name == "classification":
+            options.setdefault("dtype", self.dtype)
+        unknown = sorted(k for k, v in options.items() if v is not None and k != "dtype"
+                         and k not in getattr(self.task, "predict_options", ()))
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)}: not an option of {self.task.name} prediction")
+        return self.task.predict(self.model, inputs, out_dir, **{k: v for k, v in options.items() if v is not None})
+
+
+def _check_classification_options(task: str | None, model, model_options, labels, data, runtime: str) -> None:
+    if task in (None, "classification"):
+        return
+    given = {"--model": model, "-o": model_options, "--labels": labels, "--data": data,
+             "--runtime": runtime if runtime != "torch" else None}
+    if any(given.values()):
+        raise ValueError(f"{', '.join(k for k, v in given.items() if v)}: classification options; a {task} "
+                         "checkpoint takes its model and classes from its recipe")
+
+
+def _is_tag(text: str) -> bool:
+    return "." in text and "/" not in text and not Path(text).exists() \
+        and Path(text).suffix.lower() not in (".pt", ".pth", ".safetensors", ".ckpt", ".bin", ".tar")
+
+
+def open(source: str | os.PathLike | None = None, *, model: str | None = None,
+         recipe: str | os.PathLike | Mapping | None = None, overrides: Sequence[str] | None = None,
+         task: str | None = None, model_options: Mapping | None = None, labels: str | None = None,
+         data: Mapping | None = None, use_ema: bool = False, device: str | None = None, dtype: str = "auto",
+         runtime: str = "torch", check: Any = None) -> Opened:
+    """The task and trained model behind `source`: a checkpoint file (a run checkpoint records its task and
+    recipe; an original toolbox file needs `recipe` or `task`, a classification one `model`, the variant or
+    its `NAME.TAG`), or a released tag `NAME.TAG` (its weights from the hub, its test view and class names).
+
+    The file is read once (`uniformer.engine.checkpoint.open_checkpoint`); the weights (the EMA ones with
+    `use_ema`) are loaded strictly. Classification only: `model_options` (the architecture of an original
+    file), `labels` (class names, one per line), `data` (test-view keys), `runtime` (onnxruntime / openvino
+    run the fused model's export) and `dtype` ("auto": bfloat16 autocast where that is fast). `check(task)`
+    runs before the model is built (a command's checks of its options against the task).
+    """
+    from uniformer.engine.distributed import resolve_device
+    from uniformer.engine.precision import resolve_dtype
+
+    dev = resolve_device(device)  # an unavailable device fails before any download
+    _check_classification_options(task or (recipe_task(recipe) if recipe is not None else None), model,
+                                  model_options, labels, data, runtime)
+    if source is not None and not Path(source).exists() and _is_tag(str(source)):
+        if model is not None:
+            raise ValueError(f"{source} is a released tag; --model is for an original checkpoint file")
+        source, model = None, str(source)
+    released, full_name = None, model
+    if source is None or "." in (model or ""):
+        from .classification.predict import released_of
+
+        released, full_name = released_of(model)
+    if source is None:
+        if released is None:
+            raise ValueError(f"--checkpoint is needed: {model or 'no --model'} names no released weights "
+                             "(`uniformer models --pretrained` lists the tags, e.g. uniformer_video_small.k400_16x8)")
+        from .classification.predict import fetch_released
+
+        source = fetch_released(full_name)
+        title = f"`{full_name}`"
+    else:
+        title = f"checkpoint `{Path(source).name}`"
+    ckpt = as_checkpoint(source)  # the one read of the weights file
+    name = ckpt.task or task or ("classification" if recipe is None else recipe_task(recipe))
+    _check_classification_options(name, model, model_options, labels, data, runtime)
+    if ckpt.run is None and name != "classification" and recipe is None:
+        raise ConfigError(f"{ckpt.path} is not a checkpoint of this package, so it records no task or recipe: give "
+                          f"the recipe of this {name} model (--config)")
+    if ckpt.run is not None or name != "classification" or recipe is not None:
+        the_task = task_from_checkpoint(ckpt, recipe, overrides, task)
+        if the_task.name == "classification" and ckpt.run is None:  # an original file with its recipe
+            from .classification.predict import original_meta
+
+            the_task.meta = original_meta(ckpt, the_task.cfg)
+        if the_task.name == "classification" and ckpt.run is not None:
+            spec = the_task.meta["model_spec"]
+            if model and model.split(".")[0] != spec["name"]:
+                raise ValueError(f"--model {model}: {ckpt.path} was trained as {spec['name']}")
+            if model_options:
+                raise ValueError(f"-o model options are for original checkpoints; {ckpt.path} records its "
+                                 f"architecture ({spec['kwargs']})")
+    else:
+        from .classification.predict import original_recipe
+
+        cfg, meta = original_recipe(ckpt, model, released, full_name, model_options)
+        the_task = build_task(load_recipe(cfg, overrides), meta)
+    if check is not None:
+        check(the_task)
+    if the_task.name == "classification":
+        the_task.configure_inference(labels, data)
+    net = the_task.build_model(for_training=False)
+    the_task.load_weights(net, ckpt, use_ema=use_ema)
+    net.to(dev).eval()
+    if runtime != "torch":
+        net = _runtime_model(the_task, net, runtime, dev, dtype)
+        dtype = "float32"
+    return Opened(the_task, net, ckpt, dev, resolve_dtype(dtype, dev), title)
+
+
+def _runtime_model(task, model, runtime: str, device, dtype: str):
+    """The fused classifier exported for `runtime` at the test view's input size (any batch)."""
+    import tempfile
+
+    from uniformer.deploy import export_for_runtime
+    from uniformer.models.fuse import fuse
+
+    from .classification import model_input_ndim
+
+    if device.type != "cpu" or dtype == "bfloat16":
+        raise ValueError(f"--runtime {runtime} runs float32 on the CPU: drop --device {device} / --dtype {dtype}")
+    cfg = task.data_view(model)
+    size = cfg["input_size"]
+    shape = (3, cfg["num_frames"], size, size) if model_input_ndim(model) == 5 else (3, size, size)
+    with tempfile.TemporaryDirectory(prefix=f"uniformer_{runtime}_") as workdir:  # loaded into memory
+        return export_for_runtime(fuse(model), runtime, shape, workdir)
 
 
 def demo_recipe_path(task: str) -> Path:
@@ -125,7 +265,7 @@ def prepare_demo_data(task) -> Path:
 
     root = Path(expand_path(task.cfg["data"]["root"]))
     root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f".{root.name}.lock", "w") as lock:  # one generator at a time (torchrun)
+    with builtins.open(root.parent / f".{root.name}.lock", "w") as lock:  # one generator at a time (torchrun)
         fcntl.flock(lock, fcntl.LOCK_EX)
         task.prepare_demo(root)
     return root
@@ -152,8 +292,8 @@ def run_demo(task_name: str, out_dir: str | os.PathLike, *, data_root: str | os.
     if os.environ.get("RANK", "0") in ("", "0"):
         out_dir = Path(out_dir)
         best = out_dir / "best.pt"
-        examples = task.demo_examples(best if best.is_file() else out_dir / "last.pt", out_dir / "examples", device,
-                                      show)
+        opened = open(best if best.is_file() else out_dir / "last.pt", device=device)
+        examples = opened.task.demo_examples(opened.model, out_dir / "examples", show)
         bar = {f"val_{k}": v for k, v in task.demo_bar.items()}
         summary.update(bar=bar, passed=all((summary.get(k) or 0.0) >= v for k, v in bar.items()),
                        wall_seconds=time.perf_counter() - start, data=str(root))

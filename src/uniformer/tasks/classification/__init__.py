@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Task", "build_model", "load_weights", "checkpoint_num_classes", "classification_loss", "merge_outputs",
+__all__ = ["Task", "build_model", "load_weights", "classification_loss", "merge_outputs",
            "model_input_ndim", "view_logits", "read_class_names", "model_spec", "recipe_complexity"]
 
 _logger = logging.getLogger("uniformer.tasks.classification")
@@ -64,46 +64,25 @@ def build_model(model_cfg: Mapping, num_classes: int, *, for_training: bool = Tr
     return model
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike, use_ema: bool = False) -> dict:
+def load_weights(model: nn.Module, path, use_ema: bool = False) -> dict:
     """Load a run checkpoint of this package (model or EMA weights), or any checkpoint
-    `uniformer.load_checkpoint` understands. Returns the run checkpoint's metadata ({} otherwise)."""
-    from uniformer.engine.checkpoint import read_checkpoint
+    `uniformer.load_checkpoint` understands; `path` may be a file already read (`CheckpointFile`).
+    Returns the run checkpoint's metadata ({} otherwise)."""
+    from uniformer.engine.checkpoint import as_checkpoint, load_run_weights
+    from uniformer.models.checkpoint import load_state, unwrap_state_dict
 
-    path = Path(path)
-    obj = read_checkpoint(path)
-    if obj is not None:
-        if obj["task"] != "classification":
-            raise ValueError(f"{path}: this is a {obj['task']} checkpoint, not a classification one")
-        state = obj["model"]
-        if use_ema:
-            if not obj.get("ema"):
-                raise ValueError(f"{path}: asked for EMA weights, but the run kept no EMA (ema.enabled was false)")
-            state = obj["ema"]["module"]
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{path} does not fit the model: missing {sorted(missing)[:5]}, "
-                             f"unexpected {sorted(unexpected)[:5]} (was it trained with other model.kwargs?)")
-        return dict(obj["meta"], step=obj.get("step"))
-    import uniformer
-
-    head = getattr(model, "head", None)
-    wanted = getattr(head, "out_features", None)
-    found = checkpoint_num_classes(path)
+    ckpt = as_checkpoint(path)
+    if ckpt.run is not None:
+        run = load_run_weights(model, ckpt, task="classification", use_ema=use_ema)
+        return dict(run["meta"], step=run.get("step"))
+    wanted = getattr(getattr(model, "head", None), "out_features", None)
+    head = unwrap_state_dict(ckpt.obj)[0].get("head.weight")  # the classifier of an original file, if any
+    found = int(head.shape[0]) if head is not None else None
     if wanted is not None and found is not None and found != wanted:
-        raise ValueError(f"{path} classifies {found} classes, but the model/dataset has {wanted}: a checkpoint "
+        raise ValueError(f"{ckpt.path} classifies {found} classes, but the model/dataset has {wanted}: a checkpoint "
                          "for evaluation or prediction must carry its own trained classifier")
-    uniformer.load_checkpoint(model, path)
+    load_state(model, ckpt.obj, ckpt.path, meta=ckpt.meta)
     return {}
-
-
-def checkpoint_num_classes(path: str | os.PathLike) -> int | None:
-    """Classifier size (`head.weight` rows) of an original checkpoint, None when it has no classifier."""
-    from uniformer.models.checkpoint import read_checkpoint, unwrap_state_dict
-
-    obj, _ = read_checkpoint(path)
-    sd, _ = unwrap_state_dict(obj)
-    head = sd.get("head.weight")
-    return int(head.shape[0]) if head is not None else None
 
 
 def merge_outputs(outputs) -> torch.Tensor:
@@ -161,12 +140,6 @@ def read_class_names(path: str | os.PathLike, expected: int | None = None) -> li
     if expected is not None and len(names) != expected:
         raise ValueError(f"labels file {path} names {len(names)} classes, but the model has {expected} outputs")
     return names
-
-
-def default_class_names(num_classes: int, known: Sequence[str] | None = None) -> list[str]:
-    if known and len(known) == num_classes:
-        return list(known)
-    return [f"class_{i}" for i in range(num_classes)]
 
 
 def recipe_complexity(cfg: Mapping) -> dict:

@@ -1,37 +1,24 @@
-"""Classification inference on files: a model from any checkpoint plus its data pipeline's test view.
+"""What classification's `Task.predict` needs: the recipe of released weights or of an original file, the
+test view of the data pipeline, and top-k classes of files read through that pipeline's test split.
 
-`load_predictor` builds the model behind a training checkpoint of this package or an original one;
-`predict_files` returns top-k classes for image and video files, averaging over test views.
+`uniformer.tasks.open` builds the task and model; `Task.predict` (in `task.py`) calls `predict_paths`.
 """
 from __future__ import annotations
 
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Predictor", "load_predictor", "predict_files", "VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS"]
+__all__ = ["VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS", "TRANSFORM_KEYS", "released_of", "fetch_released",
+           "original_recipe", "original_meta", "inference_data_cfg", "predict_paths"]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".gif")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-# data-pipeline keys that shape the test-time view of a clip (carried over from a training checkpoint)
+# data-pipeline keys that shape the test-time view of a clip (carried over from a training recipe)
 TRANSFORM_KEYS = ("num_frames", "sampling", "stride", "input_size", "short_side", "test_clips", "test_crops",
-                  "mean", "std", "video_ext", "decode_threads")
-
-
-@dataclass
-class Predictor:
-    """A model ready for inference plus what is needed to read files the way its data pipeline does."""
-
-    model: Any  # torch.nn.Module in eval mode
-    classes: list[str]
-    data_cfg: dict  # data: section for the pipeline's test transform
-    device: Any  # torch.device
-    is_video: bool
-    dataset: str | None = None  # the dataset the classifier was trained on, when known
-    dtype: str = "float32"  # resolved: float32, or bfloat16 / float16 autocast
+                  "mean", "std", "video_ext", "decode_threads", "channel_order", "interpolation", "view_aggregation")
 
 
 def _default_data_cfg(is_video: bool) -> dict:
@@ -41,7 +28,7 @@ def _default_data_cfg(is_video: bool) -> dict:
     return {"format": "image_list", "input_size": 224, "short_side": 256, "test_crops": 1}
 
 
-def _released_weights_of(model_name: str | None) -> tuple[Any, str | None]:
+def released_of(model_name: str | None) -> tuple[Any, str | None]:
     """(released weights or None, full `NAME.TAG`) for `NAME.TAG` or a bare name (its default tag)."""
     if not model_name:
         return None, model_name
@@ -57,7 +44,8 @@ def _released_weights_of(model_name: str | None) -> tuple[Any, str | None]:
     return released_weights(full), full
 
 
-def _fetch_released(full_name: str) -> str:
+def fetch_released(full_name: str) -> str:
+    """The local file of released weights `NAME.TAG` (the hub's cache, downloaded when missing)."""
     import timm
 
     from uniformer.models.checkpoint import CheckpointError, pretrained_file
@@ -74,109 +62,68 @@ def _fetch_released(full_name: str) -> str:
                               "be confirmed on the hub: `uniformer models --pretrained`.)") from None
 
 
-def load_predictor(checkpoint: str | os.PathLike | None = None, model_name: str | None = None,
-                   labels: str | None = None, device: str | None = None, data_overrides: Mapping | None = None,
-                   use_ema: bool = False, model_options: Mapping | None = None, runtime: str = "torch",
-                   dtype: str = "auto") -> Predictor:
-    """Build the model behind `checkpoint` (a training checkpoint of this engine or any original one), or
-    the released weights `model_name` names (`NAME.TAG`, fetched from the hub when no checkpoint is given).
-
-    A released tag also sets the test recipe the original evaluated with (frames, stride, short side,
-    crops × clips) and the class names of its dataset. `model_options` (depths, embed_dims, ...) describe
-    the architecture of an original checkpoint; training checkpoints record theirs. `data_overrides`
-    adjust the test transform (num_frames, ...); `labels` (a file, one name per line) overrides the names.
-    `runtime` "onnxruntime" / "openvino" runs the fused model's export there (CPU, float32);
-    `dtype` "auto" autocasts to bfloat16 only where that is fast (`uniformer.engine.precision`).
-    """
-
+def original_recipe(ckpt, model_name: str | None, released, full_name: str | None,
+                    model_options: Mapping | None) -> tuple[dict, dict]:
+    """(recipe mapping, meta) of an original classification file (`ckpt`, read once) of `model_name`, with the
+    released tag's test view and dataset classes when the tag is known."""
     from uniformer.data import class_names
-    from uniformer.engine.checkpoint import read_checkpoint
-    from uniformer.engine.distributed import resolve_device
-    from uniformer.engine.precision import resolve_dtype
+    from uniformer.models.checkpoint import unwrap_state_dict
 
-    from . import (
-        build_model,
-        checkpoint_num_classes,
-        load_weights,
-        model_input_ndim,
-        read_class_names,
-    )
-
-    dev = resolve_device(device)  # an unavailable device fails before any download
-    released, full_name = None, model_name  # a bare name with a checkpoint: no tag, no recipe assumed
-    if checkpoint is None or "." in (model_name or ""):
-        released, full_name = _released_weights_of(model_name)
-    if checkpoint is None:
-        if released is None:
-            raise ValueError(f"--checkpoint is needed: {model_name or 'no --model'} names no released weights "
-                             "(`uniformer models --pretrained` lists the tags, e.g. uniformer_video_small.k400_16x8)")
-        checkpoint = _fetch_released(full_name)
-    path = Path(checkpoint)
-    obj = read_checkpoint(path)
-    if obj is not None and obj["task"] != "classification":
-        raise ValueError(f"{path}: this is a {obj['task']} checkpoint; use it with `uniformer predict` (which reads "
-                         "the task from the checkpoint)")
+    if not model_name:
+        raise ValueError(f"--model is needed: {ckpt.path} is not a run checkpoint of this package, so it does "
+                         "not record which model it holds")
+    sd, _ = unwrap_state_dict(ckpt.obj)
+    head = sd.get("head.weight")
+    if head is None:
+        raise ValueError(f"{ckpt.path} has no classifier ('head.weight'); predict needs a classification checkpoint")
+    num_classes = int(head.shape[0])
+    if released is not None and num_classes != released.num_classes:
+        raise ValueError(f"{ckpt.path} classifies {num_classes} classes, but {full_name} is a {released.dataset} "
+                         f"model with {released.num_classes}")
     dataset = released.dataset if released else None
-    if obj is not None:
-        spec = obj["meta"]["model_spec"]
-        if model_name and model_name.split(".")[0] != spec["name"]:
-            raise ValueError(f"--model {model_name}: {path} was trained as {spec['name']}")
-        if model_options:
-            raise ValueError(f"-o model options are for original checkpoints; {path} records its architecture "
-                             f"({spec['kwargs']})")
-        model_cfg = {"name": spec["name"], "kwargs": spec["kwargs"]}
-        num_classes = int(obj["meta"]["num_classes"])
-        classes = list(obj["meta"].get("classes") or [])
-        recorded = (obj.get("config") or {}).get("data", {})
-        data_cfg = {} if recorded.get("builder") else {k: v for k, v in recorded.items()
-                                                       if k in TRANSFORM_KEYS or k == "format"}
-    else:
-        if not model_name:
-            raise ValueError(f"--model is needed: {path} is not a run checkpoint of this package, so it does "
-                             "not record which model it holds")
-        model_cfg = {"name": full_name, "kwargs": dict(model_options or {})}
-        num_classes = checkpoint_num_classes(path)
-        if num_classes is None:
-            raise ValueError(f"{path} has no classifier ('head.weight'); predict needs a classification checkpoint")
-        if released is not None and num_classes != released.num_classes:
-            raise ValueError(f"{path} classifies {num_classes} classes, but {full_name} is a {released.dataset} "
-                             f"model with {released.num_classes}")
-        classes = class_names(dataset) if dataset else []
-        data_cfg = released.data_config() if released else {}
-    if labels:
-        classes = read_class_names(labels, expected=num_classes)
-        dataset = None
+    classes = class_names(dataset) if dataset else []
     if len(classes) != num_classes:
         classes = [f"class_{i}" for i in range(num_classes)]
-    model = build_model(model_cfg, num_classes, for_training=False)
-    load_weights(model, path, use_ema=use_ema)
-    model.to(dev).eval()
-    is_video = model_input_ndim(model) == 5
-    fmt = data_cfg.get("format")
+    model_cfg = {"name": full_name, "kwargs": dict(model_options or {})}
+    data = released.data_config() if released else {}
+    recipe = {"task": "classification", "model": model_cfg, "data": data or {"format": "image_list"}}
+    meta = {"num_classes": num_classes, "classes": classes, "model_spec": model_cfg, "dataset": dataset}
+    return recipe, meta
+
+
+def original_meta(ckpt, cfg: Mapping) -> dict:
+    """`meta` of a classification recipe given with an original file (read once): the classifier size of the
+    file, the class names of the recipe's `data.class_names` when they are as many."""
+    from uniformer.models.checkpoint import unwrap_state_dict
+
+    from . import model_spec, read_class_names
+
+    head = unwrap_state_dict(ckpt.obj)[0].get("head.weight")
+    if head is None:
+        raise ValueError(f"{ckpt.path} has no classifier ('head.weight'); predict needs a classification checkpoint")
+    num_classes = int(head.shape[0])
+    names = cfg["data"].get("class_names")
+    path = Path(str(names)) if names else None
+    if path is not None and not path.is_file():
+        path = Path(str(cfg["data"].get("root", "."))) / path
+    classes = read_class_names(path) if path is not None and path.is_file() else []
+    if len(classes) != num_classes:
+        classes = [f"class_{i}" for i in range(num_classes)]
+    return {"num_classes": num_classes, "classes": classes, "model_spec": model_spec(cfg["model"])}
+
+
+def inference_data_cfg(recorded: Mapping, is_video: bool, overrides: Mapping | None = None) -> dict:
+    """The `data:` keys of the test view: the recorded recipe's transform keys (unless it is of the other
+    modality or a custom builder), over the UniFormer defaults, under `overrides`."""
+    data = {} if recorded.get("builder") else {k: v for k, v in recorded.items()
+                                              if k in TRANSFORM_KEYS or k == "format"}
+    fmt = data.get("format")
     if fmt is not None and (fmt in ("video_list", "sthv2")) != is_video:
-        data_cfg = {}
-    cfg = {**_default_data_cfg(is_video), **{k: v for k, v in data_cfg.items() if k != "format"}}
+        data = {}
+    cfg = {**_default_data_cfg(is_video), **{k: v for k, v in data.items() if k != "format"}}
     cfg["format"] = "video_list" if is_video else "image_list"
-    cfg.update(dict(data_overrides or {}))
-    if runtime != "torch":
-        model = _runtime_model(model, runtime, cfg, is_video, dev, dtype)
-        dtype = "float32"
-    return Predictor(model, classes, cfg, dev, is_video, dataset, resolve_dtype(dtype, dev))
-
-
-def _runtime_model(model, runtime: str, cfg: dict, is_video: bool, device, dtype: str):
-    """The fused model exported for `runtime` at the test view's input size (any batch)."""
-    import tempfile
-
-    from uniformer.deploy import export_for_runtime
-    from uniformer.models.fuse import fuse
-
-    if device.type != "cpu" or dtype == "bfloat16":
-        raise ValueError(f"--runtime {runtime} runs float32 on the CPU: drop --device {device} / --dtype {dtype}")
-    size = cfg["input_size"]
-    shape = (3, cfg["num_frames"], size, size) if is_video else (3, size, size)
-    with tempfile.TemporaryDirectory(prefix=f"uniformer_{runtime}_") as workdir:  # loaded into memory
-        return export_for_runtime(fuse(model), runtime, shape, workdir)
+    cfg.update(dict(overrides or {}))
+    return cfg
 
 
 def _kind_of(path: str) -> str:
@@ -188,13 +135,11 @@ def _kind_of(path: str) -> str:
     return "unknown"
 
 
-def predict_files(predictor: Predictor, inputs: Sequence[str], topk: int = 5,
-                  figures: str | os.PathLike | None = None) -> list[dict]:
-    """Top-k classes with probabilities for each image or video file (the test-split transform of the
-    data pipeline: multi-view inputs are averaged over views). Unreadable inputs get an `error`.
-
-    With `figures` (a folder), each input also gets `<stem>.png`: the sampled frames above a bar chart of
-    the top five classes (its path in the result's `figure`)."""
+def predict_paths(model, inputs: Sequence[str], classes: Sequence[str], data_cfg: Mapping, is_video: bool,
+                  topk: int = 5, figures: str | os.PathLike | None = None, dtype: str = "float32") -> list[dict]:
+    """Top-k classes with probabilities for each image or video file, read by the data pipeline's test split
+    (views combined as `data_cfg["view_aggregation"]` says). Unreadable inputs get an `error`. With `figures`
+    (a folder), each input also gets `<stem>.png`: the sampled frames above the top five classes."""
     import torch
 
     from uniformer.data import build_dataset
@@ -204,7 +149,7 @@ def predict_files(predictor: Predictor, inputs: Sequence[str], topk: int = 5,
     from .metrics import view_probabilities
 
     results: list[dict] = [{"input": p, "predictions": [], "error": None} for p in inputs]
-    wanted = "video" if predictor.is_video else "image"
+    wanted = "video" if is_video else "image"
     todo: list[int] = []
     for i, p in enumerate(inputs):
         kind = _kind_of(p)
@@ -219,16 +164,18 @@ def predict_files(predictor: Predictor, inputs: Sequence[str], topk: int = 5,
             todo.append(i)
     if not todo:
         return results
-    k = min(topk, len(predictor.classes))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    k = min(topk, len(classes))
+    expected = model_input_ndim(model) or (5 if is_video else 4)
+    amp = autocast_dtype(dtype)
     with tempfile.TemporaryDirectory(prefix="uniformer_predict_") as tmp:
         list_file = Path(tmp) / "inputs.txt"
         list_file.write_text("".join(f"{os.path.abspath(inputs[i])} 0\n" for i in todo))
-        cfg = {**predictor.data_cfg, "root": "/", "test_list": str(list_file), "max_retries": 0,
-               "num_classes": 1, "skip_missing": False}
+        cfg = {**data_cfg, "root": "/", "test_list": str(list_file), "max_retries": 0, "num_classes": 1,
+               "skip_missing": False}
         for key in ("train_list", "val_list", "class_names"):
             cfg.pop(key, None)
         dataset = build_dataset(cfg, "test")
-        expected = model_input_ndim(predictor.model)
         for pos, i in enumerate(todo):
             try:
                 item = dataset[pos]
@@ -237,31 +184,29 @@ def predict_files(predictor: Predictor, inputs: Sequence[str], topk: int = 5,
                                                                                  inputs[i])
                 results[i]["error"] = f"cannot read {inputs[i]}: {reason}"
                 continue
-            x = item["input"].unsqueeze(0).to(predictor.device)
-            amp = autocast_dtype(predictor.dtype)
-            with torch.no_grad(), torch.autocast(predictor.device.type, dtype=amp, enabled=amp is not None):
-                logits = view_logits(predictor.model, x, expected)
-                probs = view_probabilities(logits, predictor.data_cfg.get("view_aggregation", "sum_logits"))[0].cpu()
+            x = item["input"].unsqueeze(0).to(device)
+            with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                logits = view_logits(model, x, expected)
+                probs = view_probabilities(logits, data_cfg.get("view_aggregation", "sum_logits"))[0].cpu()
             top = probs.topk(k)
-            results[i]["predictions"] = [{"label": predictor.classes[c], "index": int(c), "prob": float(pr)}
+            results[i]["predictions"] = [{"label": classes[c], "index": int(c), "prob": float(pr)}
                                          for pr, c in zip(top.values.tolist(), top.indices.tolist())]
-            results[i]["views"] = int(x.shape[1]) if x.ndim == (expected or 5) + 1 else 1
+            results[i]["views"] = int(x.shape[1]) if x.ndim == expected + 1 else 1
             if figures is not None:
-                results[i]["figure"] = _save_figure(predictor, item["input"], probs, inputs[i], Path(figures))
+                results[i]["figure"] = _save_figure(classes, data_cfg, is_video, item["input"], probs, inputs[i],
+                                                    Path(figures))
     return results
 
 
-def _save_figure(predictor: Predictor, x, probs, source: str, folder: Path) -> str:
+def _save_figure(classes, data_cfg: Mapping, is_video: bool, x, probs, source: str, folder: Path) -> str:
     from uniformer.data import IMAGENET_MEAN, IMAGENET_STD
 
     from .visualize import sampled_frames, save_prediction_figure
 
     folder.mkdir(parents=True, exist_ok=True)
-    top = probs.topk(min(5, len(predictor.classes)))
-    shown = [{"label": predictor.classes[c], "prob": float(p)} for p, c in zip(top.values.tolist(),
-                                                                                top.indices.tolist())]
-    frames = sampled_frames(x, predictor.is_video, predictor.data_cfg.get("mean", IMAGENET_MEAN),
-                            predictor.data_cfg.get("std", IMAGENET_STD))
+    top = probs.topk(min(5, len(classes)))
+    shown = [{"label": classes[c], "prob": float(p)} for p, c in zip(top.values.tolist(), top.indices.tolist())]
+    frames = sampled_frames(x, is_video, data_cfg.get("mean", IMAGENET_MEAN), data_cfg.get("std", IMAGENET_STD))
     path = folder / f"{Path(source).stem}.png"
     save_prediction_figure(path, frames, shown, title=Path(source).name)
     return str(path)

@@ -15,12 +15,20 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
 
 from uniformer.engine.config import ConfigError, check, expand_path
 from uniformer.engine.loaders import resolve_callable
 
-from . import build_model, classification_loss, load_weights, merge_outputs, model_input_ndim, model_spec, view_logits
+from . import (
+    build_model,
+    classification_loss,
+    load_weights,
+    merge_outputs,
+    model_input_ndim,
+    model_spec,
+    read_class_names,
+    view_logits,
+)
 from .metrics import classification_metrics, view_probabilities
 
 __all__ = ["Task"]
@@ -149,12 +157,15 @@ class Task:
         return out
 
     # --- evaluation ----------------------------------------------------------------------------------------
-    def evaluate(self, model: nn.Module, dataset, indices: Sequence[int]) -> dict:
-        t, ev = self.cfg["train"], self.cfg["eval"]
+    def eval_defaults(self) -> tuple[int, int]:
+        return int(self.cfg["train"]["batch_size"]), int(self.cfg["train"]["num_workers"])
+
+    def eval_collate(self, items: list):
+        return self.collate([sample for _, sample in items])
+
+    def evaluate(self, model: nn.Module, dataset, batches) -> dict:
         device = next(model.parameters()).device
-        loader = DataLoader(Subset(dataset, list(indices)), batch_size=ev["batch_size"] or t["batch_size"],
-                            num_workers=t["num_workers"] if ev["num_workers"] is None else ev["num_workers"],
-                            collate_fn=self.collate, shuffle=False)
+        loader = batches
         expected = model_input_ndim(model)
         aggregation = self.cfg["data"].get("view_aggregation", "sum_logits")
         probs, labels, index, failures, view_correct = [], [], [], [], []
@@ -201,11 +212,9 @@ class Task:
 
         generate_demo_dataset(root)
 
-    def demo_examples(self, checkpoint: Path, out_dir: Path, device: str | None, show: int = 8) -> list[dict]:
+    def demo_examples(self, model: nn.Module, out_dir: Path, show: int = 8) -> list[dict]:
         """Predictions for a few validation clips of each class (printed by `uniformer demo`)."""
         from uniformer.data import parse_data_config
-
-        from .predict import load_predictor, predict_files
 
         data = parse_data_config(self.cfg["data"])
         val_list = Path(data.val_list)
@@ -216,8 +225,53 @@ class Task:
         for entry in entries:
             by_class.setdefault(entry[1], []).append(entry)
         picks = [group[i] for i in range(len(entries)) for group in by_class.values() if i < len(group)][:show]
-        predictor = load_predictor(checkpoint, device=device)
-        results = predict_files(predictor, [str(Path(data.root) / p) for p, _ in picks], topk=2)
+        results = self.predict(model, [str(Path(data.root) / p) for p, _ in picks], topk=2)
         for (_, label), r in zip(picks, results):
-            r["true"] = predictor.classes[int(label)]
+            r["true"] = self.classes[int(label)]
         return results
+
+    # --- inference -----------------------------------------------------------------------------------------
+    predict_options = ("topk",)
+
+    @property
+    def classes(self) -> list[str]:
+        n = int(self.meta["num_classes"])
+        names = list(self.meta.get("classes") or [])
+        return names if len(names) == n else [f"class_{i}" for i in range(n)]
+
+    def configure_inference(self, labels: str | None = None, data: Mapping | None = None) -> None:
+        """`--labels` (class names, one per line) and `--data` (test-view keys) of predict and serve."""
+        if labels:
+            self.meta = {**self.meta, "classes": read_class_names(labels, expected=int(self.meta["num_classes"])),
+                         "dataset": None}
+        self._data_overrides = dict(data or {})
+
+    def data_view(self, model: nn.Module) -> dict:
+        """The `data:` keys prediction reads files with (the recipe's test view, `--data` on top)."""
+        from .predict import inference_data_cfg
+
+        return inference_data_cfg(self.cfg["data"], model_input_ndim(model) == 5,
+                                  getattr(self, "_data_overrides", None))
+
+    def draw(self, image, output: Sequence[dict], title: str = ""):
+        """The picture of a prediction: the frames the model saw (T×H×W×3 uint8, `visualize.sampled_frames`)
+        above the top classes (`output`: the `predictions` of a record)."""
+        import io
+
+        from PIL import Image
+
+        from .visualize import save_prediction_figure
+
+        buffer = io.BytesIO()
+        save_prediction_figure(buffer, image, output[:5], title)
+        buffer.seek(0)
+        return Image.open(buffer)
+
+    def predict(self, model: nn.Module, inputs: Sequence[str], out_dir: str | Path | None = None, *,
+                topk: int | None = None, dtype: str = "float32") -> list[dict]:
+        """Top-k classes of image / video files through the data pipeline's test split; with `out_dir`, a
+        figure per input (sampled frames and the top five classes)."""
+        from .predict import predict_paths
+
+        return predict_paths(model, [str(p) for p in inputs], self.classes, self.data_view(model),
+                             model_input_ndim(model) == 5, topk or 5, out_dir, dtype)

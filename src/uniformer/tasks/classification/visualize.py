@@ -1,7 +1,6 @@
 """A picture of a classification: the frames the model saw above a bar chart of its top classes."""
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,9 +25,9 @@ def sampled_frames(x: torch.Tensor, is_video: bool, mean: Sequence[float], std: 
     return (x[:, keep].permute(1, 2, 3, 0).numpy() * 255).round().astype(np.uint8)
 
 
-def save_prediction_figure(path: str | os.PathLike, frames: np.ndarray, predictions: Sequence[dict],
-                           title: str = "") -> None:
-    """Frames in a row, the top classes (`label`, `prob`) as horizontal bars below; a PNG at `path`."""
+def save_prediction_figure(path, frames: np.ndarray, predictions: Sequence[dict], title: str = "") -> None:
+    """Frames in a row, the top classes (`label`, `prob`) as horizontal bars below; a PNG at `path` (a file
+    name or a binary stream)."""
     import matplotlib
 
     matplotlib.use("Agg")

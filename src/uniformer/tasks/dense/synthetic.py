@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 __all__ = ["SHAPE_CLASSES", "write_shapes_segmentation", "write_shapes_coco", "write_pose_coco",
-           "COCO_KEYPOINTS", "COCO_SKELETON", "COCO_FLIP_PAIRS", "default_cache"]
+           "COCO_KEYPOINTS", "COCO_SKELETON", "COCO_FLIP_PAIRS"]
 
 SHAPE_CLASSES = ("circle", "square", "triangle")
 _VERSION = 2
@@ -30,14 +30,6 @@ COCO_KEYPOINTS = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "lef
 COCO_SKELETON = ((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),
                  (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6))
 COCO_FLIP_PAIRS = ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16))
-
-
-def default_cache(task: str) -> Path:
-    """Where a demo caches its dataset: $UNIFORMER_CACHE or ~/.cache/uniformer, then dense_demo/<task>."""
-    import os
-
-    base = os.environ.get("UNIFORMER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "uniformer")
-    return Path(base) / "dense_demo" / task
 
 
 def _cached(root: Path, signature: dict) -> bool:

@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import torch
+from PIL import Image
 from torch import nn
 
-from uniformer.engine.config import check
+from uniformer.engine.config import check, load_config
 
 from .weights import load_task_weights
 
@@ -43,6 +48,12 @@ class DenseTask:
         self.cfg = copy.deepcopy(dict(cfg))
         self.meta = dict(meta or {})
 
+    @classmethod
+    def resolve(cls, recipe: Mapping) -> dict:
+        """A recipe mapping of this task resolved against its defaults (what `uniformer.tasks.load_recipe` does,
+        without going through the task registry)."""
+        return load_config({**recipe, "task": cls.name}, task_defaults=cls.defaults(), validate=cls.validate)
+
     @staticmethod
     def validate(cfg: dict, where: str) -> None:
         b = cfg["model"]["backbone"]
@@ -70,34 +81,51 @@ class DenseTask:
     def write_pictures(self, folder: Path, metrics: Mapping, prefix: str = "") -> None:
         """The dense tasks draw example predictions instead (`demo_examples`, `predict`)."""
 
+    # --- inference ---------------------------------------------------------------------------------------
+    predict_options: tuple[str, ...] = ()
+    picture_suffix = "pred"  # <stem>_<suffix>.png
 
-def inference_model(task_name: str, cfg, checkpoint, device: str | None = None):
-    """(task, model in eval mode on `device`) for a checkpoint: the recipe recorded in one of this package's
-    checkpoints, or `cfg` (a recipe path, mapping or resolved recipe) for an original toolbox file."""
-    from uniformer.engine.distributed import resolve_device
-    from uniformer.tasks import task_from_checkpoint
+    def predict_image(self, model: nn.Module, image: np.ndarray, path: Path, **options) -> tuple[dict, Any]:
+        """(JSON fields of one RGB image's prediction, the raw output `draw` takes)."""
+        raise NotImplementedError
 
-    dev = resolve_device(device)
-    task = task_from_checkpoint(checkpoint, cfg, task=task_name)
-    model = task.build_model(for_training=False)
-    task.load_weights(model, checkpoint)
-    return task, model.to(dev).eval()
+    def draw(self, image: np.ndarray, output: Any) -> Image.Image:
+        """The picture of one prediction over its image."""
+        raise NotImplementedError
 
+    def save_extra(self, out_dir: Path, path: Path, output: Any, record: dict) -> None:
+        """Files besides the picture and the JSON record (segmentation's label map)."""
 
-def evaluate_weights(task_name: str, cfg, checkpoint, split: str = "val", out_dir=None, limit: int | None = None,
-                     device: str | None = None) -> dict:
-    """Metrics of a checkpoint on a split (the first `limit` samples), on one process; written to
-    `out_dir/metrics.json` when given."""
-    import torch
+    def predict(self, model: nn.Module, inputs, out_dir: str | os.PathLike | None = None, **options) -> list[dict]:
+        """One record per image of `inputs` (files or folders; an unreadable one gets an `error`); with
+        `out_dir`, `<stem>_<suffix>.png` (the picture `draw` makes) and `<stem>.json` per image, plus
+        predictions.json."""
+        from uniformer.engine.reporting import write_json
 
-    from uniformer.engine.reporting import write_json
+        from .io import readable_images
 
-    task, model = inference_model(task_name, cfg, checkpoint, device)
-    dataset = task.build_datasets([split])[split]
-    if dataset is None:
-        raise ValueError(f"the recipe has no data.{split} split")
-    with torch.no_grad():
-        metrics = task.merge(dataset, [task.evaluate(model, dataset, range(min(limit or len(dataset), len(dataset))))])
-    if out_dir is not None:
-        write_json(Path(out_dir) / "metrics.json", metrics)
-    return metrics
+        out = Path(out_dir) if out_dir is not None else None
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+        results: list[dict] = []
+        for path, image in readable_images(inputs, results):
+            with torch.no_grad():
+                fields, output = self.predict_image(model, image, path, **options)
+            record = {"image": str(path), "height": int(image.shape[0]), "width": int(image.shape[1])}
+            if out is not None:
+                picture = out / f"{path.stem}_{self.picture_suffix}.png"
+                self.draw(image, output).save(picture)
+                record["picture"] = str(picture)
+                self.save_extra(out, path, output, record)
+            record.update(fields)
+            if out is not None:
+                write_json(out / f"{path.stem}.json", record)
+            results.append(record)
+        if out is not None:
+            write_json(out / "predictions.json", results)
+        return results
+
+    def _val_images(self, show: int) -> list[Path]:
+        from .io import resolve_path
+
+        return sorted(resolve_path(self.cfg, self.cfg["data"]["val"]["images"]).iterdir())[:show]

@@ -10,9 +10,7 @@ checkpoint fills the backbone only and leaves the heads as initialised.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -27,11 +25,12 @@ def _listing(keys, n: int = 5) -> str:
     return f"{len(keys)} ({', '.join(keys[:n])}{', ...' if len(keys) > n else ''})"
 
 
-def load_task_weights(model: nn.Module, path: str | os.PathLike, *, task: str,
+def load_task_weights(model: nn.Module, path, *, task: str,
                       convert: Callable[[dict, nn.Module], dict] | None = None, skip_mismatched: bool = False,
                       backbone: nn.Module | None = None, backbone_prefix: str = "backbone.",
                       use_ema: bool = False) -> dict:
-    """Load `path` into `model` (`use_ema`: a run checkpoint's EMA weights). Returns what was loaded:
+    """Load `path` (a file, or a `CheckpointFile` already read) into `model` (`use_ema`: a run checkpoint's EMA
+    weights). Returns what was loaded:
     `{"format": "run" | "original" | "backbone-only", "meta": ..., "skipped": [...]}`.
 
     `backbone` is the UniFormer inside `model` (default `model.backbone`), whose parameters are named
@@ -39,28 +38,22 @@ def load_task_weights(model: nn.Module, path: str | os.PathLike, *, task: str,
     `skip_mismatched` leaves head tensors of another shape (e.g. a classifier for another number of
     classes) at their initial values instead of raising, for fine-tuning on a new label set.
     """
-    from uniformer.engine.checkpoint import read_checkpoint as read_run_checkpoint
-    from uniformer.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+    from uniformer.engine.checkpoint import as_checkpoint, load_run_weights
+    from uniformer.models.checkpoint import CheckpointError, load_state
 
-    path = Path(path)
-    own = read_run_checkpoint(path)
-    if own is not None:
-        if own.get("task") != task:
-            raise CheckpointError(f"{path}: this is a {own.get('task')} checkpoint; it cannot be loaded into a "
+    ckpt = as_checkpoint(path)
+    path = ckpt.path
+    if ckpt.run is not None:
+        if ckpt.task != task:
+            raise CheckpointError(f"{path}: this is a {ckpt.task} checkpoint; it cannot be loaded into a "
                                   f"{task} model")
-        state = own["model"]
-        if use_ema:
-            if not own.get("ema"):
-                raise CheckpointError(f"{path}: asked for EMA weights, but the run kept no EMA (ema.enabled was false)")
-            state = own["ema"]["module"]
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise CheckpointError(f"{path} does not fit this {task} model: missing "
-                                  f"{_listing(result.missing_keys)}, unexpected {_listing(result.unexpected_keys)}; "
-                                  "was it trained with another recipe (model section)?")
+        try:
+            own = load_run_weights(model, ckpt, task=task, use_ema=use_ema)
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
         return {"format": "run", "meta": own.get("meta", {}), "skipped": []}
 
-    obj, _ = read_checkpoint(path)
+    obj = ckpt.obj
     sd = obj
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model", "module"):
@@ -72,7 +65,7 @@ def load_task_weights(model: nn.Module, path: str | os.PathLike, *, task: str,
     sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
     meta = dict(obj.get("meta") or {}) if isinstance(obj, Mapping) and isinstance(obj.get("meta"), Mapping) else {}
     try:
-        load_checkpoint(backbone if backbone is not None else model.backbone, path)
+        load_state(backbone if backbone is not None else model.backbone, obj, path, meta=ckpt.meta)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: the backbone part does not fit: {e}") from None
     heads = {k: v for k, v in sd.items() if not k.startswith("backbone.")}

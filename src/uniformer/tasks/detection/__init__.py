@@ -1,19 +1,11 @@
 """Object detection and instance segmentation with UniFormer backbones (COCO Mask R-CNN recipes of the paper).
 
 `Task` is the engine's view of it (a training step is `Task.training_step` here, the model in `detector.py`
-and the loop in `uniformer/engine/runner.py`). Entry points (`cfg`: a recipe path, a mapping in recipe
-layout, or a resolved recipe):
+and the loop in `uniformer/engine/runner.py`); `uniformer.tasks.open(checkpoint)` gives it with its trained
+model for `Task.predict` (`<stem>_det.png` + `<stem>.json`: boxes, classes, scores, COCO RLE masks).
+`complexity(variants=..., input_size=(800, 1280))` counts parameters and GFLOPs as mmdet's get_flops does.
 
-    default_config() -> dict                                # this task's part of the recipe schema
-    load_config(source=None, overrides=()) -> dict
-    build_model(cfg) -> Mask R-CNN or Cascade Mask R-CNN (model.type; boxes only with model.with_masks=false)
-    build_datasets(cfg, splits=("train", "val")) -> dict[str, DetDataset]
-    train(cfg, out_dir, resume=None) -> dict                # the runner's summary
-    evaluate(cfg, checkpoint, split="val", out_dir=None, limit=None) -> dict   # bbox_/segm_ AP, AP50, ...
-    predict(cfg, checkpoint, inputs, out_dir, score_thr=0.3) -> list[dict]     # <stem>_det.png + <stem>.json
-    complexity(variants=..., input_size=(800, 1280)) -> list[dict]   # parameters and GFLOPs (mmdet's counting)
-
-Recipe sections of this task (defaults in `default_config()`, the 1x schedule; engine sections in
+Recipe sections of this task (defaults in `Task.defaults()`, the 1x schedule; engine sections in
 `uniformer.engine.config`):
 
     model:  backbone {name, stage3 (hybrid), window_size (14), drop_path_rate, pretrained, kwargs}, with_masks,
@@ -35,7 +27,6 @@ mmcv's `imrescale`, aligned RoIAlign, fixed-stride fractional anchors, masks pas
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -43,23 +34,21 @@ import numpy as np
 from torch import nn
 
 from uniformer.engine.config import merge
-from uniformer.engine.reporting import write_json
 
 from ..dense.coco import coco_ground_truth, evaluate_instances, instance_results
-from ..dense.io import readable_images, resolve_path
+from ..dense.io import resolve_path
 from ..dense.task import DenseTask, backbone_kwargs, dense_defaults
 from ..dense.visualize import draw_instances
 from .convert import mmdet_key_converter
 from .data import DetDataset, det_collate
 from .detector import DetectorFlops, build_detector, detect
 
-__all__ = ["Task", "default_config", "load_config", "build_model", "build_datasets", "train", "evaluate", "predict",
-           "complexity"]
+__all__ = ["Task", "complexity", "recipe_complexity"]
 
 TASK = "detection"
 
 
-def default_config() -> dict:
+def _defaults() -> dict:
     """A fresh copy of this task's part of the recipe schema (a key not here or in the engine's is an error)."""
     return merge(dense_defaults(), {
         "task": TASK,
@@ -94,13 +83,6 @@ def default_config() -> dict:
     }, strict=False)
 
 
-def load_config(source: str | os.PathLike | Mapping | None = None, overrides: Sequence[str] = ()) -> dict:
-    """Resolve a detection recipe (engine sections and the ones in the module docstring)."""
-    from uniformer.tasks import load_recipe
-
-    return load_recipe(source if source is not None else {}, overrides, task=TASK)
-
-
 def _class_names(cfg: Mapping) -> list[str]:
     """Class names: `data.classes`, else the categories of the training (or validation) annotation file."""
     if cfg["data"]["classes"]:
@@ -130,9 +112,7 @@ class Task(DenseTask):
 
     name = TASK
 
-    @staticmethod
-    def defaults() -> dict:
-        return default_config()
+    defaults = staticmethod(_defaults)
 
     def build_datasets(self, splits: Sequence[str]) -> dict:
         sets: dict = {}
@@ -173,12 +153,17 @@ class Task(DenseTask):
         images, targets = batch
         return model(images, targets)  # named losses: loss_objectness, loss_rpn_box_reg, loss_classifier, ...
 
-    def evaluate(self, model: nn.Module, dataset: DetDataset, indices: Sequence[int]) -> dict:
-        indices = list(indices)
-        bs, segm_area = int(self.cfg["test"]["batch_size"]), str(self.cfg["test"]["segm_area"])
+    def eval_defaults(self) -> tuple[int, int]:
+        return int(self.cfg["test"]["batch_size"]), 0
+
+    def eval_collate(self, items: list) -> list:
+        return items
+
+    def evaluate(self, model: nn.Module, dataset: DetDataset, batches) -> dict:
+        segm_area = str(self.cfg["test"]["segm_area"])
         boxes, segms, done, skipped = [], [], [], []
-        for start in range(0, len(indices), bs):
-            batch = [(dataset.image_ids[i], dataset[i]) for i in indices[start:start + bs]]
+        for items in batches:
+            batch = [(dataset.image_ids[i], s) for i, s in items]
             skipped += [iid for iid, s in batch if s is None]
             batch = [(iid, s) for iid, s in batch if s is not None]
             if not batch:
@@ -212,60 +197,27 @@ class Task(DenseTask):
 
         write_shapes_coco(root)
 
-    def demo_examples(self, checkpoint: Path, out_dir: Path, device: str | None, show: int = 4) -> list[dict]:
-        images = sorted(resolve_path(self.cfg, self.cfg["data"]["val"]["images"]).iterdir())[:show]
-        return predict(None, checkpoint, images, out_dir, score_thr=0.5, device=device)
+    def demo_examples(self, model: nn.Module, out_dir: Path, show: int = 4) -> list[dict]:
+        return self.predict(model, self._val_images(show), out_dir, score_thr=0.5)
 
+    # --- inference -----------------------------------------------------------------------------------------
+    predict_options = ("score_thr",)
+    picture_suffix = "det"
 
-def build_model(cfg, num_classes: int | None = None) -> nn.Module:
-    """The detector a recipe describes (classes from `data.classes` or the annotation file's categories, or
-    `num_classes`); `model.checkpoint` (ours or an original mmdet Mask R-CNN file) is loaded."""
-    cfg = load_config(cfg)
-    meta = {"classes": [f"class_{i}" for i in range(num_classes)]} if num_classes is not None else None
-    return Task(cfg, meta).build_model()
+    @property
+    def classes(self) -> list[str]:
+        return self.meta.get("classes") or _class_names(self.cfg)
 
+    def predict_image(self, model: nn.Module, image: np.ndarray, path: Path, score_thr: float | None = None):
+        """Boxes x1 y1 x2 y2, class, score and mask (COCO RLE) of the detections scoring `score_thr` (0.3)."""
+        from pycocotools import mask as mask_utils
 
-def build_datasets(cfg, splits: Sequence[str] = ("train", "val")) -> dict[str, DetDataset]:
-    return Task(load_config(cfg)).build_datasets(splits)
-
-
-def train(cfg, out_dir: str | os.PathLike, resume: str | os.PathLike | None = None, **options) -> dict:
-    """Train on `data.train` with the runner; evaluates box (and mask) AP on `data.val`."""
-    from uniformer.tasks import train as run
-
-    return run(load_config(cfg), out_dir, resume=resume, **options)
-
-
-def evaluate(cfg, checkpoint: str | os.PathLike, split: str = "val", out_dir: str | os.PathLike | None = None,
-             limit: int | None = None, device: str | None = None) -> dict:
-    """COCO box (and mask) AP, AP50, AP75, APs/m/l with pycocotools; written to out_dir/metrics.json.
-    `cfg` None: the recipe recorded in the checkpoint."""
-    from ..dense.task import evaluate_weights
-
-    return evaluate_weights(TASK, cfg, checkpoint, split, out_dir, limit, device)
-
-
-def predict(cfg, checkpoint, inputs, out_dir: str | os.PathLike, score_thr: float = 0.3,
-            device: str | None = None) -> list[dict]:
-    """Detections for an image, a folder or a list: `<stem>_det.png` (boxes, names, scores, masks over the
-    image) and `<stem>.json` (boxes x1 y1 x2 y2, class, score, mask as COCO RLE) per image, plus predictions.json.
-    `cfg` None: the recipe recorded in the checkpoint."""
-    from pycocotools import mask as mask_utils
-
-    from ..dense.task import inference_model
-
-    task, model = inference_model(TASK, cfg, checkpoint, device)
-    names = task.meta.get("classes") or _class_names(task.cfg)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = []
-    for path, image in readable_images(inputs, results):
-        out = _detect(model, [np.asarray(image)], task.cfg)[0]
+        score_thr = 0.3 if score_thr is None else float(score_thr)
+        names = self.classes
+        out = _detect(model, [np.asarray(image)], self.cfg)[0]
         keep = out["scores"] >= score_thr
         boxes, labels, scores = out["boxes"][keep].numpy(), out["labels"][keep].tolist(), out["scores"][keep].tolist()
         masks = out["masks"][keep].numpy() if "masks" in out else None
-        draw_instances(image, boxes, [lab - 1 for lab in labels], scores, names, masks).save(
-            out_dir / f"{path.stem}_det.png")
         dets = []
         for j, (box, lab, sc) in enumerate(zip(boxes, labels, scores)):
             det = {"box": [float(v) for v in box], "label": int(lab - 1), "name": names[lab - 1], "score": float(sc)}
@@ -273,12 +225,11 @@ def predict(cfg, checkpoint, inputs, out_dir: str | os.PathLike, score_thr: floa
                 rle = mask_utils.encode(np.asfortranarray(masks[j].astype(np.uint8)))
                 det["mask_rle"] = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
             dets.append(det)
-        record = {"image": str(path), "height": int(image.shape[0]), "width": int(image.shape[1]),
-                  "picture": str(out_dir / f"{path.stem}_det.png"), "score_thr": score_thr, "detections": dets}
-        write_json(out_dir / f"{path.stem}.json", record)
-        results.append(record)
-    write_json(out_dir / "predictions.json", results)
-    return results
+        return {"score_thr": score_thr, "detections": dets}, (boxes, labels, scores, masks)
+
+    def draw(self, image: np.ndarray, output):
+        boxes, labels, scores, masks = output
+        return draw_instances(image, boxes, [lab - 1 for lab in labels], scores, self.classes, masks)
 
 
 def complexity(variants: Sequence[str] = ("uniformer_small", "uniformer_base"), input_size: Sequence[int] = (800, 1280),
@@ -289,7 +240,7 @@ def complexity(variants: Sequence[str] = ("uniformer_small", "uniformer_base"), 
     proposals, the mask head(s) on 100."""
     rows = []
     for variant in variants:
-        cfg = load_config({"model": {"type": model_type,
+        cfg = Task.resolve({"task": TASK, "model": {"type": model_type,
                                      "backbone": {"name": variant, "stage3": stage3, "window_size": window_size}},
                            "data": {"classes": [f"c{i}" for i in range(num_classes)]}})
         rows.append(recipe_complexity(cfg, input_size))

@@ -1,19 +1,11 @@
 """Top-down human pose estimation with UniFormer backbones (COCO keypoints recipes of the paper).
 
-`Task` is the engine's view of it. Entry points (`cfg`: a recipe path, a mapping in recipe layout, or a
-resolved recipe):
+`Task` is the engine's view of it; `uniformer.tasks.open(checkpoint)` gives it with its trained model for
+`Task.predict` (`<stem>_pose.png` + `<stem>.json`), in person boxes from `read_person_boxes` (`--boxes`, a
+COCO detections JSON) or `boxes_from_detector` (`--detector`, this package's detector).
+`complexity(variants=..., input_sizes=((256, 192), ...))` counts parameters and GFLOPs.
 
-    default_config() -> dict
-    load_config(source=None, overrides=()) -> dict
-    build_model(cfg) -> TopDownPose                        # backbone (stage 3 global) + deconvolution head
-    build_datasets(cfg, splits=("train", "val")) -> dict[str, PoseDataset]
-    train(cfg, out_dir, resume=None) -> dict               # the runner's summary
-    # OKS AP, AP50, AP75, APm, APl, AR, ... (pycocotools)
-    evaluate(cfg, checkpoint, split="val", out_dir=None, limit=None) -> dict
-    predict(cfg, checkpoint, inputs, out_dir, boxes=None) -> list[dict]  # <stem>_pose.png + <stem>.json
-    complexity(variants=..., input_sizes=((256, 192), ...)) -> list[dict]        # parameters and GFLOPs
-
-Recipe sections of this task (defaults in `default_config()`; engine sections in `uniformer.engine.config`):
+Recipe sections of this task (defaults in `Task.defaults()`; engine sections in `uniformer.engine.config`):
 
     model:  backbone {name, stage3, window_size, drop_path_rate, pretrained, kwargs}, num_deconv, deconv_channels,
             final_kernel, checkpoint (ours or an original mmpose file), skip_mismatched
@@ -33,15 +25,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from uniformer.engine.config import merge
-from uniformer.engine.reporting import write_json
 
 from ..dense.coco import coco_ground_truth
-from ..dense.io import readable_images
 from ..dense.synthetic import COCO_FLIP_PAIRS, COCO_SKELETON
 from ..dense.task import DenseTask, backbone_kwargs, dense_defaults
 from ..dense.visualize import draw_keypoints
@@ -49,13 +37,12 @@ from .data import PoseDataset, pose_collate
 from .decoding import COCO_SIGMAS, decode_heatmaps, estimate_poses, rescore_and_nms, topdown_heatmaps
 from .head import HeatmapHead, TopDownPose, joints_mse_loss
 
-__all__ = ["Task", "default_config", "load_config", "build_model", "build_datasets", "train", "evaluate", "predict",
-           "complexity"]
+__all__ = ["Task", "read_person_boxes", "boxes_from_detector", "complexity", "recipe_complexity"]
 
 TASK = "pose"
 STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 
-def default_config() -> dict:
+def _defaults() -> dict:
     """A fresh copy of this task's part of the recipe schema (a key not here or in the engine's is an error)."""
     return merge(dense_defaults(), {
         "task": TASK,
@@ -86,13 +73,6 @@ def default_config() -> dict:
     }, strict=False)
 
 
-def load_config(source: str | os.PathLike | Mapping | None = None, overrides: Sequence[str] = ()) -> dict:
-    """Resolve a pose recipe (engine sections and the ones in the module docstring)."""
-    from uniformer.tasks import load_recipe
-
-    return load_recipe(source if source is not None else {}, overrides, task=TASK)
-
-
 def _flip_pairs(cfg) -> list[tuple[int, int]]:
     return [tuple(p) for p in (cfg["data"]["flip_pairs"] or COCO_FLIP_PAIRS)]
 
@@ -105,13 +85,12 @@ def _sigmas(cfg) -> np.ndarray:
     return sigmas
 
 
-def _predict_people(model: nn.Module, dataset: PoseDataset, cfg: Mapping, indices: Sequence[int]):
-    indices = list(indices)
-    subset = torch.utils.data.Subset(dataset, indices)
-    loader = DataLoader(subset, batch_size=int(cfg["test"]["batch_size"]), collate_fn=pose_collate,
-                        num_workers=0, shuffle=False)
-    people, seen = [], set()
-    for batch in loader:
+def _predict_people(model: nn.Module, dataset: PoseDataset, cfg: Mapping, batches):
+    """Keypoints of every person box in `batches` ((indices, pose_collate batch) pairs); image ids of the
+    samples that could not be read."""
+    people, seen, indices = [], set(), []
+    for batch_indices, batch in batches:
+        indices += batch_indices
         if batch is None:
             continue
         t = cfg["test"]
@@ -123,7 +102,7 @@ def _predict_people(model: nn.Module, dataset: PoseDataset, cfg: Mapping, indice
                 [coords[j], maxvals[j][:, None]], 1), "box_score": batch["score"][j], "area": batch["area"][j]})
             seen.add(batch["index"][j])
     skipped = sorted({dataset.samples[i]["image_id"] for i in indices if i not in seen})
-    return people, skipped
+    return people, skipped, indices
 
 
 def _rescore_and_nms(people: list[dict], cfg: Mapping) -> list[dict]:
@@ -161,9 +140,7 @@ class Task(DenseTask):
     name = TASK
     min_batch = 2  # BatchNorm in the heads
 
-    @staticmethod
-    def defaults() -> dict:
-        return default_config()
+    defaults = staticmethod(_defaults)
 
     def build_datasets(self, splits: Sequence[str]) -> dict:
         sets = {}
@@ -205,9 +182,14 @@ class Task(DenseTask):
                              "be a quarter of data.input_size")
         return {"loss_kpt": joints_mse_loss(heat.float(), target, batch["target_weight"])}
 
-    def evaluate(self, model: nn.Module, dataset: PoseDataset, indices: Sequence[int]) -> dict:
-        indices = list(indices)
-        people, skipped = _predict_people(model, dataset, self.cfg, indices)
+    def eval_defaults(self) -> tuple[int, int]:
+        return int(self.cfg["test"]["batch_size"]), 0
+
+    def eval_collate(self, items: list):
+        return [i for i, _ in items], pose_collate([sample for _, sample in items])
+
+    def evaluate(self, model: nn.Module, dataset: PoseDataset, batches) -> dict:
+        people, skipped, indices = _predict_people(model, dataset, self.cfg, batches)
         return {"people": people, "skipped": skipped, "image_ids": [dataset.samples[i]["image_id"] for i in indices]}
 
     def merge(self, dataset: PoseDataset, parts: Sequence[dict]) -> dict:
@@ -225,7 +207,7 @@ class Task(DenseTask):
 
         write_pose_coco(root)
 
-    def demo_examples(self, checkpoint: Path, out_dir: Path, device: str | None, show: int = 4) -> list[dict]:
+    def demo_examples(self, model: nn.Module, out_dir: Path, show: int = 4) -> list[dict]:
         """Skeletons on a few validation images, in their ground-truth person boxes (a top-down model needs boxes)."""
         from ..dense.io import resolve_path
 
@@ -236,72 +218,93 @@ class Task(DenseTask):
             boxes[name] = [[a["box"][0], a["box"][1], a["box"][2] - a["box"][0], a["box"][3] - a["box"][1]]
                            for a in anns]
         folder = resolve_path(self.cfg, self.cfg["data"]["val"]["images"])
-        return predict(None, checkpoint, [folder / n for n in boxes], out_dir, boxes=boxes, device=device)
+        return self.predict(model, [folder / n for n in boxes], out_dir, boxes=boxes)
 
+    # --- inference -----------------------------------------------------------------------------------------
+    predict_options = ("boxes",)
+    picture_suffix = "pose"
 
-def build_model(cfg) -> TopDownPose:
-    """The pose network a recipe describes; `model.checkpoint` (ours or an original mmpose file) is loaded."""
-    return Task(load_config(cfg)).build_model()
-
-
-def build_datasets(cfg, splits: Sequence[str] = ("train", "val")) -> dict[str, PoseDataset]:
-    return Task(load_config(cfg)).build_datasets(splits)
-
-
-def train(cfg, out_dir: str | os.PathLike, resume: str | os.PathLike | None = None, **options) -> dict:
-    """Train on `data.train` with the runner; evaluates OKS AP on `data.val`."""
-    from uniformer.tasks import train as run
-
-    return run(load_config(cfg), out_dir, resume=resume, **options)
-
-
-def evaluate(cfg, checkpoint: str | os.PathLike, split: str = "val", out_dir: str | os.PathLike | None = None,
-             limit: int | None = None, device: str | None = None) -> dict:
-    """COCO keypoint AP / AR (pycocotools, OKS) of a checkpoint on a split; written to out_dir/metrics.json.
-    `cfg` None: the recipe recorded in the checkpoint."""
-    from ..dense.task import evaluate_weights
-
-    return evaluate_weights(TASK, cfg, checkpoint, split, out_dir, limit, device)
-
-
-def predict(cfg, checkpoint, inputs, out_dir: str | os.PathLike,
-            boxes: Mapping[str, Sequence[Sequence[float]]] | None = None, device: str | None = None) -> list[dict]:
-    """Keypoints of the people in an image, a folder or a list of images.
-
-    `boxes` maps an image's file name to its person boxes `[x, y, w, h]` or `[x, y, w, h, score]`
-    (from a detector); without an entry the whole image is one person. The people are those the
-    evaluation keeps (rescored, OKS-NMS), in the order of their boxes. Writes `<stem>_pose.png` (skeletons)
-    and `<stem>.json` per image, plus predictions.json. `cfg` None: the recipe recorded in the checkpoint.
-    """
-    from ..dense.task import inference_model
-
-    task, model = inference_model(TASK, cfg, checkpoint, device)
-    cfg = task.cfg
-    skeleton = [tuple(p) for p in (cfg["data"]["skeleton"] or COCO_SKELETON)]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = []
-    for path, image in readable_images(inputs, results):
+    def predict_image(self, model: nn.Module, image: np.ndarray, path: Path,
+                      boxes: Mapping[str, Sequence[Sequence[float]]] | None = None):
+        """Keypoints of the people in `boxes[path.name]` (`[x, y, w, h]` or `[x, y, w, h, score]`, from a
+        detector; without an entry the whole image is one person): those the evaluation keeps (rescored,
+        OKS-NMS), in the order of their boxes."""
         h, w = image.shape[:2]
-        person_boxes = (boxes or {}).get(path.name) or [[0, 0, w, h, 1.0]]
-        people = sorted(estimate_poses(model, image, person_boxes, cfg["data"], cfg["test"], _flip_pairs(cfg),
-                                       _sigmas(cfg)), key=lambda p: p["index"])
-        draw_keypoints(image, [p["keypoints"] for p in people], skeleton,
-                       float(cfg["test"]["vis_thr"])).save(out_dir / f"{path.stem}_pose.png")
-        record = {"image": str(path), "height": h, "width": w, "picture": str(out_dir / f"{path.stem}_pose.png"),
-                  "people": [{"box_index": p["index"], "box": p["box"], "score": float(p["score"]),
+        given = boxes is not None and path.name in boxes
+        person_boxes = boxes[path.name] if given else [[0, 0, w, h, 1.0]]
+        people = sorted(estimate_poses(model, image, person_boxes, self.cfg["data"], self.cfg["test"],
+                                       _flip_pairs(self.cfg), _sigmas(self.cfg)), key=lambda p: p["index"]) \
+            if person_boxes else []
+        fields = {"people": [{"box_index": p["index"], "box": p["box"], "score": float(p["score"]),
                               "keypoints": [[float(x), float(y), float(v)] for x, y, v in p["keypoints"]]}
                              for p in people]}
-        write_json(out_dir / f"{path.stem}.json", record)
-        results.append(record)
-    write_json(out_dir / "predictions.json", results)
-    return results
+        if boxes is not None and not given:
+            fields["boxes"] = "none given for this image: the whole image is one person"
+        return fields, people
+
+    def draw(self, image: np.ndarray, output):
+        skeleton = [tuple(p) for p in (self.cfg["data"]["skeleton"] or COCO_SKELETON)]
+        return draw_keypoints(image, [p["keypoints"] for p in output], skeleton, float(self.cfg["test"]["vis_thr"]))
+
+
+def read_person_boxes(path: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -> dict[str, list]:
+    """Person boxes of `--boxes FILE` by image file name: a COCO detections JSON (a list of {image_id,
+    category_id, bbox [x, y, w, h], score}; ids matched to the inputs' numeric file stems as in COCO, or a
+    `file_name` per detection; category 1, person, only), or a mapping {file name: [[x, y, w, h(, score)], ...]}."""
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--boxes {path} does not exist") from None
+    except ValueError as e:
+        raise ValueError(f"--boxes {path}: not valid JSON ({e})") from None
+    if isinstance(data, dict):
+        return {str(k): [list(map(float, b)) for b in v] for k, v in data.items()}
+    if not isinstance(data, list):
+        raise ValueError(f"--boxes {path}: expected a COCO detections list or a mapping of file names to boxes")
+    by_id: dict[str, str] = {}
+    for item in inputs:
+        stem = Path(item).stem
+        if stem.isdigit():
+            by_id[str(int(stem))] = Path(item).name
+    out: dict[str, list] = {}
+    for i, det in enumerate(data):
+        if not isinstance(det, dict) or "bbox" not in det:
+            raise ValueError(f"--boxes {path}: detection {i} has no bbox")
+        if det.get("category_id", 1) != 1:
+            continue
+        name = det.get("file_name") or by_id.get(str(det.get("image_id")))
+        if name is None:
+            continue
+        out.setdefault(Path(str(name)).name, []).append([*map(float, det["bbox"][:4]), float(det.get("score", 1.0))])
+    if not out:
+        raise ValueError(f"--boxes {path}: no person box belongs to an input (image_id matches a numeric file "
+                         "name, as in COCO, or give file_name per detection)")
+    return out
+
+
+def boxes_from_detector(detector, inputs, score_thr: float = 0.3) -> dict[str, list]:
+    """Person boxes `[x, y, w, h, score]` by file name from a detection model opened by `uniformer.tasks.open`
+    (its `person` class, or every class when it has none), as the original top-down demo ran mmdet first."""
+    results = detector.predict(inputs, score_thr=score_thr)
+    names = detector.task.classes
+    person = "person" in names
+    out: dict[str, list] = {}
+    for r in results:
+        if "error" in r:
+            continue
+        out[Path(r["image"]).name] = [[d["box"][0], d["box"][1], d["box"][2] - d["box"][0], d["box"][3] - d["box"][1],
+                                       d["score"]] for d in r["detections"] if not person or d["name"] == "person"]
+    return out
 
 
 def complexity(variants: Sequence[str] = ("uniformer_small", "uniformer_base"),
                input_sizes: Sequence[Sequence[int]] = ((256, 192), (384, 288), (448, 320))) -> list[dict]:
     """Parameters and GFLOPs (multiply-adds, one crop) of the composed pose networks; sizes are (height, width)."""
-    return [recipe_complexity(load_config({"model": {"backbone": {"name": variant}}, "data": {"input_size": [w, h]}}))
+    return [recipe_complexity(Task.resolve({"task": TASK, "model": {"backbone": {"name": variant}},
+                                           "data": {"input_size": [w, h]}}))
             for variant in variants for h, w in input_sizes]
 
 

@@ -1,18 +1,10 @@
 """Semantic segmentation with UniFormer backbones (ADE20K recipes of the paper: Semantic FPN, UperNet).
 
-`Task` is the engine's view of it. Entry points (`cfg`: a recipe path, a mapping in recipe layout, or a
-resolved recipe):
+`Task` is the engine's view of it; `uniformer.tasks.open(checkpoint)` gives it with its trained model for
+`Task.predict` (`<stem>_seg.png`, `<stem>_labels.png`, `<stem>.json`). `complexity(variants=..., heads=...,
+input_size=(512, 2048))` counts parameters and GFLOPs.
 
-    default_config() -> dict                                # this task's part of the recipe schema
-    load_config(source=None, overrides=()) -> dict
-    build_model(cfg) -> Segmentor                           # backbone + (neck) + decode (+ auxiliary) head
-    build_datasets(cfg, splits=("train", "val")) -> dict[str, SegDataset]
-    train(cfg, out_dir, resume=None) -> dict                # the runner's summary
-    evaluate(cfg, checkpoint, split="val", out_dir=None, limit=None) -> dict   # mIoU, mAcc, aAcc, per class
-    predict(cfg, checkpoint, inputs, out_dir) -> list[dict]  # <stem>_seg.png, <stem>_labels.png, <stem>.json
-    complexity(variants=..., heads=..., input_size=(512, 2048)) -> list[dict]  # parameters and GFLOPs
-
-Recipe sections of this task (defaults in `default_config()`; engine sections in `uniformer.engine.config`):
+Recipe sections of this task (defaults in `Task.defaults()`; engine sections in `uniformer.engine.config`):
 
     model:  backbone {name, stage3 global|window|hybrid, window_size, drop_path_rate, pretrained (a backbone
             or ImageNet checkpoint), kwargs}, head upernet|fpn, channels, neck_channels, pool_scales, dropout,
@@ -26,7 +18,6 @@ Recipe sections of this task (defaults in `default_config()`; engine sections in
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -35,22 +26,19 @@ from PIL import Image
 from torch import nn
 
 from uniformer.engine.config import merge
-from uniformer.engine.reporting import write_json
 
-from ..dense.io import readable_images, resolve_path
 from ..dense.task import DenseTask, backbone_kwargs, dense_defaults
 from ..dense.visualize import draw_label_map
 from .data import SegDataset, read_classes, seg_collate
 from .evaluation import SegMetric, infer_probs
 from .heads import FCNHead, FPNHead, FPNNeck, Segmentor, UPerHead
 
-__all__ = ["Task", "default_config", "load_config", "build_model", "build_datasets", "train", "evaluate", "predict",
-           "complexity"]
+__all__ = ["Task", "complexity", "recipe_complexity"]
 
 TASK = "segmentation"
 
 
-def default_config() -> dict:
+def _defaults() -> dict:
     """A fresh copy of this task's part of the recipe schema (a key not here or in the engine's is an error)."""
     return merge(dense_defaults(), {
         "task": TASK,
@@ -81,22 +69,13 @@ def default_config() -> dict:
     }, strict=False)
 
 
-def load_config(source: str | os.PathLike | Mapping | None = None, overrides: Sequence[str] = ()) -> dict:
-    """Resolve a segmentation recipe (engine sections and the ones in the module docstring)."""
-    from uniformer.tasks import load_recipe
-
-    return load_recipe(source if source is not None else {}, overrides, task=TASK)
-
-
 class Task(DenseTask):
     """Semantic FPN / UperNet on an ADE20K-layout or image-folder + mask-folder dataset."""
 
     name = TASK
     min_batch = 2  # BatchNorm in the heads
 
-    @staticmethod
-    def defaults() -> dict:
-        return default_config()
+    defaults = staticmethod(_defaults)
 
     def build_datasets(self, splits: Sequence[str]) -> dict:
         d = self.cfg["data"]
@@ -141,16 +120,22 @@ class Task(DenseTask):
     def training_step(self, model: nn.Module, batch: dict) -> dict:
         return model(batch["img"], batch["seg"])  # loss_seg (+ loss_aux)
 
-    def evaluate(self, model: nn.Module, dataset: SegDataset, indices: Sequence[int]) -> dict:
+    def eval_defaults(self) -> tuple[int, int]:
+        return 1, 0  # images of different sizes: inferred one by one
+
+    def eval_collate(self, items: list) -> list:
+        return items
+
+    def evaluate(self, model: nn.Module, dataset: SegDataset, batches) -> dict:
         metric = SegMetric(dataset.num_classes, dataset.ignore_index, dataset.classes)
         skipped = []
-        for i in indices:
-            sample = dataset[i]
-            if sample is None:
-                skipped.append(dataset.samples[i][0])
-                continue
-            probs = infer_probs(model, sample["image"], self.cfg["data"], self.cfg["test"], dataset.num_classes)
-            metric.update(probs.argmax(0).cpu(), sample["seg"])
+        for items in batches:
+            for i, sample in items:
+                if sample is None:
+                    skipped.append(dataset.samples[i][0])
+                    continue
+                probs = infer_probs(model, sample["image"], self.cfg["data"], self.cfg["test"], dataset.num_classes)
+                metric.update(probs.argmax(0).cpu(), sample["seg"])
         return {"metric": metric, "skipped": skipped}
 
     def merge(self, dataset: SegDataset, parts: Sequence[dict]) -> dict:
@@ -169,62 +154,32 @@ class Task(DenseTask):
 
         write_shapes_segmentation(root)
 
-    def demo_examples(self, checkpoint: Path, out_dir: Path, device: str | None, show: int = 4) -> list[dict]:
-        images = sorted(resolve_path(self.cfg, self.cfg["data"]["val"]["images"]).iterdir())[:show]
-        return predict(None, checkpoint, images, out_dir, device=device)
+    def demo_examples(self, model: nn.Module, out_dir: Path, show: int = 4) -> list[dict]:
+        return self.predict(model, self._val_images(show), out_dir)
 
+    # --- inference -----------------------------------------------------------------------------------------
+    picture_suffix = "seg"
 
-def build_model(cfg) -> Segmentor:
-    """The segmentor a recipe describes; `model.checkpoint` (ours or an original mmseg file) is loaded."""
-    return Task(load_config(cfg)).build_model()
+    @property
+    def classes(self) -> list[str]:
+        return self.meta.get("classes") or read_classes(self.cfg["data"], self.cfg)
 
-
-def build_datasets(cfg, splits: Sequence[str] = ("train", "val")) -> dict[str, SegDataset]:
-    return Task(load_config(cfg)).build_datasets(splits)
-
-
-def train(cfg, out_dir: str | os.PathLike, resume: str | os.PathLike | None = None, **options) -> dict:
-    """Train on `data.train` with the runner; evaluates on `data.val` (if present)."""
-    from uniformer.tasks import train as run
-
-    return run(load_config(cfg), out_dir, resume=resume, **options)
-
-
-def evaluate(cfg, checkpoint: str | os.PathLike, split: str = "val", out_dir: str | os.PathLike | None = None,
-             limit: int | None = None, device: str | None = None) -> dict:
-    """mIoU, mAcc, aAcc and per-class IoU / accuracy of a checkpoint on a split (written to out_dir/metrics.json).
-    `cfg` None: the recipe recorded in the checkpoint."""
-    from ..dense.task import evaluate_weights
-
-    return evaluate_weights(TASK, cfg, checkpoint, split, out_dir, limit, device)
-
-
-def predict(cfg, checkpoint, inputs, out_dir: str | os.PathLike, device: str | None = None) -> list[dict]:
-    """Label maps for an image, a folder or a list: `<stem>_seg.png` (classes over the image),
-    `<stem>_labels.png` (class indices) and `<stem>.json` per image, plus predictions.json.
-    `cfg` None: the recipe recorded in the checkpoint."""
-    from ..dense.task import inference_model
-
-    task, model = inference_model(TASK, cfg, checkpoint, device)
-    cfg = task.cfg
-    classes = task.meta.get("classes") or read_classes(cfg["data"], cfg)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = []
-    for path, image in readable_images(inputs, results):
-        labels = infer_probs(model, image, cfg["data"], cfg["test"], len(classes)).argmax(0).cpu().numpy()
-        draw_label_map(image, labels, len(classes)).save(out_dir / f"{path.stem}_seg.png")
-        Image.fromarray(labels.astype(np.uint8 if len(classes) <= 256 else np.uint16)).save(
-            out_dir / f"{path.stem}_labels.png")
+    def predict_image(self, model: nn.Module, image: np.ndarray, path: Path):
+        """The class of every pixel, and the share of the image each class covers."""
+        classes = self.classes
+        labels = infer_probs(model, image, self.cfg["data"], self.cfg["test"], len(classes)).argmax(0).cpu().numpy()
         ids, counts = np.unique(labels, return_counts=True)
-        record = {"image": str(path), "height": int(image.shape[0]), "width": int(image.shape[1]),
-                  "picture": str(out_dir / f"{path.stem}_seg.png"), "labels": str(out_dir / f"{path.stem}_labels.png"),
-                  "classes": [{"id": int(i), "name": classes[int(i)], "pixels": int(c),
-                               "fraction": float(c / labels.size)} for i, c in zip(ids, counts)]}
-        write_json(out_dir / f"{path.stem}.json", record)
-        results.append(record)
-    write_json(out_dir / "predictions.json", results)
-    return results
+        return {"classes": [{"id": int(i), "name": classes[int(i)], "pixels": int(c),
+                             "fraction": float(c / labels.size)} for i, c in zip(ids, counts)]}, labels
+
+    def draw(self, image: np.ndarray, output: np.ndarray):
+        return draw_label_map(image, output, len(self.classes))
+
+    def save_extra(self, out_dir: Path, path: Path, output: np.ndarray, record: dict) -> None:
+        """`<stem>_labels.png`: the class indices."""
+        labels = out_dir / f"{path.stem}_labels.png"
+        Image.fromarray(output.astype(np.uint8 if len(self.classes) <= 256 else np.uint16)).save(labels)
+        record["labels"] = str(labels)
 
 
 def complexity(variants: Sequence[str] = ("uniformer_small", "uniformer_base"),
@@ -234,7 +189,7 @@ def complexity(variants: Sequence[str] = ("uniformer_small", "uniformer_base"),
     rows = []
     for variant in variants:
         for head in heads:
-            cfg = load_config({"model": {"backbone": {"name": variant, "stage3": stage3}, "head": head,
+            cfg = Task.resolve({"task": TASK, "model": {"backbone": {"name": variant, "stage3": stage3}, "head": head,
                                          "channels": 512 if head == "upernet" else 128,
                                          "aux_head": head == "upernet"},
                                "data": {"num_classes": num_classes}})
