@@ -30,7 +30,7 @@ import torch.distributed as dist
 from uniformer.engine.config import ConfigError
 
 __all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "resolve_device", "barrier", "all_reduce_sum",
-           "all_gather_objects", "broadcast_object", "broadcast_buffers", "cpu_threads", "align_grad_strides",
+           "all_gather_objects", "broadcast_buffers", "cpu_threads", "align_grad_strides",
            "disagreements", "per_rank", "check_same_recipe_and_data"]
 
 
@@ -173,15 +173,6 @@ def all_gather_objects(obj) -> list:
     out: list = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(obj, src: int = 0):
-    """Rank `src`'s `obj` on every process."""
-    if not _active():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def disagreements(values: Mapping[str, Any]) -> dict[str, list]:
