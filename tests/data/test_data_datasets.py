@@ -285,10 +285,10 @@ def test_test_views_cover_clips_and_crops(tmp_path):
     assert x.shape == (6, 3, 2, 32, 32)
     means = x.mean(dim=(1, 3, 4))  # (views, frames)
     assert torch.all(means[[0, 3]] < 0.05) and torch.all(means[[2, 5]] > 0.95)  # left black, right white
-    # centre crops: clip 0 starts at frame round(14 * 1/4) = 4, clip 1 at round(14 * 3/4) = 10
+    # centre crops: span stride * num_frames = 2, delta 14; clip k of 2 starts at k * floor(14 / 1)
     grey = lambda i: (8 + 14 * i) / 255  # noqa: E731
-    assert torch.allclose(means[1], torch.tensor([grey(4), grey(5)]), atol=0.03)
-    assert torch.allclose(means[4], torch.tensor([grey(10), grey(11)]), atol=0.03)
+    assert torch.allclose(means[1], torch.tensor([grey(0), grey(1)]), atol=0.03)
+    assert torch.allclose(means[4], torch.tensor([grey(14), grey(15)]), atol=0.03)
 
 
 def test_crop_positions_portrait_and_landscape():

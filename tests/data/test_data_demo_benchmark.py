@@ -113,7 +113,7 @@ def test_config_errors_name_the_key():
     with pytest.warns(UserWarning, match="hflip"):
         parse_data_config({"format": "sthv2", "hflip": True})
     cfg = parse_data_config({"format": "image_folder", "mixup": 0.8})
-    assert cfg.random_resized_crop and cfg.hflip and cfg.short_side == 224 and cfg.extra["mixup"] == 0.8
+    assert cfg.random_resized_crop and cfg.hflip and cfg.short_side == 256 and cfg.extra["mixup"] == 0.8
 
 
 def test_dataloader_shuffled_epochs_differ(tmp_path):
