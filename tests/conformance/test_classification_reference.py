@@ -235,3 +235,50 @@ def test_view_aggregation_case(entry, load_case):
         assert torch.equal(scores.argmax(-1), ex["final_top1"].long()), ex["name"]
         contrast = combine_views(ex["per_view_logits"], "mean_softmax").argmax(-1)
         assert torch.equal(contrast, ex["softmax_mean_top1_for_contrast"].long()), ex["name"]
+
+
+def _released_cases(tag: str) -> list:
+    """The cases whose original settings are the released tag's test protocol (read from a file)."""
+    from uniformer.models.released import released_weights
+
+    w = released_weights(tag)
+    out = []
+    for e in ENTRIES:
+        if e["kind"] == "video" and e["T"] == w.frames and e["views"] == w.crops * w.clips:
+            direct = e.get("frames_source") in ("decord", "ffmpeg_r30")  # what reading the file gives
+            if direct and e["pipeline"] == ("k400" if w.stride else "sthv2"):
+                out.append(e)
+        elif e["kind"] == "image" and not w.is_video and e["input_size"] == w.input_size:
+            out.append(e)
+    return out
+
+
+RELEASED_TAGS = ("uniformer_video_small.k400_16x4", "uniformer_video_small.sthv2_16", "uniformer_xxs.in1k_160")
+
+
+@pytest.mark.parametrize("tag", RELEASED_TAGS)
+def test_released_tag_reads_files_as_the_original(tag, load_case, tmp_path):
+    """`predict --model TAG` / eval read a file with `data_config()` through `build_dataset(cfg, "test")`:
+    the full path (decoding with seeks included) gives the original's inputs."""
+    from uniformer.models.released import released_weights
+
+    entries = _released_cases(tag)
+    if not ENTRIES:
+        pytest.skip(f"no classification cases: {CASES / 'index.json'} is absent")
+    assert entries, f"no case in {CASES} has the test settings of {tag}"
+    weights = released_weights(tag)
+    for entry in entries:
+        case = load_case(entry)
+        if entry["kind"] == "video":
+            s = case["settings"]
+            assert s.get("DATA.SAMPLING_RATE") == weights.stride or weights.stride is None
+            assert (s["TEST.NUM_SPATIAL_CROPS"], s["TEST.NUM_ENSEMBLE_VIEWS"]) == (weights.crops, weights.clips)
+        (tmp_path / "list.txt").write_text(f"{case['file']} 0\n")
+        cfg = {**weights.data_config(), "root": str(CASES), "test_list": str(tmp_path / "list.txt")}
+        item = build_dataset(cfg, "test")[0]
+        assert item["failures"] == []
+        if entry["kind"] == "video":
+            _check_inputs(item["input"], case)
+        else:
+            err = (item["input"] - case["inputs"]).abs().max().item()
+            assert err <= INPUT_ATOL, f"{entry['case']}: image input differs by {err}"
