@@ -311,3 +311,27 @@ def parse_data_config(cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
     if any(s <= 0 for s in out["std"]):
         raise _err("std", cfg.get("std"), "values must be positive")
     return DataConfig(**out)
+
+
+#: keys that decide how a test file is read (frames, resize, crops, channels, normalisation, views)
+FILE_READING_KEYS = ("num_frames", "sampling", "stride", "target_fps", "input_size", "short_side", "test_clips",
+                  "test_crops", "channel_order", "interpolation", "view_aggregation", "mean", "std",
+                  "decode_threads")
+
+
+def file_reading_config(cfg: Mapping[str, Any] | DataConfig) -> dict[str, Any]:
+    """The resolved keys that read one file the way ``cfg``'s test split reads its samples.
+
+    For prediction on files (``video_list`` / ``image_list``) with the settings of a recipe of any
+    format: the format-dependent defaults (e.g. BGR and uniform sampling for ``sthv2``) are resolved
+    here, so they are not lost when the format changes.  ``frame_folder`` recipes read video files
+    with native frame numbering (``target_fps`` null), as their frames are already extracted.
+    """
+    c = parse_data_config(cfg)
+    out = {key: getattr(c, key) for key in FILE_READING_KEYS if c.is_video or key in (
+        "input_size", "short_side", "test_crops", "channel_order", "interpolation", "view_aggregation", "mean",
+        "std")}
+    for key in ("mean", "std"):
+        out[key] = list(out[key])
+    out["format"] = "video_list" if c.is_video else "image_list"
+    return out
