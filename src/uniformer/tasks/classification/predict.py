@@ -11,23 +11,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS", "TRANSFORM_KEYS", "released_of", "fetch_released",
+__all__ = ["VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS", "released_of", "fetch_released",
            "original_recipe", "original_meta", "inference_data_cfg", "predict_paths"]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".gif")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-# data-pipeline keys that shape the test-time view of a clip (carried over from a training recipe)
-TRANSFORM_KEYS = ("num_frames", "sampling", "stride", "input_size", "short_side", "test_clips", "test_crops",
-                  "mean", "std", "video_ext", "decode_threads", "channel_order", "interpolation", "view_aggregation")
-
-
-def _default_data_cfg(is_video: bool) -> dict:
-    if is_video:  # the UniFormer Kinetics test view: 16 frames 4 apart, short side 256, centre crop 224
-        return {"format": "video_list", "num_frames": 16, "sampling": "dense", "stride": 4, "input_size": 224,
-                "short_side": 256, "test_clips": 1, "test_crops": 1}
-    return {"format": "image_list", "input_size": 224, "short_side": 256, "test_crops": 1}
-
-
 def released_of(model_name: str | None) -> tuple[Any, str | None]:
     """(released weights or None, full `NAME.TAG`) for `NAME.TAG` or a bare name (its default tag)."""
     if not model_name:
@@ -113,15 +101,15 @@ def original_meta(ckpt, cfg: Mapping) -> dict:
 
 
 def inference_data_cfg(recorded: Mapping, is_video: bool, overrides: Mapping | None = None) -> dict:
-    """The `data:` keys of the test view: the recorded recipe's transform keys (unless it is of the other
-    modality or a custom builder), over the UniFormer defaults, under `overrides`."""
-    data = {} if recorded.get("builder") else {k: v for k, v in recorded.items()
-                                              if k in TRANSFORM_KEYS or k == "format"}
-    fmt = data.get("format")
-    if fmt is not None and (fmt in ("video_list", "sthv2")) != is_video:
-        data = {}
-    cfg = {**_default_data_cfg(is_video), **{k: v for k, v in data.items() if k != "format"}}
-    cfg["format"] = "video_list" if is_video else "image_list"
+    """The `data:` keys that read one file as the recorded recipe's test split reads its samples
+    (`uniformer.data.file_reading_config`: format defaults such as BGR for Something-Something kept), or the
+    original's Kinetics / ImageNet test view when the recipe is of the other modality or a custom builder;
+    `overrides` on top."""
+    from uniformer.data.config import VIDEO_FORMATS, file_reading_config
+
+    fmt = recorded.get("format")
+    usable = not recorded.get("builder") and fmt is not None and (fmt in VIDEO_FORMATS) == is_video
+    cfg = file_reading_config(recorded if usable else {"format": "video_list" if is_video else "image_list"})
     cfg.update(dict(overrides or {}))
     return cfg
 
