@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["DTYPES", "CPU_BF16_ENV", "cpu_has_native_bfloat16", "cpu_detects_bfloat16", "resolve_dtype", "autocast_dtype"]
+__all__ = ["DTYPES", "CPU_BF16_ENV", "cpu_has_native_bfloat16", "cpu_detects_bfloat16", "resolve_dtype",
+           "autocast_dtype"]
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
