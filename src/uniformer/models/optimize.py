@@ -39,6 +39,19 @@ _logger = logging.getLogger(__name__)
 INDUCTOR_OPTIONS = {"freezing": True}
 
 
+class _Autocast(nn.Module):
+    """`model` under autocast to `dtype`, its outputs cast back to float32."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, x: torch.Tensor):
+        with torch.autocast(x.device.type, dtype=self.dtype):
+            out = self.model(x)
+        return [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
+
+
 class OptimizedModel(nn.Module):
     """An inference-only UniFormer: the fused model, compiled unless `compile=False` was asked.
 
@@ -57,18 +70,11 @@ class OptimizedModel(nn.Module):
         # Static shapes: one graph per input shape. Shape-generic graphs (`dynamic=True`, also what
         # torch.compile's default switches to at the second shape) fail on channels-last 3-D convolutions
         # in torch 2.14 (the oneDNN convolution's fake kernel reports other strides than it produces).
-        # The autocast region and the cast of the outputs back to float32 are compiled with the model.
-        self._run = torch.compile(self._in_precision, backend="inductor", dynamic=False) if compiled \
-            else self._in_precision
+        # In bfloat16 the autocast region and the cast of the outputs to float32 are compiled with the model.
+        run = fused if dtype == torch.float32 else _Autocast(fused, dtype)
+        self._run = torch.compile(run, backend="inductor", dynamic=False) if compiled else run
         if compiled:  # loaded here, not at import: loading inductor takes seconds
             importlib.import_module("torch._inductor.config")
-
-    def _in_precision(self, x: torch.Tensor):
-        if self.dtype == torch.float32:
-            return self.fused(x)
-        with torch.autocast(x.device.type, dtype=self.dtype):
-            out = self.fused(x)
-        return [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
 
     def forward(self, x: torch.Tensor):
         # Frozen weights are compiled for gradient-free calls only. Inductor reads `freezing` from its
