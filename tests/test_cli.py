@@ -52,16 +52,20 @@ def test_info_recognises_a_checkpoint(tmp_path, capsys):
     assert "head_dim" in info["looks_like"]
 
 
-def test_benchmark_appends_results(tmp_path, capsys):
+@pytest.mark.parametrize("dtype,tolerance", [("float32", 1e-4), ("bfloat16", 2e-2)])
+def test_benchmark_appends_results(tmp_path, capsys, dtype, tolerance):
+    """Both precisions explicitly (`auto` would pick either, by CPU kind); bfloat16 runs emulated where the
+    CPU has no bfloat16 units."""
     results = tmp_path / "bench.jsonl"
     args = ["benchmark", "uniformer_small", "--input", "3x64x64", "--batch-size", "2", "--iters", "2",
-            "--warmup", "1", "--fused", "--compare", "--results", str(results), *TINY]
+            "--warmup", "1", "--fused", "--compare", "--dtype", dtype, "--results", str(results), *TINY]
     assert main(args) == 0
     lines = [json.loads(line) for line in results.read_text().splitlines()]
     assert [r["run"] for r in lines] == ["reference", "requested", "comparison"]
     assert lines[0]["reference_attention"] and not lines[1]["reference_attention"] and lines[1]["fused"]
     assert all(r["throughput"] > 0 and r["latency_ms"] > 0 for r in lines[:2])
-    assert lines[2]["logits_relative_error"] < 1e-4
+    assert lines[2]["requested"]["dtype"] == dtype
+    assert lines[2]["logits_relative_error"] < tolerance
     assert "speed-up" in capsys.readouterr().out
 
 

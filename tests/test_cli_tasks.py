@@ -55,7 +55,21 @@ def test_classification_predictor_names_a_checkpoint_of_another_task(tmp_path):
 
 
 @pytest.mark.parametrize("task", ["classification", "segmentation", "pose", "detection"])
-def test_info_reports_any_recipe(task, capsys):
-    assert main(["info", "--config", str(CONFIGS / task / "demo.yaml"), "--json"]) == 0
+def test_info_reports_any_recipe(task, capsys, tmp_path):
+    """As on a fresh machine: the demo data root is an empty folder (no class list, no annotations)."""
+    root = tmp_path / "never_generated"
+    assert main(["info", "--config", str(CONFIGS / task / "demo.yaml"), "--set", f"data.root={root}", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"params", "gflops"} and out["params"] > 0 and out["gflops"] > 0
+
+
+def test_info_of_a_segmentation_recipe_counts_its_classes_without_the_data(tmp_path, capsys):
+    """The head's width follows data.num_classes where the class list is not there; neither known: a clear error."""
+    args = ["info", "--config", str(CONFIGS / "segmentation" / "demo.yaml"), "--set", f"data.root={tmp_path}", "--json"]
+    counts = {}
+    for n in (4, 5):
+        assert main([*args, "--set", f"data.num_classes={n}"]) == 0
+        counts[n] = json.loads(capsys.readouterr().out)["params"]
+    assert counts[5] - counts[4] == 32 + 1  # one more class: one more output channel of the 32-wide 1x1 classifier
+    assert main([*args, "--set", "data.num_classes=null"]) != 0
+    assert "classes.txt does not exist; set data.num_classes" in capsys.readouterr().err

@@ -38,16 +38,41 @@ def test_predict_with_a_runtime_matches_torch(tmp_path, runtime):
     assert [p["prob"] for p in exported] == pytest.approx([p["prob"] for p in eager], abs=1e-5)
 
 
-def test_benchmark_compare_runtimes(tmp_path, capsys):
+F32_ROWS = ["eager (reference)", "eager (SDPA)", "fuse", "optimize", "onnxruntime", "openvino"]
+
+
+def test_benchmark_compare_runtimes(tmp_path, capsys, monkeypatch):
+    """On a CPU with bfloat16 units (simulated: emulated bf16 here) the bf16 rows join the float32 ones; every row
+    says what it computed in, and all ran the same static batch."""
+    monkeypatch.setenv("UNIFORMER_CPU_BF16", "1")
     results = tmp_path / "bench.jsonl"
     assert main(["benchmark", "uniformer_small", "--compare-runtimes", "--input", "3x64x64", "--batch-size", "2",
                  "--rounds", "2", "--iters", "1", "--warmup", "1", "--threads", "1", "--results", str(results),
                  *TINY_ARGS]) == 0
-    rows = [json.loads(line) for line in results.read_text().splitlines()]
-    assert [r["runtime"] for r in rows] == ["eager", "fuse", "optimize", "onnxruntime", "openvino"]
-    assert rows[0]["speedup"] == 1 and all(r["throughput"] > 0 and r["prepare_s"] >= 0 for r in rows)
-    assert all(r["relative_error"] < 1e-4 for r in rows)
-    assert "vs eager" in capsys.readouterr().out
+    rows = {r["runtime"]: r for r in map(json.loads, results.read_text().splitlines())}
+    assert list(rows) == [*F32_ROWS, "optimize bf16", "openvino default"]
+    assert rows["eager (reference)"]["speedup"] == 1
+    assert all(r["throughput"] > 0 and r["prepare_s"] >= 0 and r["batch_size"] == 2 for r in rows.values())
+    assert all(rows[label]["precision"] == "f32" and rows[label]["relative_error"] < 1e-4 for label in F32_ROWS)
+    assert rows["optimize bf16"]["precision"] == "bf16"
+    assert rows["openvino default"]["precision"] in ("f32", "bf16")  # OpenVINO's own choice on this CPU
+    assert all(rows[label]["relative_error"] < 2e-2 for label in ("optimize bf16", "openvino default"))
+    assert "vs eager (reference)" in capsys.readouterr().out
+
+
+def test_bfloat16_rows_on_request_and_one_static_shape(tmp_path):
+    from uniformer.deploy.runtimes import inference_variants
+
+    model = uniformer.create_model("uniformer_small", depths=(1, 1, 1, 1), embed_dims=(16, 32, 64, 128),
+                                   head_dim=16, num_classes=5)
+    assert list(inference_variants(model, (3, 32, 32), tmp_path)) == F32_ROWS
+    variants = inference_variants(model, (3, 32, 32), tmp_path, batch_size=3, bfloat16=True)
+    assert list(variants)[len(F32_ROWS):] == ["optimize bf16", "openvino default"]
+    ov_model, precision = variants["openvino"]()
+    assert precision == ov_model.precision == "f32"
+    assert [tuple(p.get_shape()) for p in ov_model._compiled.inputs] == [(3, 3, 32, 32)]  # static: no dynamic batch
+    with pytest.raises(SystemExit, match="without .*--dtype float16"):
+        main(["benchmark", "uniformer_small", "--compare-runtimes", "--dtype", "float16", *TINY_ARGS])
 
 
 def test_benchmark_one_runtime_and_its_limits(tmp_path, capsys):

@@ -96,9 +96,14 @@ def test_ema_is_the_moving_average_and_copies_integer_buffers():
     assert warm.current_decay() == pytest.approx(0.1)
 
 
-def test_amp_resolution():
+def test_amp_resolution(monkeypatch):
+    """auto follows the CPU's bfloat16 capability (pinned both ways through UNIFORMER_CPU_BF16)."""
     cpu = torch.device("cpu")
+    monkeypatch.setenv("UNIFORMER_CPU_BF16", "0")
     assert resolve_amp("auto", cpu) == "none"
+    monkeypatch.setenv("UNIFORMER_CPU_BF16", "1")
+    assert resolve_amp("auto", cpu) == "bf16"
+    assert resolve_amp("none", cpu) == "none"
     assert resolve_amp("bf16", cpu) == "bf16"
     with pytest.raises(ValueError, match="fp16.*needs a GPU"):
         resolve_amp("fp16", cpu)

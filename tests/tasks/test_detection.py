@@ -94,7 +94,7 @@ def test_full_size_parameter_count():
 
 def test_train_loss_falls_and_evaluates(shapes, tmp_path):
     seeded()
-    cfg = tiny_cfg(shapes)
+    cfg = tiny_cfg(shapes, train={"amp": "none"})  # float32: the re-evaluation must reproduce the AP exactly
     summary = train("detection", cfg, tmp_path, show_progress=False)
     assert {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"} <= set(
         summary["history"][0])

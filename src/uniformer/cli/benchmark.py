@@ -11,7 +11,7 @@ def run(args) -> int:
     import torch
 
     import uniformer
-    from uniformer.engine.precision import resolve_dtype
+    from uniformer.precision import resolve_dtype
     from uniformer.profiling import default_input, parse_input
 
     if args.threads:
@@ -50,7 +50,7 @@ def _benchmark_model(args, model, shape, dtype: str, options: dict) -> int:
 
     import uniformer
     from uniformer.deploy import MissingExtraError, export_for_runtime
-    from uniformer.engine.precision import autocast_dtype
+    from uniformer.precision import autocast_dtype
     from uniformer.profiling import append_result, benchmark_model, environment, set_reference_attention
 
     def variant(reference: bool):
@@ -107,7 +107,8 @@ def _benchmark_model(args, model, shape, dtype: str, options: dict) -> int:
 
 
 def _compare_runtimes(args, model, shape) -> int:
-    """Every inference path on the same weights and input, timed interleaved (`inference_variants`)."""
+    """Every inference path on the same weights, input and static shape, timed interleaved (`inference_variants`);
+    bfloat16 rows (`optimize`, OpenVINO's default precision) where the CPU computes in bfloat16."""
     import tempfile
     import time
 
@@ -115,40 +116,48 @@ def _compare_runtimes(args, model, shape) -> int:
 
     from uniformer.deploy import MissingExtraError
     from uniformer.deploy.runtimes import inference_variants
+    from uniformer.precision import resolve_dtype
     from uniformer.profiling import append_result, compare_models, environment
 
     if args.train or args.compile or args.channels_last or args.reference or args.fused or args.device != "cpu" \
-            or args.dtype not in ("auto", "float32") or args.runtime != "torch":
-        raise SystemExit("error: --compare-runtimes compares float32 CPU inference of every runtime itself; "
-                         "use it without --train, --compile, --channels-last, --reference, --fused, --runtime, "
-                         "--device cuda or --dtype bfloat16/float16")
+            or args.dtype == "float16" or args.runtime != "torch":
+        raise SystemExit("error: --compare-runtimes compares CPU inference of every runtime itself; use it without "
+                         "--train, --compile, --channels-last, --reference, --fused, --runtime, --device cuda or "
+                         "--dtype float16")
+    # auto: bfloat16 rows where the CPU has bfloat16 units (or UNIFORMER_CPU_BF16=1); float32: none; bfloat16: always
+    bfloat16 = resolve_dtype(args.dtype, "cpu") == "bfloat16"
     x = torch.randn(args.batch_size, *shape, generator=torch.Generator().manual_seed(1))
-    models, prepare_s = {}, {}
+    models, precision, prepare_s = {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="uniformer_compare_") as workdir:
-        for label, make in inference_variants(model, shape, workdir, args.batch_size).items():
+        for label, make in inference_variants(model, shape, workdir, args.batch_size, bfloat16=bfloat16).items():
             t0 = time.perf_counter()
             try:
-                models[label] = make()
+                models[label], precision[label] = make()
             except MissingExtraError as e:
                 print(f"{label}: skipped ({e})")
                 continue
             prepare_s[label] = time.perf_counter() - t0
         results = compare_models(models, x, rounds=args.rounds, iters=args.iters, warmup=args.warmup)
     env = environment()
-    base = results["eager"]["throughput"]
+    base_label = next(iter(results))
+    base = results[base_label]["throughput"]
     unit = "clips/s" if x.ndim == 5 else "images/s"
-    print(f"{args.name} batch {args.batch_size} {'x'.join(map(str, shape))} float32, {env['threads']} threads, "
+    print(f"{args.name} batch {args.batch_size} {'x'.join(map(str, shape))} (static), {env['threads']} threads, "
           f"{env['cpu']}, torch {env['torch']}; best of {args.rounds} interleaved rounds of {args.iters}")
-    print(f"{'runtime':<12} {unit:>10} {'vs eager':>9} {'ms/batch':>9} {'rel. error':>10} {'prepare s':>10}")
+    print(f"{'runtime':<18} {'precision':>9} {unit:>10} {'vs ' + base_label:>20} {'ms/batch':>9} {'rel. error':>10} "
+          f"{'prepare s':>10}")
     for label, r in results.items():
-        print(f"{label:<12} {r['throughput']:>10.2f} {r['throughput'] / base:>8.2f}x {r['latency_ms']:>9.1f} "
-              f"{r['relative_error']:>10.1e} {prepare_s[label]:>10.1f}")
+        print(f"{label:<18} {precision[label]:>9} {r['throughput']:>10.2f} {r['throughput'] / base:>19.2f}x "
+              f"{r['latency_ms']:>9.1f} {r['relative_error']:>10.1e} {prepare_s[label]:>10.1f}")
         append_result(args.results, dict(model=args.name, run="compare-runtimes", runtime=label,
-                                         batch_size=args.batch_size, input=list(shape), rounds=args.rounds,
-                                         iters=args.iters, throughput=r["throughput"], latency_ms=r["latency_ms"],
-                                         speedup=r["throughput"] / base, relative_error=r["relative_error"],
-                                         prepare_s=prepare_s[label], **env))
-    print("prepare s: time to build the variant (fuse; export and runtime compilation), not in the timings")
+                                         precision=precision[label], batch_size=args.batch_size, input=list(shape),
+                                         rounds=args.rounds, iters=args.iters, throughput=r["throughput"],
+                                         latency_ms=r["latency_ms"], speedup=r["throughput"] / base,
+                                         relative_error=r["relative_error"], prepare_s=prepare_s[label], **env))
+    print(f"precision: what each row computed in (OpenVINO's as it reports it); rel. error: max abs difference / "
+          f"max abs output against {base_label}")
+    print("prepare s: time to build the variant (fuse; compilation; export and runtime compilation), not in the "
+          "timings")
     print(f"results appended to {args.results}")
     return 0
 
@@ -233,7 +242,9 @@ def register(sub) -> None:
     p.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime", "openvino"],
                    help="run the model's ONNX / OpenVINO export instead (pip install 'uniformer[deploy]')")
     p.add_argument("--compare-runtimes", action="store_true",
-                   help="eager, fuse, onnxruntime and OpenVINO on the same input, interleaved, with ratios")
+                   help="eager (reference and SDPA), fuse, optimize, onnxruntime and OpenVINO on the same input and "
+                        "static shape, interleaved, with ratios; bfloat16 rows (optimize, OpenVINO's default "
+                        "precision) with --dtype auto on CPUs with bfloat16 units, or --dtype bfloat16")
     p.add_argument("--rounds", type=int, default=6,
                    help="with --compare-runtimes or --recipe: interleaved rounds (best kept)")
     p.add_argument("--channels-last", action="store_true")

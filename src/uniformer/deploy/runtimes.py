@@ -29,18 +29,30 @@ __all__ = ["RUNTIMES", "RuntimeModel", "load_runtime", "export_model", "export_f
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 
 
-class RuntimeModel(nn.Module):
-    """An exported graph behind the call signature of a UniFormer module (CPU, float32, inference).
+OPENVINO_PRECISIONS = ("f32", "default")
 
-    `video` says whether it takes B×C×T×H×W clips, as the PyTorch models do.
+
+class RuntimeModel(nn.Module):
+    """An exported graph behind the call signature of a UniFormer module (CPU inference, float32 tensors in
+    and out).
+
+    `video` says whether it takes B×C×T×H×W clips, as the PyTorch models do. `precision` (OpenVINO): "f32"
+    computes in float32 (its f32 inference-precision hint), "default" lets OpenVINO choose as it does
+    out of the box (bfloat16 on CPUs with bfloat16 units). `self.precision` is what the runtime reports
+    it computes in ("f32", "bf16").
     """
 
-    def __init__(self, runtime: str, path: str | os.PathLike, video: bool, threads: int | None = None):
+    def __init__(self, runtime: str, path: str | os.PathLike, video: bool, threads: int | None = None,
+                 precision: str = "f32"):
         super().__init__()
         self.runtime = runtime
         self.path = Path(path)
         self.video = video
         threads = threads or torch.get_num_threads()
+        if precision not in OPENVINO_PRECISIONS or (precision != "f32" and runtime != "openvino"):
+            raise ValueError(f"precision {precision!r}: {runtime} computes in 'f32'; OpenVINO takes one of "
+                             f"{', '.join(OPENVINO_PRECISIONS)}")
+        self.precision = "f32"
         if runtime == "onnxruntime":
             ort = require("onnxruntime", "--runtime onnxruntime")
             options = ort.SessionOptions()
@@ -50,9 +62,11 @@ class RuntimeModel(nn.Module):
             self._input = self._session.get_inputs()[0].name
         elif runtime == "openvino":
             ov = require("openvino", "--runtime openvino")
-            config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
-                      "INFERENCE_NUM_THREADS": threads}
+            config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+            if precision == "f32":
+                config["INFERENCE_PRECISION_HINT"] = "f32"
             self._compiled = ov.Core().compile_model(str(self.path), "CPU", config)
+            self.precision = self._compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         else:
             raise ValueError(f"runtime {runtime!r}: expected onnxruntime or openvino")
 
@@ -67,19 +81,22 @@ class RuntimeModel(nn.Module):
         return tensors[0] if len(tensors) == 1 else tensors
 
     def extra_repr(self) -> str:
-        return f"runtime={self.runtime}, path={self.path}, video={self.video}"
+        return f"runtime={self.runtime}, path={self.path}, video={self.video}, precision={self.precision}"
 
 
-def load_runtime(runtime: str, path: str | os.PathLike, video: bool, threads: int | None = None) -> RuntimeModel:
+def load_runtime(runtime: str, path: str | os.PathLike, video: bool, threads: int | None = None,
+                 precision: str = "f32") -> RuntimeModel:
     """An exported graph (`.onnx` for onnxruntime; `.xml` or `.onnx` for OpenVINO) as a callable model."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"exported model {path} does not exist")
-    return RuntimeModel(runtime, path, video, threads)
+    return RuntimeModel(runtime, path, video, threads, precision)
 
 
 def export_for_runtime(model: nn.Module, runtime: str, input_shape: Sequence[int], workdir: str | os.PathLike,
-                       dynamic_batch: bool = True, batch_size: int = 1, threads: int | None = None) -> RuntimeModel:
-    """Export `model` into `workdir` for `runtime` and load it there (the same weights, another engine)."""
+                       dynamic_batch: bool = True, batch_size: int = 1, threads: int | None = None,
+                       precision: str = "f32") -> RuntimeModel:
+    """Export `model` into `workdir` for `runtime` and load it there (the same weights, another engine).
+    `dynamic_batch=False` fixes the batch axis to `batch_size` (a static shape, as `optimize` compiles)."""
     if runtime not in RUNTIMES[1:]:
         raise ValueError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
     require(runtime, f"--runtime {runtime}")
@@ -89,7 +106,7 @@ def export_for_runtime(model: nn.Module, runtime: str, input_shape: Sequence[int
         path = export_onnx(model.eval(), example, workdir / "model.onnx", dynamic_batch)
     else:
         path = export_openvino(model.eval(), example, workdir / "model.xml", dynamic_batch)
-    return load_runtime(runtime, path, video=len(input_shape) == 4, threads=threads)
+    return load_runtime(runtime, path, video=len(input_shape) == 4, threads=threads, precision=precision)
 
 
 def _outputs(out) -> list[torch.Tensor]:
@@ -121,27 +138,37 @@ def export_model(model: nn.Module, input_shape: Sequence[int], path: str | os.Pa
 
 
 def inference_variants(model: nn.Module, input_shape: Sequence[int], workdir: str | os.PathLike,
-                       batch_size: int = 1) -> dict:
-    """Label → zero-argument factory of each way to run `model` for inference, in the order
-    `uniformer benchmark --compare-runtimes` reports them: the eager reference (explicit attention,
-    as the original code), `uniformer.fuse`, `uniformer.optimize` (fused and compiled with inductor for the
-    benchmark's input shape), and the fused model's export in onnxruntime and OpenVINO.
-    A factory raises `MissingExtraError` when its runtime is not installed."""
+                       batch_size: int = 1, bfloat16: bool = False) -> dict:
+    """Label → zero-argument factory of (model, precision) for each way to run `model` for inference, in the
+    order `uniformer benchmark --compare-runtimes` reports them: the eager reference (explicit attention, as
+    the original code), the eager model as users run it (SDPA), `uniformer.fuse`, `uniformer.optimize` in
+    float32, and the fused model's export in onnxruntime and in OpenVINO with its f32 hint; with `bfloat16`
+    also `optimize` in bfloat16 and OpenVINO at its default precision. Every variant gets the same static
+    shape (`batch_size` × `input_shape`), the one `optimize` compiles for. A factory raises
+    `MissingExtraError` when its runtime is not installed."""
     import copy
-
-    import torch
 
     from ..models.fuse import fuse
     from ..models.optimize import optimize
     from ..profiling import set_reference_attention
 
     workdir = Path(workdir)
-    return {
-        "eager": lambda: set_reference_attention(copy.deepcopy(model)).eval(),
-        "fuse": lambda: fuse(model),
-        "optimize": lambda: optimize(model, example=torch.randn(batch_size, *input_shape)),
-        "onnxruntime": lambda: export_for_runtime(fuse(model), "onnxruntime", input_shape, workdir / "onnxruntime",
-                                                  batch_size=batch_size),
-        "openvino": lambda: export_for_runtime(fuse(model), "openvino", input_shape, workdir / "openvino",
-                                               batch_size=batch_size),
+    example = torch.randn(batch_size, *input_shape)
+
+    def exported(runtime: str, precision: str = "f32"):
+        runtime_model = export_for_runtime(fuse(model), runtime, input_shape, workdir / f"{runtime}_{precision}",
+                                           dynamic_batch=False, batch_size=batch_size, precision=precision)
+        return runtime_model, runtime_model.precision
+
+    variants = {
+        "eager (reference)": lambda: (set_reference_attention(copy.deepcopy(model)).eval(), "f32"),
+        "eager (SDPA)": lambda: (copy.deepcopy(model).eval(), "f32"),
+        "fuse": lambda: (fuse(model), "f32"),
+        "optimize": lambda: (optimize(model, example=example, dtype=torch.float32), "f32"),
+        "onnxruntime": lambda: exported("onnxruntime"),
+        "openvino": lambda: exported("openvino"),
     }
+    if bfloat16:
+        variants["optimize bf16"] = lambda: (optimize(model, example=example, dtype=torch.bfloat16), "bf16")
+        variants["openvino default"] = lambda: exported("openvino", "default")
+    return variants

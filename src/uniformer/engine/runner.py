@@ -59,9 +59,9 @@ from uniformer.engine.distributed import (
 from uniformer.engine.ema import ModelEma
 from uniformer.engine.loaders import eval_loader, shard_size, train_loader
 from uniformer.engine.optim import LRSchedule, build_optimizer, scaled_lr
-from uniformer.engine.precision import resolve_dtype
 from uniformer.engine.reporting import TensorBoardLogger, log_to, plot_curves, write_history_csv, write_json
 from uniformer.engine.task import Task
+from uniformer.precision import resolve_dtype
 
 __all__ = ["Runner", "NonFiniteLossError", "seed_everything", "deterministic_mode", "resolve_amp", "autocast_context",
            "move_to", "eval_batches", "evaluate_model", "evaluate_checkpoint"]
@@ -99,7 +99,7 @@ def deterministic_mode(enabled: bool, device: torch.device):
 
 def resolve_amp(amp: str, device: torch.device) -> str:
     """"auto" -> bf16 on GPUs that support it, fp16 on older GPUs; on CPUs bf16 only where the CPU has
-    bfloat16 units (`engine.precision`), else none (float32). "bf16" on a CPU without them warns."""
+    bfloat16 units (`uniformer.precision`), else none (float32). "bf16" on a CPU without them warns."""
     if amp == "fp16" and device.type != "cuda":
         raise ConfigError(f"train.amp = 'fp16' needs a GPU (device is {device}); use 'bf16' or 'none' on CPUs")
     names = {"auto": "auto", "none": "float32", "bf16": "bfloat16", "fp16": "float16"}

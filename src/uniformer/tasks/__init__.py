@@ -168,7 +168,7 @@ def open(source: str | os.PathLike | None = None, *, model: str | None = None,
     runs before the model is built (a command's checks of its options against the task).
     """
     from uniformer.engine.distributed import resolve_device
-    from uniformer.engine.precision import resolve_dtype
+    from uniformer.precision import resolve_dtype
 
     dev = resolve_device(device)  # an unavailable device fails before any download
     _check_classification_options(task or (recipe_task(recipe) if recipe is not None else None), model,

@@ -131,7 +131,7 @@ def predict_paths(model, inputs: Sequence[str], classes: Sequence[str], data_cfg
     import torch
 
     from uniformer.data import build_dataset
-    from uniformer.engine.precision import autocast_dtype
+    from uniformer.precision import autocast_dtype
 
     from . import model_input_ndim, view_logits
     from .metrics import view_probabilities

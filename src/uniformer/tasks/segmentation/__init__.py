@@ -198,12 +198,21 @@ def complexity(variants: Sequence[str] = ("uniformer_small", "uniformer_base"),
 
 
 def recipe_complexity(cfg: Mapping, input_size: Sequence[int] | None = None) -> dict:
-    """Parameters and GFLOPs of the segmentor of a resolved recipe at `input_size` (default: the crop size)."""
+    """Parameters and GFLOPs of the segmentor of a resolved recipe at `input_size` (default: the crop size).
+
+    Only the number of classes is needed, not the data: where the class list is a file not there yet (demo
+    data never generated, a dataset on another machine), `data.num_classes` gives it."""
     from uniformer.profiling import count_gflops, count_params
 
-    m = cfg["model"]
-    size = list(input_size) if input_size else list(cfg["data"]["crop_size"])
-    model = Task(cfg).build_model(for_training=False).eval()
+    m, d = cfg["model"], cfg["data"]
+    size = list(input_size) if input_size else list(d["crop_size"])
+    try:
+        classes = read_classes(d, cfg)
+    except FileNotFoundError as e:
+        if not d.get("num_classes"):
+            raise FileNotFoundError(f"{e}; set data.num_classes to count the model without it") from None
+        classes = [f"class_{i}" for i in range(int(d["num_classes"]))]
+    model = Task(cfg, {"classes": classes}).build_model(for_training=False).eval()
     aux = count_params(model.auxiliary_head) if hasattr(model, "auxiliary_head") else 0
     return {"model": f"{m['backbone']['name']} + {m['head']}", "stage3": m["backbone"]["stage3"], "input": size,
             "params": count_params(model), "params_inference": count_params(model) - aux,

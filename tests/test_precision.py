@@ -6,7 +6,8 @@ import warnings
 import pytest
 import torch
 
-from uniformer.engine import precision, runner
+from uniformer import precision
+from uniformer.engine import runner
 
 
 @pytest.fixture
@@ -57,6 +58,7 @@ def test_float16_and_unknown_names_are_clear_errors():
                                             ({"amx_tile", "amx_bf16"}, True), ({"asimd", "bf16"}, True)])
 def test_capability_from_cpu_flags(monkeypatch, flags, expected):
     """Where torch's own probes say no (or do not exist), /proc/cpuinfo's flags decide."""
+    monkeypatch.delenv(precision.CPU_BF16_ENV, raising=False)
     for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
     monkeypatch.setattr(precision, "_cpuinfo_flags", lambda: set(flags))
@@ -64,10 +66,33 @@ def test_capability_from_cpu_flags(monkeypatch, flags, expected):
 
 
 def test_capability_from_torch_probe(monkeypatch):
+    monkeypatch.delenv(precision.CPU_BF16_ENV, raising=False)
     monkeypatch.setattr(precision, "_cpuinfo_flags", set)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
     assert precision.cpu_has_native_bfloat16()
+
+
+@pytest.mark.parametrize("detected", [False, True])
+def test_environment_overrides_the_detected_capability(monkeypatch, detected):
+    """UNIFORMER_CPU_BF16 is read at every call and wins over detection either way; unset, detection decides."""
+    monkeypatch.setattr(precision, "cpu_detects_bfloat16", lambda: detected)
+    monkeypatch.delenv(precision.CPU_BF16_ENV, raising=False)
+    assert precision.cpu_has_native_bfloat16() is detected
+    monkeypatch.setenv(precision.CPU_BF16_ENV, "1")
+    assert precision.resolve_dtype("auto", "cpu") == "bfloat16"
+    assert runner.resolve_amp("auto", torch.device("cpu")) == "bf16"
+    monkeypatch.setenv(precision.CPU_BF16_ENV, "0")
+    assert precision.resolve_dtype("auto", "cpu") == "float32"
+    assert runner.resolve_amp("auto", torch.device("cpu")) == "none"
+    monkeypatch.setenv(precision.CPU_BF16_ENV, "")
+    assert precision.cpu_has_native_bfloat16() is detected
+
+
+def test_a_bad_override_names_the_variable(monkeypatch):
+    monkeypatch.setenv(precision.CPU_BF16_ENV, "yes")
+    with pytest.raises(ValueError, match="UNIFORMER_CPU_BF16='yes'.*expected 1"):
+        precision.resolve_dtype("auto", "cpu")
 
 
 def test_bfloat16_logits_stay_within_two_percent():

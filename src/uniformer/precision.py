@@ -4,18 +4,27 @@ bfloat16 autocast pays off on a CPU only when the CPU computes in bfloat16 (AVX5
 BF16): elsewhere oneDNN emulates it and a UniFormer runs several times slower than in float32.
 `auto` therefore picks bfloat16 on such CPUs and on GPUs that support it, float32 on every other CPU;
 an explicit bfloat16 request on a CPU without it still runs, with a warning saying why it is slow.
+
+`UNIFORMER_CPU_BF16=1|0` overrides the detected capability (read at every call): =1 makes any CPU take
+the bfloat16 path (emulated, hence slow, where the units are missing; the test suite uses it to run
+that path on every machine), =0 keeps a CPU with bfloat16 units on float32.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from pathlib import Path
 
 import torch
 
-__all__ = ["DTYPES", "cpu_has_native_bfloat16", "resolve_dtype", "autocast_dtype"]
+__all__ = ["DTYPES", "CPU_BF16_ENV", "cpu_has_native_bfloat16", "cpu_detects_bfloat16", "resolve_dtype",
+           "autocast_dtype"]
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+# environment variable overriding the detected CPU bfloat16 capability: "1" (has it) or "0" (has not)
+CPU_BF16_ENV = "UNIFORMER_CPU_BF16"
 
 # /proc/cpuinfo flags of bfloat16 arithmetic units: x86 AVX512-BF16 and AMX, Arm (aarch64) BF16
 _BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
@@ -32,6 +41,18 @@ def _cpuinfo_flags() -> set[str]:
 
 
 def cpu_has_native_bfloat16() -> bool:
+    """Whether CPU work takes the bfloat16 path: `UNIFORMER_CPU_BF16` (1 or 0) where it is set, else
+    whether the CPU has bfloat16 arithmetic units (`cpu_detects_bfloat16`)."""
+    value = os.environ.get(CPU_BF16_ENV, "").strip()
+    if value in ("1", "0"):
+        return value == "1"
+    if value:
+        raise ValueError(f"environment variable {CPU_BF16_ENV}={value!r}: expected 1 (treat the CPU as having "
+                         "bfloat16 units), 0 (as not having them), or unset (detect)")
+    return cpu_detects_bfloat16()
+
+
+def cpu_detects_bfloat16() -> bool:
     """True where the CPU has bfloat16 arithmetic units, as torch's cpuinfo or /proc/cpuinfo report."""
     for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):  # torch's cpuinfo, where it has them
         supported = getattr(torch.cpu, probe, None)
