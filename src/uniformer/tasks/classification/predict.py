@@ -84,7 +84,7 @@ def original_meta(ckpt, cfg: Mapping) -> dict:
     file, the class names of the recipe's `data.class_names` when they are as many."""
     from uniformer.models.checkpoint import unwrap_state_dict
 
-    from . import model_spec, read_class_names
+    from .model import model_spec, read_class_names
 
     head = unwrap_state_dict(ckpt.obj)[0].get("head.weight")
     if head is None:
@@ -133,8 +133,8 @@ def predict_paths(model, inputs: Sequence[str], classes: Sequence[str], data_cfg
     from uniformer.data import build_dataset
     from uniformer.precision import autocast_dtype
 
-    from . import model_input_ndim, view_logits
     from .metrics import view_probabilities
+    from .model import model_input_ndim, view_logits
 
     results: list[dict] = [{"input": p, "predictions": [], "error": None} for p in inputs]
     wanted = "video" if is_video else "image"

@@ -19,7 +19,8 @@ from torch import nn
 from uniformer.engine.config import ConfigError, check, expand_path
 from uniformer.engine.loaders import resolve_callable
 
-from . import (
+from .metrics import classification_metrics, view_probabilities
+from .model import (
     build_model,
     classification_loss,
     load_weights,
@@ -29,7 +30,6 @@ from . import (
     read_class_names,
     view_logits,
 )
-from .metrics import classification_metrics, view_probabilities
 
 __all__ = ["Task"]
 
