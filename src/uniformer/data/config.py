@@ -229,12 +229,13 @@ def parse_data_config(cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
         )
     ra = cfg.get("rand_augment")
     if ra is not None:
-        if not isinstance(ra, str) or not ra.startswith("rand"):
-            raise _err("rand_augment", ra, "expected a timm RandAugment string like 'rand-m7-n4-mstd0.5-inc1' or null")
+        if not isinstance(ra, str) or not ra:
+            raise _err("rand_augment", ra, "expected a timm RandAugment string like 'rand-m7-n4-mstd0.5-inc1', "
+                       "an AutoAugment policy such as 'v0', or null")
         try:
-            from timm.data.auto_augment import rand_augment_transform
+            from timm.data.auto_augment import auto_augment_transform, rand_augment_transform
 
-            rand_augment_transform(ra, {})
+            (rand_augment_transform if ra.startswith("rand") else auto_augment_transform)(ra, {})
         except Exception as exc:  # timm raises AssertionError/ValueError/KeyError on bad strings
             raise _err("rand_augment", ra, f"timm cannot parse it ({type(exc).__name__}: {exc})") from exc
     out["rand_augment"] = ra

@@ -50,7 +50,7 @@ from uniformer.engine.distributed import (
     shutdown_distributed,
 )
 from uniformer.engine.ema import ModelEma
-from uniformer.engine.loaders import shard_size, train_loader
+from uniformer.engine.loaders import items_per_batch, shard_size, train_loader
 from uniformer.engine.optim import LRSchedule, build_optimizer, scaled_lr
 from uniformer.engine.precision import resolve_dtype
 from uniformer.engine.reporting import TensorBoardLogger, log_to, plot_curves, write_history_csv, write_json
@@ -173,7 +173,10 @@ class Runner:
         self.batch_size, self.accum = t["batch_size"], t["accum_steps"]
         self.global_batch = self.batch_size * d.world_size * self.accum
         per_process = shard_size(len(self.train_set), d.world_size)
-        steps = per_process // self.batch_size // self.accum
+        try:
+            steps = per_process // items_per_batch(self.train_set, self.batch_size) // self.accum
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if t["max_steps_per_epoch"]:
             steps = min(steps, t["max_steps_per_epoch"])
         if steps < 1:
