@@ -22,7 +22,9 @@ Keys (all optional unless marked):
 * ``num_frames`` (16), ``sampling`` (``dense`` | ``uniform``; default ``uniform`` for
   ``sthv2`` else ``dense``), ``stride`` (4, dense only).
 * ``input_size`` (224), ``short_side`` (test/val resize; default ``input_size``).
-* ``scale_jitter`` ([256, 320]), ``random_resized_crop`` (False for videos, True for images),
+* ``scale_jitter`` (short-side range of the training crop when ``random_resized_crop`` is false; default
+  ``input_size`` x [256, 320] / 224, i.e. [256, 320] at 224), ``random_resized_crop`` (False for videos,
+  True for images; a box of ``rrc_scale`` area and ``rrc_ratio`` aspect, the same for every frame),
   ``rrc_scale`` ([0.08, 1.0]), ``rrc_ratio`` ([0.75, 1.3333]).
 * ``hflip`` (True, but False for ``sthv2``), ``rand_augment`` (timm string or null),
   ``random_erasing`` (probability, 0 = off), ``random_erasing_mode`` (``pixel``).
@@ -31,8 +33,10 @@ Keys (all optional unless marked):
   ``interpolation`` (``bilinear`` | ``bicubic``; default ``bilinear`` for videos, ``bicubic`` for images),
   ``view_aggregation`` (``sum_logits``, the original's sum of raw logits over test views, default;
   or ``mean_softmax``).
-* ``num_sample`` (1; clips cut from one decoded video per training item, repeated augmentation),
-  ``repeated_aug`` (0 = off; each training image this many times per epoch over all processes).
+* ``num_sample`` (1; clips augmented from one decoded video per training item, repeated augmentation:
+  ``train.batch_size`` counts clips and must be a multiple of it), ``repeated_aug`` (0 = off; DeiT's
+  RASampler: the epoch's order repeats each training sample this many times, the copies on different
+  processes, so an epoch of the usual length sees len / repeated_aug distinct samples).
 * ``skip_missing`` (False), ``max_retries`` (10), ``min_video_frames`` (1; shorter videos count as
   unloadable), ``seed`` (0), ``decode_threads`` (1; 0 = FFmpeg's choice),
   ``mean`` / ``std`` (ImageNet).
@@ -164,6 +168,23 @@ def _as_path(key: str, value: Any) -> str | None:
     return value
 
 
+def resolved_data_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``data:`` section with every key this package reads, defaults included (what a run records).
+
+    Mixup keys get the defaults :func:`uniformer.data.build_mixup` and the loss use when they are absent.
+    """
+    parsed = parse_data_config(cfg)
+    out = {k: getattr(parsed, k) for k in DataConfig.__dataclass_fields__ if k != "extra"}
+    out = {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+    mixing = bool(parsed.extra.get("mixup") or parsed.extra.get("cutmix") or parsed.extra.get("cutmix_minmax"))
+    defaults = {"mixup": 0.0, "cutmix": 0.0, "cutmix_minmax": None, "label_smoothing": 0.1 if mixing else 0.0,
+                "mixup_prob": 1.0, "mixup_switch_prob": 0.5, "mixup_mode": "batch"}
+    for key, default in defaults.items():
+        value = parsed.extra.get(key)
+        out[key] = default if value is None else value
+    return out
+
+
 def parse_data_config(cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
     """Validate ``cfg`` (the ``data:`` section) and fill defaults; raises ``ValueError`` naming the bad key."""
     if isinstance(cfg, DataConfig):
@@ -209,7 +230,10 @@ def parse_data_config(cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
     out["short_side"] = _as_int("short_side", cfg.get("short_side", out["input_size"]), 1)
     if out["short_side"] < out["input_size"]:
         raise _err("short_side", out["short_side"], f"must be >= input_size ({out['input_size']})")
-    out["scale_jitter"] = _as_pair("scale_jitter", cfg.get("scale_jitter", [256, 320]), int)
+    # the default follows input_size (256-320 at 224, SlowFast's TRAIN_JITTER_SCALES): a fixed 256-320 would cut
+    # small crops out of large upscales at other sizes
+    default_jitter = [round(out["input_size"] * 256 / 224), round(out["input_size"] * 320 / 224)]
+    out["scale_jitter"] = _as_pair("scale_jitter", cfg.get("scale_jitter", default_jitter), int)
     if out["scale_jitter"][0] < 1:
         raise _err("scale_jitter", cfg.get("scale_jitter"), "sizes must be positive")
     out["random_resized_crop"] = _as_bool("random_resized_crop", cfg.get("random_resized_crop", not is_video))
