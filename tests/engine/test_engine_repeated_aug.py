@@ -1,0 +1,61 @@
+"""Repeated augmentation in the runner: an epoch of data.num_sample = N has N times the steps of one clip per video,
+a step's batch counts clips, and two processes under gloo train on their shards exactly as one process on both."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from engine_helpers import run_cli, tiny_recipe, write_moving_videos, write_recipe
+
+from uniformer.engine.config import ConfigError
+from uniformer.engine.runner import seed_everything
+from uniformer.tasks import build_task, load_recipe, train
+
+
+def _recipe(tmp_path, num_sample: int, batch: int, videos: int = 6, **train_keys) -> dict:
+    data = write_moving_videos(tmp_path / "videos", videos, 2, frames=4, size=16)
+    recipe = tiny_recipe(train={"epochs": 1, "batch_size": batch, **train_keys})
+    recipe["data"] = {**data, "num_sample": num_sample, "random_resized_crop": True}
+    return recipe
+
+
+@pytest.mark.parametrize("num_sample,videos,steps", [(1, 6, 1), (2, 7, 3), (3, 6, 6)])
+def test_an_epoch_has_num_sample_times_the_steps(tmp_path, num_sample, videos, steps):
+    # batch = 4 clips for num_sample 1 and 2 (4 videos / 2 videos per step), 3 for num_sample 3 (1 video per step).
+    # Steps = floor(videos * num_sample / batch): the tail that does not fill a step is dropped, as the original's
+    # training DataLoader (drop_last) and this runner without repeated augmentation.
+    batch = 3 if num_sample == 3 else 4
+    recipe = _recipe(tmp_path, num_sample, batch, videos)
+    summary = train(load_recipe(recipe), tmp_path / "run", device="cpu", show_progress=False)
+    assert summary["steps"] == steps == videos * num_sample // batch
+    assert summary["epochs"] == 1
+
+
+def test_a_batch_must_hold_whole_videos(tmp_path):
+    with pytest.raises(ConfigError, match=r"train.batch_size = 5 .*data.num_sample = 2"):
+        load_recipe(_recipe(tmp_path, 2, 5))
+
+
+def test_two_processes_train_as_one_on_their_shards(tmp_path):
+    # one process with 8 clips (4 videos x 2) per step against two with 4 clips (2 videos x 2) each: the same clips,
+    # augmented alike, so the same gradients and weights (the toy network has no batch statistics)
+    base = _recipe(tmp_path, 2, 8, videos=8)
+    base["sched"] = {"warmup_epochs": 0}
+    base["optim"]["lr"] = 0.05
+    train(load_recipe(base), tmp_path / "one", device="cpu", show_progress=False)
+    two = write_recipe(tmp_path / "two.yaml", {**base, "train": {**base["train"], "batch_size": 4}})
+    args = ["train", str(two), "--out", str(tmp_path / "two"), "--no-progress", "--device", "cpu"]
+    proc = run_cli(args, cwd=tmp_path, torchrun=2, module="ddp_driver", timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    s1, s2 = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("one", "two"))
+    assert s1["steps"] == s2["steps"] == 2  # 8 videos x 2 clips / 8 clips per step
+    w1, w2 = (torch.load(tmp_path / n / "last.pt", map_location="cpu", weights_only=False)["model"]
+              for n in ("one", "two"))
+    for key in w1:
+        assert torch.allclose(w1[key], w2[key], atol=1e-5), key
+    task = build_task(load_recipe(base))
+    task.build_datasets(["train"])
+    seed_everything(base["seed"])  # the runner's initial weights
+    initial = task.build_model().state_dict()
+    assert max(float((w1[k] - initial[k]).abs().max()) for k in w1) > 1e-3  # the steps moved the weights
