@@ -241,19 +241,26 @@ def _build_from_lists(cfg: DataConfig, split: str, cls: type[ClassificationDatas
     list_path = resolve_file(value, cfg.root, key)
     entries = read_list_file(list_path)
     if cfg.class_names is not None:
-        classes = read_class_names(resolve_file(cfg.class_names, cfg.root, "class_names"))
+        names_path = resolve_file(cfg.class_names, cfg.root, "class_names")
+        classes = read_class_names(names_path)
+        if cfg.num_classes is not None and cfg.num_classes != len(classes):
+            raise ValueError(f"data config: class_names {names_path} lists {len(classes)} classes but num_classes "
+                             f"is {cfg.num_classes}")
     else:
         # Infer from every configured list so all splits agree on the class set.
         all_entries: list[list[Entry]] = [entries]
+        sources = [str(list_path)]
         for other in SPLITS:
             other_value = getattr(cfg, _list_key(other))
             if other_value is None or other_value == value:
                 continue
             try:
-                all_entries.append(read_list_file(resolve_file(other_value, cfg.root, _list_key(other))))
+                other_path = resolve_file(other_value, cfg.root, _list_key(other))
             except FileNotFoundError:
                 continue
-        classes = infer_classes(all_entries, cfg.num_classes)
+            all_entries.append(read_list_file(other_path))
+            sources.append(str(other_path))
+        classes = infer_classes(all_entries, cfg.num_classes, sources)
     labels = resolve_labels(entries, classes, str(list_path), cfg.num_classes)
     samples = [(join_root(e.path, cfg.root), lab) for e, lab in zip(entries, labels)]
     samples, dropped = check_missing(samples, [e.where for e in entries], str(list_path), skip_missing=cfg.skip_missing)
