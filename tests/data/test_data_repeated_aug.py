@@ -169,3 +169,17 @@ def test_bgr_channel_order_in_training():
     bgr = ClipTransform(parse_data_config({**common, "channel_order": "BGR"}), "train")(frames,
                                                                                          np.random.default_rng(0))
     assert rgb[0].mean() == pytest.approx(200) and bgr[2].mean() == pytest.approx(200) and bgr[0].abs().max() == 0
+
+
+def test_pipeline_benchmark_compares_num_sample_with_one(tmp_path):
+    from uniformer.data.benchmark import benchmark_num_sample, benchmark_pipeline
+
+    cfg = {**_videos(tmp_path), "num_sample": 2, "rand_augment": None}
+    one = benchmark_pipeline(cfg, num_workers=0, batches=1, batch_size=4, warmup_batches=0)
+    assert one["timed_clips"] == 4 and one["num_sample"] == 2  # a batch of 4 clips: 2 videos x 2
+    result = benchmark_num_sample(cfg, num_workers=0, batches=1, batch_size=4, rounds=2)
+    assert result["num_sample"] == 2 and result["ratio"] == pytest.approx(
+        result["clips_per_s"] / result["clips_per_s_num_sample_1"])
+    assert sorted(r["num_sample"] for r in result["rounds"]) == [1, 1, 2, 2]
+    with pytest.raises(ValueError, match="num_sample must be >= 2"):
+        benchmark_num_sample({**cfg, "num_sample": 1})
