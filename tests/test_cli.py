@@ -102,12 +102,19 @@ def test_models_pretrained_lists_every_tag_with_its_recipe(capsys):
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if ln.startswith("uniformer_video_base.sthv2_32 "))
     assert "something-something-v2" in line and "32x3x1" in line and "71.2" in line
+    assert line.split()[5:8] == ["224", "BGR", "0.45/0.225"]  # short side, channel order, mean/std
     assert line.endswith("Sense-X/uniformer_video/uniformer_base_sthv2_32_prek600.pth")  # confirmed: no mark
     line = next(ln for ln in out.splitlines() if ln.startswith("uniformer_video_small.k400_16x8 "))
     assert "16 x 8" in line and "16x1x4" in line and "80.8" in line and "unconfirmed" not in line
+    assert line.split()[6:9] == ["224", "RGB", "0.45/0.225"]
+    line = next(ln for ln in out.splitlines() if ln.startswith("uniformer_xxs.in1k_160 "))
+    assert line.split()[4:7] == ["182", "RGB", "imagenet"]  # light models: crop_pct 0.875 too
     assert "unconfirmed" in next(ln for ln in out.splitlines() if ln.startswith("uniformer_video_small.k400_8x8 "))
     assert main(["models", "--pretrained", "--json"]) == 0
     rows = {r["tag"]: r for r in json.loads(capsys.readouterr().out)}
     assert set(rows) == set(uniformer.list_models(pretrained=True))
     assert rows["uniformer_video_small.k600_16x8"]["confirmed"] and rows["uniformer_small.in1k"]["confirmed"]
     assert not rows["uniformer_base_ls.in1k"]["confirmed"]
+    sth = rows["uniformer_video_small.sthv2_16"]
+    assert (sth["sampling"], sth["short_side"], sth["channel_order"]) == ("uniform", 224, "BGR")
+    assert sth["mean"] == [0.45] * 3 and sth["std"] == [0.225] * 3

@@ -292,10 +292,10 @@ def test_test_views_cover_clips_and_crops(tmp_path):
     assert x.shape == (6, 3, 2, 32, 32)
     means = x.mean(dim=(1, 3, 4))  # (views, frames)
     assert torch.all(means[[0, 3]] < 0.05) and torch.all(means[[2, 5]] > 0.95)  # left black, right white
-    # centre crops: clip 0 starts at frame round(14 * 1/4) = 4, clip 1 at round(14 * 3/4) = 10
+    # centre crops: span stride * num_frames = 2, delta 14; clip k of 2 starts at k * floor(14 / 1)
     grey = lambda i: (8 + 14 * i) / 255  # noqa: E731
-    assert torch.allclose(means[1], torch.tensor([grey(4), grey(5)]), atol=0.03)
-    assert torch.allclose(means[4], torch.tensor([grey(10), grey(11)]), atol=0.03)
+    assert torch.allclose(means[1], torch.tensor([grey(0), grey(1)]), atol=0.03)
+    assert torch.allclose(means[4], torch.tensor([grey(14), grey(15)]), atol=0.03)
 
 
 def test_crop_positions_portrait_and_landscape():
@@ -314,3 +314,70 @@ def test_collate_stacks_and_checks_shapes():
     items[1]["input"] = torch.ones(3, 2, 4, 5)
     with pytest.raises(ValueError, match="different shapes"):
         collate(items)
+
+
+# ---------------------------------------------------------------------- frame folders (the original's SSv1/SSv2)
+def _frame_folder(root, name: str, count: int, size=(24, 40)) -> np.ndarray:
+    """Folder ``name`` of ``count`` PNG frames ``{:05d}.png`` whose grey level is 4 * frame number."""
+    folder = root / name
+    folder.mkdir()
+    frames = np.zeros((count, *size, 3), np.uint8)
+    for j in range(count):
+        frames[j] = 4 * (j + 1)
+        Image.fromarray(frames[j]).save(folder / f"{j + 1:05d}.png")
+    return frames
+
+
+def test_frame_folder_reads_the_listed_images_with_the_original_sampling(tmp_path):
+    _frame_folder(tmp_path, "vid1", 17)
+    write_list(tmp_path / "val.txt", ["vid1 17 2"])
+    cfg = {"format": "frame_folder", "root": str(tmp_path), "val_list": "val.txt", "frame_template": "{:05d}.png",
+           "num_frames": 4, "input_size": 24, "num_classes": 3, "mean": [0, 0, 0], "std": [1, 1, 1]}
+    ds = build_dataset(cfg, "val")
+    assert ds.cfg.sampling == "uniform" and ds.cfg.channel_order == "BGR" and not ds.cfg.hflip
+    item = ds[0]
+    assert item["label"] == 2 and item["input"].shape == (3, 4, 24, 24)
+    # seg = 16 / 4 = 4: images round(4 i) + int(4 / 2) + 1 = 3, 7, 11, 15 (1-based), grey 4 * image number
+    np.testing.assert_allclose(item["input"][0, :, 0, 0].numpy(), [12 / 255, 28 / 255, 44 / 255, 60 / 255],
+                               atol=1e-6)
+
+
+def test_frame_folder_errors_name_the_line_and_folder(tmp_path):
+    _frame_folder(tmp_path, "vid1", 3)
+    write_list(tmp_path / "bad.txt", ["vid1 three 0"])
+    cfg = {"format": "frame_folder", "root": str(tmp_path), "val_list": "bad.txt", "num_classes": 2}
+    with pytest.raises(ValueError, match=r"bad.txt:1: expected 'folder num_frames label'"):
+        build_dataset(cfg, "val")
+    write_list(tmp_path / "missing.txt", ["vid1 3 0", "gone 5 1"])
+    with pytest.raises(FileNotFoundError, match=r"missing.txt:2: .*gone"):
+        build_dataset({**cfg, "val_list": "missing.txt"}, "val")
+    write_list(tmp_path / "short.txt", ["vid1 5 0"])  # lists more frames than the folder holds
+    ds = build_dataset({**cfg, "val_list": "short.txt", "frame_template": "{:05d}.png", "num_frames": 4,
+                        "input_size": 8, "max_retries": 0}, "val")
+    from uniformer.data import SampleLoadError
+
+    with pytest.raises(SampleLoadError, match=r"vid1/00004.png: frame image not found"):
+        ds.load(ds.samples[0][0], None)  # images 1..4 of the 5 listed; the folder has 3
+    with pytest.raises(ValueError, match="'frame_template'"):
+        build_dataset({**cfg, "frame_template": "frame.jpg"}, "val")
+    with pytest.raises(ValueError, match="'frame_template'"):
+        build_dataset({"format": "video_list", "frame_template": "{:05d}.jpg"}, "val")
+    with pytest.raises(ValueError, match="'target_fps'"):
+        build_dataset({**cfg, "target_fps": 30}, "val")
+
+
+def test_target_fps_numbers_a_video_as_ffmpeg_r30(tmp_path, video_dir):
+    """sthv2 (target_fps 30 by default) samples the 30 fps image numbers and maps them to decoded frames."""
+    shutil.copy(video_dir / "a.mp4", tmp_path / "a.mp4")
+    write_list(tmp_path / "val.txt", ["a.mp4 0"])
+    base = {"format": "video_list", "root": str(tmp_path), "val_list": "val.txt", "sampling": "uniform",
+            "num_frames": 4, "input_size": 32}
+    native = build_dataset(base, "val")
+    resampled = build_dataset({**base, "target_fps": 30}, "val")
+    from uniformer.data.sampling import resampled_frame_map, uniform_test_indices
+
+    n, fps = 50, 25.0
+    shown = resampled_frame_map(n, fps)
+    assert resampled.frame_indices(n, fps, None).tolist() == shown[uniform_test_indices(60, 4, num_clips=1)].tolist()
+    assert native.frame_indices(n, fps, None).tolist() == uniform_test_indices(50, 4, num_clips=1).tolist()
+    assert native.frame_indices(n, fps, None).tolist() != resampled.frame_indices(n, fps, None).tolist()

@@ -113,7 +113,7 @@ def test_config_errors_name_the_key():
     with pytest.warns(UserWarning, match="hflip"):
         parse_data_config({"format": "sthv2", "hflip": True})
     cfg = parse_data_config({"format": "image_folder", "mixup": 0.8})
-    assert cfg.random_resized_crop and cfg.hflip and cfg.short_side == 224 and cfg.extra["mixup"] == 0.8
+    assert cfg.random_resized_crop and cfg.hflip and cfg.short_side == 256 and cfg.extra["mixup"] == 0.8
 
 
 def test_dataloader_shuffled_epochs_differ(tmp_path):
@@ -124,3 +124,18 @@ def test_dataloader_shuffled_epochs_differ(tmp_path):
     first = [item["input"] for batch in loader for item in batch]
     second = [item["input"] for batch in loader for item in batch]
     assert len(first) == 8 and any(not torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_file_reading_config_keeps_format_defaults():
+    from uniformer.data.config import file_reading_config
+
+    sth = file_reading_config({"format": "sthv2", "num_frames": 8})
+    assert sth["format"] == "video_list" and sth["channel_order"] == "BGR" and sth["sampling"] == "uniform"
+    assert sth["target_fps"] == 30 and sth["mean"] == [0.45] * 3 and sth["short_side"] == 224
+    again = parse_data_config(sth)  # as a video_list config it reads files the same way
+    assert (again.channel_order, again.sampling, again.target_fps) == ("BGR", "uniform", 30)
+    assert file_reading_config({"format": "frame_folder"})["target_fps"] is None
+    img = file_reading_config({"format": "image_folder", "input_size": 160})
+    assert img == {"format": "image_list", "input_size": 160, "short_side": 182, "test_crops": 1,
+                   "channel_order": "RGB", "interpolation": "bicubic", "view_aggregation": "sum_logits",
+                   "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}

@@ -66,7 +66,8 @@ def test_predict_from_a_tag_uses_its_recipe_and_kinetics_names(fake_hub, clip, t
     predictor = load_predictor(None, "uniformer_video_small.k400_16x8", model_options=TINY_KWARGS)
     cfg = predictor.data_cfg
     assert (cfg["num_frames"], cfg["sampling"], cfg["stride"]) == (16, "dense", 8)
-    assert (cfg["short_side"], cfg["input_size"], cfg["test_crops"], cfg["test_clips"]) == (256, 224, 1, 4)
+    assert (cfg["short_side"], cfg["input_size"], cfg["test_crops"], cfg["test_clips"]) == (224, 224, 1, 4)
+    assert (cfg["channel_order"], cfg["mean"], cfg["view_aggregation"]) == ("RGB", [0.45] * 3, "sum_logits")
     assert predictor.dataset == "kinetics-400" and predictor.classes == names
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .config import parse_data_config
+from .config import parse_data_config, resolved_data_config
 from .datasets import build_dataset, collate
 from .video_io import write_video
 
@@ -186,7 +186,7 @@ def benchmark_num_sample(
     data_cfg = parse_data_config(cfg)
     if data_cfg.num_sample < 2:
         raise ValueError("benchmark_num_sample: data.num_sample must be >= 2 to compare it with 1")
-    base = {k: getattr(data_cfg, k) for k in data_cfg.__dataclass_fields__ if k != "extra"}
+    base = resolved_data_config(cfg)
     configs = {data_cfg.num_sample: base, 1: {**base, "num_sample": 1}}
     measured: dict[int, list[float]] = {n: [] for n in configs}
     for r in range(rounds):

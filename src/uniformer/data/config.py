@@ -6,10 +6,12 @@ one place and a typo or a bad value fails early with a message naming the key.
 
 Keys (all optional unless marked):
 
-* ``format`` (required): ``video_list`` | ``sthv2`` | ``image_folder`` | ``image_list``.
+* ``format`` (required): ``video_list`` | ``sthv2`` | ``frame_folder`` | ``image_folder`` | ``image_list``.
 * ``root``: folder that relative paths are resolved against (default: ``.``).
 * ``train_list`` / ``val_list`` / ``test_list``: list files (``path label`` per line, or a CSV
-  with a ``path,label`` header) for ``video_list`` and ``image_list``.  ``test_list`` falls
+  with a ``path,label`` header) for ``video_list`` and ``image_list``; for ``frame_folder`` the original's
+  Something-Something split lists (``folder num_frames label`` per line, e.g.
+  ``somesomev2_rgb_validation_split.txt``), each folder holding ``frame_template`` images.  ``test_list`` falls
   back to ``val_list``.  Relative list paths are resolved against ``root`` when they do not
   exist relative to the working directory.
 * ``labels_file``, ``train_annotations``, ``val_annotations``, ``test_annotations``: SSv2 JSON
@@ -19,18 +21,31 @@ Keys (all optional unless marked):
 * ``class_names``: text file with one class name per line (line i = class i).
 * ``num_classes``: only used when there is no class-name source; otherwise inferred.
 * ``video_ext``: extension of SSv2 videos (default ``webm``).
-* ``num_frames`` (16), ``sampling`` (``dense`` | ``uniform``; default ``uniform`` for
-  ``sthv2`` else ``dense``), ``stride`` (4, dense only).
-* ``input_size`` (224), ``short_side`` (test/val resize; default ``input_size``).
+* ``frame_template`` (``frame_folder``): image name of 1-based frame ``j`` (default ``img_{:05d}.jpg``, the
+  SSv2 extraction; SSv1 ships ``{:05d}.jpg``).
+* ``num_frames`` (16), ``sampling`` (default ``uniform`` for ``sthv2`` / ``frame_folder``, else ``dense``),
+  ``stride`` (4, dense only).  The sampling key picks the original's rule (:mod:`uniformer.data.sampling`):
+  ``dense`` = its ``Kinetics`` rule (clip span ``stride * num_frames``, float32 linspace, test clip ``k``
+  at ``k * floor(delta / (K - 1))``), ``uniform`` = its ``Sth`` rule (``seg = (n - 1) / T``, numpy round,
+  test offset ``int(seg / (K + 1) * (k + 1))``).
+* ``target_fps`` (default 30 for ``sthv2``, else null): number a video's frames as ``ffmpeg -r target_fps``
+  would extract them (image ``j`` shows decoded frame ``round((j - 1) * fps / target_fps)``) before
+  sampling, so reading a webm gives the frames of the original's 30 fps frame folders; null = native frames.
+* ``input_size`` (224), ``short_side`` (test/val resize of the short side; default ``input_size`` for
+  videos, as the original's test asserts, and ``int(256 / 224 * input_size)`` for images, the DeiT
+  crop_pct 0.875).
 * ``scale_jitter`` (short-side range of the training crop when ``random_resized_crop`` is false; default
   ``input_size`` x [256, 320] / 224, i.e. [256, 320] at 224), ``random_resized_crop`` (False for videos,
   True for images; a box of ``rrc_scale`` area and ``rrc_ratio`` aspect, the same for every frame),
   ``rrc_scale`` ([0.08, 1.0]), ``rrc_ratio`` ([0.75, 1.3333]).
-* ``hflip`` (True, but False for ``sthv2``), ``rand_augment`` (timm string or null),
+* ``hflip`` (True, but False for ``sthv2``), ``rand_augment`` (timm ``rand-...`` RandAugment string,
+  an AutoAugment policy such as ``v0``, or null; videos: before the crop, images: after it),
   ``random_erasing`` (probability, 0 = off), ``random_erasing_mode`` (``pixel``).
 * ``test_clips`` (1), ``test_crops`` (1 or 3).
-* ``channel_order`` (``RGB`` | ``BGR``; the network's input channel order, default ``RGB``),
-  ``interpolation`` (``bilinear`` | ``bicubic``; default ``bilinear`` for videos, ``bicubic`` for images),
+* ``channel_order`` (``RGB`` | ``BGR``; the network's input channel order; default ``BGR`` for ``sthv2``
+  and ``frame_folder``, whose original networks read OpenCV frames unconverted, else ``RGB``),
+  ``interpolation`` (``bilinear`` | ``bicubic``; default ``bilinear`` for videos: torch, no antialias, on
+  the float frames, as the original; ``bicubic`` for images: PIL, as torchvision's ``Resize``),
   ``view_aggregation`` (``sum_logits``, the original's sum of raw logits over test views, default;
   or ``mean_softmax``).
 * ``num_sample`` (1; clips augmented from one decoded video per training item, repeated augmentation:
@@ -39,7 +54,8 @@ Keys (all optional unless marked):
   processes, so an epoch of the usual length sees len / repeated_aug distinct samples).
 * ``skip_missing`` (False), ``max_retries`` (10), ``min_video_frames`` (1; shorter videos count as
   unloadable), ``seed`` (0), ``decode_threads`` (1; 0 = FFmpeg's choice),
-  ``mean`` / ``std`` (ImageNet).
+  ``mean`` / ``std`` (videos: 0.45 / 0.225 on every channel, the SlowFast defaults the original video
+  models were trained with; images: ImageNet), per channel of the network input (``channel_order``).
 * Mixup keys are accepted here and read by :func:`uniformer.data.build_mixup`: ``mixup``,
   ``cutmix``, ``cutmix_minmax``, ``label_smoothing``, ``mixup_prob``, ``mixup_switch_prob``,
   ``mixup_mode``.  Batch size and workers are the recipe's ``train.batch_size`` /
@@ -60,8 +76,15 @@ from typing import Any
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-FORMATS = ("video_list", "sthv2", "image_folder", "image_list")
-VIDEO_FORMATS = ("video_list", "sthv2")
+VIDEO_MEAN = (0.45, 0.45, 0.45)
+VIDEO_STD = (0.225, 0.225, 0.225)
+
+FORMATS = ("video_list", "sthv2", "frame_folder", "image_folder", "image_list")
+VIDEO_FORMATS = ("video_list", "sthv2", "frame_folder")
+#: formats whose original networks read BGR frames (cv2.imdecode, never converted)
+BGR_FORMATS = ("sthv2", "frame_folder")
+#: formats sampled one frame per segment (the original's ``Sth``) unless ``sampling`` says otherwise
+UNIFORM_FORMATS = ("sthv2", "frame_folder")
 SPLITS = ("train", "val", "test")
 
 _MIXUP_KEYS = frozenset(
@@ -88,6 +111,8 @@ class DataConfig:
     class_names: str | None = None
     num_classes: int | None = None
     video_ext: str = "webm"
+    frame_template: str = "img_{:05d}.jpg"
+    target_fps: int | None = None
     num_frames: int = 16
     sampling: str = "dense"
     stride: int = 4
@@ -175,6 +200,8 @@ def resolved_data_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """
     parsed = parse_data_config(cfg)
     out = {k: getattr(parsed, k) for k in DataConfig.__dataclass_fields__ if k != "extra"}
+    if parsed.format != "frame_folder":  # a key of that format only (refused with the others)
+        out.pop("frame_template", None)
     out = {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
     mixing = bool(parsed.extra.get("mixup") or parsed.extra.get("cutmix") or parsed.extra.get("cutmix_minmax"))
     defaults = {"mixup": 0.0, "cutmix": 0.0, "cutmix_minmax": None, "label_smoothing": 0.1 if mixing else 0.0,
@@ -220,14 +247,30 @@ def parse_data_config(cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
     out["video_ext"] = ext.lstrip(".")
 
     out["num_frames"] = _as_int("num_frames", cfg.get("num_frames", 16), 1)
-    sampling = cfg.get("sampling", "uniform" if fmt == "sthv2" else "dense")
+    template = cfg.get("frame_template", "img_{:05d}.jpg")
+    try:
+        ok = isinstance(template, str) and template.format(1) != template.format(2)
+    except (IndexError, KeyError, ValueError):
+        ok = False
+    if not ok:
+        raise _err("frame_template", template, "expected a format string of the 1-based frame number, "
+                   "such as 'img_{:05d}.jpg'")
+    out["frame_template"] = template
+    target_fps = cfg.get("target_fps", 30 if fmt == "sthv2" else None)
+    out["target_fps"] = None if target_fps is None else _as_int("target_fps", target_fps, 1)
+    if "frame_template" in cfg and fmt != "frame_folder":
+        raise _err("frame_template", template, f"only format 'frame_folder' reads frame images, not {fmt!r}")
+    if out["target_fps"] is not None and fmt not in ("video_list", "sthv2"):
+        raise _err("target_fps", target_fps, f"only video files are re-numbered, not format {fmt!r}")
+    sampling = cfg.get("sampling", "uniform" if fmt in UNIFORM_FORMATS else "dense")
     if sampling not in ("dense", "uniform"):
         raise _err("sampling", sampling, "expected 'dense' or 'uniform'")
     out["sampling"] = sampling
     out["stride"] = _as_int("stride", cfg.get("stride", 4), 1)
 
     out["input_size"] = _as_int("input_size", cfg.get("input_size", 224), 1)
-    out["short_side"] = _as_int("short_side", cfg.get("short_side", out["input_size"]), 1)
+    default_short = out["input_size"] if is_video else int(256 / 224 * out["input_size"])
+    out["short_side"] = _as_int("short_side", cfg.get("short_side", default_short), 1)
     if out["short_side"] < out["input_size"]:
         raise _err("short_side", out["short_side"], f"must be >= input_size ({out['input_size']})")
     # the default follows input_size (256-320 at 224, SlowFast's TRAIN_JITTER_SCALES): a fixed 256-320 would cut
@@ -244,10 +287,10 @@ def parse_data_config(cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
     if out["rrc_ratio"][0] <= 0:
         raise _err("rrc_ratio", cfg.get("rrc_ratio"), "aspect ratios must be positive")
 
-    out["hflip"] = _as_bool("hflip", cfg.get("hflip", fmt != "sthv2"))
-    if fmt == "sthv2" and out["hflip"]:
+    out["hflip"] = _as_bool("hflip", cfg.get("hflip", fmt not in UNIFORM_FORMATS))
+    if fmt in UNIFORM_FORMATS and out["hflip"]:
         warnings.warn(
-            "data config: hflip=true with format 'sthv2': Something-Something labels depend on left/right "
+            f"data config: hflip=true with format '{fmt}': Something-Something labels depend on left/right "
             "direction, so flipping corrupts labels such as 'Pushing something from left to right'",
             stacklevel=2,
         )
@@ -273,7 +316,7 @@ def parse_data_config(cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
     out["test_crops"] = _as_int("test_crops", cfg.get("test_crops", 1), 1)
     if out["test_crops"] not in (1, 3):
         raise _err("test_crops", out["test_crops"], "expected 1 (centre) or 3 (left/centre/right)")
-    for key, default, choices in (("channel_order", "RGB", ("RGB", "BGR")),
+    for key, default, choices in (("channel_order", "BGR" if fmt in BGR_FORMATS else "RGB", ("RGB", "BGR")),
                                   ("interpolation", "bilinear" if is_video else "bicubic", ("bilinear", "bicubic")),
                                   ("view_aggregation", "sum_logits", ("sum_logits", "mean_softmax"))):
         value = cfg.get(key, default)
@@ -287,7 +330,8 @@ def parse_data_config(cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
     out["min_video_frames"] = _as_int("min_video_frames", cfg.get("min_video_frames", 1), 1)
     out["seed"] = _as_int("seed", cfg.get("seed", 0), 0)
     out["decode_threads"] = _as_int("decode_threads", cfg.get("decode_threads", 1), 0)
-    for key, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
+    for key, default in (("mean", VIDEO_MEAN if is_video else IMAGENET_MEAN),
+                         ("std", VIDEO_STD if is_video else IMAGENET_STD)):
         value = cfg.get(key, default)
         if not isinstance(value, list | tuple) or len(value) != 3:
             raise _err(key, value, "expected three numbers (R, G, B)")
@@ -295,3 +339,27 @@ def parse_data_config(cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
     if any(s <= 0 for s in out["std"]):
         raise _err("std", cfg.get("std"), "values must be positive")
     return DataConfig(**out)
+
+
+#: keys that decide how a test file is read (frames, resize, crops, channels, normalisation, views)
+FILE_READING_KEYS = ("num_frames", "sampling", "stride", "target_fps", "input_size", "short_side", "test_clips",
+                  "test_crops", "channel_order", "interpolation", "view_aggregation", "mean", "std",
+                  "decode_threads")
+
+
+def file_reading_config(cfg: Mapping[str, Any] | DataConfig) -> dict[str, Any]:
+    """The resolved keys that read one file the way ``cfg``'s test split reads its samples.
+
+    For prediction on files (``video_list`` / ``image_list``) with the settings of a recipe of any
+    format: the format-dependent defaults (e.g. BGR and uniform sampling for ``sthv2``) are resolved
+    here, so they are not lost when the format changes.  ``frame_folder`` recipes read video files
+    with native frame numbering (``target_fps`` null), as their frames are already extracted.
+    """
+    c = parse_data_config(cfg)
+    out = {key: getattr(c, key) for key in FILE_READING_KEYS if c.is_video or key in (
+        "input_size", "short_side", "test_crops", "channel_order", "interpolation", "view_aggregation", "mean",
+        "std")}
+    for key in ("mean", "std"):
+        out[key] = list(out[key])
+    out["format"] = "video_list" if c.is_video else "image_list"
+    return out

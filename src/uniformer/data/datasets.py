@@ -33,6 +33,8 @@ items are fully deterministic.
 from __future__ import annotations
 
 import logging
+import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,7 +59,7 @@ from .annotations import (
     scan_image_folder,
 )
 from .config import SPLITS, DataConfig, parse_data_config
-from .sampling import sample_clips
+from .sampling import resampled_frame_map, sample_clips
 from .transforms import ClipTransform
 from .video_io import SampleLoadError, VideoDecodeError, VideoReader
 
@@ -192,14 +194,66 @@ class VideoClassificationDataset(ClassificationDataset):
             num_clips=cfg.test_clips if self.split == "test" else 1,
         )
 
+    def frame_indices(self, num_video_frames: int, fps: float, rng: np.random.Generator | None) -> np.ndarray:
+        """``(clips, num_frames)`` decoded-frame indices, after the ``target_fps`` re-numbering if configured.
+
+        With ``target_fps`` the sampling rule runs over the images ``ffmpeg -r target_fps`` would
+        extract and each image is mapped to the decoded frame it shows, so a webm read directly
+        gives the frames of the original's 30 fps frame folders.
+        """
+        if self.cfg.target_fps is None:
+            return self.clip_indices(num_video_frames, rng)
+        shown = resampled_frame_map(num_video_frames, fps, self.cfg.target_fps)
+        return shown[self.clip_indices(len(shown), rng)]
+
     def load(self, path: str, rng: np.random.Generator | None) -> torch.Tensor:
         with VideoReader(path, threads=self.cfg.decode_threads) as reader:
             if reader.num_frames < self.cfg.min_video_frames:
                 minimum = self.cfg.min_video_frames
                 raise VideoDecodeError(f"{path}: video too short ({reader.num_frames} frames < {minimum=})")
-            clips = self.clip_indices(reader.num_frames, rng)
+            clips = self.frame_indices(reader.num_frames, reader.fps, rng)
             frames = reader.get_frames(clips.reshape(-1))
         return self._augmented(frames, len(clips), rng)  # decoded once, augmented num_sample times for training
+
+
+def read_frame(path: str) -> np.ndarray:
+    """One frame image as ``(H, W, 3)`` uint8 RGB (the transform reverses it for ``channel_order: BGR``)."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except FileNotFoundError as exc:
+        raise SampleLoadError(f"{path}: frame image not found") from exc
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise SampleLoadError(f"{path}: cannot read frame image ({type(exc).__name__}: {exc})") from exc
+
+
+class FrameFolderDataset(VideoClassificationDataset):
+    """Videos stored as folders of frame images (``frame_template``, 1-based), the original's SSv1/SSv2 format.
+
+    Each sample's frame count comes from the split list (``folder num_frames label``), as in the
+    original ``Sth`` dataset; frame ``i`` (0-based) of a clip is the image numbered ``i + 1``.
+    """
+
+    def __init__(self, *args, frame_counts: Mapping[str, int], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.frame_counts = dict(frame_counts)
+
+    def load(self, path: str, rng: np.random.Generator | None) -> torch.Tensor:
+        n = self.frame_counts[path]
+        if n < self.cfg.min_video_frames:
+            minimum = self.cfg.min_video_frames
+            raise SampleLoadError(f"{path}: video too short ({n} frames < {minimum=})")
+        clips = self.clip_indices(n, rng)
+        cache: dict[int, np.ndarray] = {}
+        frames = []
+        for i in clips.reshape(-1).tolist():
+            if i not in cache:
+                cache[i] = read_frame(os.path.join(path, self.cfg.frame_template.format(i + 1)))
+            frames.append(cache[i])
+        shapes = {f.shape for f in cache.values()}
+        if len(shapes) != 1:
+            raise SampleLoadError(f"{path}: frame images differ in size {sorted(shapes)}")
+        return self.transform.clips(np.stack(frames), len(clips), rng)
 
 
 class ImageClassificationDataset(ClassificationDataset):
@@ -267,6 +321,55 @@ def _build_from_lists(cfg: DataConfig, split: str, cls: type[ClassificationDatas
     return cls(cfg, split, samples, classes, str(list_path), dropped)
 
 
+def read_frame_list(path: str | Path) -> tuple[list[Entry], list[int]]:
+    """The original's frame-folder split list: ``folder num_frames label`` per line (blank lines ignored)."""
+    entries: list[Entry] = []
+    counts: list[int] = []
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.strip().rsplit(maxsplit=2)
+        where = f"{path}:{lineno}"
+        if len(parts) != 3 or not parts[1].isdigit():
+            raise ValueError(f"{where}: expected 'folder num_frames label', got {line.strip()!r}")
+        if int(parts[1]) < 1:
+            raise ValueError(f"{where}: num_frames must be >= 1, got {parts[1]}")
+        entries.append(Entry(parts[0], parts[2], where))
+        counts.append(int(parts[1]))
+    if not entries:
+        raise ValueError(f"{path}: frame list is empty")
+    return entries, counts
+
+
+def _build_frame_folder(cfg: DataConfig, split: str) -> ClassificationDataset:
+    key, value = _split_value(cfg, "", "_list", split)
+    if value is None:
+        raise ValueError(f"data config: '{key}' is required for split {split!r} with format 'frame_folder'")
+    list_path = resolve_file(value, cfg.root, key)
+    entries, counts = read_frame_list(list_path)
+    if cfg.class_names is not None:
+        classes = read_class_names(resolve_file(cfg.class_names, cfg.root, "class_names"))
+    else:
+        classes = infer_classes([entries], cfg.num_classes)
+    labels = resolve_labels(entries, classes, str(list_path), cfg.num_classes)
+    samples = [(join_root(e.path, cfg.root), lab) for e, lab in zip(entries, labels)]
+    missing = [i for i, (p, _) in enumerate(samples) if not os.path.isdir(p)]
+    if missing and not cfg.skip_missing:
+        listing = "\n  ".join(f"{entries[i].where}: {samples[i][0]}" for i in missing)
+        raise FileNotFoundError(
+            f"{list_path}: {len(missing)} of {len(samples)} listed frame folders are missing:\n  {listing}\n"
+            "Fix the paths (and 'root') or set skip_missing: true in the data config to drop these entries."
+        )
+    if missing:
+        warnings.warn(f"{list_path}: skipping {len(missing)} of {len(samples)} entries whose frame folders are "
+                      "missing", stacklevel=2)
+    dropped = set(missing)
+    keep = [i for i in range(len(samples)) if i not in dropped]
+    counts_by_path = {samples[i][0]: counts[i] for i in keep}
+    return FrameFolderDataset(cfg, split, [samples[i] for i in keep], classes, str(list_path), len(missing),
+                              frame_counts=counts_by_path)
+
+
 def _build_sthv2(cfg: DataConfig, split: str) -> ClassificationDataset:
     if cfg.labels_file is None:
         raise ValueError("data config: 'labels_file' is required for format 'sthv2'")
@@ -321,6 +424,8 @@ def build_dataset(cfg: Mapping[str, Any] | DataConfig, split: str) -> Classifica
         return _build_from_lists(c, split, ImageClassificationDataset)
     if c.format == "sthv2":
         return _build_sthv2(c, split)
+    if c.format == "frame_folder":
+        return _build_frame_folder(c, split)
     return _build_image_folder(c, split)
 
 
@@ -352,6 +457,7 @@ def collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 __all__ = [
     "ClassificationDataset",
+    "FrameFolderDataset",
     "ImageClassificationDataset",
     "VideoClassificationDataset",
     "VideoDecodeError",

@@ -1,12 +1,13 @@
 """Class names of the datasets the released weights were trained on, in the index order of their classifiers.
 
-Kinetics-400, Kinetics-600 and Something-Something V2 ship as package data (`class_names/*.txt`, one name per
+Kinetics-400, Kinetics-600 and Something-Something V1 / V2 ship as package data (`class_names/*.txt`, one name per
 line); ImageNet-1K comes from timm (`timm.data.ImageNetInfo`), first synonym of each WordNet description.
 
 Orders: Kinetics-400 follows the class index the UniFormer authors' demo uses for the released Kinetics-400
 weights (not alphabetical); Kinetics-600 is alphabetical (the common label map; not checked against a
 released Kinetics-600 checkpoint); Something-Something V2 is the order of the dataset's `labels.json`
-(templates sorted, "Approaching something with your camera" = 0).
+(templates sorted, "Approaching something with your camera" = 0); Something-Something V1 is the original
+UniFormer's `data_list/sthv1/category.txt` (alphabetical; the labels of its split lists index it).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from importlib import resources
 
 __all__ = ["DATASETS", "class_names"]
 
-DATASETS = ("imagenet-1k", "kinetics-400", "kinetics-600", "something-something-v2")
+DATASETS = ("imagenet-1k", "kinetics-400", "kinetics-600", "something-something-v1", "something-something-v2")
 
 
 def _read(dataset: str) -> list[str]:

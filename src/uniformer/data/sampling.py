@@ -1,24 +1,30 @@
-"""Temporal sampling: which frame indices form a clip.
+"""Temporal sampling: which frame indices form a clip, exactly as the original UniFormer code chose them.
 
-Two schemes, as used by the UniFormer / SlowFast recipes:
+Two schemes (``data.sampling``), each the rule of one dataset class of the original
+(SlowFast-based ``video_classification/``):
 
-* **dense** (Kinetics): ``num_frames`` frames ``stride`` apart, spanning
-  ``(num_frames - 1) * stride + 1`` frames.  Training picks the start uniformly at random
-  among all positions where the span fits; testing takes ``num_clips`` evenly spaced clips,
-  clip ``k`` starting at the centre of the ``k``-th of ``num_clips`` equal parts of the valid
-  start range (one clip = the centred clip).  Videos shorter than the span start at 0 and
-  repeat their last frame.
-* **uniform** (Something-Something, TSN): the video is cut into ``num_frames`` equal
-  segments and one frame is taken from each, at a random position in training and at
-  position ``(k + 0.5) / num_clips`` of each segment for test clip ``k`` (one clip = the
-  segment centres).
+* **dense** (``Kinetics``, decord backend, offset sampling): a clip spans
+  ``stride * num_frames`` frames (not ``(num_frames - 1) * stride + 1``).  With
+  ``delta = max(n - span, 0)``, test clip ``k`` of ``K`` starts at ``k * floor(delta / (K - 1))``
+  (``floor(delta / 2)`` when ``K = 1``); training starts at a uniform real number in
+  ``[0, delta]``.  The indices are the float32 ``torch.linspace(start, start + span - 1, T)``,
+  clamped to ``[0, n - 1]`` and truncated, so a 16x4 clip steps 4.2 frames.  Videos shorter than
+  the span repeat their last frame.
+* **uniform** (``Sth``, Something-Something): ``seg = (n - 1) / T``; frame ``i`` lies in
+  ``[round(seg * i), round(seg * (i + 1))]`` (numpy round: halves to even).  Training takes a
+  uniform integer there; test clip ``k`` of ``K`` takes ``round(seg * i) + int(seg / (K + 1) * (k + 1))``.
+  The original adds 1 to address 1-based ``img_%05d.jpg`` files; these functions return 0-based
+  indices into the ``n`` frames (frame images) of the video.
 
 All functions are pure: randomness comes from the ``numpy.random.Generator`` passed in.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import torch
 
 
 def _check(num_video_frames: int, num_frames: int) -> None:
@@ -28,6 +34,12 @@ def _check(num_video_frames: int, num_frames: int) -> None:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
 
 
+def _dense_clip(num_video_frames: int, num_frames: int, start: float, span: int) -> np.ndarray:
+    # float32 linspace, clamp, truncate: the original's decord path, step for step
+    index = torch.linspace(start, start + span - 1, num_frames)
+    return torch.clamp(index, 0, num_video_frames - 1).long().numpy()
+
+
 def dense_indices(
     num_video_frames: int, num_frames: int, stride: int, *, rng: np.random.Generator | None
 ) -> np.ndarray:
@@ -35,41 +47,47 @@ def dense_indices(
     if rng is None:
         return dense_test_indices(num_video_frames, num_frames, stride, num_clips=1)[0]
     _check(num_video_frames, num_frames)
-    span = (num_frames - 1) * stride + 1
+    span = stride * num_frames
     delta = max(num_video_frames - span, 0)
-    start = int(rng.integers(0, delta + 1))
-    return np.minimum(start + np.arange(num_frames) * stride, num_video_frames - 1)
+    return _dense_clip(num_video_frames, num_frames, float(rng.uniform(0.0, delta)), span)
 
 
 def dense_test_indices(num_video_frames: int, num_frames: int, stride: int, *, num_clips: int) -> np.ndarray:
-    """``(num_clips, num_frames)`` indices of evenly spaced dense clips (deterministic)."""
+    """``(num_clips, num_frames)`` indices of the original's test clips (deterministic)."""
     _check(num_video_frames, num_frames)
-    span = (num_frames - 1) * stride + 1
+    span = stride * num_frames
     delta = max(num_video_frames - span, 0)
-    starts = [int(round(delta * (2 * k + 1) / (2 * num_clips))) for k in range(num_clips)]
-    clips = [np.minimum(s + np.arange(num_frames) * stride, num_video_frames - 1) for s in starts]
-    return np.stack(clips)
+    if num_clips == 1:
+        starts = [math.floor(delta / 2)]
+    else:
+        starts = [k * math.floor(delta / (num_clips - 1)) for k in range(num_clips)]
+    return np.stack([_dense_clip(num_video_frames, num_frames, s, span) for s in starts])
+
+
+def _segment_starts(num_video_frames: int, num_frames: int) -> tuple[float, np.ndarray, np.ndarray]:
+    seg = float(num_video_frames - 1) / num_frames
+    i = np.arange(num_frames)
+    starts = np.round(seg * i).astype(np.int64)
+    ends = np.round(seg * (i + 1)).astype(np.int64)
+    return seg, starts, ends
 
 
 def uniform_indices(num_video_frames: int, num_frames: int, *, rng: np.random.Generator | None) -> np.ndarray:
-    """One frame per segment: random within each segment (training) or, with ``rng=None``, the centres."""
+    """One frame per segment: random within each segment (training) or, with ``rng=None``, test clip 0 of 1."""
     if rng is None:
         return uniform_test_indices(num_video_frames, num_frames, num_clips=1)[0]
     _check(num_video_frames, num_frames)
-    seg = num_video_frames / num_frames
-    offsets = rng.uniform(0.0, seg, size=num_frames)
-    idx = np.floor(np.arange(num_frames) * seg + offsets).astype(np.int64)
-    return np.clip(idx, 0, num_video_frames - 1)
+    _, starts, ends = _segment_starts(num_video_frames, num_frames)
+    idx = np.array([int(rng.integers(s, e + 1)) for s, e in zip(starts, ends)], dtype=np.int64)
+    return np.minimum(idx, num_video_frames - 1)
 
 
 def uniform_test_indices(num_video_frames: int, num_frames: int, *, num_clips: int) -> np.ndarray:
-    """``(num_clips, num_frames)``: clip ``k`` takes position ``(k + 0.5) / num_clips`` in every segment."""
+    """``(num_clips, num_frames)``: clip ``k`` adds ``int(seg / (num_clips + 1) * (k + 1))`` to each segment start."""
     _check(num_video_frames, num_frames)
-    seg = num_video_frames / num_frames
-    clips = []
-    for k in range(num_clips):
-        idx = np.floor(np.arange(num_frames) * seg + seg * (k + 0.5) / num_clips).astype(np.int64)
-        clips.append(np.clip(idx, 0, num_video_frames - 1))
+    seg, starts, _ = _segment_starts(num_video_frames, num_frames)
+    duration = seg / (num_clips + 1)
+    clips = [np.minimum(starts + int(duration * (k + 1)), num_video_frames - 1) for k in range(num_clips)]
     return np.stack(clips)
 
 
@@ -94,3 +112,18 @@ def sample_clips(
     if sampling == "dense":
         return dense_test_indices(num_video_frames, num_frames, stride, num_clips=num_clips)
     return uniform_test_indices(num_video_frames, num_frames, num_clips=num_clips)
+
+
+def resampled_frame_map(num_decoded: int, fps: float, target_fps: int = 30) -> np.ndarray:
+    """Decoded frame shown by each image of ``ffmpeg -i V -r target_fps img_%05d.jpg`` (0-based).
+
+    Something-Something was evaluated on frames extracted at 30 fps.  ffmpeg's constant-rate
+    output shows, in image ``j`` (1-based), the decoded frame ``round((j - 1) * fps / target_fps)``
+    (halves up, clamped to the last frame), and writes ``round(num_decoded * target_fps / fps)``
+    images (measured with ffmpeg 5.1 on 12, 25 and 30 fps files; see the conformance cases).
+    """
+    if num_decoded < 1 or fps <= 0:
+        raise ValueError(f"need at least one frame and a positive fps, got {num_decoded} frames at {fps} fps")
+    count = max(1, math.floor(num_decoded * target_fps / fps + 0.5))
+    j = np.arange(count, dtype=np.float64)
+    return np.minimum(np.floor(j * fps / target_fps + 0.5).astype(np.int64), num_decoded - 1)

@@ -18,9 +18,20 @@ as the original's ``AUG.INTERPOLATION`` / ``--train-interpolation``.  Then norma
 every frame** (the clip is viewed as a ``(C*T, H, W)`` image); in ``pixel`` mode the noise
 that fills the box differs per frame, the box does not.
 
-Test: resize the short side to ``short_side``, then a centre crop or three crops
-(left/centre/right for landscape frames, top/centre/bottom for portrait frames) of
-``input_size`` along the long side.
+Test (and val) reproduce the original evaluation (the conformance cases in ``shared/conformance``):
+
+* videos (SlowFast ``spatial_sampling`` at test): short side to ``short_side`` with the long side
+  ``floor(long / short * short_side)`` and no resize when the short side already matches, by
+  ``F.interpolate`` (``interpolation``, ``align_corners=False``, no antialias) on the float frames;
+  crops of ``input_size`` at ``ceil((L - size) / 2)`` (centre) and ``0`` / ``L - size`` (left/right, or
+  top/bottom when the frame is taller than wide); ``(x / 255 - mean) / std``.
+* images (timm/DeiT ``build_transform(is_train=False)``): PIL resize (``interpolation``, bicubic by
+  default) of the short side to ``short_side``, the long side ``int(short_side * long / short)``;
+  centre crop at ``int(round((L - size) / 2))``; ``(x / 255 - mean) / std``.
+
+``channel_order: BGR`` reverses the channels of the decoded RGB frames before normalising (the
+original Something-Something networks read OpenCV frames), so ``mean`` / ``std`` are per network
+input channel.
 
 The timm RandAugment and RandomErasing implementations draw from Python's ``random`` and
 NumPy's global generator.  :func:`_global_rng_seeded` makes them reproducible per clip and
@@ -80,24 +91,44 @@ def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear", antia
 
 
 def short_side_size(height: int, width: int, short: int) -> tuple[int, int]:
-    """Output ``(h, w)`` with the short side equal to ``short`` and the aspect ratio kept."""
-    if height <= width:
-        return short, max(short, int(round(width * short / height)))
-    return max(short, int(round(height * short / width))), short
+    """The original video test resize: short side ``short``, long side ``floor(long / short_in * short)``."""
+    if (width <= height and width == short) or (height <= width and height == short):
+        return height, width
+    if width < height:
+        return int(math.floor(float(height) / width * short)), short
+    return short, int(math.floor(float(width) / height * short))
 
 
-def crop_positions(height: int, width: int, size: int, num_crops: int) -> list[tuple[int, int]]:
-    """Top-left corners of ``num_crops`` (1 or 3) square crops of ``size``; 3 crops run along the long side."""
+def image_resize_size(height: int, width: int, short: int) -> tuple[int, int]:
+    """torchvision ``Resize(int)``: short side ``short``, long side ``int(short * long / short_in)``."""
+    if width <= height:
+        return int(short * height / width), short
+    return short, int(short * width / height)
+
+
+def crop_positions(
+    height: int, width: int, size: int, num_crops: int, *, centre: str = "ceil"
+) -> list[tuple[int, int]]:
+    """Top-left corners of ``num_crops`` (1 or 3) square crops of ``size``; 3 crops run along the long side.
+
+    ``centre``: ``ceil`` = ``ceil((L - size) / 2)`` (the original video test), ``round`` =
+    ``int(round((L - size) / 2))`` (torchvision ``CenterCrop``, the original image test).
+    """
     if size > height or size > width:
         raise ValueError(f"crop size {size} exceeds frame size {height}x{width}")
-    cy, cx = (height - size) // 2, (width - size) // 2
+    if centre == "ceil":
+        cy, cx = math.ceil((height - size) / 2), math.ceil((width - size) / 2)
+    elif centre == "round":
+        cy, cx = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    else:
+        raise ValueError(f"centre must be 'ceil' or 'round', got {centre!r}")
     if num_crops == 1:
         return [(cy, cx)]
     if num_crops != 3:
         raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
-    if width >= height:  # landscape: left, centre, right
-        return [(cy, 0), (cy, cx), (cy, width - size)]
-    return [(0, cx), (cy, cx), (height - size, cx)]  # portrait: top, centre, bottom
+    if height > width:  # portrait: top, centre, bottom
+        return [(0, cx), (cy, cx), (height - size, cx)]
+    return [(cy, 0), (cy, cx), (cy, width - size)]  # landscape (and square): left, centre, right
 
 
 def random_resized_box(
@@ -150,6 +181,8 @@ class ClipTransform:
         self.size = cfg.input_size
         self.mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self.std = torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        self.mean_unit = torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std_unit = torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1)
         self.rand_augment = None
         self.random_erasing = None
         self._rand_augment_by_size: dict[tuple[int, int], Callable] = {}
@@ -173,7 +206,9 @@ class ClipTransform:
         return torch.from_numpy(frames).permute(0, 3, 1, 2)  # T, C, H, W uint8
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """float ``(T, C, H, W)`` in [0, 255] -> normalised ``(C, T, H, W)`` float32."""
+        """float ``(T, C, H, W)`` in [0, 255] (RGB) -> normalised ``(C, T, H, W)`` float32 in ``channel_order``."""
+        if self.cfg.channel_order == "BGR":
+            x = x.flip(1)
         x = (x - self.mean) / self.std
         return x.permute(1, 0, 2, 3).contiguous()
 
@@ -233,19 +268,54 @@ class ClipTransform:
         return x
 
     def _train_normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise like :meth:`_normalize`, then reorder channels to ``channel_order`` (the network's input)."""
-        x = self._normalize(x.clamp(0, 255) if self.cfg.interpolation == "bicubic" else x)
-        return x.flip(0) if self.cfg.channel_order == "BGR" else x
+        """:meth:`_normalize` (channel order included) after clamping bicubic overshoot as PIL does."""
+        return self._normalize(x.clamp(0, 255) if self.cfg.interpolation == "bicubic" else x)
 
     def _test(self, frames: np.ndarray, num_crops: int) -> torch.Tensor:
-        x = self._to_tensor(frames)
-        h, w = short_side_size(x.shape[-2], x.shape[-1], self.cfg.short_side)
-        x = resize(x.float(), (h, w))
+        if self.cfg.is_video:
+            x, centre = self._test_resize_video(frames), "ceil"
+        else:
+            x, centre = self._test_resize_images(frames), "round"
+        if self.cfg.channel_order == "BGR":
+            x = x.flip(1)
+        h, w = x.shape[-2:]
         views = [
-            self._normalize(x[:, :, top : top + self.size, left : left + self.size])
-            for top, left in crop_positions(h, w, self.size, num_crops)
+            self._test_normalize(x[:, :, top : top + self.size, left : left + self.size])
+            for top, left in crop_positions(h, w, self.size, num_crops, centre=centre)
         ]
         return torch.stack(views) if self.split == "test" else views[0]
+
+    def _test_resize_video(self, frames: np.ndarray) -> torch.Tensor:
+        """float ``(T, C, H, W)`` in [0, 255]: the original's bilinear, no-antialias short-side resize.
+
+        The original normalises before resizing; resizing first is the same linear map (the
+        conformance cases hold it within 1e-6) and normalises only the crops.
+        """
+        x = self._to_tensor(frames).float()
+        size = short_side_size(x.shape[-2], x.shape[-1], self.cfg.short_side)
+        if tuple(x.shape[-2:]) == size:
+            return x
+        return F.interpolate(x, size=size, mode=self.cfg.interpolation, align_corners=False, antialias=False)
+
+    def _test_resize_images(self, frames: np.ndarray) -> torch.Tensor:
+        """float ``(T, C, H, W)`` in [0, 255]: PIL resize of each (uint8) image, as torchvision's ``Resize``."""
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
+        h, w = image_resize_size(frames.shape[1], frames.shape[2], self.cfg.short_side)
+        resample = Image.Resampling.BICUBIC if self.cfg.interpolation == "bicubic" else Image.Resampling.BILINEAR
+        out = []
+        for frame in frames:
+            img = Image.fromarray(frame)
+            if img.size != (w, h):
+                img = img.resize((w, h), resample)
+            out.append(torch.from_numpy(np.array(img, dtype=np.uint8)))
+        return torch.stack(out).permute(0, 3, 1, 2).float()
+
+    def _test_normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x / 255 - mean) / std`` of float ``(T, C, h, w)`` in [0, 255] -> ``(C, T, h, w)`` float32."""
+        x = x / 255.0
+        x = (x - self.mean_unit) / self.std_unit
+        return x.permute(1, 0, 2, 3).contiguous()
 
     def clips(self, frames: np.ndarray, num_clips: int, rng: np.random.Generator | None = None) -> torch.Tensor:
         """Transform ``num_clips`` clips stored back to back in ``frames``; test views are ordered clip-major."""

@@ -2,7 +2,10 @@
 
 One table serves three readers: timm's pretrained configs (built from it in `uniformer.py` and
 `uniformer_light.py`), `uniformer models --pretrained`, and `uniformer predict --model NAME.TAG`, which
-reads a clip the way the original evaluated it (frames, sampling stride, short side, crops × clips).
+reads a clip the way the original evaluated it: `ReleasedWeights.data_config()` gives the `data:` keys
+of the original test protocol (sampling rule, frames x stride, short side, crops x clips, channel
+order, normalisation, resize), checked against the original's outputs in
+`tests/conformance/test_classification_reference.py`.
 
 `hub_evidence` says why the hub file name is believed: public code that downloads exactly that file
 from the hub. An empty string marks a file name that could not be confirmed there: it is the name of
@@ -12,6 +15,12 @@ and the hub may hold it under another name or not at all.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
+from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
+
+VIDEO_MEAN = (0.45, 0.45, 0.45)  # SlowFast's defaults, which the original video models were trained with
+VIDEO_STD = (0.225, 0.225, 0.225)
 
 __all__ = ["ReleasedWeights", "RELEASED_WEIGHTS", "released_weights", "timm_pretrained_cfg"]
 
@@ -31,10 +40,13 @@ class ReleasedWeights:
     frames: int = 1  # 1 for images
     stride: int | None = None  # dense sampling stride; None: one frame from each of `frames` segments
     input_size: int = 224
-    short_side: int = 256
+    short_side: int = 256  # test resize of the short side
     crops: int = 1
     clips: int = 1
     hub_evidence: str = ""
+    channel_order: str = "RGB"  # the network's input channels (the original SSv2 models read BGR)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
 
     @property
     def is_video(self) -> bool:
@@ -53,33 +65,58 @@ class ReleasedWeights:
         """frames × crops × clips, as the original model zoo writes it (images: the crop size)."""
         return f"{self.frames}x{self.crops}x{self.clips}" if self.is_video else f"{self.input_size}²"
 
+    @property
+    def sampling(self) -> str:
+        """The original's sampling rule: `dense` (Kinetics: frames x stride) or `uniform` (Sth: segments)."""
+        return "-" if not self.is_video else "dense" if self.stride else "uniform"
+
+    @property
+    def normalisation(self) -> str:
+        """mean / std: "imagenet", or one value each when all channels share it."""
+        if tuple(self.mean) == tuple(IMAGENET_MEAN) and tuple(self.std) == tuple(IMAGENET_STD):
+            return "imagenet"
+
+        def fmt(v):
+            return f"{v[0]:g}" if len(set(v)) == 1 else "(" + ", ".join(f"{x:g}" for x in v) + ")"
+        return f"{fmt(self.mean)}/{fmt(self.std)}"
+
     def data_config(self) -> dict:
-        """The `data:` keys of this package's test transform that reproduce the original evaluation."""
+        """The `data:` keys of this package's test transform that reproduce the original evaluation.
+
+        Videos are read as files (`video_list`); the Something-Something tags number a file's frames
+        at 30 fps, as the original's extracted frame folders (`target_fps`).
+        """
+        common = {"input_size": self.input_size, "short_side": self.short_side, "test_crops": self.crops,
+                  "channel_order": self.channel_order, "mean": list(self.mean), "std": list(self.std),
+                  "view_aggregation": "sum_logits"}
         if not self.is_video:
-            return {"format": "image_list", "input_size": self.input_size, "short_side": self.short_side,
-                    "test_crops": self.crops}
+            return {"format": "image_list", **common, "interpolation": "bicubic"}
         sampling = {"sampling": "dense", "stride": self.stride} if self.stride else {"sampling": "uniform"}
-        return {"format": "video_list", "num_frames": self.frames, **sampling, "input_size": self.input_size,
-                "short_side": self.short_side, "test_crops": self.crops, "test_clips": self.clips}
+        fps = {} if self.stride else {"target_fps": 30}
+        return {"format": "video_list", "num_frames": self.frames, **sampling, **fps, **common,
+                "test_clips": self.clips, "interpolation": "bilinear"}
 
 
 def _image(file: str, top1: float, size: int = 224, evidence: str = "", **kw) -> ReleasedWeights:
-    # DeiT evaluation: resize to size / 0.875, centre crop (token labeling at 384: crop_pct 1.0)
-    short = round(size / 0.875) if size == 224 else size
+    # the original's build_transform(is_train=False): resize int(256 / 224 * size), centre crop (light
+    # models at 128 / 160 / 192 too: 146 / 182 / 219); token labeling at 384: crop_pct 1.0
+    short = size if size == 384 else int(256 / 224 * size)
     return ReleasedWeights(file, "imagenet-1k", 1000, top1, input_size=size, short_side=short,
                            hub_evidence=evidence, **kw)
 
 
 def _kinetics(file: str, classes: int, top1: float, frames: int, stride: int, evidence: str = "") -> ReleasedWeights:
-    # Kinetics test views of the original: short side 256, one centre crop of 224, 4 clips
-    return ReleasedWeights(file, f"kinetics-{classes}", classes, top1, frames, stride, short_side=256, clips=4,
-                           hub_evidence=evidence)
+    # Kinetics test views of the original: short side 224 (its test asserts short side = crop size), one
+    # centre crop of 224, 4 clips spanning frames x stride frames each; RGB; SlowFast mean/std 0.45/0.225
+    return ReleasedWeights(file, f"kinetics-{classes}", classes, top1, frames, stride, short_side=224, clips=4,
+                           hub_evidence=evidence, mean=VIDEO_MEAN, std=VIDEO_STD)
 
 
 def _sthv2(file: str, top1: float, frames: int, evidence: str = "") -> ReleasedWeights:
-    # Something-Something test views: one frame per segment, short side 224, 3 crops × 1 clip
+    # Something-Something test views: one frame per segment of the 30 fps frames, short side 224,
+    # 3 crops x 1 clip; BGR (OpenCV frames, never converted); mean/std 0.45/0.225
     return ReleasedWeights(file, "something-something-v2", 174, top1, frames, None, short_side=224, crops=3,
-                           hub_evidence=evidence)
+                           hub_evidence=evidence, channel_order="BGR", mean=VIDEO_MEAN, std=VIDEO_STD)
 
 
 RELEASED_WEIGHTS: dict[str, ReleasedWeights] = {
@@ -137,7 +174,10 @@ def timm_pretrained_cfg(weights: ReleasedWeights, **common) -> dict:
     if weights.is_video:
         notes.append(f"frames={weights.frames}")
         notes.append(f"stride={weights.stride}" if weights.stride else "sampling=uniform")
+        notes.append(f"channel_order={weights.channel_order}")
     if not weights.confirmed:
         notes.append("hub_file=unconfirmed")
     return {**common, "hf_hub_id": weights.hub, "hf_hub_filename": weights.file, "num_classes": weights.num_classes,
-            "input_size": (3, size, size), "crop_pct": size / weights.short_side, "notes": tuple(notes)}
+            "input_size": (3, size, size), "crop_pct": size / weights.short_side, "mean": tuple(weights.mean),
+            "interpolation": "bilinear" if weights.is_video else "bicubic",
+            "std": tuple(weights.std), "notes": tuple(notes)}

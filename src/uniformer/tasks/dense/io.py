@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 __all__ = ["resolve_path", "BadSample", "read_image", "read_label_map", "list_images", "readable_images",
            "IMAGE_SUFFIXES", "report_bad"]
@@ -41,12 +41,14 @@ def report_bad(logger: logging.Logger, what: str) -> None:
 
 
 def read_image(path: str | os.PathLike, sample_id=None) -> np.ndarray:
-    """An RGB uint8 H×W×3 array; BadSample naming `sample_id` and the file when it cannot be read."""
+    """An RGB uint8 H×W×3 array, turned upright by its EXIF orientation tag as mmcv's `imread(flag="color")`
+    (OpenCV's IMREAD_COLOR) did for the original detection/segmentation/pose pipelines; BadSample naming
+    `sample_id` and the file when it cannot be read."""
     who = f"image {sample_id!r} ({path})" if sample_id is not None else f"image {path}"
     try:
         with Image.open(path) as im:
             im.load()
-            return np.asarray(im.convert("RGB"))
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
     except FileNotFoundError:
         raise BadSample(f"{who}: file not found") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
