@@ -183,3 +183,25 @@ def test_pipeline_benchmark_compares_num_sample_with_one(tmp_path):
     assert sorted(r["num_sample"] for r in result["rounds"]) == [1, 1, 2, 2]
     with pytest.raises(ValueError, match="num_sample must be >= 2"):
         benchmark_num_sample({**cfg, "num_sample": 1})
+
+
+def test_frame_folders_give_num_sample_clips_of_the_frames_read_once(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from uniformer.data import datasets
+
+    folder = tmp_path / "vid1"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for j in range(12):
+        Image.fromarray(rng.integers(0, 255, (24, 40, 3), dtype=np.uint8)).save(folder / f"{j + 1:05d}.png")
+    write_list(tmp_path / "train.txt", ["vid1 12 1"])
+    reads = []
+    original = datasets.read_frame
+    monkeypatch.setattr(datasets, "read_frame", lambda path: reads.append(path) or original(path))
+    cfg = {"format": "frame_folder", "root": str(tmp_path), "train_list": "train.txt", "frame_template": "{:05d}.png",
+           "num_frames": 4, "input_size": 16, "num_classes": 2, "num_sample": 2, "random_resized_crop": True}
+    torch.manual_seed(0)
+    item = build_dataset(cfg, "train")[0]
+    assert item["input"].shape == (2, 3, 4, 16, 16) and item["num_sample"] == 2
+    assert len(reads) == 4 and not torch.equal(item["input"][0], item["input"][1])

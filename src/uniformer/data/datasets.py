@@ -253,7 +253,7 @@ class FrameFolderDataset(VideoClassificationDataset):
         shapes = {f.shape for f in cache.values()}
         if len(shapes) != 1:
             raise SampleLoadError(f"{path}: frame images differ in size {sorted(shapes)}")
-        return self.transform.clips(np.stack(frames), len(clips), rng)
+        return self._augmented(np.stack(frames), len(clips), rng)  # read once, num_sample clips for training
 
 
 class ImageClassificationDataset(ClassificationDataset):
