@@ -205,3 +205,17 @@ def test_frame_folders_give_num_sample_clips_of_the_frames_read_once(tmp_path, m
     item = build_dataset(cfg, "train")[0]
     assert item["input"].shape == (2, 3, 4, 16, 16) and item["num_sample"] == 2
     assert len(reads) == 4 and not torch.equal(item["input"][0], item["input"][1])
+
+
+@pytest.mark.parametrize("policy", ["v0", "rand-m9-mstd0.5-inc1"])
+def test_image_training_path_crops_then_augments_bicubic(policy):
+    # DeiT: random-resized crop (bicubic), flip, then AutoAugment v0 (the light XXS runs) or RandAugment
+    cfg = parse_data_config({"format": "image_list", "input_size": 24, "rand_augment": policy})
+    assert cfg.interpolation == "bicubic" and cfg.random_resized_crop
+    transform = ClipTransform(cfg, "train")
+    image = np.random.default_rng(0).integers(0, 255, (1, 40, 50, 3), dtype=np.uint8)
+    outs = [transform(image, np.random.default_rng(s)) for s in range(3)]
+    assert all(o.shape == (3, 1, 24, 24) and torch.isfinite(o).all() for o in outs)
+    assert not torch.equal(outs[0], outs[1])
+    with pytest.raises(ValueError, match="rand_augment"):
+        parse_data_config({"format": "image_list", "rand_augment": "v9"})

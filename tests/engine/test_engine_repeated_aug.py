@@ -59,3 +59,23 @@ def test_two_processes_train_as_one_on_their_shards(tmp_path):
     seed_everything(base["seed"])  # the runner's initial weights
     initial = task.build_model().state_dict()
     assert max(float((w1[k] - initial[k]).abs().max()) for k in w1) > 1e-3  # the steps moved the weights
+
+
+def test_a_shipped_video_recipe_trains_with_its_augmentation(tmp_path):
+    # uniformer_s16x4_k400 as shipped (RandAugment on the decoded frames, random-resized crop, 2 clips per video,
+    # erasing, Mixup / CutMix, clipping 20), only sizes, data and weights swapped for tiny ones
+    from uniformer.tasks import CONFIGS
+
+    data = write_moving_videos(tmp_path / "videos", 4, 2, frames=8, size=40)
+    overrides = [f"data.root={data['root']}", f"data.train_list={data['train_list']}",
+                 f"data.val_list={data['val_list']}", f"data.test_list={data['val_list']}", "data.num_classes=2",
+                 "data.num_frames=4", "data.stride=2", "data.input_size=32", "data.short_side=32",
+                 "data.test_clips=1", "model.checkpoint=null",
+                 "model.kwargs={depths: [1, 1, 1, 1], embed_dims: [16, 32, 64, 128], head_dim: 16}",
+                 "train.batch_size=4", "train.num_workers=0", "train.epochs=1", "train.amp=none",
+                 "train.eval_every=1", "train.threads=1"]
+    cfg = load_recipe(CONFIGS / "classification" / "uniformer_s16x4_k400.yaml", overrides)
+    assert cfg["data"]["num_sample"] == 2 and cfg["train"]["clip_grad"] == 20
+    summary = train(cfg, tmp_path / "run", device="cpu", show_progress=False)
+    assert summary["steps"] == 2  # 4 videos x 2 clips / 4 clips per step
+    assert 0 <= summary["val_top1"] <= 1
