@@ -79,3 +79,22 @@ def test_a_shipped_video_recipe_trains_with_its_augmentation(tmp_path):
     summary = train(cfg, tmp_path / "run", device="cpu", show_progress=False)
     assert summary["steps"] == 2  # 4 videos x 2 clips / 4 clips per step
     assert 0 <= summary["val_top1"] <= 1
+
+
+def test_a_run_resumed_in_the_middle_of_an_epoch_ends_where_an_unbroken_one_does(tmp_path):
+    # checkpoints every step (iterations); an epoch of 6 videos x 2 clips / 4 clips is 3 steps, so the checkpoint of
+    # step 4 sits in the middle of the second epoch: resuming from it must draw the same clips as the unbroken run
+    recipe = _recipe(tmp_path, 2, 4)
+    recipe["train"] = {**recipe["train"], "epochs": None, "iters": 6, "eval_every": None}
+    recipe["checkpoint"] = {"every": 1, "keep_last": 10}
+    recipe["sched"] = {"warmup_iters": 0, "warmup_epochs": 0}
+    cfg = load_recipe(recipe)
+    train(cfg, tmp_path / "whole", device="cpu", show_progress=False)
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    (resumed / "checkpoint_iter0000004.pt").write_bytes((tmp_path / "whole" / "checkpoint_iter0000004.pt").read_bytes())
+    summary = train(cfg, resumed, resume="auto", device="cpu", show_progress=False)
+    assert summary["steps"] == 6
+    w1, w2 = (torch.load(d / "last.pt", map_location="cpu", weights_only=False)["model"]
+              for d in (tmp_path / "whole", resumed))
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
