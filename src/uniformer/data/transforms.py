@@ -276,8 +276,6 @@ class ClipTransform:
             x, centre = self._test_resize_video(frames), "ceil"
         else:
             x, centre = self._test_resize_images(frames), "round"
-        if self.cfg.channel_order == "BGR":
-            x = x.flip(1)
         h, w = x.shape[-2:]
         views = [
             self._test_normalize(x[:, :, top : top + self.size, left : left + self.size])
@@ -312,7 +310,9 @@ class ClipTransform:
         return torch.stack(out).permute(0, 3, 1, 2).float()
 
     def _test_normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """``(x / 255 - mean) / std`` of float ``(T, C, h, w)`` in [0, 255] -> ``(C, T, h, w)`` float32."""
+        """``(x / 255 - mean) / std`` of float RGB ``(T, C, h, w)`` in [0, 255] -> ``(C, T, h, w)`` (channel_order)."""
+        if self.cfg.channel_order == "BGR":
+            x = x.flip(1)
         x = x / 255.0
         x = (x - self.mean_unit) / self.std_unit
         return x.permute(1, 0, 2, 3).contiguous()
