@@ -60,7 +60,8 @@ def test_info_reports_any_recipe(task, capsys, tmp_path):
     root = tmp_path / "never_generated"
     assert main(["info", "--config", str(CONFIGS / task / "demo.yaml"), "--set", f"data.root={root}", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"params", "gflops"} and out["params"] > 0 and out["gflops"] > 0
+    assert {"params", "gflops", "recipe"} <= set(out) and out["params"] > 0 and out["gflops"] > 0
+    assert out["recipe"]["task"] == task  # the resolved recipe
 
 
 def test_info_of_a_segmentation_recipe_counts_its_classes_without_the_data(tmp_path, capsys):
@@ -73,3 +74,15 @@ def test_info_of_a_segmentation_recipe_counts_its_classes_without_the_data(tmp_p
     assert counts[5] - counts[4] == 32 + 1  # one more class: one more output channel of the 32-wide 1x1 classifier
     assert main([*args, "--set", "data.num_classes=null"]) != 0
     assert "classes.txt does not exist; set data.num_classes" in capsys.readouterr().err
+
+
+def test_info_reports_the_class_count_a_recipe_implies(capsys):
+    tiny = ["model.kwargs={depths: [1, 1, 1, 1], embed_dims: [16, 32, 64, 128], head_dim: 16}",
+            "data.num_frames=2", "data.input_size=32"]
+    for recipe, classes in (("uniformer_s16x4_k400", 400), ("uniformer_s16_sthv2_prek600", 174),
+                            ("in1k_light_xxs_128", 1000)):
+        args = ["info", "--config", str(CONFIGS / "classification" / f"{recipe}.yaml"), "--json"]
+        assert main(args + [x for kv in tiny for x in ("--set", kv)]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["num_classes"] == classes, recipe
+        assert out["recipe"]["data"]["num_classes"] == classes and "num_sample" in out["recipe"]["data"]

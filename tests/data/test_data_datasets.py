@@ -65,11 +65,18 @@ def test_list_labels_as_class_names_and_inferred_classes(kinetics):
     # without a class-names file: sorted names seen in the lists
     ds = build_dataset(video_cfg(kinetics, train_list="named.txt"), "train")
     assert ds.classes == ["cat", "dog"]
-    # integer labels without names: classes 0..max over all configured lists
-    write_list(kinetics / "ints.txt", ["a.mp4 0"])
-    write_list(kinetics / "ints_val.txt", ["b.mp4 4"])
+    # integer labels without names: classes 0..max over all configured lists, every one of them seen
+    write_list(kinetics / "ints.txt", ["a.mp4 0", "b.mp4 1", "c.mp4 3"])
+    write_list(kinetics / "ints_val.txt", ["b.mp4 2", "a.mp4 4"])
     ds = build_dataset(video_cfg(kinetics, train_list="ints.txt", val_list="ints_val.txt"), "train")
     assert ds.num_classes == 5
+    # a stray label (99 in a 5-class list) is an error naming the file and line, not a 100-class model
+    write_list(kinetics / "ints_val.txt", ["b.mp4 2", "a.mp4 4", "c.mp4 99"])
+    with pytest.raises(ValueError, match=r"class 5 never appears.*\n.*ints_val.txt: line 3: label 99"):
+        build_dataset(video_cfg(kinetics, train_list="ints.txt", val_list="ints_val.txt"), "train")
+    # with the class count given, a label outside it names the line too
+    with pytest.raises(ValueError, match=r"ints_val.txt: 1 invalid label\(s\):\n  line 3: label 99 outside \[0, 5\)"):
+        build_dataset(video_cfg(kinetics, train_list="ints.txt", val_list="ints_val.txt", num_classes=5), "val")
 
 
 def test_csv_list(kinetics):

@@ -21,7 +21,10 @@ def test_base_chain_list_and_overrides(tmp_path):
     cfg = load_recipe(tmp_path / "child.yaml", ["optim.lr=2e-3", "model.kwargs.depths=[1,1,1,1]",
                                                 "data.stride=2", "train.epochs=3", "train.batch_size=4"])
     assert cfg["optim"] == {**engine_defaults()["optim"], "lr": 2e-3, "weight_decay": 0.05}
-    assert cfg["data"] == {"format": "video_list", "num_frames": 8, "stride": 2}
+    # the data section is recorded resolved: the keys given, and every default (what the run's config.yaml shows)
+    assert {k: cfg["data"][k] for k in ("format", "num_frames", "stride")} == \
+        {"format": "video_list", "num_frames": 8, "stride": 2}
+    assert cfg["data"]["scale_jitter"] == [256, 320] and cfg["data"]["num_sample"] == 1
     assert cfg["model"]["kwargs"] == {"depths": [1, 1, 1, 1]}
     assert cfg["train"]["epochs"] == 3 and cfg["train"]["batch_size"] == 4
     assert cfg["out_dir"] == str(Path("runs") / "child")
@@ -109,12 +112,12 @@ def test_shipped_recipes_load(path, caplog):
     data = cfg["data"]
     if data["format"] == "sthv2":
         assert data["sampling"] == "uniform" and data["hflip"] is False and data["test_crops"] == 3
-    if path.name.startswith("k400"):
-        assert data["sampling"] == "dense" and data["stride"] == 4 and data["test_clips"] == 4
-    if not path.name.startswith("demo"):
-        assert cfg["optim"]["weight_decay"] == 0.05 and cfg["optim"]["no_decay_1d"] is True
+    if path.stem.endswith(("_k400", "_k600")):
+        assert data["sampling"] == "dense" and data["test_clips"] == 4
+    if not path.name.startswith("demo"):  # every value is checked against the original in tests/configs
+        assert cfg["optim"]["no_decay_1d"] is True
         assert data["label_smoothing"] == 0.1 and data["mixup"] == 0.8 and data["cutmix"] == 1.0
-        assert data["random_erasing"] == 0.25 and data["rand_augment"].startswith("rand-m")
+        assert data["random_erasing"] == 0.25 and data["rand_augment"]
         assert cfg["sched"]["warmup_epochs"] > 0 and cfg["optim"]["lr_base_batch"]
 
 

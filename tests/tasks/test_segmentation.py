@@ -149,6 +149,30 @@ def test_ade20k_layout_shifts_labels(tmp_path):
     assert seg[0].tolist() == [255, 255, 0, 0, 1, 1, 149, 149]
 
 
+def test_ade20k_layout_with_a_class_file_takes_its_count(tmp_path, caplog):
+    # the layout of ADE20K with 3 classes of one's own: the class file sets the count (the ADE20K 150 is only the
+    # default without a class list), label 0 is ignored and the start-up says so, a split file picks samples
+    for sub in ("images/training", "annotations/training"):
+        (tmp_path / sub).mkdir(parents=True)
+    for stem in ("a", "b"):
+        Image.fromarray(np.full((8, 8, 3), 100, np.uint8)).save(tmp_path / f"images/training/{stem}.jpg")
+        Image.fromarray(np.array([[0, 1, 2, 3]] * 8, np.uint8).repeat(2, 1)).save(
+            tmp_path / f"annotations/training/{stem}.png")
+    (tmp_path / "classes.txt").write_text("sky\ntree\nroad\n")
+    (tmp_path / "train_split.txt").write_text("b\n")
+    cfg = recipe("segmentation", {"data": {"root": str(tmp_path), "classes": "classes.txt",
+                                  "train": {"split": "train_split.txt"}}})
+    with caplog.at_level(logging.INFO, logger="uniformer.tasks.segmentation"):
+        ds = SegDataset(cfg, "train")
+    assert ds.num_classes == 3 and ds.classes == ["sky", "tree", "road"] and [s[0] for s in ds.samples] == ["b"]
+    assert "label 0 of the label maps is ignored" in caplog.text
+    assert ds.load(0)[1][0].tolist() == [255, 255, 0, 0, 1, 1, 2, 2]
+    assert recipe("segmentation", {"data": {"root": str(tmp_path)}})["data"]["num_classes"] == 150
+    with pytest.raises(ValueError, match="data.classes lists 3 names but data.num_classes is 150"):
+        SegDataset(recipe("segmentation", {"data": {"root": str(tmp_path), "classes": "classes.txt",
+                                                    "num_classes": 150}}), "train")
+
+
 def test_dataset_error_paths(shapes, tmp_path, caplog):
     root = tmp_path / "bad"
     for sub in ("images", "masks"):

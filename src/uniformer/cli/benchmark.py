@@ -222,8 +222,14 @@ def _benchmark_data(args) -> int:
         cfg = load_recipe(recipe, args.set)
     else:
         cfg = load_recipe(args.data, args.set)  # validated, with data paths ~-expanded
-    result = benchmark_pipeline(cfg["data"], split=args.split, num_workers=args.workers,
-                                batches=args.iters, batch_size=args.batch_size)
+    if args.split == "train" and int(cfg["data"].get("num_sample") or 1) > 1:  # against num_sample 1, interleaved
+        from uniformer.data.benchmark import benchmark_num_sample
+
+        result = benchmark_num_sample(cfg["data"], num_workers=args.workers, batches=args.iters,
+                                      batch_size=args.batch_size, rounds=args.rounds)
+    else:
+        result = benchmark_pipeline(cfg["data"], split=args.split, num_workers=args.workers,
+                                    batches=args.iters, batch_size=args.batch_size)
     record = dict(kind="data", config=str(args.data), **result, **environment())
     append_result(args.results, record)
     print(json.dumps(record, indent=2))

@@ -14,9 +14,14 @@ def run(args) -> int:
     if args.config:
         from uniformer.tasks import load_recipe, recipe_complexity
 
-        row = recipe_complexity(load_recipe(args.config, args.set))
-        print(json.dumps({"params": row["params"], "gflops": round(row["gflops"], 3)}) if args.json else
-              "  ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in row.items()))
+        cfg = load_recipe(args.config, args.set)
+        row = recipe_complexity(cfg)
+        if args.json:  # the resolved recipe (defaults included) and what it builds
+            extra = {k: row[k] for k in ("model", "input", "num_classes") if k in row}
+            print(json.dumps({"params": row["params"], "gflops": round(row["gflops"], 3), **extra, "recipe": cfg},
+                             default=str))
+        else:
+            print("  ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in row.items()))
         return 0
     if args.task:
         from uniformer.tasks.dense import complexity_report
@@ -63,7 +68,8 @@ def register(sub) -> None:
     p.add_argument("name", nargs="?", help="model name, e.g. uniformer_small")
     p.add_argument("--input", help="CxHxW or CxTxHxW without batch (default: the model's)")
     p.add_argument("--checkpoint", help="a checkpoint to inspect (and load, with NAME)")
-    p.add_argument("--json", action="store_true", help='print {"params": ..., "gflops": ...}')
+    p.add_argument("--json", action="store_true", help='print {"params": ..., "gflops": ...}; with --config also '
+                   '"recipe" (the resolved recipe), "input" and "num_classes" (the class count the recipe implies)')
     p.add_argument("--config", metavar="RECIPE", help="parameters and GFLOPs of the model a recipe of any task "
                    "builds, at its test input")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --config: override a recipe key")

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a model from a YAML recipe of any task (also under torchrun)",
                        description="Train a model from a YAML recipe; see configs/.")
-    p.add_argument("config", help="YAML recipe, e.g. configs/k400_uniformer_s16x4.yaml")
+    p.add_argument("config", help="YAML recipe, e.g. configs/classification/uniformer_s16x4_k400.yaml")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a recipe key (dotted, YAML value; repeatable), e.g. --set optim.lr=5e-4")
     p.add_argument("--out", help="output folder (default: the recipe's out_dir, else runs/<recipe name>)")

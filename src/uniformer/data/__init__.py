@@ -13,7 +13,7 @@ Config keys are documented in :mod:`uniformer.data.config`.
 """
 
 from .benchmark import benchmark_pipeline, make_benchmark_dataset, make_synthetic_video
-from .config import IMAGENET_MEAN, IMAGENET_STD, DataConfig, parse_data_config
+from .config import IMAGENET_MEAN, IMAGENET_STD, DataConfig, parse_data_config, resolved_data_config
 from .datasets import (
     ClassificationDataset,
     ImageClassificationDataset,
@@ -46,4 +46,5 @@ __all__ = [
     "make_benchmark_dataset",
     "make_synthetic_video",
     "parse_data_config",
+    "resolved_data_config",
 ]

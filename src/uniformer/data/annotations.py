@@ -136,14 +136,34 @@ def resolve_labels(
     return labels
 
 
-def infer_classes(all_entries: list[list[Entry]], num_classes: int | None) -> list[str]:
-    """Class names when no class-names file is given: ``"0".."K-1"`` for integer labels, sorted names otherwise."""
+def infer_classes(
+    all_entries: list[list[Entry]], num_classes: int | None, sources: list[str] | None = None
+) -> list[str]:
+    """Class names when no class-names file is given: ``"0".."K-1"`` for integer labels, sorted names otherwise.
+
+    Without ``num_classes``, integer labels must be exactly ``0..K-1`` (every class seen): a stray label such as
+    ``99`` in an 8-class list would otherwise build a 100-class model.  The error names the file and line of every
+    label above the first missing class.  ``sources[i]`` names the file of ``all_entries[i]``.
+    """
     tokens = [e.label for entries in all_entries for e in entries]
     if not tokens and num_classes is None:
         raise ValueError("cannot infer classes: the annotation files are empty; give class_names or num_classes")
     if all(_is_int(t) for t in tokens):
-        k = num_classes if num_classes is not None else max(int(t) for t in tokens) + 1
-        return [str(i) for i in range(k)]
+        if num_classes is not None:
+            return [str(i) for i in range(num_classes)]
+        values = {int(t) for t in tokens}
+        missing = sorted(set(range(max(values) + 1)) - values)
+        if missing:
+            first = missing[0]
+            names = sources or [f"list {i + 1}" for i in range(len(all_entries))]
+            bad = [f"{names[i]}: {e.where}: label {e.label}" for i, entries in enumerate(all_entries)
+                   for e in entries if int(e.label) > first]
+            shown = "\n  ".join(bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
+            raise ValueError(
+                f"labels are not the classes 0..K-1: class {first} never appears ({len(missing)} of 0..{max(values)} "
+                f"missing), so the class count is unknown; give data.num_classes or data.class_names, or fix:\n  "
+                f"{shown}")
+        return [str(i) for i in range(max(values) + 1)]
     if any(_is_int(t) for t in tokens):
         raise ValueError("labels mix integer indices and class names; give a class_names file to map names")
     return sorted(set(tokens))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .config import parse_data_config
+from .config import parse_data_config, resolved_data_config
 from .datasets import build_dataset, collate
 from .video_io import write_video
 
@@ -124,12 +124,13 @@ def benchmark_pipeline(
     dataset = build_dataset(data_cfg, split)
     generator = torch.Generator().manual_seed(seed)
     total = batches + warmup_batches
+    items = max(1, batch_size // dataset.samples_per_item)  # a batch counts clips; an item may hold several
     # Sample with replacement so any dataset size yields the requested number of batches.
-    sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=total * batch_size,
+    sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=total * items,
                                              generator=generator)
     loader = DataLoader(
         dataset,
-        batch_size=batch_size,
+        batch_size=items,
         sampler=sampler,
         num_workers=num_workers,
         collate_fn=collate,
@@ -158,6 +159,7 @@ def benchmark_pipeline(
         "timed_clips": timed_clips,
         "seconds": elapsed,
         "batch_size": batch_size,
+        "num_sample": data_cfg.num_sample if split == "train" else 1,
         "num_workers": num_workers,
         "split": split,
         "input_shape": list(shape) if shape is not None else None,
@@ -165,3 +167,34 @@ def benchmark_pipeline(
         "failures": len(failed),
         "failed_paths": failed,
     }
+
+
+def benchmark_num_sample(
+    cfg: Mapping[str, Any],
+    num_workers: int = 2,
+    batches: int = 10,
+    batch_size: int = 8,
+    rounds: int = 3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Training clips/s with ``cfg``'s ``num_sample`` against ``num_sample = 1``, rounds interleaved (A B A B ...),
+    best round of each: repeated augmentation decodes a video once for its clips, so clips/s should rise.
+
+    Returns ``{"num_sample": N, "clips_per_s": best with N, "clips_per_s_num_sample_1": best with 1,
+    "ratio": their quotient, "rounds": [...every measurement...]}``.
+    """
+    data_cfg = parse_data_config(cfg)
+    if data_cfg.num_sample < 2:
+        raise ValueError("benchmark_num_sample: data.num_sample must be >= 2 to compare it with 1")
+    base = resolved_data_config(cfg)
+    configs = {data_cfg.num_sample: base, 1: {**base, "num_sample": 1}}
+    measured: dict[int, list[float]] = {n: [] for n in configs}
+    for r in range(rounds):
+        for n, c in configs.items():
+            result = benchmark_pipeline(c, "train", num_workers, batches, batch_size, seed=seed + r)
+            measured[n].append(result["clips_per_s"])
+    best = {n: max(v) for n, v in measured.items()}
+    return {"num_sample": data_cfg.num_sample, "clips_per_s": best[data_cfg.num_sample],
+            "clips_per_s_num_sample_1": best[1], "ratio": best[data_cfg.num_sample] / best[1],
+            "rounds": [{"num_sample": n, "clips_per_s": v} for n in configs for v in measured[n]],
+            "batch_size": batch_size, "num_workers": num_workers, "timed_batches": batches}

@@ -34,9 +34,12 @@ Keys (all optional unless marked):
 * ``input_size`` (224), ``short_side`` (test/val resize of the short side; default ``input_size`` for
   videos, as the original's test asserts, and ``int(256 / 224 * input_size)`` for images, the DeiT
   crop_pct 0.875).
-* ``scale_jitter`` ([256, 320]), ``random_resized_crop`` (False for videos, True for images),
+* ``scale_jitter`` (short-side range of the training crop when ``random_resized_crop`` is false; default
+  ``input_size`` x [256, 320] / 224, i.e. [256, 320] at 224), ``random_resized_crop`` (False for videos,
+  True for images; a box of ``rrc_scale`` area and ``rrc_ratio`` aspect, the same for every frame),
   ``rrc_scale`` ([0.08, 1.0]), ``rrc_ratio`` ([0.75, 1.3333]).
-* ``hflip`` (True, but False for ``sthv2``), ``rand_augment`` (timm string or null),
+* ``hflip`` (True, but False for ``sthv2``), ``rand_augment`` (timm ``rand-...`` RandAugment string,
+  an AutoAugment policy such as ``v0``, or null; videos: before the crop, images: after it),
   ``random_erasing`` (probability, 0 = off), ``random_erasing_mode`` (``pixel``).
 * ``test_clips`` (1), ``test_crops`` (1 or 3).
 * ``channel_order`` (``RGB`` | ``BGR``; the network's input channel order; default ``BGR`` for ``sthv2``
@@ -45,8 +48,10 @@ Keys (all optional unless marked):
   the float frames, as the original; ``bicubic`` for images: PIL, as torchvision's ``Resize``),
   ``view_aggregation`` (``sum_logits``, the original's sum of raw logits over test views, default;
   or ``mean_softmax``).
-* ``num_sample`` (1; clips cut from one decoded video per training item, repeated augmentation),
-  ``repeated_aug`` (0 = off; each training image this many times per epoch over all processes).
+* ``num_sample`` (1; clips augmented from one decoded video per training item, repeated augmentation:
+  ``train.batch_size`` counts clips and must be a multiple of it), ``repeated_aug`` (0 = off; DeiT's
+  RASampler: the epoch's order repeats each training sample this many times, the copies on different
+  processes, so an epoch of the usual length sees len / repeated_aug distinct samples).
 * ``skip_missing`` (False), ``max_retries`` (10), ``min_video_frames`` (1; shorter videos count as
   unloadable), ``seed`` (0), ``decode_threads`` (1; 0 = FFmpeg's choice),
   ``mean`` / ``std`` (videos: 0.45 / 0.225 on every channel, the SlowFast defaults the original video
@@ -188,6 +193,25 @@ def _as_path(key: str, value: Any) -> str | None:
     return value
 
 
+def resolved_data_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``data:`` section with every key this package reads, defaults included (what a run records).
+
+    Mixup keys get the defaults :func:`uniformer.data.build_mixup` and the loss use when they are absent.
+    """
+    parsed = parse_data_config(cfg)
+    out = {k: getattr(parsed, k) for k in DataConfig.__dataclass_fields__ if k != "extra"}
+    if parsed.format != "frame_folder":  # a key of that format only (refused with the others)
+        out.pop("frame_template", None)
+    out = {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+    mixing = bool(parsed.extra.get("mixup") or parsed.extra.get("cutmix") or parsed.extra.get("cutmix_minmax"))
+    defaults = {"mixup": 0.0, "cutmix": 0.0, "cutmix_minmax": None, "label_smoothing": 0.1 if mixing else 0.0,
+                "mixup_prob": 1.0, "mixup_switch_prob": 0.5, "mixup_mode": "batch"}
+    for key, default in defaults.items():
+        value = parsed.extra.get(key)
+        out[key] = default if value is None else value
+    return out
+
+
 def parse_data_config(cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
     """Validate ``cfg`` (the ``data:`` section) and fill defaults; raises ``ValueError`` naming the bad key."""
     if isinstance(cfg, DataConfig):
@@ -249,7 +273,10 @@ def parse_data_config(cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
     out["short_side"] = _as_int("short_side", cfg.get("short_side", default_short), 1)
     if out["short_side"] < out["input_size"]:
         raise _err("short_side", out["short_side"], f"must be >= input_size ({out['input_size']})")
-    out["scale_jitter"] = _as_pair("scale_jitter", cfg.get("scale_jitter", [256, 320]), int)
+    # the default follows input_size (256-320 at 224, SlowFast's TRAIN_JITTER_SCALES): a fixed 256-320 would cut
+    # small crops out of large upscales at other sizes
+    default_jitter = [round(out["input_size"] * 256 / 224), round(out["input_size"] * 320 / 224)]
+    out["scale_jitter"] = _as_pair("scale_jitter", cfg.get("scale_jitter", default_jitter), int)
     if out["scale_jitter"][0] < 1:
         raise _err("scale_jitter", cfg.get("scale_jitter"), "sizes must be positive")
     out["random_resized_crop"] = _as_bool("random_resized_crop", cfg.get("random_resized_crop", not is_video))
@@ -261,7 +288,8 @@ def parse_data_config(cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
         raise _err("rrc_ratio", cfg.get("rrc_ratio"), "aspect ratios must be positive")
 
     out["hflip"] = _as_bool("hflip", cfg.get("hflip", fmt not in UNIFORM_FORMATS))
-    if fmt in UNIFORM_FORMATS and out["hflip"]:
+    if fmt in UNIFORM_FORMATS and out["sampling"] == "uniform" and out["hflip"]:  # Something-Something's layout
+        # (a frame_folder with dense sampling is another dataset, e.g. HMDB51, which the original flips)
         warnings.warn(
             f"data config: hflip=true with format '{fmt}': Something-Something labels depend on left/right "
             "direction, so flipping corrupts labels such as 'Pushing something from left to right'",
@@ -269,12 +297,13 @@ def parse_data_config(cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
         )
     ra = cfg.get("rand_augment")
     if ra is not None:
-        if not isinstance(ra, str) or not ra.startswith("rand"):
-            raise _err("rand_augment", ra, "expected a timm RandAugment string like 'rand-m7-n4-mstd0.5-inc1' or null")
+        if not isinstance(ra, str) or not ra:
+            raise _err("rand_augment", ra, "expected a timm RandAugment string like 'rand-m7-n4-mstd0.5-inc1', "
+                       "an AutoAugment policy such as 'v0', or null")
         try:
-            from timm.data.auto_augment import rand_augment_transform
+            from timm.data.auto_augment import auto_augment_transform, rand_augment_transform
 
-            rand_augment_transform(ra, {})
+            (rand_augment_transform if ra.startswith("rand") else auto_augment_transform)(ra, {})
         except Exception as exc:  # timm raises AssertionError/ValueError/KeyError on bad strings
             raise _err("rand_augment", ra, f"timm cannot parse it ({type(exc).__name__}: {exc})") from exc
     out["rand_augment"] = ra

@@ -4,7 +4,11 @@ Every item is a dict::
 
     {"input": Tensor, "label": int, "index": int, "failures": list[str]}
 
-``input`` is ``(C, T, H, W)`` for video train/val, ``(V, C, T, H, W)`` for video test
+``input`` is ``(N, C, T, H, W)`` for training with ``data.num_sample = N > 1`` (repeated augmentation:
+the clip is decoded once and augmented N times independently; the item then also carries
+``"num_sample": N`` and :func:`collate` flattens the clips into the batch, labels and indices
+repeated, so a batch of B items holds B x N clips, as the original's ``multiple_samples_collate``),
+``(C, T, H, W)`` for video train/val, ``(V, C, T, H, W)`` for video test
 (``V = test_clips * test_crops``, clip-major: view ``v`` is clip ``v // test_crops``, crop
 ``v % test_crops``), ``(C, H, W)`` for image train/val and ``(V, C, H, W)`` for image test
 (``V = test_crops``).  The test split always carries the V axis, even when ``V == 1``.
@@ -97,6 +101,22 @@ class ClassificationDataset(Dataset):
         return len(self.classes)
 
     @property
+    def samples_per_item(self) -> int:
+        """Clips per item (``data.num_sample`` for training, else 1); the runner's batches hold whole items."""
+        return self.cfg.num_sample if self.split == "train" else 1
+
+    @property
+    def epoch_repeats(self) -> int:
+        """``data.repeated_aug`` for training (the runner's sampler repeats each index that often), else 0."""
+        return self.cfg.repeated_aug if self.split == "train" else 0
+
+    def _augmented(self, frames: np.ndarray, num_clips: int, rng: np.random.Generator | None) -> torch.Tensor:
+        """The split's transform of decoded ``frames``; ``num_sample`` independent draws stacked for training."""
+        if self.split == "train" and self.cfg.num_sample > 1:
+            return torch.stack([self.transform(frames, rng) for _ in range(self.cfg.num_sample)])
+        return self.transform.clips(frames, num_clips, rng)
+
+    @property
     def num_views(self) -> int:
         """Views per test item (the size of the leading V axis); 1 for train and val."""
         return 1
@@ -143,7 +163,10 @@ class ClassificationDataset(Dataset):
                 logger.warning("replacing unloadable sample %s (index %d): %s", path, current, exc)
                 current = self.replacement_index(int(index), attempt)
                 continue
-            return {"input": x, "label": int(label), "index": current, "failures": failures}
+            item = {"input": x, "label": int(label), "index": current, "failures": failures}
+            if self.samples_per_item > 1:
+                item["num_sample"] = self.samples_per_item
+            return item
         raise SampleLoadError(
             f"{self.source}: {len(failures)} consecutive samples failed to load starting at index {index} "
             f"({failures}); last error: {last_error}"
@@ -190,7 +213,7 @@ class VideoClassificationDataset(ClassificationDataset):
                 raise VideoDecodeError(f"{path}: video too short ({reader.num_frames} frames < {minimum=})")
             clips = self.frame_indices(reader.num_frames, reader.fps, rng)
             frames = reader.get_frames(clips.reshape(-1))
-        return self.transform.clips(frames, len(clips), rng)
+        return self._augmented(frames, len(clips), rng)  # decoded once, augmented num_sample times for training
 
 
 def read_frame(path: str) -> np.ndarray:
@@ -230,7 +253,7 @@ class FrameFolderDataset(VideoClassificationDataset):
         shapes = {f.shape for f in cache.values()}
         if len(shapes) != 1:
             raise SampleLoadError(f"{path}: frame images differ in size {sorted(shapes)}")
-        return self.transform.clips(np.stack(frames), len(clips), rng)
+        return self._augmented(np.stack(frames), len(clips), rng)  # read once, num_sample clips for training
 
 
 class ImageClassificationDataset(ClassificationDataset):
@@ -246,7 +269,7 @@ class ImageClassificationDataset(ClassificationDataset):
                 array = np.asarray(img.convert("RGB"), dtype=np.uint8)
         except LOAD_ERRORS as exc:
             raise SampleLoadError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
-        x = self.transform(array[None], rng)
+        x = self._augmented(array[None], 1, rng)
         return x.squeeze(-3)  # drop the T axis
 
 
@@ -272,19 +295,26 @@ def _build_from_lists(cfg: DataConfig, split: str, cls: type[ClassificationDatas
     list_path = resolve_file(value, cfg.root, key)
     entries = read_list_file(list_path)
     if cfg.class_names is not None:
-        classes = read_class_names(resolve_file(cfg.class_names, cfg.root, "class_names"))
+        names_path = resolve_file(cfg.class_names, cfg.root, "class_names")
+        classes = read_class_names(names_path)
+        if cfg.num_classes is not None and cfg.num_classes != len(classes):
+            raise ValueError(f"data config: class_names {names_path} lists {len(classes)} classes but num_classes "
+                             f"is {cfg.num_classes}")
     else:
         # Infer from every configured list so all splits agree on the class set.
         all_entries: list[list[Entry]] = [entries]
+        sources = [str(list_path)]
         for other in SPLITS:
             other_value = getattr(cfg, _list_key(other))
             if other_value is None or other_value == value:
                 continue
             try:
-                all_entries.append(read_list_file(resolve_file(other_value, cfg.root, _list_key(other))))
+                other_path = resolve_file(other_value, cfg.root, _list_key(other))
             except FileNotFoundError:
                 continue
-        classes = infer_classes(all_entries, cfg.num_classes)
+            all_entries.append(read_list_file(other_path))
+            sources.append(str(other_path))
+        classes = infer_classes(all_entries, cfg.num_classes, sources)
     labels = resolve_labels(entries, classes, str(list_path), cfg.num_classes)
     samples = [(join_root(e.path, cfg.root), lab) for e, lab in zip(entries, labels)]
     samples, dropped = check_missing(samples, [e.where for e in entries], str(list_path), skip_missing=cfg.skip_missing)
@@ -400,16 +430,27 @@ def build_dataset(cfg: Mapping[str, Any] | DataConfig, split: str) -> Classifica
 
 
 def collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Stack items into ``{"input": (B, ...), "label": (B,) long, "index": (B,) long, "failures": [paths]}``."""
+    """Stack items into ``{"input": (B, ...), "label": (B,) long, "index": (B,) long, "failures": [paths]}``.
+
+    Items of ``num_sample = N`` clips give ``B x N`` rows, item by item (the N clips of an item are adjacent),
+    each with its item's label and index.
+    """
     if not batch:
         raise ValueError("collate: empty batch")
     shapes = {tuple(item["input"].shape) for item in batch}
     if len(shapes) != 1:
         raise ValueError(f"collate: inputs have different shapes {sorted(shapes)}")
+    repeats = {int(item.get("num_sample", 1)) for item in batch}
+    if len(repeats) != 1:
+        raise ValueError(f"collate: items hold different numbers of clips {sorted(repeats)}")
+    n = repeats.pop()
+    x = torch.stack([item["input"] for item in batch])
+    if n > 1:
+        x = x.flatten(0, 1)
     return {
-        "input": torch.stack([item["input"] for item in batch]),
-        "label": torch.tensor([int(item["label"]) for item in batch], dtype=torch.long),
-        "index": torch.tensor([int(item["index"]) for item in batch], dtype=torch.long),
+        "input": x,
+        "label": torch.tensor([int(item["label"]) for item in batch], dtype=torch.long).repeat_interleave(n),
+        "index": torch.tensor([int(item["index"]) for item in batch], dtype=torch.long).repeat_interleave(n),
         "failures": [path for item in batch for path in item["failures"]],
     }
 

@@ -6,10 +6,15 @@ multi-view testing.  Every random decision (crop box, flip, RandAugment ops and
 magnitudes, erased box) is drawn once per clip and applied to all of its frames, because
 per-frame jitter would create fake motion.
 
-Training: scale jitter (short side ``S`` uniform in ``scale_jitter``, random square crop of
-``input_size``; implemented as cropping the equivalent box and resizing only that box) or
-random-resized crop; optional horizontal flip; optional timm RandAugment; ImageNet
-normalisation; optional timm random erasing.  Random erasing erases the **same box in
+Training, in the original's order: for videos (SlowFast ``_aug_frame``) RandAugment on the
+decoded frames, then the crop (random-resized crop: one box, area in ``rrc_scale`` and aspect in
+``rrc_ratio``, for every frame; or scale jitter: short side ``S`` uniform in ``scale_jitter`` and a
+random square crop of ``input_size``, implemented as cropping the equivalent box and resizing only
+that box), resized with ``F.interpolate`` without antialiasing as SlowFast does, then the flip; for
+images (DeiT / timm ``transforms_imagenet_train``) the crop resized with ``data.interpolation``
+(antialiased like PIL), the flip, then RandAugment.  RandAugment uses bicubic resampling in both,
+as the original's ``AUG.INTERPOLATION`` / ``--train-interpolation``.  Then normalisation,
+``channel_order`` and optional timm random erasing.  Random erasing erases the **same box in
 every frame** (the clip is viewed as a ``(C*T, H, W)`` image); in ``pixel`` mode the noise
 that fills the box differs per frame, the box does not.
 
@@ -66,11 +71,23 @@ def _global_rng_seeded(seed: int) -> Iterator[Callable[[], None]]:
         np.random.set_state(np_state)
 
 
-def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear (antialiased) resize of a float ``(T, C, H, W)`` tensor to ``size = (h, w)``."""
+def _auto_augment(spec: str, size_min: int, mean: tuple[float, float, float] | None) -> Callable:
+    """timm RandAugment (``rand-...``) or AutoAugment policy (``v0``, ``original``, ...) with bicubic resampling."""
+    from timm.data.auto_augment import auto_augment_transform, rand_augment_transform
+
+    hparams: dict = {"translate_const": int(size_min * 0.45), "interpolation": Image.BICUBIC}
+    if mean is not None:
+        hparams["img_mean"] = tuple(min(255, round(255 * m)) for m in mean)
+    if spec.startswith("rand"):
+        return rand_augment_transform(spec, hparams)
+    return auto_augment_transform(spec, hparams)
+
+
+def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear", antialias: bool = True) -> torch.Tensor:
+    """Resize of a float ``(T, C, H, W)`` tensor to ``size = (h, w)`` (bilinear antialiased by default)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=antialias)
 
 
 def short_side_size(height: int, width: int, short: int) -> tuple[int, int]:
@@ -168,14 +185,10 @@ class ClipTransform:
         self.std_unit = torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1)
         self.rand_augment = None
         self.random_erasing = None
-        if split == "train" and cfg.rand_augment:
-            from timm.data.auto_augment import rand_augment_transform
-
-            hparams = {
-                "translate_const": int(self.size * 0.45),
-                "img_mean": tuple(min(255, round(255 * m)) for m in cfg.mean),
-            }
-            self.rand_augment = rand_augment_transform(cfg.rand_augment, hparams)
+        self._rand_augment_by_size: dict[tuple[int, int], Callable] = {}
+        if split == "train" and cfg.rand_augment and not cfg.is_video:
+            # timm's image recipe: translation from the crop size, fill with the dataset mean, bicubic
+            self.rand_augment = _auto_augment(cfg.rand_augment, self.size, tuple(cfg.mean))
         if split == "train" and cfg.random_erasing > 0:
             from timm.data.random_erasing import RandomErasing
 
@@ -201,12 +214,15 @@ class ClipTransform:
 
     def apply_rand_augment(self, x: torch.Tensor, seed: int) -> torch.Tensor:
         """Apply one RandAugment draw (fixed by ``seed``) identically to every frame of uint8 ``(T, C, H, W)``."""
+        augment = self.rand_augment
+        if augment is None:  # videos: built for the decoded frame size
+            augment = self._video_rand_augment(int(x.shape[-2]), int(x.shape[-1]))
         out = []
         with _global_rng_seeded(seed) as reseed:
             for frame in x:
                 reseed()  # same op choice, magnitudes and interpolation for every frame
                 img = Image.fromarray(frame.permute(1, 2, 0).numpy())
-                out.append(torch.from_numpy(np.asarray(self.rand_augment(img), dtype=np.uint8).copy()))
+                out.append(torch.from_numpy(np.asarray(augment(img), dtype=np.uint8).copy()))
         return torch.stack(out).permute(0, 3, 1, 2)
 
     # ---------------------------------------------------------------- main
@@ -217,26 +233,43 @@ class ClipTransform:
             return self._train(frames, rng)
         return self._test(frames, num_crops=self.cfg.test_crops if self.split == "test" else 1)
 
+    def _video_rand_augment(self, height: int, width: int) -> Callable:
+        """SlowFast's ``create_random_augment``: translation from the decoded frame size, timm's grey fill."""
+        if not self.cfg.rand_augment:
+            raise ValueError("data.rand_augment is not set: there is no RandAugment to apply")
+        key = (height, width)
+        if key not in self._rand_augment_by_size:
+            self._rand_augment_by_size[key] = _auto_augment(self.cfg.rand_augment, min(height, width), None)
+        return self._rand_augment_by_size[key]
+
     def _train(self, frames: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         cfg = self.cfg
         x = self._to_tensor(frames)
         height, width = x.shape[-2:]
+        if cfg.is_video and cfg.rand_augment:  # before the crop, as SlowFast's _aug_frame
+            x = self.apply_rand_augment(x, int(rng.integers(2**31)))
         if cfg.random_resized_crop:
             top, left, h, w = random_resized_box(height, width, cfg.rrc_scale, cfg.rrc_ratio, rng)
         else:
             top, left, h, w = scale_jitter_box(height, width, self.size, cfg.scale_jitter, rng)
-        x = resize(x[:, :, top : top + h, left : left + w].float(), (self.size, self.size))
+        # videos: SlowFast's F.interpolate(bilinear, no antialias); images: PIL-like antialiased resampling
+        x = resize(x[:, :, top : top + h, left : left + w].float(), (self.size, self.size),
+                   mode=cfg.interpolation, antialias=not cfg.is_video)
         if cfg.hflip and rng.random() < 0.5:
             x = x.flip(-1)
-        if self.rand_augment is not None:
+        if self.rand_augment is not None and not cfg.is_video:
             x = self.apply_rand_augment(x.round_().clamp_(0, 255).to(torch.uint8), int(rng.integers(2**31)))
             x = x.float()
-        x = self._normalize(x)
+        x = self._train_normalize(x)
         if self.random_erasing is not None:
             c, t, h, w = x.shape
             with _global_rng_seeded(int(rng.integers(2**31))):
                 self.random_erasing(x.view(c * t, h, w))  # one box for all frames (in place)
         return x
+
+    def _train_normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`_normalize` (channel order included) after clamping bicubic overshoot as PIL does."""
+        return self._normalize(x.clamp(0, 255) if self.cfg.interpolation == "bicubic" else x)
 
     def _test(self, frames: np.ndarray, num_crops: int) -> torch.Tensor:
         if self.cfg.is_video:

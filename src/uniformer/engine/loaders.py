@@ -8,6 +8,14 @@ augmentations of a sample do not depend on the number of workers, on which worke
 where a resumed run restarts, so a run resumed in the middle of an epoch draws the same batches.
 Evaluation shards without padding or duplicates, so metrics merged from many processes equal those
 of one.
+
+Two dataset attributes change the training epoch (read with `getattr`, so any dataset works without them):
+`samples_per_item` (repeated augmentation of videos, `data.num_sample`: an item holds that many clips, so
+a batch of `train.batch_size` samples holds batch_size / samples_per_item items and an epoch has that many
+times more steps) and `epoch_repeats` (`data.repeated_aug`, DeiT's RASampler: the epoch's permutation with
+each index repeated that many times in a row, dealt round-robin so the copies land on different processes,
+cut to the usual epoch length, so an epoch sees len / repeats distinct samples, each `repeats` times, each
+copy with its own augmentation seed).
 """
 from __future__ import annotations
 
@@ -20,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 __all__ = ["resolve_callable", "EpochSampler", "SeededDataset", "ShardSampler", "IndexedDataset", "train_loader",
-           "eval_loader", "shard_size"]
+           "eval_loader", "shard_size", "items_per_batch"]
 
 
 def resolve_callable(spec: str, what: str) -> Callable:
@@ -46,12 +54,25 @@ def shard_size(length: int, world_size: int) -> int:
     return length // world_size
 
 
+def items_per_batch(dataset: Dataset, batch_size: int) -> int:
+    """Dataset items per training batch of `batch_size` samples (an item may hold several, `samples_per_item`)."""
+    per_item = int(getattr(dataset, "samples_per_item", 1) or 1)
+    if batch_size % per_item:
+        raise ValueError(f"train.batch_size = {batch_size} is not a multiple of the {per_item} clips each training "
+                         "item holds (data.num_sample): a batch must hold whole items")
+    return batch_size // per_item
+
+
 class EpochSampler(Sampler):
     """(index, sample seed) pairs of one process's shard of epoch `epoch`, from position `start` on."""
 
-    def __init__(self, length: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1, start: int = 0):
+    def __init__(self, length: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1, start: int = 0,
+                 repeats: int = 0):
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        order = torch.randperm(length, generator=g)[:shard_size(length, world_size) * world_size]
+        order = torch.randperm(length, generator=g)
+        if repeats > 1:  # RASampler: each index `repeats` times in a row, dealt round-robin over the processes
+            order = order.repeat_interleave(repeats)
+        order = order[:shard_size(length, world_size) * world_size]
         self.indices = order[rank::world_size].tolist()[start:]
         # a sample's seed depends on its place in the epoch's permutation, not on the process that loads it:
         # the same global batch gets the same augmentations with one process or many
@@ -110,9 +131,11 @@ def _loader_kwargs(train_cfg: Mapping, num_workers: int, device: torch.device) -
 
 def train_loader(dataset: Dataset, collate: Callable, train_cfg: Mapping, seed: int, epoch: int, rank: int,
                  world_size: int, device: torch.device, start_batch: int = 0) -> DataLoader:
-    """The batches of one process for `epoch` (0-based), starting at batch `start_batch` (a resumed run)."""
-    batch_size = int(train_cfg["batch_size"])
-    sampler = EpochSampler(len(dataset), seed, epoch, rank, world_size, start_batch * batch_size)
+    """The batches of one process for `epoch` (0-based), starting at batch `start_batch` (a resumed run); a batch
+    holds `train.batch_size` samples (`items_per_batch` dataset items)."""
+    batch_size = items_per_batch(dataset, int(train_cfg["batch_size"]))
+    sampler = EpochSampler(len(dataset), seed, epoch, rank, world_size, start_batch * batch_size,
+                           int(getattr(dataset, "epoch_repeats", 0) or 0))
     return DataLoader(SeededDataset(dataset), batch_size=batch_size, sampler=sampler, drop_last=True,
                       collate_fn=collate, **_loader_kwargs(train_cfg, int(train_cfg["num_workers"]), device))
 

@@ -57,7 +57,7 @@ from uniformer.engine.distributed import (
     shutdown_distributed,
 )
 from uniformer.engine.ema import ModelEma
-from uniformer.engine.loaders import eval_loader, shard_size, train_loader
+from uniformer.engine.loaders import eval_loader, items_per_batch, shard_size, train_loader
 from uniformer.engine.optim import LRSchedule, build_optimizer, scaled_lr
 from uniformer.engine.reporting import TensorBoardLogger, log_to, plot_curves, write_history_csv, write_json
 from uniformer.engine.task import Task
@@ -201,7 +201,10 @@ class Runner:
         self.batch_size, self.accum = t["batch_size"], t["accum_steps"]
         self.global_batch = self.batch_size * d.world_size * self.accum
         per_process = shard_size(len(self.train_set), d.world_size)
-        steps = per_process // self.batch_size // self.accum
+        try:
+            steps = per_process // items_per_batch(self.train_set, self.batch_size) // self.accum
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if t["max_steps_per_epoch"]:
             steps = min(steps, t["max_steps_per_epoch"])
         if steps < 1:

@@ -84,13 +84,18 @@ class Task:
             m["checkpoint"] = expand_path(m["checkpoint"])
         if data.get("builder"):
             return  # a custom dataset owns its keys
-        from uniformer.data import build_mixup, parse_data_config
+        from uniformer.data import build_mixup, resolved_data_config
 
         try:
-            parse_data_config(data)
             build_mixup(data, 2)
+            # every key with its default, so that the run's config.yaml shows what was used
+            cfg["data"] = data = resolved_data_config(data)
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from None
+        batch = cfg["train"]["batch_size"]
+        if isinstance(batch, int) and batch % data["num_sample"]:
+            raise ConfigError(f"{where}: train.batch_size = {batch} counts clips and must be a multiple of "
+                              f"data.num_sample = {data['num_sample']} (each video gives that many clips per step)")
 
     # --- data ------------------------------------------------------------------------------------------
     def _data_cfg(self) -> dict:

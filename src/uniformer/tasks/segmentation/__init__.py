@@ -10,8 +10,12 @@ Recipe sections of this task (defaults in `Task.defaults()`; engine sections in 
             or ImageNet checkpoint), kwargs}, head upernet|fpn, channels, neck_channels, pool_scales, dropout,
             aux_head, aux_channels, aux_in_index, aux_weight, checkpoint (a full segmentor checkpoint: ours
             or an original mmseg one), skip_mismatched
-    data:   format ade20k|folder, root, train/val {images, masks, split}, classes (list or file),
-            num_classes, reduce_zero_label (null: true for ade20k), ignore_index, img_suffix, mask_suffix,
+    data:   format ade20k|folder, root, train/val {images, masks, split (a text file: one sample id, the file
+            name without extension shared by image and label map, per line; only those samples are used)},
+            classes (list, or a text file with one name per line: it sets the class count), num_classes (null:
+            the length of `classes`, else 150 for ade20k; given with `classes`, the two must agree),
+            reduce_zero_label (null: true for ade20k: label 0 "other" is ignored and 1..K become 0..K-1, logged
+            at start-up), ignore_index, img_suffix, mask_suffix,
             img_scale, ratio_range, crop_size, cat_max_ratio, flip_prob, photometric, mean, std
     test:   mode whole|slide, crop_size, stride, scales (ratios of img_scale), flip, size_divisor (null, or
             resize each side on to a multiple of it after the keep-ratio resize: the Semantic FPN AlignResize)
@@ -54,7 +58,7 @@ def _defaults() -> dict:
             "format": "ade20k", "root": "data/ade/ADEChallengeData2016",
             "train": {"images": None, "masks": None, "split": None},
             "val": {"images": None, "masks": None, "split": None},
-            "classes": None, "num_classes": 150, "reduce_zero_label": None, "ignore_index": 255,
+            "classes": None, "num_classes": None, "reduce_zero_label": None, "ignore_index": 255,
             "img_suffix": None, "mask_suffix": ".png",
             "img_scale": [2048, 512], "ratio_range": [0.5, 2.0], "crop_size": [512, 512], "cat_max_ratio": 0.75,
             "flip_prob": 0.5, "photometric": True,
@@ -76,6 +80,16 @@ class Task(DenseTask):
     min_batch = 2  # BatchNorm in the heads
 
     defaults = staticmethod(_defaults)
+
+    @staticmethod
+    def validate(cfg: dict, where: str) -> None:
+        DenseTask.validate(cfg, where)
+        data = cfg["data"]
+        if data["num_classes"] is None:  # the class list sets the count; ADE20K's 150 only without one
+            if isinstance(data["classes"], list):
+                data["num_classes"] = len(data["classes"])
+            elif data["classes"] is None and data["format"] == "ade20k":
+                data["num_classes"] = 150
 
     def build_datasets(self, splits: Sequence[str]) -> dict:
         d = self.cfg["data"]

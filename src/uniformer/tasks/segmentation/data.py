@@ -5,7 +5,9 @@ maximum share of one class, flip, photometric distortion, pad).
 ADE20K: `images/{training,validation}/*.jpg` and `annotations/{training,validation}/*.png`; label 0
 ("other") is ignored and the 150 classes are shifted by -1 (`reduce_zero_label`). Generic: any image
 folder and a mask folder whose PNGs share the images' file stems, plus a class list (names in the
-config or a text file, one per line). Pairs with a missing side are reported at start-up and left
+config or a text file, one per line, which sets the class count). A split file (`data.<split>.split`) lists
+one sample id per line: the file name without extension that an image and its label map share. Pairs with a
+missing side are reported at start-up and left
 out; unreadable files and label values outside the class list are reported with the sample id and
 skipped whenever the sample is drawn.
 """
@@ -174,6 +176,10 @@ class SegDataset(Dataset):
         self.ignore_index = int(data["ignore_index"])
         reduce = data.get("reduce_zero_label")
         self.reduce_zero_label = data["format"] == "ade20k" if reduce is None else bool(reduce)
+        if self.reduce_zero_label and split == "train":
+            _logger.info("data.reduce_zero_label: label 0 of the label maps is ignored and labels 1..%d are classes "
+                         "0..%d (%s)", self.num_classes, self.num_classes - 1,
+                         "the ADE20K convention" if reduce is None else "set in the recipe")
         img_dir, mask_dir = (resolve_path(cfg, p) for p in _split_dirs(data, split))
         for what, d in (("images", img_dir), ("masks", mask_dir)):
             if not d.is_dir():
