@@ -189,3 +189,41 @@ def test_a_new_process_group_never_takes_a_dead_groups_generation():
     server.set("uniformer/2/offer/1", "stale")
     assert group(3, 0.5) == [3, 3, 3]
     assert group(2, 0.3) == [4, 4]
+
+
+def test_sync_bn_converts_the_named_parts_only_and_names_unknown_ones():
+    from torch import nn
+
+    from uniformer.engine.config import ConfigError
+    from uniformer.engine.distributed import sync_batchnorm
+
+    def model():
+        net = nn.Module()
+        net.backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+        net.decode_head = nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))
+        return net
+
+    def kinds(net):
+        return {name: type(child[1]).__name__ for name, child in net.named_children()}
+
+    assert kinds(sync_batchnorm(model(), ["decode_head"], convert=True)) == {
+        "backbone": "BatchNorm2d", "decode_head": "SyncBatchNorm"}  # the original: SyncBN heads, plain backbone
+    assert set(kinds(sync_batchnorm(model(), True, convert=True)).values()) == {"SyncBatchNorm"}
+    assert set(kinds(sync_batchnorm(model(), ["decode_head"], convert=False)).values()) == {"BatchNorm2d"}
+    with pytest.raises(ConfigError, match=r"train.sync_bn names \['head'\].*its parts: backbone, decode_head"):
+        sync_batchnorm(model(), ["head"], convert=False)  # checked even where nothing is converted
+
+
+@pytest.mark.parametrize("recipe,parts", [
+    ("segmentation/upernet_uniformer_small_global_ade20k_160k.yaml", ["decode_head", "auxiliary_head"]),
+    ("segmentation/fpn_uniformer_base_global_ade20k_80k.yaml", ["decode_head"]),
+    ("pose/topdown_uniformer_base_384x288_coco.yaml", ["keypoint_head"]),
+    ("detection/cascade_mask_rcnn_uniformer_base_h14_3x_ms_coco.yaml", ["roi_heads"]),
+])
+def test_dense_recipes_synchronise_the_heads_the_original_built_with_syncbn(recipe, parts):
+    from uniformer.tasks import CONFIGS
+
+    assert load_recipe(CONFIGS / recipe)["train"]["sync_bn"] == parts
+    assert load_recipe(CONFIGS / "detection/mask_rcnn_uniformer_small_h14_1x_coco.yaml")["train"]["sync_bn"] is None
+    hybrid = load_recipe(CONFIGS / "segmentation/fpn_uniformer_small_hybrid_ade20k_80k.yaml")["model"]["backbone"]
+    assert (hybrid["stage3"], hybrid["window_size"]) == ("hybrid", 14)  # fpn_seg/exp/fpn_hybrid_small: window 14

@@ -12,7 +12,8 @@ Engine sections (defaults in brackets; a task may change them):
     task (required)  description [""]  seed [0]  deterministic [false]  out_dir [runs/<recipe name>]
     train:  epochs | iters (exactly one), batch_size [8] (per process), num_workers [4], accum_steps [1],
             amp [auto|none|bf16|fp16], clip_grad [null], eval_every [1] (epochs or iterations; null: at the
-            end only), log_every [10] (optimiser steps), max_steps_per_epoch [null], sync_bn [false],
+            end only), log_every [10] (optimiser steps), max_steps_per_epoch [null], sync_bn [null: off; true:
+            every BatchNorm, or a list of the model's top-level parts, e.g. [decode_head]; GPUs only],
             threads [null], pin_memory [true], prefetch_factor [null]
     optim:  name [adamw], lr [1e-3], lr_base_batch [null: lr as is; else lr x global batch / lr_base_batch],
             weight_decay [0.05], betas [[0.9, 0.999]], eps [1e-8], no_decay_1d [true], no_decay_keys [[]]
@@ -93,7 +94,7 @@ def engine_defaults() -> dict:
         "task": None, "description": "", "seed": 0, "deterministic": False, "out_dir": None,
         "train": {"epochs": None, "iters": None, "batch_size": 8, "num_workers": 4, "accum_steps": 1, "amp": "auto",
                   "clip_grad": None, "eval_every": 1, "log_every": 10, "max_steps_per_epoch": None,
-                  "sync_bn": False, "threads": None, "pin_memory": True, "prefetch_factor": None},
+                  "sync_bn": None, "threads": None, "pin_memory": True, "prefetch_factor": None},
         "optim": {"name": "adamw", "lr": 1e-3, "lr_base_batch": None, "weight_decay": 0.05, "betas": [0.9, 0.999],
                   "eps": 1e-8, "no_decay_1d": True, "no_decay_keys": []},
         "sched": {"name": "cosine", "warmup_epochs": 0.0, "warmup_iters": 0, "warmup_lr": 1e-6, "warmup_ratio": None,
@@ -248,8 +249,10 @@ def validate_engine(cfg: dict, where: str) -> None:
     check(t["amp"] in AMP_MODES, where, "train.amp", t["amp"], f"expected one of {list(AMP_MODES)}")
     check(t["clip_grad"] is None or (_is_num(t["clip_grad"]) and t["clip_grad"] > 0), where, "train.clip_grad",
           t["clip_grad"], "expected a positive number or null")
-    for key in ("sync_bn", "pin_memory"):
-        check(isinstance(t[key], bool), where, f"train.{key}", t[key], "expected true or false")
+    check(isinstance(t["pin_memory"], bool), where, "train.pin_memory", t["pin_memory"], "expected true or false")
+    check(t["sync_bn"] is None or isinstance(t["sync_bn"], bool) or (isinstance(t["sync_bn"], list) and t["sync_bn"]
+                                             and all(isinstance(n, str) and n for n in t["sync_bn"])),
+          where, "train.sync_bn", t["sync_bn"], "expected true, false (or null) or a list of the model's part names")
     check(o["name"] == "adamw", where, "optim.name", o["name"], "only 'adamw' is supported")
     for key in ("lr", "eps"):
         check(_is_num(o[key]) and o[key] > 0, where, f"optim.{key}", o[key], "expected a positive number")

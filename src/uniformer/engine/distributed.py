@@ -30,7 +30,7 @@ import torch.distributed as dist
 from uniformer.engine.config import ConfigError
 
 __all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "resolve_device", "barrier", "all_reduce_sum",
-           "all_gather_objects", "broadcast_buffers", "cpu_threads", "align_grad_strides",
+           "all_gather_objects", "broadcast_buffers", "cpu_threads", "align_grad_strides", "sync_batchnorm",
            "disagreements", "per_rank", "check_same_recipe_and_data"]
 
 
@@ -246,6 +246,28 @@ def _same_layout(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor | None
     if any(n != 1 and a != b for n, a, b in zip(grad.shape, grad.stride(), param.stride())):
         return None  # a real layout difference: autograd's layout contract copies it into the parameter's
     return grad.as_strided(grad.shape, param.stride(), grad.storage_offset())
+
+
+def sync_batchnorm(model: torch.nn.Module, which: bool | list[str], *, convert: bool) -> torch.nn.Module:
+    """BatchNorm synchronised across processes (`train.sync_bn`): every layer (`True`), or only those inside the
+    named top-level parts of the model, as the original dense heads were built with SyncBN while the backbone
+    kept plain BatchNorm. Names are checked on every run (a typo fails on one process too); the layers are
+    converted only where `convert` (several GPU processes)."""
+    if not which:
+        return model
+    if which is not True:
+        parts = dict(model.named_children())
+        unknown = [name for name in which if name not in parts]
+        if unknown:
+            raise ConfigError(f"train.sync_bn names {unknown}, which the model does not have (its parts: "
+                              f"{', '.join(parts)})")
+    if not convert:
+        return model
+    if which is True:
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name in which:
+        setattr(model, name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(getattr(model, name)))
+    return model
 
 
 def align_grad_strides(module: torch.nn.Module) -> list:

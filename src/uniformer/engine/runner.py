@@ -55,11 +55,19 @@ from uniformer.engine.distributed import (
     init_distributed,
     per_rank,
     shutdown_distributed,
+    sync_batchnorm,
 )
 from uniformer.engine.ema import ModelEma
 from uniformer.engine.loaders import eval_loader, items_per_batch, shard_size, train_loader
 from uniformer.engine.optim import LRSchedule, build_optimizer, scaled_lr
-from uniformer.engine.reporting import TensorBoardLogger, log_to, plot_curves, write_history_csv, write_json
+from uniformer.engine.reporting import (
+    LOGGER_NAME,
+    TensorBoardLogger,
+    log_to,
+    plot_curves,
+    write_history_csv,
+    write_json,
+)
 from uniformer.engine.task import Task
 from uniformer.precision import resolve_dtype
 
@@ -187,8 +195,11 @@ class Runner:
                                          for name, split in sets.items()})
         seed_everything(cfg["seed"])  # the same initial weights on every process
         model = task.build_model().to(d.device)
-        if t["sync_bn"] and d.distributed:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        gpus = d.distributed and d.device.type != "cpu"  # SyncBatchNorm has no CPU kernels
+        if t["sync_bn"] and d.distributed and not gpus and d.rank == 0:
+            logging.getLogger(LOGGER_NAME).warning("train.sync_bn: SyncBatchNorm runs on GPUs only; on CPU "
+                                                  "processes each BatchNorm keeps its own statistics")
+        model = sync_batchnorm(model, t["sync_bn"], convert=gpus)
         self.model = model
         e = cfg["ema"]
         self.ema = ModelEma(model, e["decay"], e["warmup"]) if e["enabled"] else None
