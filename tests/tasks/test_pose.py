@@ -218,6 +218,15 @@ def test_detection_boxes_and_error_paths(figures, tmp_path, caplog):
     assert f"image {last['image_id']}" in caplog.text and "cannot be decoded" in caplog.text
 
 
+def save_as_mmpose(model, path: Path) -> Path:
+    """`model`'s weights in an original mmpose file (backbone / keypoint_head sections)."""
+    sections: dict = {"backbone": {}, "keypoint_head": {}}
+    for k, v in model.state_dict().items():
+        prefix, rest = k.split(".", 1)
+        sections[prefix][rest] = v
+    return save_original_checkpoint(path, sections)
+
+
 def test_original_pose_checkpoint_loads(figures, tmp_path):
     seeded(1)
     cfg = tiny_cfg(figures)
@@ -228,11 +237,7 @@ def test_original_pose_checkpoint_loads(figures, tmp_path):
             "keypoint_head.final_layer.weight", "keypoint_head.final_layer.bias",
             "backbone.norm4.weight"} <= keys
     assert source.keypoint_head.deconv_layers[0].bias is None
-    sections = {"backbone": {}, "keypoint_head": {}}
-    for k, v in source.state_dict().items():
-        prefix, rest = k.split(".", 1)
-        sections[prefix][rest] = v
-    path = save_original_checkpoint(tmp_path / "pose.pth", sections)
+    path = save_as_mmpose(source, tmp_path / "pose.pth")
     seeded(2)
     cfg["model"]["checkpoint"] = str(path)
     loaded = build("pose", cfg)
@@ -243,11 +248,7 @@ def test_original_pose_checkpoint_loads(figures, tmp_path):
 def test_predict_draws_skeletons(figures, tmp_path):
     seeded()
     cfg = tiny_cfg(figures)
-    sections: dict = {"backbone": {}, "keypoint_head": {}}
-    for k, v in build("pose", cfg).state_dict().items():
-        prefix, rest = k.split(".", 1)
-        sections[prefix][rest] = v
-    weights = save_original_checkpoint(tmp_path / "pose.pth", sections)  # an mmpose file: the recipe is cfg
+    weights = save_as_mmpose(build("pose", cfg), tmp_path / "pose.pth")  # an mmpose file: the recipe is cfg
     image = figures / "val" / "val_0000.jpg"
     results = predict(weights, [image], tmp_path, cfg=cfg, boxes={"val_0000.jpg": [[5, 5, 40, 80, 0.8],
                                                                                 [50, 5, 40, 80]]})
@@ -278,11 +279,7 @@ def test_predict_takes_person_boxes_from_a_coco_detections_file_or_a_detector(fi
 
     seeded()
     cfg = tiny_cfg(figures)
-    sections: dict = {"backbone": {}, "keypoint_head": {}}
-    for k, v in build("pose", cfg).state_dict().items():
-        prefix, rest = k.split(".", 1)
-        sections[prefix][rest] = v
-    weights = save_original_checkpoint(tmp_path / "pose.pth", sections)
+    weights = save_as_mmpose(build("pose", cfg), tmp_path / "pose.pth")
     recipe_file = tmp_path / "pose.yaml"
     recipe_file.write_text(yaml.safe_dump({"task": "pose", **cfg}))
     image = tmp_path / "000000000007.jpg"  # a COCO file name: image_id 7
