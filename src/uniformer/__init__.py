@@ -11,7 +11,8 @@ import timm
 from torch import nn
 
 from . import models  # noqa: F401  (registers the variants with timm)
-from .models import CheckpointError, fuse, identify_variant, load_checkpoint, optimize
+from .deploy.optimize import optimize
+from .models import CheckpointError, fuse, identify_variant, load_checkpoint
 
 __version__ = "0.1.0"
 __all__ = ["create_model", "list_models", "fuse", "optimize", "load_checkpoint", "identify_variant", "CheckpointError"]

@@ -38,7 +38,8 @@ def test_predict_with_a_runtime_matches_torch(tmp_path, runtime):
     assert [p["prob"] for p in exported] == pytest.approx([p["prob"] for p in eager], abs=1e-5)
 
 
-F32_ROWS = ["eager (reference)", "eager (SDPA)", "fuse", "optimize", "onnxruntime", "openvino"]
+F32_ROWS = ["eager (reference)", "eager (SDPA)", "fuse", "optimize (inductor)", "optimize", "onnxruntime", "openvino"]
+BF16_ROWS = ["optimize (inductor) bf16", "optimize bf16", "openvino default"]
 
 
 def test_benchmark_compare_runtimes(tmp_path, capsys, monkeypatch):
@@ -50,24 +51,26 @@ def test_benchmark_compare_runtimes(tmp_path, capsys, monkeypatch):
                  "--rounds", "2", "--iters", "1", "--warmup", "1", "--threads", "1", "--results", str(results),
                  *TINY_ARGS]) == 0
     rows = {r["runtime"]: r for r in map(json.loads, results.read_text().splitlines())}
-    assert list(rows) == [*F32_ROWS, "optimize bf16", "openvino default"]
+    assert list(rows) == [*F32_ROWS, *BF16_ROWS]
+    assert rows["optimize (inductor)"]["backend"] == rows["optimize (inductor) bf16"]["backend"] == "inductor"
+    assert rows["optimize"]["backend"] in ("inductor", "openvino")
     assert rows["eager (reference)"]["speedup"] == 1
     assert all(r["throughput"] > 0 and r["prepare_s"] >= 0 and r["batch_size"] == 2 for r in rows.values())
     assert all(rows[label]["precision"] == "f32" and rows[label]["relative_error"] < 1e-4 for label in F32_ROWS)
-    assert rows["optimize bf16"]["precision"] == "bf16"
+    assert rows["optimize bf16"]["precision"] == rows["optimize (inductor) bf16"]["precision"] == "bf16"
     assert rows["openvino default"]["precision"] in ("f32", "bf16")  # OpenVINO's own choice on this CPU
-    assert all(rows[label]["relative_error"] < 2e-2 for label in ("optimize bf16", "openvino default"))
+    assert all(rows[label]["relative_error"] < 2e-2 for label in BF16_ROWS)
     assert "vs eager (reference)" in capsys.readouterr().out
 
 
 def test_bfloat16_rows_on_request_and_one_static_shape(tmp_path):
-    from uniformer.deploy.runtimes import inference_variants
+    from uniformer.deploy.optimize import inference_variants
 
     model = uniformer.create_model("uniformer_small", depths=(1, 1, 1, 1), embed_dims=(16, 32, 64, 128),
                                    head_dim=16, num_classes=5)
     assert list(inference_variants(model, (3, 32, 32), tmp_path)) == F32_ROWS
     variants = inference_variants(model, (3, 32, 32), tmp_path, batch_size=3, bfloat16=True)
-    assert list(variants)[len(F32_ROWS):] == ["optimize bf16", "openvino default"]
+    assert list(variants)[len(F32_ROWS):] == BF16_ROWS
     ov_model, precision = variants["openvino"]()
     assert precision == ov_model.precision == "f32"
     assert [tuple(p.get_shape()) for p in ov_model._compiled.inputs] == [(3, 3, 32, 32)]  # static: no dynamic batch

@@ -115,7 +115,7 @@ def _compare_runtimes(args, model, shape) -> int:
     import torch
 
     from uniformer.deploy import MissingExtraError
-    from uniformer.deploy.runtimes import inference_variants
+    from uniformer.deploy.optimize import inference_variants
     from uniformer.precision import resolve_dtype
     from uniformer.profiling import append_result, compare_models, environment
 
@@ -144,16 +144,21 @@ def _compare_runtimes(args, model, shape) -> int:
     unit = "clips/s" if x.ndim == 5 else "images/s"
     print(f"{args.name} batch {args.batch_size} {'x'.join(map(str, shape))} (static), {env['threads']} threads, "
           f"{env['cpu']}, torch {env['torch']}; best of {args.rounds} interleaved rounds of {args.iters}")
-    print(f"{'runtime':<18} {'precision':>9} {unit:>10} {'vs ' + base_label:>20} {'ms/batch':>9} {'rel. error':>10} "
+    print(f"{'runtime':<24} {'precision':>9} {unit:>10} {'vs ' + base_label:>20} {'ms/batch':>9} {'rel. error':>10} "
           f"{'prepare s':>10}")
     for label, r in results.items():
-        print(f"{label:<18} {precision[label]:>9} {r['throughput']:>10.2f} {r['throughput'] / base:>19.2f}x "
+        print(f"{label:<24} {precision[label]:>9} {r['throughput']:>10.2f} {r['throughput'] / base:>19.2f}x "
               f"{r['latency_ms']:>9.1f} {r['relative_error']:>10.1e} {prepare_s[label]:>10.1f}")
         append_result(args.results, dict(model=args.name, run="compare-runtimes", runtime=label,
-                                         precision=precision[label], batch_size=args.batch_size, input=list(shape),
+                                         precision=precision[label], backend=getattr(models[label], "backend", None),
+                                         batch_size=args.batch_size, input=list(shape),
                                          rounds=args.rounds, iters=args.iters, throughput=r["throughput"],
                                          latency_ms=r["latency_ms"], speedup=r["throughput"] / base,
                                          relative_error=r["relative_error"], prepare_s=prepare_s[label], **env))
+    for label, model in models.items():
+        if getattr(model, "backend_ms", None):
+            timings = ", ".join(f"{name} {ms:.1f}" for name, ms in model.backend_ms.items())
+            print(f"{label}: ran {model.backend}, the faster when optimize timed its backends ({timings} ms/batch)")
     print(f"precision: what each row computed in (OpenVINO's as it reports it); rel. error: max abs difference / "
           f"max abs output against {base_label}")
     print("prepare s: time to build the variant (fuse; compilation; export and runtime compilation), not in the "

@@ -24,12 +24,12 @@ from .export import (
     require,
 )
 
-__all__ = ["RUNTIMES", "RuntimeModel", "load_runtime", "export_model", "export_for_runtime", "inference_variants"]
+__all__ = ["RUNTIMES", "RuntimeModel", "load_runtime", "export_model", "export_for_runtime"]
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 
 
-OPENVINO_PRECISIONS = ("f32", "default")
+OPENVINO_PRECISIONS = ("f32", "bf16", "default")
 
 
 class RuntimeModel(nn.Module):
@@ -63,8 +63,8 @@ class RuntimeModel(nn.Module):
         elif runtime == "openvino":
             ov = require("openvino", "--runtime openvino")
             config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
-            if precision == "f32":
-                config["INFERENCE_PRECISION_HINT"] = "f32"
+            if precision != "default":
+                config["INFERENCE_PRECISION_HINT"] = precision
             self._compiled = ov.Core().compile_model(str(self.path), "CPU", config)
             self.precision = self._compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         else:
@@ -135,40 +135,3 @@ def export_model(model: nn.Module, input_shape: Sequence[int], path: str | os.Pa
         raise ExportError(f"{path}: the exported graph differs from the PyTorch model by {error:.2e} "
                           f"(relative; at most {tolerance:.0e} expected)")
     return dict(path=str(path), format=format, relative_error=error, input=[check_batch, *input_shape])
-
-
-def inference_variants(model: nn.Module, input_shape: Sequence[int], workdir: str | os.PathLike,
-                       batch_size: int = 1, bfloat16: bool = False) -> dict:
-    """Label → zero-argument factory of (model, precision) for each way to run `model` for inference, in the
-    order `uniformer benchmark --compare-runtimes` reports them: the eager reference (explicit attention, as
-    the original code), the eager model as users run it (SDPA), `uniformer.fuse`, `uniformer.optimize` in
-    float32, and the fused model's export in onnxruntime and in OpenVINO with its f32 hint; with `bfloat16`
-    also `optimize` in bfloat16 and OpenVINO at its default precision. Every variant gets the same static
-    shape (`batch_size` × `input_shape`), the one `optimize` compiles for. A factory raises
-    `MissingExtraError` when its runtime is not installed."""
-    import copy
-
-    from ..models.fuse import fuse
-    from ..models.optimize import optimize
-    from ..profiling import set_reference_attention
-
-    workdir = Path(workdir)
-    example = torch.randn(batch_size, *input_shape)
-
-    def exported(runtime: str, precision: str = "f32"):
-        runtime_model = export_for_runtime(fuse(model), runtime, input_shape, workdir / f"{runtime}_{precision}",
-                                           dynamic_batch=False, batch_size=batch_size, precision=precision)
-        return runtime_model, runtime_model.precision
-
-    variants = {
-        "eager (reference)": lambda: (set_reference_attention(copy.deepcopy(model)).eval(), "f32"),
-        "eager (SDPA)": lambda: (copy.deepcopy(model).eval(), "f32"),
-        "fuse": lambda: (fuse(model), "f32"),
-        "optimize": lambda: (optimize(model, example=example, dtype=torch.float32), "f32"),
-        "onnxruntime": lambda: exported("onnxruntime"),
-        "openvino": lambda: exported("openvino"),
-    }
-    if bfloat16:
-        variants["optimize bf16"] = lambda: (optimize(model, example=example, dtype=torch.bfloat16), "bf16")
-        variants["openvino default"] = lambda: exported("openvino", "default")
-    return variants

@@ -1,13 +1,15 @@
-"""`uniformer.optimize` computes the eager model's function; `dense` keeps autograd outside inference."""
+"""`uniformer.optimize` computes the eager model's function with either backend and keeps the faster."""
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import time
 
 import pytest
 import torch
 
 import uniformer
-from uniformer.models.layers import dense
+from uniformer.deploy import optimize as optimize_module
 
 
 def _relative_error(got, expected) -> float:
@@ -85,32 +87,72 @@ def test_unsupported_precisions_are_clear_errors(make_tiny):
         uniformer.optimize(model, compile=False, dtype="fp32")
 
 
-def test_dense_matches_linear_and_keeps_gradients():
-    """oneDNN serves inference; with gradients needed it falls back to F.linear, so training works."""
-    torch.manual_seed(0)
-    x = torch.randn(2, 5, 7, 16)
-    weight, bias = torch.randn(24, 16, requires_grad=True), torch.randn(24, requires_grad=True)
-    expected = torch.nn.functional.gelu(torch.nn.functional.linear(x, weight, bias))
+needs_openvino = pytest.mark.skipif(not importlib.util.find_spec("openvino"),
+                                    reason="the deploy extra is not installed")
+
+
+@needs_openvino
+def test_openvino_backend_has_the_same_outputs_and_compiles_per_shape(make_tiny):
+    model = make_tiny("uniformer_small", features_only=True, num_classes=0)
+    x = torch.randn(2, 3, 64, 64)
+    optimized = uniformer.optimize(model, example=x, dtype=torch.float32, backend="openvino")
+    assert optimized.backend == "openvino" and optimized.compile_seconds > 0 and optimized.backend_ms == {}
     with torch.no_grad():
-        assert torch.allclose(dense(x, weight, bias, gelu=True), expected, atol=1e-5, rtol=1e-5)
-    out = dense(x, weight, bias, gelu=True)
-    assert torch.allclose(out, expected, atol=1e-5, rtol=1e-5)
-    out.sum().backward()
-    assert weight.grad is not None and bias.grad is not None
+        assert _relative_error(optimized(x), model(x)) < 1e-4
+        other = torch.randn(1, 3, 96, 64)
+        assert _relative_error(optimized(other), model(other)) < 1e-4  # a new shape compiles its own graph
+    assert sorted(optimized._run._graphs) == [(1, 3, 96, 64), (2, 3, 64, 64)]
 
 
-def test_channels_last_training_step_has_gradients(make_tiny):
-    model = make_tiny("uniformer_video_small", depths=(1, 1, 1, 1)).train()
-    model.channels_last = True
-    model(torch.randn(1, 3, 4, 32, 32)).sum().backward()
-    assert all(p.grad is not None for p in model.blocks1.parameters())
+@needs_openvino
+@pytest.mark.skipif(not _has_cxx_compiler(), reason="torch.compile's inductor CPU backend needs a C++ compiler")
+@pytest.mark.parametrize("faster", ["inductor", "openvino"])
+def test_auto_backend_keeps_the_faster_one(make_tiny, monkeypatch, faster):
+    """With an example on the CPU both backends are compiled and timed; the faster one (here by the timings the
+    patched timer reports) is returned, computing the same function, with what was measured."""
+    timings = {"inductor": 5.0, "openvino": 7.0} if faster == "inductor" else {"inductor": 9.0, "openvino": 4.0}
+    timed = []
+
+    def fake_timer(models, x):
+        timed.append(sorted(models))
+        return {name: timings[name] for name in models}
+
+    monkeypatch.setattr(optimize_module, "_time_interleaved", fake_timer)
+    model = make_tiny("uniformer_xxs")
+    x = torch.randn(1, 3, 64, 64)
+    optimized = uniformer.optimize(model, example=x, dtype=torch.float32)
+    assert timed == [["inductor", "openvino"]]
+    assert optimized.backend == faster and optimized.backend_ms == timings
+    with torch.no_grad():
+        assert _relative_error(optimized(x), model(x)) < 1e-4
 
 
-def test_dense_products_are_counted_as_flops():
-    """`uniformer info` counts FLOPs with FlopCounterMode, which must see the oneDNN products too."""
-    from torch.utils.flop_counter import FlopCounterMode
+def test_measured_timings_are_the_best_of_interleaved_rounds():
+    calls = []
 
-    x, weight = torch.randn(3, 10, 16), torch.randn(24, 16)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        dense(x, weight, torch.zeros(24), gelu=True)
-    assert counter.get_total_flops() == 2 * 30 * 16 * 24
+    class Model:
+        def __init__(self, name, ms):
+            self.name, self.ms = name, ms
+
+        def __call__(self, x):
+            calls.append(self.name)
+            time.sleep(self.ms / 1000)
+
+    best = optimize_module._time_interleaved({"a": Model("a", 2), "b": Model("b", 12)}, torch.zeros(1), rounds=3)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then alternating order
+    assert 2 <= best["a"] < best["b"] and best["b"] >= 12
+
+
+def test_without_an_example_or_openvino_auto_is_inductor(make_tiny):
+    model = make_tiny("uniformer_xxs")
+    optimized = uniformer.optimize(model, dtype=torch.float32)  # nothing to time on: compiles at the first call
+    assert optimized.backend == "inductor" and optimized.backend_ms == {} and optimized.compile_seconds == 0
+
+
+def test_backend_errors_are_clear(make_tiny):
+    model = make_tiny("uniformer_xxs")
+    with pytest.raises(ValueError, match=r"optimize\(backend='tvm'\): expected one of auto, inductor, openvino"):
+        uniformer.optimize(model, backend="tvm")
+    with pytest.raises(ValueError, match="OpenVINO always compiles"):
+        uniformer.optimize(model, compile=False, backend="openvino")
+    assert uniformer.optimize(model, compile=False).backend == "eager"

@@ -1,0 +1,296 @@
+"""The fastest inference path of a UniFormer: `uniformer.fuse`, then compiled by the faster backend on this
+machine, `torch.compile` (inductor, frozen weights) or OpenVINO's CPU plugin.
+
+What each step buys on a CPU (measured on an AVX2 AMD EPYC, 2 threads, float32):
+
+- `fuse` folds every BatchNorm, LayerNorm affine, layer scale and DPE residual into the adjacent
+  weights and runs the network on channels-last maps, where the pointwise convolutions and FFNs are
+  oneDNN matrix products (GELU fused into them).
+- `torch.compile` with inductor and `freezing` turns the weights into constants and generates fused
+  C++ loops for everything between the matrix products, attention and depthwise convolutions
+  (LayerNorms, residual adds, layout copies, the average pooling), which eager PyTorch runs as
+  separate memory-bound passes.
+
+Backend: by default `optimize` measures, on the example input, inductor's compiled graph and the
+same fused model's ONNX export compiled by OpenVINO's CPU plugin (where `openvino` is installed), and
+keeps the faster on this machine. Which one wins depends on the CPU's units and the model: on an
+AVX2-only EPYC inductor was level with OpenVINO, on an AMX Xeon OpenVINO's AMX matrix products and
+fused attention ran 1.1-1.2x faster than inductor's oneDNN calls (README, Performance). Both compute
+the fused model's function in the same precision; `backend=` forces one.
+
+Precision: by default the machine's fastest accurate one, as OpenVINO's CPU plugin chooses its own:
+bfloat16 (inductor: autocast; OpenVINO: its bf16 precision hint) where the CPU computes in bfloat16 (AVX512-BF16, AMX, Arm BF16; or where
+`UNIFORMER_CPU_BF16=1` says so), float32 elsewhere. In float32 every step computes the same function:
+no approximate GELU or softmax, outputs within float32 rounding of the eager model (about 1e-6
+relative). In bfloat16 the matrix products and convolutions round their inputs to bfloat16 while
+normalisations and softmax stay float32 (autocast's rules): logits within about 1e-2 relative.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import importlib.util
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..models.fuse import fuse
+from .runtimes import export_for_runtime
+
+__all__ = ["optimize", "OptimizedModel", "BACKENDS", "inference_variants"]
+
+_logger = logging.getLogger(__name__)
+
+# Inductor options of the compiled path. `freezing` makes the weights graph constants (constant
+# folding, oneDNN weight layouts, and the oneDNN matmul/convolution lowerings need it); max-autotune
+# stays off: it benchmarks kernel variants while compiling, which multiplies the compile time.
+INDUCTOR_OPTIONS = {"freezing": True}
+
+# "auto": the faster of the others on the example input, measured by `optimize`
+BACKENDS = ("auto", "inductor", "openvino")
+
+
+class _Autocast(nn.Module):
+    """`model` under autocast to `dtype`, its outputs cast back to float32."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, x: torch.Tensor):
+        with torch.autocast(x.device.type, dtype=self.dtype):
+            out = self.model(x)
+        return [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
+
+
+class _OpenVINOGraphs(nn.Module):
+    """The fused model compiled by OpenVINO's CPU plugin, one compiled graph per input shape (static shapes,
+    as inductor's graphs), in f32 or bf16 (OpenVINO's precision hint). Tensors in and out, float32, on the CPU."""
+
+    def __init__(self, fused: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.fused = fused
+        self.hint = "bf16" if dtype == torch.bfloat16 else "f32"
+        self.precision = self.hint  # what OpenVINO reports computing in, once a graph is compiled
+        self._graphs: dict[tuple[int, ...], nn.Module] = {}
+
+    def _compile(self, x: torch.Tensor):
+        # Through the ONNX export, as `uniformer export`: OpenVINO's graph from it ran 1.4x faster than the
+        # one it converts from the PyTorch module directly (UniFormer-S, 8x3x224x224, bf16, AMX Xeon).
+        with tempfile.TemporaryDirectory(prefix="uniformer_optimize_") as workdir:
+            graph = export_for_runtime(self.fused, "openvino", tuple(x.shape[1:]), workdir, dynamic_batch=False,
+                                       batch_size=x.shape[0], threads=torch.get_num_threads(), precision=self.hint)
+        self.precision = graph.precision
+        self._graphs[tuple(x.shape)] = graph
+        return graph
+
+    def forward(self, x: torch.Tensor):
+        if x.device.type != "cpu":
+            raise ValueError(f"the OpenVINO backend runs on the CPU; got an input on {x.device}")
+        return (self._graphs.get(tuple(x.shape)) or self._compile(x))(x)
+
+
+class OptimizedModel(nn.Module):
+    """An inference-only UniFormer: the fused model, compiled by `backend` ("inductor" or "openvino")
+    unless `compile=False` was asked.
+
+    `compile_seconds` is how long the first (compiling) call took, 0 when not compiled; a new input
+    shape compiles again (see `optimize`). `backend` is what runs ("eager" when not compiled);
+    `backend_ms` holds what `optimize` measured per backend on its example when it chose (else empty).
+    """
+
+    def __init__(self, fused: nn.Module, compiled: bool, dtype: torch.dtype = torch.float32,
+                 backend: str = "inductor"):
+        super().__init__()
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"OptimizedModel runs in torch.float32, bfloat16 or float16 (GPUs), not {dtype}")
+        if backend not in BACKENDS[1:]:
+            raise ValueError(f"backend {backend!r}: expected one of {', '.join(BACKENDS[1:])}")
+        self.fused = fused
+        self.compiled = compiled
+        self.dtype = dtype
+        self.backend = backend if compiled else "eager"
+        self.compile_seconds = 0.0
+        self.backend_ms: dict[str, float] = {}
+        if self.backend == "openvino":
+            self._run = _OpenVINOGraphs(fused, dtype)
+            return
+        # Static shapes: one graph per input shape. Shape-generic graphs (`dynamic=True`, also what
+        # torch.compile's default switches to at the second shape) fail on channels-last 3-D convolutions
+        # in torch 2.14 (the oneDNN convolution's fake kernel reports other strides than it produces).
+        # In bfloat16 the autocast region and the cast of the outputs to float32 are compiled with the model.
+        run = fused if dtype == torch.float32 else _Autocast(fused, dtype)
+        self._run = torch.compile(run, backend="inductor", dynamic=False) if compiled else run
+        if compiled:  # loaded here, not at import: loading inductor takes seconds
+            importlib.import_module("torch._inductor.config")
+
+    def forward(self, x: torch.Tensor):
+        # Frozen weights are compiled for gradient-free calls only. Inductor reads `freezing` from its
+        # global config when it compiles (torch.compile's `options` do not reach that decision), so the
+        # options are patched in around every call that may compile: the first one and any new shape.
+        inductor = self.backend == "inductor"
+        options = torch._inductor.config.patch(INDUCTOR_OPTIONS) if inductor else contextlib.nullcontext()
+        with torch.no_grad(), options:
+            return self._run(x)
+
+
+def optimize(model: nn.Module, example: torch.Tensor | None = None, compile: bool = True,
+             dtype: torch.dtype | str | None = None, backend: str = "auto") -> OptimizedModel:
+    """Return a fast inference-only copy of a UniFormer model (the original is left untouched).
+
+    Args:
+        model: a UniFormer or UniFormerLight model (classifier or `features_only` backbone).
+        example: an input of the shape to be served. With `compile=True` the model is compiled on it
+            right away (timed: `compile_seconds`, also logged), so that later calls run at full speed.
+        compile: compile the fused model (see `backend`). False: the fused model in PyTorch eager mode,
+            which needs no C++ compiler and no warm-up.
+        dtype: None or "auto" (default): the machine's fastest accurate precision, bfloat16 on CPUs with
+            bfloat16 units (or `UNIFORMER_CPU_BF16=1`), float32 elsewhere; `torch.float32` /
+            `torch.bfloat16` (or their names) force one. Outputs are float32 either way.
+        backend: "inductor" (`torch.compile`, frozen weights; CPU or GPU), "openvino" (OpenVINO's CPU
+            plugin on the model's ONNX export; needs the `deploy` extra), or "auto" (default): on a CPU with
+            `openvino` installed and an `example`, both are compiled and timed on it and the faster kept
+            (`backend_ms` holds the timings, `backend` the choice); otherwise inductor.
+
+    Shapes: each input shape gets its own compiled graph, specialised to it; the first call with a new
+    shape (another batch size, resolution or clip length) compiles again, which takes about as long as
+    the first compile. Compile once, reuse many times: serve one shape (e.g. pad the last, smaller batch
+    of a folder to the batch size and drop the padded outputs). With inductor, after
+    `torch._dynamo.config.recompile_limit` distinct shapes (8 by default) further shapes run the fused
+    model in eager mode: still correct, slower.
+
+    Accuracy: in float32 the same function as the eager model up to rounding (outputs agree to about
+    1e-6 relative; tests check 1e-4); in bfloat16 within 2e-2 relative of the eager float32 model. The
+    returned model is for inference only: it runs without gradients and its BatchNorm statistics are
+    folded into the weights.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"optimize(backend={backend!r}): expected one of {', '.join(BACKENDS)}")
+    device = example.device if example is not None else next(model.parameters()).device
+    run_dtype = _resolve_dtype(dtype, device)
+    fused = fuse(model)
+    if not compile:
+        if backend == "openvino":
+            raise ValueError("optimize(backend='openvino', compile=False): OpenVINO always compiles; compile=False "
+                             "runs the fused model in PyTorch eager mode (leave backend at 'auto')")
+        return OptimizedModel(fused, compiled=False, dtype=run_dtype)
+    if backend == "openvino":
+        _check_openvino_applies(device, run_dtype)
+    candidates = [backend] if backend != "auto" else ["inductor"]
+    if backend == "auto" and example is not None and device.type == "cpu" and run_dtype != torch.float16 \
+            and importlib.util.find_spec("openvino") is not None:
+        candidates.append("openvino")
+    built = {}
+    for name in candidates:
+        optimized = OptimizedModel(fused, compiled=True, dtype=run_dtype, backend=name)
+        if example is not None:
+            start = time.perf_counter()
+            optimized(example)
+            optimized.compile_seconds = time.perf_counter() - start
+            _logger.info("compiled %s with %s for input %s (%s) in %.1f s", type(model).__name__, name,
+                         tuple(example.shape), str(run_dtype).removeprefix("torch."), optimized.compile_seconds)
+        if name == "openvino" and optimized._run.precision != optimized._run.hint:
+            message = f"OpenVINO computes in {optimized._run.precision} on this CPU, not in {optimized._run.hint}"
+            if backend == "openvino":
+                raise ValueError(f"optimize(backend='openvino', dtype={run_dtype}): {message}; use "
+                                 "dtype=torch.float32 or backend='inductor'")
+            _logger.info("%s: inductor only", message)
+            continue
+        built[name] = optimized
+    if len(built) == 1:
+        return next(iter(built.values()))
+    timings = _time_interleaved(built, example)
+    chosen = built[min(timings, key=timings.get)]
+    chosen.backend_ms = timings
+    _logger.info("backend %s: %s", chosen.backend, ", ".join(f"{k} {v:.1f} ms" for k, v in timings.items()))
+    return chosen
+
+
+def _check_openvino_applies(device: torch.device, dtype: torch.dtype) -> None:
+    if device.type != "cpu" or dtype == torch.float16:
+        raise ValueError(f"optimize(backend='openvino'): OpenVINO's CPU plugin runs float32 or bfloat16 on the "
+                         f"CPU, not {str(dtype).removeprefix('torch.')} on {device}")
+    if importlib.util.find_spec("openvino") is None:
+        raise ImportError("optimize(backend='openvino') needs the 'openvino' package: pip install "
+                          "'uniformer[deploy]' (or pip install openvino)")
+
+
+def _time_interleaved(models: dict[str, OptimizedModel], x: torch.Tensor, rounds: int = 3) -> dict[str, float]:
+    """Each model's best time (ms) for one call on `x`, over `rounds` rounds run in alternating order after
+    a warm-up call, so that drifting machine load touches all alike."""
+    names = list(models)
+    for name in names:
+        models[name](x)
+    best = dict.fromkeys(names, float("inf"))
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            models[name](x)
+            best[name] = min(best[name], 1000 * (time.perf_counter() - start))
+    return best
+
+
+def _resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    """`optimize`'s dtype argument as torch.float32 or torch.bfloat16 (auto: `uniformer.precision`'s policy)."""
+    from ..precision import resolve_dtype
+
+    names = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+    if dtype is None:
+        name = "auto"
+    elif isinstance(dtype, torch.dtype):
+        if dtype not in names:
+            raise ValueError(f"optimize(dtype={dtype}): expected torch.float32, torch.bfloat16 (torch.float16 on "
+                             "GPUs) or None (auto)")
+        name = names[dtype]
+    elif dtype in ("auto", *names.values()):
+        name = dtype
+    else:
+        raise ValueError(f"optimize(dtype={dtype!r}): expected torch.float32, torch.bfloat16, 'auto' or None")
+    return {v: k for k, v in names.items()}[resolve_dtype(name, device)]
+
+
+def inference_variants(model: nn.Module, input_shape: Sequence[int], workdir: str | os.PathLike,
+                       batch_size: int = 1, bfloat16: bool = False) -> dict:
+    """Label → zero-argument factory of (model, precision) for each way to run `model` for inference, in the
+    order `uniformer benchmark --compare-runtimes` reports them: the eager reference (explicit attention, as
+    the original code), the eager model as users run it (SDPA), `uniformer.fuse`, `uniformer.optimize` in
+    float32 with its inductor backend and as it chooses by default, and the fused model's export in
+    onnxruntime and in OpenVINO with its f32 hint; with `bfloat16` the same `optimize` rows in bfloat16 and
+    OpenVINO at its default precision. Every variant gets the same static shape (`batch_size` ×
+    `input_shape`), the one `optimize` compiles for. A factory raises `MissingExtraError` when its runtime is
+    not installed."""
+    from ..profiling import set_reference_attention
+
+    workdir = Path(workdir)
+    example = torch.randn(batch_size, *input_shape)
+
+    def exported(runtime: str, precision: str = "f32"):
+        runtime_model = export_for_runtime(fuse(model), runtime, input_shape, workdir / f"{runtime}_{precision}",
+                                           dynamic_batch=False, batch_size=batch_size, precision=precision)
+        return runtime_model, runtime_model.precision
+
+    def optimized(dtype: torch.dtype, backend: str = "auto"):
+        precision = "bf16" if dtype == torch.bfloat16 else "f32"
+        return optimize(model, example=example, dtype=dtype, backend=backend), precision
+
+    variants = {
+        "eager (reference)": lambda: (set_reference_attention(copy.deepcopy(model)).eval(), "f32"),
+        "eager (SDPA)": lambda: (copy.deepcopy(model).eval(), "f32"),
+        "fuse": lambda: (fuse(model), "f32"),
+        "optimize (inductor)": lambda: optimized(torch.float32, "inductor"),
+        "optimize": lambda: optimized(torch.float32),
+        "onnxruntime": lambda: exported("onnxruntime"),
+        "openvino": lambda: exported("openvino"),
+    }
+    if bfloat16:
+        variants["optimize (inductor) bf16"] = lambda: optimized(torch.bfloat16, "inductor")
+        variants["optimize bf16"] = lambda: optimized(torch.bfloat16)
+        variants["openvino default"] = lambda: exported("openvino", "default")
+    return variants
