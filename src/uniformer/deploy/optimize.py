@@ -19,11 +19,12 @@ fused attention ran 1.1-1.2x faster than inductor's oneDNN calls (README, Perfor
 the fused model's function in the same precision; `backend=` forces one.
 
 Precision: by default the machine's fastest accurate one, as OpenVINO's CPU plugin chooses its own:
-bfloat16 (inductor: autocast; OpenVINO: its bf16 precision hint) where the CPU computes in bfloat16 (AVX512-BF16, AMX, Arm BF16; or where
-`UNIFORMER_CPU_BF16=1` says so), float32 elsewhere. In float32 every step computes the same function:
-no approximate GELU or softmax, outputs within float32 rounding of the eager model (about 1e-6
-relative). In bfloat16 the matrix products and convolutions round their inputs to bfloat16 while
-normalisations and softmax stay float32 (autocast's rules): logits within about 1e-2 relative.
+bfloat16 (inductor: autocast; OpenVINO: its bf16 precision hint) where the CPU computes in bfloat16
+(AVX512-BF16, AMX, Arm BF16; or where `UNIFORMER_CPU_BF16=1` says so), float32 elsewhere. In float32
+every step computes the same function: no approximate GELU or softmax, outputs within float32 rounding
+of the eager model (about 1e-6 relative). In bfloat16 the matrix products and convolutions round their
+inputs to bfloat16 while normalisations and softmax stay float32 (autocast's rules; OpenVINO's bf16
+mode measured as accurate): logits within about 1e-2 relative.
 """
 from __future__ import annotations
 
@@ -78,7 +79,6 @@ class _OpenVINOGraphs(nn.Module):
         super().__init__()
         self.fused = fused
         self.hint = "bf16" if dtype == torch.bfloat16 else "f32"
-        self.precision = self.hint  # what OpenVINO reports computing in, once a graph is compiled
         self._graphs: dict[tuple[int, ...], nn.Module] = {}
 
     def _compile(self, x: torch.Tensor):
@@ -87,7 +87,6 @@ class _OpenVINOGraphs(nn.Module):
         with tempfile.TemporaryDirectory(prefix="uniformer_optimize_") as workdir:
             graph = export_for_runtime(self.fused, "openvino", tuple(x.shape[1:]), workdir, dynamic_batch=False,
                                        batch_size=x.shape[0], threads=torch.get_num_threads(), precision=self.hint)
-        self.precision = graph.precision
         self._graphs[tuple(x.shape)] = graph
         return graph
 
@@ -181,12 +180,14 @@ def optimize(model: nn.Module, example: torch.Tensor | None = None, compile: boo
             raise ValueError("optimize(backend='openvino', compile=False): OpenVINO always compiles; compile=False "
                              "runs the fused model in PyTorch eager mode (leave backend at 'auto')")
         return OptimizedModel(fused, compiled=False, dtype=run_dtype)
-    if backend == "openvino":
-        _check_openvino_applies(device, run_dtype)
     candidates = [backend] if backend != "auto" else ["inductor"]
-    if backend == "auto" and example is not None and device.type == "cpu" and run_dtype != torch.float16 \
-            and importlib.util.find_spec("openvino") is not None:
-        candidates.append("openvino")
+    if backend == "openvino" and (reason := _openvino_unusable(device, run_dtype)):
+        raise ValueError(f"optimize(backend='openvino'): {reason}")
+    if backend == "auto" and example is not None:
+        if reason := _openvino_unusable(device, run_dtype):
+            _logger.info("inductor only: %s", reason)
+        else:
+            candidates.append("openvino")
     built = {}
     for name in candidates:
         optimized = OptimizedModel(fused, compiled=True, dtype=run_dtype, backend=name)
@@ -196,13 +197,6 @@ def optimize(model: nn.Module, example: torch.Tensor | None = None, compile: boo
             optimized.compile_seconds = time.perf_counter() - start
             _logger.info("compiled %s with %s for input %s (%s) in %.1f s", type(model).__name__, name,
                          tuple(example.shape), str(run_dtype).removeprefix("torch."), optimized.compile_seconds)
-        if name == "openvino" and optimized._run.precision != optimized._run.hint:
-            message = f"OpenVINO computes in {optimized._run.precision} on this CPU, not in {optimized._run.hint}"
-            if backend == "openvino":
-                raise ValueError(f"optimize(backend='openvino', dtype={run_dtype}): {message}; use "
-                                 "dtype=torch.float32 or backend='inductor'")
-            _logger.info("%s: inductor only", message)
-            continue
         built[name] = optimized
     if len(built) == 1:
         return next(iter(built.values()))
@@ -213,13 +207,17 @@ def optimize(model: nn.Module, example: torch.Tensor | None = None, compile: boo
     return chosen
 
 
-def _check_openvino_applies(device: torch.device, dtype: torch.dtype) -> None:
+def _openvino_unusable(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why OpenVINO's CPU plugin cannot run this model as asked, or None where it can."""
     if device.type != "cpu" or dtype == torch.float16:
-        raise ValueError(f"optimize(backend='openvino'): OpenVINO's CPU plugin runs float32 or bfloat16 on the "
-                         f"CPU, not {str(dtype).removeprefix('torch.')} on {device}")
+        return f"OpenVINO's CPU plugin runs float32 or bfloat16 on the CPU, not {str(dtype).removeprefix('torch.')} " \
+               f"on {device}"
     if importlib.util.find_spec("openvino") is None:
-        raise ImportError("optimize(backend='openvino') needs the 'openvino' package: pip install "
-                          "'uniformer[deploy]' (or pip install openvino)")
+        return "the 'openvino' package is not installed: pip install 'uniformer[deploy]' (or pip install openvino)"
+    if dtype == torch.bfloat16 and "BF16" not in importlib.import_module("openvino").Core().get_property(
+            "CPU", "OPTIMIZATION_CAPABILITIES"):
+        return "OpenVINO computes in bfloat16 only on CPUs with bfloat16 units, which this one lacks"
+    return None
 
 
 def _time_interleaved(models: dict[str, OptimizedModel], x: torch.Tensor, rounds: int = 3) -> dict[str, float]:
