@@ -58,7 +58,7 @@ from uniformer.engine.distributed import (
     sync_batchnorm,
 )
 from uniformer.engine.ema import ModelEma
-from uniformer.engine.loaders import eval_loader, items_per_batch, shard_size, train_loader
+from uniformer.engine.loaders import eval_loader, items_per_batch, train_loader
 from uniformer.engine.optim import LRSchedule, build_optimizer, scaled_lr
 from uniformer.engine.reporting import (
     LOGGER_NAME,
@@ -211,7 +211,7 @@ class Runner:
 
         self.batch_size, self.accum = t["batch_size"], t["accum_steps"]
         self.global_batch = self.batch_size * d.world_size * self.accum
-        per_process = shard_size(len(self.train_set), d.world_size)
+        per_process = len(self.train_set) // d.world_size  # EpochSampler drops the tail
         try:
             steps = per_process // items_per_batch(self.train_set, self.batch_size) // self.accum
         except ValueError as e:
