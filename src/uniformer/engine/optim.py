@@ -110,10 +110,6 @@ class LRSchedule:
         self.last_step += 1
         return lr
 
-    @property
-    def current_lr(self) -> float:
-        return self.lr_at(max(0, self.last_step - 1))
-
     def state_dict(self) -> dict:
         return {"last_step": self.last_step, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
                 "peak_lr": self.peak_lr}
