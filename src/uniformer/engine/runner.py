@@ -1,16 +1,12 @@
 """The one training loop: a `Runner` trains any `Task` (see `uniformer.engine.task`) from its recipe.
 
-The runner owns what every task shares. Per optimiser step: `accum_steps` micro-batches (one with
-too few usable samples on any process is skipped by all; DDP gradient sync on the last one kept),
-autocast (bf16, or fp16 with a GradScaler on GPUs), the sum of the task's `loss*` entries, a
-non-finite-loss guard, clipping, AdamW, the per-step schedule and the EMA.
-The run is counted in epochs or iterations (`train.epochs` | `train.iters`); evaluation, checkpoints
-and schedule steps use the same unit. A checkpoint holds everything a killed run needs to continue
-exactly, also in the middle of an epoch (optimiser, schedule, scaler, EMA, every process's RNG
-state; the data order and augmentations are functions of seed, epoch and position). The run folder:
-`train.log`, `metrics.csv` (one row per logged step, rebuilt from the checkpointed history, so a
-resumed run never repeats a step), `metrics.json` (final evaluation), `last.pt`, `best.pt`, periodic
-checkpoints, `curves.png`, `tensorboard/` and the task's pictures.
+Per optimiser step: `accum_steps` micro-batches (one with too few usable samples on any process is skipped
+by all), autocast, the sum of the task's `loss*` entries, a non-finite-loss guard, clipping, AdamW, the
+per-step schedule and the EMA. The run counts epochs or iterations (`train.epochs` | `train.iters`). A
+checkpoint holds everything a killed run needs to continue exactly, also mid-epoch (the data order and
+augmentations are functions of seed, epoch and position). The run folder: `train.log`, `metrics.csv`
+(rebuilt from the checkpointed history), `metrics.json`, `last.pt`, `best.pt`, periodic checkpoints,
+`curves.png`, `tensorboard/` and the task's pictures.
 """
 from __future__ import annotations
 
@@ -162,10 +158,6 @@ def _scalars(metrics: Mapping, prefix: str) -> dict:
             if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
-def _higher_is_better(metric: str) -> bool:
-    return "loss" not in metric
-
-
 class Runner:
     """Train `task` (made from a validated recipe) into `out_dir`.
 
@@ -199,8 +191,7 @@ class Runner:
         if t["sync_bn"] and d.distributed and not gpus and d.rank == 0:
             logging.getLogger(LOGGER_NAME).warning("train.sync_bn: SyncBatchNorm runs on GPUs only; on CPU "
                                                   "processes each BatchNorm keeps its own statistics")
-        model = sync_batchnorm(model, t["sync_bn"], convert=gpus)
-        self.model = model
+        self.model = model = sync_batchnorm(model, t["sync_bn"], convert=gpus)
         e = cfg["ema"]
         self.ema = ModelEma(model, e["decay"], e["warmup"]) if e["enabled"] else None
         self.ddp = None
@@ -506,7 +497,7 @@ class Runner:
         if not isinstance(value, int | float) or not math.isfinite(value):
             return False
         old = self.best["value"]
-        better = old is None or (value > old if _higher_is_better(key) else value < old)
+        better = old is None or (value < old if "loss" in key else value > old)  # a loss is better lower
         if better:
             self.best = {"metric": key, "value": float(value), "step": int(row["step"])}
         return better
