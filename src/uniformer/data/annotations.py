@@ -25,6 +25,7 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,23 +176,24 @@ def join_root(path: str, root: str | Path) -> str:
 
 
 def check_missing(
-    samples: list[tuple[str, int]], wheres: list[str], source: str, *, skip_missing: bool
+    samples: list[tuple[str, int]], wheres: list[str], source: str, *, skip_missing: bool,
+    exists: Callable[[str], bool] = os.path.isfile, what: str = "files",
 ) -> tuple[list[tuple[str, int]], int]:
     """Raise one error listing every missing file (or drop them with a warning); returns (samples, num_dropped)."""
-    missing = [i for i, (p, _) in enumerate(samples) if not os.path.isfile(p)]
+    missing = [i for i, (p, _) in enumerate(samples) if not exists(p)]
     if not missing:
         return samples, 0
     if skip_missing:
         shown = ", ".join(samples[i][0] for i in missing[:5]) + (", ..." if len(missing) > 5 else "")
         warnings.warn(
-            f"{source}: skipping {len(missing)} of {len(samples)} entries whose files are missing ({shown})",
+            f"{source}: skipping {len(missing)} of {len(samples)} entries whose {what} are missing ({shown})",
             stacklevel=3,
         )
         drop = set(missing)
         return [s for i, s in enumerate(samples) if i not in drop], len(missing)
     listing = "\n  ".join(f"{wheres[i]}: {samples[i][0]}" for i in missing)
     raise FileNotFoundError(
-        f"{source}: {len(missing)} of {len(samples)} listed files are missing:\n  {listing}\n"
+        f"{source}: {len(missing)} of {len(samples)} listed {what} are missing:\n  {listing}\n"
         "Fix the paths (and 'root') or set skip_missing: true in the data config to drop these entries."
     )
 
