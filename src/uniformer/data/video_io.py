@@ -1,22 +1,15 @@
 """Video reading and writing with PyAV.
 
-Training on videos is usually bound by decoding, so :class:`VideoReader` decodes only
-what a clip needs: it seeks to the keyframe at or before the first wanted timestamp and
-decodes forward until the last wanted frame (seeking again across large gaps).  A
-full decode from the start is used only when seeking fails (the seek raises, or lands
-after the wanted time) or when the file has no usable duration / frame-count metadata.
+Training on videos is usually bound by decoding, so :class:`VideoReader` decodes only what a clip needs: it
+seeks to the keyframe at or before the first wanted time and decodes forward (seeking again across large
+gaps). It decodes from the start only when seeking fails (the seek raises or lands after the wanted time)
+or when the file has no usable duration / frame-count metadata.
 
-Frames are addressed by index on the stream's nominal frame grid,
-``t_i = start_time + i / fps`` (``fps`` = the average frame rate).  For each wanted index
-the reader returns the frame being *displayed* at ``t_i``: the last frame whose
-presentation time is ``<= t_i`` (plus a quarter-frame tolerance against rounding).  For
-constant-frame-rate files that is exactly frame ``i``; for variable-frame-rate files it
-is the frame a viewer would see at that time, so sampling strides stay uniform in time.
-
-Every failure (cannot open, no video stream, decode error, file ends well before the
-metadata says it should) raises :class:`VideoDecodeError` naming the file.
+Frame ``i`` is the frame *displayed* at ``t_i = start_time + i / fps`` (``fps`` = the average frame rate):
+the last one presented at or before ``t_i``, plus a quarter-frame tolerance against rounding. For constant
+frame rates that is exactly frame ``i``; for variable ones sampling strides stay uniform in time.
+Every failure raises :class:`VideoDecodeError` naming the file.
 """
-
 from __future__ import annotations
 
 import itertools
@@ -147,10 +140,6 @@ class VideoReader:
             self.container = None
         self._all_frames = None
 
-    def index_to_time(self, index: int) -> float:
-        """Presentation time (seconds) of frame ``index`` on the nominal frame grid."""
-        return self.start_time + index / self.fps
-
     def get_frames(self, indices: Sequence[int]) -> np.ndarray:
         """Return the frames at ``indices`` (any order, repeats allowed) as ``(len, H, W, 3)`` uint8 RGB."""
         indices = [int(i) for i in indices]
@@ -159,26 +148,16 @@ class VideoReader:
         if min(indices) < 0:
             raise ValueError(f"get_frames: negative frame index in {indices}")
         wanted = sorted(set(indices))
-        times = [self.index_to_time(i) for i in wanted]
+        times = [self.start_time + i / self.fps for i in wanted]
         if self._all_frames is not None:
             picked = self._match(iter(self._all_frames), times, allow_seek=False)
         else:
             picked = self._decode_with_seek(times)
         by_index = dict(zip(wanted, picked))
-        arrays: dict[int, np.ndarray] = {}
-        out = []
-        for i in indices:
-            frame = by_index[i]
-            key = id(frame)
-            if key not in arrays:
-                arrays[key] = frame.to_ndarray(format="rgb24")
-            out.append(arrays[key])
-        return np.stack(out)
+        arrays = {id(frame): frame.to_ndarray(format="rgb24") for frame in picked}  # a repeated frame converts once
+        return np.stack([arrays[id(by_index[i])] for i in indices])
 
     # ------------------------------------------------------------------ decoding
-    def _eps(self) -> float:
-        return 0.25 / self.fps
-
     def _decode_iter(self) -> Iterator[tuple[float, av.VideoFrame]]:
         for frame in self.container.decode(self.stream):
             t = _frame_seconds(frame)
@@ -198,11 +177,8 @@ class VideoReader:
     def _decode_with_seek(self, times: list[float]) -> list[av.VideoFrame]:
         try:
             return self._match(None, times, allow_seek=True)
-        except (_SeekFailed, _NoTimestamps):
-            pass
-        except av.FFmpegError:
+        except (_SeekFailed, _NoTimestamps, av.FFmpegError):
             pass  # a decode error right after seeking can be a seek problem (broken index): retry from the start
-        # Fall back: reopen and decode from the beginning.
         self.used_full_decode = True
         self.container.close()
         self.container = self._open()
@@ -220,15 +196,13 @@ class VideoReader:
         self, frames: Iterator[tuple[float, av.VideoFrame]] | None, times: list[float], *, allow_seek: bool
     ) -> list[av.VideoFrame]:
         """Assign to each (sorted) wanted time the frame displayed at that time."""
-        eps = self._eps()
+        eps = 0.25 / self.fps
         picked: list[av.VideoFrame | None] = [None] * len(times)
         j = 0
         prev: tuple[float, av.VideoFrame] | None = None
-        if frames is None:
+        just_sought = frames is None
+        if just_sought:
             frames = self._seek_frames(times[0])
-            just_sought = True
-        else:
-            just_sought = False
         reseek_ok = allow_seek
         while j < len(times):
             try:
@@ -304,7 +278,6 @@ def write_video(
     fps: int | Fraction = 25,
     *,
     codec: str | None = None,
-    crf: int = 20,
     gop: int | None = None,
     container_options: dict[str, str] | None = None,
 ) -> str:
@@ -331,7 +304,7 @@ def write_video(
         if gop is not None:
             stream.gop_size = int(gop)
         if codec == "libx264":
-            stream.options = {"crf": str(crf), "preset": "veryfast"}
+            stream.options = {"crf": "20", "preset": "veryfast"}
         else:
             stream.bit_rate = max(200_000, width * height * int(fps) // 2)
         for array in itertools.chain([first], iterator):
