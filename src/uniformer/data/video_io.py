@@ -154,7 +154,8 @@ class VideoReader:
         else:
             picked = self._decode_with_seek(times)
         by_index = dict(zip(wanted, picked))
-        arrays = {id(frame): frame.to_ndarray(format="rgb24") for frame in picked}  # a repeated frame converts once
+        unique = {id(frame): frame for frame in picked}  # a frame shown at several wanted times converts once
+        arrays = {key: frame.to_ndarray(format="rgb24") for key, frame in unique.items()}
         return np.stack([arrays[id(by_index[i])] for i in indices])
 
     # ------------------------------------------------------------------ decoding
