@@ -85,21 +85,10 @@ def make_benchmark_dataset(
             tmp.replace(root / rel)
         lines.append(f"{rel} {i % num_classes}\n")
     (root / "benchmark.txt").write_text("".join(lines), encoding="utf-8")
-    return {
-        "format": "video_list",
-        "root": str(root),
-        "train_list": str(root / "benchmark.txt"),
-        "val_list": str(root / "benchmark.txt"),
-        "num_classes": num_classes,
-        "num_frames": 16,
-        "sampling": "dense",
-        "stride": 4,
-        "input_size": 224,
-        "scale_jitter": [256, 320],
-        "hflip": True,
-        "rand_augment": "rand-m7-n4-mstd0.5-inc1",
-        "random_erasing": 0.25,
-    }
+    return {"format": "video_list", "root": str(root), "train_list": str(root / "benchmark.txt"),
+            "val_list": str(root / "benchmark.txt"), "num_classes": num_classes, "num_frames": 16, "sampling": "dense",
+            "stride": 4, "input_size": 224, "scale_jitter": [256, 320], "hflip": True,
+            "rand_augment": "rand-m7-n4-mstd0.5-inc1", "random_erasing": 0.25}
 
 
 def benchmark_pipeline(
@@ -128,15 +117,8 @@ def benchmark_pipeline(
     # Sample with replacement so any dataset size yields the requested number of batches.
     sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=total * items,
                                              generator=generator)
-    loader = DataLoader(
-        dataset,
-        batch_size=items,
-        sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=collate,
-        drop_last=True,
-        persistent_workers=False,
-    )
+    loader = DataLoader(dataset, batch_size=items, sampler=sampler, num_workers=num_workers, collate_fn=collate,
+                        drop_last=True)
     failed: list[str] = []
     shape = None
     timed_clips = 0
@@ -152,21 +134,11 @@ def benchmark_pipeline(
             timed_clips += batch["input"].shape[0]
     elapsed = time.perf_counter() - start
     del iterator
-    return {
-        "clips_per_s": timed_clips / elapsed if elapsed > 0 else float("inf"),
-        "seconds_per_batch": elapsed / batches,
-        "timed_batches": batches,
-        "timed_clips": timed_clips,
-        "seconds": elapsed,
-        "batch_size": batch_size,
-        "num_sample": data_cfg.num_sample if split == "train" else 1,
-        "num_workers": num_workers,
-        "split": split,
-        "input_shape": list(shape) if shape is not None else None,
-        "num_samples": len(dataset),
-        "failures": len(failed),
-        "failed_paths": failed,
-    }
+    return {"clips_per_s": timed_clips / elapsed if elapsed > 0 else float("inf"),
+            "seconds_per_batch": elapsed / batches, "timed_batches": batches, "timed_clips": timed_clips,
+            "seconds": elapsed, "batch_size": batch_size, "num_sample": data_cfg.num_sample if split == "train" else 1,
+            "num_workers": num_workers, "split": split, "input_shape": list(shape) if shape is not None else None,
+            "num_samples": len(dataset), "failures": len(failed), "failed_paths": failed}
 
 
 def benchmark_num_sample(
