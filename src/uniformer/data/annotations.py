@@ -113,6 +113,18 @@ def _is_int(token: str) -> bool:
     return re.fullmatch(r"[+-]?\d+", token) is not None
 
 
+def _shown(lines: list[str], limit: int = 50) -> str:
+    """The first ``limit`` problems, one per indented line, and how many more there are."""
+    return "\n  ".join(lines[:limit]) + (f"\n  ... and {len(lines) - limit} more" if len(lines) > limit else "")
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+
+
 def resolve_labels(
     entries: list[Entry], classes: list[str] | None, source: str, num_classes: int | None = None
 ) -> list[int]:
@@ -132,8 +144,7 @@ def resolve_labels(
             bad.append(f"{e.where}: unknown class name {e.label!r}")
             labels.append(-1)
     if bad:
-        shown = "\n  ".join(bad[:50]) + (f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else "")
-        raise ValueError(f"{source}: {len(bad)} invalid label(s):\n  {shown}")
+        raise ValueError(f"{source}: {len(bad)} invalid label(s):\n  {_shown(bad)}")
     return labels
 
 
@@ -159,11 +170,10 @@ def infer_classes(
             names = sources or [f"list {i + 1}" for i in range(len(all_entries))]
             bad = [f"{names[i]}: {e.where}: label {e.label}" for i, entries in enumerate(all_entries)
                    for e in entries if int(e.label) > first]
-            shown = "\n  ".join(bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
             raise ValueError(
                 f"labels are not the classes 0..K-1: class {first} never appears ({len(missing)} of 0..{max(values)} "
                 f"missing), so the class count is unknown; give data.num_classes or data.class_names, or fix:\n  "
-                f"{shown}")
+                f"{_shown(bad, 20)}")
         return [str(i) for i in range(max(values) + 1)]
     if any(_is_int(t) for t in tokens):
         raise ValueError("labels mix integer indices and class names; give a class_names file to map names")
@@ -207,10 +217,7 @@ def normalize_template(text: str) -> str:
 def read_sthv2_labels(path: str | Path) -> list[str]:
     """SSv2 labels JSON: ``{"template text": "index", ...}`` (or a plain list of names); returns names by index."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    data = _read_json(path)
     if isinstance(data, list):
         return [normalize_template(str(n)) for n in data]
     if not isinstance(data, dict) or not data:
@@ -234,10 +241,7 @@ def read_sthv2_annotations(path: str | Path, classes: list[str], root: str | Pat
 ]:
     """SSv2 annotations JSON list -> samples ``(<root>/<id>.<ext>, label)`` and their locations for messages."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    data = _read_json(path)
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of annotation objects")
     by_name = {n: i for i, n in enumerate(classes)}
@@ -259,8 +263,7 @@ def read_sthv2_annotations(path: str | Path, classes: list[str], root: str | Pat
         samples.append((os.path.join(os.fspath(root), f"{item['id']}.{ext}"), by_name[key]))
         wheres.append(where)
     if bad:
-        shown = "\n  ".join(bad[:50]) + (f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else "")
-        raise ValueError(f"{path}: {len(bad)} invalid annotation(s):\n  {shown}")
+        raise ValueError(f"{path}: {len(bad)} invalid annotation(s):\n  {_shown(bad)}")
     return samples, wheres
 
 

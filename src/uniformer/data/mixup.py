@@ -30,18 +30,6 @@ class ClipMixup:
     def __init__(self, mixup: Mixup) -> None:
         self.mixup = mixup
 
-    @property
-    def num_classes(self) -> int:
-        return self.mixup.num_classes
-
-    @property
-    def mixup_enabled(self) -> bool:
-        return self.mixup.mixup_enabled
-
-    @mixup_enabled.setter
-    def mixup_enabled(self, value: bool) -> None:  # e.g. switch off for the last epochs
-        self.mixup.mixup_enabled = bool(value)
-
     def __call__(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if x.ndim not in (4, 5):
             raise ValueError(f"mixup expects (B, C, H, W) or (B, C, T, H, W) input, got shape {tuple(x.shape)}")
@@ -51,10 +39,10 @@ class ClipMixup:
             x = x.contiguous()  # the (C*T) fold below needs a view that shares memory with x
         batch = x.shape[0]
         if batch % 2 == 1:
+            tail_t = mixup_target(target[-1:], self.mixup.num_classes, 1.0, self.mixup.label_smoothing)
             if batch == 1:
-                return x, mixup_target(target, self.num_classes, 1.0, self.mixup.label_smoothing)
+                return x, tail_t
             _, head_t = self(x[:-1], target[:-1])  # x[:-1] is a view: timm mixes it in place inside x
-            tail_t = mixup_target(target[-1:], self.num_classes, 1.0, self.mixup.label_smoothing)
             return x, torch.cat([head_t, tail_t.to(head_t.dtype)])
         if x.ndim == 5:
             b, c, t, h, w = x.shape
