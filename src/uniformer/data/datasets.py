@@ -396,12 +396,5 @@ def collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-__all__ = [
-    "ClassificationDataset",
-    "FrameFolderDataset",
-    "ImageClassificationDataset",
-    "VideoClassificationDataset",
-    "VideoDecodeError",
-    "build_dataset",
-    "collate",
-]
+__all__ = ["ClassificationDataset", "FrameFolderDataset", "ImageClassificationDataset", "VideoClassificationDataset",
+           "build_dataset", "collate"]
