@@ -247,8 +247,7 @@ class CheckpointManager:
         return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.pt"), reverse=True)
 
     def latest(self) -> Path | None:
-        files = self.candidates()
-        return files[0] if files else None
+        return next(iter(self.candidates()), None)
 
     def load_latest(self) -> tuple[Path, dict] | None:
         """The newest checkpoint that can be read; an unreadable one (truncated copy, full disk) is skipped
