@@ -23,17 +23,9 @@ from .datasets import build_dataset, collate
 from .video_io import write_video
 
 
-def make_synthetic_video(
-    path: str | Path,
-    *,
-    seconds: float = 10.0,
-    height: int = 320,
-    width: int | None = None,
-    fps: int = 30,
-    codec: str | None = None,
-    gop: int | None = None,
-    seed: int = 0,
-) -> dict[str, Any]:
+def make_synthetic_video(path: str | Path, *, seconds: float = 10.0, height: int = 320, width: int | None = None,
+                         fps: int = 30, codec: str | None = None, gop: int | None = None,
+                         seed: int = 0) -> dict[str, Any]:
     """Write a moving-pattern MP4 (``width`` defaults to 16:9, rounded to even); returns its properties."""
     if height < 16 or height % 2:
         raise ValueError(f"make_synthetic_video: height must be an even number >= 16, got {height}")
@@ -61,15 +53,8 @@ def make_synthetic_video(
     return {"path": str(path), "num_frames": num_frames, "fps": fps, "height": height, "width": width, "codec": used}
 
 
-def make_benchmark_dataset(
-    root: str | Path,
-    *,
-    num_videos: int = 4,
-    seconds: float = 10.0,
-    height: int = 320,
-    fps: int = 30,
-    num_classes: int = 2,
-) -> dict[str, Any]:
+def make_benchmark_dataset(root: str | Path, *, num_videos: int = 4, seconds: float = 10.0, height: int = 320,
+                           fps: int = 30, num_classes: int = 2) -> dict[str, Any]:
     """Write ``num_videos`` synthetic long videos plus a list file; returns a ``data:`` config for them.
 
     Existing videos are reused.  The config uses Kinetics-style training settings (16 frames, stride 4,
@@ -91,15 +76,8 @@ def make_benchmark_dataset(
             "rand_augment": "rand-m7-n4-mstd0.5-inc1", "random_erasing": 0.25}
 
 
-def benchmark_pipeline(
-    cfg: Mapping[str, Any],
-    split: str = "train",
-    num_workers: int = 2,
-    batches: int = 10,
-    batch_size: int = 8,
-    warmup_batches: int = 1,
-    seed: int = 0,
-) -> dict[str, Any]:
+def benchmark_pipeline(cfg: Mapping[str, Any], split: str = "train", num_workers: int = 2, batches: int = 10,
+                       batch_size: int = 8, warmup_batches: int = 1, seed: int = 0) -> dict[str, Any]:
     """Measure clips (or images) per second through a DataLoader for ``split`` of the ``data:`` config ``cfg``.
 
     The first ``warmup_batches`` batches (worker start-up, file-system caches) are not timed.
@@ -141,14 +119,8 @@ def benchmark_pipeline(
             "num_samples": len(dataset), "failures": len(failed), "failed_paths": failed}
 
 
-def benchmark_num_sample(
-    cfg: Mapping[str, Any],
-    num_workers: int = 2,
-    batches: int = 10,
-    batch_size: int = 8,
-    rounds: int = 3,
-    seed: int = 0,
-) -> dict[str, Any]:
+def benchmark_num_sample(cfg: Mapping[str, Any], num_workers: int = 2, batches: int = 10, batch_size: int = 8,
+                         rounds: int = 3, seed: int = 0) -> dict[str, Any]:
     """Training clips/s with ``cfg``'s ``num_sample`` against ``num_sample = 1``, rounds interleaved (A B A B ...),
     best round of each: repeated augmentation decodes a video once for its clips, so clips/s should rise.
 

@@ -58,15 +58,8 @@ class ClassificationDataset(Dataset):
 
     is_video = False
 
-    def __init__(
-        self,
-        cfg: DataConfig,
-        split: str,
-        samples: list[tuple[str, int]],
-        classes: list[str],
-        source: str,
-        num_skipped_missing: int = 0,
-    ) -> None:
+    def __init__(self, cfg: DataConfig, split: str, samples: list[tuple[str, int]], classes: list[str], source: str,
+                 num_skipped_missing: int = 0) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if not samples:

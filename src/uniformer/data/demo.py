@@ -160,18 +160,9 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def generate_demo_dataset(
-    root: str | Path,
-    *,
-    num_train: int = 400,
-    num_val: int = 100,
-    num_frames: int = 16,
-    size: int = 64,
-    fps: int = 15,
-    seed: int = 0,
-    codec: str | None = None,
-    progress: bool = False,
-) -> dict[str, Any]:
+def generate_demo_dataset(root: str | Path, *, num_train: int = 400, num_val: int = 100, num_frames: int = 16,
+                          size: int = 64, fps: int = 15, seed: int = 0, codec: str | None = None,
+                          progress: bool = False) -> dict[str, Any]:
     """Generate (once) the demo dataset under ``root`` and return its description.
 
     Returns a dict with ``root``, ``train_list``, ``val_list``, ``class_names`` (paths), ``classes``,

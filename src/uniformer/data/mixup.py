@@ -87,15 +87,7 @@ def build_mixup(cfg: Mapping[str, Any], num_classes: int) -> ClipMixup | None:
     mode = cfg.get("mixup_mode", "batch")
     if mode not in ("batch", "pair", "elem"):
         raise ValueError(f"data config: key 'mixup_mode' = {mode!r} is invalid: expected 'batch', 'pair' or 'elem'")
-    return ClipMixup(
-        Mixup(
-            mixup_alpha=mixup_alpha,
-            cutmix_alpha=cutmix_alpha,
-            cutmix_minmax=minmax,
-            prob=number("mixup_prob", 1.0, 0.0, 1.0),
-            switch_prob=number("mixup_switch_prob", 0.5, 0.0, 1.0),
-            mode=mode,
-            label_smoothing=number("label_smoothing", 0.1, 0.0, 1.0),
-            num_classes=num_classes,
-        )
-    )
+    return ClipMixup(Mixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, cutmix_minmax=minmax,
+                           prob=number("mixup_prob", 1.0, 0.0, 1.0),
+                           switch_prob=number("mixup_switch_prob", 0.5, 0.0, 1.0), mode=mode,
+                           label_smoothing=number("label_smoothing", 0.1, 0.0, 1.0), num_classes=num_classes))

@@ -273,15 +273,9 @@ def pick_video_codec() -> str:
     raise RuntimeError("PyAV has neither the 'libx264' nor the 'mpeg4' encoder; cannot write videos")
 
 
-def write_video(
-    path: str | Path,
-    frames: np.ndarray | Iterable[np.ndarray],
-    fps: int | Fraction = 25,
-    *,
-    codec: str | None = None,
-    gop: int | None = None,
-    container_options: dict[str, str] | None = None,
-) -> str:
+def write_video(path: str | Path, frames: np.ndarray | Iterable[np.ndarray], fps: int | Fraction = 25, *,
+                codec: str | None = None, gop: int | None = None,
+                container_options: dict[str, str] | None = None) -> str:
     """Encode RGB uint8 frames (``(N, H, W, 3)`` array or an iterable of ``(H, W, 3)``; H, W even) to MP4.
 
     Frames are encoded as they arrive, so a generator keeps memory flat.  ``container_options`` go to

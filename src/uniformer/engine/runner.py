@@ -406,11 +406,9 @@ class Runner:
                     not_finite = f"{loss.item()}; {({k: float(v.detach()) for k, v in out.items()})}"
                 # the mean over the micro-batches kept: a skipped one does not shrink the step
                 self.scaler.scale(loss / len(kept)).backward()
-            self._running["loss"] = self._running.get("loss", 0.0) + loss.detach()  # the sum the step optimised
-            for k, v in out.items():
-                if k != "loss":  # a task's own `loss` entry is that sum already
-                    self._running[k] = self._running.get(k, 0.0) + v.detach().float()
-            self._running["_count"] = self._running.get("_count", 0) + 1
+            # `loss` is the sum the step optimised (a task's own `loss` entry is that sum already)
+            for k, v in {**{k: v.detach().float() for k, v in out.items()}, "loss": loss.detach(), "_count": 1}.items():
+                self._running[k] = self._running.get(k, 0) + v
             self._samples += n
         # Checked before the weights take the step, by every process together (one raising alone would leave
         # the others waiting in the next gradient all-reduce).
