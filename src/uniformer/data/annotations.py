@@ -1,21 +1,10 @@
 """Reading annotation sources into ``(path, label)`` samples and class-name lists.
 
-Supported sources:
-
-* list files, Kinetics / SlowFast style: one ``path label`` per line, whitespace separated
-  (the label is the last token, so paths may contain spaces); blank lines and lines starting
-  with ``#`` are ignored.  A CSV file with a header row containing ``path`` and ``label``
-  columns is also accepted (detected by a ``.csv`` suffix or a ``path,label`` header line).
-  Labels are integer class indices, or class names (mapped through the class-names file, or,
-  without one, through the sorted set of names seen in all of the configured lists);
-* Something-Something V2 JSON: a labels file mapping template text to an index, and an
-  annotations list of ``{"id", "template", ...}``; the template's ``[something]`` brackets
-  are removed (``"Putting [something] on [something]"`` -> ``"Putting something on something"``),
-  as the SlowFast SSv2 loader does, and the video is ``<root>/<id>.<video_ext>``;
-* class-per-subfolder image trees.
-
-Missing files are all reported at once (count plus every entry with its line number) in a
-single error naming the annotation file, or dropped with a warning when ``skip_missing``.
+Sources: Kinetics / SlowFast list files (``path label`` per line, the label last so paths may contain
+spaces, ``#`` comments; or a CSV with ``path`` and ``label`` columns), with integer labels or class names;
+Something-Something V2 JSON (a labels file and annotation lists, the template's ``[something]`` brackets
+removed as the SlowFast SSv2 loader does); class-per-subfolder image trees. Missing files are all reported
+in one error naming the annotation file, or dropped with a warning when ``skip_missing``.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """Mixup / CutMix with label smoothing for image batches and 5-D clip batches.
 
-timm's :class:`~timm.data.Mixup` cuts its CutMix box out of the *last two* dimensions of
-``x[:, :, ...]`` (batch mode) or ``x[i][:, ...]`` (elem/pair mode).  On a clip batch
-``(B, C, T, H, W)`` that would cut along time and height instead of height and width.
-:class:`ClipMixup` therefore folds ``(C, T)`` into one channel axis, ``(B, C*T, H, W)``, calls
-timm on that view (timm mixes in place and keeps the view's memory), and unfolds the
-result: the same box / the same mixing weight applies to every frame of a clip.
-
-It also accepts odd batch sizes (timm asserts an even batch): the last sample is left
-unmixed and only gets the smoothed one-hot target.
+timm's :class:`~timm.data.Mixup` cuts its CutMix box out of the last two dimensions, which on a clip
+batch ``(B, C, T, H, W)`` are time and height. :class:`ClipMixup` therefore mixes the view
+``(B, C*T, H, W)`` in place: the same box and weight for every frame of a clip. It also accepts odd
+batches (timm asserts an even one): the last sample is left unmixed with the smoothed one-hot target.
 """
 
 from __future__ import annotations

@@ -37,16 +37,9 @@ def _frame_seconds(frame: av.VideoFrame) -> float | None:
 
 
 class VideoReader:
-    """Random access to frames of one video file.
+    """Random access to frames of one video file: ``with VideoReader(path) as r: r.get_frames([0, 4, 8])``.
 
-    Use as a context manager::
-
-        with VideoReader(path) as reader:
-            n = reader.num_frames                      # estimated from metadata
-            frames = reader.get_frames([0, 4, 8])      # (3, H, W, 3) uint8 RGB
-
-    ``seek_gap_s``: when the next wanted frame is more than this many seconds ahead of the
-    current decode position, the reader seeks instead of decoding through the gap.
+    ``seek_gap_s``: a wanted frame further ahead than this is sought instead of decoded through.
     ``threads``: decoder threads (0 lets FFmpeg choose; 1 is best inside DataLoader workers).
     """
 

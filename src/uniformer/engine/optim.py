@@ -54,13 +54,10 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9
 
 
 class LRSchedule:
-    """Per-step learning rate. Call `step()` before every optimiser step; `state_dict()` is the step count.
+    """Per-step learning rate (cosine | poly | step | constant); call `step()` before every optimiser step.
 
-    Args:
-        kind: cosine | poly | step | constant.
-        warmup_steps: linear warm-up length; it starts at `warmup_lr`, or at `warmup_ratio` x the
-            scheduled rate when a ratio is given (mmcv's warm-up).
-        milestones: optimiser steps at which `step` multiplies the rate by `gamma`.
+    The warm-up starts at `warmup_lr`, or at `warmup_ratio` x the scheduled rate (mmcv's warm-up);
+    `milestones` are the optimiser steps at which `step` multiplies the rate by `gamma`.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, peak_lr: float, total_steps: int, *, kind: str = "cosine",
