@@ -1,8 +1,7 @@
 """Validated view of the ``data:`` section of a training config.
 
-The YAML ``data:`` section is a plain dict.  Every consumer in this package reads
-it through :func:`parse_data_config`, so defaults, types and cross-key checks live in
-one place and a typo or a bad value fails early with a message naming the key.
+Every consumer reads the ``data:`` section through :func:`parse_data_config`: defaults, types and cross-key
+checks live in one place, and a typo or a bad value fails early with a message naming the key.
 
 Keys (all optional unless marked):
 
@@ -45,10 +44,9 @@ Keys (all optional unless marked):
   as the original; :mod:`uniformer.data.transforms`),
   ``view_aggregation`` (``sum_logits``, the original's sum of raw logits over test views, default;
   or ``mean_softmax``).
-* ``num_sample`` (1; clips augmented from one decoded video per training item, repeated augmentation:
-  ``train.batch_size`` counts clips and must be a multiple of it), ``repeated_aug`` (0 = off; DeiT's
-  RASampler: the epoch's order repeats each training sample this many times, the copies on different
-  processes, so an epoch of the usual length sees len / repeated_aug distinct samples).
+* ``num_sample`` (1; clips augmented from one decoded video per training item: ``train.batch_size`` counts
+  clips and must be a multiple of it), ``repeated_aug`` (0 = off; DeiT's RASampler, each training sample
+  repeated this many times per epoch on different processes).
 * ``skip_missing`` (False), ``max_retries`` (10), ``min_video_frames`` (1; shorter videos count as
   unloadable), ``seed`` (0), ``decode_threads`` (1; 0 = FFmpeg's choice),
   ``mean`` / ``std`` (videos: 0.45 / 0.225 on every channel, the SlowFast defaults the original video
@@ -58,9 +56,8 @@ Keys (all optional unless marked):
   ``mixup_mode``.  Batch size and workers are the recipe's ``train.batch_size`` /
   ``train.num_workers``, as for every task.
 
-An unknown key is an error naming it, so a typo never trains with a silent default.  A whole
-config that holds a ``data:`` mapping (and no ``format`` key of its own) is accepted too; its
-``data`` section is used.
+An unknown key is an error naming it, so a typo never trains with a silent default. A whole config that
+holds a ``data:`` mapping (and no ``format`` key of its own) is accepted too.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ __all__ = ["log_to", "write_history_csv", "TensorBoardLogger", "plot_curves", "w
 LOGGER_NAME = "uniformer"
 
 
-class _TqdmHandler(logging.StreamHandler):
+class _TqdmHandler(logging.Handler):
     """Log lines that do not tear the progress bar apart."""
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -40,12 +40,9 @@ class _TqdmHandler(logging.StreamHandler):
 def log_to(out_dir: Path | None, is_main: bool, rank: int = 0) -> Iterator[logging.Logger]:
     """Send the package's log records to stderr (and `out_dir/train.log` on the main process) for a block."""
     logger = logging.getLogger(LOGGER_NAME)
-    handlers: list[logging.Handler] = []
     fmt = logging.Formatter(f"%(asctime)s {'' if is_main else f'[rank {rank}] '}%(levelname)s %(message)s",
                             "%Y-%m-%d %H:%M:%S")
-    console = _TqdmHandler()
-    console.setLevel(logging.INFO if is_main else logging.WARNING)
-    handlers.append(console)
+    handlers: list[logging.Handler] = [_TqdmHandler(logging.INFO if is_main else logging.WARNING)]
     if is_main and out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(out_dir / "train.log"))
