@@ -55,11 +55,8 @@ def make_synthetic_video(path: str | Path, *, seconds: float = 10.0, height: int
 
 def make_benchmark_dataset(root: str | Path, *, num_videos: int = 4, seconds: float = 10.0, height: int = 320,
                            fps: int = 30, num_classes: int = 2) -> dict[str, Any]:
-    """Write ``num_videos`` synthetic long videos plus a list file; returns a ``data:`` config for them.
-
-    Existing videos are reused.  The config uses Kinetics-style training settings (16 frames, stride 4,
-    scale jitter [256, 320], 224 crop, flip, RandAugment, random erasing 0.25).
-    """
+    """Write (or reuse) ``num_videos`` synthetic long videos and a list file; returns a ``data:`` config for them
+    with Kinetics-style training settings."""
     root = Path(root).expanduser().resolve()
     lines = []
     for i in range(num_videos):
@@ -121,12 +118,9 @@ def benchmark_pipeline(cfg: Mapping[str, Any], split: str = "train", num_workers
 
 def benchmark_num_sample(cfg: Mapping[str, Any], num_workers: int = 2, batches: int = 10, batch_size: int = 8,
                          rounds: int = 3, seed: int = 0) -> dict[str, Any]:
-    """Training clips/s with ``cfg``'s ``num_sample`` against ``num_sample = 1``, rounds interleaved (A B A B ...),
-    best round of each: repeated augmentation decodes a video once for its clips, so clips/s should rise.
-
-    Returns ``{"num_sample": N, "clips_per_s": best with N, "clips_per_s_num_sample_1": best with 1,
-    "ratio": their quotient, "rounds": [...every measurement...]}``.
-    """
+    """Training clips/s with ``cfg``'s ``num_sample`` (``clips_per_s``) against ``num_sample = 1``
+    (``clips_per_s_num_sample_1``), rounds interleaved, best round of each, their ``ratio`` and every round:
+    repeated augmentation decodes a video once for its clips, so clips/s should rise."""
     data_cfg = parse_data_config(cfg)
     if data_cfg.num_sample < 2:
         raise ValueError("benchmark_num_sample: data.num_sample must be >= 2 to compare it with 1")

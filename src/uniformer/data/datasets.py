@@ -344,10 +344,9 @@ def _build_image_folder(cfg: DataConfig, split: str) -> ClassificationDataset:
 
 
 def build_dataset(cfg: Mapping[str, Any] | DataConfig, split: str) -> ClassificationDataset:
-    """Build the dataset for ``split`` ("train" | "val" | "test") from the ``data:`` config section.
+    """The dataset for ``split`` ("train" | "val" | "test") of the ``data:`` section (:mod:`uniformer.data.config`).
 
-    See :mod:`uniformer.data.config` for the keys.  Raises ``ValueError`` / ``FileNotFoundError``
-    naming the offending key or file; all missing sample files are reported in one error.
+    ``ValueError`` / ``FileNotFoundError`` name the offending key or file (all missing files in one error).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
@@ -364,11 +363,8 @@ def build_dataset(cfg: Mapping[str, Any] | DataConfig, split: str) -> Classifica
 
 
 def collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Stack items into ``{"input": (B, ...), "label": (B,) long, "index": (B,) long, "failures": [paths]}``.
-
-    Items of ``num_sample = N`` clips give ``B x N`` rows, item by item (the N clips of an item are adjacent),
-    each with its item's label and index.
-    """
+    """Stack items into ``{"input": (B, ...), "label": (B,) long, "index": (B,) long, "failures": [paths]}``;
+    items of ``num_sample = N`` clips give ``B x N`` rows, an item's clips adjacent with its label and index."""
     if not batch:
         raise ValueError("collate: empty batch")
     shapes = {tuple(item["input"].shape) for item in batch}
