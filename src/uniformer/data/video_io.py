@@ -89,7 +89,6 @@ class VideoReader:
             duration = self.container.duration / av.time_base
             if self.container.start_time is not None and stream.start_time is None:
                 self.start_time = self.container.start_time / av.time_base
-        self.duration = duration
         if stream.frames and stream.frames > 0 and self.fps > 0:
             self.num_frames = int(stream.frames)
         elif duration and duration > 0 and self.fps > 0:
@@ -97,9 +96,7 @@ class VideoReader:
         else:
             # No usable metadata: the only way to know the length is to decode everything.
             self._full_decode_all()
-            self.num_frames = len(self._all_frames)
-        if self.num_frames <= 0:
-            raise VideoDecodeError(f"{self.path}: video has no frames")
+            self.num_frames = len(self._all_frames)  # >= 1: a file without decodable frames raised
 
     def _full_decode_all(self) -> None:
         frames: list[tuple[float, av.VideoFrame]] = []
@@ -127,9 +124,8 @@ class VideoReader:
         self.close()
 
     def close(self) -> None:
-        container = getattr(self, "container", None)
-        if container is not None:
-            container.close()
+        if self.container is not None:
+            self.container.close()
             self.container = None
         self._all_frames = None
 
