@@ -383,7 +383,3 @@ def collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "index": torch.tensor([int(item["index"]) for item in batch], dtype=torch.long).repeat_interleave(n),
         "failures": [path for item in batch for path in item["failures"]],
     }
-
-
-__all__ = ["ClassificationDataset", "FrameFolderDataset", "ImageClassificationDataset", "VideoClassificationDataset",
-           "build_dataset", "collate"]

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from importlib import resources
 
-__all__ = ["DATASETS", "class_names"]
-
 DATASETS = ("imagenet-1k", "kinetics-400", "kinetics-600", "something-something-v1", "something-something-v2")
 
 

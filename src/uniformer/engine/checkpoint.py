@@ -23,10 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointManager", "CheckpointFile", "atomic_save", "to_plain", "capture_rng_state",
-           "restore_rng_state", "open_checkpoint", "as_checkpoint", "load_run_weights",
-           "load_run_checkpoint"]
-
 CHECKPOINT_FORMAT = "uniformer-train"
 CHECKPOINT_VERSION = 2
 _DENSE_FORMAT = "uniformer-dense"  # the dense tasks' layout before the one engine (read only)

@@ -37,9 +37,6 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ConfigError", "engine_defaults", "load_config", "read_recipe", "recipe_task", "apply_overrides",
-           "merge", "dump_config", "resolve_out_dir", "parse_yaml", "parse_pairs", "check", "expand_path"]
-
 _logger = logging.getLogger("uniformer.engine.config")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 SCHEDULES = ("cosine", "poly", "step", "constant")

@@ -26,10 +26,6 @@ import torch.distributed as dist
 
 from uniformer.engine.config import ConfigError
 
-__all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "resolve_device", "barrier", "all_reduce_sum",
-           "all_gather_objects", "broadcast_buffers", "cpu_threads", "align_grad_strides", "sync_batchnorm",
-           "disagreements", "per_rank", "check_same_recipe_and_data"]
-
 
 @dataclass(frozen=True)
 class DistInfo:

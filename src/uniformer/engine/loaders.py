@@ -20,9 +20,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["resolve_callable", "EpochSampler", "SeededDataset", "IndexedDataset", "train_loader", "eval_loader",
-           "items_per_batch"]
-
 
 def resolve_callable(spec: str, what: str) -> Callable:
     """Import `package.module:attribute`; errors name the option (`what`)."""

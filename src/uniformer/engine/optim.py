@@ -16,8 +16,6 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["param_groups", "build_optimizer", "scaled_lr", "LRSchedule"]
-
 
 def param_groups(model: nn.Module, weight_decay: float, no_decay_1d: bool = True,
                  no_decay_keys: Iterable[str] = ()) -> list[dict]:

@@ -21,8 +21,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-__all__ = ["log_to", "write_history_csv", "TensorBoardLogger", "plot_curves", "write_json", "LOGGER_NAME"]
-
 LOGGER_NAME = "uniformer"
 
 

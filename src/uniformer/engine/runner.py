@@ -67,9 +67,6 @@ from uniformer.engine.reporting import (
 from uniformer.engine.task import Task
 from uniformer.precision import resolve_dtype
 
-__all__ = ["Runner", "NonFiniteLossError", "seed_everything", "deterministic_mode", "resolve_amp", "autocast_context",
-           "move_to", "eval_batches", "evaluate_model", "evaluate_checkpoint"]
-
 
 class NonFiniteLossError(FloatingPointError):
     """Training diverged; the message says where and what to change (the command line shows it without a
