@@ -156,13 +156,10 @@ def _scalars(metrics: Mapping, prefix: str) -> dict:
 
 
 class Runner:
-    """Train `task` (made from a validated recipe) into `out_dir`.
+    """Train `task` (made from a validated recipe) into `out_dir` on `device` ("auto"/None, "cpu", "cuda:1", ...).
 
-    Args:
-        resume: None (a fresh run; refused in a folder that already holds a run), "auto" (continue from
-            the newest readable checkpoint in `out_dir`, if any) or a checkpoint path.
-        device: "auto"/None, "cpu", "cuda", "cuda:1", ...
-        show_progress: a progress bar on the main process.
+    `resume`: None (a fresh run; refused in a folder that already holds a run), "auto" (continue from the
+    newest readable checkpoint in `out_dir`, if any) or a checkpoint path.
     """
 
     def __init__(self, task: Task, out_dir: str | os.PathLike, *, resume: str | None = None,
