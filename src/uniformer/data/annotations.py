@@ -1,21 +1,10 @@
 """Reading annotation sources into ``(path, label)`` samples and class-name lists.
 
-Supported sources:
-
-* list files, Kinetics / SlowFast style: one ``path label`` per line, whitespace separated
-  (the label is the last token, so paths may contain spaces); blank lines and lines starting
-  with ``#`` are ignored.  A CSV file with a header row containing ``path`` and ``label``
-  columns is also accepted (detected by a ``.csv`` suffix or a ``path,label`` header line).
-  Labels are integer class indices, or class names (mapped through the class-names file, or,
-  without one, through the sorted set of names seen in all of the configured lists);
-* Something-Something V2 JSON: a labels file mapping template text to an index, and an
-  annotations list of ``{"id", "template", ...}``; the template's ``[something]`` brackets
-  are removed (``"Putting [something] on [something]"`` -> ``"Putting something on something"``),
-  as the SlowFast SSv2 loader does, and the video is ``<root>/<id>.<video_ext>``;
-* class-per-subfolder image trees.
-
-Missing files are all reported at once (count plus every entry with its line number) in a
-single error naming the annotation file, or dropped with a warning when ``skip_missing``.
+Sources: Kinetics / SlowFast list files (``path label`` per line, the label last so paths may contain
+spaces, ``#`` comments; or a CSV with ``path`` and ``label`` columns), with integer labels or class names;
+Something-Something V2 JSON (a labels file and annotation lists, the template's ``[something]`` brackets
+removed as the SlowFast SSv2 loader does); class-per-subfolder image trees. Missing files are all reported
+in one error naming the annotation file, or dropped with a warning when ``skip_missing``.
 """
 
 from __future__ import annotations
@@ -25,6 +14,7 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +102,18 @@ def _is_int(token: str) -> bool:
     return re.fullmatch(r"[+-]?\d+", token) is not None
 
 
+def _shown(lines: list[str], limit: int = 50) -> str:
+    """The first ``limit`` problems, one per indented line, and how many more there are."""
+    return "\n  ".join(lines[:limit]) + (f"\n  ... and {len(lines) - limit} more" if len(lines) > limit else "")
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+
+
 def resolve_labels(
     entries: list[Entry], classes: list[str] | None, source: str, num_classes: int | None = None
 ) -> list[int]:
@@ -131,8 +133,7 @@ def resolve_labels(
             bad.append(f"{e.where}: unknown class name {e.label!r}")
             labels.append(-1)
     if bad:
-        shown = "\n  ".join(bad[:50]) + (f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else "")
-        raise ValueError(f"{source}: {len(bad)} invalid label(s):\n  {shown}")
+        raise ValueError(f"{source}: {len(bad)} invalid label(s):\n  {_shown(bad)}")
     return labels
 
 
@@ -158,11 +159,10 @@ def infer_classes(
             names = sources or [f"list {i + 1}" for i in range(len(all_entries))]
             bad = [f"{names[i]}: {e.where}: label {e.label}" for i, entries in enumerate(all_entries)
                    for e in entries if int(e.label) > first]
-            shown = "\n  ".join(bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
             raise ValueError(
                 f"labels are not the classes 0..K-1: class {first} never appears ({len(missing)} of 0..{max(values)} "
                 f"missing), so the class count is unknown; give data.num_classes or data.class_names, or fix:\n  "
-                f"{shown}")
+                f"{_shown(bad, 20)}")
         return [str(i) for i in range(max(values) + 1)]
     if any(_is_int(t) for t in tokens):
         raise ValueError("labels mix integer indices and class names; give a class_names file to map names")
@@ -175,23 +175,24 @@ def join_root(path: str, root: str | Path) -> str:
 
 
 def check_missing(
-    samples: list[tuple[str, int]], wheres: list[str], source: str, *, skip_missing: bool
+    samples: list[tuple[str, int]], wheres: list[str], source: str, *, skip_missing: bool,
+    exists: Callable[[str], bool] = os.path.isfile, what: str = "files",
 ) -> tuple[list[tuple[str, int]], int]:
     """Raise one error listing every missing file (or drop them with a warning); returns (samples, num_dropped)."""
-    missing = [i for i, (p, _) in enumerate(samples) if not os.path.isfile(p)]
+    missing = [i for i, (p, _) in enumerate(samples) if not exists(p)]
     if not missing:
         return samples, 0
     if skip_missing:
         shown = ", ".join(samples[i][0] for i in missing[:5]) + (", ..." if len(missing) > 5 else "")
         warnings.warn(
-            f"{source}: skipping {len(missing)} of {len(samples)} entries whose files are missing ({shown})",
+            f"{source}: skipping {len(missing)} of {len(samples)} entries whose {what} are missing ({shown})",
             stacklevel=3,
         )
         drop = set(missing)
         return [s for i, s in enumerate(samples) if i not in drop], len(missing)
     listing = "\n  ".join(f"{wheres[i]}: {samples[i][0]}" for i in missing)
     raise FileNotFoundError(
-        f"{source}: {len(missing)} of {len(samples)} listed files are missing:\n  {listing}\n"
+        f"{source}: {len(missing)} of {len(samples)} listed {what} are missing:\n  {listing}\n"
         "Fix the paths (and 'root') or set skip_missing: true in the data config to drop these entries."
     )
 
@@ -205,10 +206,7 @@ def normalize_template(text: str) -> str:
 def read_sthv2_labels(path: str | Path) -> list[str]:
     """SSv2 labels JSON: ``{"template text": "index", ...}`` (or a plain list of names); returns names by index."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    data = _read_json(path)
     if isinstance(data, list):
         return [normalize_template(str(n)) for n in data]
     if not isinstance(data, dict) or not data:
@@ -232,10 +230,7 @@ def read_sthv2_annotations(path: str | Path, classes: list[str], root: str | Pat
 ]:
     """SSv2 annotations JSON list -> samples ``(<root>/<id>.<ext>, label)`` and their locations for messages."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    data = _read_json(path)
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of annotation objects")
     by_name = {n: i for i, n in enumerate(classes)}
@@ -257,8 +252,7 @@ def read_sthv2_annotations(path: str | Path, classes: list[str], root: str | Pat
         samples.append((os.path.join(os.fspath(root), f"{item['id']}.{ext}"), by_name[key]))
         wheres.append(where)
     if bad:
-        shown = "\n  ".join(bad[:50]) + (f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else "")
-        raise ValueError(f"{path}: {len(bad)} invalid annotation(s):\n  {shown}")
+        raise ValueError(f"{path}: {len(bad)} invalid annotation(s):\n  {_shown(bad)}")
     return samples, wheres
 
 

@@ -23,17 +23,9 @@ from .datasets import build_dataset, collate
 from .video_io import write_video
 
 
-def make_synthetic_video(
-    path: str | Path,
-    *,
-    seconds: float = 10.0,
-    height: int = 320,
-    width: int | None = None,
-    fps: int = 30,
-    codec: str | None = None,
-    gop: int | None = None,
-    seed: int = 0,
-) -> dict[str, Any]:
+def make_synthetic_video(path: str | Path, *, seconds: float = 10.0, height: int = 320, width: int | None = None,
+                         fps: int = 30, codec: str | None = None, gop: int | None = None,
+                         seed: int = 0) -> dict[str, Any]:
     """Write a moving-pattern MP4 (``width`` defaults to 16:9, rounded to even); returns its properties."""
     if height < 16 or height % 2:
         raise ValueError(f"make_synthetic_video: height must be an even number >= 16, got {height}")
@@ -61,20 +53,10 @@ def make_synthetic_video(
     return {"path": str(path), "num_frames": num_frames, "fps": fps, "height": height, "width": width, "codec": used}
 
 
-def make_benchmark_dataset(
-    root: str | Path,
-    *,
-    num_videos: int = 4,
-    seconds: float = 10.0,
-    height: int = 320,
-    fps: int = 30,
-    num_classes: int = 2,
-) -> dict[str, Any]:
-    """Write ``num_videos`` synthetic long videos plus a list file; returns a ``data:`` config for them.
-
-    Existing videos are reused.  The config uses Kinetics-style training settings (16 frames, stride 4,
-    scale jitter [256, 320], 224 crop, flip, RandAugment, random erasing 0.25).
-    """
+def make_benchmark_dataset(root: str | Path, *, num_videos: int = 4, seconds: float = 10.0, height: int = 320,
+                           fps: int = 30, num_classes: int = 2) -> dict[str, Any]:
+    """Write (or reuse) ``num_videos`` synthetic long videos and a list file; returns a ``data:`` config for them
+    with Kinetics-style training settings."""
     root = Path(root).expanduser().resolve()
     lines = []
     for i in range(num_videos):
@@ -85,32 +67,14 @@ def make_benchmark_dataset(
             tmp.replace(root / rel)
         lines.append(f"{rel} {i % num_classes}\n")
     (root / "benchmark.txt").write_text("".join(lines), encoding="utf-8")
-    return {
-        "format": "video_list",
-        "root": str(root),
-        "train_list": str(root / "benchmark.txt"),
-        "val_list": str(root / "benchmark.txt"),
-        "num_classes": num_classes,
-        "num_frames": 16,
-        "sampling": "dense",
-        "stride": 4,
-        "input_size": 224,
-        "scale_jitter": [256, 320],
-        "hflip": True,
-        "rand_augment": "rand-m7-n4-mstd0.5-inc1",
-        "random_erasing": 0.25,
-    }
+    return {"format": "video_list", "root": str(root), "train_list": str(root / "benchmark.txt"),
+            "val_list": str(root / "benchmark.txt"), "num_classes": num_classes, "num_frames": 16, "sampling": "dense",
+            "stride": 4, "input_size": 224, "scale_jitter": [256, 320], "hflip": True,
+            "rand_augment": "rand-m7-n4-mstd0.5-inc1", "random_erasing": 0.25}
 
 
-def benchmark_pipeline(
-    cfg: Mapping[str, Any],
-    split: str = "train",
-    num_workers: int = 2,
-    batches: int = 10,
-    batch_size: int = 8,
-    warmup_batches: int = 1,
-    seed: int = 0,
-) -> dict[str, Any]:
+def benchmark_pipeline(cfg: Mapping[str, Any], split: str = "train", num_workers: int = 2, batches: int = 10,
+                       batch_size: int = 8, warmup_batches: int = 1, seed: int = 0) -> dict[str, Any]:
     """Measure clips (or images) per second through a DataLoader for ``split`` of the ``data:`` config ``cfg``.
 
     The first ``warmup_batches`` batches (worker start-up, file-system caches) are not timed.
@@ -128,15 +92,8 @@ def benchmark_pipeline(
     # Sample with replacement so any dataset size yields the requested number of batches.
     sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=total * items,
                                              generator=generator)
-    loader = DataLoader(
-        dataset,
-        batch_size=items,
-        sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=collate,
-        drop_last=True,
-        persistent_workers=False,
-    )
+    loader = DataLoader(dataset, batch_size=items, sampler=sampler, num_workers=num_workers, collate_fn=collate,
+                        drop_last=True)
     failed: list[str] = []
     shape = None
     timed_clips = 0
@@ -152,37 +109,18 @@ def benchmark_pipeline(
             timed_clips += batch["input"].shape[0]
     elapsed = time.perf_counter() - start
     del iterator
-    return {
-        "clips_per_s": timed_clips / elapsed if elapsed > 0 else float("inf"),
-        "seconds_per_batch": elapsed / batches,
-        "timed_batches": batches,
-        "timed_clips": timed_clips,
-        "seconds": elapsed,
-        "batch_size": batch_size,
-        "num_sample": data_cfg.num_sample if split == "train" else 1,
-        "num_workers": num_workers,
-        "split": split,
-        "input_shape": list(shape) if shape is not None else None,
-        "num_samples": len(dataset),
-        "failures": len(failed),
-        "failed_paths": failed,
-    }
+    return {"clips_per_s": timed_clips / elapsed if elapsed > 0 else float("inf"),
+            "seconds_per_batch": elapsed / batches, "timed_batches": batches, "timed_clips": timed_clips,
+            "seconds": elapsed, "batch_size": batch_size, "num_sample": data_cfg.num_sample if split == "train" else 1,
+            "num_workers": num_workers, "split": split, "input_shape": list(shape) if shape is not None else None,
+            "num_samples": len(dataset), "failures": len(failed), "failed_paths": failed}
 
 
-def benchmark_num_sample(
-    cfg: Mapping[str, Any],
-    num_workers: int = 2,
-    batches: int = 10,
-    batch_size: int = 8,
-    rounds: int = 3,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Training clips/s with ``cfg``'s ``num_sample`` against ``num_sample = 1``, rounds interleaved (A B A B ...),
-    best round of each: repeated augmentation decodes a video once for its clips, so clips/s should rise.
-
-    Returns ``{"num_sample": N, "clips_per_s": best with N, "clips_per_s_num_sample_1": best with 1,
-    "ratio": their quotient, "rounds": [...every measurement...]}``.
-    """
+def benchmark_num_sample(cfg: Mapping[str, Any], num_workers: int = 2, batches: int = 10, batch_size: int = 8,
+                         rounds: int = 3, seed: int = 0) -> dict[str, Any]:
+    """Training clips/s with ``cfg``'s ``num_sample`` (``clips_per_s``) against ``num_sample = 1``
+    (``clips_per_s_num_sample_1``), rounds interleaved, best round of each, their ``ratio`` and every round:
+    repeated augmentation decodes a video once for its clips, so clips/s should rise."""
     data_cfg = parse_data_config(cfg)
     if data_cfg.num_sample < 2:
         raise ValueError("benchmark_num_sample: data.num_sample must be >= 2 to compare it with 1")

@@ -1,8 +1,7 @@
 """Validated view of the ``data:`` section of a training config.
 
-The YAML ``data:`` section is a plain dict.  Every consumer in this package reads
-it through :func:`parse_data_config`, so defaults, types and cross-key checks live in
-one place and a typo or a bad value fails early with a message naming the key.
+Every consumer reads the ``data:`` section through :func:`parse_data_config`: defaults, types and cross-key
+checks live in one place, and a typo or a bad value fails early with a message naming the key.
 
 Keys (all optional unless marked):
 
@@ -23,11 +22,8 @@ Keys (all optional unless marked):
 * ``video_ext``: extension of SSv2 videos (default ``webm``).
 * ``frame_template`` (``frame_folder``): image name of 1-based frame ``j`` (default ``img_{:05d}.jpg``, the
   SSv2 extraction; SSv1 ships ``{:05d}.jpg``).
-* ``num_frames`` (16), ``sampling`` (default ``uniform`` for ``sthv2`` / ``frame_folder``, else ``dense``),
-  ``stride`` (4, dense only).  The sampling key picks the original's rule (:mod:`uniformer.data.sampling`):
-  ``dense`` = its ``Kinetics`` rule (clip span ``stride * num_frames``, float32 linspace, test clip ``k``
-  at ``k * floor(delta / (K - 1))``), ``uniform`` = its ``Sth`` rule (``seg = (n - 1) / T``, numpy round,
-  test offset ``int(seg / (K + 1) * (k + 1))``).
+* ``num_frames`` (16), ``sampling`` (default ``uniform`` for ``sthv2`` / ``frame_folder``, else ``dense``:
+  the original's ``Sth`` and ``Kinetics`` rules, :mod:`uniformer.data.sampling`), ``stride`` (4, dense only).
 * ``target_fps`` (default 30 for ``sthv2``, else null): number a video's frames as ``ffmpeg -r target_fps``
   would extract them (image ``j`` shows decoded frame ``round((j - 1) * fps / target_fps)``) before
   sampling, so reading a webm gives the frames of the original's 30 fps frame folders; null = native frames.
@@ -44,14 +40,13 @@ Keys (all optional unless marked):
 * ``test_clips`` (1), ``test_crops`` (1 or 3).
 * ``channel_order`` (``RGB`` | ``BGR``; the network's input channel order; default ``BGR`` for ``sthv2``
   and ``frame_folder``, whose original networks read OpenCV frames unconverted, else ``RGB``),
-  ``interpolation`` (``bilinear`` | ``bicubic``; default ``bilinear`` for videos: torch, no antialias, on
-  the float frames, as the original; ``bicubic`` for images: PIL, as torchvision's ``Resize``),
+  ``interpolation`` (``bilinear`` | ``bicubic``; default ``bilinear`` for videos, ``bicubic`` for images,
+  as the original; :mod:`uniformer.data.transforms`),
   ``view_aggregation`` (``sum_logits``, the original's sum of raw logits over test views, default;
   or ``mean_softmax``).
-* ``num_sample`` (1; clips augmented from one decoded video per training item, repeated augmentation:
-  ``train.batch_size`` counts clips and must be a multiple of it), ``repeated_aug`` (0 = off; DeiT's
-  RASampler: the epoch's order repeats each training sample this many times, the copies on different
-  processes, so an epoch of the usual length sees len / repeated_aug distinct samples).
+* ``num_sample`` (1; clips augmented from one decoded video per training item: ``train.batch_size`` counts
+  clips and must be a multiple of it), ``repeated_aug`` (0 = off; DeiT's RASampler, each training sample
+  repeated this many times per epoch on different processes).
 * ``skip_missing`` (False), ``max_retries`` (10), ``min_video_frames`` (1; shorter videos count as
   unloadable), ``seed`` (0), ``decode_threads`` (1; 0 = FFmpeg's choice),
   ``mean`` / ``std`` (videos: 0.45 / 0.225 on every channel, the SlowFast defaults the original video
@@ -61,16 +56,15 @@ Keys (all optional unless marked):
   ``mixup_mode``.  Batch size and workers are the recipe's ``train.batch_size`` /
   ``train.num_workers``, as for every task.
 
-An unknown key is an error naming it, so a typo never trains with a silent default.  A whole
-config that holds a ``data:`` mapping (and no ``format`` key of its own) is accepted too; its
-``data`` section is used.
+An unknown key is an error naming it, so a typo never trains with a silent default. A whole config that
+holds a ``data:`` mapping (and no ``format`` key of its own) is accepted too.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -186,9 +180,7 @@ def _as_pair(key: str, value: Any, kind: type) -> tuple:
 
 
 def _as_path(key: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
+    if value is not None and not (isinstance(value, str) and value):
         raise _err(key, value, "expected a non-empty path string")
     return value
 
@@ -199,10 +191,9 @@ def resolved_data_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     Mixup keys get the defaults :func:`uniformer.data.build_mixup` and the loss use when they are absent.
     """
     parsed = parse_data_config(cfg)
-    out = {k: getattr(parsed, k) for k in DataConfig.__dataclass_fields__ if k != "extra"}
+    out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(parsed).items() if k != "extra"}
     if parsed.format != "frame_folder":  # a key of that format only (refused with the others)
-        out.pop("frame_template", None)
-    out = {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+        del out["frame_template"]
     mixing = bool(parsed.extra.get("mixup") or parsed.extra.get("cutmix") or parsed.extra.get("cutmix_minmax"))
     defaults = {"mixup": 0.0, "cutmix": 0.0, "cutmix_minmax": None, "label_smoothing": 0.1 if mixing else 0.0,
                 "mixup_prob": 1.0, "mixup_switch_prob": 0.5, "mixup_mode": "batch"}
@@ -232,8 +223,7 @@ def parse_data_config(cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
     extra = {k: cfg[k] for k in cfg if k in _MIXUP_KEYS}
 
     out: dict[str, Any] = {"format": fmt, "extra": extra}
-    root = cfg.get("root", ".")
-    out["root"] = _as_path("root", root) or "."
+    out["root"] = _as_path("root", cfg.get("root", ".")) or "."
     for key in (
         "train_list", "val_list", "test_list", "labels_file", "train_annotations", "val_annotations",
         "test_annotations", "train_dir", "val_dir", "test_dir", "class_names",
@@ -324,13 +314,10 @@ def parse_data_config(cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
         if value not in choices:
             raise _err(key, value, f"expected one of {list(choices)}")
         out[key] = value
-    out["num_sample"] = _as_int("num_sample", cfg.get("num_sample", 1), 1)
-    out["repeated_aug"] = _as_int("repeated_aug", cfg.get("repeated_aug", 0), 0)
+    for key, default, minimum in (("num_sample", 1, 1), ("repeated_aug", 0, 0), ("max_retries", 10, 0),
+                                  ("min_video_frames", 1, 1), ("seed", 0, 0), ("decode_threads", 1, 0)):
+        out[key] = _as_int(key, cfg.get(key, default), minimum)
     out["skip_missing"] = _as_bool("skip_missing", cfg.get("skip_missing", False))
-    out["max_retries"] = _as_int("max_retries", cfg.get("max_retries", 10), 0)
-    out["min_video_frames"] = _as_int("min_video_frames", cfg.get("min_video_frames", 1), 1)
-    out["seed"] = _as_int("seed", cfg.get("seed", 0), 0)
-    out["decode_threads"] = _as_int("decode_threads", cfg.get("decode_threads", 1), 0)
     for key, default in (("mean", VIDEO_MEAN if is_video else IMAGENET_MEAN),
                          ("std", VIDEO_STD if is_video else IMAGENET_STD)):
         value = cfg.get(key, default)
@@ -342,10 +329,10 @@ def parse_data_config(cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
     return DataConfig(**out)
 
 
-#: keys that decide how a test file is read (frames, resize, crops, channels, normalisation, views)
-FILE_READING_KEYS = ("num_frames", "sampling", "stride", "target_fps", "input_size", "short_side", "test_clips",
-                  "test_crops", "channel_order", "interpolation", "view_aggregation", "mean", "std",
-                  "decode_threads")
+#: keys that decide how a test file is read (resize, crops, channels, normalisation, views; and frames for videos)
+_IMAGE_READING_KEYS = ("input_size", "short_side", "test_crops", "channel_order", "interpolation",
+                       "view_aggregation", "mean", "std")
+_VIDEO_READING_KEYS = ("num_frames", "sampling", "stride", "target_fps", "test_clips", "decode_threads")
 
 
 def file_reading_config(cfg: Mapping[str, Any] | DataConfig) -> dict[str, Any]:
@@ -357,10 +344,6 @@ def file_reading_config(cfg: Mapping[str, Any] | DataConfig) -> dict[str, Any]:
     with native frame numbering (``target_fps`` null), as their frames are already extracted.
     """
     c = parse_data_config(cfg)
-    out = {key: getattr(c, key) for key in FILE_READING_KEYS if c.is_video or key in (
-        "input_size", "short_side", "test_crops", "channel_order", "interpolation", "view_aggregation", "mean",
-        "std")}
-    for key in ("mean", "std"):
-        out[key] = list(out[key])
-    out["format"] = "video_list" if c.is_video else "image_list"
+    out = {key: getattr(c, key) for key in _IMAGE_READING_KEYS + (_VIDEO_READING_KEYS if c.is_video else ())}
+    out.update(mean=list(c.mean), std=list(c.std), format="video_list" if c.is_video else "image_list")
     return out

@@ -1,40 +1,24 @@
 """Datasets for video and image classification, their builder and their collate function.
 
-Every item is a dict::
+Every item is ``{"input": Tensor, "label": int, "index": int, "failures": list[str]}``. ``input`` is
+``(C, T, H, W)`` for video train/val, ``(V, C, T, H, W)`` for video test (``V = test_clips * test_crops``,
+clip-major), ``(C, H, W)`` / ``(V, C, H, W)`` for images (``V = test_crops``); the test split always
+carries the V axis. With ``data.num_sample = N > 1`` a training item is ``(N, C, T, H, W)``: the clip is
+decoded once and augmented N times (repeated augmentation), the item carries ``"num_sample": N`` and
+:func:`collate` flattens the clips into the batch, as the original's ``multiple_samples_collate``.
 
-    {"input": Tensor, "label": int, "index": int, "failures": list[str]}
+A sample that cannot be loaded never stops training and never becomes a zero tensor: it is replaced by
+another one chosen by a generator seeded with ``(seed, index, attempt)``, and its path is appended to the
+item's ``failures`` (reported through the item so that DataLoader workers can report it).
 
-``input`` is ``(N, C, T, H, W)`` for training with ``data.num_sample = N > 1`` (repeated augmentation:
-the clip is decoded once and augmented N times independently; the item then also carries
-``"num_sample": N`` and :func:`collate` flattens the clips into the batch, labels and indices
-repeated, so a batch of B items holds B x N clips, as the original's ``multiple_samples_collate``),
-``(C, T, H, W)`` for video train/val, ``(V, C, T, H, W)`` for video test
-(``V = test_clips * test_crops``, clip-major: view ``v`` is clip ``v // test_crops``, crop
-``v % test_crops``), ``(C, H, W)`` for image train/val and ``(V, C, H, W)`` for image test
-(``V = test_crops``).  The test split always carries the V axis, even when ``V == 1``.
-
-A sample that cannot be loaded (corrupt, unreadable, truncated or too short) never stops
-training and never becomes a zero tensor: it is replaced by another sample chosen by a
-generator seeded with ``(seed, index, attempt)`` (so the replacement is reproducible),
-and its path is appended to the item's ``failures``.  ``index`` and ``label`` then belong
-to the sample actually returned.  Reporting through the item (rather than through
-dataset state) is what makes failures visible from DataLoader worker processes;
-:func:`collate` concatenates them per batch.
-
-Training randomness (temporal offset, crop, flip, RandAugment, erasing) is drawn from a
-per-item ``numpy.random.Generator`` seeded from ``(data.seed, index, attempt)`` and one draw of
-torch's RNG.  The runner sets torch's RNG for every sample from the recipe's seed, the epoch and
-the sample's place in it (``uniformer.engine.loaders.SeededDataset``), so augmentations change
-with ``data.seed`` and between epochs, and are the same for any number of workers.  (A plain
-DataLoader seeds torch's RNG per worker from the main process's seed instead.)  Val and test
-items are fully deterministic.
+Training randomness is drawn from a per-item ``numpy.random.Generator`` seeded from ``(data.seed, index,
+attempt)`` and one draw of torch's RNG, which the runner seeds per sample
+(``uniformer.engine.loaders.SeededDataset``). Val and test items are deterministic.
 """
-
 from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -74,15 +58,8 @@ class ClassificationDataset(Dataset):
 
     is_video = False
 
-    def __init__(
-        self,
-        cfg: DataConfig,
-        split: str,
-        samples: list[tuple[str, int]],
-        classes: list[str],
-        source: str,
-        num_skipped_missing: int = 0,
-    ) -> None:
+    def __init__(self, cfg: DataConfig, split: str, samples: list[tuple[str, int]], classes: list[str], source: str,
+                 num_skipped_missing: int = 0) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if not samples:
@@ -119,7 +96,9 @@ class ClassificationDataset(Dataset):
     @property
     def num_views(self) -> int:
         """Views per test item (the size of the leading V axis); 1 for train and val."""
-        return 1
+        if self.split != "test":
+            return 1
+        return self.cfg.test_clips * self.cfg.test_crops if self.is_video else self.cfg.test_crops
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -178,21 +157,17 @@ class VideoClassificationDataset(ClassificationDataset):
 
     is_video = True
 
-    @property
-    def num_views(self) -> int:
-        return self.cfg.test_clips * self.cfg.test_crops if self.split == "test" else 1
-
     def clip_indices(self, num_video_frames: int, rng: np.random.Generator | None) -> np.ndarray:
         """``(clips, num_frames)`` frame indices this split uses for a video of ``num_video_frames`` frames."""
-        cfg = self.cfg
-        return sample_clips(
-            num_video_frames,
-            sampling=cfg.sampling,
-            num_frames=cfg.num_frames,
-            stride=cfg.stride,
-            rng=rng,
-            num_clips=cfg.test_clips if self.split == "test" else 1,
-        )
+        c = self.cfg
+        return sample_clips(num_video_frames, sampling=c.sampling, num_frames=c.num_frames, stride=c.stride, rng=rng,
+                            num_clips=c.test_clips if self.split == "test" else 1)
+
+    def _check_length(self, path: str, num_video_frames: int) -> None:
+        """Videos shorter than ``data.min_video_frames`` count as unloadable."""
+        if num_video_frames < self.cfg.min_video_frames:
+            minimum = self.cfg.min_video_frames
+            raise VideoDecodeError(f"{path}: video too short ({num_video_frames} frames < {minimum=})")
 
     def frame_indices(self, num_video_frames: int, fps: float, rng: np.random.Generator | None) -> np.ndarray:
         """``(clips, num_frames)`` decoded-frame indices, after the ``target_fps`` re-numbering if configured.
@@ -208,23 +183,21 @@ class VideoClassificationDataset(ClassificationDataset):
 
     def load(self, path: str, rng: np.random.Generator | None) -> torch.Tensor:
         with VideoReader(path, threads=self.cfg.decode_threads) as reader:
-            if reader.num_frames < self.cfg.min_video_frames:
-                minimum = self.cfg.min_video_frames
-                raise VideoDecodeError(f"{path}: video too short ({reader.num_frames} frames < {minimum=})")
+            self._check_length(path, reader.num_frames)
             clips = self.frame_indices(reader.num_frames, reader.fps, rng)
             frames = reader.get_frames(clips.reshape(-1))
         return self._augmented(frames, len(clips), rng)  # decoded once, augmented num_sample times for training
 
 
-def read_frame(path: str) -> np.ndarray:
-    """One frame image as ``(H, W, 3)`` uint8 RGB (the transform reverses it for ``channel_order: BGR``)."""
+def read_frame(path: str, what: str = "frame image") -> np.ndarray:
+    """One image as ``(H, W, 3)`` uint8 RGB (the transform reverses it for ``channel_order: BGR``)."""
     try:
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError as exc:
-        raise SampleLoadError(f"{path}: frame image not found") from exc
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise SampleLoadError(f"{path}: cannot read frame image ({type(exc).__name__}: {exc})") from exc
+        raise SampleLoadError(f"{path}: {what} not found") from exc
+    except (*LOAD_ERRORS, ValueError, SyntaxError) as exc:
+        raise SampleLoadError(f"{path}: cannot read {what} ({type(exc).__name__}: {exc})") from exc
 
 
 class FrameFolderDataset(VideoClassificationDataset):
@@ -239,60 +212,40 @@ class FrameFolderDataset(VideoClassificationDataset):
         self.frame_counts = dict(frame_counts)
 
     def load(self, path: str, rng: np.random.Generator | None) -> torch.Tensor:
-        n = self.frame_counts[path]
-        if n < self.cfg.min_video_frames:
-            minimum = self.cfg.min_video_frames
-            raise SampleLoadError(f"{path}: video too short ({n} frames < {minimum=})")
-        clips = self.clip_indices(n, rng)
-        cache: dict[int, np.ndarray] = {}
-        frames = []
-        for i in clips.reshape(-1).tolist():
-            if i not in cache:
-                cache[i] = read_frame(os.path.join(path, self.cfg.frame_template.format(i + 1)))
-            frames.append(cache[i])
-        shapes = {f.shape for f in cache.values()}
+        self._check_length(path, self.frame_counts[path])
+        clips = self.clip_indices(self.frame_counts[path], rng)
+        wanted, order = np.unique(clips.reshape(-1), return_inverse=True)  # each image read once
+        images = [read_frame(os.path.join(path, self.cfg.frame_template.format(i + 1))) for i in wanted.tolist()]
+        shapes = {f.shape for f in images}
         if len(shapes) != 1:
             raise SampleLoadError(f"{path}: frame images differ in size {sorted(shapes)}")
-        return self._augmented(np.stack(frames), len(clips), rng)  # read once, num_sample clips for training
+        return self._augmented(np.stack(images)[order], len(clips), rng)
 
 
 class ImageClassificationDataset(ClassificationDataset):
     """Images loaded with PIL (converted to RGB) and transformed like one-frame clips."""
 
-    @property
-    def num_views(self) -> int:
-        return self.cfg.test_crops if self.split == "test" else 1
-
     def load(self, path: str, rng: np.random.Generator | None) -> torch.Tensor:
-        try:
-            with Image.open(path) as img:
-                array = np.asarray(img.convert("RGB"), dtype=np.uint8)
-        except LOAD_ERRORS as exc:
-            raise SampleLoadError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
-        x = self._augmented(array[None], 1, rng)
-        return x.squeeze(-3)  # drop the T axis
+        return self._augmented(read_frame(path, "image")[None], 1, rng).squeeze(-3)  # drop the T axis
 
 
 # ---------------------------------------------------------------------- builder
-def _list_key(split: str) -> str:
-    return f"{split}_list"
+def _split_key(cfg: DataConfig, suffix: str, split: str) -> str:
+    """The config key of ``split``'s list, annotations or folder (test falls back to val)."""
+    if split == "test" and getattr(cfg, f"test{suffix}") is None:
+        return f"val{suffix}"
+    return f"{split}{suffix}"
 
 
-def _split_value(cfg: DataConfig, prefix: str, suffix: str, split: str) -> tuple[str, str | None]:
-    """Config key and value for ``split`` (test falls back to val)."""
-    key = f"{prefix}{split}{suffix}"
-    value = getattr(cfg, key)
-    if value is None and split == "test":
-        key = f"{prefix}val{suffix}"
-        value = getattr(cfg, key)
-    return key, value
+def _split_file(cfg: DataConfig, suffix: str, split: str) -> Path:
+    key = _split_key(cfg, suffix, split)
+    if getattr(cfg, key) is None:
+        raise ValueError(f"data config: '{key}' is required for split {split!r} with format {cfg.format!r}")
+    return resolve_file(getattr(cfg, key), cfg.root, key)
 
 
 def _build_from_lists(cfg: DataConfig, split: str, cls: type[ClassificationDataset]) -> ClassificationDataset:
-    key, value = _split_value(cfg, "", "_list", split)
-    if value is None:
-        raise ValueError(f"data config: '{key}' is required for split {split!r} with format {cfg.format!r}")
-    list_path = resolve_file(value, cfg.root, key)
+    list_path = _split_file(cfg, "_list", split)
     entries = read_list_file(list_path)
     if cfg.class_names is not None:
         names_path = resolve_file(cfg.class_names, cfg.root, "class_names")
@@ -302,14 +255,14 @@ def _build_from_lists(cfg: DataConfig, split: str, cls: type[ClassificationDatas
                              f"is {cfg.num_classes}")
     else:
         # Infer from every configured list so all splits agree on the class set.
-        all_entries: list[list[Entry]] = [entries]
-        sources = [str(list_path)]
+        all_entries, sources = [entries], [str(list_path)]
+        value = getattr(cfg, _split_key(cfg, "_list", split))
         for other in SPLITS:
-            other_value = getattr(cfg, _list_key(other))
+            other_value = getattr(cfg, f"{other}_list")
             if other_value is None or other_value == value:
                 continue
             try:
-                other_path = resolve_file(other_value, cfg.root, _list_key(other))
+                other_path = resolve_file(other_value, cfg.root, f"{other}_list")
             except FileNotFoundError:
                 continue
             all_entries.append(read_list_file(other_path))
@@ -342,10 +295,7 @@ def read_frame_list(path: str | Path) -> tuple[list[Entry], list[int]]:
 
 
 def _build_frame_folder(cfg: DataConfig, split: str) -> ClassificationDataset:
-    key, value = _split_value(cfg, "", "_list", split)
-    if value is None:
-        raise ValueError(f"data config: '{key}' is required for split {split!r} with format 'frame_folder'")
-    list_path = resolve_file(value, cfg.root, key)
+    list_path = _split_file(cfg, "_list", split)
     entries, counts = read_frame_list(list_path)
     if cfg.class_names is not None:
         classes = read_class_names(resolve_file(cfg.class_names, cfg.root, "class_names"))
@@ -353,21 +303,10 @@ def _build_frame_folder(cfg: DataConfig, split: str) -> ClassificationDataset:
         classes = infer_classes([entries], cfg.num_classes)
     labels = resolve_labels(entries, classes, str(list_path), cfg.num_classes)
     samples = [(join_root(e.path, cfg.root), lab) for e, lab in zip(entries, labels)]
-    missing = [i for i, (p, _) in enumerate(samples) if not os.path.isdir(p)]
-    if missing and not cfg.skip_missing:
-        listing = "\n  ".join(f"{entries[i].where}: {samples[i][0]}" for i in missing)
-        raise FileNotFoundError(
-            f"{list_path}: {len(missing)} of {len(samples)} listed frame folders are missing:\n  {listing}\n"
-            "Fix the paths (and 'root') or set skip_missing: true in the data config to drop these entries."
-        )
-    if missing:
-        warnings.warn(f"{list_path}: skipping {len(missing)} of {len(samples)} entries whose frame folders are "
-                      "missing", stacklevel=2)
-    dropped = set(missing)
-    keep = [i for i in range(len(samples)) if i not in dropped]
-    counts_by_path = {samples[i][0]: counts[i] for i in keep}
-    return FrameFolderDataset(cfg, split, [samples[i] for i in keep], classes, str(list_path), len(missing),
-                              frame_counts=counts_by_path)
+    frame_counts = {path: n for (path, _), n in zip(samples, counts)}
+    samples, dropped = check_missing(samples, [e.where for e in entries], str(list_path),
+                                     skip_missing=cfg.skip_missing, exists=os.path.isdir, what="frame folders")
+    return FrameFolderDataset(cfg, split, samples, classes, str(list_path), dropped, frame_counts=frame_counts)
 
 
 def _build_sthv2(cfg: DataConfig, split: str) -> ClassificationDataset:
@@ -381,10 +320,7 @@ def _build_sthv2(cfg: DataConfig, split: str) -> ClassificationDataset:
             raise ValueError(
                 f"data config: class_names has {len(names)} names but labels_file {labels_path} has {len(classes)}"
             )
-    key, value = _split_value(cfg, "", "_annotations", split)
-    if value is None:
-        raise ValueError(f"data config: '{key}' is required for split {split!r} with format 'sthv2'")
-    ann_path = resolve_file(value, cfg.root, key)
+    ann_path = _split_file(cfg, "_annotations", split)
     samples, wheres = read_sthv2_annotations(ann_path, classes, cfg.root, cfg.video_ext)
     samples, dropped = check_missing(samples, wheres, str(ann_path), skip_missing=cfg.skip_missing)
     display = names if cfg.class_names is not None else classes
@@ -392,15 +328,13 @@ def _build_sthv2(cfg: DataConfig, split: str) -> ClassificationDataset:
 
 
 def _build_image_folder(cfg: DataConfig, split: str) -> ClassificationDataset:
-    key, value = _split_value(cfg, "", "_dir", split)
-    default = "val" if split == "test" else split
-    folder = Path(join_root(value if value is not None else default, cfg.root))
+    key = _split_key(cfg, "_dir", split)
+    folder = Path(join_root(getattr(cfg, key) or ("val" if split == "test" else split), cfg.root))
     classes = None
     if cfg.class_names is not None:
         classes = read_class_names(resolve_file(cfg.class_names, cfg.root, "class_names"))
     elif split != "train":
-        _, train_value = _split_value(cfg, "", "_dir", "train")
-        train_folder = Path(join_root(train_value if train_value is not None else "train", cfg.root))
+        train_folder = Path(join_root(cfg.train_dir or "train", cfg.root))
         if train_folder.is_dir():  # use the training classes so that indices agree across splits
             classes = sorted(d.name for d in train_folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not folder.is_dir():
@@ -410,10 +344,9 @@ def _build_image_folder(cfg: DataConfig, split: str) -> ClassificationDataset:
 
 
 def build_dataset(cfg: Mapping[str, Any] | DataConfig, split: str) -> ClassificationDataset:
-    """Build the dataset for ``split`` ("train" | "val" | "test") from the ``data:`` config section.
+    """The dataset for ``split`` ("train" | "val" | "test") of the ``data:`` section (:mod:`uniformer.data.config`).
 
-    See :mod:`uniformer.data.config` for the keys.  Raises ``ValueError`` / ``FileNotFoundError``
-    naming the offending key or file; all missing sample files are reported in one error.
+    ``ValueError`` / ``FileNotFoundError`` name the offending key or file (all missing files in one error).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
@@ -430,11 +363,8 @@ def build_dataset(cfg: Mapping[str, Any] | DataConfig, split: str) -> Classifica
 
 
 def collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Stack items into ``{"input": (B, ...), "label": (B,) long, "index": (B,) long, "failures": [paths]}``.
-
-    Items of ``num_sample = N`` clips give ``B x N`` rows, item by item (the N clips of an item are adjacent),
-    each with its item's label and index.
-    """
+    """Stack items into ``{"input": (B, ...), "label": (B,) long, "index": (B,) long, "failures": [paths]}``;
+    items of ``num_sample = N`` clips give ``B x N`` rows, an item's clips adjacent with its label and index."""
     if not batch:
         raise ValueError("collate: empty batch")
     shapes = {tuple(item["input"].shape) for item in batch}
@@ -453,14 +383,3 @@ def collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "index": torch.tensor([int(item["index"]) for item in batch], dtype=torch.long).repeat_interleave(n),
         "failures": [path for item in batch for path in item["failures"]],
     }
-
-
-__all__ = [
-    "ClassificationDataset",
-    "FrameFolderDataset",
-    "ImageClassificationDataset",
-    "VideoClassificationDataset",
-    "VideoDecodeError",
-    "build_dataset",
-    "collate",
-]

@@ -1,28 +1,22 @@
 """A small built-in video dataset whose classes can only be told apart over time.
 
-It exists so that training, evaluation and inference can be exercised end to end without
-downloading anything.  Four classes::
+It exercises training, evaluation and inference end to end without downloading anything. Four classes::
 
     0 move_left_to_right       1 move_right_to_left
     2 rotate_clockwise         3 rotate_counterclockwise
 
-Every clip shows one asymmetric shape (an L, a flag or a notched triangle with random size,
-colour and orientation) on a random smooth-texture background with per-frame noise.
-Moving shapes keep their orientation and translate horizontally (with a little vertical
-drift) at a random speed; rotating shapes stay in place and spin at a random angular
-speed.  Positions wrap around the frame horizontally and start uniformly at random,
-orientations start uniformly at random, and all classes use the same shapes, so any
-single frame (first and last included) has the same distribution in every class: only
-motion reveals the label.  Opposite classes differ only in direction, which is also why
-horizontal flipping must stay off for this dataset.
+Every clip shows one asymmetric shape (an L, a flag or a notched triangle, random size, colour and
+orientation) on a random smooth-texture background with per-frame noise. Moving shapes translate
+horizontally (wrapping around, a little vertical drift) at a random speed; rotating shapes spin in place.
+Start positions and orientations are uniform and all classes use the same shapes, so any single frame has
+the same distribution in every class: only motion reveals the label. Opposite classes differ only in
+direction, which is why horizontal flipping must stay off for this dataset.
 
-Clips are real MP4 files (H.264 via ``libx264`` when available, else MPEG-4 Part 2).
-Generation is deterministic given ``seed`` and cached: a ``demo_meta.json`` written last
-marks a complete dataset, and a repeated call with the same parameters returns at once.
+Clips are MP4 files (H.264 via ``libx264`` when available, else MPEG-4 Part 2). Generation is deterministic
+given ``seed`` and cached: a ``demo_meta.json`` written last marks a complete dataset.
 
 Command line: ``python -m uniformer.data.demo --root DIR [--seed 0] [--num-train 400] ...``.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -35,6 +29,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm import tqdm
 
 from .video_io import pick_video_codec, write_video
 
@@ -126,77 +121,37 @@ def render_clip(label: int, rng: np.random.Generator, *, num_frames: int, size: 
 
 
 def _params(num_train: int, num_val: int, num_frames: int, size: int, fps: int, seed: int, codec: str) -> dict:
-    return {
-        "version": _FORMAT_VERSION,
-        "num_train": num_train,
-        "num_val": num_val,
-        "num_frames": num_frames,
-        "size": size,
-        "fps": fps,
-        "seed": seed,
-        "codec": codec,
-        "classes": list(CLASSES),
-    }
+    return {"version": _FORMAT_VERSION, "num_train": num_train, "num_val": num_val, "num_frames": num_frames,
+            "size": size, "fps": fps, "seed": seed, "codec": codec, "classes": list(CLASSES)}
 
 
 def _result(root: Path, params: dict, generated: bool, seconds: float) -> dict[str, Any]:
     size = params["size"]
+    files = {"train_list": str(root / "train.txt"), "val_list": str(root / "val.txt"),
+             "class_names": str(root / "classnames.txt")}
     return {
-        "root": str(root),
-        "train_list": str(root / "train.txt"),
-        "val_list": str(root / "val.txt"),
-        "class_names": str(root / "classnames.txt"),
-        "classes": list(CLASSES),
-        "num_classes": len(CLASSES),
-        "num_train": params["num_train"],
-        "num_val": params["num_val"],
-        "num_frames": params["num_frames"],
-        "size": size,
-        "fps": params["fps"],
-        "codec": params["codec"],
-        "seed": params["seed"],
-        "generated": generated,
-        "seconds": seconds,
+        "root": str(root), **files, **{k: v for k, v in params.items() if k != "version"},
+        "num_classes": len(CLASSES), "generated": generated, "seconds": seconds,
         # A data config suited to this dataset (hflip must stay off: it would swap the classes).
         "data_config": {
-            "format": "video_list",
-            "root": str(root),
-            "train_list": str(root / "train.txt"),
-            "val_list": str(root / "val.txt"),
-            "class_names": str(root / "classnames.txt"),
-            "num_frames": min(8, params["num_frames"]),
-            "sampling": "uniform",
-            "input_size": size,
-            "short_side": size,
-            "scale_jitter": [size, int(size * 1.25)],
-            "random_resized_crop": False,
-            "hflip": False,
-            "rand_augment": None,
-            "random_erasing": 0.0,
-            "test_clips": 1,
-            "test_crops": 1,
+            "format": "video_list", "root": str(root), **files, "num_frames": min(8, params["num_frames"]),
+            "sampling": "uniform", "input_size": size, "short_side": size, "scale_jitter": [size, int(size * 1.25)],
+            "random_resized_crop": False, "hflip": False, "rand_augment": None, "random_erasing": 0.0,
+            "test_clips": 1, "test_crops": 1,
         },
     }
 
 
 def _is_complete(root: Path, params: dict) -> bool:
-    meta_path = root / "demo_meta.json"
-    if not meta_path.is_file():
-        return False
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = json.loads((root / "demo_meta.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return False
-    if meta.get("params") != params:
+    names = ("train.txt", "val.txt", "classnames.txt")
+    if meta.get("params") != params or not all((root / name).is_file() for name in names):
         return False
-    for name in ("train.txt", "val.txt", "classnames.txt"):
-        if not (root / name).is_file():
-            return False
-    for name in ("train.txt", "val.txt"):
-        for line in (root / name).read_text(encoding="utf-8").splitlines():
-            if line.strip() and not (root / line.rsplit(None, 1)[0]).is_file():
-                return False
-    return True
+    lists = ((root / name).read_text(encoding="utf-8").splitlines() for name in ("train.txt", "val.txt"))
+    return all((root / line.rsplit(None, 1)[0]).is_file() for lines in lists for line in lines if line.strip())
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -205,18 +160,9 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def generate_demo_dataset(
-    root: str | Path,
-    *,
-    num_train: int = 400,
-    num_val: int = 100,
-    num_frames: int = 16,
-    size: int = 64,
-    fps: int = 15,
-    seed: int = 0,
-    codec: str | None = None,
-    progress: bool = False,
-) -> dict[str, Any]:
+def generate_demo_dataset(root: str | Path, *, num_train: int = 400, num_val: int = 100, num_frames: int = 16,
+                          size: int = 64, fps: int = 15, seed: int = 0, codec: str | None = None,
+                          progress: bool = False) -> dict[str, Any]:
     """Generate (once) the demo dataset under ``root`` and return its description.
 
     Returns a dict with ``root``, ``train_list``, ``val_list``, ``class_names`` (paths), ``classes``,
@@ -242,11 +188,7 @@ def generate_demo_dataset(
     meta_path = root / "demo_meta.json"
     if meta_path.exists():
         meta_path.unlink()  # parameters changed (or incomplete): regenerate
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=num_train + num_val, desc="demo videos", unit="clip")
+    bar = tqdm(total=num_train + num_val, desc="demo videos", unit="clip", disable=not progress)
     for split_id, (split, count) in enumerate((("train", num_train), ("val", num_val))):
         lines = []
         for i in range(count):
@@ -259,11 +201,9 @@ def generate_demo_dataset(
             write_video(tmp, frames, fps, codec=codec)
             os.replace(tmp, path)
             lines.append(f"{rel} {label}\n")
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
         _write_text_atomic(root / f"{split}.txt", "".join(lines))
-    if bar is not None:
-        bar.close()
+    bar.close()
     _write_text_atomic(root / "classnames.txt", "".join(f"{c}\n" for c in CLASSES))
     seconds = time.perf_counter() - start
     _write_text_atomic(meta_path, json.dumps({"params": params, "generation_seconds": seconds}, indent=2))

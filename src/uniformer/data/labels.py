@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from importlib import resources
 
-__all__ = ["DATASETS", "class_names"]
-
 DATASETS = ("imagenet-1k", "kinetics-400", "kinetics-600", "something-something-v1", "something-something-v2")
 
 
-def _read(dataset: str) -> list[str]:
+def class_names(dataset: str) -> list[str]:
+    """Names of `dataset` (one of DATASETS) in classifier order."""
+    if dataset not in DATASETS:
+        raise ValueError(f"no class names for dataset {dataset!r}; known: {', '.join(DATASETS)}")
     if dataset == "imagenet-1k":
         from timm.data import ImageNetInfo
 
@@ -26,10 +27,3 @@ def _read(dataset: str) -> list[str]:
         return [info.index_to_description(i).split(",")[0].strip() for i in range(info.num_classes())]
     text = resources.files("uniformer.data").joinpath("class_names", f"{dataset}.txt").read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def class_names(dataset: str) -> list[str]:
-    """Names of `dataset` (one of DATASETS) in classifier order."""
-    if dataset not in DATASETS:
-        raise ValueError(f"no class names for dataset {dataset!r}; known: {', '.join(DATASETS)}")
-    return _read(dataset)

@@ -1,14 +1,9 @@
 """Mixup / CutMix with label smoothing for image batches and 5-D clip batches.
 
-timm's :class:`~timm.data.Mixup` cuts its CutMix box out of the *last two* dimensions of
-``x[:, :, ...]`` (batch mode) or ``x[i][:, ...]`` (elem/pair mode).  On a clip batch
-``(B, C, T, H, W)`` that would cut along time and height instead of height and width.
-:class:`ClipMixup` therefore folds ``(C, T)`` into one channel axis, ``(B, C*T, H, W)``, calls
-timm on that view (timm mixes in place and keeps the view's memory), and unfolds the
-result: the same box / the same mixing weight applies to every frame of a clip.
-
-It also accepts odd batch sizes (timm asserts an even batch): the last sample is left
-unmixed and only gets the smoothed one-hot target.
+timm's :class:`~timm.data.Mixup` cuts its CutMix box out of the last two dimensions, which on a clip
+batch ``(B, C, T, H, W)`` are time and height. :class:`ClipMixup` therefore mixes the view
+``(B, C*T, H, W)`` in place: the same box and weight for every frame of a clip. It also accepts odd
+batches (timm asserts an even one): the last sample is left unmixed with the smoothed one-hot target.
 """
 
 from __future__ import annotations
@@ -30,18 +25,6 @@ class ClipMixup:
     def __init__(self, mixup: Mixup) -> None:
         self.mixup = mixup
 
-    @property
-    def num_classes(self) -> int:
-        return self.mixup.num_classes
-
-    @property
-    def mixup_enabled(self) -> bool:
-        return self.mixup.mixup_enabled
-
-    @mixup_enabled.setter
-    def mixup_enabled(self, value: bool) -> None:  # e.g. switch off for the last epochs
-        self.mixup.mixup_enabled = bool(value)
-
     def __call__(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if x.ndim not in (4, 5):
             raise ValueError(f"mixup expects (B, C, H, W) or (B, C, T, H, W) input, got shape {tuple(x.shape)}")
@@ -51,10 +34,10 @@ class ClipMixup:
             x = x.contiguous()  # the (C*T) fold below needs a view that shares memory with x
         batch = x.shape[0]
         if batch % 2 == 1:
+            tail_t = mixup_target(target[-1:], self.mixup.num_classes, 1.0, self.mixup.label_smoothing)
             if batch == 1:
-                return x, mixup_target(target, self.num_classes, 1.0, self.mixup.label_smoothing)
+                return x, tail_t
             _, head_t = self(x[:-1], target[:-1])  # x[:-1] is a view: timm mixes it in place inside x
-            tail_t = mixup_target(target[-1:], self.num_classes, 1.0, self.mixup.label_smoothing)
             return x, torch.cat([head_t, tail_t.to(head_t.dtype)])
         if x.ndim == 5:
             b, c, t, h, w = x.shape
@@ -99,15 +82,7 @@ def build_mixup(cfg: Mapping[str, Any], num_classes: int) -> ClipMixup | None:
     mode = cfg.get("mixup_mode", "batch")
     if mode not in ("batch", "pair", "elem"):
         raise ValueError(f"data config: key 'mixup_mode' = {mode!r} is invalid: expected 'batch', 'pair' or 'elem'")
-    return ClipMixup(
-        Mixup(
-            mixup_alpha=mixup_alpha,
-            cutmix_alpha=cutmix_alpha,
-            cutmix_minmax=minmax,
-            prob=number("mixup_prob", 1.0, 0.0, 1.0),
-            switch_prob=number("mixup_switch_prob", 0.5, 0.0, 1.0),
-            mode=mode,
-            label_smoothing=number("label_smoothing", 0.1, 0.0, 1.0),
-            num_classes=num_classes,
-        )
-    )
+    return ClipMixup(Mixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, cutmix_minmax=minmax,
+                           prob=number("mixup_prob", 1.0, 0.0, 1.0),
+                           switch_prob=number("mixup_switch_prob", 0.5, 0.0, 1.0), mode=mode,
+                           label_smoothing=number("label_smoothing", 0.1, 0.0, 1.0), num_classes=num_classes))

@@ -91,15 +91,8 @@ def uniform_test_indices(num_video_frames: int, num_frames: int, *, num_clips: i
     return np.stack(clips)
 
 
-def sample_clips(
-    num_video_frames: int,
-    *,
-    sampling: str,
-    num_frames: int,
-    stride: int,
-    rng: np.random.Generator | None,
-    num_clips: int = 1,
-) -> np.ndarray:
+def sample_clips(num_video_frames: int, *, sampling: str, num_frames: int, stride: int,
+                 rng: np.random.Generator | None, num_clips: int = 1) -> np.ndarray:
     """``(num_clips, num_frames)`` indices; ``rng`` given = one random training clip (``num_clips`` must be 1)."""
     if sampling not in ("dense", "uniform"):
         raise ValueError(f"sampling must be 'dense' or 'uniform', got {sampling!r}")

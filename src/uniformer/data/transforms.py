@@ -1,46 +1,35 @@
 """Spatial transforms for clips and images, identical across the frames of a clip.
 
-A clip arrives as ``(T, H, W, 3)`` uint8 RGB frames (an image is a clip with ``T = 1``) and
-leaves as a normalised float32 tensor ``(C, T, H, W)``, or ``(V, C, T, H, W)`` for
-multi-view testing.  Every random decision (crop box, flip, RandAugment ops and
-magnitudes, erased box) is drawn once per clip and applied to all of its frames, because
-per-frame jitter would create fake motion.
+A clip arrives as ``(T, H, W, 3)`` uint8 RGB frames (an image is a clip with ``T = 1``) and leaves as a
+normalised float32 ``(C, T, H, W)``, or ``(V, C, T, H, W)`` for multi-view testing. Every random decision
+(crop box, flip, RandAugment ops and magnitudes, erased box) is drawn once per clip and applied to all of its
+frames, because per-frame jitter would create fake motion.
 
-Training, in the original's order: for videos (SlowFast ``_aug_frame``) RandAugment on the
-decoded frames, then the crop (random-resized crop: one box, area in ``rrc_scale`` and aspect in
-``rrc_ratio``, for every frame; or scale jitter: short side ``S`` uniform in ``scale_jitter`` and a
-random square crop of ``input_size``, implemented as cropping the equivalent box and resizing only
-that box), resized with ``F.interpolate`` without antialiasing as SlowFast does, then the flip; for
-images (DeiT / timm ``transforms_imagenet_train``) the crop resized with ``data.interpolation``
-(antialiased like PIL), the flip, then RandAugment.  RandAugment uses bicubic resampling in both,
-as the original's ``AUG.INTERPOLATION`` / ``--train-interpolation``.  Then normalisation,
-``channel_order`` and optional timm random erasing.  Random erasing erases the **same box in
-every frame** (the clip is viewed as a ``(C*T, H, W)`` image); in ``pixel`` mode the noise
-that fills the box differs per frame, the box does not.
+Training, in the original's order: for videos (SlowFast ``_aug_frame``) RandAugment on the decoded frames,
+then the crop (random-resized: one box for every frame; or scale jitter: short side uniform in
+``scale_jitter`` and a random ``input_size`` square, done as cropping the equivalent box and resizing only
+it) resized with ``F.interpolate`` without antialiasing, then the flip; for images (DeiT / timm
+``transforms_imagenet_train``) the crop resized antialiased like PIL, the flip, then RandAugment. RandAugment
+resamples bicubic in both. Then normalisation, ``channel_order`` and timm random erasing of the same box in
+every frame (the clip viewed as a ``(C*T, H, W)`` image).
 
 Test (and val) reproduce the original evaluation (the conformance cases in ``shared/conformance``):
 
-* videos (SlowFast ``spatial_sampling`` at test): short side to ``short_side`` with the long side
-  ``floor(long / short * short_side)`` and no resize when the short side already matches, by
-  ``F.interpolate`` (``interpolation``, ``align_corners=False``, no antialias) on the float frames;
-  crops of ``input_size`` at ``ceil((L - size) / 2)`` (centre) and ``0`` / ``L - size`` (left/right, or
-  top/bottom when the frame is taller than wide); ``(x / 255 - mean) / std``.
-* images (timm/DeiT ``build_transform(is_train=False)``): PIL resize (``interpolation``, bicubic by
-  default) of the short side to ``short_side``, the long side ``int(short_side * long / short)``;
-  centre crop at ``int(round((L - size) / 2))``; ``(x / 255 - mean) / std``.
+* videos (SlowFast ``spatial_sampling``): short side to ``short_side``, long side
+  ``floor(long / short * short_side)``, no resize when the short side already matches, by ``F.interpolate``
+  (no antialias) on the float frames; crops at ``ceil((L - size) / 2)`` and ``0`` / ``L - size``;
+* images (timm/DeiT ``build_transform(is_train=False)``): PIL resize of the short side to ``short_side``, the
+  long side ``int(short_side * long / short)``; centre crop at ``int(round((L - size) / 2))``;
 
-``channel_order: BGR`` reverses the channels of the decoded RGB frames before normalising (the
-original Something-Something networks read OpenCV frames), so ``mean`` / ``std`` are per network
-input channel.
-
-The timm RandAugment and RandomErasing implementations draw from Python's ``random`` and
-NumPy's global generator.  :func:`_global_rng_seeded` makes them reproducible per clip and
-restores the previous global state afterwards, so nothing outside is disturbed.
+then ``(x / 255 - mean) / std``. ``channel_order: BGR`` reverses the decoded RGB channels before normalising
+(the original Something-Something networks read OpenCV frames), so ``mean`` / ``std`` are per network input
+channel. timm's RandAugment and RandomErasing draw from Python's and NumPy's global generators:
+:func:`_global_rng_seeded` seeds them per clip and restores them afterwards.
 """
-
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 from collections.abc import Callable, Iterator
@@ -71,6 +60,7 @@ def _global_rng_seeded(seed: int) -> Iterator[Callable[[], None]]:
         np.random.set_state(np_state)
 
 
+@functools.lru_cache
 def _auto_augment(spec: str, size_min: int, mean: tuple[float, float, float] | None) -> Callable:
     """timm RandAugment (``rand-...``) or AutoAugment policy (``v0``, ``original``, ...) with bicubic resampling."""
     from timm.data.auto_augment import auto_augment_transform, rand_augment_transform
@@ -166,6 +156,11 @@ def scale_jitter_box(
     return int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1)), side, side
 
 
+def _check_frames(frames: np.ndarray) -> None:
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
+
+
 class ClipTransform:
     """``(T, H, W, 3)`` uint8 frames -> normalised float32 ``(C, T, H, W)`` (train/val) or ``(V, C, T, H, W)`` (test).
 
@@ -179,13 +174,11 @@ class ClipTransform:
         self.cfg = cfg
         self.split = split
         self.size = cfg.input_size
-        self.mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-        self.std = torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self.mean_unit = torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std_unit = torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.mean, self.std = self.mean_unit * 255.0, self.std_unit * 255.0
         self.rand_augment = None
         self.random_erasing = None
-        self._rand_augment_by_size: dict[tuple[int, int], Callable] = {}
         if split == "train" and cfg.rand_augment and not cfg.is_video:
             # timm's image recipe: translation from the crop size, fill with the dataset mean, bicubic
             self.rand_augment = _auto_augment(cfg.rand_augment, self.size, tuple(cfg.mean))
@@ -199,24 +192,27 @@ class ClipTransform:
     # ---------------------------------------------------------------- helpers
     @staticmethod
     def _to_tensor(frames: np.ndarray) -> torch.Tensor:
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
+        _check_frames(frames)
         if not frames.flags.writeable or not frames.flags.c_contiguous:
             frames = np.array(frames, copy=True, order="C")  # torch needs a writable array
         return torch.from_numpy(frames).permute(0, 3, 1, 2)  # T, C, H, W uint8
 
-    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """float ``(T, C, H, W)`` in [0, 255] (RGB) -> normalised ``(C, T, H, W)`` float32 in ``channel_order``."""
+    def _normalize(self, x: torch.Tensor, *, test: bool = False) -> torch.Tensor:
+        """float RGB ``(T, C, H, W)`` in [0, 255] -> normalised ``(C, T, H, W)`` float32 in ``channel_order``.
+
+        ``test``: ``(x / 255 - mean) / std`` as the original's test; training keeps ``(x - 255 mean) / (255 std)``.
+        """
         if self.cfg.channel_order == "BGR":
             x = x.flip(1)
-        x = (x - self.mean) / self.std
+        x = (x / 255.0 - self.mean_unit) / self.std_unit if test else (x - self.mean) / self.std
         return x.permute(1, 0, 2, 3).contiguous()
 
     def apply_rand_augment(self, x: torch.Tensor, seed: int) -> torch.Tensor:
         """Apply one RandAugment draw (fixed by ``seed``) identically to every frame of uint8 ``(T, C, H, W)``."""
-        augment = self.rand_augment
-        if augment is None:  # videos: built for the decoded frame size
-            augment = self._video_rand_augment(int(x.shape[-2]), int(x.shape[-1]))
+        if not self.cfg.rand_augment:
+            raise ValueError("data.rand_augment is not set: there is no RandAugment to apply")
+        # videos: SlowFast's create_random_augment, translation from the decoded frame size, timm's grey fill
+        augment = self.rand_augment or _auto_augment(self.cfg.rand_augment, min(x.shape[-2:]), None)
         out = []
         with _global_rng_seeded(seed) as reseed:
             for frame in x:
@@ -232,15 +228,6 @@ class ClipTransform:
                 raise ValueError("training transforms need a numpy Generator (rng)")
             return self._train(frames, rng)
         return self._test(frames, num_crops=self.cfg.test_crops if self.split == "test" else 1)
-
-    def _video_rand_augment(self, height: int, width: int) -> Callable:
-        """SlowFast's ``create_random_augment``: translation from the decoded frame size, timm's grey fill."""
-        if not self.cfg.rand_augment:
-            raise ValueError("data.rand_augment is not set: there is no RandAugment to apply")
-        key = (height, width)
-        if key not in self._rand_augment_by_size:
-            self._rand_augment_by_size[key] = _auto_augment(self.cfg.rand_augment, min(height, width), None)
-        return self._rand_augment_by_size[key]
 
     def _train(self, frames: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         cfg = self.cfg
@@ -260,16 +247,12 @@ class ClipTransform:
         if self.rand_augment is not None and not cfg.is_video:
             x = self.apply_rand_augment(x.round_().clamp_(0, 255).to(torch.uint8), int(rng.integers(2**31)))
             x = x.float()
-        x = self._train_normalize(x)
+        x = self._normalize(x.clamp(0, 255) if cfg.interpolation == "bicubic" else x)  # bicubic overshoot, as PIL
         if self.random_erasing is not None:
             c, t, h, w = x.shape
             with _global_rng_seeded(int(rng.integers(2**31))):
                 self.random_erasing(x.view(c * t, h, w))  # one box for all frames (in place)
         return x
-
-    def _train_normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`_normalize` (channel order included) after clamping bicubic overshoot as PIL does."""
-        return self._normalize(x.clamp(0, 255) if self.cfg.interpolation == "bicubic" else x)
 
     def _test(self, frames: np.ndarray, num_crops: int) -> torch.Tensor:
         if self.cfg.is_video:
@@ -278,7 +261,7 @@ class ClipTransform:
             x, centre = self._test_resize_images(frames), "round"
         h, w = x.shape[-2:]
         views = [
-            self._test_normalize(x[:, :, top : top + self.size, left : left + self.size])
+            self._normalize(x[:, :, top : top + self.size, left : left + self.size], test=True)
             for top, left in crop_positions(h, w, self.size, num_crops, centre=centre)
         ]
         return torch.stack(views) if self.split == "test" else views[0]
@@ -291,14 +274,11 @@ class ClipTransform:
         """
         x = self._to_tensor(frames).float()
         size = short_side_size(x.shape[-2], x.shape[-1], self.cfg.short_side)
-        if tuple(x.shape[-2:]) == size:
-            return x
-        return F.interpolate(x, size=size, mode=self.cfg.interpolation, align_corners=False, antialias=False)
+        return resize(x, size, mode=self.cfg.interpolation, antialias=False)
 
     def _test_resize_images(self, frames: np.ndarray) -> torch.Tensor:
         """float ``(T, C, H, W)`` in [0, 255]: PIL resize of each (uint8) image, as torchvision's ``Resize``."""
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
+        _check_frames(frames)
         h, w = image_resize_size(frames.shape[1], frames.shape[2], self.cfg.short_side)
         resample = Image.Resampling.BICUBIC if self.cfg.interpolation == "bicubic" else Image.Resampling.BILINEAR
         out = []
@@ -308,14 +288,6 @@ class ClipTransform:
                 img = img.resize((w, h), resample)
             out.append(torch.from_numpy(np.array(img, dtype=np.uint8)))
         return torch.stack(out).permute(0, 3, 1, 2).float()
-
-    def _test_normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """``(x / 255 - mean) / std`` of float RGB ``(T, C, h, w)`` in [0, 255] -> ``(C, T, h, w)`` (channel_order)."""
-        if self.cfg.channel_order == "BGR":
-            x = x.flip(1)
-        x = x / 255.0
-        x = (x - self.mean_unit) / self.std_unit
-        return x.permute(1, 0, 2, 3).contiguous()
 
     def clips(self, frames: np.ndarray, num_clips: int, rng: np.random.Generator | None = None) -> torch.Tensor:
         """Transform ``num_clips`` clips stored back to back in ``frames``; test views are ordered clip-major."""

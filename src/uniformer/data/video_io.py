@@ -1,22 +1,15 @@
 """Video reading and writing with PyAV.
 
-Training on videos is usually bound by decoding, so :class:`VideoReader` decodes only
-what a clip needs: it seeks to the keyframe at or before the first wanted timestamp and
-decodes forward until the last wanted frame (seeking again across large gaps).  A
-full decode from the start is used only when seeking fails (the seek raises, or lands
-after the wanted time) or when the file has no usable duration / frame-count metadata.
+Training on videos is usually bound by decoding, so :class:`VideoReader` decodes only what a clip needs: it
+seeks to the keyframe at or before the first wanted time and decodes forward (seeking again across large
+gaps). It decodes from the start only when seeking fails (the seek raises or lands after the wanted time)
+or when the file has no usable duration / frame-count metadata.
 
-Frames are addressed by index on the stream's nominal frame grid,
-``t_i = start_time + i / fps`` (``fps`` = the average frame rate).  For each wanted index
-the reader returns the frame being *displayed* at ``t_i``: the last frame whose
-presentation time is ``<= t_i`` (plus a quarter-frame tolerance against rounding).  For
-constant-frame-rate files that is exactly frame ``i``; for variable-frame-rate files it
-is the frame a viewer would see at that time, so sampling strides stay uniform in time.
-
-Every failure (cannot open, no video stream, decode error, file ends well before the
-metadata says it should) raises :class:`VideoDecodeError` naming the file.
+Frame ``i`` is the frame *displayed* at ``t_i = start_time + i / fps`` (``fps`` = the average frame rate):
+the last one presented at or before ``t_i``, plus a quarter-frame tolerance against rounding. For constant
+frame rates that is exactly frame ``i``; for variable ones sampling strides stay uniform in time.
+Every failure raises :class:`VideoDecodeError` naming the file.
 """
-
 from __future__ import annotations
 
 import itertools
@@ -44,16 +37,9 @@ def _frame_seconds(frame: av.VideoFrame) -> float | None:
 
 
 class VideoReader:
-    """Random access to frames of one video file.
+    """Random access to frames of one video file: ``with VideoReader(path) as r: r.get_frames([0, 4, 8])``.
 
-    Use as a context manager::
-
-        with VideoReader(path) as reader:
-            n = reader.num_frames                      # estimated from metadata
-            frames = reader.get_frames([0, 4, 8])      # (3, H, W, 3) uint8 RGB
-
-    ``seek_gap_s``: when the next wanted frame is more than this many seconds ahead of the
-    current decode position, the reader seeks instead of decoding through the gap.
+    ``seek_gap_s``: a wanted frame further ahead than this is sought instead of decoded through.
     ``threads``: decoder threads (0 lets FFmpeg choose; 1 is best inside DataLoader workers).
     """
 
@@ -103,7 +89,6 @@ class VideoReader:
             duration = self.container.duration / av.time_base
             if self.container.start_time is not None and stream.start_time is None:
                 self.start_time = self.container.start_time / av.time_base
-        self.duration = duration
         if stream.frames and stream.frames > 0 and self.fps > 0:
             self.num_frames = int(stream.frames)
         elif duration and duration > 0 and self.fps > 0:
@@ -111,9 +96,7 @@ class VideoReader:
         else:
             # No usable metadata: the only way to know the length is to decode everything.
             self._full_decode_all()
-            self.num_frames = len(self._all_frames)
-        if self.num_frames <= 0:
-            raise VideoDecodeError(f"{self.path}: video has no frames")
+            self.num_frames = len(self._all_frames)  # >= 1: a file without decodable frames raised
 
     def _full_decode_all(self) -> None:
         frames: list[tuple[float, av.VideoFrame]] = []
@@ -141,15 +124,10 @@ class VideoReader:
         self.close()
 
     def close(self) -> None:
-        container = getattr(self, "container", None)
-        if container is not None:
-            container.close()
+        if self.container is not None:
+            self.container.close()
             self.container = None
         self._all_frames = None
-
-    def index_to_time(self, index: int) -> float:
-        """Presentation time (seconds) of frame ``index`` on the nominal frame grid."""
-        return self.start_time + index / self.fps
 
     def get_frames(self, indices: Sequence[int]) -> np.ndarray:
         """Return the frames at ``indices`` (any order, repeats allowed) as ``(len, H, W, 3)`` uint8 RGB."""
@@ -159,26 +137,17 @@ class VideoReader:
         if min(indices) < 0:
             raise ValueError(f"get_frames: negative frame index in {indices}")
         wanted = sorted(set(indices))
-        times = [self.index_to_time(i) for i in wanted]
+        times = [self.start_time + i / self.fps for i in wanted]
         if self._all_frames is not None:
             picked = self._match(iter(self._all_frames), times, allow_seek=False)
         else:
             picked = self._decode_with_seek(times)
         by_index = dict(zip(wanted, picked))
-        arrays: dict[int, np.ndarray] = {}
-        out = []
-        for i in indices:
-            frame = by_index[i]
-            key = id(frame)
-            if key not in arrays:
-                arrays[key] = frame.to_ndarray(format="rgb24")
-            out.append(arrays[key])
-        return np.stack(out)
+        unique = {id(frame): frame for frame in picked}  # a frame shown at several wanted times converts once
+        arrays = {key: frame.to_ndarray(format="rgb24") for key, frame in unique.items()}
+        return np.stack([arrays[id(by_index[i])] for i in indices])
 
     # ------------------------------------------------------------------ decoding
-    def _eps(self) -> float:
-        return 0.25 / self.fps
-
     def _decode_iter(self) -> Iterator[tuple[float, av.VideoFrame]]:
         for frame in self.container.decode(self.stream):
             t = _frame_seconds(frame)
@@ -198,11 +167,8 @@ class VideoReader:
     def _decode_with_seek(self, times: list[float]) -> list[av.VideoFrame]:
         try:
             return self._match(None, times, allow_seek=True)
-        except (_SeekFailed, _NoTimestamps):
-            pass
-        except av.FFmpegError:
+        except (_SeekFailed, _NoTimestamps, av.FFmpegError):
             pass  # a decode error right after seeking can be a seek problem (broken index): retry from the start
-        # Fall back: reopen and decode from the beginning.
         self.used_full_decode = True
         self.container.close()
         self.container = self._open()
@@ -220,15 +186,13 @@ class VideoReader:
         self, frames: Iterator[tuple[float, av.VideoFrame]] | None, times: list[float], *, allow_seek: bool
     ) -> list[av.VideoFrame]:
         """Assign to each (sorted) wanted time the frame displayed at that time."""
-        eps = self._eps()
+        eps = 0.25 / self.fps
         picked: list[av.VideoFrame | None] = [None] * len(times)
         j = 0
         prev: tuple[float, av.VideoFrame] | None = None
-        if frames is None:
+        just_sought = frames is None
+        if just_sought:
             frames = self._seek_frames(times[0])
-            just_sought = True
-        else:
-            just_sought = False
         reseek_ok = allow_seek
         while j < len(times):
             try:
@@ -298,16 +262,9 @@ def pick_video_codec() -> str:
     raise RuntimeError("PyAV has neither the 'libx264' nor the 'mpeg4' encoder; cannot write videos")
 
 
-def write_video(
-    path: str | Path,
-    frames: np.ndarray | Iterable[np.ndarray],
-    fps: int | Fraction = 25,
-    *,
-    codec: str | None = None,
-    crf: int = 20,
-    gop: int | None = None,
-    container_options: dict[str, str] | None = None,
-) -> str:
+def write_video(path: str | Path, frames: np.ndarray | Iterable[np.ndarray], fps: int | Fraction = 25, *,
+                codec: str | None = None, gop: int | None = None,
+                container_options: dict[str, str] | None = None) -> str:
     """Encode RGB uint8 frames (``(N, H, W, 3)`` array or an iterable of ``(H, W, 3)``; H, W even) to MP4.
 
     Frames are encoded as they arrive, so a generator keeps memory flat.  ``container_options`` go to
@@ -331,7 +288,7 @@ def write_video(
         if gop is not None:
             stream.gop_size = int(gop)
         if codec == "libx264":
-            stream.options = {"crf": str(crf), "preset": "veryfast"}
+            stream.options = {"crf": "20", "preset": "veryfast"}
         else:
             stream.bit_rate = max(200_000, width * height * int(fps) // 2)
         for array in itertools.chain([first], iterator):

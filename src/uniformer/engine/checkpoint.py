@@ -1,21 +1,16 @@
 """Run checkpoints: one format for every task, atomic writes, retention, `--resume auto` with fallback.
 
-A checkpoint must survive a kill at any instant (written to a temporary file in the same folder,
-flushed, then `os.replace`d over the final name) and must load with `torch.load(weights_only=True)`:
-it holds only tensors, dicts, lists, tuples, numbers, strings, bools and None. `to_plain` converts
-NumPy values and paths and refuses anything else, naming where it sits.
-
-Layout (format "uniformer-train", version 2):
-    task, config (the resolved recipe), meta (what the task needs to rebuild the model: classes, ...),
-    model, ema (state dicts or None), optimizer, scheduler, scaler, step (optimiser steps done),
-    world_size, rng (one entry per process rank), history (logged rows), best ({metric, value, step}).
-`open_checkpoint` is the one reader of weights files (it says whether a file is a run checkpoint, an
-original layout or a .safetensors; it also opens the two earlier layouts, classification "uniformer-train"
-version 1 and the dense tasks' "uniformer-dense", as this layout); `load_run_weights` the one loader of a
-run checkpoint's model or EMA weights.
+A checkpoint survives a kill at any instant (a temporary file, flushed, then `os.replace`d) and loads with
+`torch.load(weights_only=True)`; `to_plain` converts NumPy values and paths and refuses anything else.
+Layout (format "uniformer-train", version 2): task, config (the resolved recipe), meta (what rebuilding the
+model needs), model, ema, optimizer, scheduler, scaler, step, world_size, rng (one entry per rank), history,
+best ({metric, value, step}). `open_checkpoint` is the one reader of weights files (it also opens the earlier
+layouts, classification version 1 and the dense tasks' "uniformer-dense"); `load_run_weights` the one loader
+of a run checkpoint's model or EMA weights.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -27,10 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointManager", "CheckpointFile", "atomic_save", "to_plain", "capture_rng_state",
-           "restore_rng_state", "open_checkpoint", "as_checkpoint", "load_run_weights",
-           "load_run_checkpoint"]
 
 CHECKPOINT_FORMAT = "uniformer-train"
 CHECKPOINT_VERSION = 2
@@ -78,14 +69,12 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    try:  # make the rename itself durable
+    with contextlib.suppress(OSError):  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-    except OSError:
-        pass
     return path
 
 
@@ -94,14 +83,13 @@ def capture_rng_state() -> dict:
     """Python, NumPy, torch (and CUDA) generator states as plain data."""
     version, words, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
+    return {
         "python": [version, list(words), gauss],
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
-    return state
 
 
 def restore_rng_state(state: Mapping) -> None:
@@ -179,15 +167,19 @@ def _listing(keys, n: int = 5) -> str:
     return f"{len(keys)} ({', '.join(keys[:n])}{', ...' if len(keys) > n else ''})"
 
 
+def _run(ckpt: CheckpointFile) -> dict:
+    if ckpt.run is None:
+        raise ValueError(f"{ckpt.path}: not a checkpoint of a uniformer run (no format={CHECKPOINT_FORMAT!r} entry)")
+    return ckpt.run
+
+
 def load_run_weights(model: torch.nn.Module, source: str | os.PathLike | CheckpointFile, *, task: str | None = None,
                      use_ema: bool = False) -> dict:
     """The one loader of run checkpoints: the model (or EMA) weights of `source` into `model`, strictly. Raises
     ValueError naming the file and the missing / unexpected keys on a misfit, another task's checkpoint, or EMA
     weights asked of a run that kept none. Returns the checkpoint in the current layout."""
     ckpt = as_checkpoint(source)
-    if ckpt.run is None:
-        raise ValueError(f"{ckpt.path}: not a checkpoint of a uniformer run (no format={CHECKPOINT_FORMAT!r} entry)")
-    run = ckpt.run
+    run = _run(ckpt)
     if task is not None and run["task"] != task:
         raise ValueError(f"{ckpt.path}: this is a {run['task']} checkpoint, not a {task} one")
     state = run["model"]
@@ -212,12 +204,11 @@ def load_run_checkpoint(path: str | os.PathLike) -> dict:
         ckpt = open_checkpoint(path)
     except CheckpointError as e:  # truncated file, disk full while writing, refused pickle, ...
         raise ValueError(f"cannot be read as a run checkpoint: {e}") from None
-    if ckpt.run is None:
-        raise ValueError(f"{ckpt.path}: not a checkpoint of a uniformer run (no format={CHECKPOINT_FORMAT!r} entry)")
-    if ckpt.run.get("version") != CHECKPOINT_VERSION or "optimizer" not in ckpt.run:
-        raise ValueError(f"{ckpt.path}: a {ckpt.run['task']} checkpoint of an earlier release holds weights only; "
+    run = _run(ckpt)
+    if run.get("version") != CHECKPOINT_VERSION or "optimizer" not in run:
+        raise ValueError(f"{ckpt.path}: a {run['task']} checkpoint of an earlier release holds weights only; "
                          "it can be evaluated or used as model.checkpoint, but not resumed")
-    return ckpt.run
+    return run
 
 
 class CheckpointManager:
@@ -252,8 +243,7 @@ class CheckpointManager:
         return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.pt"), reverse=True)
 
     def latest(self) -> Path | None:
-        files = self.candidates()
-        return files[0] if files else None
+        return next(iter(self.candidates()), None)
 
     def load_latest(self) -> tuple[Path, dict] | None:
         """The newest checkpoint that can be read; an unreadable one (truncated copy, full disk) is skipped

@@ -37,9 +37,6 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ConfigError", "engine_defaults", "load_config", "read_recipe", "recipe_task", "apply_overrides",
-           "merge", "dump_config", "resolve_out_dir", "parse_yaml", "parse_pairs", "check", "expand_path"]
-
 _logger = logging.getLogger("uniformer.engine.config")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 SCHEDULES = ("cosine", "poly", "step", "constant")
@@ -74,6 +71,13 @@ def parse_yaml(text: str):
     return yaml.load(text, Loader=_Loader)
 
 
+def _yaml_value(value: str, where: str) -> Any:
+    try:
+        return parse_yaml(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: the value is not valid YAML ({e})") from None
+
+
 def parse_pairs(pairs: Sequence[str] | None, flag: str) -> dict:
     """`KEY=VALUE` strings with YAML values (`-o depths=[1,1,1,1]`) as a dict; errors name `flag`."""
     out = {}
@@ -81,10 +85,7 @@ def parse_pairs(pairs: Sequence[str] | None, flag: str) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"{flag} {pair!r}: expected KEY=VALUE")
-        try:
-            out[key.strip()] = parse_yaml(value) if value.strip() else None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{flag} {pair!r}: the value is not valid YAML ({e})") from None
+        out[key.strip()] = _yaml_value(value, f"{flag} {pair!r}")
     return out
 
 
@@ -179,10 +180,7 @@ def apply_overrides(cfg: Mapping, overrides: Sequence[str] | None, free: frozens
         keys = key.strip().split(".")
         if not sep or not all(keys):
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. optim.lr=5e-4")
-        try:
-            nested: Any = parse_yaml(value) if value.strip() else None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({e})") from None
+        nested = _yaml_value(value, f"--set {item!r}")
         for k in reversed(keys):
             nested = {k: nested}
         out = merge(out, nested, where=f"--set {item}", free=free)
@@ -214,8 +212,7 @@ def _positive_int_or_none(v: Any) -> bool:
 def check_types(cfg: Mapping, defaults: Mapping, where: str, _path: str = "") -> None:
     """Every value has its default's type (numbers interchangeable, null always allowed); free-form
     mappings (empty defaults) are left to their owner."""
-    kinds = ((bool, bool, "true or false"), (int | float, int | float, "a number"), (str, str, "a string"),
-             (list | tuple, list | tuple, "a list"))
+    kinds = ((bool, "true or false"), (int | float, "a number"), (str, "a string"), (list | tuple, "a list"))
     for key, default in defaults.items():
         value = cfg.get(key)
         dotted = f"{_path}{key}"
@@ -226,9 +223,9 @@ def check_types(cfg: Mapping, defaults: Mapping, where: str, _path: str = "") ->
             if default:
                 check_types(value, default, where, f"{dotted}.")
             continue
-        for default_kind, accepted, what in kinds:
-            if isinstance(default, default_kind):
-                ok = isinstance(value, accepted) and (default_kind is bool or not isinstance(value, bool))
+        for kind, what in kinds:
+            if isinstance(default, kind):
+                ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
                 check(ok, where, dotted, value, f"expected {what}")
                 break
 

@@ -1,15 +1,12 @@
 """One process or many (torchrun): device choice, process-group set-up and the few collectives the engine uses.
 
-Under `torchrun` the environment carries RANK / WORLD_SIZE / LOCAL_RANK; the process group is
-NCCL on GPUs and gloo on CPUs. Without it everything degrades to single-process no-ops, so the
-training code never branches on "distributed or not" beyond `DistInfo.distributed`.
+Under `torchrun` the environment carries RANK / WORLD_SIZE / LOCAL_RANK (NCCL on GPUs, gloo on CPUs);
+without it every collective is a single-process no-op.
 
-After an elastic restart (`torchrun --max-restarts`) the new worker group gets the same store as the
-group that died (torchrun shares its rendezvous TCPStore with the workers and keeps it across rounds),
-and that store still holds the dead group's gloo/NCCL addresses under the same keys: the new ranks read
-them and time out connecting ("Gloo connectFullMesh failed ... Connection refused"). So every group
-first agrees on a fresh generation number (`agree_generation`) and builds its process group under a
-key prefix of its own.
+After an elastic restart (`torchrun --max-restarts`) the new worker group gets torchrun's rendezvous store,
+which still holds the dead group's gloo/NCCL addresses under the same keys: the new ranks would read them
+and time out ("Gloo connectFullMesh failed ... Connection refused"). So every group first agrees on a fresh
+generation number (`agree_generation`) and builds its process group under a key prefix of its own.
 """
 from __future__ import annotations
 
@@ -29,10 +26,6 @@ import torch.distributed as dist
 
 from uniformer.engine.config import ConfigError
 
-__all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "resolve_device", "barrier", "all_reduce_sum",
-           "all_gather_objects", "broadcast_buffers", "cpu_threads", "align_grad_strides", "sync_batchnorm",
-           "disagreements", "per_rank", "check_same_recipe_and_data"]
-
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -40,7 +33,6 @@ class DistInfo:
 
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     owns_group: bool = False  # this code created the process group (and so tears it down)
 
@@ -55,7 +47,7 @@ class DistInfo:
 
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
-    if value is None or value == "":
+    if not value:
         return default
     try:
         return int(value)
@@ -78,21 +70,18 @@ def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
 
 def init_distributed(device: str | None = None) -> DistInfo:
     """Join the process group that torchrun describes in the environment (if any) and pick the device."""
-    world = _env_int("WORLD_SIZE", 1)
-    rank = _env_int("RANK", 0)
-    local_rank = _env_int("LOCAL_RANK", 0)
-    dev = resolve_device(device, local_rank)
+    world, rank = _env_int("WORLD_SIZE", 1), _env_int("RANK", 0)
+    dev = resolve_device(device, _env_int("LOCAL_RANK", 0))
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    owns = False
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if dev.type == "cuda" else "gloo"
+    owns = world > 1 and not dist.is_initialized()
+    if owns:
         store, rank, world = _fresh_group_store(rank, world)
-        dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world)
-        owns = True
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", store=store, rank=rank,
+                                world_size=world)
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
-    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev, owns_group=owns)
+    return DistInfo(rank=rank, world_size=world, device=dev, owns_group=owns)
 
 
 _GENERATION = "uniformer/generation"
@@ -195,27 +184,19 @@ def per_rank(values: list) -> str:
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, Mapping):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
-def recipe_digest(recipe: Mapping) -> str:
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=repr).encode()).hexdigest()
+    if not isinstance(tree, Mapping):
+        return {prefix[:-1]: tree}
+    return {k: v for key, value in tree.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
 
 
 def check_same_recipe_and_data(recipe: Mapping, sizes: Mapping[str, int | None]) -> None:
-    """Stop every process, naming the difference, when the processes resolved different recipes (other
-    overrides, another copy of the file) or see splits of different sizes (different list files or
-    folders on different nodes): they would train different things and wait on each other forever
-    at the first epoch boundary."""
+    """Stop every process, naming the difference, when the processes resolved different recipes or see splits
+    of different sizes: they would train different things and wait on each other forever."""
     if not _active():
         return
     problems = []
-    if disagreements({"recipe": recipe_digest(recipe)}):
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=repr).encode()).hexdigest()
+    if disagreements({"recipe": digest}):
         flat = all_gather_objects(_flatten(recipe))
         keys = sorted(set().union(*flat))
         problems += [f"recipe key {key} = {per_rank([f.get(key, '<unset>') for f in flat])}"
@@ -229,13 +210,13 @@ def check_same_recipe_and_data(recipe: Mapping, sizes: Mapping[str, int | None])
                           "data: the same files, overrides and list files on every node)")
 
 
-def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
-    """Copy rank `src`'s buffers (BatchNorm running statistics) to every process, so that all of them
-    evaluate, and checkpoint, the same network."""
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every process, so that all of them evaluate,
+    and checkpoint, the same network."""
     if not _active():
         return
     for buf in module.buffers():
-        dist.broadcast(buf.data, src=src)
+        dist.broadcast(buf.data, src=0)
 
 
 def _same_layout(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor | None:

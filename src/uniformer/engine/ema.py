@@ -12,8 +12,6 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["ModelEma"]
-
 
 class ModelEma:
     """A frozen copy of `model` (`.module`) that tracks the moving average of its weights."""

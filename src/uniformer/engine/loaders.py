@@ -1,21 +1,14 @@
 """DataLoaders of the runner: how a split is sharded over processes and how its augmentations are seeded.
 
-Training: each epoch is a permutation drawn from (seed, epoch), dealt out to the processes (the tail
-dropped so that every process runs the same number of steps). Every sample carries its own seed,
-derived from (seed, epoch, place in the permutation), and `SeededDataset` runs the dataset's
-`__getitem__` under that seed (Python, NumPy and torch generators, restored afterwards): the
-augmentations of a sample do not depend on the number of workers, on which worker loads it, or on
-where a resumed run restarts, so a run resumed in the middle of an epoch draws the same batches.
-Evaluation shards without padding or duplicates, so metrics merged from many processes equal those
-of one.
+Training: each epoch is a permutation drawn from (seed, epoch), dealt out to the processes. Every sample
+gets a seed from (seed, epoch, place in the permutation) and `SeededDataset` loads it under that seed, so
+augmentations depend neither on the workers nor on where a resumed run restarts. Evaluation shards
+without padding or duplicates, so metrics merged from many processes equal those of one.
 
-Two dataset attributes change the training epoch (read with `getattr`, so any dataset works without them):
-`samples_per_item` (repeated augmentation of videos, `data.num_sample`: an item holds that many clips, so
-a batch of `train.batch_size` samples holds batch_size / samples_per_item items and an epoch has that many
-times more steps) and `epoch_repeats` (`data.repeated_aug`, DeiT's RASampler: the epoch's permutation with
-each index repeated that many times in a row, dealt round-robin so the copies land on different processes,
-cut to the usual epoch length, so an epoch sees len / repeats distinct samples, each `repeats` times, each
-copy with its own augmentation seed).
+Optional dataset attributes: `samples_per_item` (`data.num_sample`: clips per item, so a batch of
+`train.batch_size` samples holds batch_size / samples_per_item items) and `epoch_repeats`
+(`data.repeated_aug`, DeiT's RASampler: each index repeated that many times in a row, dealt round-robin
+so the copies land on different processes, cut to the usual epoch length).
 """
 from __future__ import annotations
 
@@ -26,9 +19,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-
-__all__ = ["resolve_callable", "EpochSampler", "SeededDataset", "ShardSampler", "IndexedDataset", "train_loader",
-           "eval_loader", "shard_size", "items_per_batch"]
 
 
 def resolve_callable(spec: str, what: str) -> Callable:
@@ -49,11 +39,6 @@ def resolve_callable(spec: str, what: str) -> Callable:
     return fn
 
 
-def shard_size(length: int, world_size: int) -> int:
-    """Training samples each process sees per epoch (the permutation's tail is dropped)."""
-    return length // world_size
-
-
 def items_per_batch(dataset: Dataset, batch_size: int) -> int:
     """Dataset items per training batch of `batch_size` samples (an item may hold several, `samples_per_item`)."""
     per_item = int(getattr(dataset, "samples_per_item", 1) or 1)
@@ -72,7 +57,7 @@ class EpochSampler(Sampler):
         order = torch.randperm(length, generator=g)
         if repeats > 1:  # RASampler: each index `repeats` times in a row, dealt round-robin over the processes
             order = order.repeat_interleave(repeats)
-        order = order[:shard_size(length, world_size) * world_size]
+        order = order[:length // world_size * world_size]  # the tail is dropped: every process runs as many steps
         self.indices = order[rank::world_size].tolist()[start:]
         # a sample's seed depends on its place in the epoch's permutation, not on the process that loads it:
         # the same global batch gets the same augmentations with one process or many
@@ -107,19 +92,6 @@ class SeededDataset(Dataset):
             random.setstate(states[0])
             np.random.set_state(states[1])
             torch.set_rng_state(states[2])
-
-
-class ShardSampler(Sampler[int]):
-    """Indices rank, rank + world, ... of `indices` (default all): each sample seen by exactly one process."""
-
-    def __init__(self, length: int, rank: int = 0, world_size: int = 1):
-        self.indices = list(range(rank, length, world_size))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
 
 
 def _loader_kwargs(train_cfg: Mapping, num_workers: int, device: torch.device) -> dict:
@@ -157,8 +129,6 @@ def eval_loader(dataset: Dataset, collate: Callable, batch_size: int, num_worker
                 rank: int, world_size: int, device: torch.device, indices: Sequence[int] | None = None) -> DataLoader:
     """This process's shard of `dataset` (or the given `indices`), in order, every sample once, as
     `collate([(index, sample), ...])` batches."""
-    sampler = ShardSampler(len(dataset), rank, world_size)
-    if indices is not None:
-        sampler.indices = list(indices)
-    return DataLoader(IndexedDataset(dataset), batch_size=batch_size, sampler=sampler, shuffle=False,
-                      drop_last=False, collate_fn=collate, **_loader_kwargs(train_cfg, num_workers, device))
+    sampler = list(indices) if indices is not None else range(rank, len(dataset), world_size)
+    return DataLoader(IndexedDataset(dataset), batch_size=batch_size, sampler=sampler, collate_fn=collate,
+                      **_loader_kwargs(train_cfg, num_workers, device))

@@ -16,8 +16,6 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["param_groups", "build_optimizer", "scaled_lr", "LRSchedule"]
-
 
 def param_groups(model: nn.Module, weight_decay: float, no_decay_1d: bool = True,
                  no_decay_keys: Iterable[str] = ()) -> list[dict]:
@@ -54,13 +52,10 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9
 
 
 class LRSchedule:
-    """Per-step learning rate. Call `step()` before every optimiser step; `state_dict()` is the step count.
+    """Per-step learning rate (cosine | poly | step | constant); call `step()` before every optimiser step.
 
-    Args:
-        kind: cosine | poly | step | constant.
-        warmup_steps: linear warm-up length; it starts at `warmup_lr`, or at `warmup_ratio` x the
-            scheduled rate when a ratio is given (mmcv's warm-up).
-        milestones: optimiser steps at which `step` multiplies the rate by `gamma`.
+    The warm-up starts at `warmup_lr`, or at `warmup_ratio` x the scheduled rate (mmcv's warm-up);
+    `milestones` are the optimiser steps at which `step` multiplies the rate by `gamma`.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, peak_lr: float, total_steps: int, *, kind: str = "cosine",
@@ -109,10 +104,6 @@ class LRSchedule:
         self._apply(lr)
         self.last_step += 1
         return lr
-
-    @property
-    def current_lr(self) -> float:
-        return self.lr_at(max(0, self.last_step - 1))
 
     def state_dict(self) -> dict:
         return {"last_step": self.last_step, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import logging
 import math
@@ -20,12 +21,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-__all__ = ["log_to", "write_history_csv", "TensorBoardLogger", "plot_curves", "write_json", "LOGGER_NAME"]
-
 LOGGER_NAME = "uniformer"
 
 
-class _TqdmHandler(logging.StreamHandler):
+class _TqdmHandler(logging.Handler):
     """Log lines that do not tear the progress bar apart."""
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -39,12 +38,9 @@ class _TqdmHandler(logging.StreamHandler):
 def log_to(out_dir: Path | None, is_main: bool, rank: int = 0) -> Iterator[logging.Logger]:
     """Send the package's log records to stderr (and `out_dir/train.log` on the main process) for a block."""
     logger = logging.getLogger(LOGGER_NAME)
-    handlers: list[logging.Handler] = []
     fmt = logging.Formatter(f"%(asctime)s {'' if is_main else f'[rank {rank}] '}%(levelname)s %(message)s",
                             "%Y-%m-%d %H:%M:%S")
-    console = _TqdmHandler()
-    console.setLevel(logging.INFO if is_main else logging.WARNING)
-    handlers.append(console)
+    handlers: list[logging.Handler] = [_TqdmHandler(logging.INFO if is_main else logging.WARNING)]
     if is_main and out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(out_dir / "train.log"))
@@ -80,9 +76,7 @@ def write_json(path: str | os.PathLike, obj) -> None:
             return {str(k): clean(v) for k, v in x.items()}
         if isinstance(x, list | tuple):
             return [clean(v) for v in x]
-        if isinstance(x, torch.Tensor):
-            return clean(x.tolist())
-        if isinstance(x, np.generic | np.ndarray):
+        if isinstance(x, torch.Tensor | np.generic | np.ndarray):
             return clean(x.tolist())
         if isinstance(x, os.PathLike):
             return os.fspath(x)
@@ -92,19 +86,18 @@ def write_json(path: str | os.PathLike, obj) -> None:
     _atomic_text(path, json.dumps(clean(obj), indent=2) + "\n")
 
 
+def _columns(history: Sequence[Mapping]) -> list[str]:
+    """The union of the rows' keys in first-seen order."""
+    return list(dict.fromkeys(k for row in history for k in row))
+
+
 def write_history_csv(history: Sequence[Mapping], path: str | os.PathLike) -> None:
-    """One row per logged step; columns = union of keys in first-seen order."""
-    columns: list[str] = []
-    for row in history:
-        columns += [k for k in row if k not in columns]
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, restval="")
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    os.replace(tmp, path)
+    """One row per logged step, a column per key of any row."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=_columns(history), restval="")
+    writer.writeheader()
+    writer.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in history)
+    _atomic_text(Path(path), text.getvalue())
 
 
 class TensorBoardLogger:
@@ -138,9 +131,7 @@ def plot_curves(history: Sequence[Mapping], path: str | os.PathLike) -> Path | N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys: list[str] = []
-    for row in history:
-        keys += [k for k in row if k not in keys]
+    keys = _columns(history)
 
     def series(key):
         pts = [(r["step"], r[key]) for r in history if isinstance(r.get(key), int | float)]

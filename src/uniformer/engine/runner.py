@@ -1,16 +1,12 @@
 """The one training loop: a `Runner` trains any `Task` (see `uniformer.engine.task`) from its recipe.
 
-The runner owns what every task shares. Per optimiser step: `accum_steps` micro-batches (one with
-too few usable samples on any process is skipped by all; DDP gradient sync on the last one kept),
-autocast (bf16, or fp16 with a GradScaler on GPUs), the sum of the task's `loss*` entries, a
-non-finite-loss guard, clipping, AdamW, the per-step schedule and the EMA.
-The run is counted in epochs or iterations (`train.epochs` | `train.iters`); evaluation, checkpoints
-and schedule steps use the same unit. A checkpoint holds everything a killed run needs to continue
-exactly, also in the middle of an epoch (optimiser, schedule, scaler, EMA, every process's RNG
-state; the data order and augmentations are functions of seed, epoch and position). The run folder:
-`train.log`, `metrics.csv` (one row per logged step, rebuilt from the checkpointed history, so a
-resumed run never repeats a step), `metrics.json` (final evaluation), `last.pt`, `best.pt`, periodic
-checkpoints, `curves.png`, `tensorboard/` and the task's pictures.
+Per optimiser step: `accum_steps` micro-batches (one with too few usable samples on any process is skipped
+by all), autocast, the sum of the task's `loss*` entries, a non-finite-loss guard, clipping, AdamW, the
+per-step schedule and the EMA. The run counts epochs or iterations (`train.epochs` | `train.iters`). A
+checkpoint holds everything a killed run needs to continue exactly, also mid-epoch (the data order and
+augmentations are functions of seed, epoch and position). The run folder: `train.log`, `metrics.csv`
+(rebuilt from the checkpointed history), `metrics.json`, `last.pt`, `best.pt`, periodic checkpoints,
+`curves.png`, `tensorboard/` and the task's pictures.
 """
 from __future__ import annotations
 
@@ -58,7 +54,7 @@ from uniformer.engine.distributed import (
     sync_batchnorm,
 )
 from uniformer.engine.ema import ModelEma
-from uniformer.engine.loaders import eval_loader, items_per_batch, shard_size, train_loader
+from uniformer.engine.loaders import eval_loader, items_per_batch, train_loader
 from uniformer.engine.optim import LRSchedule, build_optimizer, scaled_lr
 from uniformer.engine.reporting import (
     LOGGER_NAME,
@@ -70,9 +66,6 @@ from uniformer.engine.reporting import (
 )
 from uniformer.engine.task import Task
 from uniformer.precision import resolve_dtype
-
-__all__ = ["Runner", "NonFiniteLossError", "seed_everything", "deterministic_mode", "resolve_amp", "autocast_context",
-           "move_to", "eval_batches", "evaluate_model", "evaluate_checkpoint"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -162,18 +155,11 @@ def _scalars(metrics: Mapping, prefix: str) -> dict:
             if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
-def _higher_is_better(metric: str) -> bool:
-    return "loss" not in metric
-
-
 class Runner:
-    """Train `task` (made from a validated recipe) into `out_dir`.
+    """Train `task` (made from a validated recipe) into `out_dir` on `device` ("auto"/None, "cpu", "cuda:1", ...).
 
-    Args:
-        resume: None (a fresh run; refused in a folder that already holds a run), "auto" (continue from
-            the newest readable checkpoint in `out_dir`, if any) or a checkpoint path.
-        device: "auto"/None, "cpu", "cuda", "cuda:1", ...
-        show_progress: a progress bar on the main process.
+    `resume`: None (a fresh run; refused in a folder that already holds a run), "auto" (continue from the
+    newest readable checkpoint in `out_dir`, if any) or a checkpoint path.
     """
 
     def __init__(self, task: Task, out_dir: str | os.PathLike, *, resume: str | None = None,
@@ -199,8 +185,7 @@ class Runner:
         if t["sync_bn"] and d.distributed and not gpus and d.rank == 0:
             logging.getLogger(LOGGER_NAME).warning("train.sync_bn: SyncBatchNorm runs on GPUs only; on CPU "
                                                   "processes each BatchNorm keeps its own statistics")
-        model = sync_batchnorm(model, t["sync_bn"], convert=gpus)
-        self.model = model
+        self.model = model = sync_batchnorm(model, t["sync_bn"], convert=gpus)
         e = cfg["ema"]
         self.ema = ModelEma(model, e["decay"], e["warmup"]) if e["enabled"] else None
         self.ddp = None
@@ -211,7 +196,7 @@ class Runner:
 
         self.batch_size, self.accum = t["batch_size"], t["accum_steps"]
         self.global_batch = self.batch_size * d.world_size * self.accum
-        per_process = shard_size(len(self.train_set), d.world_size)
+        per_process = len(self.train_set) // d.world_size  # EpochSampler drops the tail
         try:
             steps = per_process // items_per_batch(self.train_set, self.batch_size) // self.accum
         except ValueError as e:
@@ -415,11 +400,9 @@ class Runner:
                     not_finite = f"{loss.item()}; {({k: float(v.detach()) for k, v in out.items()})}"
                 # the mean over the micro-batches kept: a skipped one does not shrink the step
                 self.scaler.scale(loss / len(kept)).backward()
-            self._running["loss"] = self._running.get("loss", 0.0) + loss.detach()  # the sum the step optimised
-            for k, v in out.items():
-                if k != "loss":  # a task's own `loss` entry is that sum already
-                    self._running[k] = self._running.get(k, 0.0) + v.detach().float()
-            self._running["_count"] = self._running.get("_count", 0) + 1
+            # `loss` is the sum the step optimised (a task's own `loss` entry is that sum already)
+            for k, v in {**{k: v.detach().float() for k, v in out.items()}, "loss": loss.detach(), "_count": 1}.items():
+                self._running[k] = self._running.get(k, 0) + v
             self._samples += n
         # Checked before the weights take the step, by every process together (one raising alone would leave
         # the others waiting in the next gradient all-reduce).
@@ -506,7 +489,7 @@ class Runner:
         if not isinstance(value, int | float) or not math.isfinite(value):
             return False
         old = self.best["value"]
-        better = old is None or (value > old if _higher_is_better(key) else value < old)
+        better = old is None or (value < old if "loss" in key else value > old)  # a loss is better lower
         if better:
             self.best = {"metric": key, "value": float(value), "step": int(row["step"])}
         return better

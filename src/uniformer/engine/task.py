@@ -17,8 +17,6 @@ from torch.utils.data import Dataset
 
 from uniformer.engine.checkpoint import CheckpointFile
 
-__all__ = ["Task"]
-
 
 @runtime_checkable
 class Task(Protocol):
