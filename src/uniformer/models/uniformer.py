@@ -16,6 +16,7 @@ Forward pass, top to bottom:
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import torch
@@ -285,73 +286,32 @@ def pretrained_cfgs(variants) -> dict:
 default_cfgs = generate_default_cfgs(pretrained_cfgs(MODEL_ARGS))
 
 
-@register_model
-def uniformer_small(pretrained: bool = False, **kwargs) -> UniFormer:
-    """UniFormer-S: depths 3/4/8/3, 21.5M parameters, 3.6 GFLOPs at 224²."""
-    return _create("uniformer_small", pretrained, **kwargs)
+def register_variants(create, docs: dict[str, str], module: str) -> None:
+    """Register a timm entry point `name(pretrained=False, **kwargs)` per `docs` entry as an attribute of `module`."""
+    def entry_point(variant: str, doc: str):
+        def entry(pretrained: bool = False, **kwargs):
+            return create(variant, pretrained, **kwargs)
+        entry.__name__ = entry.__qualname__ = variant
+        entry.__doc__ = doc
+        entry.__module__ = module
+        return register_model(entry)
+
+    for variant, doc in docs.items():
+        setattr(sys.modules[module], variant, entry_point(variant, doc))
 
 
-@register_model
-def uniformer_small_plus(pretrained: bool = False, **kwargs) -> UniFormer:
-    """UniFormer-S+ (S† in the paper): convolutional stem and downsampling, depths 3/5/9/3, head_dim 32."""
-    return _create("uniformer_small_plus", pretrained, **kwargs)
-
-
-@register_model
-def uniformer_small_plus_dim64(pretrained: bool = False, **kwargs) -> UniFormer:
-    """UniFormer-S+ with head_dim 64."""
-    return _create("uniformer_small_plus_dim64", pretrained, **kwargs)
-
-
-@register_model
-def uniformer_base(pretrained: bool = False, **kwargs) -> UniFormer:
-    """UniFormer-B: depths 5/8/20/7, 49.8M parameters, 8.3 GFLOPs at 224²."""
-    return _create("uniformer_base", pretrained, **kwargs)
-
-
-@register_model
-def uniformer_base_ls(pretrained: bool = False, **kwargs) -> UniFormer:
-    """UniFormer-B with layer scale on the global blocks."""
-    return _create("uniformer_base_ls", pretrained, **kwargs)
-
-
-@register_model
-def uniformer_large_ls(pretrained: bool = False, **kwargs) -> UniFormer:
-    """UniFormer-L: depths 5/10/24/7, widths 128/192/448/640, layer scale (token-labeling weights)."""
-    return _create("uniformer_large_ls", pretrained, **kwargs)
-
-
-@register_model
-def uniformer_small_tl(pretrained: bool = False, **kwargs) -> UniFormer:
-    """UniFormer-S trained with token labeling: head_dim 32 and an auxiliary head on every token."""
-    return _create("uniformer_small_tl", pretrained, **kwargs)
-
-
-@register_model
-def uniformer_small_plus_tl(pretrained: bool = False, **kwargs) -> UniFormer:
-    """UniFormer-S+ trained with token labeling: head_dim 32 and an auxiliary head."""
-    return _create("uniformer_small_plus_tl", pretrained, **kwargs)
-
-
-@register_model
-def uniformer_base_tl(pretrained: bool = False, **kwargs) -> UniFormer:
-    """UniFormer-B trained with token labeling: head_dim 32 and an auxiliary head."""
-    return _create("uniformer_base_tl", pretrained, **kwargs)
-
-
-@register_model
-def uniformer_large_ls_tl(pretrained: bool = False, **kwargs) -> UniFormer:
-    """UniFormer-L (layer scale) trained with token labeling: an auxiliary head; head_dim 64."""
-    return _create("uniformer_large_ls_tl", pretrained, **kwargs)
-
-
-@register_model
-def uniformer_video_small(pretrained: bool = False, **kwargs) -> UniFormer:
-    """Video UniFormer-S: 3-D local blocks, joint spatio-temporal attention; input B×3×T×H×W."""
-    return _create("uniformer_video_small", pretrained, **kwargs)
-
-
-@register_model
-def uniformer_video_base(pretrained: bool = False, **kwargs) -> UniFormer:
-    """Video UniFormer-B."""
-    return _create("uniformer_video_base", pretrained, **kwargs)
+register_variants(_create, dict(
+    uniformer_small="UniFormer-S: depths 3/4/8/3, 21.5M parameters, 3.6 GFLOPs at 224².",
+    uniformer_small_plus="UniFormer-S+ (S† in the paper): convolutional stem and downsampling, depths 3/5/9/3, "
+                         "head_dim 32.",
+    uniformer_small_plus_dim64="UniFormer-S+ with head_dim 64.",
+    uniformer_base="UniFormer-B: depths 5/8/20/7, 49.8M parameters, 8.3 GFLOPs at 224².",
+    uniformer_base_ls="UniFormer-B with layer scale on the global blocks.",
+    uniformer_large_ls="UniFormer-L: depths 5/10/24/7, widths 128/192/448/640, layer scale (token-labeling weights).",
+    uniformer_small_tl="UniFormer-S trained with token labeling: head_dim 32 and an auxiliary head on every token.",
+    uniformer_small_plus_tl="UniFormer-S+ trained with token labeling: head_dim 32 and an auxiliary head.",
+    uniformer_base_tl="UniFormer-B trained with token labeling: head_dim 32 and an auxiliary head.",
+    uniformer_large_ls_tl="UniFormer-L (layer scale) trained with token labeling: an auxiliary head; head_dim 64.",
+    uniformer_video_small="Video UniFormer-S: 3-D local blocks, joint spatio-temporal attention; input B×3×T×H×W.",
+    uniformer_video_base="Video UniFormer-B.",
+), __name__)

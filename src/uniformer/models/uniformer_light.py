@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -33,7 +33,7 @@ from .layers import (
     batch_norm_nd,
     to_memory_format,
 )
-from .uniformer import init_weights, pretrained_cfgs
+from .uniformer import init_weights, pretrained_cfgs, register_variants
 from .variants import LIGHT_MODEL_ARGS
 
 __all__ = ["UniFormerLight", "EvolvingGlobalBlock"]
@@ -277,25 +277,9 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> UniFormerLight:
 default_cfgs = generate_default_cfgs(pretrained_cfgs(LIGHT_MODEL_ARGS))
 
 
-@register_model
-def uniformer_xxs(pretrained: bool = False, **kwargs) -> UniFormerLight:
-    """UniFormer-XXS: depths 2/5/8/2, widths 56/112/224/448, head_dim 28, token evolution."""
-    return _create("uniformer_xxs", pretrained, **kwargs)
-
-
-@register_model
-def uniformer_xs(pretrained: bool = False, **kwargs) -> UniFormerLight:
-    """UniFormer-XS: depths 3/5/9/3, widths 64/128/256/512, head_dim 32, token evolution."""
-    return _create("uniformer_xs", pretrained, **kwargs)
-
-
-@register_model
-def uniformer_video_xxs(pretrained: bool = False, **kwargs) -> UniFormerLight:
-    """Video UniFormer-XXS (`layer_scale=True` for the released 4- and 8-frame checkpoints)."""
-    return _create("uniformer_video_xxs", pretrained, **kwargs)
-
-
-@register_model
-def uniformer_video_xs(pretrained: bool = False, **kwargs) -> UniFormerLight:
-    """Video UniFormer-XS."""
-    return _create("uniformer_video_xs", pretrained, **kwargs)
+register_variants(_create, dict(
+    uniformer_xxs="UniFormer-XXS: depths 2/5/8/2, widths 56/112/224/448, head_dim 28, token evolution.",
+    uniformer_xs="UniFormer-XS: depths 3/5/9/3, widths 64/128/256/512, head_dim 32, token evolution.",
+    uniformer_video_xxs="Video UniFormer-XXS (`layer_scale=True` for the released 4- and 8-frame checkpoints).",
+    uniformer_video_xs="Video UniFormer-XS.",
+), __name__)
