@@ -18,7 +18,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -26,8 +25,7 @@ from torch.utils.checkpoint import checkpoint
 from .checkpoint import checkpoint_filter_fn, load_pretrained
 from .layers import (
     ConvStem,
-    DynamicPositionEmbedding,
-    GlobalMHRA,
+    GlobalBlock,
     LocalBlock,
     PatchEmbed,
     batch_norm_nd,
@@ -46,7 +44,7 @@ def _gather_tokens(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-class EvolvingGlobalBlock(nn.Module):
+class EvolvingGlobalBlock(GlobalBlock):
     """Global block with a class token and Evo-ViT token evolution.
 
     forward(cls, x, score) → (cls, x, score); `score` is B×N (None before the first block of
@@ -57,19 +55,11 @@ class EvolvingGlobalBlock(nn.Module):
     def __init__(self, dim: int, ndim: int = 2, head_dim: int = 32, mlp_ratio: float = 3.0, qkv_bias: bool = True,
                  drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, prune_ratio: float = 1.0,
                  trade_off: float = 0.5, downsample_score: bool = False, layer_scale: float | None = None):
-        super().__init__()
+        super().__init__(dim, ndim, head_dim, mlp_ratio, qkv_bias, drop, attn_drop, drop_path, layer_scale)
         self.ndim = ndim
         self.prune_ratio = prune_ratio
         self.trade_off = trade_off
         self.downsample_score = downsample_score
-        self.pos_embed = DynamicPositionEmbedding(dim, ndim)
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = GlobalMHRA(dim, head_dim, qkv_bias, attn_drop, drop)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.gamma_1 = None if layer_scale is None else nn.Parameter(layer_scale * torch.ones(dim))
-        self.gamma_2 = None if layer_scale is None else nn.Parameter(layer_scale * torch.ones(dim))
 
     def _scaled(self, y: torch.Tensor, gamma: torch.Tensor | None) -> torch.Tensor:
         return y if gamma is None else gamma * y
