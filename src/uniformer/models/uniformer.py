@@ -44,7 +44,24 @@ __all__ = ["UniFormer"]
 STAGE3_MODES = ("global", "window", "hybrid")
 
 
-class UniFormer(nn.Module):
+class _ModelApi(nn.Module):
+    """The part of timm's model API that UniFormer and UniFormerLight share."""
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def _block(self, blk: nn.Module, *args):
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(blk, *args, use_reentrant=False)
+        return blk(*args)
+
+
+class UniFormer(_ModelApi):
     """UniFormer for images (B×C×H×W) or videos (B×C×T×H×W).
 
     Args:
@@ -163,14 +180,6 @@ class UniFormer(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(stem=r"^patch_embed1", blocks=r"^blocks(\d+)\.(\d+)" if not coarse else r"^blocks(\d+)")
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if self.features_only:
             raise RuntimeError("a features_only backbone has no classifier")
@@ -186,10 +195,7 @@ class UniFormer(nn.Module):
     # --- forward --------------------------------------------------------------------------
     def _run_stage(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
         for blk in blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(blk, x, use_reentrant=False)
-            else:
-                x = blk(x)
+            x = self._block(blk, x)
         return x
 
     def _stage_maps(self, x: torch.Tensor):

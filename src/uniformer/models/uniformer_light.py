@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .checkpoint import checkpoint_filter_fn, load_pretrained
 from .layers import (
@@ -31,7 +30,7 @@ from .layers import (
     batch_norm_nd,
     to_memory_format,
 )
-from .uniformer import init_weights, pretrained_cfgs, register_variants
+from .uniformer import _ModelApi, init_weights, pretrained_cfgs, register_variants
 from .variants import LIGHT_MODEL_ARGS
 
 __all__ = ["UniFormerLight", "EvolvingGlobalBlock"]
@@ -115,7 +114,7 @@ class EvolvingGlobalBlock(GlobalBlock):
         return cls, x, score
 
 
-class UniFormerLight(nn.Module):
+class UniFormerLight(_ModelApi):
     """UniFormer-XS / XXS for images (B×C×H×W) or videos (B×C×T×H×W, `video=True`).
 
     `prune_ratios` / `trade_offs` give one value per block of stages 3 and 4.
@@ -198,14 +197,6 @@ class UniFormerLight(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(stem=r"^patch_embed1|^cls_token", blocks=r"^blocks(\d+)\.(\d+)" if not coarse else r"^blocks(\d+)")
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
@@ -213,11 +204,6 @@ class UniFormerLight(nn.Module):
         device = self.norm.weight.device
         make = (lambda: nn.Linear(self.num_features, num_classes, device=device)) if num_classes > 0 else nn.Identity
         self.head, self.head_cls = make(), make()
-
-    def _block(self, blk: nn.Module, *args):
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(blk, *args, use_reentrant=False)
-        return blk(*args)
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (class token B×1×C, final map after the BatchNorm)."""
