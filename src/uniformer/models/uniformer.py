@@ -268,14 +268,12 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> UniFormer:
     return model
 
 
-_PAPER = dict(paper_ids="arXiv:2201.09450", origin_url="https://github.com/Sense-X/UniFormer", license="mit")
-
-
 def _cfg(**kwargs) -> dict:
     cfg = dict(
         num_classes=1000, input_size=(3, 224, 224), crop_pct=0.875, interpolation="bicubic",
         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-        first_conv="patch_embed1.proj", classifier="head", **_PAPER)
+        first_conv="patch_embed1.proj", classifier="head", paper_ids="arXiv:2201.09450",
+        origin_url="https://github.com/Sense-X/UniFormer", license="mit")
     return {**cfg, **kwargs}
 
 
