@@ -73,10 +73,7 @@ def default_input(model: nn.Module) -> tuple[int, ...]:
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     c, h, w = cfg.get("input_size", (3, 224, 224))
     if getattr(model, "video", False):
-        frames = 16
-        for note in cfg.get("notes") or ():
-            if note.startswith("frames="):
-                frames = int(note.split("=")[1])
+        frames = next((int(n.split("=")[1]) for n in cfg.get("notes") or () if n.startswith("frames=")), 16)
         return (c, frames, h, w)
     return (c, h, w)
 

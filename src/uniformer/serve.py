@@ -173,10 +173,9 @@ def build_app(model: str | None = None, checkpoint: str | os.PathLike | None = N
         dataset = opened.task.meta.get("dataset")
         classes = f", {dataset} classes" if dataset else f", {len(opened.task.classes)} classes"
         title = f"{opened.source}{classes}; test view: {_test_view(view, is_video)}."
-        files = example_inputs(name, is_video, examples_dir) if examples else []
     else:
         title = opened.source
-        files = example_inputs(name, False, examples_dir) if examples else []
+    files = example_inputs(name, is_video, examples_dir) if examples else []
     return _page(gr, opened, title, files, out_dir, max_file_mb, is_video)
 
 

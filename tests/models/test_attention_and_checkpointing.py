@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import uniformer.models.uniformer as uniformer_module
-import uniformer.models.uniformer_light as light_module
 from uniformer.models import GlobalMHRA
 
 
@@ -117,7 +116,7 @@ def test_grad_checkpointing_is_off_without_grad(make_tiny, monkeypatch):
 
 
 def test_grad_checkpointing_light(make_tiny, monkeypatch):
-    calls = _count_checkpoint_calls(monkeypatch, light_module)
+    calls = _count_checkpoint_calls(monkeypatch, uniformer_module)  # the shared _ModelApi calls it
     ref = make_tiny("uniformer_xxs", drop_path_rate=0.0).train()
     ckpt = copy.deepcopy(ref)
     ckpt.set_grad_checkpointing(True)

@@ -7,18 +7,12 @@ from pathlib import Path
 from .common import add_model_options, parse_pairs
 
 
-def _is_tag(text: str) -> bool:
-    """NAME.TAG of released weights (`uniformer models --pretrained`)."""
-    from uniformer.models.released import released_weights
-
-    return "." in text and released_weights(text) is not None
-
-
 def run(args) -> int:
     import torch
 
     import uniformer
     from uniformer.deploy import ExportError, MissingExtraError, export_model
+    from uniformer.models.released import RELEASED_WEIGHTS
     from uniformer.profiling import default_input, parse_input
 
     torch.manual_seed(0)
@@ -27,7 +21,7 @@ def run(args) -> int:
     if Path(args.model).is_file() and args.name is not None:  # an original backbone file of a named variant
         name = args.name
         model = uniformer.create_model(name, checkpoint_path=args.model, **options).eval()
-    elif Path(args.model).is_file() or _is_tag(args.model):  # run checkpoint, original file + recipe, or tag
+    elif Path(args.model).is_file() or args.model in RELEASED_WEIGHTS:  # run checkpoint, original file + recipe, tag
         from uniformer.tasks import open as open_checkpoint
 
         try:

@@ -38,9 +38,8 @@ def require(module: str, purpose: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        package = {"openvino": "openvino", "onnxruntime": "onnxruntime"}.get(module, module)
-        raise MissingExtraError(f"{purpose} needs the '{package}' package: pip install 'uniformer[deploy]' "
-                                f"(or pip install {package})") from None
+        raise MissingExtraError(f"{purpose} needs the '{module}' package: pip install 'uniformer[deploy]' "
+                                f"(or pip install {module})") from None
 
 
 def check_export_shape(model: nn.Module, input_shape: Sequence[int]) -> None:

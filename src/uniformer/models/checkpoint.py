@@ -204,7 +204,7 @@ def load_state(model: torch.nn.Module, obj, path: str | os.PathLike, inflate: st
                 [f"{k} {tuple(converted[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched], 3))
         lines.append(f"  the checkpoint looks like {identify_variant(sd, info)}")
         raise CheckpointError("\n".join(lines))
-    result = model.load_state_dict({k: v for k, v in converted.items()}, strict=False)
+    result = model.load_state_dict(converted, strict=False)
     assert not result.unexpected_keys
     return info
 
@@ -212,12 +212,10 @@ def load_state(model: torch.nn.Module, obj, path: str | os.PathLike, inflate: st
 # --- recognising the variant a checkpoint belongs to -------------------------------------------
 def _architecture_signature(sd: Mapping[str, torch.Tensor]) -> dict:
     first = sd.get("patch_embed1.proj.weight", sd.get("patch_embed1.proj.0.weight"))
-    depths = []
+    depths, dims = [], []
     for s in range(1, 5):
         idx = {int(m.group(1)) for k in sd if (m := re.match(rf"blocks{s}\.(\d+)\.", k))}
         depths.append(max(idx) + 1 if idx else 0)
-    dims = []
-    for s in range(1, 5):
         w = sd.get(f"blocks{s}.0.pos_embed.weight")
         dims.append(int(w.shape[0]) if w is not None else 0)
     return dict(
@@ -253,11 +251,12 @@ def guess_variants(sd: Mapping[str, torch.Tensor], info: Mapping | None = None) 
     """Registered variants whose architecture matches the state dict (head_dim cannot be read from weights)."""
     info = info or {}
     named = str(info.get("model") or "").split(".")[0]
-    if named in _variant_table():
+    table = _variant_table()
+    if named in table:
         return [named]
     sig = _architecture_signature(sd)
     keys = ("video", "light", "conv_stem", "conv_downsample", "depths", "dims", "aux_head")
-    return [n for n, t in _variant_table().items() if all(t[k] == sig[k] for k in keys)
+    return [n for n, t in table.items() if all(t[k] == sig[k] for k in keys)
             and (sig["light"] or t["layer_scale"] == sig["layer_scale"])]
 
 

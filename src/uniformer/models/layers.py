@@ -142,7 +142,7 @@ class ConvMlp(nn.Module):
         return self.drop(pointwise(self.fc2, self.drop(self.act(pointwise(self.fc1, x)))))
 
 
-def _layer_scale(dim: int, init: float | None, shape: tuple[int, ...]) -> nn.Parameter | None:
+def _layer_scale(init: float | None, shape: tuple[int, ...]) -> nn.Parameter | None:
     return None if init is None else nn.Parameter(init * torch.ones(shape))
 
 
@@ -168,8 +168,8 @@ class LocalBlock(nn.Module):
         self.mlp = ConvMlp(dim, int(dim * mlp_ratio), ndim, drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         scale_shape = (1, dim) + (1,) * ndim
-        self.gamma_1 = _layer_scale(dim, layer_scale, scale_shape)
-        self.gamma_2 = _layer_scale(dim, layer_scale, scale_shape)
+        self.gamma_1 = _layer_scale(layer_scale, scale_shape)
+        self.gamma_2 = _layer_scale(layer_scale, scale_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pos_embed(x)
@@ -241,8 +241,8 @@ class GlobalBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.gamma_1 = _layer_scale(dim, layer_scale, (dim,))
-        self.gamma_2 = _layer_scale(dim, layer_scale, (dim,))
+        self.gamma_1 = _layer_scale(layer_scale, (dim,))
+        self.gamma_2 = _layer_scale(layer_scale, (dim,))
 
     def _window_attention(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         B, _, C = x.shape

@@ -16,6 +16,7 @@ Forward pass, top to bottom:
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import torch
@@ -43,7 +44,24 @@ __all__ = ["UniFormer"]
 STAGE3_MODES = ("global", "window", "hybrid")
 
 
-class UniFormer(nn.Module):
+class _ModelApi(nn.Module):
+    """The part of timm's model API that UniFormer and UniFormerLight share."""
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def _block(self, blk: nn.Module, *args):
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(blk, *args, use_reentrant=False)
+        return blk(*args)
+
+
+class UniFormer(_ModelApi):
     """UniFormer for images (B×C×H×W) or videos (B×C×T×H×W).
 
     Args:
@@ -162,14 +180,6 @@ class UniFormer(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(stem=r"^patch_embed1", blocks=r"^blocks(\d+)\.(\d+)" if not coarse else r"^blocks(\d+)")
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if self.features_only:
             raise RuntimeError("a features_only backbone has no classifier")
@@ -185,10 +195,7 @@ class UniFormer(nn.Module):
     # --- forward --------------------------------------------------------------------------
     def _run_stage(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
         for blk in blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(blk, x, use_reentrant=False)
-            else:
-                x = blk(x)
+            x = self._block(blk, x)
         return x
 
     def _stage_maps(self, x: torch.Tensor):
@@ -261,14 +268,12 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> UniFormer:
     return model
 
 
-_PAPER = dict(paper_ids="arXiv:2201.09450", origin_url="https://github.com/Sense-X/UniFormer", license="mit")
-
-
 def _cfg(**kwargs) -> dict:
     cfg = dict(
         num_classes=1000, input_size=(3, 224, 224), crop_pct=0.875, interpolation="bicubic",
         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-        first_conv="patch_embed1.proj", classifier="head", **_PAPER)
+        first_conv="patch_embed1.proj", classifier="head", paper_ids="arXiv:2201.09450",
+        origin_url="https://github.com/Sense-X/UniFormer", license="mit")
     return {**cfg, **kwargs}
 
 
@@ -285,73 +290,32 @@ def pretrained_cfgs(variants) -> dict:
 default_cfgs = generate_default_cfgs(pretrained_cfgs(MODEL_ARGS))
 
 
-@register_model
-def uniformer_small(pretrained: bool = False, **kwargs) -> UniFormer:
-    """UniFormer-S: depths 3/4/8/3, 21.5M parameters, 3.6 GFLOPs at 224²."""
-    return _create("uniformer_small", pretrained, **kwargs)
+def register_variants(create, docs: dict[str, str], module: str) -> None:
+    """Register a timm entry point `name(pretrained=False, **kwargs)` per `docs` entry as an attribute of `module`."""
+    def entry_point(variant: str, doc: str):
+        def entry(pretrained: bool = False, **kwargs):
+            return create(variant, pretrained, **kwargs)
+        entry.__name__ = entry.__qualname__ = variant
+        entry.__doc__ = doc
+        entry.__module__ = module
+        return register_model(entry)
+
+    for variant, doc in docs.items():
+        setattr(sys.modules[module], variant, entry_point(variant, doc))
 
 
-@register_model
-def uniformer_small_plus(pretrained: bool = False, **kwargs) -> UniFormer:
-    """UniFormer-S+ (S† in the paper): convolutional stem and downsampling, depths 3/5/9/3, head_dim 32."""
-    return _create("uniformer_small_plus", pretrained, **kwargs)
-
-
-@register_model
-def uniformer_small_plus_dim64(pretrained: bool = False, **kwargs) -> UniFormer:
-    """UniFormer-S+ with head_dim 64."""
-    return _create("uniformer_small_plus_dim64", pretrained, **kwargs)
-
-
-@register_model
-def uniformer_base(pretrained: bool = False, **kwargs) -> UniFormer:
-    """UniFormer-B: depths 5/8/20/7, 49.8M parameters, 8.3 GFLOPs at 224²."""
-    return _create("uniformer_base", pretrained, **kwargs)
-
-
-@register_model
-def uniformer_base_ls(pretrained: bool = False, **kwargs) -> UniFormer:
-    """UniFormer-B with layer scale on the global blocks."""
-    return _create("uniformer_base_ls", pretrained, **kwargs)
-
-
-@register_model
-def uniformer_large_ls(pretrained: bool = False, **kwargs) -> UniFormer:
-    """UniFormer-L: depths 5/10/24/7, widths 128/192/448/640, layer scale (token-labeling weights)."""
-    return _create("uniformer_large_ls", pretrained, **kwargs)
-
-
-@register_model
-def uniformer_small_tl(pretrained: bool = False, **kwargs) -> UniFormer:
-    """UniFormer-S trained with token labeling: head_dim 32 and an auxiliary head on every token."""
-    return _create("uniformer_small_tl", pretrained, **kwargs)
-
-
-@register_model
-def uniformer_small_plus_tl(pretrained: bool = False, **kwargs) -> UniFormer:
-    """UniFormer-S+ trained with token labeling: head_dim 32 and an auxiliary head."""
-    return _create("uniformer_small_plus_tl", pretrained, **kwargs)
-
-
-@register_model
-def uniformer_base_tl(pretrained: bool = False, **kwargs) -> UniFormer:
-    """UniFormer-B trained with token labeling: head_dim 32 and an auxiliary head."""
-    return _create("uniformer_base_tl", pretrained, **kwargs)
-
-
-@register_model
-def uniformer_large_ls_tl(pretrained: bool = False, **kwargs) -> UniFormer:
-    """UniFormer-L (layer scale) trained with token labeling: an auxiliary head; head_dim 64."""
-    return _create("uniformer_large_ls_tl", pretrained, **kwargs)
-
-
-@register_model
-def uniformer_video_small(pretrained: bool = False, **kwargs) -> UniFormer:
-    """Video UniFormer-S: 3-D local blocks, joint spatio-temporal attention; input B×3×T×H×W."""
-    return _create("uniformer_video_small", pretrained, **kwargs)
-
-
-@register_model
-def uniformer_video_base(pretrained: bool = False, **kwargs) -> UniFormer:
-    """Video UniFormer-B."""
-    return _create("uniformer_video_base", pretrained, **kwargs)
+register_variants(_create, dict(
+    uniformer_small="UniFormer-S: depths 3/4/8/3, 21.5M parameters, 3.6 GFLOPs at 224².",
+    uniformer_small_plus="UniFormer-S+ (S† in the paper): convolutional stem and downsampling, depths 3/5/9/3, "
+                         "head_dim 32.",
+    uniformer_small_plus_dim64="UniFormer-S+ with head_dim 64.",
+    uniformer_base="UniFormer-B: depths 5/8/20/7, 49.8M parameters, 8.3 GFLOPs at 224².",
+    uniformer_base_ls="UniFormer-B with layer scale on the global blocks.",
+    uniformer_large_ls="UniFormer-L: depths 5/10/24/7, widths 128/192/448/640, layer scale (token-labeling weights).",
+    uniformer_small_tl="UniFormer-S trained with token labeling: head_dim 32 and an auxiliary head on every token.",
+    uniformer_small_plus_tl="UniFormer-S+ trained with token labeling: head_dim 32 and an auxiliary head.",
+    uniformer_base_tl="UniFormer-B trained with token labeling: head_dim 32 and an auxiliary head.",
+    uniformer_large_ls_tl="UniFormer-L (layer scale) trained with token labeling: an auxiliary head; head_dim 64.",
+    uniformer_video_small="Video UniFormer-S: 3-D local blocks, joint spatio-temporal attention; input B×3×T×H×W.",
+    uniformer_video_base="Video UniFormer-B.",
+), __name__)

@@ -18,22 +18,19 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .checkpoint import checkpoint_filter_fn, load_pretrained
 from .layers import (
     ConvStem,
-    DynamicPositionEmbedding,
-    GlobalMHRA,
+    GlobalBlock,
     LocalBlock,
     PatchEmbed,
     batch_norm_nd,
     to_memory_format,
 )
-from .uniformer import init_weights, pretrained_cfgs
+from .uniformer import _ModelApi, init_weights, pretrained_cfgs, register_variants
 from .variants import LIGHT_MODEL_ARGS
 
 __all__ = ["UniFormerLight", "EvolvingGlobalBlock"]
@@ -46,7 +43,7 @@ def _gather_tokens(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-class EvolvingGlobalBlock(nn.Module):
+class EvolvingGlobalBlock(GlobalBlock):
     """Global block with a class token and Evo-ViT token evolution.
 
     forward(cls, x, score) → (cls, x, score); `score` is B×N (None before the first block of
@@ -57,19 +54,11 @@ class EvolvingGlobalBlock(nn.Module):
     def __init__(self, dim: int, ndim: int = 2, head_dim: int = 32, mlp_ratio: float = 3.0, qkv_bias: bool = True,
                  drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, prune_ratio: float = 1.0,
                  trade_off: float = 0.5, downsample_score: bool = False, layer_scale: float | None = None):
-        super().__init__()
+        super().__init__(dim, ndim, head_dim, mlp_ratio, qkv_bias, drop, attn_drop, drop_path, layer_scale)
         self.ndim = ndim
         self.prune_ratio = prune_ratio
         self.trade_off = trade_off
         self.downsample_score = downsample_score
-        self.pos_embed = DynamicPositionEmbedding(dim, ndim)
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = GlobalMHRA(dim, head_dim, qkv_bias, attn_drop, drop)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.gamma_1 = None if layer_scale is None else nn.Parameter(layer_scale * torch.ones(dim))
-        self.gamma_2 = None if layer_scale is None else nn.Parameter(layer_scale * torch.ones(dim))
 
     def _scaled(self, y: torch.Tensor, gamma: torch.Tensor | None) -> torch.Tensor:
         return y if gamma is None else gamma * y
@@ -125,7 +114,7 @@ class EvolvingGlobalBlock(nn.Module):
         return cls, x, score
 
 
-class UniFormerLight(nn.Module):
+class UniFormerLight(_ModelApi):
     """UniFormer-XS / XXS for images (B×C×H×W) or videos (B×C×T×H×W, `video=True`).
 
     `prune_ratios` / `trade_offs` give one value per block of stages 3 and 4.
@@ -208,14 +197,6 @@ class UniFormerLight(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(stem=r"^patch_embed1|^cls_token", blocks=r"^blocks(\d+)\.(\d+)" if not coarse else r"^blocks(\d+)")
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
@@ -223,11 +204,6 @@ class UniFormerLight(nn.Module):
         device = self.norm.weight.device
         make = (lambda: nn.Linear(self.num_features, num_classes, device=device)) if num_classes > 0 else nn.Identity
         self.head, self.head_cls = make(), make()
-
-    def _block(self, blk: nn.Module, *args):
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(blk, *args, use_reentrant=False)
-        return blk(*args)
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (class token B×1×C, final map after the BatchNorm)."""
@@ -277,25 +253,9 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> UniFormerLight:
 default_cfgs = generate_default_cfgs(pretrained_cfgs(LIGHT_MODEL_ARGS))
 
 
-@register_model
-def uniformer_xxs(pretrained: bool = False, **kwargs) -> UniFormerLight:
-    """UniFormer-XXS: depths 2/5/8/2, widths 56/112/224/448, head_dim 28, token evolution."""
-    return _create("uniformer_xxs", pretrained, **kwargs)
-
-
-@register_model
-def uniformer_xs(pretrained: bool = False, **kwargs) -> UniFormerLight:
-    """UniFormer-XS: depths 3/5/9/3, widths 64/128/256/512, head_dim 32, token evolution."""
-    return _create("uniformer_xs", pretrained, **kwargs)
-
-
-@register_model
-def uniformer_video_xxs(pretrained: bool = False, **kwargs) -> UniFormerLight:
-    """Video UniFormer-XXS (`layer_scale=True` for the released 4- and 8-frame checkpoints)."""
-    return _create("uniformer_video_xxs", pretrained, **kwargs)
-
-
-@register_model
-def uniformer_video_xs(pretrained: bool = False, **kwargs) -> UniFormerLight:
-    """Video UniFormer-XS."""
-    return _create("uniformer_video_xs", pretrained, **kwargs)
+register_variants(_create, dict(
+    uniformer_xxs="UniFormer-XXS: depths 2/5/8/2, widths 56/112/224/448, head_dim 28, token evolution.",
+    uniformer_xs="UniFormer-XS: depths 3/5/9/3, widths 64/128/256/512, head_dim 32, token evolution.",
+    uniformer_video_xxs="Video UniFormer-XXS (`layer_scale=True` for the released 4- and 8-frame checkpoints).",
+    uniformer_video_xs="Video UniFormer-XS.",
+), __name__)
