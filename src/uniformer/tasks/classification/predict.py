@@ -50,28 +50,34 @@ def fetch_released(full_name: str) -> str:
                               "be confirmed on the hub: `uniformer models --pretrained`.)") from None
 
 
+def _num_classes(ckpt) -> int:
+    from uniformer.models.checkpoint import unwrap_state_dict
+
+    head = unwrap_state_dict(ckpt.obj)[0].get("head.weight")
+    if head is None:
+        raise ValueError(f"{ckpt.path} has no classifier ('head.weight'); predict needs a classification checkpoint")
+    return int(head.shape[0])
+
+
+def _names_or_placeholders(names: Sequence[str], num_classes: int) -> Sequence[str]:
+    return names if len(names) == num_classes else [f"class_{i}" for i in range(num_classes)]
+
+
 def original_recipe(ckpt, model_name: str | None, released, full_name: str | None,
                     model_options: Mapping | None) -> tuple[dict, dict]:
     """(recipe mapping, meta) of an original classification file (`ckpt`, read once) of `model_name`, with the
     released tag's test view and dataset classes when the tag is known."""
     from uniformer.data import class_names
-    from uniformer.models.checkpoint import unwrap_state_dict
 
     if not model_name:
         raise ValueError(f"--model is needed: {ckpt.path} is not a run checkpoint of this package, so it does "
                          "not record which model it holds")
-    sd, _ = unwrap_state_dict(ckpt.obj)
-    head = sd.get("head.weight")
-    if head is None:
-        raise ValueError(f"{ckpt.path} has no classifier ('head.weight'); predict needs a classification checkpoint")
-    num_classes = int(head.shape[0])
+    num_classes = _num_classes(ckpt)
     if released is not None and num_classes != released.num_classes:
         raise ValueError(f"{ckpt.path} classifies {num_classes} classes, but {full_name} is a {released.dataset} "
                          f"model with {released.num_classes}")
     dataset = released.dataset if released else None
-    classes = class_names(dataset) if dataset else []
-    if len(classes) != num_classes:
-        classes = [f"class_{i}" for i in range(num_classes)]
+    classes = _names_or_placeholders(class_names(dataset) if dataset else [], num_classes)
     model_cfg = {"name": full_name, "kwargs": dict(model_options or {})}
     data = released.data_config() if released else {}
     recipe = {"task": "classification", "model": model_cfg, "data": data or {"format": "image_list"}}
@@ -82,21 +88,15 @@ def original_recipe(ckpt, model_name: str | None, released, full_name: str | Non
 def original_meta(ckpt, cfg: Mapping) -> dict:
     """`meta` of a classification recipe given with an original file (read once): the classifier size of the
     file, the class names of the recipe's `data.class_names` when they are as many."""
-    from uniformer.models.checkpoint import unwrap_state_dict
-
     from .model import model_spec, read_class_names
 
-    head = unwrap_state_dict(ckpt.obj)[0].get("head.weight")
-    if head is None:
-        raise ValueError(f"{ckpt.path} has no classifier ('head.weight'); predict needs a classification checkpoint")
-    num_classes = int(head.shape[0])
+    num_classes = _num_classes(ckpt)
     names = cfg["data"].get("class_names")
     path = Path(str(names)) if names else None
     if path is not None and not path.is_file():
         path = Path(str(cfg["data"].get("root", "."))) / path
-    classes = read_class_names(path) if path is not None and path.is_file() else []
-    if len(classes) != num_classes:
-        classes = [f"class_{i}" for i in range(num_classes)]
+    classes = _names_or_placeholders(read_class_names(path) if path is not None and path.is_file() else [],
+                                     num_classes)
     return {"num_classes": num_classes, "classes": classes, "model_spec": model_spec(cfg["model"])}
 
 

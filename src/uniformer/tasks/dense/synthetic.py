@@ -32,19 +32,20 @@ COCO_SKELETON = ((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 
 COCO_FLIP_PAIRS = ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16))
 
 
-def _cached(root: Path, signature: dict) -> bool:
+def _reuse(root: Path, signature: dict) -> bool:
+    """True when `root` already holds what `signature` describes; otherwise empties it for a fresh write."""
     marker = root / ".complete"
-    return marker.is_file() and json.loads(marker.read_text()) == signature
-
-
-def _finish(root: Path, signature: dict) -> None:
-    (root / ".complete").write_text(json.dumps(signature))
-
-
-def _fresh(root: Path) -> None:
+    if marker.is_file() and json.loads(marker.read_text()) == signature:
+        return True
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
+    return False
+
+
+def _finish(root: Path, signature: dict) -> Path:
+    (root / ".complete").write_text(json.dumps(signature))
+    return root
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -107,9 +108,8 @@ def write_shapes_segmentation(root: str | Path, n_train: int = 200, n_val: int =
     root = Path(root)
     signature = {"kind": "shapes-seg", "version": _VERSION, "n": [n_train, n_val], "size": list(size),
                  "max_shapes": max_shapes, "seed": seed}
-    if _cached(root, signature):
+    if _reuse(root, signature):
         return root
-    _fresh(root)
     rng = np.random.default_rng(seed)
     h, w = size
     for split, n in (("train", n_train), ("val", n_val)):
@@ -123,8 +123,7 @@ def write_shapes_segmentation(root: str | Path, n_train: int = 200, n_val: int =
             Image.fromarray(img).save(root / "images" / split / f"{split}_{i:04d}.jpg", quality=95)
             Image.fromarray(label).save(root / "masks" / split / f"{split}_{i:04d}.png")
     (root / "classes.txt").write_text("\n".join(("background",) + SHAPE_CLASSES) + "\n")
-    _finish(root, signature)
-    return root
+    return _finish(root, signature)
 
 
 def write_shapes_coco(root: str | Path, n_train: int = 200, n_val: int = 40, size=(128, 128), max_shapes: int = 3,
@@ -133,9 +132,8 @@ def write_shapes_coco(root: str | Path, n_train: int = 200, n_val: int = 40, siz
     root = Path(root)
     signature = {"kind": "shapes-coco", "version": _VERSION, "n": [n_train, n_val], "size": list(size),
                  "max_shapes": max_shapes, "seed": seed}
-    if _cached(root, signature):
+    if _reuse(root, signature):
         return root
-    _fresh(root)
     rng = np.random.default_rng(seed)
     h, w = size
     (root / "annotations").mkdir()
@@ -160,8 +158,7 @@ def write_shapes_coco(root: str | Path, n_train: int = 200, n_val: int = 40, siz
                 ann_id += 1
         (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(
             {"images": images, "annotations": annotations, "categories": categories}))
-    _finish(root, signature)
-    return root
+    return _finish(root, signature)
 
 
 # --- stick figures ------------------------------------------------------------------------------------
@@ -200,9 +197,8 @@ def write_pose_coco(root: str | Path, n_train: int = 200, n_val: int = 40, size=
     root = Path(root)
     signature = {"kind": "pose-coco", "version": _VERSION, "n": [n_train, n_val], "size": list(size),
                  "max_people": max_people, "seed": seed}
-    if _cached(root, signature):
+    if _reuse(root, signature):
         return root
-    _fresh(root)
     rng = np.random.default_rng(seed)
     h, w = size
     (root / "annotations").mkdir()
@@ -256,5 +252,4 @@ def write_pose_coco(root: str | Path, n_train: int = 200, n_val: int = 40, size=
             images.append({"id": i + 1, "file_name": name, "height": h, "width": w})
         (root / "annotations" / f"person_keypoints_{split}.json").write_text(json.dumps(
             {"images": images, "annotations": annotations, "categories": [category]}))
-    _finish(root, signature)
-    return root
+    return _finish(root, signature)

@@ -78,6 +78,9 @@ class DenseTask:
                               **self._weight_options(model))
         return model
 
+    def eval_collate(self, items: list) -> list:
+        return items
+
     def write_pictures(self, folder: Path, metrics: Mapping, prefix: str = "") -> None:
         """The dense tasks draw example predictions instead (`demo_examples`, `predict`)."""
 
@@ -125,7 +128,11 @@ class DenseTask:
             write_json(out / "predictions.json", results)
         return results
 
-    def _val_images(self, show: int) -> list[Path]:
+    demo_options: Mapping[str, Any] = {}  # `predict` options of the demo's example pictures
+
+    def demo_examples(self, model: nn.Module, out_dir: Path, show: int = 4) -> list[dict]:
+        """Predictions on the first `show` validation images."""
         from .io import resolve_path
 
-        return sorted(resolve_path(self.cfg, self.cfg["data"]["val"]["images"]).iterdir())[:show]
+        images = sorted(resolve_path(self.cfg, self.cfg["data"]["val"]["images"]).iterdir())[:show]
+        return self.predict(model, images, out_dir, **self.demo_options)

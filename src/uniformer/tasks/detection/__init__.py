@@ -37,6 +37,7 @@ from uniformer.engine.config import merge
 
 from ..dense.coco import coco_ground_truth, evaluate_instances, instance_results
 from ..dense.io import resolve_path
+from ..dense.synthetic import write_shapes_coco
 from ..dense.task import DenseTask, backbone_kwargs, dense_defaults
 from ..dense.visualize import draw_instances
 from .convert import mmdet_key_converter
@@ -127,8 +128,7 @@ class Task(DenseTask):
                 raise ValueError(f"{ds.ann_file} lists other categories than the training set")
         return sets
 
-    def collate(self, samples: list):
-        return det_collate(samples)
+    collate = staticmethod(det_collate)
 
     def batch_size(self, batch) -> int:
         return len(batch[0]) if batch is not None else 0
@@ -155,9 +155,6 @@ class Task(DenseTask):
 
     def eval_defaults(self) -> tuple[int, int]:
         return int(self.cfg["test"]["batch_size"]), 0
-
-    def eval_collate(self, items: list) -> list:
-        return items
 
     def evaluate(self, model: nn.Module, dataset: DetDataset, batches) -> dict:
         segm_area = str(self.cfg["test"]["segm_area"])
@@ -191,14 +188,8 @@ class Task(DenseTask):
 
     # --- demo --------------------------------------------------------------------------------------------
     demo_bar = {"bbox_AP50": 0.5}
-
-    def prepare_demo(self, root: Path) -> None:
-        from ..dense.synthetic import write_shapes_coco
-
-        write_shapes_coco(root)
-
-    def demo_examples(self, model: nn.Module, out_dir: Path, show: int = 4) -> list[dict]:
-        return self.predict(model, self._val_images(show), out_dir, score_thr=0.5)
+    demo_options = {"score_thr": 0.5}
+    prepare_demo = staticmethod(write_shapes_coco)
 
     # --- inference -----------------------------------------------------------------------------------------
     predict_options = ("score_thr",)

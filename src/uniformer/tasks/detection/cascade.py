@@ -29,7 +29,7 @@ from torch import nn
 from torchvision.ops import generalized_box_iou_loss
 
 from .boxes import box_regression_loss, boxes_to_rois, decode_boxes, encode_boxes, multiclass_nms
-from .roi_heads import LevelRoIAlign, mask_targets
+from .roi_heads import LevelRoIAlign, attach_mask_probs, mask_loss
 from .sampling import RoISampler
 
 __all__ = ["ConvModule", "ConvFCBoxHead", "FCNMaskHead", "CascadeRoIHeads", "STAGE_STDS"]
@@ -188,15 +188,8 @@ class CascadeRoIHeads(nn.Module):
         losses = {f"loss_classifier_s{stage}": w * F.cross_entropy(logits, classes),
                   f"loss_box_reg_s{stage}": w * box_loss}
         if self.has_mask():
-            pos_boxes = [s["boxes"][:s["num_pos"]] for s in samples]
-            target = torch.cat([
-                mask_targets(t["masks"], torch.cat([s["gt_index"][:s["num_pos"], None].to(b), b], 1), self.mask_size)
-                for s, t, b in zip(samples, targets, pos_boxes)])
-            pos_classes = torch.cat([s["labels"][:s["num_pos"]] for s in samples]) - 1
-            mask_logits = self.mask_forward(stage, features, boxes_to_rois(pos_boxes))
-            mask_logits = mask_logits[torch.arange(len(pos_classes)), pos_classes]
-            losses[f"loss_mask_s{stage}"] = w * (F.binary_cross_entropy_with_logits(mask_logits, target)
-                                                 if len(pos_classes) else mask_logits.sum() * 0)
+            losses[f"loss_mask_s{stage}"] = w * mask_loss(
+                samples, targets, lambda r: self.mask_forward(stage, features, r), self.mask_size, 1)
         return losses, (rois, logits, deltas, classes)
 
     def forward(self, features: Sequence[torch.Tensor], proposals: Sequence[torch.Tensor],
@@ -245,15 +238,10 @@ class CascadeRoIHeads(nn.Module):
                                        self.detections_per_img)
             results.append({"boxes": b, "scores": s, "labels": lab + 1})
         if self.has_mask():
-            mask_rois = boxes_to_rois([r["boxes"] * sf for r, sf in zip(results, scale_factors)])
-            probs = None
-            if len(mask_rois):
-                probs = sum(self.mask_forward(s, features, mask_rois).sigmoid() for s in range(n_stages)) / n_stages
-            start = 0
-            for r in results:
-                n = len(r["boxes"])
-                r["mask_probs"] = (probs[start:start + n][torch.arange(n), r["labels"] - 1] if n else
-                                   features[0].new_zeros((0, self.mask_size, self.mask_size)))
-                start += n
+            def mean_probs(r):
+                return sum(self.mask_forward(s, features, r).sigmoid() for s in range(n_stages)) / n_stages
+
+            attach_mask_probs(results, scale_factors, mean_probs,
+                              features[0].new_zeros((0, self.mask_size, self.mask_size)), 1)
         return results
 

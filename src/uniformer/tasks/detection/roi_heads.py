@@ -13,7 +13,7 @@ from torchvision.ops import roi_align
 from .boxes import box_regression_loss, boxes_to_rois, decode_boxes, encode_boxes, multiclass_nms
 from .sampling import RoISampler
 
-__all__ = ["LevelRoIAlign", "mask_targets", "MaskRCNNRoIHeads"]
+__all__ = ["LevelRoIAlign", "mask_targets", "mask_loss", "attach_mask_probs", "MaskRCNNRoIHeads"]
 
 
 class LevelRoIAlign(nn.Module):
@@ -49,6 +49,30 @@ def mask_targets(masks: torch.Tensor, rois: torch.Tensor, size: int) -> torch.Te
     if len(rois) == 0:
         return masks.new_zeros((0, size, size), dtype=torch.float32)
     return (roi_align(masks[:, None].float(), rois, size, 1.0, 0, True)[:, 0] >= 0.5).float()
+
+
+def mask_loss(samples: Sequence[dict], targets: Sequence[Mapping], mask_forward, size: int,
+              class_offset: int) -> torch.Tensor:
+    """Binary cross-entropy of the positive RoIs' mask logits of their class (label - `class_offset`)."""
+    pos_boxes = [s["boxes"][:s["num_pos"]] for s in samples]
+    target = torch.cat([mask_targets(t["masks"], torch.cat([s["gt_index"][:s["num_pos"], None].to(b), b], 1), size)
+                        for s, t, b in zip(samples, targets, pos_boxes)])
+    classes = torch.cat([s["labels"][:s["num_pos"]] for s in samples]) - class_offset
+    logits = mask_forward(boxes_to_rois(pos_boxes))[torch.arange(len(classes)), classes]
+    return F.binary_cross_entropy_with_logits(logits, target) if len(classes) else logits.sum() * 0
+
+
+def attach_mask_probs(results: list[dict], scale_factors: Sequence[torch.Tensor], mask_probs, empty: torch.Tensor,
+                      class_offset: int) -> None:
+    """Adds each detection's `mask_probs` (of its label - `class_offset`; `empty` when an image has none):
+    `mask_probs(rois)` on the detections back in network pixels."""
+    rois = boxes_to_rois([r["boxes"] * sf for r, sf in zip(results, scale_factors)])
+    probs = mask_probs(rois) if len(rois) else None
+    start = 0
+    for r in results:
+        n = len(r["boxes"])
+        r["mask_probs"] = probs[start:start + n][torch.arange(n), r["labels"] - class_offset] if n else empty
+        start += n
 
 
 
@@ -99,14 +123,8 @@ class MaskRCNNRoIHeads(nn.Module):
         losses = {"loss_classifier": F.cross_entropy(logits, labels),
                   "loss_box_reg": box_regression_loss(deltas, target, self.box_loss) / max(1, len(labels))}
         if self.has_mask():
-            pos_boxes = [s["boxes"][:s["num_pos"]] for s in samples]
-            mask_target = torch.cat([
-                mask_targets(t["masks"], torch.cat([s["gt_index"][:s["num_pos"], None].to(b), b], 1), self.mask_size)
-                for s, t, b in zip(samples, targets, pos_boxes)])
-            pos_labels = torch.cat([s["labels"][:s["num_pos"]] for s in samples])
-            logits = self.mask_forward(features, boxes_to_rois(pos_boxes))[torch.arange(len(pos_labels)), pos_labels]
-            losses["loss_mask"] = (F.binary_cross_entropy_with_logits(logits, mask_target) if len(pos_labels)
-                                   else logits.sum() * 0)
+            losses["loss_mask"] = mask_loss(samples, targets, lambda r: self.mask_forward(features, r), self.mask_size,
+                                            0)
         return losses
 
     @torch.no_grad()
@@ -124,14 +142,7 @@ class MaskRCNNRoIHeads(nn.Module):
             b, s, lab = multiclass_nms(boxes, scores, self.score_thresh, self.nms_thresh, self.detections_per_img)
             results.append({"boxes": b, "scores": s, "labels": lab + 1})
         if self.has_mask():
-            mask_boxes = [r["boxes"] * sf for r, sf in zip(results, scale_factors)]
-            probs = (self.mask_forward(features, boxes_to_rois(mask_boxes)).sigmoid() if sum(map(len, mask_boxes))
-                     else None)
-            start = 0
-            for r in results:
-                n = len(r["boxes"])
-                r["mask_probs"] = (probs[start:start + n][torch.arange(n), r["labels"]] if n else
-                                   features[0].new_zeros((0, self.mask_size, self.mask_size)))
-                start += n
+            attach_mask_probs(results, scale_factors, lambda r: self.mask_forward(features, r).sigmoid(),
+                              features[0].new_zeros((0, self.mask_size, self.mask_size)), 0)
         return results
 

@@ -30,7 +30,7 @@ from torch import nn
 from uniformer.engine.config import merge
 
 from ..dense.coco import coco_ground_truth
-from ..dense.synthetic import COCO_FLIP_PAIRS, COCO_SKELETON
+from ..dense.synthetic import COCO_FLIP_PAIRS, COCO_SKELETON, write_pose_coco
 from ..dense.task import DenseTask, backbone_kwargs, dense_defaults
 from ..dense.visualize import draw_keypoints
 from .data import PoseDataset, pose_collate
@@ -151,8 +151,7 @@ class Task(DenseTask):
             self.meta = {"num_joints": sets["train"].num_joints}
         return sets
 
-    def collate(self, samples: list):
-        return pose_collate(samples)
+    collate = staticmethod(pose_collate)
 
     def batch_size(self, batch) -> int:
         return len(batch["index"]) if batch is not None else 0
@@ -202,10 +201,7 @@ class Task(DenseTask):
     # --- demo --------------------------------------------------------------------------------------------
     demo_bar = {"AP": 0.5}
 
-    def prepare_demo(self, root: Path) -> None:
-        from ..dense.synthetic import write_pose_coco
-
-        write_pose_coco(root)
+    prepare_demo = staticmethod(write_pose_coco)
 
     def demo_examples(self, model: nn.Module, out_dir: Path, show: int = 4) -> list[dict]:
         """Skeletons on a few validation images, in their ground-truth person boxes (a top-down model needs boxes)."""

@@ -31,6 +31,7 @@ from torch import nn
 
 from uniformer.engine.config import merge
 
+from ..dense.synthetic import write_shapes_segmentation
 from ..dense.task import DenseTask, backbone_kwargs, dense_defaults
 from ..dense.visualize import draw_label_map
 from .data import SegDataset, read_classes, seg_collate
@@ -101,8 +102,7 @@ class Task(DenseTask):
             self.meta = {"classes": list(sets["train"].classes)}
         return sets
 
-    def collate(self, samples: list):
-        return seg_collate(samples)
+    collate = staticmethod(seg_collate)
 
     def batch_size(self, batch) -> int:
         return len(batch["ids"]) if batch is not None else 0
@@ -137,9 +137,6 @@ class Task(DenseTask):
     def eval_defaults(self) -> tuple[int, int]:
         return 1, 0  # images of different sizes: inferred one by one
 
-    def eval_collate(self, items: list) -> list:
-        return items
-
     def evaluate(self, model: nn.Module, dataset: SegDataset, batches) -> dict:
         metric = SegMetric(dataset.num_classes, dataset.ignore_index, dataset.classes)
         skipped = []
@@ -162,14 +159,7 @@ class Task(DenseTask):
 
     # --- demo --------------------------------------------------------------------------------------------
     demo_bar = {"mIoU": 0.5}
-
-    def prepare_demo(self, root: Path) -> None:
-        from ..dense.synthetic import write_shapes_segmentation
-
-        write_shapes_segmentation(root)
-
-    def demo_examples(self, model: nn.Module, out_dir: Path, show: int = 4) -> list[dict]:
-        return self.predict(model, self._val_images(show), out_dir)
+    prepare_demo = staticmethod(write_shapes_segmentation)
 
     # --- inference -----------------------------------------------------------------------------------------
     picture_suffix = "seg"
