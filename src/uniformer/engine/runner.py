@@ -400,8 +400,9 @@ class Runner:
                     not_finite = f"{loss.item()}; {({k: float(v.detach()) for k, v in out.items()})}"
                 # the mean over the micro-batches kept: a skipped one does not shrink the step
                 self.scaler.scale(loss / len(kept)).backward()
-            # `loss` is the sum the step optimised (a task's own `loss` entry is that sum already)
-            for k, v in {**{k: v.detach().float() for k, v in out.items()}, "loss": loss.detach(), "_count": 1}.items():
+            running = {k: v.detach().float() for k, v in out.items()}
+            running.update(loss=loss.detach(), _count=1)  # `loss`: the sum the step optimised
+            for k, v in running.items():
                 self._running[k] = self._running.get(k, 0) + v
             self._samples += n
         # Checked before the weights take the step, by every process together (one raising alone would leave
