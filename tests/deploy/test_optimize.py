@@ -156,3 +156,22 @@ def test_backend_errors_are_clear(make_tiny):
     with pytest.raises(ValueError, match="OpenVINO always compiles"):
         uniformer.optimize(model, compile=False, backend="openvino")
     assert uniformer.optimize(model, compile=False).backend == "eager"
+
+
+@needs_openvino
+def test_openvino_is_not_asked_for_bfloat16_on_a_cpu_without_it(make_tiny, monkeypatch):
+    """Where OpenVINO lacks the BF16 capability, auto keeps inductor alone and an explicit request is refused."""
+    import openvino
+
+    class CoreWithoutBf16:
+        def get_property(self, device, name):
+            assert (device, name) == ("CPU", "OPTIMIZATION_CAPABILITIES")
+            return ["FP32", "INT8"]
+
+    monkeypatch.setattr(openvino, "Core", CoreWithoutBf16)
+    reason = optimize_module._openvino_unusable(torch.device("cpu"), torch.bfloat16)
+    assert reason is not None and "bfloat16 units" in reason
+    assert optimize_module._openvino_unusable(torch.device("cpu"), torch.float32) is None
+    with pytest.raises(ValueError, match=r"optimize\(backend='openvino'\): .*bfloat16 units"):
+        uniformer.optimize(make_tiny("uniformer_xxs"), example=torch.randn(1, 3, 64, 64), dtype=torch.bfloat16,
+                           backend="openvino")

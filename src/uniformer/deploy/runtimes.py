@@ -36,9 +36,9 @@ class RuntimeModel(nn.Module):
     """An exported graph behind the call signature of a UniFormer module (CPU inference, float32 tensors in
     and out).
 
-    `video` says whether it takes B×C×T×H×W clips, as the PyTorch models do. `precision` (OpenVINO): "f32"
-    computes in float32 (its f32 inference-precision hint), "default" lets OpenVINO choose as it does
-    out of the box (bfloat16 on CPUs with bfloat16 units). `self.precision` is what the runtime reports
+    `video` says whether it takes B×C×T×H×W clips, as the PyTorch models do. `precision` (OpenVINO): "f32" / "bf16"
+    are its inference-precision hints, "default" lets OpenVINO choose as it does out of the box (bfloat16 on
+    CPUs with bfloat16 units). `self.precision` is what the runtime reports
     it computes in ("f32", "bf16").
     """
 
