@@ -44,8 +44,50 @@ __all__ = ["UniFormer"]
 STAGE3_MODES = ("global", "window", "hybrid")
 
 
+def classifier(dim: int, num_classes: int, device=None) -> nn.Module:
+    return nn.Linear(dim, num_classes, device=device) if num_classes > 0 else nn.Identity()
+
+
+def layer_scale_init(value: float | bool | None, default: float) -> float | None:
+    """`True` means the released initial value `default`, `False` none."""
+    return default if value is True else None if value is False else value
+
+
+def drop_path_rates(depths: Sequence[int], rate: float) -> list[list[float]]:
+    """Stochastic depth growing linearly over all blocks, split by stage."""
+    n = sum(depths)
+    rates = [rate * i / max(n - 1, 1) for i in range(n)]
+    return [rates[sum(depths[:s]):sum(depths[:s + 1])] for s in range(len(depths))]
+
+
 class _ModelApi(nn.Module):
-    """The part of timm's model API that UniFormer and UniFormerLight share."""
+    """What UniFormer and UniFormerLight share: the embeddings, the local stages, the pooled head, timm's API."""
+
+    classifiers: tuple[str, ...]  # the names of the Linear heads on `num_features`
+    stem_pattern: str  # group_matcher's stem
+
+    def _set_common(self, num_classes: int, global_pool: str, video: bool, embed_dims: Sequence[int]) -> None:
+        self.video = video
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = embed_dims[-1]
+        self.grad_checkpointing = False
+        self.channels_last = False  # run on channels-last maps (set by uniformer.fuse; faster on CPU)
+
+    def _add_embeddings(self, stem: nn.Module, embed_dims: Sequence[int], ndim: int, conv_downsample: bool) -> None:
+        self.patch_embed1 = stem
+        for i in (1, 2, 3):
+            if conv_downsample:
+                embed = ConvDownsample(embed_dims[i - 1], embed_dims[i], ndim)
+            else:
+                embed = PatchEmbed(embed_dims[i - 1], embed_dims[i], 2, ndim)
+            setattr(self, f"patch_embed{i + 1}", embed)
+
+    def _add_local_stages(self, embed_dims: Sequence[int], ndim: int, mlp_ratio: float, drop_rate: float,
+                          rates: list[list[float]], layer_scale: float | None) -> None:
+        for s in (0, 1):
+            self.add_module(f"blocks{s + 1}", nn.ModuleList(
+                LocalBlock(embed_dims[s], ndim, mlp_ratio, drop_rate, rate, layer_scale) for rate in rates[s]))
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -55,20 +97,45 @@ class _ModelApi(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=self.stem_pattern, blocks=r"^blocks(\d+)\.(\d+)" if not coarse else r"^blocks(\d+)")
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
+        for name in self.classifiers:
+            if getattr(self, name) is not None:
+                setattr(self, name, classifier(self.num_features, num_classes, self.norm.weight.device))
+
     def _block(self, blk: nn.Module, *args):
         if self.grad_checkpointing and torch.is_grad_enabled():
             return checkpoint(blk, *args, use_reentrant=False)
         return blk(*args)
+
+    def _run_stage(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+        for blk in blocks:
+            x = self._block(blk, x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if not self.global_pool:
+            return x
+        tokens = x.flatten(2)  # B × C × positions
+        pooled = self.head_drop(tokens.mean(-1))
+        if pre_logits:
+            return pooled
+        logits = self.head(pooled)
+        if getattr(self, "aux_head", None) is not None:
+            logits = logits + 0.5 * self.aux_head(tokens.transpose(1, 2)).amax(1)
+        return logits
 
 
 class UniFormer(_ModelApi):
     """UniFormer for images (B×C×H×W) or videos (B×C×T×H×W).
 
     Args:
-        depths: blocks per stage.
-        embed_dims: channels per stage.
-        head_dim: channels per attention head in the global stages.
-        mlp_ratio: FFN expansion.
         video: 3-D convolutions and the video embeddings (time halved by the first one).
         stem: "patch" (4×4 conv + LayerNorm) or "conv" (two 3×3 stride-2 convs, S+).
         downsample: "patch" (2×2 conv + LayerNorm) or "conv" (3×3 stride-2 conv + BN, S+).
@@ -81,6 +148,9 @@ class UniFormer(_ModelApi):
         stage3: "global", "window" or "hybrid" (every fourth block global) attention in stage 3.
         window_size: window of the "window" and "hybrid" modes.
     """
+
+    classifiers = ("head", "aux_head")
+    stem_pattern = r"^patch_embed1"
 
     def __init__(
         self,
@@ -114,89 +184,50 @@ class UniFormer(_ModelApi):
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool={global_pool!r}: expected 'avg' or ''")
         ndim = 3 if video else 2
-        if layer_scale is True:
-            layer_scale = 1e-6
-        elif layer_scale is False:
-            layer_scale = None
-        self.video = video
-        self.num_classes = num_classes
-        self.global_pool = global_pool
+        layer_scale = layer_scale_init(layer_scale, 1e-6)
+        self._set_common(num_classes, global_pool, video, embed_dims)
         self.embed_dims = tuple(embed_dims)
-        self.num_features = self.head_hidden_size = embed_dims[-1]
         self.features_only = features_only
         self.out_indices = tuple(out_indices)
-        self.grad_checkpointing = False
-        self.channels_last = False  # run on channels-last maps (set by uniformer.fuse; faster on CPU)
 
         if stem == "conv":
-            self.patch_embed1 = ConvStem(in_chans, embed_dims[0], ndim)
+            first = ConvStem(in_chans, embed_dims[0], ndim)
         else:
-            self.patch_embed1 = PatchEmbed(in_chans, embed_dims[0], 4, ndim, temporal_stride=2 if video else 1)
-        for i in (1, 2, 3):
-            if downsample == "conv":
-                embed = ConvDownsample(embed_dims[i - 1], embed_dims[i], ndim)
-            else:
-                embed = PatchEmbed(embed_dims[i - 1], embed_dims[i], 2, ndim)
-            setattr(self, f"patch_embed{i + 1}", embed)
+            first = PatchEmbed(in_chans, embed_dims[0], 4, ndim, temporal_stride=2 if video else 1)
+        self._add_embeddings(first, embed_dims, ndim, conv_downsample=downsample == "conv")
         self.pos_drop = nn.Dropout(drop_rate)
 
-        n = sum(depths)
-        dpr = [drop_path_rate * i / max(n - 1, 1) for i in range(n)]  # stochastic depth grows linearly
-        starts = [sum(depths[:i]) for i in range(4)]
-        for s in (0, 1):
-            self.add_module(f"blocks{s + 1}", nn.ModuleList(
-                LocalBlock(embed_dims[s], ndim, mlp_ratio, drop_rate, dpr[starts[s] + i], local_layer_scale)
-                for i in range(depths[s])))
+        rates = drop_path_rates(depths, drop_path_rate)
+        self._add_local_stages(embed_dims, ndim, mlp_ratio, drop_rate, rates, local_layer_scale)
         for s in (2, 3):
             blocks = []
-            for i in range(depths[s]):
+            for i, rate in enumerate(rates[s]):
                 windowed = s == 2 and (stage3 == "window" or (stage3 == "hybrid" and (i + 1) % 4 != 0))
-                blocks.append(GlobalBlock(
-                    embed_dims[s], ndim, head_dim, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate,
-                    dpr[starts[s] + i], layer_scale, window_size if windowed else None))
+                blocks.append(GlobalBlock(embed_dims[s], ndim, head_dim, mlp_ratio, qkv_bias, drop_rate,
+                                          attn_drop_rate, rate, layer_scale, window_size if windowed else None))
             self.add_module(f"blocks{s + 1}", nn.ModuleList(blocks))
 
         if features_only:
             for i in range(4):
                 self.add_module(f"norm{i + 1}", nn.LayerNorm(embed_dims[i], eps=1e-6))
-            strides = (4, 8, 16, 32)
             self.feature_info = FeatureInfo(
-                [dict(num_chs=embed_dims[i], reduction=strides[i], module=f"norm{i + 1}") for i in range(4)],
+                [dict(num_chs=dim, reduction=4 * 2 ** i, module=f"norm{i + 1}") for i, dim in enumerate(embed_dims)],
                 self.out_indices)
         else:
             self.norm = batch_norm_nd(ndim)(embed_dims[-1])
             self.head_drop = nn.Dropout(drop_rate)
-            self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-            self.aux_head = (nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()) \
-                if aux_head else None
+            self.head = classifier(embed_dims[-1], num_classes)
+            self.aux_head = classifier(embed_dims[-1], num_classes) if aux_head else None
         self.apply(init_weights)
 
-    # --- timm model API -------------------------------------------------------------------
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         return set()
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(stem=r"^patch_embed1", blocks=r"^blocks(\d+)\.(\d+)" if not coarse else r"^blocks(\d+)")
-
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if self.features_only:
             raise RuntimeError("a features_only backbone has no classifier")
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        device = self.norm.weight.device
-        self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
-        if self.aux_head is not None:
-            self.aux_head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 \
-                else nn.Identity()
-
-    # --- forward --------------------------------------------------------------------------
-    def _run_stage(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
-        for blk in blocks:
-            x = self._block(blk, x)
-        return x
+        super().reset_classifier(num_classes, global_pool)
 
     def _stage_maps(self, x: torch.Tensor):
         """Yield the output of each stage (before any final norm)."""
@@ -221,18 +252,6 @@ class UniFormer(_ModelApi):
             return out
         *_, x = self._stage_maps(x)
         return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if not self.global_pool:
-            return x
-        tokens = x.flatten(2)  # B × C × positions
-        pooled = self.head_drop(tokens.mean(-1))
-        if pre_logits:
-            return pooled
-        logits = self.head(pooled)
-        if self.aux_head is not None:
-            logits = logits + 0.5 * self.aux_head(tokens.transpose(1, 2)).amax(1)
-        return logits
 
     def forward(self, x: torch.Tensor):
         if self.features_only:

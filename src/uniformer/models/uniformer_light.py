@@ -22,15 +22,16 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
 from .checkpoint import checkpoint_filter_fn, load_pretrained
-from .layers import (
-    ConvStem,
-    GlobalBlock,
-    LocalBlock,
-    PatchEmbed,
-    batch_norm_nd,
-    to_memory_format,
+from .layers import ConvStem, GlobalBlock, batch_norm_nd, to_memory_format
+from .uniformer import (
+    _ModelApi,
+    classifier,
+    drop_path_rates,
+    init_weights,
+    layer_scale_init,
+    pretrained_cfgs,
+    register_variants,
 )
-from .uniformer import _ModelApi, init_weights, pretrained_cfgs, register_variants
 from .variants import LIGHT_MODEL_ARGS
 
 __all__ = ["UniFormerLight", "EvolvingGlobalBlock"]
@@ -123,6 +124,9 @@ class UniFormerLight(_ModelApi):
     Eval: logits of the pooled map. Training: (those logits, class-token logits).
     """
 
+    classifiers = ("head", "head_cls")
+    stem_pattern = r"^patch_embed1|^cls_token"
+
     def __init__(
         self,
         depths: Sequence[int] = (3, 5, 9, 3),
@@ -142,50 +146,34 @@ class UniFormerLight(_ModelApi):
         global_pool: str = "avg",
     ):
         super().__init__()
-        if layer_scale is True:
-            layer_scale = 0.1
-        elif layer_scale is False:
-            layer_scale = None
+        layer_scale = layer_scale_init(layer_scale, 0.1)
         ndim = 3 if video else 2
         d3, d4 = depths[2], depths[3]
         prune_ratios = prune_ratios or ([1.0] + [0.5] * (d3 - 1), [0.5] * d4)
         trade_offs = trade_offs or ([1.0] + [0.5] * (d3 - 1), [0.5] * d4)
-        if len(prune_ratios[0]) != d3 or len(prune_ratios[1]) != d4 or len(trade_offs[0]) != d3 \
-                or len(trade_offs[1]) != d4:
+        if [len(v) for v in (*prune_ratios, *trade_offs)] != [d3, d4, d3, d4]:
             raise ValueError("prune_ratios and trade_offs need one value per block of stages 3 and 4")
-        self.video = video
-        self.num_classes = num_classes
-        self.global_pool = global_pool
-        self.num_features = self.head_hidden_size = embed_dims[-1]
-        self.grad_checkpointing = False
-        self.channels_last = False  # run on channels-last maps (set by uniformer.fuse; faster on CPU)
+        self._set_common(num_classes, global_pool, video, embed_dims)
 
-        self.patch_embed1 = ConvStem(in_chans, embed_dims[0], ndim)
-        for i in (1, 2, 3):
-            setattr(self, f"patch_embed{i + 1}", PatchEmbed(embed_dims[i - 1], embed_dims[i], 2, ndim))
+        self._add_embeddings(ConvStem(in_chans, embed_dims[0], ndim), embed_dims, ndim, conv_downsample=False)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dims[2]))
         self.cls_upsample = nn.Linear(embed_dims[2], embed_dims[3])
         self.pos_drop = nn.Dropout(drop_rate)
 
-        n = sum(depths)
-        dpr = [drop_path_rate * i / max(n - 1, 1) for i in range(n)]
-        starts = [sum(depths[:i]) for i in range(4)]
-        for s in (0, 1):
-            self.add_module(f"blocks{s + 1}", nn.ModuleList(
-                LocalBlock(embed_dims[s], ndim, mlp_ratio, drop_rate, dpr[starts[s] + i], layer_scale)
-                for i in range(depths[s])))
+        rates = drop_path_rates(depths, drop_path_rate)
+        self._add_local_stages(embed_dims, ndim, mlp_ratio, drop_rate, rates, layer_scale)
         for s in (2, 3):
             self.add_module(f"blocks{s + 1}", nn.ModuleList(
                 EvolvingGlobalBlock(
-                    embed_dims[s], ndim, head_dim, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate,
-                    dpr[starts[s] + i], prune_ratios[s - 2][i], trade_offs[s - 2][i],
+                    embed_dims[s], ndim, head_dim, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, rate,
+                    prune_ratios[s - 2][i], trade_offs[s - 2][i],
                     downsample_score=(s == 2 and i == depths[2] - 1), layer_scale=layer_scale)
-                for i in range(depths[s])))
+                for i, rate in enumerate(rates[s])))
         self.norm = batch_norm_nd(ndim)(embed_dims[-1])
         self.norm_cls = nn.LayerNorm(embed_dims[-1])
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-        self.head_cls = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.head = classifier(embed_dims[-1], num_classes)
+        self.head_cls = classifier(embed_dims[-1], num_classes)
         self.apply(init_weights)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
@@ -193,26 +181,11 @@ class UniFormerLight(_ModelApi):
     def no_weight_decay(self) -> set[str]:
         return {"cls_token"}
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(stem=r"^patch_embed1|^cls_token", blocks=r"^blocks(\d+)\.(\d+)" if not coarse else r"^blocks(\d+)")
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        device = self.norm.weight.device
-        make = (lambda: nn.Linear(self.num_features, num_classes, device=device)) if num_classes > 0 else nn.Identity
-        self.head, self.head_cls = make(), make()
-
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (class token B×1×C, final map after the BatchNorm)."""
         x = self.pos_drop(self.patch_embed1(to_memory_format(x, self.channels_last)))
-        for blk in self.blocks1:
-            x = self._block(blk, x)
-        x = self.patch_embed2(x)
-        for blk in self.blocks2:
-            x = self._block(blk, x)
+        x = self._run_stage(self.blocks1, x)
+        x = self._run_stage(self.blocks2, self.patch_embed2(x))
         x = self.patch_embed3(x)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         score = None
@@ -224,20 +197,12 @@ class UniFormerLight(_ModelApi):
             cls, x, score = self._block(blk, cls, x, score)
         return cls, self.norm(x)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if not self.global_pool:
-            return x
-        pooled = self.head_drop(x.flatten(2).mean(-1))
-        return pooled if pre_logits else self.head(pooled)
-
     def forward(self, x: torch.Tensor):
         cls, x = self.forward_features(x)
         logits = self.forward_head(x)
         if self.training and self.global_pool:
             return logits, self.head_cls(self.norm_cls(cls).squeeze(1))
         return logits
-
-
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> UniFormerLight:
