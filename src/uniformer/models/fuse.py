@@ -32,7 +32,7 @@ from .layers import (
     to_channels_last_view,
 )
 from .uniformer import UniFormer
-from .uniformer_light import EvolvingGlobalBlock, UniFormerLight
+from .uniformer_light import UniFormerLight
 
 __all__ = ["fuse", "InferenceMlp"]
 
@@ -72,13 +72,9 @@ def _fold_input_affine(layer: nn.Module, s: torch.Tensor, t: torch.Tensor) -> No
     """layer(s·x + t) → layer'(x) for a Linear or a 1×1 convolution (no padding involved)."""
     w = layer.weight
     flat = w.reshape(w.shape[0], w.shape[1])
-    bias = layer.bias if layer.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
-    new_bias = bias + flat @ t
+    shift = flat @ t
+    layer.bias = nn.Parameter(shift if layer.bias is None else layer.bias + shift)
     layer.weight.copy_((flat * s[None, :]).reshape(w.shape))
-    if layer.bias is None:
-        layer.bias = nn.Parameter(new_bias)
-    else:
-        layer.bias.copy_(new_bias)
 
 
 def _fold_output_affine(layer: nn.Module, s: torch.Tensor, t: torch.Tensor | None = None) -> None:
@@ -107,26 +103,27 @@ def _fold_sequential_bn(seq: nn.Sequential) -> nn.Sequential:
     return nn.Sequential(*out)
 
 
+def _fuse_branch_outputs(blk: LocalBlock | GlobalBlock, attn_out: nn.Module, on_maps: bool) -> None:
+    """Layer scales into the branches' output layers; the FFN becomes an InferenceMlp."""
+    if blk.gamma_1 is not None:
+        _fold_output_affine(attn_out, blk.gamma_1.flatten())
+        _fold_output_affine(blk.mlp.fc2, blk.gamma_2.flatten())
+        blk.gamma_1 = blk.gamma_2 = None
+    blk.mlp = InferenceMlp(blk.mlp.fc1, blk.mlp.fc2, on_maps)
+
+
 def _fuse_local(blk: LocalBlock) -> None:
     _fold_input_affine(blk.conv1, *_bn_affine(blk.norm1))
     _fold_input_affine(blk.mlp.fc1, *_bn_affine(blk.norm2))
     blk.norm1, blk.norm2 = nn.Identity(), nn.Identity()
-    if blk.gamma_1 is not None:
-        _fold_output_affine(blk.conv2, blk.gamma_1.flatten())
-        _fold_output_affine(blk.mlp.fc2, blk.gamma_2.flatten())
-        blk.gamma_1 = blk.gamma_2 = None
-    blk.mlp = InferenceMlp(blk.mlp.fc1, blk.mlp.fc2, on_maps=True)
+    _fuse_branch_outputs(blk, blk.conv2, on_maps=True)
 
 
-def _fuse_global(blk: GlobalBlock | EvolvingGlobalBlock) -> None:
-    if getattr(blk, "window_size", None) is None:  # windows zero-pad after the affine: keep it there
+def _fuse_global(blk: GlobalBlock) -> None:
+    if blk.window_size is None:  # windows zero-pad after the affine: keep it there
         blk.norm1 = _fold_layer_norm_affine(blk.norm1, blk.attn.qkv)
     blk.norm2 = _fold_layer_norm_affine(blk.norm2, blk.mlp.fc1)
-    if blk.gamma_1 is not None:
-        _fold_output_affine(blk.attn.proj, blk.gamma_1)
-        _fold_output_affine(blk.mlp.fc2, blk.gamma_2)
-        blk.gamma_1 = blk.gamma_2 = None
-    blk.mlp = InferenceMlp(blk.mlp.fc1, blk.mlp.fc2, on_maps=False)
+    _fuse_branch_outputs(blk, blk.attn.proj, on_maps=False)
 
 
 def _fuse_head(model: UniFormer | UniFormerLight) -> None:
@@ -149,7 +146,7 @@ def fuse(model: nn.Module) -> nn.Module:
             m.fold_identity()
         elif isinstance(m, LocalBlock):
             _fuse_local(m)
-        elif isinstance(m, (GlobalBlock, EvolvingGlobalBlock)):
+        elif isinstance(m, GlobalBlock):  # EvolvingGlobalBlock too
             _fuse_global(m)
         elif isinstance(m, (ConvStem, ConvDownsample)):
             m.proj = _fold_sequential_bn(m.proj)

@@ -14,12 +14,8 @@ from timm.layers import DropPath, Mlp
 from torch import nn
 from torch.utils.flop_counter import register_flop_formula
 
-__all__ = [
-    "DynamicPositionEmbedding", "ConvMlp", "LocalBlock", "GlobalMHRA", "GlobalBlock",
-    "PatchEmbed", "ConvStem", "ConvDownsample", "conv_nd", "batch_norm_nd", "channels_last_norm", "pointwise", "dense",
-    "is_channels_last", "to_memory_format",
-    "to_channels_last_view", "from_channels_last_view",
-]
+__all__ = ["DynamicPositionEmbedding", "LocalBlock", "GlobalMHRA", "GlobalBlock", "PatchEmbed", "ConvStem",
+           "ConvDownsample", "dense"]
 
 
 def conv_nd(ndim: int) -> type[nn.Module]:
@@ -108,12 +104,9 @@ class DynamicPositionEmbedding(nn.Module):
     def __init__(self, dim: int, ndim: int = 2):
         super().__init__()
         self.ndim = ndim
-        self.weight = nn.Parameter(torch.empty(dim, 1, *(3,) * ndim))
-        self.bias = nn.Parameter(torch.empty(dim))
+        conv = conv_nd(ndim)(dim, dim, 3, padding=1, groups=dim)  # its initialisation, as the original
+        self.weight, self.bias = conv.weight, conv.bias
         self.identity_folded = False
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Conv default, as the original
-        bound = 1 / math.sqrt(math.prod(self.weight.shape[1:]))
-        nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = F.conv2d if self.ndim == 2 else F.conv3d
@@ -146,6 +139,11 @@ def _layer_scale(init: float | None, shape: tuple[int, ...]) -> nn.Parameter | N
     return None if init is None else nn.Parameter(init * torch.ones(shape))
 
 
+def scaled(y: torch.Tensor, gamma: torch.Tensor | None) -> torch.Tensor:
+    """A branch's output times its layer scale, if any."""
+    return y if gamma is None else gamma * y
+
+
 class LocalBlock(nn.Module):
     """Shallow-stage block (the original `CBlock`): DPE, local MHRA, convolutional FFN.
 
@@ -174,9 +172,9 @@ class LocalBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pos_embed(x)
         y = pointwise(self.conv2, self.attn(pointwise(self.conv1, self.norm1(x))))
-        x = x + self.drop_path(y if self.gamma_1 is None else self.gamma_1 * y)
+        x = x + self.drop_path(scaled(y, self.gamma_1))
         y = self.mlp(self.norm2(x))
-        return x + self.drop_path(y if self.gamma_2 is None else self.gamma_2 * y)
+        return x + self.drop_path(scaled(y, self.gamma_2))
 
 
 class GlobalMHRA(nn.Module):
@@ -264,9 +262,9 @@ class GlobalBlock(nn.Module):
             y = self.attn(self.norm1(x))
         else:
             y = self._window_attention(self.norm1(x), shape[-2], shape[-1])
-        x = x + self.drop_path(y if self.gamma_1 is None else self.gamma_1 * y)
+        x = x + self.drop_path(scaled(y, self.gamma_1))
         y = self.mlp(self.norm2(x))
-        x = x + self.drop_path(y if self.gamma_2 is None else self.gamma_2 * y)
+        x = x + self.drop_path(scaled(y, self.gamma_2))
         return x.transpose(1, 2).reshape(shape)
 
 

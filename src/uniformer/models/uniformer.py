@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from timm.layers import trunc_normal_
@@ -273,20 +274,6 @@ def init_weights(m: nn.Module) -> None:
 # --- variants ---------------------------------------------------------------------------------
 
 
-def _create(variant: str, pretrained: bool = False, **kwargs) -> UniFormer:
-    kwargs = {**MODEL_ARGS[variant], **kwargs}
-    # The backbone returns its stage maps itself (with their LayerNorms), so timm's feature
-    # wrapper is bypassed: build_model_with_cfg would otherwise pop `features_only`.
-    features_only = kwargs.pop("features_only", False)
-    kwargs.pop("feature_cls", None)
-    model = build_model_with_cfg(
-        lambda **kw: UniFormer(features_only=features_only, **kw), variant, pretrained=False,
-        pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
-    if pretrained:
-        load_pretrained(model)
-    return model
-
-
 def _cfg(**kwargs) -> dict:
     cfg = dict(
         num_classes=1000, input_size=(3, 224, 224), crop_pct=0.875, interpolation="bicubic",
@@ -309,8 +296,23 @@ def pretrained_cfgs(variants) -> dict:
 default_cfgs = generate_default_cfgs(pretrained_cfgs(MODEL_ARGS))
 
 
-def register_variants(create, docs: dict[str, str], module: str) -> None:
-    """Register a timm entry point `name(pretrained=False, **kwargs)` per `docs` entry as an attribute of `module`."""
+def register_variants(cls: type[nn.Module], args: dict[str, dict], docs: dict[str, str], module: str) -> None:
+    """Register per `docs` entry a timm entry point `name(pretrained=False, **kwargs)` building `cls` from
+    `args[name]`, as an attribute of `module`."""
+    def create(variant: str, pretrained: bool, **kwargs) -> nn.Module:
+        kwargs = {**args[variant], **kwargs}
+        # The backbone returns its stage maps itself (with their LayerNorms), so timm's feature
+        # wrapper is bypassed: build_model_with_cfg would otherwise pop `features_only`.
+        features_only = kwargs.pop("features_only", False)
+        kwargs.pop("feature_cls", None)
+        if features_only and cls is not UniFormer:
+            raise ValueError(f"{variant}: features_only backbones exist for the standard models, not the light ones")
+        model = build_model_with_cfg(partial(cls, features_only=True) if features_only else cls, variant,
+                                     pretrained=False, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+        if pretrained:
+            load_pretrained(model)
+        return model
+
     def entry_point(variant: str, doc: str):
         def entry(pretrained: bool = False, **kwargs):
             return create(variant, pretrained, **kwargs)
@@ -323,7 +325,7 @@ def register_variants(create, docs: dict[str, str], module: str) -> None:
         setattr(sys.modules[module], variant, entry_point(variant, doc))
 
 
-register_variants(_create, dict(
+register_variants(UniFormer, MODEL_ARGS, dict(
     uniformer_small="UniFormer-S: depths 3/4/8/3, 21.5M parameters, 3.6 GFLOPs at 224².",
     uniformer_small_plus="UniFormer-S+ (S† in the paper): convolutional stem and downsampling, depths 3/5/9/3, "
                          "head_dim 32.",

@@ -18,11 +18,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models import generate_default_cfgs
 from torch import nn
 
-from .checkpoint import checkpoint_filter_fn, load_pretrained
-from .layers import ConvStem, GlobalBlock, batch_norm_nd, to_memory_format
+from .layers import ConvStem, GlobalBlock, batch_norm_nd, scaled, to_memory_format
 from .uniformer import (
     _ModelApi,
     classifier,
@@ -61,16 +60,13 @@ class EvolvingGlobalBlock(GlobalBlock):
         self.trade_off = trade_off
         self.downsample_score = downsample_score
 
-    def _scaled(self, y: torch.Tensor, gamma: torch.Tensor | None) -> torch.Tensor:
-        return y if gamma is None else gamma * y
-
     def _attend(self, seq: torch.Tensor):
         """Attention + MLP on [cls, tokens..]; returns the new sequence, the class attention, and
         the scaled update received by the last token (the representative)."""
         a, cls_attn = self.attn(self.norm1(seq), cls_attention=True)
-        a = self._scaled(a, self.gamma_1)
+        a = scaled(a, self.gamma_1)
         seq = seq + self.drop_path(a)
-        m = self._scaled(self.mlp(self.norm2(seq)), self.gamma_2)
+        m = scaled(self.mlp(self.norm2(seq)), self.gamma_2)
         seq = seq + self.drop_path(m)
         return seq, cls_attn, a[:, -1:] + m[:, -1:]
 
@@ -205,20 +201,10 @@ class UniFormerLight(_ModelApi):
         return logits
 
 
-def _create(variant: str, pretrained: bool = False, **kwargs) -> UniFormerLight:
-    if kwargs.pop("features_only", False):
-        raise ValueError(f"{variant}: features_only backbones exist for the standard models, not the light ones")
-    model = build_model_with_cfg(UniFormerLight, variant, pretrained=False, pretrained_filter_fn=checkpoint_filter_fn,
-                                 **{**LIGHT_MODEL_ARGS[variant], **kwargs})
-    if pretrained:
-        load_pretrained(model)
-    return model
-
-
 default_cfgs = generate_default_cfgs(pretrained_cfgs(LIGHT_MODEL_ARGS))
 
 
-register_variants(_create, dict(
+register_variants(UniFormerLight, LIGHT_MODEL_ARGS, dict(
     uniformer_xxs="UniFormer-XXS: depths 2/5/8/2, widths 56/112/224/448, head_dim 28, token evolution.",
     uniformer_xs="UniFormer-XS: depths 3/5/9/3, widths 64/128/256/512, head_dim 32, token evolution.",
     uniformer_video_xxs="Video UniFormer-XXS (`layer_scale=True` for the released 4- and 8-frame checkpoints).",
