@@ -293,12 +293,11 @@ def pretrained_cfgs(variants) -> dict:
     return cfgs
 
 
-default_cfgs = generate_default_cfgs(pretrained_cfgs(MODEL_ARGS))
+def register_variants(cls: type[nn.Module], args: dict[str, dict], module: str) -> None:
+    """Register a timm entry point `name(pretrained=False, **kwargs)` building `cls` from `args[name]` per
+    entry of `args`, as an attribute of `module` (whose `default_cfgs` timm reads)."""
+    sys.modules[module].default_cfgs = generate_default_cfgs(pretrained_cfgs(args))
 
-
-def register_variants(cls: type[nn.Module], args: dict[str, dict], docs: dict[str, str], module: str) -> None:
-    """Register per `docs` entry a timm entry point `name(pretrained=False, **kwargs)` building `cls` from
-    `args[name]`, as an attribute of `module`."""
     def create(variant: str, pretrained: bool, **kwargs) -> nn.Module:
         kwargs = {**args[variant], **kwargs}
         # The backbone returns its stage maps itself (with their LayerNorms), so timm's feature
@@ -313,30 +312,16 @@ def register_variants(cls: type[nn.Module], args: dict[str, dict], docs: dict[st
             load_pretrained(model)
         return model
 
-    def entry_point(variant: str, doc: str):
+    def entry_point(variant: str):
         def entry(pretrained: bool = False, **kwargs):
             return create(variant, pretrained, **kwargs)
         entry.__name__ = entry.__qualname__ = variant
-        entry.__doc__ = doc
+        entry.__doc__ = f"{cls.__name__} {variant} ({args[variant]}; see variants.py)."
         entry.__module__ = module
         return register_model(entry)
 
-    for variant, doc in docs.items():
-        setattr(sys.modules[module], variant, entry_point(variant, doc))
+    for variant in args:
+        setattr(sys.modules[module], variant, entry_point(variant))
 
 
-register_variants(UniFormer, MODEL_ARGS, dict(
-    uniformer_small="UniFormer-S: depths 3/4/8/3, 21.5M parameters, 3.6 GFLOPs at 224².",
-    uniformer_small_plus="UniFormer-S+ (S† in the paper): convolutional stem and downsampling, depths 3/5/9/3, "
-                         "head_dim 32.",
-    uniformer_small_plus_dim64="UniFormer-S+ with head_dim 64.",
-    uniformer_base="UniFormer-B: depths 5/8/20/7, 49.8M parameters, 8.3 GFLOPs at 224².",
-    uniformer_base_ls="UniFormer-B with layer scale on the global blocks.",
-    uniformer_large_ls="UniFormer-L: depths 5/10/24/7, widths 128/192/448/640, layer scale (token-labeling weights).",
-    uniformer_small_tl="UniFormer-S trained with token labeling: head_dim 32 and an auxiliary head on every token.",
-    uniformer_small_plus_tl="UniFormer-S+ trained with token labeling: head_dim 32 and an auxiliary head.",
-    uniformer_base_tl="UniFormer-B trained with token labeling: head_dim 32 and an auxiliary head.",
-    uniformer_large_ls_tl="UniFormer-L (layer scale) trained with token labeling: an auxiliary head; head_dim 64.",
-    uniformer_video_small="Video UniFormer-S: 3-D local blocks, joint spatio-temporal attention; input B×3×T×H×W.",
-    uniformer_video_base="Video UniFormer-B.",
-), __name__)
+register_variants(UniFormer, MODEL_ARGS, __name__)

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.models import generate_default_cfgs
 from torch import nn
 
 from .layers import ConvStem, GlobalBlock, batch_norm_nd, scaled, to_memory_format
@@ -28,7 +27,6 @@ from .uniformer import (
     drop_path_rates,
     init_weights,
     layer_scale_init,
-    pretrained_cfgs,
     register_variants,
 )
 from .variants import LIGHT_MODEL_ARGS
@@ -201,12 +199,4 @@ class UniFormerLight(_ModelApi):
         return logits
 
 
-default_cfgs = generate_default_cfgs(pretrained_cfgs(LIGHT_MODEL_ARGS))
-
-
-register_variants(UniFormerLight, LIGHT_MODEL_ARGS, dict(
-    uniformer_xxs="UniFormer-XXS: depths 2/5/8/2, widths 56/112/224/448, head_dim 28, token evolution.",
-    uniformer_xs="UniFormer-XS: depths 3/5/9/3, widths 64/128/256/512, head_dim 32, token evolution.",
-    uniformer_video_xxs="Video UniFormer-XXS (`layer_scale=True` for the released 4- and 8-frame checkpoints).",
-    uniformer_video_xs="Video UniFormer-XS.",
-), __name__)
+register_variants(UniFormerLight, LIGHT_MODEL_ARGS, __name__)
