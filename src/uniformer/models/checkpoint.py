@@ -20,6 +20,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .variants import LIGHT_MODEL_ARGS, MODEL_ARGS
@@ -32,7 +33,7 @@ __all__ = [
 ]
 
 CLASSIFIER_PREFIXES = ("head.", "head_cls.", "aux_head.")
-CLASSIFICATION_ONLY = ("head.", "head_cls.", "aux_head.", "norm.", "norm_cls.", "cls_upsample.", "cls_token")
+CLASSIFICATION_ONLY = (*CLASSIFIER_PREFIXES, "norm.", "norm_cls.", "cls_upsample.", "cls_token")
 DENSE_NORMS = tuple(f"norm{i}." for i in range(1, 5))
 
 
@@ -42,19 +43,11 @@ class CheckpointError(RuntimeError):
 
 def _safe_globals() -> list:
     """Types the original checkpoints carry besides tensors: training arguments, numpy scalars."""
-    allowed: list = [argparse.Namespace]
     try:
-        import numpy as np
-
-        try:
-            from numpy._core.multiarray import scalar
-        except ImportError:  # numpy < 2
-            from numpy.core.multiarray import scalar
-        allowed += [scalar, np.dtype, type(np.dtype(np.float64)), type(np.dtype(np.float32)),
-                    type(np.dtype(np.int64))]
-    except ImportError:
-        pass
-    return allowed
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import scalar
+    return [argparse.Namespace, scalar, np.dtype, *(type(np.dtype(t)) for t in (np.float64, np.float32, np.int64))]
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
@@ -75,7 +68,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
         with torch.serialization.safe_globals(_safe_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "GLOBAL" not in str(e) and "global" not in str(e):
+        if "global" not in str(e).lower():
             raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         what = f"the Python object {found.group(1)}" if found else "a Python object outside the allow-list"
@@ -183,15 +176,14 @@ def load_state(model: torch.nn.Module, obj, path: str | os.PathLike, inflate: st
     missing = [k for k in own if k not in converted and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in converted if k not in own]
     mismatched = [k for k in converted if k in own and converted[k].shape != own[k].shape]
-    allowed_missing = []
-    dropped_head = any(k.startswith(CLASSIFIER_PREFIXES) for k in sd) and \
-        not any(k.startswith(CLASSIFIER_PREFIXES) for k in converted)
-    if dropped_head:
-        allowed_missing += list(CLASSIFIER_PREFIXES)
+    allowed_missing = ()
+    had_head = any(k.startswith(CLASSIFIER_PREFIXES) for k in sd)
+    if had_head and not any(k.startswith(CLASSIFIER_PREFIXES) for k in converted):
+        allowed_missing += CLASSIFIER_PREFIXES  # the filter dropped a classifier that does not fit
     if getattr(model, "features_only", False) and not any(k.startswith(DENSE_NORMS) for k in sd):
-        allowed_missing += list(DENSE_NORMS)  # an ImageNet checkpoint: the stage norms start fresh
+        allowed_missing += DENSE_NORMS  # an ImageNet checkpoint: the stage norms start fresh
         _logger.info("%s has no dense-prediction norms (norm1..norm4): they keep their initial values", path)
-    missing = [k for k in missing if not k.startswith(tuple(allowed_missing))]
+    missing = [k for k in missing if not k.startswith(allowed_missing)]
     if missing or unexpected or mismatched:
         lines = [f"{path} does not fit {type(model).__name__} "
                  f"'{getattr(model, 'pretrained_cfg', {}).get('architecture', '?')}':"]
@@ -204,8 +196,7 @@ def load_state(model: torch.nn.Module, obj, path: str | os.PathLike, inflate: st
                 [f"{k} {tuple(converted[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched], 3))
         lines.append(f"  the checkpoint looks like {identify_variant(sd, info)}")
         raise CheckpointError("\n".join(lines))
-    result = model.load_state_dict(converted, strict=False)
-    assert not result.unexpected_keys
+    model.load_state_dict(converted, strict=False)
     return info
 
 
@@ -234,10 +225,9 @@ def _architecture_signature(sd: Mapping[str, torch.Tensor]) -> dict:
 def _variant_table() -> dict[str, dict]:
     table = {}
     for name, args in {**MODEL_ARGS, **LIGHT_MODEL_ARGS}.items():
-        video = args.get("video", False)
         light = name in LIGHT_MODEL_ARGS
         table[name] = dict(
-            video=video, light=light,
+            video=args.get("video", False), light=light,
             conv_stem=light or args.get("stem") == "conv",
             conv_downsample=args.get("downsample") == "conv",
             depths=tuple(args.get("depths")), dims=tuple(args.get("embed_dims", (64, 128, 320, 512))),

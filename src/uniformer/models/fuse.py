@@ -1,18 +1,11 @@
 """Inference fusion: fold every exact linear identity into the adjacent weights.
 
-- BatchNorm before a 1×1 conv (local MHRA's `norm1` → `conv1`, `norm2` → `mlp.fc1`) and after a
-  conv (stems, S+ downsampling) is folded into that conv.
-- The final BatchNorm is folded into the classifier (and the token-labeling `aux_head`): pooling
-  and a per-channel affine map commute.
-- LayerNorm's affine part before `qkv` / `mlp.fc1` goes into those Linear layers (not before
-  window attention, whose zero padding comes after the affine map).
-- Layer-scale `gamma`s go into the output projections (`conv2`, `attn.proj`, `mlp.fc2`).
-- The DPE residual becomes +1 on the centre tap of its depthwise kernel.
-- FFNs become `InferenceMlp`: fc1 and GELU run as one oneDNN kernel on CPU (`layers.dense`).
-- The model runs on channels-last maps, where pointwise convolutions are matrix products over
-  channels and the token views of the global stages need no copies.
-
-The result is for inference only (BatchNorm statistics are frozen into weights).
+BatchNorms go into the adjacent convolution (1×1 after, stems before) and the final one into the
+classifier(s), since pooling and a per-channel affine map commute; LayerNorm affines into the next
+Linear (not before window attention, which zero-pads after it); layer scales into the output
+projections; the DPE residual onto its kernel's centre tap. FFNs become `InferenceMlp` (fc1 + GELU
+as one oneDNN kernel on CPU), and the model runs on channels-last maps, where pointwise convolutions
+are matrix products and the token views need no copies. Inference only: BatchNorm statistics are frozen.
 """
 from __future__ import annotations
 
@@ -40,9 +33,8 @@ __all__ = ["fuse", "InferenceMlp"]
 class InferenceMlp(nn.Module):
     """fc1 → GELU → fc2 on channels-last tokens (..., C), for maps as well as token sequences.
 
-    On CPU in float32 the GELU is fused into fc1's matrix product by oneDNN (exact erf GELU);
-    a separate GELU pass over the wide hidden activations costs more than the product itself
-    in the high-resolution stages.
+    CPU float32 fuses the (exact erf) GELU into fc1's oneDNN product: a separate pass over the wide
+    hidden activations costs more than the product itself in the high-resolution stages.
     """
 
     def __init__(self, fc1: nn.Module, fc2: nn.Module, on_maps: bool):

@@ -67,11 +67,9 @@ def _onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> torch.Tensor:
     """`x @ weight.T + bias` over the last axis (then an exact erf GELU when `gelu`).
 
-    In CPU float32 inference this runs through oneDNN's matmul, with the GELU fused into it: on the
-    many-token, few-channel products of the high-resolution stages (e.g. 12544×64 → 256) that was
-    1.3-3× faster than the MKL `addmm` behind `F.linear` on an AVX2 AMD EPYC, and as fast on the
-    wide products of the deep stages. `torch.compile` keeps it as an external kernel (inductor would
-    otherwise turn linears into MKL products). Elsewhere (autograd, GPU, autocast, export) it is `F.linear`.
+    CPU float32 inference runs oneDNN's matmul with the GELU fused: 1.3-3× faster than `F.linear`'s MKL
+    `addmm` on the many-token, few-channel products of the early stages (e.g. 12544×64 → 256, AVX2 AMD
+    EPYC), as fast on the deep ones; `torch.compile` keeps it as an external kernel. Elsewhere: `F.linear`.
     """
     if _onednn_applies(x, weight):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none", [], "none")

@@ -162,9 +162,7 @@ RELEASED_WEIGHTS: dict[str, ReleasedWeights] = {
 }
 
 
-def released_weights(name: str) -> ReleasedWeights | None:
-    """The entry of `name.tag` (None for an unknown tag or a name without one)."""
-    return RELEASED_WEIGHTS.get(name)
+released_weights = RELEASED_WEIGHTS.get  # the entry of `name.tag`, None for an unknown tag or a name without one
 
 
 def timm_pretrained_cfg(weights: ReleasedWeights, **common) -> dict:

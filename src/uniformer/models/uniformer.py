@@ -1,18 +1,13 @@
 """UniFormer: convolution (local MHRA) in shallow stages, self-attention (global MHRA) in deep ones.
 
-Li et al., "UniFormer: Unifying Convolution and Self-attention for Visual Recognition"
-(TPAMI 2023, arXiv 2201.09450) and "UniFormer: Unified Transformer for Efficient
-Spatiotemporal Representation Learning" (ICLR 2022, arXiv 2201.04676).
+Li et al., "UniFormer: Unifying Convolution and Self-attention for Visual Recognition" (TPAMI 2023,
+arXiv 2201.09450) and "UniFormer: Unified Transformer for Efficient Spatiotemporal Representation Learning"
+(ICLR 2022, arXiv 2201.04676).
 
-One class covers image and video models (`video=True` swaps every 2-D op for its 3-D twin)
-and the dense-prediction backbones (`features_only=True`: four LayerNorm-ed stage maps,
-stage 3 attending globally, in windows, or both). The light XS/XXS models with token
-evolution live in `uniformer_light.py`.
-
-Forward pass, top to bottom:
-    patch_embed1 → blocks1 (LocalBlock ×d1) → patch_embed2 → blocks2 (LocalBlock ×d2)
-    → patch_embed3 → blocks3 (GlobalBlock ×d3) → patch_embed4 → blocks4 (GlobalBlock ×d4)
-    → BatchNorm `norm` → mean over positions → Linear `head`
+One class covers image and video models (`video=True` swaps every 2-D op for its 3-D twin) and the
+dense-prediction backbones (`features_only=True`: four LayerNorm-ed stage maps, stage 3 attending globally,
+in windows, or both); the light XS/XXS models live in `uniformer_light.py`. Forward: patch_embed1, blocks1
+(LocalBlock), patch_embed2, blocks2 (LocalBlock), ..., blocks4 (GlobalBlock), BatchNorm `norm`, mean, `head`.
 """
 from __future__ import annotations
 

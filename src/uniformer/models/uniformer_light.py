@@ -5,12 +5,8 @@ class token and evolve tokens as in Evo-ViT: a running score (the class token's 
 mixed over blocks with `trade_off`) ranks the tokens; a block with prune ratio r < 1 runs
 attention and MLP only on [class, top r·N tokens, one score-weighted representative of the
 rest], adds the representative's update to every dropped token, and restores the order.
-The score is threaded through the blocks explicitly (`TokenScore`), never kept in globals.
-
-Forward pass:
-    patch_embed1 (conv stem) → blocks1 → patch_embed2 → blocks2 → patch_embed3
-    → [cls] + blocks3 (EvolvingGlobalBlock) → cls_upsample, patch_embed4 → blocks4
-    → BatchNorm `norm` → mean → `head`          (training also returns head_cls(norm_cls(cls)))
+The score is passed from block to block, never kept in globals. Training also returns the
+class token's logits, head_cls(norm_cls(cls)).
 """
 from __future__ import annotations
 
