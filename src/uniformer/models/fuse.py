@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 from .layers import (
-    ConvDownsample,
-    ConvStem,
+    ConvEmbed,
     DynamicPositionEmbedding,
     GlobalBlock,
     LocalBlock,
@@ -140,7 +139,7 @@ def fuse(model: nn.Module) -> nn.Module:
             _fuse_local(m)
         elif isinstance(m, GlobalBlock):  # EvolvingGlobalBlock too
             _fuse_global(m)
-        elif isinstance(m, (ConvStem, ConvDownsample)):
+        elif isinstance(m, ConvEmbed):
             m.proj = _fold_sequential_bn(m.proj)
     if not getattr(model, "features_only", False):
         _fuse_head(model)

@@ -14,8 +14,7 @@ from timm.layers import DropPath, Mlp
 from torch import nn
 from torch.utils.flop_counter import register_flop_formula
 
-__all__ = ["DynamicPositionEmbedding", "LocalBlock", "GlobalMHRA", "GlobalBlock", "PatchEmbed", "ConvStem",
-           "ConvDownsample", "dense"]
+__all__ = ["DynamicPositionEmbedding", "LocalBlock", "GlobalMHRA", "GlobalBlock", "PatchEmbed", "ConvEmbed", "dense"]
 
 
 def conv_nd(ndim: int) -> type[nn.Module]:
@@ -287,34 +286,21 @@ class PatchEmbed(nn.Module):
         return channels_last_norm(self.norm, self.proj(x))
 
 
-class ConvStem(nn.Module):
-    """Overlapping stem of S+ and the light models: two 3×3(×3) stride-2 convs with BatchNorm.
+class ConvEmbed(nn.Module):
+    """Overlapping embedding of S+ and the light models: 3×3(×3) stride-2 convs with BatchNorm (no LayerNorm).
 
-    Video: the first conv keeps time (stride 1×2×2), the second halves it (2×2×2).
+    `stem`: two convs, GELU between (video: the first keeps time, stride 1×2×2); else one conv (S+ downsampling).
     """
 
-    def __init__(self, in_chans: int, dim: int, ndim: int = 2):
+    def __init__(self, in_chans: int, dim: int, ndim: int = 2, stem: bool = False):
         super().__init__()
         conv, norm = conv_nd(ndim), batch_norm_nd(ndim)
-        first_stride = 2 if ndim == 2 else (1, 2, 2)
-        self.proj = nn.Sequential(
-            conv(in_chans, dim // 2, 3, stride=first_stride, padding=1),
-            norm(dim // 2),
-            nn.GELU(),
-            conv(dim // 2, dim, 3, stride=2, padding=1),
-            norm(dim),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
-
-
-class ConvDownsample(nn.Module):
-    """Between-stage downsampling of S+: 3×3 stride-2 conv + BatchNorm (no LayerNorm)."""
-
-    def __init__(self, in_chans: int, dim: int, ndim: int = 2):
-        super().__init__()
-        self.proj = nn.Sequential(conv_nd(ndim)(in_chans, dim, 3, stride=2, padding=1), batch_norm_nd(ndim)(dim))
+        if stem:
+            first_stride = 2 if ndim == 2 else (1, 2, 2)
+            self.proj = nn.Sequential(conv(in_chans, dim // 2, 3, stride=first_stride, padding=1), norm(dim // 2),
+                                      nn.GELU(), conv(dim // 2, dim, 3, stride=2, padding=1), norm(dim))
+        else:
+            self.proj = nn.Sequential(conv(in_chans, dim, 3, stride=2, padding=1), norm(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x)

@@ -23,8 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .checkpoint import checkpoint_filter_fn, load_pretrained
 from .layers import (
-    ConvDownsample,
-    ConvStem,
+    ConvEmbed,
     GlobalBlock,
     LocalBlock,
     PatchEmbed,
@@ -62,7 +61,8 @@ class _ModelApi(nn.Module):
     classifiers: tuple[str, ...]  # the names of the Linear heads on `num_features`
     stem_pattern: str  # group_matcher's stem
 
-    def _set_common(self, num_classes: int, global_pool: str, video: bool, embed_dims: Sequence[int]) -> None:
+    def __init__(self, num_classes: int, global_pool: str, video: bool, embed_dims: Sequence[int]):
+        super().__init__()
         self.video = video
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -70,11 +70,12 @@ class _ModelApi(nn.Module):
         self.grad_checkpointing = False
         self.channels_last = False  # run on channels-last maps (set by uniformer.fuse; faster on CPU)
 
-    def _add_embeddings(self, stem: nn.Module, embed_dims: Sequence[int], ndim: int, conv_downsample: bool) -> None:
+    def _add_embeddings(self, stem: nn.Module, embed_dims: Sequence[int], ndim: int,
+                        conv_downsample: bool = False) -> None:
         self.patch_embed1 = stem
         for i in (1, 2, 3):
             if conv_downsample:
-                embed = ConvDownsample(embed_dims[i - 1], embed_dims[i], ndim)
+                embed = ConvEmbed(embed_dims[i - 1], embed_dims[i], ndim)
             else:
                 embed = PatchEmbed(embed_dims[i - 1], embed_dims[i], 2, ndim)
             setattr(self, f"patch_embed{i + 1}", embed)
@@ -172,7 +173,6 @@ class UniFormer(_ModelApi):
         stage3: str = "global",
         window_size: int = 14,
     ):
-        super().__init__()
         if stage3 not in STAGE3_MODES:
             raise ValueError(f"stage3={stage3!r}: expected one of {STAGE3_MODES}")
         if stage3 != "global" and video:
@@ -180,14 +180,14 @@ class UniFormer(_ModelApi):
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool={global_pool!r}: expected 'avg' or ''")
         ndim = 3 if video else 2
+        super().__init__(num_classes, global_pool, video, embed_dims)
         layer_scale = layer_scale_init(layer_scale, 1e-6)
-        self._set_common(num_classes, global_pool, video, embed_dims)
         self.embed_dims = tuple(embed_dims)
         self.features_only = features_only
         self.out_indices = tuple(out_indices)
 
         if stem == "conv":
-            first = ConvStem(in_chans, embed_dims[0], ndim)
+            first = ConvEmbed(in_chans, embed_dims[0], ndim, stem=True)
         else:
             first = PatchEmbed(in_chans, embed_dims[0], 4, ndim, temporal_stride=2 if video else 1)
         self._add_embeddings(first, embed_dims, ndim, conv_downsample=downsample == "conv")
@@ -225,27 +225,21 @@ class UniFormer(_ModelApi):
             raise RuntimeError("a features_only backbone has no classifier")
         super().reset_classifier(num_classes, global_pool)
 
-    def _stage_maps(self, x: torch.Tensor):
-        """Yield the output of each stage (before any final norm)."""
+    def _stage_maps(self, x: torch.Tensor, stages: int = 4):
+        """Yield the output of each of the first `stages` stages (before any final norm)."""
         x = self.pos_drop(self.patch_embed1(to_memory_format(x, self.channels_last)))
-        x = self._run_stage(self.blocks1, x)
-        yield x
-        for i in (2, 3, 4):
-            x = getattr(self, f"patch_embed{i}")(x)
+        for i in range(1, stages + 1):
+            if i > 1:
+                x = getattr(self, f"patch_embed{i}")(x)
             x = self._run_stage(getattr(self, f"blocks{i}"), x)
             yield x
 
     def forward_features(self, x: torch.Tensor):
         """Classification: the last map after the BatchNorm. Dense backbones: the list of stage maps."""
         if self.features_only:
-            last = max(self.out_indices)
-            out = []
-            for i, y in enumerate(self._stage_maps(x)):
-                if i in self.out_indices:
-                    out.append(channels_last_norm(getattr(self, f"norm{i + 1}"), y).contiguous())
-                if i == last:
-                    break
-            return out
+            maps = self._stage_maps(x, max(self.out_indices) + 1)
+            return [channels_last_norm(getattr(self, f"norm{i + 1}"), y).contiguous()
+                    for i, y in enumerate(maps) if i in self.out_indices]
         *_, x = self._stage_maps(x)
         return self.norm(x)
 
@@ -269,22 +263,18 @@ def init_weights(m: nn.Module) -> None:
 # --- variants ---------------------------------------------------------------------------------
 
 
-def _cfg(**kwargs) -> dict:
-    cfg = dict(
-        num_classes=1000, input_size=(3, 224, 224), crop_pct=0.875, interpolation="bicubic",
-        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-        first_conv="patch_embed1.proj", classifier="head", paper_ids="arXiv:2201.09450",
-        origin_url="https://github.com/Sense-X/UniFormer", license="mit")
-    return {**cfg, **kwargs}
+_CFG = dict(num_classes=1000, input_size=(3, 224, 224), crop_pct=0.875, interpolation="bicubic",
+            mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), first_conv="patch_embed1.proj", classifier="head",
+            paper_ids="arXiv:2201.09450", origin_url="https://github.com/Sense-X/UniFormer", license="mit")
 
 
 def pretrained_cfgs(variants) -> dict:
     """timm's configs of `variants`: one per released `name.tag`, and an untagged one without weights for the rest."""
-    cfgs = {name: timm_pretrained_cfg(w, **_cfg()) for name, w in RELEASED_WEIGHTS.items()
+    cfgs = {name: timm_pretrained_cfg(w, **_CFG) for name, w in RELEASED_WEIGHTS.items()
             if name.split(".")[0] in variants}
     for variant in variants:
         if not any(name.split(".")[0] == variant for name in cfgs):
-            cfgs[variant] = _cfg(num_classes=400) if "video" in variant else _cfg()
+            cfgs[variant] = {**_CFG, "num_classes": 400 if "video" in variant else 1000}
     return cfgs
 
 

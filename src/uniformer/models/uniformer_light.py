@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConvStem, GlobalBlock, batch_norm_nd, scaled, to_memory_format
+from .layers import ConvEmbed, GlobalBlock, batch_norm_nd, scaled, to_memory_format
 from .uniformer import (
     _ModelApi,
     classifier,
@@ -135,7 +135,7 @@ class UniFormerLight(_ModelApi):
         drop_path_rate: float = 0.0,
         global_pool: str = "avg",
     ):
-        super().__init__()
+        super().__init__(num_classes, global_pool, video, embed_dims)
         layer_scale = layer_scale_init(layer_scale, 0.1)
         ndim = 3 if video else 2
         d3, d4 = depths[2], depths[3]
@@ -143,9 +143,8 @@ class UniFormerLight(_ModelApi):
         trade_offs = trade_offs or ([1.0] + [0.5] * (d3 - 1), [0.5] * d4)
         if [len(v) for v in (*prune_ratios, *trade_offs)] != [d3, d4, d3, d4]:
             raise ValueError("prune_ratios and trade_offs need one value per block of stages 3 and 4")
-        self._set_common(num_classes, global_pool, video, embed_dims)
 
-        self._add_embeddings(ConvStem(in_chans, embed_dims[0], ndim), embed_dims, ndim, conv_downsample=False)
+        self._add_embeddings(ConvEmbed(in_chans, embed_dims[0], ndim, stem=True), embed_dims, ndim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dims[2]))
         self.cls_upsample = nn.Linear(embed_dims[2], embed_dims[3])
         self.pos_drop = nn.Dropout(drop_rate)
