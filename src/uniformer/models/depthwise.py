@@ -13,6 +13,8 @@ Parameters keep their names (`attn.weight`, `pos_embed.weight`, ...), so state d
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,10 +33,8 @@ def depthwise_conv3d_taps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     padded = F.pad(x, (kw // 2, kw // 2, kh // 2, kh // 2, kt // 2, kt // 2))
     taps = weight.float()
     out = bias.float().view(1, -1, 1, 1, 1) if bias is not None else 0.0
-    for a in range(kt):
-        for b in range(kh):
-            for c in range(kw):
-                out = out + padded[:, :, a:a + t, b:b + h, c:c + w].float() * taps[:, 0, a, b, c].view(1, -1, 1, 1, 1)
+    for a, b, c in itertools.product(range(kt), range(kh), range(kw)):
+        out = out + padded[:, :, a:a + t, b:b + h, c:c + w].float() * taps[:, 0, a, b, c].view(1, -1, 1, 1, 1)
     return out.to(x.dtype)
 
 

@@ -143,7 +143,6 @@ def fuse(model: nn.Module) -> nn.Module:
             m.proj = _fold_sequential_bn(m.proj)
     if not getattr(model, "features_only", False):
         _fuse_head(model)
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model.requires_grad_(False)
     model.channels_last = True
     return model

@@ -17,12 +17,8 @@ from torch.utils.flop_counter import register_flop_formula
 __all__ = ["DynamicPositionEmbedding", "LocalBlock", "GlobalMHRA", "GlobalBlock", "PatchEmbed", "ConvEmbed", "dense"]
 
 
-def conv_nd(ndim: int) -> type[nn.Module]:
-    return {2: nn.Conv2d, 3: nn.Conv3d}[ndim]
-
-
-def batch_norm_nd(ndim: int) -> type[nn.Module]:
-    return {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[ndim]
+CONV_ND = {2: nn.Conv2d, 3: nn.Conv3d}  # by the number of spatial(-temporal) axes
+BATCH_NORM_ND = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 
 
 def to_channels_last_view(x: torch.Tensor) -> torch.Tensor:
@@ -101,7 +97,7 @@ class DynamicPositionEmbedding(nn.Module):
     def __init__(self, dim: int, ndim: int = 2):
         super().__init__()
         self.ndim = ndim
-        conv = conv_nd(ndim)(dim, dim, 3, padding=1, groups=dim)  # its initialisation, as the original
+        conv = CONV_ND[ndim](dim, dim, 3, padding=1, groups=dim)  # its initialisation, as the original
         self.weight, self.bias = conv.weight, conv.bias
         self.identity_folded = False
 
@@ -122,7 +118,7 @@ class ConvMlp(nn.Module):
 
     def __init__(self, dim: int, hidden: int, ndim: int = 2, drop: float = 0.0):
         super().__init__()
-        conv = conv_nd(ndim)
+        conv = CONV_ND[ndim]
         self.fc1 = conv(dim, hidden, 1)
         self.act = nn.GELU()
         self.fc2 = conv(hidden, dim, 1)
@@ -153,7 +149,7 @@ class LocalBlock(nn.Module):
     def __init__(self, dim: int, ndim: int = 2, mlp_ratio: float = 4.0, drop: float = 0.0,
                  drop_path: float = 0.0, layer_scale: float | None = None):
         super().__init__()
-        conv, norm = conv_nd(ndim), batch_norm_nd(ndim)
+        conv, norm = CONV_ND[ndim], BATCH_NORM_ND[ndim]
         self.pos_embed = DynamicPositionEmbedding(dim, ndim)
         self.norm1 = norm(dim)
         self.conv1 = conv(dim, dim, 1)
@@ -294,7 +290,7 @@ class ConvEmbed(nn.Module):
 
     def __init__(self, in_chans: int, dim: int, ndim: int = 2, stem: bool = False):
         super().__init__()
-        conv, norm = conv_nd(ndim), batch_norm_nd(ndim)
+        conv, norm = CONV_ND[ndim], BATCH_NORM_ND[ndim]
         if stem:
             first_stride = 2 if ndim == 2 else (1, 2, 2)
             self.proj = nn.Sequential(conv(in_chans, dim // 2, 3, stride=first_stride, padding=1), norm(dim // 2),

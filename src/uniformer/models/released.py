@@ -1,16 +1,12 @@
 """The weights the original UniFormer project released: hub file, dataset and test recipe per `name.tag`.
 
-One table serves three readers: timm's pretrained configs (built from it in `uniformer.py` and
-`uniformer_light.py`), `uniformer models --pretrained`, and `uniformer predict --model NAME.TAG`, which
-reads a clip the way the original evaluated it: `ReleasedWeights.data_config()` gives the `data:` keys
-of the original test protocol (sampling rule, frames x stride, short side, crops x clips, channel
-order, normalisation, resize), checked against the original's outputs in
-`tests/conformance/test_classification_reference.py`.
+One table serves timm's pretrained configs, `uniformer models --pretrained` and `uniformer predict --model
+NAME.TAG`, which reads a clip as the original evaluated it (`ReleasedWeights.data_config()`: the `data:` keys
+of its test protocol, checked in `tests/conformance/test_classification_reference.py`).
 
-`hub_evidence` says why the hub file name is believed: public code that downloads exactly that file
-from the hub. An empty string marks a file name that could not be confirmed there: it is the name of
-the file in the original Google Drive model zoo (as public code that loads local copies spells it),
-and the hub may hold it under another name or not at all.
+`hub_evidence` says why the hub file name is believed: public code downloads exactly that file. An empty
+string marks a name that could not be confirmed there: the file's name in the original Google Drive model
+zoo, which the hub may hold under another name or not at all.
 """
 from __future__ import annotations
 
@@ -170,9 +166,8 @@ def timm_pretrained_cfg(weights: ReleasedWeights, **common) -> dict:
     size = weights.input_size
     notes = [f"dataset={weights.dataset}", f"top1={weights.top1}", f"test_views={weights.views}"]
     if weights.is_video:
-        notes.append(f"frames={weights.frames}")
-        notes.append(f"stride={weights.stride}" if weights.stride else "sampling=uniform")
-        notes.append(f"channel_order={weights.channel_order}")
+        notes += [f"frames={weights.frames}", f"stride={weights.stride}" if weights.stride else "sampling=uniform",
+                  f"channel_order={weights.channel_order}"]
     if not weights.confirmed:
         notes.append("hub_file=unconfirmed")
     return {**common, "hf_hub_id": weights.hub, "hf_hub_filename": weights.file, "num_classes": weights.num_classes,

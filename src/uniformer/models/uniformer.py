@@ -22,15 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .checkpoint import checkpoint_filter_fn, load_pretrained
-from .layers import (
-    ConvEmbed,
-    GlobalBlock,
-    LocalBlock,
-    PatchEmbed,
-    batch_norm_nd,
-    channels_last_norm,
-    to_memory_format,
-)
+from .layers import BATCH_NORM_ND, ConvEmbed, GlobalBlock, LocalBlock, PatchEmbed, channels_last_norm, to_memory_format
 from .released import RELEASED_WEIGHTS, timm_pretrained_cfg
 from .variants import MODEL_ARGS
 
@@ -60,6 +52,7 @@ class _ModelApi(nn.Module):
 
     classifiers: tuple[str, ...]  # the names of the Linear heads on `num_features`
     stem_pattern: str  # group_matcher's stem
+    no_decay: frozenset[str] = frozenset()  # no_weight_decay's parameters
 
     def __init__(self, num_classes: int, global_pool: str, video: bool, embed_dims: Sequence[int]):
         super().__init__()
@@ -89,6 +82,10 @@ class _ModelApi(nn.Module):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return set(self.no_decay)
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -196,12 +193,11 @@ class UniFormer(_ModelApi):
         rates = drop_path_rates(depths, drop_path_rate)
         self._add_local_stages(embed_dims, ndim, mlp_ratio, drop_rate, rates, local_layer_scale)
         for s in (2, 3):
-            blocks = []
-            for i, rate in enumerate(rates[s]):
-                windowed = s == 2 and (stage3 == "window" or (stage3 == "hybrid" and (i + 1) % 4 != 0))
-                blocks.append(GlobalBlock(embed_dims[s], ndim, head_dim, mlp_ratio, qkv_bias, drop_rate,
-                                          attn_drop_rate, rate, layer_scale, window_size if windowed else None))
-            self.add_module(f"blocks{s + 1}", nn.ModuleList(blocks))
+            windowed = [s == 2 and (stage3 == "window" or (stage3 == "hybrid" and (i + 1) % 4 != 0))
+                        for i in range(depths[s])]
+            self.add_module(f"blocks{s + 1}", nn.ModuleList(
+                GlobalBlock(embed_dims[s], ndim, head_dim, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, rate,
+                            layer_scale, window_size if window else None) for rate, window in zip(rates[s], windowed)))
 
         if features_only:
             for i in range(4):
@@ -210,15 +206,11 @@ class UniFormer(_ModelApi):
                 [dict(num_chs=dim, reduction=4 * 2 ** i, module=f"norm{i + 1}") for i, dim in enumerate(embed_dims)],
                 self.out_indices)
         else:
-            self.norm = batch_norm_nd(ndim)(embed_dims[-1])
+            self.norm = BATCH_NORM_ND[ndim](embed_dims[-1])
             self.head_drop = nn.Dropout(drop_rate)
             self.head = classifier(embed_dims[-1], num_classes)
             self.aux_head = classifier(embed_dims[-1], num_classes) if aux_head else None
         self.apply(init_weights)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return set()
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if self.features_only:

@@ -16,15 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConvEmbed, GlobalBlock, batch_norm_nd, scaled, to_memory_format
-from .uniformer import (
-    _ModelApi,
-    classifier,
-    drop_path_rates,
-    init_weights,
-    layer_scale_init,
-    register_variants,
-)
+from .layers import BATCH_NORM_ND, ConvEmbed, GlobalBlock, scaled, to_memory_format
+from .uniformer import _ModelApi, classifier, drop_path_rates, init_weights, layer_scale_init, register_variants
 from .variants import LIGHT_MODEL_ARGS
 
 __all__ = ["UniFormerLight", "EvolvingGlobalBlock"]
@@ -116,6 +109,7 @@ class UniFormerLight(_ModelApi):
 
     classifiers = ("head", "head_cls")
     stem_pattern = r"^patch_embed1|^cls_token"
+    no_decay = frozenset({"cls_token"})
 
     def __init__(
         self,
@@ -158,17 +152,13 @@ class UniFormerLight(_ModelApi):
                     prune_ratios[s - 2][i], trade_offs[s - 2][i],
                     downsample_score=(s == 2 and i == depths[2] - 1), layer_scale=layer_scale)
                 for i, rate in enumerate(rates[s])))
-        self.norm = batch_norm_nd(ndim)(embed_dims[-1])
+        self.norm = BATCH_NORM_ND[ndim](embed_dims[-1])
         self.norm_cls = nn.LayerNorm(embed_dims[-1])
         self.head_drop = nn.Dropout(drop_rate)
         self.head = classifier(embed_dims[-1], num_classes)
         self.head_cls = classifier(embed_dims[-1], num_classes)
         self.apply(init_weights)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return {"cls_token"}
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (class token B×1×C, final map after the BatchNorm)."""
