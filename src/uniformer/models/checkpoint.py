@@ -1,13 +1,10 @@
 """Reading every checkpoint layout the original UniFormer project released or produced.
 
-Layouts: a bare state dict; `{"model": ...}` (image training script, may carry an
-`argparse.Namespace`); `{"model_state": ...}` (video training script); `{"state_dict": ...}`
-with a `backbone.` prefix and heads beside it (mmdet / mmseg / mmpose); token-labeling
-weights with `aux_head`; and the project's own `.safetensors` (model name and config in the
-metadata). 2-D image weights loaded into a video model are inflated over time.
-
-Nothing here executes pickled code: `torch.load(weights_only=True)` with an explicit
-allow-list of the harmless types those files carry.
+Layouts: a bare state dict; `{"model": ...}` (image training script, may carry an `argparse.Namespace`);
+`{"model_state": ...}` (video training script); `{"state_dict": ...}` with a `backbone.` prefix and heads
+beside it (mmdet / mmseg / mmpose); token-labeling weights with `aux_head`; the project's own `.safetensors`
+(model name and config in the metadata). 2-D image weights loaded into a video model are inflated over time.
+Nothing here executes pickled code: `torch.load(weights_only=True)` with an allow-list of harmless types.
 """
 from __future__ import annotations
 

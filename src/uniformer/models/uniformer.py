@@ -133,14 +133,12 @@ class UniFormer(_ModelApi):
         video: 3-D convolutions and the video embeddings (time halved by the first one).
         stem: "patch" (4×4 conv + LayerNorm) or "conv" (two 3×3 stride-2 convs, S+).
         downsample: "patch" (2×2 conv + LayerNorm) or "conv" (3×3 stride-2 conv + BN, S+).
-        layer_scale: initial value of per-channel scales on the global blocks (`*_ls` models),
-            None for none.
+        layer_scale: initial value of per-channel scales on the global blocks (`*_ls` models; True: 1e-6).
         local_layer_scale: the same on the local blocks (UniFormer-L's token-labeling code has both).
         aux_head: token-labeling head; logits = head(mean token) + 0.5 · max over tokens of aux_head.
-        features_only: return the four stage maps, each through its own LayerNorm (`norm1`..`norm4`).
-        out_indices: which stage maps `features_only` returns.
-        stage3: "global", "window" or "hybrid" (every fourth block global) attention in stage 3.
-        window_size: window of the "window" and "hybrid" modes.
+        features_only: return the stage maps `out_indices`, each through its own LayerNorm (`norm1`..`norm4`).
+        stage3: "global", "window" or "hybrid" (every fourth block global, the others in windows of
+            `window_size`) attention in stage 3.
     """
 
     classifiers = ("head", "aux_head")
@@ -242,14 +240,12 @@ class UniFormer(_ModelApi):
 
 
 def init_weights(m: nn.Module) -> None:
-    """The original's initialisation (used with `Module.apply`): truncated-normal Linear weights, zero biases."""
+    """The original's initialisation (used with `Module.apply`): truncated-normal Linear weights, zero biases.
+    (Its LayerNorm reset to ones and zeros is what a new LayerNorm holds already.)"""
     if isinstance(m, nn.Linear):
         trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 # --- variants ---------------------------------------------------------------------------------
@@ -275,23 +271,22 @@ def register_variants(cls: type[nn.Module], args: dict[str, dict], module: str) 
     entry of `args`, as an attribute of `module` (whose `default_cfgs` timm reads)."""
     sys.modules[module].default_cfgs = generate_default_cfgs(pretrained_cfgs(args))
 
-    def create(variant: str, pretrained: bool, **kwargs) -> nn.Module:
-        kwargs = {**args[variant], **kwargs}
-        # The backbone returns its stage maps itself (with their LayerNorms), so timm's feature
-        # wrapper is bypassed: build_model_with_cfg would otherwise pop `features_only`.
-        features_only = kwargs.pop("features_only", False)
-        kwargs.pop("feature_cls", None)
-        if features_only and cls is not UniFormer:
-            raise ValueError(f"{variant}: features_only backbones exist for the standard models, not the light ones")
-        model = build_model_with_cfg(partial(cls, features_only=True) if features_only else cls, variant,
-                                     pretrained=False, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
-        if pretrained:
-            load_pretrained(model)
-        return model
-
     def entry_point(variant: str):
         def entry(pretrained: bool = False, **kwargs):
-            return create(variant, pretrained, **kwargs)
+            kwargs = {**args[variant], **kwargs}
+            # The backbone returns its stage maps itself (with their LayerNorms), so timm's feature
+            # wrapper is bypassed: build_model_with_cfg would otherwise pop `features_only`.
+            features_only = kwargs.pop("features_only", False)
+            kwargs.pop("feature_cls", None)
+            if features_only and cls is not UniFormer:
+                raise ValueError(f"{variant}: features_only backbones exist for the standard models, "
+                                 "not the light ones")
+            model = build_model_with_cfg(partial(cls, features_only=True) if features_only else cls, variant,
+                                         pretrained=False, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+            if pretrained:
+                load_pretrained(model)
+            return model
+
         entry.__name__ = entry.__qualname__ = variant
         entry.__doc__ = f"{cls.__name__} {variant} ({args[variant]}; see variants.py)."
         entry.__module__ = module

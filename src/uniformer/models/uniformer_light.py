@@ -25,9 +25,7 @@ __all__ = ["UniFormerLight", "EvolvingGlobalBlock"]
 
 def _gather_tokens(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """x: B×N×C (or B×N), order: B×N indices → x reordered along N."""
-    if x.ndim == 2:
-        return x.gather(1, order)
-    return x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    return x.gather(1, order if x.ndim == 2 else order.unsqueeze(-1).expand_as(x))
 
 
 class EvolvingGlobalBlock(GlobalBlock):
