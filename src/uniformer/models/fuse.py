@@ -44,13 +44,10 @@ class InferenceMlp(nn.Module):
         self.w2 = nn.Parameter(fc2.weight.detach().flatten(1).clone(), requires_grad=False)
         self.b2 = nn.Parameter(fc2.bias.detach().clone(), requires_grad=False)
 
-    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
-        return dense(dense(x, self.w1, self.b1, gelu=True), self.w2, self.b2)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.on_maps:
-            return from_channels_last_view(self._tokens(to_channels_last_view(x)))
-        return self._tokens(x)
+        tokens = to_channels_last_view(x) if self.on_maps else x
+        y = dense(dense(tokens, self.w1, self.b1, gelu=True), self.w2, self.b2)
+        return from_channels_last_view(y) if self.on_maps else y
 
 
 def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:

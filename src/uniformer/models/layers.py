@@ -42,9 +42,8 @@ def is_channels_last(x: torch.Tensor) -> bool:
 
 
 def to_memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    if not channels_last:
-        return x
-    return x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
+    fmt = torch.channels_last if x.ndim == 4 else torch.channels_last_3d
+    return x.contiguous(memory_format=fmt) if channels_last else x
 
 
 _ONEDNN_BUILT = torch.backends.mkldnn.is_available()  # constant; the call itself would break torch.compile graphs
