@@ -162,12 +162,11 @@ def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, inflate: st
 def load_state(model: torch.nn.Module, obj, path: str | os.PathLike, inflate: str = "average",
                meta: Mapping | None = None) -> dict:
     """`load_checkpoint` of what `read_checkpoint(path)` already returned (`obj`, `meta`): a file is read once."""
-    meta = meta or {}
     try:
         sd, info = unwrap_state_dict(obj)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    info.update({k: v for k, v in meta.items() if k in ("model", "config")})
+    info.update({k: v for k, v in (meta or {}).items() if k in ("model", "config")})
     converted = checkpoint_filter_fn(sd, model, inflate)
     own = model.state_dict()
     missing = [k for k in own if k not in converted and not k.endswith("num_batches_tracked")]

@@ -234,9 +234,8 @@ class UniFormer(_ModelApi):
         return self.norm(x)
 
     def forward(self, x: torch.Tensor):
-        if self.features_only:
-            return self.forward_features(x)
-        return self.forward_head(self.forward_features(x))
+        x = self.forward_features(x)
+        return x if self.features_only else self.forward_head(x)
 
 
 def init_weights(m: nn.Module) -> None:

@@ -26,8 +26,7 @@ MODEL_ARGS = {
     "uniformer_video_base": dict(depths=(5, 8, 20, 7), video=True),
 }
 
-# the light, token-evolving models (uniformer_light.py); `layer_scale=True` for the released 4- and 8-frame
-# video XXS checkpoints
+# the light, token-evolving models (uniformer_light.py); the 4- and 8-frame video XXS weights need layer_scale=True
 LIGHT_MODEL_ARGS = {
     "uniformer_xxs": dict(depths=(2, 5, 8, 2), embed_dims=(56, 112, 224, 448), head_dim=28),
     "uniformer_xs": dict(depths=(3, 5, 9, 3), embed_dims=(64, 128, 256, 512), head_dim=32),
