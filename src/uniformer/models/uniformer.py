@@ -63,9 +63,9 @@ class _ModelApi(nn.Module):
         self.grad_checkpointing = False
         self.channels_last = False  # run on channels-last maps (set by uniformer.fuse; faster on CPU)
 
-    def _add_embeddings(self, stem: nn.Module, embed_dims: Sequence[int], ndim: int,
+    def _add_embeddings(self, first: nn.Module, embed_dims: Sequence[int], ndim: int,
                         conv_downsample: bool = False) -> None:
-        self.patch_embed1 = stem
+        self.patch_embed1 = first
         for i in (1, 2, 3):
             if conv_downsample:
                 embed = ConvEmbed(embed_dims[i - 1], embed_dims[i], ndim)
