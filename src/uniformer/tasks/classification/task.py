@@ -33,8 +33,6 @@ from .model import (
 
 __all__ = ["Task"]
 
-_DATA_PATH_KEYS = ("root", "train_list", "val_list", "test_list", "class_names", "labels_file",
-                   "train_annotations", "val_annotations", "test_annotations", "train_dir", "val_dir", "test_dir")
 _MOVED = {"batch_size": "train.batch_size", "num_workers": "train.num_workers", "pin_memory": "train.pin_memory",
           "prefetch_factor": "train.prefetch_factor"}
 
@@ -65,6 +63,9 @@ class Task:
 
     @staticmethod
     def validate(cfg: dict, where: str) -> None:
+        from uniformer.data import build_mixup, resolved_data_config
+        from uniformer.data.config import PATH_KEYS
+
         m, data = cfg["model"], cfg["data"]
         check(isinstance(m["name"], str) and bool(m["name"]), where, "model.name", m["name"],
               "name a model variant, e.g. uniformer_video_small (or 'package.module:factory')")
@@ -77,15 +78,13 @@ class Task:
         for key, new in _MOVED.items():
             if key in data:
                 raise ConfigError(f"{where}: data.{key} is now {new} (the same name for every task)")
-        for key in _DATA_PATH_KEYS:
+        for key in PATH_KEYS:
             if key in data:
                 data[key] = expand_path(data[key])
         if m["checkpoint"]:
             m["checkpoint"] = expand_path(m["checkpoint"])
         if data.get("builder"):
             return  # a custom dataset owns its keys
-        from uniformer.data import build_mixup, resolved_data_config
-
         try:
             build_mixup(data, 2)
             # every key with its default, so that the run's config.yaml shows what was used
