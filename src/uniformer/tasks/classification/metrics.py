@@ -14,10 +14,6 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["VIEW_AGGREGATIONS", "combine_views", "view_probabilities", "topk_accuracy", "confusion_matrix",
-           "classification_metrics", "plot_confusion_matrix"]
-
-
 VIEW_AGGREGATIONS = ("sum_logits", "mean_softmax")
 
 

@@ -2,7 +2,6 @@
 per view (what `Task`, prediction and `uniformer info` share)."""
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -10,11 +9,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-__all__ = ["build_model", "load_weights", "classification_loss", "merge_outputs", "model_input_ndim",
-           "view_logits", "read_class_names", "model_spec", "recipe_complexity"]
-
-_logger = logging.getLogger("uniformer.tasks.classification")
 
 
 def model_spec(model_cfg: Mapping) -> dict:
@@ -101,11 +95,8 @@ def classification_loss(outputs, target: torch.Tensor, label_smoothing: float = 
 
 def model_input_ndim(model: nn.Module) -> int | None:
     """5 for video models (B×C×T×H×W), 4 for image models, None when the model does not say."""
-    inner = getattr(model, "module", model)
-    video = getattr(inner, "video", None)
-    if video is None:
-        return None
-    return 5 if video else 4
+    video = getattr(getattr(model, "module", model), "video", None)
+    return None if video is None else 5 if video else 4
 
 
 def view_logits(model: nn.Module, x: torch.Tensor, expected_ndim: int | None, max_batch: int | None = None
@@ -135,6 +126,16 @@ def read_class_names(path: str | os.PathLike, expected: int | None = None) -> li
     return names
 
 
+def data_file(data: Mapping, key: str) -> Path | None:
+    """The file `data[key]` names, as given or under `data.root`; None when unset or not found."""
+    if not data.get(key):
+        return None
+    path = Path(str(data[key]))
+    if not path.is_file():
+        path = Path(str(data.get("root", "."))) / path
+    return path if path.is_file() else None
+
+
 def recipe_complexity(cfg: Mapping) -> dict:
     """Parameters and GFLOPs (batch 1) of the network a resolved recipe builds, at its test input
     (data.num_frames x data.input_size for video models); classes from data.num_classes or class_names."""
@@ -142,12 +143,9 @@ def recipe_complexity(cfg: Mapping) -> dict:
 
     data = cfg["data"]
     num_classes = data.get("num_classes")
-    names = Path(str(data.get("class_names") or ""))
-    if num_classes is None and data.get("class_names"):
-        if not names.is_file():
-            names = Path(str(data.get("root", "."))) / names
-        if names.is_file():
-            num_classes = len(read_class_names(names))
+    names = data_file(data, "class_names")
+    if num_classes is None and names is not None:
+        num_classes = len(read_class_names(names))
     model = build_model(cfg["model"], int(num_classes or 1000), for_training=False).eval()
     size = int(data.get("input_size", 224))
     shape = (3, int(data.get("num_frames", 16)), size, size) if model_input_ndim(model) == 5 else (3, size, size)

@@ -11,9 +11,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS", "released_of", "fetch_released",
-           "original_recipe", "original_meta", "inference_data_cfg", "predict_paths"]
-
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".gif")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 def released_of(model_name: str | None) -> tuple[Any, str | None]:
@@ -88,15 +85,11 @@ def original_recipe(ckpt, model_name: str | None, released, full_name: str | Non
 def original_meta(ckpt, cfg: Mapping) -> dict:
     """`meta` of a classification recipe given with an original file (read once): the classifier size of the
     file, the class names of the recipe's `data.class_names` when they are as many."""
-    from .model import model_spec, read_class_names
+    from .model import data_file, model_spec, read_class_names
 
     num_classes = _num_classes(ckpt)
-    names = cfg["data"].get("class_names")
-    path = Path(str(names)) if names else None
-    if path is not None and not path.is_file():
-        path = Path(str(cfg["data"].get("root", "."))) / path
-    classes = _names_or_placeholders(read_class_names(path) if path is not None and path.is_file() else [],
-                                     num_classes)
+    path = data_file(cfg["data"], "class_names")
+    classes = _names_or_placeholders(read_class_names(path) if path else [], num_classes)
     return {"num_classes": num_classes, "classes": classes, "model_spec": model_spec(cfg["model"])}
 
 
@@ -116,11 +109,7 @@ def inference_data_cfg(recorded: Mapping, is_video: bool, overrides: Mapping | N
 
 def _kind_of(path: str) -> str:
     ext = Path(path).suffix.lower()
-    if ext in VIDEO_EXTENSIONS:
-        return "video"
-    if ext in IMAGE_EXTENSIONS:
-        return "image"
-    return "unknown"
+    return "video" if ext in VIDEO_EXTENSIONS else "image" if ext in IMAGE_EXTENSIONS else "unknown"
 
 
 def predict_paths(model, inputs: Sequence[str], classes: Sequence[str], data_cfg: Mapping, is_video: bool,

@@ -23,6 +23,7 @@ from .metrics import classification_metrics, view_probabilities
 from .model import (
     build_model,
     classification_loss,
+    data_file,
     load_weights,
     merge_outputs,
     model_input_ndim,
@@ -30,8 +31,6 @@ from .model import (
     read_class_names,
     view_logits,
 )
-
-__all__ = ["Task"]
 
 _MOVED = {"batch_size": "train.batch_size", "num_workers": "train.num_workers", "pin_memory": "train.pin_memory",
           "prefetch_factor": "train.prefetch_factor"}
@@ -119,17 +118,15 @@ class Task:
         first = sets[splits[0]]
         self._collate = getattr(first, "collate", None) or collate
         num_classes = int(getattr(first, "num_classes", 0) or 0)
-        if "train" in sets:
-            if num_classes < 1:
-                raise ValueError("the training dataset does not say how many classes it has (num_classes)")
-            classes = [str(c) for c in getattr(first, "classes", None) or
-                       [f"class_{i}" for i in range(num_classes)]]
+        training = "train" in sets
+        if training and num_classes < 1:
+            raise ValueError("the training dataset does not say how many classes it has (num_classes)")
+        if training or not self.meta:
+            unnamed = [f"class_{i}" for i in range(num_classes)] if training else range(num_classes)
+            classes = [str(c) for c in getattr(first, "classes", None) or unnamed]
             self.meta = {"num_classes": num_classes, "classes": classes, "model_spec": model_spec(self.cfg["model"])}
+        if training:
             self.mixup = build_mixup(self._data_cfg(), num_classes)
-        elif not self.meta:
-            self.meta = {"num_classes": num_classes, "classes": [str(c) for c in getattr(first, "classes", None)
-                                                                 or range(num_classes)],
-                         "model_spec": model_spec(self.cfg["model"])}
         return sets
 
     def collate(self, samples: list):
@@ -169,11 +166,10 @@ class Task:
 
     def evaluate(self, model: nn.Module, dataset, batches) -> dict:
         device = next(model.parameters()).device
-        loader = batches
         expected = model_input_ndim(model)
         aggregation = self.cfg["data"].get("view_aggregation", "sum_logits")
         probs, labels, index, failures, view_correct = [], [], [], [], []
-        for batch in loader:
+        for batch in batches:
             failures += list(batch.get("failures") or [])
             logits = view_logits(model, batch["input"].to(device, non_blocking=True), expected).float()  # B×V×K
             hits = logits.argmax(-1).cpu().eq(batch["label"].view(-1, 1)).sum(0).double().tolist()
@@ -218,18 +214,13 @@ class Task:
 
     def demo_examples(self, model: nn.Module, out_dir: Path, show: int = 8) -> list[dict]:
         """Predictions for a few validation clips of each class (printed by `uniformer demo`)."""
-        from uniformer.data import parse_data_config
-
-        data = parse_data_config(self.cfg["data"])
-        val_list = Path(data.val_list)
-        if not val_list.is_file():
-            val_list = Path(data.root) / data.val_list
-        entries = [ln.rsplit(None, 1) for ln in val_list.read_text().splitlines() if ln.strip()]
+        data = self.cfg["data"]
+        entries = [ln.rsplit(None, 1) for ln in data_file(data, "val_list").read_text().splitlines() if ln.strip()]
         by_class: dict[str, list] = {}
         for entry in entries:
             by_class.setdefault(entry[1], []).append(entry)
         picks = [group[i] for i in range(len(entries)) for group in by_class.values() if i < len(group)][:show]
-        results = self.predict(model, [str(Path(data.root) / p) for p, _ in picks], topk=2)
+        results = self.predict(model, [str(Path(data["root"]) / p) for p, _ in picks], topk=2)
         for (_, label), r in zip(picks, results):
             r["true"] = self.classes[int(label)]
         return results
