@@ -1,22 +1,16 @@
-"""Datasets for video and image classification, their builder and their collate function.
+"""Classification datasets, their builder and their collate function.
 
-Every item is ``{"input": Tensor, "label": int, "index": int, "failures": list[str]}``. ``input`` is
-``(C, T, H, W)`` for video train/val, ``(V, C, T, H, W)`` for video test (``V = test_clips * test_crops``,
-clip-major), ``(C, H, W)`` / ``(V, C, H, W)`` for images (``V = test_crops``); the test split always
-carries the V axis. With ``data.num_sample = N > 1`` a training item is ``(N, C, T, H, W)``: the clip is
-decoded once and augmented N times (repeated augmentation), the item carries ``"num_sample": N`` and
-:func:`collate` flattens the clips into the batch, as the original's ``multiple_samples_collate``.
-
-A sample that cannot be loaded never stops training and never becomes a zero tensor: it is replaced by
-another one chosen by a generator seeded with ``(seed, index, attempt)``, and its path is appended to the
-item's ``failures`` (reported through the item so that DataLoader workers can report it).
-
-Training randomness is drawn from a per-item ``numpy.random.Generator`` seeded from ``(data.seed, index,
-attempt)`` and one draw of torch's RNG, which the runner seeds per sample
-(``uniformer.engine.loaders.SeededDataset``). Val and test items are deterministic.
+Items are ``{"input", "label", "index", "failures"}``; ``input`` is ``(C, T, H, W)`` for video train/val,
+``(V, C, T, H, W)`` for video test (``V = test_clips * test_crops``, clip-major), ``(C, H, W)`` / ``(V, C, H, W)``
+for images. With ``data.num_sample = N > 1`` a training item holds N clips augmented from one decoding, which
+:func:`collate` flattens into the batch (the original's ``multiple_samples_collate``). An unloadable sample is
+replaced by another one drawn from ``(seed, index, attempt)`` and its path is listed in ``failures``.
+Training draws from a numpy generator seeded with ``(data.seed, index, attempt)`` and one draw of torch's RNG,
+which the runner seeds per sample; val and test items are deterministic.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -60,8 +54,6 @@ class ClassificationDataset(Dataset):
 
     def __init__(self, cfg: DataConfig, split: str, samples: list[tuple[str, int]], classes: list[str], source: str,
                  num_skipped_missing: int = 0) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if not samples:
             raise ValueError(f"{source}: no samples for split {split!r}")
         self.cfg = cfg
@@ -123,9 +115,6 @@ class ClassificationDataset(Dataset):
         r = int(np.random.default_rng([self.seed, index, attempt, 7919]).integers(n - 1))
         return r if r < index else r + 1
 
-    def load(self, path: str, rng: np.random.Generator | None) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
-
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self.samples):
             raise IndexError(f"index {index} out of range for {len(self.samples)} samples")
@@ -170,12 +159,8 @@ class VideoClassificationDataset(ClassificationDataset):
             raise VideoDecodeError(f"{path}: video too short ({num_video_frames} frames < {minimum=})")
 
     def frame_indices(self, num_video_frames: int, fps: float, rng: np.random.Generator | None) -> np.ndarray:
-        """``(clips, num_frames)`` decoded-frame indices, after the ``target_fps`` re-numbering if configured.
-
-        With ``target_fps`` the sampling rule runs over the images ``ffmpeg -r target_fps`` would
-        extract and each image is mapped to the decoded frame it shows, so a webm read directly
-        gives the frames of the original's 30 fps frame folders.
-        """
+        """``(clips, num_frames)`` decoded-frame indices; with ``target_fps`` the clips are sampled from the images
+        ``ffmpeg -r target_fps`` would extract, each mapped to the decoded frame it shows."""
         if self.cfg.target_fps is None:
             return self.clip_indices(num_video_frames, rng)
         shown = resampled_frame_map(num_video_frames, fps, self.cfg.target_fps)
@@ -201,11 +186,8 @@ def read_frame(path: str, what: str = "frame image") -> np.ndarray:
 
 
 class FrameFolderDataset(VideoClassificationDataset):
-    """Videos stored as folders of frame images (``frame_template``, 1-based), the original's SSv1/SSv2 format.
-
-    Each sample's frame count comes from the split list (``folder num_frames label``), as in the
-    original ``Sth`` dataset; frame ``i`` (0-based) of a clip is the image numbered ``i + 1``.
-    """
+    """Folders of frame images (``frame_template``, 1-based), the original's SSv1/SSv2 format; frame counts come
+    from the split list (``folder num_frames label``), as in the original ``Sth`` dataset."""
 
     def __init__(self, *args, frame_counts: Mapping[str, int], **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -351,15 +333,10 @@ def build_dataset(cfg: Mapping[str, Any] | DataConfig, split: str) -> Classifica
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
     c = parse_data_config(cfg)
-    if c.format == "video_list":
-        return _build_from_lists(c, split, VideoClassificationDataset)
-    if c.format == "image_list":
-        return _build_from_lists(c, split, ImageClassificationDataset)
-    if c.format == "sthv2":
-        return _build_sthv2(c, split)
-    if c.format == "frame_folder":
-        return _build_frame_folder(c, split)
-    return _build_image_folder(c, split)
+    builders = {"video_list": functools.partial(_build_from_lists, cls=VideoClassificationDataset),
+                "image_list": functools.partial(_build_from_lists, cls=ImageClassificationDataset),
+                "sthv2": _build_sthv2, "frame_folder": _build_frame_folder, "image_folder": _build_image_folder}
+    return builders[c.format](c, split)
 
 
 def collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

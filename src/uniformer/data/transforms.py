@@ -1,30 +1,20 @@
-"""Spatial transforms for clips and images, identical across the frames of a clip.
+"""Spatial transforms: ``(T, H, W, 3)`` uint8 RGB frames (an image is a one-frame clip) to a normalised float32
+``(C, T, H, W)``, or ``(V, C, T, H, W)`` for multi-view testing. Every random decision (crop, flip, RandAugment,
+erased box) is drawn once per clip and applied to all its frames: per-frame jitter would fake motion.
 
-A clip arrives as ``(T, H, W, 3)`` uint8 RGB frames (an image is a clip with ``T = 1``) and leaves as a
-normalised float32 ``(C, T, H, W)``, or ``(V, C, T, H, W)`` for multi-view testing. Every random decision
-(crop box, flip, RandAugment ops and magnitudes, erased box) is drawn once per clip and applied to all of its
-frames, because per-frame jitter would create fake motion.
+Training, in the original's order: videos (SlowFast ``_aug_frame``) RandAugment on the decoded frames, the crop
+(a random-resized box, or scale jitter: a random ``input_size`` square after resizing the short side to a size
+in ``scale_jitter``, done as cropping the equivalent box) resized by ``F.interpolate`` without antialiasing, the
+flip; images (timm ``transforms_imagenet_train``) the crop resized antialiased like PIL, the flip, RandAugment
+(bicubic in both). Then normalisation, ``channel_order`` and timm random erasing of one box in every frame.
 
-Training, in the original's order: for videos (SlowFast ``_aug_frame``) RandAugment on the decoded frames,
-then the crop (random-resized: one box for every frame; or scale jitter: short side uniform in
-``scale_jitter`` and a random ``input_size`` square, done as cropping the equivalent box and resizing only
-it) resized with ``F.interpolate`` without antialiasing, then the flip; for images (DeiT / timm
-``transforms_imagenet_train``) the crop resized antialiased like PIL, the flip, then RandAugment. RandAugment
-resamples bicubic in both. Then normalisation, ``channel_order`` and timm random erasing of the same box in
-every frame (the clip viewed as a ``(C*T, H, W)`` image).
-
-Test (and val) reproduce the original evaluation (the conformance cases in ``shared/conformance``):
-
-* videos (SlowFast ``spatial_sampling``): short side to ``short_side``, long side
-  ``floor(long / short * short_side)``, no resize when the short side already matches, by ``F.interpolate``
-  (no antialias) on the float frames; crops at ``ceil((L - size) / 2)`` and ``0`` / ``L - size``;
-* images (timm/DeiT ``build_transform(is_train=False)``): PIL resize of the short side to ``short_side``, the
-  long side ``int(short_side * long / short)``; centre crop at ``int(round((L - size) / 2))``;
-
-then ``(x / 255 - mean) / std``. ``channel_order: BGR`` reverses the decoded RGB channels before normalising
-(the original Something-Something networks read OpenCV frames), so ``mean`` / ``std`` are per network input
-channel. timm's RandAugment and RandomErasing draw from Python's and NumPy's global generators:
-:func:`_global_rng_seeded` seeds them per clip and restores them afterwards.
+Test and val reproduce the original evaluation (``shared/conformance``): videos (SlowFast ``spatial_sampling``)
+resize the short side to ``short_side`` (long side ``floor(long / short * short_side)``, no resize when it
+matches) by ``F.interpolate`` on float frames and crop at ``ceil((L - size) / 2)`` and ``0`` / ``L - size``;
+images (DeiT ``build_transform``) PIL-resize the short side (long side ``int(short_side * long / short)``) and
+crop at ``int(round((L - size) / 2))``. Then ``(x / 255 - mean) / std``. ``channel_order: BGR`` reverses the RGB
+channels (the original Something-Something networks read OpenCV frames), so ``mean`` / ``std`` are per network
+input channel.
 """
 from __future__ import annotations
 
@@ -44,7 +34,8 @@ from .config import DataConfig
 
 @contextlib.contextmanager
 def _global_rng_seeded(seed: int) -> Iterator[Callable[[], None]]:
-    """Yield a ``reseed()`` function that resets ``random`` and ``numpy.random`` to ``seed``; restore on exit."""
+    """Yield a ``reseed()`` that resets ``random`` and ``numpy.random`` (timm draws from them) to ``seed``; restore
+    them on exit."""
     py_state = random.getstate()
     np_state = np.random.get_state()
 
@@ -82,7 +73,7 @@ def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear", antia
 
 def short_side_size(height: int, width: int, short: int) -> tuple[int, int]:
     """The original video test resize: short side ``short``, long side ``floor(long / short_in * short)``."""
-    if (width <= height and width == short) or (height <= width and height == short):
+    if min(height, width) == short:
         return height, width
     if width < height:
         return int(math.floor(float(height) / width * short)), short
@@ -198,10 +189,8 @@ class ClipTransform:
         return torch.from_numpy(frames).permute(0, 3, 1, 2)  # T, C, H, W uint8
 
     def _normalize(self, x: torch.Tensor, *, test: bool = False) -> torch.Tensor:
-        """float RGB ``(T, C, H, W)`` in [0, 255] -> normalised ``(C, T, H, W)`` float32 in ``channel_order``.
-
-        ``test``: ``(x / 255 - mean) / std`` as the original's test; training keeps ``(x - 255 mean) / (255 std)``.
-        """
+        """float RGB ``(T, C, H, W)`` in [0, 255] -> normalised ``(C, T, H, W)`` in ``channel_order``; ``test`` computes
+        ``(x / 255 - mean) / std`` as the original's test, training ``(x - 255 mean) / (255 std)``."""
         if self.cfg.channel_order == "BGR":
             x = x.flip(1)
         x = (x / 255.0 - self.mean_unit) / self.std_unit if test else (x - self.mean) / self.std
@@ -209,8 +198,6 @@ class ClipTransform:
 
     def apply_rand_augment(self, x: torch.Tensor, seed: int) -> torch.Tensor:
         """Apply one RandAugment draw (fixed by ``seed``) identically to every frame of uint8 ``(T, C, H, W)``."""
-        if not self.cfg.rand_augment:
-            raise ValueError("data.rand_augment is not set: there is no RandAugment to apply")
         # videos: SlowFast's create_random_augment, translation from the decoded frame size, timm's grey fill
         augment = self.rand_augment or _auto_augment(self.cfg.rand_augment, min(x.shape[-2:]), None)
         out = []
@@ -267,11 +254,8 @@ class ClipTransform:
         return torch.stack(views) if self.split == "test" else views[0]
 
     def _test_resize_video(self, frames: np.ndarray) -> torch.Tensor:
-        """float ``(T, C, H, W)`` in [0, 255]: the original's bilinear, no-antialias short-side resize.
-
-        The original normalises before resizing; resizing first is the same linear map (the
-        conformance cases hold it within 1e-6) and normalises only the crops.
-        """
+        """float ``(T, C, H, W)`` in [0, 255]: the original's no-antialias short-side resize (it normalises first;
+        resizing first is the same linear map, within 1e-6 on the conformance cases, and normalises only the crops)."""
         x = self._to_tensor(frames).float()
         size = short_side_size(x.shape[-2], x.shape[-1], self.cfg.short_side)
         return resize(x, size, mode=self.cfg.interpolation, antialias=False)
@@ -292,8 +276,5 @@ class ClipTransform:
     def clips(self, frames: np.ndarray, num_clips: int, rng: np.random.Generator | None = None) -> torch.Tensor:
         """Transform ``num_clips`` clips stored back to back in ``frames``; test views are ordered clip-major."""
         if self.split != "test":
-            if num_clips != 1:
-                raise ValueError(f"split {self.split!r} produces one clip, got num_clips={num_clips}")
             return self(frames, rng)
-        per_clip = np.split(frames, num_clips)
-        return torch.cat([self._test(f, self.cfg.test_crops) for f in per_clip])
+        return torch.cat([self._test(f, self.cfg.test_crops) for f in np.split(frames, num_clips)])
