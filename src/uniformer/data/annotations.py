@@ -262,8 +262,6 @@ def scan_image_folder(folder: str | Path, classes: list[str] | None = None) -> t
 ]:
     """``folder/<class>/<image>`` -> samples and class names (sorted subfolder names unless ``classes`` given)."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist")
     subdirs = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if classes is None:
         classes = subdirs

@@ -51,10 +51,10 @@ Keys (all optional unless marked):
   unloadable), ``seed`` (0), ``decode_threads`` (1; 0 = FFmpeg's choice),
   ``mean`` / ``std`` (videos: 0.45 / 0.225 on every channel, the SlowFast defaults the original video
   models were trained with; images: ImageNet), per channel of the network input (``channel_order``).
-* Mixup keys are accepted here and read by :func:`uniformer.data.build_mixup`: ``mixup``,
-  ``cutmix``, ``cutmix_minmax``, ``label_smoothing``, ``mixup_prob``, ``mixup_switch_prob``,
-  ``mixup_mode``.  Batch size and workers are the recipe's ``train.batch_size`` /
-  ``train.num_workers``, as for every task.
+* Mixup keys, read by :func:`uniformer.data.build_mixup`: ``mixup`` / ``cutmix`` (alphas, 0 = off),
+  ``cutmix_minmax`` ([min, max] box ratio or null), ``label_smoothing`` (0.1), ``mixup_prob`` (1.0),
+  ``mixup_switch_prob`` (0.5: CutMix instead of Mixup when both are on), ``mixup_mode`` (``batch`` | ``pair`` |
+  ``elem``). Batch size and workers are the recipe's ``train.batch_size`` / ``train.num_workers``.
 
 An unknown key is an error naming it, so a typo never trains with a silent default. A whole config that
 holds a ``data:`` mapping (and no ``format`` key of its own) is accepted too.

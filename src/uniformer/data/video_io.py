@@ -152,7 +152,7 @@ class VideoReader:
         for frame in self.container.decode(self.stream):
             t = _frame_seconds(frame)
             if t is None:
-                raise _NoTimestamps()
+                raise _SeekUnusable()
             yield t, frame
 
     def _seek_frames(self, time_s: float) -> Iterator[tuple[float, av.VideoFrame]]:
@@ -161,13 +161,13 @@ class VideoReader:
         try:
             self.container.seek(offset, stream=self.stream, backward=True, any_frame=False)
         except av.FFmpegError as exc:
-            raise _SeekFailed() from exc
+            raise _SeekUnusable() from exc
         return self._decode_iter()
 
     def _decode_with_seek(self, times: list[float]) -> list[av.VideoFrame]:
         try:
             return self._match(None, times, allow_seek=True)
-        except (_SeekFailed, _NoTimestamps, av.FFmpegError):
+        except (_SeekUnusable, av.FFmpegError):
             pass  # a decode error right after seeking can be a seek problem (broken index): retry from the start
         self.used_full_decode = True
         self.container.close()
@@ -202,7 +202,7 @@ class VideoReader:
             if just_sought:
                 just_sought = False
                 if t > times[j] + eps and times[j] > self.start_time + eps:
-                    raise _SeekFailed()  # landed after the wanted time: the seek index is unreliable
+                    raise _SeekUnusable()  # landed after the wanted time: the seek index is unreliable
                 if prev is not None and t <= prev[0]:
                     reseek_ok = False  # went backwards (long GOP): re-seeking does not pay off here
             while j < len(times) and t > times[j] + eps:
@@ -231,12 +231,8 @@ class VideoReader:
         return picked  # type: ignore[return-value]
 
 
-class _SeekFailed(Exception):
-    """Internal: seeking did not land at or before the wanted time."""
-
-
-class _NoTimestamps(Exception):
-    """Internal: decoded frames carry no presentation timestamps, so seeking cannot be used."""
+class _SeekUnusable(Exception):
+    """Internal: the seek failed or landed after the wanted time, or frames carry no timestamps."""
 
 
 def read_all_frames(path: str | Path) -> np.ndarray:

@@ -3,7 +3,7 @@ per view (what `Task`, prediction and `uniformer info` share)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -113,6 +113,11 @@ def view_logits(model: nn.Module, x: torch.Tensor, expected_ndim: int | None, ma
     step = max_batch or flat.shape[0]
     logits = torch.cat([merge_outputs(model(flat[i:i + step])).float() for i in range(0, flat.shape[0], step)])
     return logits.view(b, v, -1)
+
+
+def named_classes(names: Sequence[str], num_classes: int) -> list[str]:
+    """`names`, or `class_0`... when they are not `num_classes` names."""
+    return list(names) if len(names) == num_classes else [f"class_{i}" for i in range(num_classes)]
 
 
 def read_class_names(path: str | os.PathLike, expected: int | None = None) -> list[str]:

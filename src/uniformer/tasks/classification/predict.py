@@ -56,15 +56,13 @@ def _num_classes(ckpt) -> int:
     return int(head.shape[0])
 
 
-def _names_or_placeholders(names: Sequence[str], num_classes: int) -> Sequence[str]:
-    return names if len(names) == num_classes else [f"class_{i}" for i in range(num_classes)]
-
-
 def original_recipe(ckpt, model_name: str | None, released, full_name: str | None,
                     model_options: Mapping | None) -> tuple[dict, dict]:
     """(recipe mapping, meta) of an original classification file (`ckpt`, read once) of `model_name`, with the
     released tag's test view and dataset classes when the tag is known."""
     from uniformer.data import class_names
+
+    from .model import named_classes
 
     if not model_name:
         raise ValueError(f"--model is needed: {ckpt.path} is not a run checkpoint of this package, so it does "
@@ -74,7 +72,7 @@ def original_recipe(ckpt, model_name: str | None, released, full_name: str | Non
         raise ValueError(f"{ckpt.path} classifies {num_classes} classes, but {full_name} is a {released.dataset} "
                          f"model with {released.num_classes}")
     dataset = released.dataset if released else None
-    classes = _names_or_placeholders(class_names(dataset) if dataset else [], num_classes)
+    classes = named_classes(class_names(dataset) if dataset else [], num_classes)
     model_cfg = {"name": full_name, "kwargs": dict(model_options or {})}
     data = released.data_config() if released else {}
     recipe = {"task": "classification", "model": model_cfg, "data": data or {"format": "image_list"}}
@@ -85,11 +83,11 @@ def original_recipe(ckpt, model_name: str | None, released, full_name: str | Non
 def original_meta(ckpt, cfg: Mapping) -> dict:
     """`meta` of a classification recipe given with an original file (read once): the classifier size of the
     file, the class names of the recipe's `data.class_names` when they are as many."""
-    from .model import data_file, model_spec, read_class_names
+    from .model import data_file, model_spec, named_classes, read_class_names
 
     num_classes = _num_classes(ckpt)
     path = data_file(cfg["data"], "class_names")
-    classes = _names_or_placeholders(read_class_names(path) if path else [], num_classes)
+    classes = named_classes(read_class_names(path) if path else [], num_classes)
     return {"num_classes": num_classes, "classes": classes, "model_spec": model_spec(cfg["model"])}
 
 

@@ -28,6 +28,7 @@ from .model import (
     merge_outputs,
     model_input_ndim,
     model_spec,
+    named_classes,
     read_class_names,
     view_logits,
 )
@@ -100,13 +101,10 @@ class Task:
         return {k: v for k, v in self.cfg["data"].items() if k != "builder"}
 
     def _dataset(self, split: str):
-        builder = self.cfg["data"].get("builder")
-        if builder:
-            dataset = resolve_callable(builder, "data.builder")(self._data_cfg(), split)
-        else:
-            from uniformer.data import build_dataset
+        from uniformer.data import build_dataset
 
-            dataset = build_dataset(self._data_cfg(), split)
+        builder = self.cfg["data"].get("builder")
+        dataset = (resolve_callable(builder, "data.builder") if builder else build_dataset)(self._data_cfg(), split)
         if len(dataset) == 0:
             raise ValueError(f"the {split} split of the dataset is empty")
         return dataset
@@ -230,9 +228,7 @@ class Task:
 
     @property
     def classes(self) -> list[str]:
-        n = int(self.meta["num_classes"])
-        names = list(self.meta.get("classes") or [])
-        return names if len(names) == n else [f"class_{i}" for i in range(n)]
+        return named_classes(self.meta.get("classes") or [], int(self.meta["num_classes"]))
 
     def configure_inference(self, labels: str | None = None, data: Mapping | None = None) -> None:
         """`--labels` (class names, one per line) and `--data` (test-view keys) of predict and serve."""
