@@ -1,63 +1,47 @@
-"""Validated view of the ``data:`` section of a training config.
-
-Every consumer reads the ``data:`` section through :func:`parse_data_config`: defaults, types and cross-key
-checks live in one place, and a typo or a bad value fails early with a message naming the key.
-
-Keys (all optional unless marked):
+"""Validated view of the ``data:`` section: :func:`parse_data_config` holds every default, type and cross-key
+check, so a typo (an unknown key is an error) or a bad value fails early with a message naming the key. A whole
+config holding a ``data:`` mapping (and no ``format`` of its own) is accepted too. Keys (optional unless marked):
 
 * ``format`` (required): ``video_list`` | ``sthv2`` | ``frame_folder`` | ``image_folder`` | ``image_list``.
-* ``root``: folder that relative paths are resolved against (default: ``.``).
-* ``train_list`` / ``val_list`` / ``test_list``: list files (``path label`` per line, or a CSV
-  with a ``path,label`` header) for ``video_list`` and ``image_list``; for ``frame_folder`` the original's
-  Something-Something split lists (``folder num_frames label`` per line, e.g.
-  ``somesomev2_rgb_validation_split.txt``), each folder holding ``frame_template`` images.  ``test_list`` falls
-  back to ``val_list``.  Relative list paths are resolved against ``root`` when they do not
-  exist relative to the working directory.
-* ``labels_file``, ``train_annotations``, ``val_annotations``, ``test_annotations``: SSv2 JSON
-  files (``sthv2``); ``test_annotations`` falls back to ``val_annotations``.
-* ``train_dir`` / ``val_dir`` / ``test_dir``: class-per-subfolder trees (``image_folder``),
-  defaults ``train`` / ``val`` / ``val_dir`` under ``root``.
-* ``class_names``: text file with one class name per line (line i = class i).
-* ``num_classes``: only used when there is no class-name source; otherwise inferred.
-* ``video_ext``: extension of SSv2 videos (default ``webm``).
-* ``frame_template`` (``frame_folder``): image name of 1-based frame ``j`` (default ``img_{:05d}.jpg``, the
-  SSv2 extraction; SSv1 ships ``{:05d}.jpg``).
-* ``num_frames`` (16), ``sampling`` (default ``uniform`` for ``sthv2`` / ``frame_folder``, else ``dense``:
-  the original's ``Sth`` and ``Kinetics`` rules, :mod:`uniformer.data.sampling`), ``stride`` (4, dense only).
-* ``target_fps`` (default 30 for ``sthv2``, else null): number a video's frames as ``ffmpeg -r target_fps``
-  would extract them (image ``j`` shows decoded frame ``round((j - 1) * fps / target_fps)``) before
-  sampling, so reading a webm gives the frames of the original's 30 fps frame folders; null = native frames.
-* ``input_size`` (224), ``short_side`` (test/val resize of the short side; default ``input_size`` for
-  videos, as the original's test asserts, and ``int(256 / 224 * input_size)`` for images, the DeiT
-  crop_pct 0.875).
-* ``scale_jitter`` (short-side range of the training crop when ``random_resized_crop`` is false; default
-  ``input_size`` x [256, 320] / 224, i.e. [256, 320] at 224), ``random_resized_crop`` (False for videos,
-  True for images; a box of ``rrc_scale`` area and ``rrc_ratio`` aspect, the same for every frame),
-  ``rrc_scale`` ([0.08, 1.0]), ``rrc_ratio`` ([0.75, 1.3333]).
-* ``hflip`` (True, but False for ``sthv2``), ``rand_augment`` (timm ``rand-...`` RandAugment string,
-  an AutoAugment policy such as ``v0``, or null; videos: before the crop, images: after it),
-  ``random_erasing`` (probability, 0 = off), ``random_erasing_mode`` (``pixel``).
-* ``test_clips`` (1), ``test_crops`` (1 or 3).
-* ``channel_order`` (``RGB`` | ``BGR``; the network's input channel order; default ``BGR`` for ``sthv2``
-  and ``frame_folder``, whose original networks read OpenCV frames unconverted, else ``RGB``),
-  ``interpolation`` (``bilinear`` | ``bicubic``; default ``bilinear`` for videos, ``bicubic`` for images,
-  as the original; :mod:`uniformer.data.transforms`),
-  ``view_aggregation`` (``sum_logits``, the original's sum of raw logits over test views, default;
-  or ``mean_softmax``).
-* ``num_sample`` (1; clips augmented from one decoded video per training item: ``train.batch_size`` counts
-  clips and must be a multiple of it), ``repeated_aug`` (0 = off; DeiT's RASampler, each training sample
-  repeated this many times per epoch on different processes).
-* ``skip_missing`` (False), ``max_retries`` (10), ``min_video_frames`` (1; shorter videos count as
-  unloadable), ``seed`` (0), ``decode_threads`` (1; 0 = FFmpeg's choice),
-  ``mean`` / ``std`` (videos: 0.45 / 0.225 on every channel, the SlowFast defaults the original video
-  models were trained with; images: ImageNet), per channel of the network input (``channel_order``).
+* ``root`` (``.``): folder relative paths are resolved against (list paths only when they do not exist
+  relative to the working directory).
+* ``train_list`` / ``val_list`` / ``test_list``: ``path label`` lines or a ``path,label`` CSV (``video_list``,
+  ``image_list``); for ``frame_folder`` the original's split lists (``folder num_frames label``, e.g.
+  ``somesomev2_rgb_validation_split.txt``) of folders of ``frame_template`` images. ``test_list`` falls back to
+  ``val_list``.
+* ``labels_file``, ``train_annotations``, ``val_annotations``, ``test_annotations`` (falls back to val): SSv2
+  JSON files (``sthv2``); ``video_ext`` (``webm``) the extension of its videos.
+* ``train_dir`` / ``val_dir`` / ``test_dir``: class-per-subfolder trees (``image_folder``), defaults ``train`` /
+  ``val`` / ``val_dir`` under ``root``.
+* ``class_names``: one class name per line (line i = class i); ``num_classes``: used only without class names.
+* ``frame_template`` (``frame_folder``): image of 1-based frame ``j`` (``img_{:05d}.jpg`` as SSv2 was
+  extracted; SSv1 ships ``{:05d}.jpg``).
+* ``num_frames`` (16), ``sampling`` (``uniform`` for ``sthv2`` / ``frame_folder``, else ``dense``: the
+  original's ``Sth`` and ``Kinetics`` rules, :mod:`uniformer.data.sampling`), ``stride`` (4, dense only).
+* ``target_fps`` (30 for ``sthv2``, else null = native frames): number a video's frames as ``ffmpeg -r
+  target_fps`` would extract them before sampling, so a webm gives the frames of the original's 30 fps folders.
+* ``input_size`` (224), ``short_side`` (test/val short side: ``input_size`` for videos, as the original's test
+  asserts, ``int(256 / 224 * input_size)`` for images, DeiT's crop_pct 0.875).
+* ``scale_jitter`` (short-side range of the training crop without ``random_resized_crop``; ``input_size`` x
+  [256, 320] / 224), ``random_resized_crop`` (False for videos, True for images: one box of ``rrc_scale`` area
+  ([0.08, 1.0]) and ``rrc_ratio`` aspect ([0.75, 1.3333]) for every frame).
+* ``hflip`` (False for ``sthv2`` / ``frame_folder``, else True), ``rand_augment`` (a timm ``rand-...`` string,
+  an AutoAugment policy such as ``v0``, or null; videos: before the crop, images: after it), ``random_erasing``
+  (probability, 0 = off), ``random_erasing_mode`` (``pixel``), ``test_clips`` (1), ``test_crops`` (1 or 3).
+* ``channel_order`` (network input order: ``BGR`` for ``sthv2`` / ``frame_folder``, whose original networks
+  read OpenCV frames unconverted, else ``RGB``), ``interpolation`` (``bilinear`` for videos, ``bicubic`` for
+  images, as the original), ``view_aggregation`` (``sum_logits``, the original's sum over test views, or
+  ``mean_softmax``).
+* ``num_sample`` (1; clips augmented from one decoded video per training item; ``train.batch_size`` counts clips
+  and must be a multiple of it), ``repeated_aug`` (0 = off; DeiT's RASampler repeats).
+* ``skip_missing`` (False), ``max_retries`` (10), ``min_video_frames`` (1; shorter videos are unloadable),
+  ``seed`` (0), ``decode_threads`` (1; 0 = FFmpeg's choice), ``mean`` / ``std`` per network input channel
+  (videos: 0.45 / 0.225, the SlowFast defaults the original video models were trained with; images: ImageNet).
 * Mixup keys, read by :func:`uniformer.data.build_mixup`: ``mixup`` / ``cutmix`` (alphas, 0 = off),
-  ``cutmix_minmax`` ([min, max] box ratio or null), ``label_smoothing`` (0.1), ``mixup_prob`` (1.0),
-  ``mixup_switch_prob`` (0.5: CutMix instead of Mixup when both are on), ``mixup_mode`` (``batch`` | ``pair`` |
-  ``elem``). Batch size and workers are the recipe's ``train.batch_size`` / ``train.num_workers``.
-
-An unknown key is an error naming it, so a typo never trains with a silent default. A whole config that
-holds a ``data:`` mapping (and no ``format`` key of its own) is accepted too.
+  ``cutmix_minmax`` ([min, max] box ratio or null), ``label_smoothing`` (0.1 with mixing, else 0),
+  ``mixup_prob`` (1.0), ``mixup_switch_prob`` (0.5: CutMix instead of Mixup when both are on), ``mixup_mode``
+  (``batch`` | ``pair`` | ``elem``). Batch size and workers are the recipe's ``train.batch_size`` /
+  ``train.num_workers``.
 """
 
 from __future__ import annotations
