@@ -140,12 +140,9 @@ def resolve_labels(
 def infer_classes(
     all_entries: list[list[Entry]], num_classes: int | None, sources: list[str] | None = None
 ) -> list[str]:
-    """Class names when no class-names file is given: ``"0".."K-1"`` for integer labels, sorted names otherwise.
-
-    Without ``num_classes``, integer labels must be exactly ``0..K-1`` (every class seen): a stray label such as
-    ``99`` in an 8-class list would otherwise build a 100-class model.  The error names the file and line of every
-    label above the first missing class.  ``sources[i]`` names the file of ``all_entries[i]``.
-    """
+    """Classes without a class-names file: ``"0".."K-1"`` for integer labels, sorted names otherwise. Without
+    ``num_classes`` integer labels must be exactly ``0..K-1``, or a stray ``99`` in an 8-class list would build a
+    100-class model; ``sources[i]`` names the file of ``all_entries[i]`` in the error."""
     tokens = [e.label for entries in all_entries for e in entries]
     if not tokens and num_classes is None:
         raise ValueError("cannot infer classes: the annotation files are empty; give class_names or num_classes")

@@ -173,10 +173,8 @@ def _as_path(key: str, value: Any) -> str | None:
 
 
 def resolved_data_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``data:`` section with every key this package reads, defaults included (what a run records).
-
-    Mixup keys get the defaults :func:`uniformer.data.build_mixup` and the loss use when they are absent.
-    """
+    """The ``data:`` section with every key this package reads, defaults included (what a run records), the mixup
+    keys with the defaults :func:`uniformer.data.build_mixup` and the loss use."""
     parsed = parse_data_config(cfg)
     out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(parsed).items() if k != "extra"}
     if parsed.format != "frame_folder":  # a key of that format only (refused with the others)
@@ -307,13 +305,9 @@ _VIDEO_READING_KEYS = ("num_frames", "sampling", "stride", "target_fps", "test_c
 
 
 def file_reading_config(cfg: Mapping[str, Any] | DataConfig) -> dict[str, Any]:
-    """The resolved keys that read one file the way ``cfg``'s test split reads its samples.
-
-    For prediction on files (``video_list`` / ``image_list``) with the settings of a recipe of any
-    format: the format-dependent defaults (e.g. BGR and uniform sampling for ``sthv2``) are resolved
-    here, so they are not lost when the format changes.  ``frame_folder`` recipes read video files
-    with native frame numbering (``target_fps`` null), as their frames are already extracted.
-    """
+    """The resolved keys (``video_list`` / ``image_list``) that read one file as ``cfg``'s test split reads its
+    samples: format defaults such as BGR for ``sthv2`` are kept; ``frame_folder`` recipes read video files with
+    native frame numbering, as their frames are already extracted."""
     c = parse_data_config(cfg)
     out = {key: getattr(c, key) for key in _IMAGE_READING_KEYS + (_VIDEO_READING_KEYS if c.is_video else ())}
     out.update(mean=list(c.mean), std=list(c.std), format="video_list" if c.is_video else "image_list")

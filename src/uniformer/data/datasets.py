@@ -326,10 +326,8 @@ def _build_image_folder(cfg: DataConfig, split: str) -> ClassificationDataset:
 
 
 def build_dataset(cfg: Mapping[str, Any] | DataConfig, split: str) -> ClassificationDataset:
-    """The dataset for ``split`` ("train" | "val" | "test") of the ``data:`` section (:mod:`uniformer.data.config`).
-
-    ``ValueError`` / ``FileNotFoundError`` name the offending key or file (all missing files in one error).
-    """
+    """The dataset for ``split`` ("train" | "val" | "test") of the ``data:`` section (:mod:`uniformer.data.config`);
+    errors name the offending key or file (all missing files in one error)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
     c = parse_data_config(cfg)

@@ -90,11 +90,8 @@ def image_resize_size(height: int, width: int, short: int) -> tuple[int, int]:
 def crop_positions(
     height: int, width: int, size: int, num_crops: int, *, centre: str = "ceil"
 ) -> list[tuple[int, int]]:
-    """Top-left corners of ``num_crops`` (1 or 3) square crops of ``size``; 3 crops run along the long side.
-
-    ``centre``: ``ceil`` = ``ceil((L - size) / 2)`` (the original video test), ``round`` =
-    ``int(round((L - size) / 2))`` (torchvision ``CenterCrop``, the original image test).
-    """
+    """Top-left corners of ``num_crops`` (1 or 3) square crops along the long side; the centre one at ``ceil((L -
+    size) / 2)`` (the original video test) or, with ``centre="round"``, ``int(round(...))`` (torchvision's)."""
     if size > height or size > width:
         raise ValueError(f"crop size {size} exceeds frame size {height}x{width}")
     if centre == "ceil":
@@ -153,11 +150,8 @@ def _check_frames(frames: np.ndarray) -> None:
 
 
 class ClipTransform:
-    """``(T, H, W, 3)`` uint8 frames -> normalised float32 ``(C, T, H, W)`` (train/val) or ``(V, C, T, H, W)`` (test).
-
-    ``split == "train"`` applies the random augmentations (``rng`` required); ``"val"`` returns the
-    centre crop; ``"test"`` returns ``cfg.test_crops`` crops per clip (always with the leading V axis).
-    """
+    """``(T, H, W, 3)`` uint8 frames -> the split's view: train the random augmentations (``rng`` required), val the
+    centre crop ``(C, T, H, W)``, test ``(V, C, T, H, W)`` with ``cfg.test_crops`` crops per clip."""
 
     def __init__(self, cfg: DataConfig, split: str) -> None:
         if split not in ("train", "val", "test"):

@@ -1,14 +1,10 @@
 """Video reading and writing with PyAV.
 
-Training on videos is usually bound by decoding, so :class:`VideoReader` decodes only what a clip needs: it
-seeks to the keyframe at or before the first wanted time and decodes forward (seeking again across large
-gaps). It decodes from the start only when seeking fails (the seek raises or lands after the wanted time)
-or when the file has no usable duration / frame-count metadata.
-
-Frame ``i`` is the frame *displayed* at ``t_i = start_time + i / fps`` (``fps`` = the average frame rate):
-the last one presented at or before ``t_i``, plus a quarter-frame tolerance against rounding. For constant
-frame rates that is exactly frame ``i``; for variable ones sampling strides stay uniform in time.
-Every failure raises :class:`VideoDecodeError` naming the file.
+Video training is bound by decoding, so :class:`VideoReader` seeks to the keyframe before the first wanted time
+and decodes forward (seeking again across large gaps); it decodes from the start only when seeking fails or the
+file has no usable duration / frame-count metadata. Frame ``i`` is the one displayed at ``start_time + i / fps``
+(average rate, a quarter-frame tolerance): exactly frame ``i`` at constant rates, uniform in time at variable
+ones. Every failure raises :class:`VideoDecodeError` naming the file.
 """
 from __future__ import annotations
 
@@ -37,11 +33,8 @@ def _frame_seconds(frame: av.VideoFrame) -> float | None:
 
 
 class VideoReader:
-    """Random access to frames of one video file: ``with VideoReader(path) as r: r.get_frames([0, 4, 8])``.
-
-    ``seek_gap_s``: a wanted frame further ahead than this is sought instead of decoded through.
-    ``threads``: decoder threads (0 lets FFmpeg choose; 1 is best inside DataLoader workers).
-    """
+    """Random access to frames of one video file: ``with VideoReader(path) as r: r.get_frames([0, 4, 8])``; frames
+    more than ``seek_gap_s`` ahead are sought, ``threads`` decode (0 = FFmpeg's choice, 1 best in workers)."""
 
     #: fraction of the estimated duration (at least 2 frames) by which the file may end early
     #: before it is considered truncated; small mismatches between metadata and content are common.
@@ -261,11 +254,8 @@ def pick_video_codec() -> str:
 def write_video(path: str | Path, frames: np.ndarray | Iterable[np.ndarray], fps: int | Fraction = 25, *,
                 codec: str | None = None, gop: int | None = None,
                 container_options: dict[str, str] | None = None) -> str:
-    """Encode RGB uint8 frames (``(N, H, W, 3)`` array or an iterable of ``(H, W, 3)``; H, W even) to MP4.
-
-    Frames are encoded as they arrive, so a generator keeps memory flat.  ``container_options`` go to
-    the muxer (e.g. ``{"movflags": "faststart"}``).  Returns the codec used.
-    """
+    """Encode RGB uint8 frames (an ``(N, H, W, 3)`` array or an iterable of ``(H, W, 3)``, H and W even; a generator
+    keeps memory flat) to MP4; ``container_options`` go to the muxer. Returns the codec used."""
     codec = codec or pick_video_codec()
     path = Path(path)
     iterator = iter(frames)

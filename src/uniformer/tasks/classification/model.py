@@ -17,12 +17,8 @@ def model_spec(model_cfg: Mapping) -> dict:
 
 
 def build_model(model_cfg: Mapping, num_classes: int, *, for_training: bool = True) -> nn.Module:
-    """Build the network a recipe's `model:` section describes, with `num_classes` outputs.
-
-    `pretrained` / `checkpoint` initialise it (ImageNet weights are inflated into video models and a
-    classifier of another size is dropped by `uniformer.create_model`); `drop_path_rate` and
-    `grad_checkpointing` apply only when `for_training`.
-    """
+    """The network of a recipe's `model:` section with `num_classes` outputs; `pretrained` / `checkpoint` (through
+    `uniformer.create_model`), `drop_path_rate` and `grad_checkpointing` apply only when `for_training`."""
     name = model_cfg["name"]
     kwargs = dict(model_cfg.get("kwargs") or {})
     kwargs["num_classes"] = num_classes
@@ -101,10 +97,8 @@ def model_input_ndim(model: nn.Module) -> int | None:
 
 def view_logits(model: nn.Module, x: torch.Tensor, expected_ndim: int | None, max_batch: int | None = None
                 ) -> torch.Tensor:
-    """B×V×K logits for a batch that may hold V views per sample (one more leading axis than the model takes).
-
-    Without a known `expected_ndim`, 6-D input is taken as multi-view video and anything else as one view.
-    """
+    """B×V×K logits of a batch that may hold V views per sample (one more axis than the model takes; without an
+    `expected_ndim`, 6-D input is multi-view video)."""
     multi = x.ndim == expected_ndim + 1 if expected_ndim is not None else x.ndim == 6
     if not multi:
         return merge_outputs(model(x)).float().unsqueeze(1)

@@ -1,8 +1,5 @@
-"""What classification's `Task.predict` needs: the recipe of released weights or of an original file, the
-test view of the data pipeline, and top-k classes of files read through that pipeline's test split.
-
-`uniformer.tasks.open` builds the task and model; `Task.predict` (in `task.py`) calls `predict_paths`.
-"""
+"""What `uniformer.tasks.open` and `Task.predict` need: the recipe of released weights or of an original file, the
+test view of the data pipeline, and top-k classes of files read through it (`predict_paths`)."""
 from __future__ import annotations
 
 import os
