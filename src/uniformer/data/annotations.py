@@ -44,23 +44,14 @@ def resolve_file(value: str, root: str | Path, key: str) -> Path:
 
 def read_class_names(path: str | Path) -> list[str]:
     """One class name per line (line i = class i); blank lines are ignored, duplicates are an error."""
-    names = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
-    names = [n for n in names if n]
+    names = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     if not names:
         raise ValueError(f"{path}: class-names file is empty")
-    seen: dict[str, int] = {}
+    first: dict[str, int] = {}
     for i, name in enumerate(names):
-        if name in seen:
-            raise ValueError(f"{path}: class name {name!r} appears twice (classes {seen[name]} and {i})")
-        seen[name] = i
+        if first.setdefault(name, i) != i:
+            raise ValueError(f"{path}: class name {name!r} appears twice (classes {first[name]} and {i})")
     return names
-
-
-def _looks_like_csv(path: Path, first_line: str) -> bool:
-    if path.suffix.lower() == ".csv":
-        return True
-    cells = [c.strip().lower() for c in first_line.split(",")]
-    return "path" in cells and "label" in cells
 
 
 def read_list_file(path: str | Path) -> list[Entry]:
@@ -69,8 +60,9 @@ def read_list_file(path: str | Path) -> list[Entry]:
     text = path.read_text(encoding="utf-8")
     lines = text.splitlines()
     first = next((ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), "")
+    cells = [c.strip().lower() for c in first.split(",")]
     entries: list[Entry] = []
-    if _looks_like_csv(path, first):
+    if path.suffix.lower() == ".csv" or ("path" in cells and "label" in cells):
         rows = csv.reader(lines)
         header: list[str] | None = None
         for lineno, row in enumerate(rows, start=1):

@@ -76,12 +76,11 @@ def benchmark_pipeline(cfg: Mapping[str, Any], split: str = "train", num_workers
         raise ValueError("benchmark_pipeline: batches and batch_size must be >= 1, workers/warmup >= 0")
     data_cfg = parse_data_config(cfg)
     dataset = build_dataset(data_cfg, split)
-    generator = torch.Generator().manual_seed(seed)
     total = batches + warmup_batches
     items = max(1, batch_size // dataset.samples_per_item)  # a batch counts clips; an item may hold several
     # Sample with replacement so any dataset size yields the requested number of batches.
     sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=total * items,
-                                             generator=generator)
+                                             generator=torch.Generator().manual_seed(seed))
     loader = DataLoader(dataset, batch_size=items, sampler=sampler, num_workers=num_workers, collate_fn=collate,
                         drop_last=True)
     failed: list[str] = []

@@ -62,7 +62,6 @@ class ClassificationDataset(Dataset):
         self.classes = list(classes)
         self.source = source
         self.num_skipped_missing = num_skipped_missing
-        self.seed = cfg.seed
         self.transform = ClipTransform(cfg, split)
 
     @property
@@ -105,14 +104,14 @@ class ClassificationDataset(Dataset):
         if self.split != "train":
             return None
         entropy = int(torch.randint(0, 2**62, (1,)).item())
-        return np.random.default_rng([self.seed, index, attempt, entropy])
+        return np.random.default_rng([self.cfg.seed, index, attempt, entropy])
 
     def replacement_index(self, index: int, attempt: int) -> int:
         """Deterministic stand-in for sample ``index`` after its ``attempt``-th failure (never ``index`` itself)."""
         n = len(self.samples)
         if n < 2:
             raise SampleLoadError(f"{self.source}: the only sample failed to load and there is nothing to replace it")
-        r = int(np.random.default_rng([self.seed, index, attempt, 7919]).integers(n - 1))
+        r = int(np.random.default_rng([self.cfg.seed, index, attempt, 7919]).integers(n - 1))
         return r if r < index else r + 1
 
     def __getitem__(self, index: int) -> dict[str, Any]:

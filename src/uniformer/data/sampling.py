@@ -14,9 +14,7 @@ Two schemes (``data.sampling``), each the rule of one dataset class of the origi
   ``[round(seg * i), round(seg * (i + 1))]`` (numpy round: halves to even).  Training takes a
   uniform integer there; test clip ``k`` of ``K`` takes ``round(seg * i) + int(seg / (K + 1) * (k + 1))``.
   The original adds 1 to address 1-based ``img_%05d.jpg`` files; these functions return 0-based
-  indices into the ``n`` frames (frame images) of the video.
-
-All functions are pure: randomness comes from the ``numpy.random.Generator`` passed in.
+  indices into the ``n`` frames (frame images) of the video. Randomness comes from the generator passed in.
 """
 
 from __future__ import annotations

@@ -59,9 +59,7 @@ def _auto_augment(spec: str, size_min: int, mean: tuple[float, float, float] | N
     hparams: dict = {"translate_const": int(size_min * 0.45), "interpolation": Image.BICUBIC}
     if mean is not None:
         hparams["img_mean"] = tuple(min(255, round(255 * m)) for m in mean)
-    if spec.startswith("rand"):
-        return rand_augment_transform(spec, hparams)
-    return auto_augment_transform(spec, hparams)
+    return (rand_augment_transform if spec.startswith("rand") else auto_augment_transform)(spec, hparams)
 
 
 def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear", antialias: bool = True) -> torch.Tensor:

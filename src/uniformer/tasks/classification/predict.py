@@ -107,6 +107,12 @@ def _kind_of(path: str) -> str:
     return "video" if ext in VIDEO_EXTENSIONS else "image" if ext in IMAGE_EXTENSIONS else "unknown"
 
 
+def _top(probs, classes: Sequence[str], k: int) -> list[dict]:
+    top = probs.topk(min(k, len(classes)))
+    return [{"label": classes[c], "index": int(c), "prob": float(p)}
+            for p, c in zip(top.values.tolist(), top.indices.tolist())]
+
+
 def predict_paths(model, inputs: Sequence[str], classes: Sequence[str], data_cfg: Mapping, is_video: bool,
                   topk: int = 5, figures: str | os.PathLike | None = None, dtype: str = "float32") -> list[dict]:
     """Top-k classes with probabilities for each image or video file, read by the data pipeline's test split
@@ -137,16 +143,13 @@ def predict_paths(model, inputs: Sequence[str], classes: Sequence[str], data_cfg
     if not todo:
         return results
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    k = min(topk, len(classes))
     expected = model_input_ndim(model) or (5 if is_video else 4)
     amp = autocast_dtype(dtype)
     with tempfile.TemporaryDirectory(prefix="uniformer_predict_") as tmp:
         list_file = Path(tmp) / "inputs.txt"
         list_file.write_text("".join(f"{os.path.abspath(inputs[i])} 0\n" for i in todo))
-        cfg = {**data_cfg, "root": "/", "test_list": str(list_file), "max_retries": 0, "num_classes": 1,
-               "skip_missing": False}
-        for key in ("train_list", "val_list", "class_names"):
-            cfg.pop(key, None)
+        cfg = {k: v for k, v in data_cfg.items() if k not in ("train_list", "val_list", "class_names")}
+        cfg.update(root="/", test_list=str(list_file), max_retries=0, num_classes=1, skip_missing=False)
         dataset = build_dataset(cfg, "test")
         for pos, i in enumerate(todo):
             try:
@@ -160,9 +163,7 @@ def predict_paths(model, inputs: Sequence[str], classes: Sequence[str], data_cfg
             with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits = view_logits(model, x, expected)
                 probs = view_probabilities(logits, data_cfg.get("view_aggregation", "sum_logits"))[0].cpu()
-            top = probs.topk(k)
-            results[i]["predictions"] = [{"label": classes[c], "index": int(c), "prob": float(pr)}
-                                         for pr, c in zip(top.values.tolist(), top.indices.tolist())]
+            results[i]["predictions"] = _top(probs, classes, topk)
             results[i]["views"] = int(x.shape[1]) if x.ndim == expected + 1 else 1
             if figures is not None:
                 results[i]["figure"] = _save_figure(classes, data_cfg, is_video, item["input"], probs, inputs[i],
@@ -176,9 +177,7 @@ def _save_figure(classes, data_cfg: Mapping, is_video: bool, x, probs, source: s
     from .visualize import sampled_frames, save_prediction_figure
 
     folder.mkdir(parents=True, exist_ok=True)
-    top = probs.topk(min(5, len(classes)))
-    shown = [{"label": classes[c], "prob": float(p)} for p, c in zip(top.values.tolist(), top.indices.tolist())]
     frames = sampled_frames(x, is_video, data_cfg.get("mean", IMAGENET_MEAN), data_cfg.get("std", IMAGENET_STD))
     path = folder / f"{Path(source).stem}.png"
-    save_prediction_figure(path, frames, shown, title=Path(source).name)
+    save_prediction_figure(path, frames, _top(probs, classes, 5), title=Path(source).name)
     return str(path)

@@ -146,9 +146,7 @@ class Task:
 
     def training_step(self, model: nn.Module, batch: Mapping) -> dict:
         x, y = batch["input"], batch["label"]
-        target = y
-        if self.mixup is not None:
-            x, target = self.mixup(x, y)
+        x, target = self.mixup(x, y) if self.mixup is not None else (x, y)
         outputs = model(x)
         out = {"loss": classification_loss(outputs, target, float(self.cfg["data"].get("label_smoothing") or 0.0))}
         if self.mixup is None:
