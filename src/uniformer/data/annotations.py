@@ -106,9 +106,8 @@ def _read_json(path: Path):
         raise ValueError(f"{path}: not valid JSON ({exc})") from exc
 
 
-def resolve_labels(
-    entries: list[Entry], classes: list[str] | None, source: str, num_classes: int | None = None
-) -> list[int]:
+def resolve_labels(entries: list[Entry], classes: list[str] | None, source: str,
+                   num_classes: int | None = None) -> list[int]:
     """Convert raw label tokens to indices; integer tokens must be in range, name tokens must be known classes."""
     by_name = {n: i for i, n in enumerate(classes)} if classes is not None else None
     limit = len(classes) if classes is not None else num_classes
@@ -129,9 +128,8 @@ def resolve_labels(
     return labels
 
 
-def infer_classes(
-    all_entries: list[list[Entry]], num_classes: int | None, sources: list[str] | None = None
-) -> list[str]:
+def infer_classes(all_entries: list[list[Entry]], num_classes: int | None,
+                  sources: list[str] | None = None) -> list[str]:
     """Classes without a class-names file: ``"0".."K-1"`` for integer labels, sorted names otherwise. Without
     ``num_classes`` integer labels must be exactly ``0..K-1``, or a stray ``99`` in an 8-class list would build a
     100-class model; ``sources[i]`` names the file of ``all_entries[i]`` in the error."""
@@ -163,27 +161,23 @@ def join_root(path: str, root: str | Path) -> str:
     return path if os.path.isabs(path) else os.path.join(os.fspath(root), path)
 
 
-def check_missing(
-    samples: list[tuple[str, int]], wheres: list[str], source: str, *, skip_missing: bool,
-    exists: Callable[[str], bool] = os.path.isfile, what: str = "files",
-) -> tuple[list[tuple[str, int]], int]:
+def check_missing(samples: list[tuple[str, int]], wheres: list[str], source: str, *, skip_missing: bool,
+                  exists: Callable[[str], bool] = os.path.isfile, what: str = "files"
+                  ) -> tuple[list[tuple[str, int]], int]:
     """Raise one error listing every missing file (or drop them with a warning); returns (samples, num_dropped)."""
     missing = [i for i, (p, _) in enumerate(samples) if not exists(p)]
     if not missing:
         return samples, 0
     if skip_missing:
         shown = ", ".join(samples[i][0] for i in missing[:5]) + (", ..." if len(missing) > 5 else "")
-        warnings.warn(
-            f"{source}: skipping {len(missing)} of {len(samples)} entries whose {what} are missing ({shown})",
-            stacklevel=3,
-        )
+        warnings.warn(f"{source}: skipping {len(missing)} of {len(samples)} entries whose {what} are missing "
+                      f"({shown})", stacklevel=3)
         drop = set(missing)
         return [s for i, s in enumerate(samples) if i not in drop], len(missing)
     listing = "\n  ".join(f"{wheres[i]}: {samples[i][0]}" for i in missing)
-    raise FileNotFoundError(
-        f"{source}: {len(missing)} of {len(samples)} listed {what} are missing:\n  {listing}\n"
-        "Fix the paths (and 'root') or set skip_missing: true in the data config to drop these entries."
-    )
+    raise FileNotFoundError(f"{source}: {len(missing)} of {len(samples)} listed {what} are missing:\n  {listing}\n"
+                            "Fix the paths (and 'root') or set skip_missing: true in the data config to drop these "
+                            "entries.")
 
 
 # ---------------------------------------------------------------------- Something-Something V2
@@ -214,9 +208,8 @@ def read_sthv2_labels(path: str | Path) -> list[str]:
     return [by_index[i] for i in range(len(by_index))]
 
 
-def read_sthv2_annotations(path: str | Path, classes: list[str], root: str | Path, ext: str) -> tuple[
-    list[tuple[str, int]], list[str]
-]:
+def read_sthv2_annotations(path: str | Path, classes: list[str], root: str | Path,
+                           ext: str) -> tuple[list[tuple[str, int]], list[str]]:
     """SSv2 annotations JSON list -> samples ``(<root>/<id>.<ext>, label)`` and their locations for messages."""
     path = Path(path)
     data = _read_json(path)
@@ -246,9 +239,8 @@ def read_sthv2_annotations(path: str | Path, classes: list[str], root: str | Pat
 
 
 # ---------------------------------------------------------------------- image folders
-def scan_image_folder(folder: str | Path, classes: list[str] | None = None) -> tuple[
-    list[tuple[str, int]], list[str]
-]:
+def scan_image_folder(folder: str | Path,
+                      classes: list[str] | None = None) -> tuple[list[tuple[str, int]], list[str]]:
     """``folder/<class>/<image>`` -> samples and class names (sorted subfolder names unless ``classes`` given)."""
     folder = Path(folder)
     subdirs = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))

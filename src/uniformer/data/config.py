@@ -68,9 +68,8 @@ SPLITS = ("train", "val", "test")
 PATH_KEYS = ("root", "train_list", "val_list", "test_list", "labels_file", "train_annotations", "val_annotations",
              "test_annotations", "train_dir", "val_dir", "test_dir", "class_names")
 
-_MIXUP_KEYS = frozenset(
-    {"mixup", "cutmix", "cutmix_minmax", "label_smoothing", "mixup_prob", "mixup_switch_prob", "mixup_mode"}
-)
+_MIXUP_KEYS = frozenset({"mixup", "cutmix", "cutmix_minmax", "label_smoothing", "mixup_prob", "mixup_switch_prob",
+                         "mixup_mode"})
 
 
 @dataclass(frozen=True)
@@ -269,11 +268,9 @@ def parse_data_config(cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
 
     if uniform and out["sampling"] == "uniform" and out["hflip"]:  # Something-Something's layout
         # (a frame_folder with dense sampling is another dataset, e.g. HMDB51, which the original flips)
-        warnings.warn(
-            f"data config: hflip=true with format '{fmt}': Something-Something labels depend on left/right "
-            "direction, so flipping corrupts labels such as 'Pushing something from left to right'",
-            stacklevel=2,
-        )
+        warnings.warn(f"data config: hflip=true with format '{fmt}': Something-Something labels depend on "
+                      "left/right direction, so flipping corrupts labels such as 'Pushing something from left to "
+                      "right'", stacklevel=2)
     ra = out["rand_augment"] = cfg.get("rand_augment")
     if ra is not None:
         if not isinstance(ra, str) or not ra:

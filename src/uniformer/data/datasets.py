@@ -95,10 +95,8 @@ class ClassificationDataset(Dataset):
         return len(self.samples)
 
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(split={self.split!r}, samples={len(self)}, classes={self.num_classes}, "
-            f"source={self.source!r})"
-        )
+        return (f"{type(self).__name__}(split={self.split!r}, samples={len(self)}, classes={self.num_classes}, "
+                f"source={self.source!r})")
 
     def _item_rng(self, index: int, attempt: int) -> np.random.Generator | None:
         if self.split != "train":
@@ -134,10 +132,8 @@ class ClassificationDataset(Dataset):
             if self.samples_per_item > 1:
                 item["num_sample"] = self.samples_per_item
             return item
-        raise SampleLoadError(
-            f"{self.source}: {len(failures)} consecutive samples failed to load starting at index {index} "
-            f"({failures}); last error: {last_error}"
-        )
+        raise SampleLoadError(f"{self.source}: {len(failures)} consecutive samples failed to load starting at "
+                              f"index {index} ({failures}); last error: {last_error}")
 
 
 class VideoClassificationDataset(ClassificationDataset):
@@ -298,9 +294,8 @@ def _build_sthv2(cfg: DataConfig, split: str) -> ClassificationDataset:
     if cfg.class_names is not None:
         names = read_class_names(resolve_file(cfg.class_names, cfg.root, "class_names"))
         if len(names) != len(classes):
-            raise ValueError(
-                f"data config: class_names has {len(names)} names but labels_file {labels_path} has {len(classes)}"
-            )
+            raise ValueError(f"data config: class_names has {len(names)} names but labels_file {labels_path} has "
+                             f"{len(classes)}")
     ann_path = _split_file(cfg, "_annotations", split)
     samples, wheres = read_sthv2_annotations(ann_path, classes, cfg.root, cfg.video_ext)
     samples, dropped = check_missing(samples, wheres, str(ann_path), skip_missing=cfg.skip_missing)

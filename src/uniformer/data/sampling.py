@@ -38,9 +38,8 @@ def _dense_clip(num_video_frames: int, num_frames: int, start: float, span: int)
     return torch.clamp(index, 0, num_video_frames - 1).long().numpy()
 
 
-def dense_indices(
-    num_video_frames: int, num_frames: int, stride: int, *, rng: np.random.Generator | None
-) -> np.ndarray:
+def dense_indices(num_video_frames: int, num_frames: int, stride: int, *, rng: np.random.Generator | None
+                  ) -> np.ndarray:
     """One training clip (random start; ``rng`` required) or, with ``rng=None``, the centred clip."""
     if rng is None:
         return dense_test_indices(num_video_frames, num_frames, stride, num_clips=1)[0]

@@ -85,9 +85,8 @@ def image_resize_size(height: int, width: int, short: int) -> tuple[int, int]:
     return short, int(short * width / height)
 
 
-def crop_positions(
-    height: int, width: int, size: int, num_crops: int, *, centre: str = "ceil"
-) -> list[tuple[int, int]]:
+def crop_positions(height: int, width: int, size: int, num_crops: int, *,
+                   centre: str = "ceil") -> list[tuple[int, int]]:
     """Top-left corners of ``num_crops`` (1 or 3) square crops along the long side; the centre one at ``ceil((L -
     size) / 2)`` (the original video test) or, with ``centre="round"``, ``int(round(...))`` (torchvision's)."""
     if size > height or size > width:
@@ -107,9 +106,8 @@ def crop_positions(
     return [(cy, 0), (cy, cx), (cy, width - size)]  # landscape (and square): left, centre, right
 
 
-def random_resized_box(
-    height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator
-) -> tuple[int, int, int, int]:
+def random_resized_box(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+                       rng: np.random.Generator) -> tuple[int, int, int, int]:
     """``(top, left, h, w)`` of a random box with area fraction in ``scale`` and aspect ratio in ``ratio``."""
     area = height * width
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -131,9 +129,8 @@ def random_resized_box(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def scale_jitter_box(
-    height: int, width: int, size: int, jitter: tuple[int, int], rng: np.random.Generator
-) -> tuple[int, int, int, int]:
+def scale_jitter_box(height: int, width: int, size: int, jitter: tuple[int, int],
+                     rng: np.random.Generator) -> tuple[int, int, int, int]:
     """Box equivalent to: resize short side to S ~ U{jitter}, then a random ``size`` x ``size`` crop."""
     short = min(height, width)
     target_short = int(rng.integers(jitter[0], jitter[1] + 1))
@@ -168,11 +165,9 @@ class ClipTransform:
         if split == "train" and cfg.random_erasing > 0:
             from timm.data.random_erasing import RandomErasing
 
-            self.random_erasing = RandomErasing(
-                probability=cfg.random_erasing, mode=cfg.random_erasing_mode, max_count=1, device="cpu"
-            )
+            self.random_erasing = RandomErasing(probability=cfg.random_erasing, mode=cfg.random_erasing_mode,
+                                                max_count=1, device="cpu")
 
-    # ---------------------------------------------------------------- helpers
     @staticmethod
     def _to_tensor(frames: np.ndarray) -> torch.Tensor:
         _check_frames(frames)
@@ -200,7 +195,6 @@ class ClipTransform:
                 out.append(torch.from_numpy(np.asarray(augment(img), dtype=np.uint8).copy()))
         return torch.stack(out).permute(0, 3, 1, 2)
 
-    # ---------------------------------------------------------------- main
     def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
         if self.split == "train":
             if rng is None:
@@ -239,10 +233,8 @@ class ClipTransform:
         else:
             x, centre = self._test_resize_images(frames), "round"
         h, w = x.shape[-2:]
-        views = [
-            self._normalize(x[:, :, top : top + self.size, left : left + self.size], test=True)
-            for top, left in crop_positions(h, w, self.size, num_crops, centre=centre)
-        ]
+        views = [self._normalize(x[:, :, top : top + self.size, left : left + self.size], test=True)
+                 for top, left in crop_positions(h, w, self.size, num_crops, centre=centre)]
         return torch.stack(views) if self.split == "test" else views[0]
 
     def _test_resize_video(self, frames: np.ndarray) -> torch.Tensor:

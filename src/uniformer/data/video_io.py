@@ -53,7 +53,6 @@ class VideoReader:
             self.close()
             raise
 
-    # ------------------------------------------------------------------ setup
     def _open(self) -> av.container.InputContainer:
         try:
             container = av.open(self.path, mode="r")
@@ -109,7 +108,6 @@ class VideoReader:
         self.used_full_decode = True
         self._all_frames = frames
 
-    # ------------------------------------------------------------------ API
     def __enter__(self) -> VideoReader:
         return self
 
@@ -140,7 +138,6 @@ class VideoReader:
         arrays = {key: frame.to_ndarray(format="rgb24") for key, frame in unique.items()}
         return np.stack([arrays[id(by_index[i])] for i in indices])
 
-    # ------------------------------------------------------------------ decoding
     def _decode_iter(self) -> Iterator[tuple[float, av.VideoFrame]]:
         for frame in self.container.decode(self.stream):
             t = _frame_seconds(frame)
@@ -175,9 +172,8 @@ class VideoReader:
             t = _frame_seconds(frame)
             yield (t if t is not None else self.start_time + i / self.fps), frame
 
-    def _match(
-        self, frames: Iterator[tuple[float, av.VideoFrame]] | None, times: list[float], *, allow_seek: bool
-    ) -> list[av.VideoFrame]:
+    def _match(self, frames: Iterator[tuple[float, av.VideoFrame]] | None, times: list[float], *,
+               allow_seek: bool) -> list[av.VideoFrame]:
         """Assign to each (sorted) wanted time the frame displayed at that time."""
         eps = 0.25 / self.fps
         picked: list[av.VideoFrame | None] = [None] * len(times)
@@ -214,11 +210,10 @@ class VideoReader:
             est_duration = self.num_frames / self.fps
             tolerance = max(2.0 / self.fps, self.TAIL_TOLERANCE * est_duration)
             if times[-1] - last_t > tolerance:
-                raise VideoDecodeError(
-                    f"{self.path}: video ends at {last_t - self.start_time:.3f}s but frames up to "
-                    f"{times[-1] - self.start_time:.3f}s were requested (metadata says {self.num_frames} frames "
-                    f"at {self.fps:.3f} fps); the file is truncated or too short"
-                )
+                raise VideoDecodeError(f"{self.path}: video ends at {last_t - self.start_time:.3f}s but frames up to "
+                                       f"{times[-1] - self.start_time:.3f}s were requested (metadata says "
+                                       f"{self.num_frames} frames at {self.fps:.3f} fps); the file is truncated or "
+                                       "too short")
             for k in range(j, len(times)):
                 picked[k] = prev[1]
         return picked  # type: ignore[return-value]
