@@ -63,9 +63,8 @@ def read_list_file(path: str | Path) -> list[Entry]:
     cells = [c.strip().lower() for c in first.split(",")]
     entries: list[Entry] = []
     if path.suffix.lower() == ".csv" or ("path" in cells and "label" in cells):
-        rows = csv.reader(lines)
         header: list[str] | None = None
-        for lineno, row in enumerate(rows, start=1):
+        for lineno, row in enumerate(csv.reader(lines), start=1):
             if not row or not any(c.strip() for c in row) or row[0].lstrip().startswith("#"):
                 continue
             if header is None:

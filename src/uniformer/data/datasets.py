@@ -150,8 +150,8 @@ class VideoClassificationDataset(ClassificationDataset):
     def _check_length(self, path: str, num_video_frames: int) -> None:
         """Videos shorter than ``data.min_video_frames`` count as unloadable."""
         if num_video_frames < self.cfg.min_video_frames:
-            minimum = self.cfg.min_video_frames
-            raise VideoDecodeError(f"{path}: video too short ({num_video_frames} frames < {minimum=})")
+            raise VideoDecodeError(f"{path}: video too short ({num_video_frames} frames < "
+                                   f"minimum={self.cfg.min_video_frames})")
 
     def frame_indices(self, num_video_frames: int, fps: float, rng: np.random.Generator | None) -> np.ndarray:
         """``(clips, num_frames)`` decoded-frame indices; with ``target_fps`` the clips are sampled from the images

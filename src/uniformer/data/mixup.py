@@ -51,9 +51,7 @@ def build_mixup(cfg: Mapping[str, Any], num_classes: int) -> ClipMixup | None:
         raise ValueError(f"build_mixup: num_classes must be a positive integer, got {num_classes!r}")
 
     def number(key: str, default: float, lo: float, hi: float | None = None) -> float:
-        value = cfg.get(key, default)
-        if value is None:
-            value = default
+        value = default if cfg.get(key) is None else cfg[key]
         bad_type = isinstance(value, bool) or not isinstance(value, int | float)
         if bad_type or value < lo or (hi is not None and value > hi):
             bound = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"

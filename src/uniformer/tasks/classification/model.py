@@ -95,18 +95,14 @@ def model_input_ndim(model: nn.Module) -> int | None:
     return None if video is None else 5 if video else 4
 
 
-def view_logits(model: nn.Module, x: torch.Tensor, expected_ndim: int | None, max_batch: int | None = None
-                ) -> torch.Tensor:
+def view_logits(model: nn.Module, x: torch.Tensor, expected_ndim: int | None) -> torch.Tensor:
     """B×V×K logits of a batch that may hold V views per sample (one more axis than the model takes; without an
     `expected_ndim`, 6-D input is multi-view video)."""
     multi = x.ndim == expected_ndim + 1 if expected_ndim is not None else x.ndim == 6
     if not multi:
         return merge_outputs(model(x)).float().unsqueeze(1)
     b, v = x.shape[:2]
-    flat = x.reshape(b * v, *x.shape[2:])
-    step = max_batch or flat.shape[0]
-    logits = torch.cat([merge_outputs(model(flat[i:i + step])).float() for i in range(0, flat.shape[0], step)])
-    return logits.view(b, v, -1)
+    return merge_outputs(model(x.reshape(b * v, *x.shape[2:]))).float().reshape(b, v, -1)
 
 
 def named_classes(names: Sequence[str], num_classes: int) -> list[str]:

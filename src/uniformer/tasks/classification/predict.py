@@ -97,9 +97,8 @@ def inference_data_cfg(recorded: Mapping, is_video: bool, overrides: Mapping | N
 
     fmt = recorded.get("format")
     usable = not recorded.get("builder") and fmt is not None and (fmt in VIDEO_FORMATS) == is_video
-    cfg = file_reading_config(recorded if usable else {"format": "video_list" if is_video else "image_list"})
-    cfg.update(dict(overrides or {}))
-    return cfg
+    fallback = {"format": "video_list" if is_video else "image_list"}
+    return {**file_reading_config(recorded if usable else fallback), **(overrides or {})}
 
 
 def _kind_of(path: str) -> str:
