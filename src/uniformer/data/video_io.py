@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -93,9 +93,7 @@ class VideoReader:
     def _full_decode_all(self) -> None:
         frames: list[tuple[float, av.VideoFrame]] = []
         try:
-            for i, frame in enumerate(self.container.decode(self.stream)):
-                t = _frame_seconds(frame)
-                frames.append((t if t is not None else float(i), frame))
+            frames.extend(self._timed_frames(float))
         except av.FFmpegError as exc:
             if not frames:
                 raise VideoDecodeError(f"{self.path}: decoding failed ({type(exc).__name__}: {exc})") from exc
@@ -163,14 +161,15 @@ class VideoReader:
         self.container.close()
         self.container = self._open()
         try:
-            return self._match(self._full_frames_iter(), times, allow_seek=False)
+            return self._match(self._timed_frames(lambda i: self.start_time + i / self.fps), times, allow_seek=False)
         except av.FFmpegError as exc:
             raise VideoDecodeError(f"{self.path}: decoding failed ({type(exc).__name__}: {exc})") from exc
 
-    def _full_frames_iter(self) -> Iterator[tuple[float, av.VideoFrame]]:
+    def _timed_frames(self, fallback: Callable[[int], float]) -> Iterator[tuple[float, av.VideoFrame]]:
+        """Frames decoded from the current position with their time (``fallback(i)`` where they carry none)."""
         for i, frame in enumerate(self.container.decode(self.stream)):
             t = _frame_seconds(frame)
-            yield (t if t is not None else self.start_time + i / self.fps), frame
+            yield (t if t is not None else fallback(i)), frame
 
     def _match(self, frames: Iterator[tuple[float, av.VideoFrame]] | None, times: list[float], *,
                allow_seek: bool) -> list[av.VideoFrame]:
