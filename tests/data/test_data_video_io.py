@@ -57,7 +57,7 @@ def test_falls_back_to_full_decode_when_seek_fails(tmp_path, monkeypatch):
     path = write_indexed_video(tmp_path / "v.mp4", 16, gop=4)
 
     def broken_seek(self, time_s):
-        raise video_io._SeekFailed()
+        raise video_io._SeekUnusable()
 
     monkeypatch.setattr(VideoReader, "_seek_frames", broken_seek)
     with VideoReader(path) as reader:

@@ -44,23 +44,14 @@ def resolve_file(value: str, root: str | Path, key: str) -> Path:
 
 def read_class_names(path: str | Path) -> list[str]:
     """One class name per line (line i = class i); blank lines are ignored, duplicates are an error."""
-    names = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
-    names = [n for n in names if n]
+    names = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     if not names:
         raise ValueError(f"{path}: class-names file is empty")
-    seen: dict[str, int] = {}
+    first: dict[str, int] = {}
     for i, name in enumerate(names):
-        if name in seen:
-            raise ValueError(f"{path}: class name {name!r} appears twice (classes {seen[name]} and {i})")
-        seen[name] = i
+        if first.setdefault(name, i) != i:
+            raise ValueError(f"{path}: class name {name!r} appears twice (classes {first[name]} and {i})")
     return names
-
-
-def _looks_like_csv(path: Path, first_line: str) -> bool:
-    if path.suffix.lower() == ".csv":
-        return True
-    cells = [c.strip().lower() for c in first_line.split(",")]
-    return "path" in cells and "label" in cells
 
 
 def read_list_file(path: str | Path) -> list[Entry]:
@@ -69,11 +60,11 @@ def read_list_file(path: str | Path) -> list[Entry]:
     text = path.read_text(encoding="utf-8")
     lines = text.splitlines()
     first = next((ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), "")
+    cells = [c.strip().lower() for c in first.split(",")]
     entries: list[Entry] = []
-    if _looks_like_csv(path, first):
-        rows = csv.reader(lines)
+    if path.suffix.lower() == ".csv" or ("path" in cells and "label" in cells):
         header: list[str] | None = None
-        for lineno, row in enumerate(rows, start=1):
+        for lineno, row in enumerate(csv.reader(lines), start=1):
             if not row or not any(c.strip() for c in row) or row[0].lstrip().startswith("#"):
                 continue
             if header is None:
@@ -114,9 +105,8 @@ def _read_json(path: Path):
         raise ValueError(f"{path}: not valid JSON ({exc})") from exc
 
 
-def resolve_labels(
-    entries: list[Entry], classes: list[str] | None, source: str, num_classes: int | None = None
-) -> list[int]:
+def resolve_labels(entries: list[Entry], classes: list[str] | None, source: str,
+                   num_classes: int | None = None) -> list[int]:
     """Convert raw label tokens to indices; integer tokens must be in range, name tokens must be known classes."""
     by_name = {n: i for i, n in enumerate(classes)} if classes is not None else None
     limit = len(classes) if classes is not None else num_classes
@@ -137,15 +127,11 @@ def resolve_labels(
     return labels
 
 
-def infer_classes(
-    all_entries: list[list[Entry]], num_classes: int | None, sources: list[str] | None = None
-) -> list[str]:
-    """Class names when no class-names file is given: ``"0".."K-1"`` for integer labels, sorted names otherwise.
-
-    Without ``num_classes``, integer labels must be exactly ``0..K-1`` (every class seen): a stray label such as
-    ``99`` in an 8-class list would otherwise build a 100-class model.  The error names the file and line of every
-    label above the first missing class.  ``sources[i]`` names the file of ``all_entries[i]``.
-    """
+def infer_classes(all_entries: list[list[Entry]], num_classes: int | None,
+                  sources: list[str] | None = None) -> list[str]:
+    """Classes without a class-names file: ``"0".."K-1"`` for integer labels, sorted names otherwise. Without
+    ``num_classes`` integer labels must be exactly ``0..K-1``, or a stray ``99`` in an 8-class list would build a
+    100-class model; ``sources[i]`` names the file of ``all_entries[i]`` in the error."""
     tokens = [e.label for entries in all_entries for e in entries]
     if not tokens and num_classes is None:
         raise ValueError("cannot infer classes: the annotation files are empty; give class_names or num_classes")
@@ -174,27 +160,23 @@ def join_root(path: str, root: str | Path) -> str:
     return path if os.path.isabs(path) else os.path.join(os.fspath(root), path)
 
 
-def check_missing(
-    samples: list[tuple[str, int]], wheres: list[str], source: str, *, skip_missing: bool,
-    exists: Callable[[str], bool] = os.path.isfile, what: str = "files",
-) -> tuple[list[tuple[str, int]], int]:
+def check_missing(samples: list[tuple[str, int]], wheres: list[str], source: str, *, skip_missing: bool,
+                  exists: Callable[[str], bool] = os.path.isfile, what: str = "files"
+                  ) -> tuple[list[tuple[str, int]], int]:
     """Raise one error listing every missing file (or drop them with a warning); returns (samples, num_dropped)."""
     missing = [i for i, (p, _) in enumerate(samples) if not exists(p)]
     if not missing:
         return samples, 0
     if skip_missing:
         shown = ", ".join(samples[i][0] for i in missing[:5]) + (", ..." if len(missing) > 5 else "")
-        warnings.warn(
-            f"{source}: skipping {len(missing)} of {len(samples)} entries whose {what} are missing ({shown})",
-            stacklevel=3,
-        )
+        warnings.warn(f"{source}: skipping {len(missing)} of {len(samples)} entries whose {what} are missing "
+                      f"({shown})", stacklevel=3)
         drop = set(missing)
         return [s for i, s in enumerate(samples) if i not in drop], len(missing)
     listing = "\n  ".join(f"{wheres[i]}: {samples[i][0]}" for i in missing)
-    raise FileNotFoundError(
-        f"{source}: {len(missing)} of {len(samples)} listed {what} are missing:\n  {listing}\n"
-        "Fix the paths (and 'root') or set skip_missing: true in the data config to drop these entries."
-    )
+    raise FileNotFoundError(f"{source}: {len(missing)} of {len(samples)} listed {what} are missing:\n  {listing}\n"
+                            "Fix the paths (and 'root') or set skip_missing: true in the data config to drop these "
+                            "entries.")
 
 
 # ---------------------------------------------------------------------- Something-Something V2
@@ -225,9 +207,8 @@ def read_sthv2_labels(path: str | Path) -> list[str]:
     return [by_index[i] for i in range(len(by_index))]
 
 
-def read_sthv2_annotations(path: str | Path, classes: list[str], root: str | Path, ext: str) -> tuple[
-    list[tuple[str, int]], list[str]
-]:
+def read_sthv2_annotations(path: str | Path, classes: list[str], root: str | Path,
+                           ext: str) -> tuple[list[tuple[str, int]], list[str]]:
     """SSv2 annotations JSON list -> samples ``(<root>/<id>.<ext>, label)`` and their locations for messages."""
     path = Path(path)
     data = _read_json(path)
@@ -257,13 +238,10 @@ def read_sthv2_annotations(path: str | Path, classes: list[str], root: str | Pat
 
 
 # ---------------------------------------------------------------------- image folders
-def scan_image_folder(folder: str | Path, classes: list[str] | None = None) -> tuple[
-    list[tuple[str, int]], list[str]
-]:
+def scan_image_folder(folder: str | Path,
+                      classes: list[str] | None = None) -> tuple[list[tuple[str, int]], list[str]]:
     """``folder/<class>/<image>`` -> samples and class names (sorted subfolder names unless ``classes`` given)."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist")
     subdirs = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if classes is None:
         classes = subdirs

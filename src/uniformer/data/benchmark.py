@@ -1,10 +1,5 @@
-"""Throughput measurement of the input pipeline (decode + sampling + augmentation).
-
-``uniformer benchmark --data CONFIG`` calls :func:`benchmark_pipeline` to find out whether
-data loading can keep up with the model.  :func:`make_synthetic_video` and
-:func:`make_benchmark_dataset` write long synthetic videos (10 s at 320p by default,
-Kinetics-like) so the measurement can be taken without any real dataset.
-"""
+"""Throughput of the input pipeline (decode + sampling + augmentation), for ``uniformer benchmark --data``; the
+synthetic videos (10 s at 320p by default, Kinetics-like) measure it without a real dataset."""
 
 from __future__ import annotations
 
@@ -75,29 +70,21 @@ def make_benchmark_dataset(root: str | Path, *, num_videos: int = 4, seconds: fl
 
 def benchmark_pipeline(cfg: Mapping[str, Any], split: str = "train", num_workers: int = 2, batches: int = 10,
                        batch_size: int = 8, warmup_batches: int = 1, seed: int = 0) -> dict[str, Any]:
-    """Measure clips (or images) per second through a DataLoader for ``split`` of the ``data:`` config ``cfg``.
-
-    The first ``warmup_batches`` batches (worker start-up, file-system caches) are not timed.
-    Returns ``clips_per_s``, ``seconds_per_batch``, ``timed_batches``, ``timed_clips``, ``seconds``,
-    ``batch_size``, ``num_workers``, ``split``, ``input_shape`` (of one item), ``num_samples``,
-    ``failures`` (count) and ``failed_paths``.
-    """
+    """Clips (or images) per second through a DataLoader for ``split`` of the ``data:`` config ``cfg``, with
+    ``failures`` and ``failed_paths``; the first ``warmup_batches`` (worker start-up, file caches) are not timed."""
     if batches < 1 or batch_size < 1 or num_workers < 0 or warmup_batches < 0:
         raise ValueError("benchmark_pipeline: batches and batch_size must be >= 1, workers/warmup >= 0")
     data_cfg = parse_data_config(cfg)
     dataset = build_dataset(data_cfg, split)
-    generator = torch.Generator().manual_seed(seed)
     total = batches + warmup_batches
     items = max(1, batch_size // dataset.samples_per_item)  # a batch counts clips; an item may hold several
     # Sample with replacement so any dataset size yields the requested number of batches.
     sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=total * items,
-                                             generator=generator)
+                                             generator=torch.Generator().manual_seed(seed))
     loader = DataLoader(dataset, batch_size=items, sampler=sampler, num_workers=num_workers, collate_fn=collate,
                         drop_last=True)
     failed: list[str] = []
-    shape = None
     timed_clips = 0
-    start = None
     iterator = iter(loader)
     for i in range(total):
         if i == warmup_batches:
@@ -112,7 +99,7 @@ def benchmark_pipeline(cfg: Mapping[str, Any], split: str = "train", num_workers
     return {"clips_per_s": timed_clips / elapsed if elapsed > 0 else float("inf"),
             "seconds_per_batch": elapsed / batches, "timed_batches": batches, "timed_clips": timed_clips,
             "seconds": elapsed, "batch_size": batch_size, "num_sample": data_cfg.num_sample if split == "train" else 1,
-            "num_workers": num_workers, "split": split, "input_shape": list(shape) if shape is not None else None,
+            "num_workers": num_workers, "split": split, "input_shape": list(shape),
             "num_samples": len(dataset), "failures": len(failed), "failed_paths": failed}
 
 

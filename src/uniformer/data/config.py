@@ -1,63 +1,47 @@
-"""Validated view of the ``data:`` section of a training config.
-
-Every consumer reads the ``data:`` section through :func:`parse_data_config`: defaults, types and cross-key
-checks live in one place, and a typo or a bad value fails early with a message naming the key.
-
-Keys (all optional unless marked):
+"""Validated view of the ``data:`` section: :func:`parse_data_config` holds every default, type and cross-key
+check, so a typo (an unknown key is an error) or a bad value fails early with a message naming the key. A whole
+config holding a ``data:`` mapping (and no ``format`` of its own) is accepted too. Keys (optional unless marked):
 
 * ``format`` (required): ``video_list`` | ``sthv2`` | ``frame_folder`` | ``image_folder`` | ``image_list``.
-* ``root``: folder that relative paths are resolved against (default: ``.``).
-* ``train_list`` / ``val_list`` / ``test_list``: list files (``path label`` per line, or a CSV
-  with a ``path,label`` header) for ``video_list`` and ``image_list``; for ``frame_folder`` the original's
-  Something-Something split lists (``folder num_frames label`` per line, e.g.
-  ``somesomev2_rgb_validation_split.txt``), each folder holding ``frame_template`` images.  ``test_list`` falls
-  back to ``val_list``.  Relative list paths are resolved against ``root`` when they do not
-  exist relative to the working directory.
-* ``labels_file``, ``train_annotations``, ``val_annotations``, ``test_annotations``: SSv2 JSON
-  files (``sthv2``); ``test_annotations`` falls back to ``val_annotations``.
-* ``train_dir`` / ``val_dir`` / ``test_dir``: class-per-subfolder trees (``image_folder``),
-  defaults ``train`` / ``val`` / ``val_dir`` under ``root``.
-* ``class_names``: text file with one class name per line (line i = class i).
-* ``num_classes``: only used when there is no class-name source; otherwise inferred.
-* ``video_ext``: extension of SSv2 videos (default ``webm``).
-* ``frame_template`` (``frame_folder``): image name of 1-based frame ``j`` (default ``img_{:05d}.jpg``, the
-  SSv2 extraction; SSv1 ships ``{:05d}.jpg``).
-* ``num_frames`` (16), ``sampling`` (default ``uniform`` for ``sthv2`` / ``frame_folder``, else ``dense``:
-  the original's ``Sth`` and ``Kinetics`` rules, :mod:`uniformer.data.sampling`), ``stride`` (4, dense only).
-* ``target_fps`` (default 30 for ``sthv2``, else null): number a video's frames as ``ffmpeg -r target_fps``
-  would extract them (image ``j`` shows decoded frame ``round((j - 1) * fps / target_fps)``) before
-  sampling, so reading a webm gives the frames of the original's 30 fps frame folders; null = native frames.
-* ``input_size`` (224), ``short_side`` (test/val resize of the short side; default ``input_size`` for
-  videos, as the original's test asserts, and ``int(256 / 224 * input_size)`` for images, the DeiT
-  crop_pct 0.875).
-* ``scale_jitter`` (short-side range of the training crop when ``random_resized_crop`` is false; default
-  ``input_size`` x [256, 320] / 224, i.e. [256, 320] at 224), ``random_resized_crop`` (False for videos,
-  True for images; a box of ``rrc_scale`` area and ``rrc_ratio`` aspect, the same for every frame),
-  ``rrc_scale`` ([0.08, 1.0]), ``rrc_ratio`` ([0.75, 1.3333]).
-* ``hflip`` (True, but False for ``sthv2``), ``rand_augment`` (timm ``rand-...`` RandAugment string,
-  an AutoAugment policy such as ``v0``, or null; videos: before the crop, images: after it),
-  ``random_erasing`` (probability, 0 = off), ``random_erasing_mode`` (``pixel``).
-* ``test_clips`` (1), ``test_crops`` (1 or 3).
-* ``channel_order`` (``RGB`` | ``BGR``; the network's input channel order; default ``BGR`` for ``sthv2``
-  and ``frame_folder``, whose original networks read OpenCV frames unconverted, else ``RGB``),
-  ``interpolation`` (``bilinear`` | ``bicubic``; default ``bilinear`` for videos, ``bicubic`` for images,
-  as the original; :mod:`uniformer.data.transforms`),
-  ``view_aggregation`` (``sum_logits``, the original's sum of raw logits over test views, default;
-  or ``mean_softmax``).
-* ``num_sample`` (1; clips augmented from one decoded video per training item: ``train.batch_size`` counts
-  clips and must be a multiple of it), ``repeated_aug`` (0 = off; DeiT's RASampler, each training sample
-  repeated this many times per epoch on different processes).
-* ``skip_missing`` (False), ``max_retries`` (10), ``min_video_frames`` (1; shorter videos count as
-  unloadable), ``seed`` (0), ``decode_threads`` (1; 0 = FFmpeg's choice),
-  ``mean`` / ``std`` (videos: 0.45 / 0.225 on every channel, the SlowFast defaults the original video
-  models were trained with; images: ImageNet), per channel of the network input (``channel_order``).
-* Mixup keys are accepted here and read by :func:`uniformer.data.build_mixup`: ``mixup``,
-  ``cutmix``, ``cutmix_minmax``, ``label_smoothing``, ``mixup_prob``, ``mixup_switch_prob``,
-  ``mixup_mode``.  Batch size and workers are the recipe's ``train.batch_size`` /
-  ``train.num_workers``, as for every task.
-
-An unknown key is an error naming it, so a typo never trains with a silent default. A whole config that
-holds a ``data:`` mapping (and no ``format`` key of its own) is accepted too.
+* ``root`` (``.``): folder relative paths are resolved against (list paths only when they do not exist
+  relative to the working directory).
+* ``train_list`` / ``val_list`` / ``test_list``: ``path label`` lines or a ``path,label`` CSV (``video_list``,
+  ``image_list``); for ``frame_folder`` the original's split lists (``folder num_frames label``, e.g.
+  ``somesomev2_rgb_validation_split.txt``) of folders of ``frame_template`` images. ``test_list`` falls back to
+  ``val_list``.
+* ``labels_file``, ``train_annotations``, ``val_annotations``, ``test_annotations`` (falls back to val): SSv2
+  JSON files (``sthv2``); ``video_ext`` (``webm``) the extension of its videos.
+* ``train_dir`` / ``val_dir`` / ``test_dir``: class-per-subfolder trees (``image_folder``), defaults ``train`` /
+  ``val`` / ``val_dir`` under ``root``.
+* ``class_names``: one class name per line (line i = class i); ``num_classes``: used only without class names.
+* ``frame_template`` (``frame_folder``): image of 1-based frame ``j`` (``img_{:05d}.jpg`` as SSv2 was
+  extracted; SSv1 ships ``{:05d}.jpg``).
+* ``num_frames`` (16), ``sampling`` (``uniform`` for ``sthv2`` / ``frame_folder``, else ``dense``: the
+  original's ``Sth`` and ``Kinetics`` rules, :mod:`uniformer.data.sampling`), ``stride`` (4, dense only).
+* ``target_fps`` (30 for ``sthv2``, else null = native frames): number a video's frames as ``ffmpeg -r
+  target_fps`` would extract them before sampling, so a webm gives the frames of the original's 30 fps folders.
+* ``input_size`` (224), ``short_side`` (test/val short side: ``input_size`` for videos, as the original's test
+  asserts, ``int(256 / 224 * input_size)`` for images, DeiT's crop_pct 0.875).
+* ``scale_jitter`` (short-side range of the training crop without ``random_resized_crop``; ``input_size`` x
+  [256, 320] / 224), ``random_resized_crop`` (False for videos, True for images: one box of ``rrc_scale`` area
+  ([0.08, 1.0]) and ``rrc_ratio`` aspect ([0.75, 1.3333]) for every frame).
+* ``hflip`` (False for ``sthv2`` / ``frame_folder``, else True), ``rand_augment`` (a timm ``rand-...`` string,
+  an AutoAugment policy such as ``v0``, or null; videos: before the crop, images: after it), ``random_erasing``
+  (probability, 0 = off), ``random_erasing_mode`` (``pixel``), ``test_clips`` (1), ``test_crops`` (1 or 3).
+* ``channel_order`` (network input order: ``BGR`` for ``sthv2`` / ``frame_folder``, whose original networks
+  read OpenCV frames unconverted, else ``RGB``), ``interpolation`` (``bilinear`` for videos, ``bicubic`` for
+  images, as the original), ``view_aggregation`` (``sum_logits``, the original's sum over test views, or
+  ``mean_softmax``).
+* ``num_sample`` (1; clips augmented from one decoded video per training item; ``train.batch_size`` counts clips
+  and must be a multiple of it), ``repeated_aug`` (0 = off; DeiT's RASampler repeats).
+* ``skip_missing`` (False), ``max_retries`` (10), ``min_video_frames`` (1; shorter videos are unloadable),
+  ``seed`` (0), ``decode_threads`` (1; 0 = FFmpeg's choice), ``mean`` / ``std`` per network input channel
+  (videos: 0.45 / 0.225, the SlowFast defaults the original video models were trained with; images: ImageNet).
+* Mixup keys, read by :func:`uniformer.data.build_mixup`: ``mixup`` / ``cutmix`` (alphas, 0 = off),
+  ``cutmix_minmax`` ([min, max] box ratio or null), ``label_smoothing`` (0.1 with mixing, else 0),
+  ``mixup_prob`` (1.0), ``mixup_switch_prob`` (0.5: CutMix instead of Mixup when both are on), ``mixup_mode``
+  (``batch`` | ``pair`` | ``elem``). Batch size and workers are the recipe's ``train.batch_size`` /
+  ``train.num_workers``.
 """
 
 from __future__ import annotations
@@ -80,10 +64,12 @@ BGR_FORMATS = ("sthv2", "frame_folder")
 #: formats sampled one frame per segment (the original's ``Sth``) unless ``sampling`` says otherwise
 UNIFORM_FORMATS = ("sthv2", "frame_folder")
 SPLITS = ("train", "val", "test")
+#: keys that name files or folders (the engine expands ``~`` and variables in them)
+PATH_KEYS = ("root", "train_list", "val_list", "test_list", "labels_file", "train_annotations", "val_annotations",
+             "test_annotations", "train_dir", "val_dir", "test_dir", "class_names")
 
-_MIXUP_KEYS = frozenset(
-    {"mixup", "cutmix", "cutmix_minmax", "label_smoothing", "mixup_prob", "mixup_switch_prob", "mixup_mode"}
-)
+_MIXUP_KEYS = frozenset({"mixup", "cutmix", "cutmix_minmax", "label_smoothing", "mixup_prob", "mixup_switch_prob",
+                         "mixup_mode"})
 
 
 @dataclass(frozen=True)
@@ -186,10 +172,8 @@ def _as_path(key: str, value: Any) -> str | None:
 
 
 def resolved_data_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``data:`` section with every key this package reads, defaults included (what a run records).
-
-    Mixup keys get the defaults :func:`uniformer.data.build_mixup` and the loss use when they are absent.
-    """
+    """The ``data:`` section with every key this package reads, defaults included (what a run records), the mixup
+    keys with the defaults :func:`uniformer.data.build_mixup` and the loss use."""
     parsed = parse_data_config(cfg)
     out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(parsed).items() if k != "extra"}
     if parsed.format != "frame_folder":  # a key of that format only (refused with the others)
@@ -211,33 +195,48 @@ def parse_data_config(cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
         raise TypeError(f"data config must be a mapping (the 'data:' section), got {type(cfg).__name__}")
     if "format" not in cfg and isinstance(cfg.get("data"), Mapping):
         cfg = cfg["data"]  # the whole config was passed: use its data section
-    cfg = dict(cfg)
     fmt = cfg.get("format")
     if fmt not in FORMATS:
         raise _err("format", fmt, f"expected one of {list(FORMATS)}")
-    is_video = fmt in VIDEO_FORMATS
+    is_video, uniform = fmt in VIDEO_FORMATS, fmt in UNIFORM_FORMATS
     known = {f for f in DataConfig.__dataclass_fields__ if f != "extra"}
     unknown = sorted(set(cfg) - known - _MIXUP_KEYS)
     if unknown:
         raise ValueError(f"data config: unknown key(s) {unknown} (known: {sorted(known | _MIXUP_KEYS)})")
-    extra = {k: cfg[k] for k in cfg if k in _MIXUP_KEYS}
+    # the format-dependent defaults; every other default is DataConfig's
+    defaults = {"target_fps": 30 if fmt == "sthv2" else None, "sampling": "uniform" if uniform else "dense",
+                "random_resized_crop": not is_video, "hflip": not uniform,
+                "channel_order": "BGR" if fmt in BGR_FORMATS else "RGB",
+                "interpolation": "bilinear" if is_video else "bicubic",
+                "mean": VIDEO_MEAN if is_video else IMAGENET_MEAN, "std": VIDEO_STD if is_video else IMAGENET_STD}
 
-    out: dict[str, Any] = {"format": fmt, "extra": extra}
-    out["root"] = _as_path("root", cfg.get("root", ".")) or "."
-    for key in (
-        "train_list", "val_list", "test_list", "labels_file", "train_annotations", "val_annotations",
-        "test_annotations", "train_dir", "val_dir", "test_dir", "class_names",
-    ):
+    def get(key: str) -> Any:
+        return cfg.get(key, defaults[key] if key in defaults else DataConfig.__dataclass_fields__[key].default)
+
+    out: dict[str, Any] = {"format": fmt, "extra": {k: cfg[k] for k in cfg if k in _MIXUP_KEYS}}
+    for key in PATH_KEYS:
         out[key] = _as_path(key, cfg.get(key))
-    if cfg.get("num_classes") is not None:
-        out["num_classes"] = _as_int("num_classes", cfg["num_classes"], 1)
-    ext = cfg.get("video_ext", "webm")
+    out["root"] = out["root"] or "."
+    for key in ("num_classes", "target_fps"):
+        out[key] = None if get(key) is None else _as_int(key, get(key), 1)
+    ext = get("video_ext")
     if not isinstance(ext, str) or not ext.strip("."):
         raise _err("video_ext", ext, "expected an extension such as 'webm' or 'mp4'")
     out["video_ext"] = ext.lstrip(".")
+    for key, minimum in (("num_frames", 1), ("stride", 1), ("input_size", 1), ("test_clips", 1), ("test_crops", 1),
+                         ("num_sample", 1), ("repeated_aug", 0), ("max_retries", 0), ("min_video_frames", 1),
+                         ("seed", 0), ("decode_threads", 0)):
+        out[key] = _as_int(key, get(key), minimum)
+    for key, choices in (("sampling", ("dense", "uniform")), ("random_erasing_mode", ("pixel", "rand", "const")),
+                         ("channel_order", ("RGB", "BGR")), ("interpolation", ("bilinear", "bicubic")),
+                         ("view_aggregation", ("sum_logits", "mean_softmax"))):
+        if get(key) not in choices:
+            raise _err(key, get(key), f"expected one of {list(choices)}")
+        out[key] = get(key)
+    for key in ("random_resized_crop", "hflip", "skip_missing"):
+        out[key] = _as_bool(key, get(key))
 
-    out["num_frames"] = _as_int("num_frames", cfg.get("num_frames", 16), 1)
-    template = cfg.get("frame_template", "img_{:05d}.jpg")
+    template = out["frame_template"] = get("frame_template")
     try:
         ok = isinstance(template, str) and template.format(1) != template.format(2)
     except (IndexError, KeyError, ValueError):
@@ -245,47 +244,34 @@ def parse_data_config(cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
     if not ok:
         raise _err("frame_template", template, "expected a format string of the 1-based frame number, "
                    "such as 'img_{:05d}.jpg'")
-    out["frame_template"] = template
-    target_fps = cfg.get("target_fps", 30 if fmt == "sthv2" else None)
-    out["target_fps"] = None if target_fps is None else _as_int("target_fps", target_fps, 1)
     if "frame_template" in cfg and fmt != "frame_folder":
         raise _err("frame_template", template, f"only format 'frame_folder' reads frame images, not {fmt!r}")
     if out["target_fps"] is not None and fmt not in ("video_list", "sthv2"):
-        raise _err("target_fps", target_fps, f"only video files are re-numbered, not format {fmt!r}")
-    sampling = cfg.get("sampling", "uniform" if fmt in UNIFORM_FORMATS else "dense")
-    if sampling not in ("dense", "uniform"):
-        raise _err("sampling", sampling, "expected 'dense' or 'uniform'")
-    out["sampling"] = sampling
-    out["stride"] = _as_int("stride", cfg.get("stride", 4), 1)
+        raise _err("target_fps", out["target_fps"], f"only video files are re-numbered, not format {fmt!r}")
 
-    out["input_size"] = _as_int("input_size", cfg.get("input_size", 224), 1)
-    default_short = out["input_size"] if is_video else int(256 / 224 * out["input_size"])
-    out["short_side"] = _as_int("short_side", cfg.get("short_side", default_short), 1)
-    if out["short_side"] < out["input_size"]:
-        raise _err("short_side", out["short_side"], f"must be >= input_size ({out['input_size']})")
+    size = out["input_size"]
+    out["short_side"] = _as_int("short_side", cfg.get("short_side", size if is_video else int(256 / 224 * size)), 1)
+    if out["short_side"] < size:
+        raise _err("short_side", out["short_side"], f"must be >= input_size ({size})")
     # the default follows input_size (256-320 at 224, SlowFast's TRAIN_JITTER_SCALES): a fixed 256-320 would cut
     # small crops out of large upscales at other sizes
-    default_jitter = [round(out["input_size"] * 256 / 224), round(out["input_size"] * 320 / 224)]
+    default_jitter = [round(size * 256 / 224), round(size * 320 / 224)]
     out["scale_jitter"] = _as_pair("scale_jitter", cfg.get("scale_jitter", default_jitter), int)
     if out["scale_jitter"][0] < 1:
         raise _err("scale_jitter", cfg.get("scale_jitter"), "sizes must be positive")
-    out["random_resized_crop"] = _as_bool("random_resized_crop", cfg.get("random_resized_crop", not is_video))
-    out["rrc_scale"] = _as_pair("rrc_scale", cfg.get("rrc_scale", [0.08, 1.0]), float)
+    out["rrc_scale"] = _as_pair("rrc_scale", get("rrc_scale"), float)
     if not 0 < out["rrc_scale"][0] <= 1 or out["rrc_scale"][1] > 1:
         raise _err("rrc_scale", cfg.get("rrc_scale"), "area fractions must be in (0, 1]")
-    out["rrc_ratio"] = _as_pair("rrc_ratio", cfg.get("rrc_ratio", [0.75, 4.0 / 3.0]), float)
+    out["rrc_ratio"] = _as_pair("rrc_ratio", get("rrc_ratio"), float)
     if out["rrc_ratio"][0] <= 0:
         raise _err("rrc_ratio", cfg.get("rrc_ratio"), "aspect ratios must be positive")
 
-    out["hflip"] = _as_bool("hflip", cfg.get("hflip", fmt not in UNIFORM_FORMATS))
-    if fmt in UNIFORM_FORMATS and out["sampling"] == "uniform" and out["hflip"]:  # Something-Something's layout
+    if uniform and out["sampling"] == "uniform" and out["hflip"]:  # Something-Something's layout
         # (a frame_folder with dense sampling is another dataset, e.g. HMDB51, which the original flips)
-        warnings.warn(
-            f"data config: hflip=true with format '{fmt}': Something-Something labels depend on left/right "
-            "direction, so flipping corrupts labels such as 'Pushing something from left to right'",
-            stacklevel=2,
-        )
-    ra = cfg.get("rand_augment")
+        warnings.warn(f"data config: hflip=true with format '{fmt}': Something-Something labels depend on "
+                      "left/right direction, so flipping corrupts labels such as 'Pushing something from left to "
+                      "right'", stacklevel=2)
+    ra = out["rand_augment"] = cfg.get("rand_augment")
     if ra is not None:
         if not isinstance(ra, str) or not ra:
             raise _err("rand_augment", ra, "expected a timm RandAugment string like 'rand-m7-n4-mstd0.5-inc1', "
@@ -296,31 +282,11 @@ def parse_data_config(cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
             (rand_augment_transform if ra.startswith("rand") else auto_augment_transform)(ra, {})
         except Exception as exc:  # timm raises AssertionError/ValueError/KeyError on bad strings
             raise _err("rand_augment", ra, f"timm cannot parse it ({type(exc).__name__}: {exc})") from exc
-    out["rand_augment"] = ra
-    out["random_erasing"] = _as_float("random_erasing", cfg.get("random_erasing", 0.0), 0.0, 1.0)
-    mode = cfg.get("random_erasing_mode", "pixel")
-    if mode not in ("pixel", "rand", "const"):
-        raise _err("random_erasing_mode", mode, "expected 'pixel', 'rand' or 'const'")
-    out["random_erasing_mode"] = mode
-
-    out["test_clips"] = _as_int("test_clips", cfg.get("test_clips", 1), 1)
-    out["test_crops"] = _as_int("test_crops", cfg.get("test_crops", 1), 1)
+    out["random_erasing"] = _as_float("random_erasing", get("random_erasing"), 0.0, 1.0)
     if out["test_crops"] not in (1, 3):
         raise _err("test_crops", out["test_crops"], "expected 1 (centre) or 3 (left/centre/right)")
-    for key, default, choices in (("channel_order", "BGR" if fmt in BGR_FORMATS else "RGB", ("RGB", "BGR")),
-                                  ("interpolation", "bilinear" if is_video else "bicubic", ("bilinear", "bicubic")),
-                                  ("view_aggregation", "sum_logits", ("sum_logits", "mean_softmax"))):
-        value = cfg.get(key, default)
-        if value not in choices:
-            raise _err(key, value, f"expected one of {list(choices)}")
-        out[key] = value
-    for key, default, minimum in (("num_sample", 1, 1), ("repeated_aug", 0, 0), ("max_retries", 10, 0),
-                                  ("min_video_frames", 1, 1), ("seed", 0, 0), ("decode_threads", 1, 0)):
-        out[key] = _as_int(key, cfg.get(key, default), minimum)
-    out["skip_missing"] = _as_bool("skip_missing", cfg.get("skip_missing", False))
-    for key, default in (("mean", VIDEO_MEAN if is_video else IMAGENET_MEAN),
-                         ("std", VIDEO_STD if is_video else IMAGENET_STD)):
-        value = cfg.get(key, default)
+    for key in ("mean", "std"):
+        value = get(key)
         if not isinstance(value, list | tuple) or len(value) != 3:
             raise _err(key, value, "expected three numbers (R, G, B)")
         out[key] = tuple(_as_float(key, v) for v in value)
@@ -336,13 +302,9 @@ _VIDEO_READING_KEYS = ("num_frames", "sampling", "stride", "target_fps", "test_c
 
 
 def file_reading_config(cfg: Mapping[str, Any] | DataConfig) -> dict[str, Any]:
-    """The resolved keys that read one file the way ``cfg``'s test split reads its samples.
-
-    For prediction on files (``video_list`` / ``image_list``) with the settings of a recipe of any
-    format: the format-dependent defaults (e.g. BGR and uniform sampling for ``sthv2``) are resolved
-    here, so they are not lost when the format changes.  ``frame_folder`` recipes read video files
-    with native frame numbering (``target_fps`` null), as their frames are already extracted.
-    """
+    """The resolved keys (``video_list`` / ``image_list``) that read one file as ``cfg``'s test split reads its
+    samples: format defaults such as BGR for ``sthv2`` are kept; ``frame_folder`` recipes read video files with
+    native frame numbering, as their frames are already extracted."""
     c = parse_data_config(cfg)
     out = {key: getattr(c, key) for key in _IMAGE_READING_KEYS + (_VIDEO_READING_KEYS if c.is_video else ())}
     out.update(mean=list(c.mean), std=list(c.std), format="video_list" if c.is_video else "image_list")

@@ -1,22 +1,16 @@
-"""Datasets for video and image classification, their builder and their collate function.
+"""Classification datasets, their builder and their collate function.
 
-Every item is ``{"input": Tensor, "label": int, "index": int, "failures": list[str]}``. ``input`` is
-``(C, T, H, W)`` for video train/val, ``(V, C, T, H, W)`` for video test (``V = test_clips * test_crops``,
-clip-major), ``(C, H, W)`` / ``(V, C, H, W)`` for images (``V = test_crops``); the test split always
-carries the V axis. With ``data.num_sample = N > 1`` a training item is ``(N, C, T, H, W)``: the clip is
-decoded once and augmented N times (repeated augmentation), the item carries ``"num_sample": N`` and
-:func:`collate` flattens the clips into the batch, as the original's ``multiple_samples_collate``.
-
-A sample that cannot be loaded never stops training and never becomes a zero tensor: it is replaced by
-another one chosen by a generator seeded with ``(seed, index, attempt)``, and its path is appended to the
-item's ``failures`` (reported through the item so that DataLoader workers can report it).
-
-Training randomness is drawn from a per-item ``numpy.random.Generator`` seeded from ``(data.seed, index,
-attempt)`` and one draw of torch's RNG, which the runner seeds per sample
-(``uniformer.engine.loaders.SeededDataset``). Val and test items are deterministic.
+Items are ``{"input", "label", "index", "failures"}``; ``input`` is ``(C, T, H, W)`` for video train/val,
+``(V, C, T, H, W)`` for video test (``V = test_clips * test_crops``, clip-major), ``(C, H, W)`` / ``(V, C, H, W)``
+for images. With ``data.num_sample = N > 1`` a training item holds N clips augmented from one decoding, which
+:func:`collate` flattens into the batch (the original's ``multiple_samples_collate``). An unloadable sample is
+replaced by another one drawn from ``(seed, index, attempt)`` and its path is listed in ``failures``.
+Training draws from a numpy generator seeded with ``(data.seed, index, attempt)`` and one draw of torch's RNG,
+which the runner seeds per sample; val and test items are deterministic.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -60,8 +54,6 @@ class ClassificationDataset(Dataset):
 
     def __init__(self, cfg: DataConfig, split: str, samples: list[tuple[str, int]], classes: list[str], source: str,
                  num_skipped_missing: int = 0) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if not samples:
             raise ValueError(f"{source}: no samples for split {split!r}")
         self.cfg = cfg
@@ -70,7 +62,6 @@ class ClassificationDataset(Dataset):
         self.classes = list(classes)
         self.source = source
         self.num_skipped_missing = num_skipped_missing
-        self.seed = cfg.seed
         self.transform = ClipTransform(cfg, split)
 
     @property
@@ -104,27 +95,22 @@ class ClassificationDataset(Dataset):
         return len(self.samples)
 
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(split={self.split!r}, samples={len(self)}, classes={self.num_classes}, "
-            f"source={self.source!r})"
-        )
+        return (f"{type(self).__name__}(split={self.split!r}, samples={len(self)}, classes={self.num_classes}, "
+                f"source={self.source!r})")
 
     def _item_rng(self, index: int, attempt: int) -> np.random.Generator | None:
         if self.split != "train":
             return None
         entropy = int(torch.randint(0, 2**62, (1,)).item())
-        return np.random.default_rng([self.seed, index, attempt, entropy])
+        return np.random.default_rng([self.cfg.seed, index, attempt, entropy])
 
     def replacement_index(self, index: int, attempt: int) -> int:
         """Deterministic stand-in for sample ``index`` after its ``attempt``-th failure (never ``index`` itself)."""
         n = len(self.samples)
         if n < 2:
             raise SampleLoadError(f"{self.source}: the only sample failed to load and there is nothing to replace it")
-        r = int(np.random.default_rng([self.seed, index, attempt, 7919]).integers(n - 1))
+        r = int(np.random.default_rng([self.cfg.seed, index, attempt, 7919]).integers(n - 1))
         return r if r < index else r + 1
-
-    def load(self, path: str, rng: np.random.Generator | None) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self.samples):
@@ -146,10 +132,8 @@ class ClassificationDataset(Dataset):
             if self.samples_per_item > 1:
                 item["num_sample"] = self.samples_per_item
             return item
-        raise SampleLoadError(
-            f"{self.source}: {len(failures)} consecutive samples failed to load starting at index {index} "
-            f"({failures}); last error: {last_error}"
-        )
+        raise SampleLoadError(f"{self.source}: {len(failures)} consecutive samples failed to load starting at "
+                              f"index {index} ({failures}); last error: {last_error}")
 
 
 class VideoClassificationDataset(ClassificationDataset):
@@ -166,16 +150,12 @@ class VideoClassificationDataset(ClassificationDataset):
     def _check_length(self, path: str, num_video_frames: int) -> None:
         """Videos shorter than ``data.min_video_frames`` count as unloadable."""
         if num_video_frames < self.cfg.min_video_frames:
-            minimum = self.cfg.min_video_frames
-            raise VideoDecodeError(f"{path}: video too short ({num_video_frames} frames < {minimum=})")
+            raise VideoDecodeError(f"{path}: video too short ({num_video_frames} frames < "
+                                   f"minimum={self.cfg.min_video_frames})")
 
     def frame_indices(self, num_video_frames: int, fps: float, rng: np.random.Generator | None) -> np.ndarray:
-        """``(clips, num_frames)`` decoded-frame indices, after the ``target_fps`` re-numbering if configured.
-
-        With ``target_fps`` the sampling rule runs over the images ``ffmpeg -r target_fps`` would
-        extract and each image is mapped to the decoded frame it shows, so a webm read directly
-        gives the frames of the original's 30 fps frame folders.
-        """
+        """``(clips, num_frames)`` decoded-frame indices; with ``target_fps`` the clips are sampled from the images
+        ``ffmpeg -r target_fps`` would extract, each mapped to the decoded frame it shows."""
         if self.cfg.target_fps is None:
             return self.clip_indices(num_video_frames, rng)
         shown = resampled_frame_map(num_video_frames, fps, self.cfg.target_fps)
@@ -201,11 +181,8 @@ def read_frame(path: str, what: str = "frame image") -> np.ndarray:
 
 
 class FrameFolderDataset(VideoClassificationDataset):
-    """Videos stored as folders of frame images (``frame_template``, 1-based), the original's SSv1/SSv2 format.
-
-    Each sample's frame count comes from the split list (``folder num_frames label``), as in the
-    original ``Sth`` dataset; frame ``i`` (0-based) of a clip is the image numbered ``i + 1``.
-    """
+    """Folders of frame images (``frame_template``, 1-based), the original's SSv1/SSv2 format; frame counts come
+    from the split list (``folder num_frames label``), as in the original ``Sth`` dataset."""
 
     def __init__(self, *args, frame_counts: Mapping[str, int], **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -317,9 +294,8 @@ def _build_sthv2(cfg: DataConfig, split: str) -> ClassificationDataset:
     if cfg.class_names is not None:
         names = read_class_names(resolve_file(cfg.class_names, cfg.root, "class_names"))
         if len(names) != len(classes):
-            raise ValueError(
-                f"data config: class_names has {len(names)} names but labels_file {labels_path} has {len(classes)}"
-            )
+            raise ValueError(f"data config: class_names has {len(names)} names but labels_file {labels_path} has "
+                             f"{len(classes)}")
     ann_path = _split_file(cfg, "_annotations", split)
     samples, wheres = read_sthv2_annotations(ann_path, classes, cfg.root, cfg.video_ext)
     samples, dropped = check_missing(samples, wheres, str(ann_path), skip_missing=cfg.skip_missing)
@@ -344,22 +320,15 @@ def _build_image_folder(cfg: DataConfig, split: str) -> ClassificationDataset:
 
 
 def build_dataset(cfg: Mapping[str, Any] | DataConfig, split: str) -> ClassificationDataset:
-    """The dataset for ``split`` ("train" | "val" | "test") of the ``data:`` section (:mod:`uniformer.data.config`).
-
-    ``ValueError`` / ``FileNotFoundError`` name the offending key or file (all missing files in one error).
-    """
+    """The dataset for ``split`` ("train" | "val" | "test") of the ``data:`` section (:mod:`uniformer.data.config`);
+    errors name the offending key or file (all missing files in one error)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
     c = parse_data_config(cfg)
-    if c.format == "video_list":
-        return _build_from_lists(c, split, VideoClassificationDataset)
-    if c.format == "image_list":
-        return _build_from_lists(c, split, ImageClassificationDataset)
-    if c.format == "sthv2":
-        return _build_sthv2(c, split)
-    if c.format == "frame_folder":
-        return _build_frame_folder(c, split)
-    return _build_image_folder(c, split)
+    builders = {"video_list": functools.partial(_build_from_lists, cls=VideoClassificationDataset),
+                "image_list": functools.partial(_build_from_lists, cls=ImageClassificationDataset),
+                "sthv2": _build_sthv2, "frame_folder": _build_frame_folder, "image_folder": _build_image_folder}
+    return builders[c.format](c, split)
 
 
 def collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -1,18 +1,10 @@
 """A small built-in video dataset whose classes can only be told apart over time.
 
-It exercises training, evaluation and inference end to end without downloading anything. Four classes::
-
-    0 move_left_to_right       1 move_right_to_left
-    2 rotate_clockwise         3 rotate_counterclockwise
-
-Every clip shows one asymmetric shape (an L, a flag or a notched triangle, random size, colour and
-orientation) on a random smooth-texture background with per-frame noise. Moving shapes translate
-horizontally (wrapping around, a little vertical drift) at a random speed; rotating shapes spin in place.
-Start positions and orientations are uniform and all classes use the same shapes, so any single frame has
-the same distribution in every class: only motion reveals the label. Opposite classes differ only in
-direction, which is why horizontal flipping must stay off for this dataset.
-
-Clips are MP4 files (H.264 via ``libx264`` when available, else MPEG-4 Part 2). Generation is deterministic
+Training, evaluation and inference run end to end on it without downloads. Classes (:data:`CLASSES`): a shape
+moving left to right / right to left, rotating clockwise / counterclockwise. Every clip shows one asymmetric shape
+(random size, colour, orientation, start) on a random smooth texture with per-frame noise, the same shapes in every
+class, so any single frame has the same distribution in every class: only motion reveals the label (and horizontal
+flips would swap classes). Clips are MP4 (H.264 when available, else MPEG-4 Part 2); generation is deterministic
 given ``seed`` and cached: a ``demo_meta.json`` written last marks a complete dataset.
 
 Command line: ``python -m uniformer.data.demo --root DIR [--seed 0] [--num-train 400] ...``.
@@ -120,11 +112,6 @@ def render_clip(label: int, rng: np.random.Generator, *, num_frames: int, size: 
     return frames
 
 
-def _params(num_train: int, num_val: int, num_frames: int, size: int, fps: int, seed: int, codec: str) -> dict:
-    return {"version": _FORMAT_VERSION, "num_train": num_train, "num_val": num_val, "num_frames": num_frames,
-            "size": size, "fps": fps, "seed": seed, "codec": codec, "classes": list(CLASSES)}
-
-
 def _result(root: Path, params: dict, generated: bool, seconds: float) -> dict[str, Any]:
     size = params["size"]
     files = {"train_list": str(root / "train.txt"), "val_list": str(root / "val.txt"),
@@ -163,14 +150,9 @@ def _write_text_atomic(path: Path, text: str) -> None:
 def generate_demo_dataset(root: str | Path, *, num_train: int = 400, num_val: int = 100, num_frames: int = 16,
                           size: int = 64, fps: int = 15, seed: int = 0, codec: str | None = None,
                           progress: bool = False) -> dict[str, Any]:
-    """Generate (once) the demo dataset under ``root`` and return its description.
-
-    Returns a dict with ``root``, ``train_list``, ``val_list``, ``class_names`` (paths), ``classes``,
-    ``num_classes``, ``num_train``, ``num_val``, ``num_frames``, ``size``, ``fps``, ``codec``, ``seed``,
-    ``generated`` (False when a complete dataset with the same parameters was already there),
-    ``seconds`` (time spent) and ``data_config`` (a ``data:`` section for :func:`build_dataset`).
-    Lists hold ``videos/<split>/<n>.mp4 <label>`` lines, relative to ``root``.
-    """
+    """Generate (once) the demo dataset under ``root``; returns its paths and parameters, ``generated`` (False when
+    a complete dataset with the same parameters was there) and ``data_config`` (a ``data:`` section for it).
+    Lists hold ``videos/<split>/<n>.mp4 <label>`` lines, relative to ``root``."""
     start = time.perf_counter()
     for name, value, minimum in (("num_train", num_train, 1), ("num_val", num_val, 1), ("num_frames", num_frames, 2),
                                  ("size", size, 16), ("fps", fps, 1)):
@@ -180,7 +162,8 @@ def generate_demo_dataset(root: str | Path, *, num_train: int = 400, num_val: in
         raise ValueError(f"generate_demo_dataset: size must be even (H.264 yuv420p), got {size}")
     root = Path(root).expanduser().resolve()
     codec = codec or pick_video_codec()
-    params = _params(num_train, num_val, num_frames, size, fps, seed, codec)
+    params = {"version": _FORMAT_VERSION, "num_train": num_train, "num_val": num_val, "num_frames": num_frames,
+              "size": size, "fps": fps, "seed": seed, "codec": codec, "classes": list(CLASSES)}
     if _is_complete(root, params):
         return _result(root, params, False, time.perf_counter() - start)
 

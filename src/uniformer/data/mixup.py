@@ -16,11 +16,8 @@ from timm.data.mixup import Mixup, mixup_target
 
 
 class ClipMixup:
-    """Callable ``(x, target) -> (mixed_x, soft_target)`` for ``x`` of shape ``(B, C, H, W)`` or ``(B, C, T, H, W)``.
-
-    ``target`` holds class indices ``(B,)``; the returned target is a float ``(B, num_classes)``
-    distribution (use a soft-target cross-entropy).  ``x`` is modified in place and returned.
-    """
+    """``(x, target) -> (mixed_x, soft_target)``: ``x`` ``(B, C, H, W)`` or ``(B, C, T, H, W)`` is mixed in place,
+    class indices ``(B,)`` become a float ``(B, num_classes)`` distribution (for a soft-target cross-entropy)."""
 
     def __init__(self, mixup: Mixup) -> None:
         self.mixup = mixup
@@ -48,22 +45,13 @@ class ClipMixup:
 
 
 def build_mixup(cfg: Mapping[str, Any], num_classes: int) -> ClipMixup | None:
-    """Mixup/CutMix from config keys, or ``None`` when both are off.
-
-    Keys: ``mixup`` (alpha, 0 = off; default 0), ``cutmix`` (alpha, 0 = off; default 0),
-    ``cutmix_minmax`` ([min, max] box ratio or null), ``label_smoothing`` (default 0.1),
-    ``mixup_prob`` (probability of mixing a batch, default 1.0), ``mixup_switch_prob``
-    (probability of CutMix instead of Mixup when both are on, default 0.5), ``mixup_mode``
-    (``batch`` | ``pair`` | ``elem``, default ``batch``).  When ``None`` is returned, label
-    smoothing is the loss function's job.
-    """
+    """Mixup/CutMix from the mixup keys of the ``data:`` section (:mod:`uniformer.data.config`), or ``None`` when
+    both are off (label smoothing is then the loss function's job)."""
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"build_mixup: num_classes must be a positive integer, got {num_classes!r}")
 
     def number(key: str, default: float, lo: float, hi: float | None = None) -> float:
-        value = cfg.get(key, default)
-        if value is None:
-            value = default
+        value = default if cfg.get(key) is None else cfg[key]
         bad_type = isinstance(value, bool) or not isinstance(value, int | float)
         if bad_type or value < lo or (hi is not None and value > hi):
             bound = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"

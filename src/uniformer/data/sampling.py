@@ -14,9 +14,7 @@ Two schemes (``data.sampling``), each the rule of one dataset class of the origi
   ``[round(seg * i), round(seg * (i + 1))]`` (numpy round: halves to even).  Training takes a
   uniform integer there; test clip ``k`` of ``K`` takes ``round(seg * i) + int(seg / (K + 1) * (k + 1))``.
   The original adds 1 to address 1-based ``img_%05d.jpg`` files; these functions return 0-based
-  indices into the ``n`` frames (frame images) of the video.
-
-All functions are pure: randomness comes from the ``numpy.random.Generator`` passed in.
+  indices into the ``n`` frames (frame images) of the video. Randomness comes from the generator passed in.
 """
 
 from __future__ import annotations
@@ -40,9 +38,8 @@ def _dense_clip(num_video_frames: int, num_frames: int, start: float, span: int)
     return torch.clamp(index, 0, num_video_frames - 1).long().numpy()
 
 
-def dense_indices(
-    num_video_frames: int, num_frames: int, stride: int, *, rng: np.random.Generator | None
-) -> np.ndarray:
+def dense_indices(num_video_frames: int, num_frames: int, stride: int, *, rng: np.random.Generator | None
+                  ) -> np.ndarray:
     """One training clip (random start; ``rng`` required) or, with ``rng=None``, the centred clip."""
     if rng is None:
         return dense_test_indices(num_video_frames, num_frames, stride, num_clips=1)[0]

@@ -1,30 +1,20 @@
-"""Spatial transforms for clips and images, identical across the frames of a clip.
+"""Spatial transforms: ``(T, H, W, 3)`` uint8 RGB frames (an image is a one-frame clip) to a normalised float32
+``(C, T, H, W)``, or ``(V, C, T, H, W)`` for multi-view testing. Every random decision (crop, flip, RandAugment,
+erased box) is drawn once per clip and applied to all its frames: per-frame jitter would fake motion.
 
-A clip arrives as ``(T, H, W, 3)`` uint8 RGB frames (an image is a clip with ``T = 1``) and leaves as a
-normalised float32 ``(C, T, H, W)``, or ``(V, C, T, H, W)`` for multi-view testing. Every random decision
-(crop box, flip, RandAugment ops and magnitudes, erased box) is drawn once per clip and applied to all of its
-frames, because per-frame jitter would create fake motion.
+Training, in the original's order: videos (SlowFast ``_aug_frame``) RandAugment on the decoded frames, the crop
+(a random-resized box, or scale jitter: a random ``input_size`` square after resizing the short side to a size
+in ``scale_jitter``, done as cropping the equivalent box) resized by ``F.interpolate`` without antialiasing, the
+flip; images (timm ``transforms_imagenet_train``) the crop resized antialiased like PIL, the flip, RandAugment
+(bicubic in both). Then normalisation, ``channel_order`` and timm random erasing of one box in every frame.
 
-Training, in the original's order: for videos (SlowFast ``_aug_frame``) RandAugment on the decoded frames,
-then the crop (random-resized: one box for every frame; or scale jitter: short side uniform in
-``scale_jitter`` and a random ``input_size`` square, done as cropping the equivalent box and resizing only
-it) resized with ``F.interpolate`` without antialiasing, then the flip; for images (DeiT / timm
-``transforms_imagenet_train``) the crop resized antialiased like PIL, the flip, then RandAugment. RandAugment
-resamples bicubic in both. Then normalisation, ``channel_order`` and timm random erasing of the same box in
-every frame (the clip viewed as a ``(C*T, H, W)`` image).
-
-Test (and val) reproduce the original evaluation (the conformance cases in ``shared/conformance``):
-
-* videos (SlowFast ``spatial_sampling``): short side to ``short_side``, long side
-  ``floor(long / short * short_side)``, no resize when the short side already matches, by ``F.interpolate``
-  (no antialias) on the float frames; crops at ``ceil((L - size) / 2)`` and ``0`` / ``L - size``;
-* images (timm/DeiT ``build_transform(is_train=False)``): PIL resize of the short side to ``short_side``, the
-  long side ``int(short_side * long / short)``; centre crop at ``int(round((L - size) / 2))``;
-
-then ``(x / 255 - mean) / std``. ``channel_order: BGR`` reverses the decoded RGB channels before normalising
-(the original Something-Something networks read OpenCV frames), so ``mean`` / ``std`` are per network input
-channel. timm's RandAugment and RandomErasing draw from Python's and NumPy's global generators:
-:func:`_global_rng_seeded` seeds them per clip and restores them afterwards.
+Test and val reproduce the original evaluation (``shared/conformance``): videos (SlowFast ``spatial_sampling``)
+resize the short side to ``short_side`` (long side ``floor(long / short * short_side)``, no resize when it
+matches) by ``F.interpolate`` on float frames and crop at ``ceil((L - size) / 2)`` and ``0`` / ``L - size``;
+images (DeiT ``build_transform``) PIL-resize the short side (long side ``int(short_side * long / short)``) and
+crop at ``int(round((L - size) / 2))``. Then ``(x / 255 - mean) / std``. ``channel_order: BGR`` reverses the RGB
+channels (the original Something-Something networks read OpenCV frames), so ``mean`` / ``std`` are per network
+input channel.
 """
 from __future__ import annotations
 
@@ -44,7 +34,8 @@ from .config import DataConfig
 
 @contextlib.contextmanager
 def _global_rng_seeded(seed: int) -> Iterator[Callable[[], None]]:
-    """Yield a ``reseed()`` function that resets ``random`` and ``numpy.random`` to ``seed``; restore on exit."""
+    """Yield a ``reseed()`` that resets ``random`` and ``numpy.random`` (timm draws from them) to ``seed``; restore
+    them on exit."""
     py_state = random.getstate()
     np_state = np.random.get_state()
 
@@ -68,9 +59,7 @@ def _auto_augment(spec: str, size_min: int, mean: tuple[float, float, float] | N
     hparams: dict = {"translate_const": int(size_min * 0.45), "interpolation": Image.BICUBIC}
     if mean is not None:
         hparams["img_mean"] = tuple(min(255, round(255 * m)) for m in mean)
-    if spec.startswith("rand"):
-        return rand_augment_transform(spec, hparams)
-    return auto_augment_transform(spec, hparams)
+    return (rand_augment_transform if spec.startswith("rand") else auto_augment_transform)(spec, hparams)
 
 
 def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear", antialias: bool = True) -> torch.Tensor:
@@ -82,7 +71,7 @@ def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear", antia
 
 def short_side_size(height: int, width: int, short: int) -> tuple[int, int]:
     """The original video test resize: short side ``short``, long side ``floor(long / short_in * short)``."""
-    if (width <= height and width == short) or (height <= width and height == short):
+    if min(height, width) == short:
         return height, width
     if width < height:
         return int(math.floor(float(height) / width * short)), short
@@ -96,14 +85,10 @@ def image_resize_size(height: int, width: int, short: int) -> tuple[int, int]:
     return short, int(short * width / height)
 
 
-def crop_positions(
-    height: int, width: int, size: int, num_crops: int, *, centre: str = "ceil"
-) -> list[tuple[int, int]]:
-    """Top-left corners of ``num_crops`` (1 or 3) square crops of ``size``; 3 crops run along the long side.
-
-    ``centre``: ``ceil`` = ``ceil((L - size) / 2)`` (the original video test), ``round`` =
-    ``int(round((L - size) / 2))`` (torchvision ``CenterCrop``, the original image test).
-    """
+def crop_positions(height: int, width: int, size: int, num_crops: int, *,
+                   centre: str = "ceil") -> list[tuple[int, int]]:
+    """Top-left corners of ``num_crops`` (1 or 3) square crops along the long side; the centre one at ``ceil((L -
+    size) / 2)`` (the original video test) or, with ``centre="round"``, ``int(round(...))`` (torchvision's)."""
     if size > height or size > width:
         raise ValueError(f"crop size {size} exceeds frame size {height}x{width}")
     if centre == "ceil":
@@ -121,9 +106,8 @@ def crop_positions(
     return [(cy, 0), (cy, cx), (cy, width - size)]  # landscape (and square): left, centre, right
 
 
-def random_resized_box(
-    height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator
-) -> tuple[int, int, int, int]:
+def random_resized_box(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+                       rng: np.random.Generator) -> tuple[int, int, int, int]:
     """``(top, left, h, w)`` of a random box with area fraction in ``scale`` and aspect ratio in ``ratio``."""
     area = height * width
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -145,9 +129,8 @@ def random_resized_box(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def scale_jitter_box(
-    height: int, width: int, size: int, jitter: tuple[int, int], rng: np.random.Generator
-) -> tuple[int, int, int, int]:
+def scale_jitter_box(height: int, width: int, size: int, jitter: tuple[int, int],
+                     rng: np.random.Generator) -> tuple[int, int, int, int]:
     """Box equivalent to: resize short side to S ~ U{jitter}, then a random ``size`` x ``size`` crop."""
     short = min(height, width)
     target_short = int(rng.integers(jitter[0], jitter[1] + 1))
@@ -162,11 +145,8 @@ def _check_frames(frames: np.ndarray) -> None:
 
 
 class ClipTransform:
-    """``(T, H, W, 3)`` uint8 frames -> normalised float32 ``(C, T, H, W)`` (train/val) or ``(V, C, T, H, W)`` (test).
-
-    ``split == "train"`` applies the random augmentations (``rng`` required); ``"val"`` returns the
-    centre crop; ``"test"`` returns ``cfg.test_crops`` crops per clip (always with the leading V axis).
-    """
+    """``(T, H, W, 3)`` uint8 frames -> the split's view: train the random augmentations (``rng`` required), val the
+    centre crop ``(C, T, H, W)``, test ``(V, C, T, H, W)`` with ``cfg.test_crops`` crops per clip."""
 
     def __init__(self, cfg: DataConfig, split: str) -> None:
         if split not in ("train", "val", "test"):
@@ -185,11 +165,9 @@ class ClipTransform:
         if split == "train" and cfg.random_erasing > 0:
             from timm.data.random_erasing import RandomErasing
 
-            self.random_erasing = RandomErasing(
-                probability=cfg.random_erasing, mode=cfg.random_erasing_mode, max_count=1, device="cpu"
-            )
+            self.random_erasing = RandomErasing(probability=cfg.random_erasing, mode=cfg.random_erasing_mode,
+                                                max_count=1, device="cpu")
 
-    # ---------------------------------------------------------------- helpers
     @staticmethod
     def _to_tensor(frames: np.ndarray) -> torch.Tensor:
         _check_frames(frames)
@@ -198,10 +176,8 @@ class ClipTransform:
         return torch.from_numpy(frames).permute(0, 3, 1, 2)  # T, C, H, W uint8
 
     def _normalize(self, x: torch.Tensor, *, test: bool = False) -> torch.Tensor:
-        """float RGB ``(T, C, H, W)`` in [0, 255] -> normalised ``(C, T, H, W)`` float32 in ``channel_order``.
-
-        ``test``: ``(x / 255 - mean) / std`` as the original's test; training keeps ``(x - 255 mean) / (255 std)``.
-        """
+        """float RGB ``(T, C, H, W)`` in [0, 255] -> normalised ``(C, T, H, W)`` in ``channel_order``; ``test`` computes
+        ``(x / 255 - mean) / std`` as the original's test, training ``(x - 255 mean) / (255 std)``."""
         if self.cfg.channel_order == "BGR":
             x = x.flip(1)
         x = (x / 255.0 - self.mean_unit) / self.std_unit if test else (x - self.mean) / self.std
@@ -209,8 +185,6 @@ class ClipTransform:
 
     def apply_rand_augment(self, x: torch.Tensor, seed: int) -> torch.Tensor:
         """Apply one RandAugment draw (fixed by ``seed``) identically to every frame of uint8 ``(T, C, H, W)``."""
-        if not self.cfg.rand_augment:
-            raise ValueError("data.rand_augment is not set: there is no RandAugment to apply")
         # videos: SlowFast's create_random_augment, translation from the decoded frame size, timm's grey fill
         augment = self.rand_augment or _auto_augment(self.cfg.rand_augment, min(x.shape[-2:]), None)
         out = []
@@ -221,7 +195,6 @@ class ClipTransform:
                 out.append(torch.from_numpy(np.asarray(augment(img), dtype=np.uint8).copy()))
         return torch.stack(out).permute(0, 3, 1, 2)
 
-    # ---------------------------------------------------------------- main
     def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
         if self.split == "train":
             if rng is None:
@@ -260,18 +233,13 @@ class ClipTransform:
         else:
             x, centre = self._test_resize_images(frames), "round"
         h, w = x.shape[-2:]
-        views = [
-            self._normalize(x[:, :, top : top + self.size, left : left + self.size], test=True)
-            for top, left in crop_positions(h, w, self.size, num_crops, centre=centre)
-        ]
+        views = [self._normalize(x[:, :, top : top + self.size, left : left + self.size], test=True)
+                 for top, left in crop_positions(h, w, self.size, num_crops, centre=centre)]
         return torch.stack(views) if self.split == "test" else views[0]
 
     def _test_resize_video(self, frames: np.ndarray) -> torch.Tensor:
-        """float ``(T, C, H, W)`` in [0, 255]: the original's bilinear, no-antialias short-side resize.
-
-        The original normalises before resizing; resizing first is the same linear map (the
-        conformance cases hold it within 1e-6) and normalises only the crops.
-        """
+        """float ``(T, C, H, W)`` in [0, 255]: the original's no-antialias short-side resize (it normalises first;
+        resizing first is the same linear map, within 1e-6 on the conformance cases, and normalises only the crops)."""
         x = self._to_tensor(frames).float()
         size = short_side_size(x.shape[-2], x.shape[-1], self.cfg.short_side)
         return resize(x, size, mode=self.cfg.interpolation, antialias=False)
@@ -292,8 +260,5 @@ class ClipTransform:
     def clips(self, frames: np.ndarray, num_clips: int, rng: np.random.Generator | None = None) -> torch.Tensor:
         """Transform ``num_clips`` clips stored back to back in ``frames``; test views are ordered clip-major."""
         if self.split != "test":
-            if num_clips != 1:
-                raise ValueError(f"split {self.split!r} produces one clip, got num_clips={num_clips}")
             return self(frames, rng)
-        per_clip = np.split(frames, num_clips)
-        return torch.cat([self._test(f, self.cfg.test_crops) for f in per_clip])
+        return torch.cat([self._test(f, self.cfg.test_crops) for f in np.split(frames, num_clips)])

@@ -1,20 +1,16 @@
 """Video reading and writing with PyAV.
 
-Training on videos is usually bound by decoding, so :class:`VideoReader` decodes only what a clip needs: it
-seeks to the keyframe at or before the first wanted time and decodes forward (seeking again across large
-gaps). It decodes from the start only when seeking fails (the seek raises or lands after the wanted time)
-or when the file has no usable duration / frame-count metadata.
-
-Frame ``i`` is the frame *displayed* at ``t_i = start_time + i / fps`` (``fps`` = the average frame rate):
-the last one presented at or before ``t_i``, plus a quarter-frame tolerance against rounding. For constant
-frame rates that is exactly frame ``i``; for variable ones sampling strides stay uniform in time.
-Every failure raises :class:`VideoDecodeError` naming the file.
+Video training is bound by decoding, so :class:`VideoReader` seeks to the keyframe before the first wanted time
+and decodes forward (seeking again across large gaps); it decodes from the start only when seeking fails or the
+file has no usable duration / frame-count metadata. Frame ``i`` is the one displayed at ``start_time + i / fps``
+(average rate, a quarter-frame tolerance): exactly frame ``i`` at constant rates, uniform in time at variable
+ones. Every failure raises :class:`VideoDecodeError` naming the file.
 """
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -37,11 +33,8 @@ def _frame_seconds(frame: av.VideoFrame) -> float | None:
 
 
 class VideoReader:
-    """Random access to frames of one video file: ``with VideoReader(path) as r: r.get_frames([0, 4, 8])``.
-
-    ``seek_gap_s``: a wanted frame further ahead than this is sought instead of decoded through.
-    ``threads``: decoder threads (0 lets FFmpeg choose; 1 is best inside DataLoader workers).
-    """
+    """Random access to frames of one video file: ``with VideoReader(path) as r: r.get_frames([0, 4, 8])``; frames
+    more than ``seek_gap_s`` ahead are sought, ``threads`` decode (0 = FFmpeg's choice, 1 best in workers)."""
 
     #: fraction of the estimated duration (at least 2 frames) by which the file may end early
     #: before it is considered truncated; small mismatches between metadata and content are common.
@@ -60,7 +53,6 @@ class VideoReader:
             self.close()
             raise
 
-    # ------------------------------------------------------------------ setup
     def _open(self) -> av.container.InputContainer:
         try:
             container = av.open(self.path, mode="r")
@@ -101,9 +93,7 @@ class VideoReader:
     def _full_decode_all(self) -> None:
         frames: list[tuple[float, av.VideoFrame]] = []
         try:
-            for i, frame in enumerate(self.container.decode(self.stream)):
-                t = _frame_seconds(frame)
-                frames.append((t if t is not None else float(i), frame))
+            frames.extend(self._timed_frames(float))
         except av.FFmpegError as exc:
             if not frames:
                 raise VideoDecodeError(f"{self.path}: decoding failed ({type(exc).__name__}: {exc})") from exc
@@ -116,7 +106,6 @@ class VideoReader:
         self.used_full_decode = True
         self._all_frames = frames
 
-    # ------------------------------------------------------------------ API
     def __enter__(self) -> VideoReader:
         return self
 
@@ -147,12 +136,11 @@ class VideoReader:
         arrays = {key: frame.to_ndarray(format="rgb24") for key, frame in unique.items()}
         return np.stack([arrays[id(by_index[i])] for i in indices])
 
-    # ------------------------------------------------------------------ decoding
     def _decode_iter(self) -> Iterator[tuple[float, av.VideoFrame]]:
         for frame in self.container.decode(self.stream):
             t = _frame_seconds(frame)
             if t is None:
-                raise _NoTimestamps()
+                raise _SeekUnusable()
             yield t, frame
 
     def _seek_frames(self, time_s: float) -> Iterator[tuple[float, av.VideoFrame]]:
@@ -161,30 +149,30 @@ class VideoReader:
         try:
             self.container.seek(offset, stream=self.stream, backward=True, any_frame=False)
         except av.FFmpegError as exc:
-            raise _SeekFailed() from exc
+            raise _SeekUnusable() from exc
         return self._decode_iter()
 
     def _decode_with_seek(self, times: list[float]) -> list[av.VideoFrame]:
         try:
             return self._match(None, times, allow_seek=True)
-        except (_SeekFailed, _NoTimestamps, av.FFmpegError):
+        except (_SeekUnusable, av.FFmpegError):
             pass  # a decode error right after seeking can be a seek problem (broken index): retry from the start
         self.used_full_decode = True
         self.container.close()
         self.container = self._open()
         try:
-            return self._match(self._full_frames_iter(), times, allow_seek=False)
+            return self._match(self._timed_frames(lambda i: self.start_time + i / self.fps), times, allow_seek=False)
         except av.FFmpegError as exc:
             raise VideoDecodeError(f"{self.path}: decoding failed ({type(exc).__name__}: {exc})") from exc
 
-    def _full_frames_iter(self) -> Iterator[tuple[float, av.VideoFrame]]:
+    def _timed_frames(self, fallback: Callable[[int], float]) -> Iterator[tuple[float, av.VideoFrame]]:
+        """Frames decoded from the current position with their time (``fallback(i)`` where they carry none)."""
         for i, frame in enumerate(self.container.decode(self.stream)):
             t = _frame_seconds(frame)
-            yield (t if t is not None else self.start_time + i / self.fps), frame
+            yield (t if t is not None else fallback(i)), frame
 
-    def _match(
-        self, frames: Iterator[tuple[float, av.VideoFrame]] | None, times: list[float], *, allow_seek: bool
-    ) -> list[av.VideoFrame]:
+    def _match(self, frames: Iterator[tuple[float, av.VideoFrame]] | None, times: list[float], *,
+               allow_seek: bool) -> list[av.VideoFrame]:
         """Assign to each (sorted) wanted time the frame displayed at that time."""
         eps = 0.25 / self.fps
         picked: list[av.VideoFrame | None] = [None] * len(times)
@@ -202,7 +190,7 @@ class VideoReader:
             if just_sought:
                 just_sought = False
                 if t > times[j] + eps and times[j] > self.start_time + eps:
-                    raise _SeekFailed()  # landed after the wanted time: the seek index is unreliable
+                    raise _SeekUnusable()  # landed after the wanted time: the seek index is unreliable
                 if prev is not None and t <= prev[0]:
                     reseek_ok = False  # went backwards (long GOP): re-seeking does not pay off here
             while j < len(times) and t > times[j] + eps:
@@ -221,22 +209,17 @@ class VideoReader:
             est_duration = self.num_frames / self.fps
             tolerance = max(2.0 / self.fps, self.TAIL_TOLERANCE * est_duration)
             if times[-1] - last_t > tolerance:
-                raise VideoDecodeError(
-                    f"{self.path}: video ends at {last_t - self.start_time:.3f}s but frames up to "
-                    f"{times[-1] - self.start_time:.3f}s were requested (metadata says {self.num_frames} frames "
-                    f"at {self.fps:.3f} fps); the file is truncated or too short"
-                )
+                raise VideoDecodeError(f"{self.path}: video ends at {last_t - self.start_time:.3f}s but frames up to "
+                                       f"{times[-1] - self.start_time:.3f}s were requested (metadata says "
+                                       f"{self.num_frames} frames at {self.fps:.3f} fps); the file is truncated or "
+                                       "too short")
             for k in range(j, len(times)):
                 picked[k] = prev[1]
         return picked  # type: ignore[return-value]
 
 
-class _SeekFailed(Exception):
-    """Internal: seeking did not land at or before the wanted time."""
-
-
-class _NoTimestamps(Exception):
-    """Internal: decoded frames carry no presentation timestamps, so seeking cannot be used."""
+class _SeekUnusable(Exception):
+    """Internal: the seek failed or landed after the wanted time, or frames carry no timestamps."""
 
 
 def read_all_frames(path: str | Path) -> np.ndarray:
@@ -265,11 +248,8 @@ def pick_video_codec() -> str:
 def write_video(path: str | Path, frames: np.ndarray | Iterable[np.ndarray], fps: int | Fraction = 25, *,
                 codec: str | None = None, gop: int | None = None,
                 container_options: dict[str, str] | None = None) -> str:
-    """Encode RGB uint8 frames (``(N, H, W, 3)`` array or an iterable of ``(H, W, 3)``; H, W even) to MP4.
-
-    Frames are encoded as they arrive, so a generator keeps memory flat.  ``container_options`` go to
-    the muxer (e.g. ``{"movflags": "faststart"}``).  Returns the codec used.
-    """
+    """Encode RGB uint8 frames (an ``(N, H, W, 3)`` array or an iterable of ``(H, W, 3)``, H and W even; a generator
+    keeps memory flat) to MP4; ``container_options`` go to the muxer. Returns the codec used."""
     codec = codec or pick_video_codec()
     path = Path(path)
     iterator = iter(frames)

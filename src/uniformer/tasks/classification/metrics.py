@@ -1,10 +1,7 @@
-"""Classification metrics from class probabilities: top-k, mean per-class accuracy, confusion matrix.
+"""Classification metrics of whole-split class probabilities: top-k, mean per-class accuracy, confusion matrix.
 
-Multi-view testing (several clips and/or crops per video) combines the views before any metric:
-the original UniFormer / SlowFast `TestMeter` sums the raw logits of the views ("sum_logits");
-"mean_softmax" averages per-view softmax on request. `combine_views` is that step,
-`view_probabilities` the probabilities shown to users. Everything here works on whole-split tensors
-already gathered from every process.
+Test views (clips and/or crops) are combined first (`combine_views`): by the sum of raw logits, as the original's
+SlowFast `TestMeter` ("sum_logits"), or the mean per-view softmax ("mean_softmax").
 """
 from __future__ import annotations
 
@@ -13,10 +10,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-
-__all__ = ["VIEW_AGGREGATIONS", "combine_views", "view_probabilities", "topk_accuracy", "confusion_matrix",
-           "classification_metrics", "plot_confusion_matrix"]
-
 
 VIEW_AGGREGATIONS = ("sum_logits", "mean_softmax")
 
@@ -65,11 +58,8 @@ def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int
 
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor,
                            class_names: Sequence[str] | None = None) -> dict:
-    """top1, top5, mean_class_acc, loss (mean negative log-probability of the label), per-class accuracy.
-
-    Classes absent from `labels` get accuracy None and are left out of the mean.
-    Returns plain Python values plus `confusion` (a K×K tensor).
-    """
+    """top1, top5, mean_class_acc (classes absent from `labels`: None, not in the mean), loss (mean negative
+    log-probability of the label) and per-class accuracy as plain values, and `confusion` (a K×K tensor)."""
     probs = probs.float()
     labels = labels.long()
     n, num_classes = probs.shape

@@ -2,19 +2,13 @@
 per view (what `Task`, prediction and `uniformer info` share)."""
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-__all__ = ["build_model", "load_weights", "classification_loss", "merge_outputs", "model_input_ndim",
-           "view_logits", "read_class_names", "model_spec", "recipe_complexity"]
-
-_logger = logging.getLogger("uniformer.tasks.classification")
 
 
 def model_spec(model_cfg: Mapping) -> dict:
@@ -23,12 +17,8 @@ def model_spec(model_cfg: Mapping) -> dict:
 
 
 def build_model(model_cfg: Mapping, num_classes: int, *, for_training: bool = True) -> nn.Module:
-    """Build the network a recipe's `model:` section describes, with `num_classes` outputs.
-
-    `pretrained` / `checkpoint` initialise it (ImageNet weights are inflated into video models and a
-    classifier of another size is dropped by `uniformer.create_model`); `drop_path_rate` and
-    `grad_checkpointing` apply only when `for_training`.
-    """
+    """The network of a recipe's `model:` section with `num_classes` outputs; `pretrained` / `checkpoint` (through
+    `uniformer.create_model`), `drop_path_rate` and `grad_checkpointing` apply only when `for_training`."""
     name = model_cfg["name"]
     kwargs = dict(model_cfg.get("kwargs") or {})
     kwargs["num_classes"] = num_classes
@@ -101,27 +91,23 @@ def classification_loss(outputs, target: torch.Tensor, label_smoothing: float = 
 
 def model_input_ndim(model: nn.Module) -> int | None:
     """5 for video models (B×C×T×H×W), 4 for image models, None when the model does not say."""
-    inner = getattr(model, "module", model)
-    video = getattr(inner, "video", None)
-    if video is None:
-        return None
-    return 5 if video else 4
+    video = getattr(getattr(model, "module", model), "video", None)
+    return None if video is None else 5 if video else 4
 
 
-def view_logits(model: nn.Module, x: torch.Tensor, expected_ndim: int | None, max_batch: int | None = None
-                ) -> torch.Tensor:
-    """B×V×K logits for a batch that may hold V views per sample (one more leading axis than the model takes).
-
-    Without a known `expected_ndim`, 6-D input is taken as multi-view video and anything else as one view.
-    """
+def view_logits(model: nn.Module, x: torch.Tensor, expected_ndim: int | None) -> torch.Tensor:
+    """B×V×K logits of a batch that may hold V views per sample (one more axis than the model takes; without an
+    `expected_ndim`, 6-D input is multi-view video)."""
     multi = x.ndim == expected_ndim + 1 if expected_ndim is not None else x.ndim == 6
     if not multi:
         return merge_outputs(model(x)).float().unsqueeze(1)
     b, v = x.shape[:2]
-    flat = x.reshape(b * v, *x.shape[2:])
-    step = max_batch or flat.shape[0]
-    logits = torch.cat([merge_outputs(model(flat[i:i + step])).float() for i in range(0, flat.shape[0], step)])
-    return logits.view(b, v, -1)
+    return merge_outputs(model(x.reshape(b * v, *x.shape[2:]))).float().reshape(b, v, -1)
+
+
+def named_classes(names: Sequence[str], num_classes: int) -> list[str]:
+    """`names`, or `class_0`... when they are not `num_classes` names."""
+    return list(names) if len(names) == num_classes else [f"class_{i}" for i in range(num_classes)]
 
 
 def read_class_names(path: str | os.PathLike, expected: int | None = None) -> list[str]:
@@ -135,6 +121,16 @@ def read_class_names(path: str | os.PathLike, expected: int | None = None) -> li
     return names
 
 
+def data_file(data: Mapping, key: str) -> Path | None:
+    """The file `data[key]` names, as given or under `data.root`; None when unset or not found."""
+    if not data.get(key):
+        return None
+    path = Path(str(data[key]))
+    if not path.is_file():
+        path = Path(str(data.get("root", "."))) / path
+    return path if path.is_file() else None
+
+
 def recipe_complexity(cfg: Mapping) -> dict:
     """Parameters and GFLOPs (batch 1) of the network a resolved recipe builds, at its test input
     (data.num_frames x data.input_size for video models); classes from data.num_classes or class_names."""
@@ -142,12 +138,9 @@ def recipe_complexity(cfg: Mapping) -> dict:
 
     data = cfg["data"]
     num_classes = data.get("num_classes")
-    names = Path(str(data.get("class_names") or ""))
-    if num_classes is None and data.get("class_names"):
-        if not names.is_file():
-            names = Path(str(data.get("root", "."))) / names
-        if names.is_file():
-            num_classes = len(read_class_names(names))
+    names = data_file(data, "class_names")
+    if num_classes is None and names is not None:
+        num_classes = len(read_class_names(names))
     model = build_model(cfg["model"], int(num_classes or 1000), for_training=False).eval()
     size = int(data.get("input_size", 224))
     shape = (3, int(data.get("num_frames", 16)), size, size) if model_input_ndim(model) == 5 else (3, size, size)

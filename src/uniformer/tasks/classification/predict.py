@@ -1,8 +1,5 @@
-"""What classification's `Task.predict` needs: the recipe of released weights or of an original file, the
-test view of the data pipeline, and top-k classes of files read through that pipeline's test split.
-
-`uniformer.tasks.open` builds the task and model; `Task.predict` (in `task.py`) calls `predict_paths`.
-"""
+"""What `uniformer.tasks.open` and `Task.predict` need: the recipe of released weights or of an original file, the
+test view of the data pipeline, and top-k classes of files read through it (`predict_paths`)."""
 from __future__ import annotations
 
 import os
@@ -10,9 +7,6 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-__all__ = ["VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS", "released_of", "fetch_released",
-           "original_recipe", "original_meta", "inference_data_cfg", "predict_paths"]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".gif")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -59,15 +53,13 @@ def _num_classes(ckpt) -> int:
     return int(head.shape[0])
 
 
-def _names_or_placeholders(names: Sequence[str], num_classes: int) -> Sequence[str]:
-    return names if len(names) == num_classes else [f"class_{i}" for i in range(num_classes)]
-
-
 def original_recipe(ckpt, model_name: str | None, released, full_name: str | None,
                     model_options: Mapping | None) -> tuple[dict, dict]:
     """(recipe mapping, meta) of an original classification file (`ckpt`, read once) of `model_name`, with the
     released tag's test view and dataset classes when the tag is known."""
     from uniformer.data import class_names
+
+    from .model import named_classes
 
     if not model_name:
         raise ValueError(f"--model is needed: {ckpt.path} is not a run checkpoint of this package, so it does "
@@ -77,7 +69,7 @@ def original_recipe(ckpt, model_name: str | None, released, full_name: str | Non
         raise ValueError(f"{ckpt.path} classifies {num_classes} classes, but {full_name} is a {released.dataset} "
                          f"model with {released.num_classes}")
     dataset = released.dataset if released else None
-    classes = _names_or_placeholders(class_names(dataset) if dataset else [], num_classes)
+    classes = named_classes(class_names(dataset) if dataset else [], num_classes)
     model_cfg = {"name": full_name, "kwargs": dict(model_options or {})}
     data = released.data_config() if released else {}
     recipe = {"task": "classification", "model": model_cfg, "data": data or {"format": "image_list"}}
@@ -88,15 +80,11 @@ def original_recipe(ckpt, model_name: str | None, released, full_name: str | Non
 def original_meta(ckpt, cfg: Mapping) -> dict:
     """`meta` of a classification recipe given with an original file (read once): the classifier size of the
     file, the class names of the recipe's `data.class_names` when they are as many."""
-    from .model import model_spec, read_class_names
+    from .model import data_file, model_spec, named_classes, read_class_names
 
     num_classes = _num_classes(ckpt)
-    names = cfg["data"].get("class_names")
-    path = Path(str(names)) if names else None
-    if path is not None and not path.is_file():
-        path = Path(str(cfg["data"].get("root", "."))) / path
-    classes = _names_or_placeholders(read_class_names(path) if path is not None and path.is_file() else [],
-                                     num_classes)
+    path = data_file(cfg["data"], "class_names")
+    classes = named_classes(read_class_names(path) if path else [], num_classes)
     return {"num_classes": num_classes, "classes": classes, "model_spec": model_spec(cfg["model"])}
 
 
@@ -109,18 +97,19 @@ def inference_data_cfg(recorded: Mapping, is_video: bool, overrides: Mapping | N
 
     fmt = recorded.get("format")
     usable = not recorded.get("builder") and fmt is not None and (fmt in VIDEO_FORMATS) == is_video
-    cfg = file_reading_config(recorded if usable else {"format": "video_list" if is_video else "image_list"})
-    cfg.update(dict(overrides or {}))
-    return cfg
+    fallback = {"format": "video_list" if is_video else "image_list"}
+    return {**file_reading_config(recorded if usable else fallback), **(overrides or {})}
 
 
 def _kind_of(path: str) -> str:
     ext = Path(path).suffix.lower()
-    if ext in VIDEO_EXTENSIONS:
-        return "video"
-    if ext in IMAGE_EXTENSIONS:
-        return "image"
-    return "unknown"
+    return "video" if ext in VIDEO_EXTENSIONS else "image" if ext in IMAGE_EXTENSIONS else "unknown"
+
+
+def _top(probs, classes: Sequence[str], k: int) -> list[dict]:
+    top = probs.topk(min(k, len(classes)))
+    return [{"label": classes[c], "index": int(c), "prob": float(p)}
+            for p, c in zip(top.values.tolist(), top.indices.tolist())]
 
 
 def predict_paths(model, inputs: Sequence[str], classes: Sequence[str], data_cfg: Mapping, is_video: bool,
@@ -153,16 +142,13 @@ def predict_paths(model, inputs: Sequence[str], classes: Sequence[str], data_cfg
     if not todo:
         return results
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    k = min(topk, len(classes))
     expected = model_input_ndim(model) or (5 if is_video else 4)
     amp = autocast_dtype(dtype)
     with tempfile.TemporaryDirectory(prefix="uniformer_predict_") as tmp:
         list_file = Path(tmp) / "inputs.txt"
         list_file.write_text("".join(f"{os.path.abspath(inputs[i])} 0\n" for i in todo))
-        cfg = {**data_cfg, "root": "/", "test_list": str(list_file), "max_retries": 0, "num_classes": 1,
-               "skip_missing": False}
-        for key in ("train_list", "val_list", "class_names"):
-            cfg.pop(key, None)
+        cfg = {k: v for k, v in data_cfg.items() if k not in ("train_list", "val_list", "class_names")}
+        cfg.update(root="/", test_list=str(list_file), max_retries=0, num_classes=1, skip_missing=False)
         dataset = build_dataset(cfg, "test")
         for pos, i in enumerate(todo):
             try:
@@ -176,9 +162,7 @@ def predict_paths(model, inputs: Sequence[str], classes: Sequence[str], data_cfg
             with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits = view_logits(model, x, expected)
                 probs = view_probabilities(logits, data_cfg.get("view_aggregation", "sum_logits"))[0].cpu()
-            top = probs.topk(k)
-            results[i]["predictions"] = [{"label": classes[c], "index": int(c), "prob": float(pr)}
-                                         for pr, c in zip(top.values.tolist(), top.indices.tolist())]
+            results[i]["predictions"] = _top(probs, classes, topk)
             results[i]["views"] = int(x.shape[1]) if x.ndim == expected + 1 else 1
             if figures is not None:
                 results[i]["figure"] = _save_figure(classes, data_cfg, is_video, item["input"], probs, inputs[i],
@@ -192,9 +176,7 @@ def _save_figure(classes, data_cfg: Mapping, is_video: bool, x, probs, source: s
     from .visualize import sampled_frames, save_prediction_figure
 
     folder.mkdir(parents=True, exist_ok=True)
-    top = probs.topk(min(5, len(classes)))
-    shown = [{"label": classes[c], "prob": float(p)} for p, c in zip(top.values.tolist(), top.indices.tolist())]
     frames = sampled_frames(x, is_video, data_cfg.get("mean", IMAGENET_MEAN), data_cfg.get("std", IMAGENET_STD))
     path = folder / f"{Path(source).stem}.png"
-    save_prediction_figure(path, frames, shown, title=Path(source).name)
+    save_prediction_figure(path, frames, _top(probs, classes, 5), title=Path(source).name)
     return str(path)

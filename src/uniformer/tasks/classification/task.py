@@ -23,18 +23,16 @@ from .metrics import classification_metrics, view_probabilities
 from .model import (
     build_model,
     classification_loss,
+    data_file,
     load_weights,
     merge_outputs,
     model_input_ndim,
     model_spec,
+    named_classes,
     read_class_names,
     view_logits,
 )
 
-__all__ = ["Task"]
-
-_DATA_PATH_KEYS = ("root", "train_list", "val_list", "test_list", "class_names", "labels_file",
-                   "train_annotations", "val_annotations", "test_annotations", "train_dir", "val_dir", "test_dir")
 _MOVED = {"batch_size": "train.batch_size", "num_workers": "train.num_workers", "pin_memory": "train.pin_memory",
           "prefetch_factor": "train.prefetch_factor"}
 
@@ -65,6 +63,9 @@ class Task:
 
     @staticmethod
     def validate(cfg: dict, where: str) -> None:
+        from uniformer.data import build_mixup, resolved_data_config
+        from uniformer.data.config import PATH_KEYS
+
         m, data = cfg["model"], cfg["data"]
         check(isinstance(m["name"], str) and bool(m["name"]), where, "model.name", m["name"],
               "name a model variant, e.g. uniformer_video_small (or 'package.module:factory')")
@@ -77,15 +78,13 @@ class Task:
         for key, new in _MOVED.items():
             if key in data:
                 raise ConfigError(f"{where}: data.{key} is now {new} (the same name for every task)")
-        for key in _DATA_PATH_KEYS:
+        for key in PATH_KEYS:
             if key in data:
                 data[key] = expand_path(data[key])
         if m["checkpoint"]:
             m["checkpoint"] = expand_path(m["checkpoint"])
         if data.get("builder"):
             return  # a custom dataset owns its keys
-        from uniformer.data import build_mixup, resolved_data_config
-
         try:
             build_mixup(data, 2)
             # every key with its default, so that the run's config.yaml shows what was used
@@ -102,13 +101,10 @@ class Task:
         return {k: v for k, v in self.cfg["data"].items() if k != "builder"}
 
     def _dataset(self, split: str):
-        builder = self.cfg["data"].get("builder")
-        if builder:
-            dataset = resolve_callable(builder, "data.builder")(self._data_cfg(), split)
-        else:
-            from uniformer.data import build_dataset
+        from uniformer.data import build_dataset
 
-            dataset = build_dataset(self._data_cfg(), split)
+        builder = self.cfg["data"].get("builder")
+        dataset = (resolve_callable(builder, "data.builder") if builder else build_dataset)(self._data_cfg(), split)
         if len(dataset) == 0:
             raise ValueError(f"the {split} split of the dataset is empty")
         return dataset
@@ -120,17 +116,15 @@ class Task:
         first = sets[splits[0]]
         self._collate = getattr(first, "collate", None) or collate
         num_classes = int(getattr(first, "num_classes", 0) or 0)
-        if "train" in sets:
-            if num_classes < 1:
-                raise ValueError("the training dataset does not say how many classes it has (num_classes)")
-            classes = [str(c) for c in getattr(first, "classes", None) or
-                       [f"class_{i}" for i in range(num_classes)]]
+        training = "train" in sets
+        if training and num_classes < 1:
+            raise ValueError("the training dataset does not say how many classes it has (num_classes)")
+        if training or not self.meta:
+            unnamed = [f"class_{i}" for i in range(num_classes)] if training else range(num_classes)
+            classes = [str(c) for c in getattr(first, "classes", None) or unnamed]
             self.meta = {"num_classes": num_classes, "classes": classes, "model_spec": model_spec(self.cfg["model"])}
+        if training:
             self.mixup = build_mixup(self._data_cfg(), num_classes)
-        elif not self.meta:
-            self.meta = {"num_classes": num_classes, "classes": [str(c) for c in getattr(first, "classes", None)
-                                                                 or range(num_classes)],
-                         "model_spec": model_spec(self.cfg["model"])}
         return sets
 
     def collate(self, samples: list):
@@ -152,9 +146,7 @@ class Task:
 
     def training_step(self, model: nn.Module, batch: Mapping) -> dict:
         x, y = batch["input"], batch["label"]
-        target = y
-        if self.mixup is not None:
-            x, target = self.mixup(x, y)
+        x, target = self.mixup(x, y) if self.mixup is not None else (x, y)
         outputs = model(x)
         out = {"loss": classification_loss(outputs, target, float(self.cfg["data"].get("label_smoothing") or 0.0))}
         if self.mixup is None:
@@ -170,11 +162,10 @@ class Task:
 
     def evaluate(self, model: nn.Module, dataset, batches) -> dict:
         device = next(model.parameters()).device
-        loader = batches
         expected = model_input_ndim(model)
         aggregation = self.cfg["data"].get("view_aggregation", "sum_logits")
         probs, labels, index, failures, view_correct = [], [], [], [], []
-        for batch in loader:
+        for batch in batches:
             failures += list(batch.get("failures") or [])
             logits = view_logits(model, batch["input"].to(device, non_blocking=True), expected).float()  # B×V×K
             hits = logits.argmax(-1).cpu().eq(batch["label"].view(-1, 1)).sum(0).double().tolist()
@@ -219,18 +210,13 @@ class Task:
 
     def demo_examples(self, model: nn.Module, out_dir: Path, show: int = 8) -> list[dict]:
         """Predictions for a few validation clips of each class (printed by `uniformer demo`)."""
-        from uniformer.data import parse_data_config
-
-        data = parse_data_config(self.cfg["data"])
-        val_list = Path(data.val_list)
-        if not val_list.is_file():
-            val_list = Path(data.root) / data.val_list
-        entries = [ln.rsplit(None, 1) for ln in val_list.read_text().splitlines() if ln.strip()]
+        data = self.cfg["data"]
+        entries = [ln.rsplit(None, 1) for ln in data_file(data, "val_list").read_text().splitlines() if ln.strip()]
         by_class: dict[str, list] = {}
         for entry in entries:
             by_class.setdefault(entry[1], []).append(entry)
         picks = [group[i] for i in range(len(entries)) for group in by_class.values() if i < len(group)][:show]
-        results = self.predict(model, [str(Path(data.root) / p) for p, _ in picks], topk=2)
+        results = self.predict(model, [str(Path(data["root"]) / p) for p, _ in picks], topk=2)
         for (_, label), r in zip(picks, results):
             r["true"] = self.classes[int(label)]
         return results
@@ -240,9 +226,7 @@ class Task:
 
     @property
     def classes(self) -> list[str]:
-        n = int(self.meta["num_classes"])
-        names = list(self.meta.get("classes") or [])
-        return names if len(names) == n else [f"class_{i}" for i in range(n)]
+        return named_classes(self.meta.get("classes") or [], int(self.meta["num_classes"]))
 
     def configure_inference(self, labels: str | None = None, data: Mapping | None = None) -> None:
         """`--labels` (class names, one per line) and `--data` (test-view keys) of predict and serve."""

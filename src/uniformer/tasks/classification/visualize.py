@@ -6,8 +6,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["sampled_frames", "save_prediction_figure"]
-
 
 def sampled_frames(x: torch.Tensor, is_video: bool, mean: Sequence[float], std: Sequence[float],
                    max_frames: int = 8) -> np.ndarray:
