@@ -34,11 +34,7 @@ def rename_keys(heads: Mapping[str, torch.Tensor], renames) -> dict:
     """Apply the first matching (pattern, replacement) to each key; keys matching none are kept."""
     out = {}
     for key, value in heads.items():
-        new = key
-        for pattern, repl in renames:
-            if re.match(pattern, key):
-                new = re.sub(pattern, repl, key)
-                break
+        new = next((re.sub(pattern, repl, key) for pattern, repl in renames if re.match(pattern, key)), key)
         out[new] = value
     return out
 

@@ -26,8 +26,8 @@ class RegionProposalNetwork(nn.Module):
     def __init__(self, in_channels: int, anchor_generator: AnchorGenerator, *, pre_nms_top_n: Mapping[str, int],
                  post_nms_top_n: Mapping[str, int], nms_thresh: float = 0.7, fg_iou_thresh: float = 0.7,
                  bg_iou_thresh: float = 0.3, min_pos_iou: float = 0.3, batch_size_per_image: int = 256,
-                 positive_fraction: float = 0.5, min_box_size: float = 0.0, box_loss: str = "l1",
-                 allowed_border: int = -1, size_divisor: int = 32):
+                 positive_fraction: float = 0.5, box_loss: str = "l1", allowed_border: int = -1,
+                 size_divisor: int = 32):
         super().__init__()
         if box_loss not in ("l1", "smooth_l1"):
             raise ValueError(f"rpn_box_loss={box_loss!r}: expected 'l1' or 'smooth_l1'")
@@ -36,33 +36,25 @@ class RegionProposalNetwork(nn.Module):
         self._pre_nms_top_n, self._post_nms_top_n = dict(pre_nms_top_n), dict(post_nms_top_n)
         self.nms_thresh, self.fg_iou_thresh, self.bg_iou_thresh = nms_thresh, fg_iou_thresh, bg_iou_thresh
         self.min_pos_iou, self.batch_size_per_image = min_pos_iou, batch_size_per_image
-        self.positive_fraction, self.min_box_size, self.box_loss = positive_fraction, min_box_size, box_loss
+        self.positive_fraction, self.box_loss = positive_fraction, box_loss
         self.allowed_border, self.size_divisor = allowed_border, size_divisor
-
-    def _mode(self) -> str:
-        return "training" if self.training else "testing"
 
     def _proposals(self, scores: list[torch.Tensor], deltas: list[torch.Tensor], anchors: list[torch.Tensor],
                    image_size: Sequence[int]) -> torch.Tensor:
         """One image: per-level flattened sigmoid scores, deltas and anchors → proposals (x1 y1 x2 y2 score)."""
-        pre = self._pre_nms_top_n[self._mode()]
-        keep_scores, keep_deltas, keep_anchors, levels = [], [], [], []
+        mode = "training" if self.training else "testing"
+        pre = self._pre_nms_top_n[mode]
+        kept = []
         for lvl, (s, d, a) in enumerate(zip(scores, deltas, anchors)):
             s = s.sigmoid()
             if 0 < pre < len(s):
                 s, order = s.sort(descending=True)
                 s, order = s[:pre], order[:pre]
                 d, a = d[order], a[order]
-            keep_scores.append(s)
-            keep_deltas.append(d)
-            keep_anchors.append(a)
-            levels.append(torch.full_like(s, lvl, dtype=torch.int64))
-        s, levels = torch.cat(keep_scores), torch.cat(levels)
-        boxes = decode_boxes(torch.cat(keep_anchors), torch.cat(keep_deltas), max_shape=image_size)
-        if self.min_box_size > 0:
-            ok = ((boxes[:, 2] - boxes[:, 0]) >= self.min_box_size) & ((boxes[:, 3] - boxes[:, 1]) >= self.min_box_size)
-            boxes, s, levels = boxes[ok], s[ok], levels[ok]
-        keep = batched_nms(boxes, s, levels, self.nms_thresh)[:self._post_nms_top_n[self._mode()]]
+            kept.append((s, d, a, torch.full_like(s, lvl, dtype=torch.int64)))
+        s, d, a, levels = (torch.cat(t) for t in zip(*kept))
+        boxes = decode_boxes(a, d, max_shape=image_size)
+        keep = batched_nms(boxes, s, levels, self.nms_thresh)[:self._post_nms_top_n[mode]]
         return torch.cat([boxes[keep], s[keep, None]], 1)
 
     def forward(self, features: Sequence[torch.Tensor], image_sizes: Sequence[Sequence[int]],
