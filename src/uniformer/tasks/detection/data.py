@@ -1,52 +1,36 @@
 """COCO instance data for Mask R-CNN, resized as the original mmdet pipeline does.
 
-`resize_keep_ratio` is mmcv's `imrescale`: the scale factor min(long / long side, short / short side), the
-new size rounded (int(side · s + 0.5)), the uint8 image resized with OpenCV bilinear; boxes then scale by
-(new width / width, new height / height) and masks are resized nearest. Training samples are flipped,
-optionally cropped (the 3×+MS recipe's DETR-style policy: with probability 0.5 the image is first resized
-to a short side of 400/500/600 and a random 384..600 crop is cut, expressed here as an equivalent crop in
-the original image) and resized to a short side drawn from `data.train_scales` (long side at most
-`data.max_size`), and come out as float 0..255 tensors. Evaluation samples are the original uint8 images;
-`detector.detect` resizes them to `data.test_scale`. Crowd annotations and training images without any
-usable annotation are left out (as mmdet's `filter_empty_gt`); every unusable entry is reported by
-`uniformer.tasks.dense.coco.load_coco`.
+Training samples are flipped, optionally cropped (the 3×+MS recipe's DETR-style policy, expressed as an equivalent
+crop in the original image), resized to a short side drawn from `data.train_scales` (long side at most
+`data.max_size`) and come out as float 0..255 tensors; evaluation samples are the original uint8 images, which
+`detector.detect` resizes to `data.test_scale`. Crowd annotations and training images without a usable annotation
+are left out (mmdet's `filter_empty_gt`); `uniformer.tasks.dense.coco.load_coco` reports every unusable entry.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from ..dense.coco import annotation_mask, load_coco_split
 from ..dense.io import BadSample, read_image, report_bad
+from ..segmentation.data import rescale_size
 
-__all__ = ["DetDataset", "det_collate", "rescale_size", "resize_keep_ratio"]
+__all__ = ["DetDataset", "det_collate", "resize_keep_ratio"]
 
 _logger = logging.getLogger("uniformer.tasks.detection")
 
 
-def rescale_size(height: int, width: int, scale: Sequence[int]) -> tuple[int, int]:
-    """mmcv's `rescale_size`: (new height, new width) fitting `scale` (either order of short and long side)
-    with the aspect ratio kept, each side rounded half up."""
-    factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
-    return int(height * float(factor) + 0.5), int(width * float(factor) + 0.5)
-
-
-def resize_keep_ratio(image: np.ndarray, scale: Sequence[int],
-                      interpolation: str = "bilinear") -> tuple[np.ndarray, tuple[float, float, float, float]]:
-    """mmcv's `imrescale` with OpenCV: the H×W(×C) uint8 `image` resized to fit `scale`, and the scale factor
+def resize_keep_ratio(image: np.ndarray, scale: Sequence[int]) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """mmcv's `imrescale` with OpenCV bilinear: the H×W×C uint8 `image` resized to fit `scale`, and the scale factor
     (w, h, w, h) = (new width / width, new height / height, ...) as float32 values."""
-    import cv2
-
     h, w = image.shape[:2]
     new_h, new_w = rescale_size(h, w, scale)
-    flag = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}[interpolation]
-    resized = cv2.resize(np.ascontiguousarray(image), (new_w, new_h), interpolation=flag)
-    if resized.ndim < image.ndim:  # OpenCV drops a trailing channel axis of one
-        resized = resized[..., None]
+    resized = cv2.resize(np.ascontiguousarray(image), (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     factor = np.array([new_w / w, new_h / h, new_w / w, new_h / h], np.float32)
     return resized, tuple(float(f) for f in factor)
 
@@ -123,7 +107,8 @@ class DetDataset(Dataset):
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
         if len(masks):
-            masks = np.stack([resize_keep_ratio(m, scale, "nearest")[0][..., 0] for m in masks[..., None]])
+            masks = np.stack([cv2.resize(np.ascontiguousarray(m), (w, h), interpolation=cv2.INTER_NEAREST)
+                              for m in masks])
         else:
             masks = np.zeros((0, h, w), np.uint8)
         return image, boxes, masks
