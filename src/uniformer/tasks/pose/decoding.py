@@ -1,15 +1,9 @@
-"""Top-down pose geometry and the test pipeline: person boxes to crops, affine warps, Gaussian heatmap
-targets, flip test, decoding, rescoring and OKS-NMS.
+"""Top-down pose geometry and test pipeline (person boxes to crops, affine warps, Gaussian heatmap targets, flip
+test, decoding, rescoring, OKS-NMS), following mmpose 0.16's TopDown pipeline to the float.
 
-Every step follows mmpose 0.16's TopDown pipeline (the code of the paper's results), to the float:
-a person is a `center` (x, y) and a `scale` (w, h) in pixels, the box padded by 1.25 and widened or
-heightened to the input's aspect ratio, both float32 as mmpose stores them (its scale in units of
-200 px; computing through that unit gives its values bit for bit). The crop is OpenCV's bilinear
-affine warp (`cv2.warpAffine`, zero outside the image) by mmpose's three-point transform. Decoding
-takes each heatmap's first maximum, placed at (-1, -1) when it is not positive, and shifts it a
-quarter pixel towards the higher neighbour when it lies inside the border ("default"), or refines it
-with DARK's Taylor expansion on the zero-padded Gaussian-blurred log-heatmap ("unbiased"), then maps
-it back through the box. Evaluation rescoring and OKS-NMS are those of mmpose's COCO evaluation.
+A person is a float32 `center` (x, y) and `scale` (w, h) in pixels, computed through mmpose's 200 px unit so that
+the values match bit for bit. Crops are `cv2.warpAffine` (bilinear, zero outside) by mmpose's three-point
+transform; decoding is mmpose's "default" quarter-pixel shift or DARK's "unbiased" Taylor refinement.
 """
 from __future__ import annotations
 
@@ -56,14 +50,13 @@ def affine_matrix(center: np.ndarray, scale: np.ndarray, rotation: float, out_si
     center = np.asarray(center, np.float32)
     half = np.asarray(scale, np.float32)[0] * -0.5
     a = np.pi * rotation / 180
-    src_dir = np.array([0.0 * np.cos(a) - half * np.sin(a), 0.0 * np.sin(a) + half * np.cos(a)])
     src = np.zeros((3, 2), np.float32)
     src[0] = center
-    src[1] = center + src_dir
+    src[1] = center + np.array([-half * np.sin(a), half * np.cos(a)])
     src[2] = _third_point(src[0], src[1])
     dst = np.zeros((3, 2), np.float32)
     dst[0] = [out_w * 0.5, out_h * 0.5]
-    dst[1] = np.array([out_w * 0.5, out_h * 0.5]) + np.array([0.0, out_w * -0.5])
+    dst[1] = [out_w * 0.5, out_h * 0.5 - out_w * 0.5]
     dst[2] = _third_point(dst[0], dst[1])
     return cv2.getAffineTransform(dst, src) if inverse else cv2.getAffineTransform(src, dst)
 
