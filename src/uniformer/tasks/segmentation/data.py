@@ -1,15 +1,11 @@
-"""Semantic-segmentation data: the ADE20K layout and a generic image-folder + mask-folder + class-list layout,
-with the training augmentation of the original ADE20K recipes (random resize ratio, crop with a
-maximum share of one class, flip, photometric distortion, pad).
+"""Semantic-segmentation data: the ADE20K layout and a generic image-folder + mask-folder + class-list layout, with
+the original ADE20K recipes' training augmentation (random resize ratio, crop with a maximum share of one class,
+flip, photometric distortion, pad).
 
-ADE20K: `images/{training,validation}/*.jpg` and `annotations/{training,validation}/*.png`; label 0
-("other") is ignored and the 150 classes are shifted by -1 (`reduce_zero_label`). Generic: any image
-folder and a mask folder whose PNGs share the images' file stems, plus a class list (names in the
-config or a text file, one per line, which sets the class count). A split file (`data.<split>.split`) lists
-one sample id per line: the file name without extension that an image and its label map share. Pairs with a
-missing side are reported at start-up and left
-out; unreadable files and label values outside the class list are reported with the sample id and
-skipped whenever the sample is drawn.
+ADE20K: `images/{training,validation}/*.jpg` and `annotations/{training,validation}/*.png`, label 0 ignored and the
+150 classes shifted by -1 (`reduce_zero_label`). Generic: image and mask folders whose files share their stems, and
+a class list (`data.classes`). An optional split file lists one sample id (file stem) per line. Pairs missing a side
+are reported at start-up and left out; unreadable files and out-of-range labels are reported when drawn.
 """
 from __future__ import annotations
 
@@ -31,15 +27,20 @@ __all__ = ["SegDataset", "read_classes", "resize_keep_ratio", "rescale_size", "s
 _logger = logging.getLogger("uniformer.tasks.segmentation")
 
 
+def _read_lines(cfg: Mapping, name: str, what: str) -> list[str]:
+    """The non-blank lines, stripped, of the text file `name` (resolved against the recipe); `what` names it."""
+    path = resolve_path(cfg, name)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
 def read_classes(data_cfg: Mapping, cfg: Mapping | None = None) -> list[str]:
     """Class names from `data.classes` (a list, or a text file with one name per line), else
     `class_<i>` for `data.num_classes` classes."""
     classes = data_cfg.get("classes")
     if isinstance(classes, str):
-        path = resolve_path(cfg or {"data": data_cfg}, classes)
-        if not path.is_file():
-            raise FileNotFoundError(f"data.classes: class list {path} does not exist")
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        names = _read_lines(cfg or {"data": data_cfg}, classes, "data.classes: class list")
     elif classes:
         names = [str(c) for c in classes]
     elif data_cfg.get("num_classes"):
@@ -98,9 +99,7 @@ def _random_crop(img: np.ndarray, label: np.ndarray, size, cat_max_ratio: float,
     h, w = label.shape
 
     def window():
-        y = int(rng.integers(0, max(h - ch, 0) + 1))
-        x = int(rng.integers(0, max(w - cw, 0) + 1))
-        return y, x
+        return int(rng.integers(0, max(h - ch, 0) + 1)), int(rng.integers(0, max(w - cw, 0) + 1))
 
     y, x = window()
     if cat_max_ratio < 1.0:
@@ -119,25 +118,21 @@ def photometric_distortion(img: np.ndarray, rng: np.random.Generator, brightness
     before or after the colour changes), as mmseg's PhotoMetricDistortion. `hue` is in OpenCV's
     0..180 degree scale."""
     out = img.astype(np.float32)
-
-    def clip(a):
-        return a.clip(0, 255)
-
     if rng.random() < 0.5:
-        out = clip(out + rng.uniform(-brightness, brightness))
+        out = (out + rng.uniform(-brightness, brightness)).clip(0, 255)
     contrast_first = rng.random() < 0.5
     if contrast_first and rng.random() < 0.5:
-        out = clip(out * rng.uniform(*contrast))
+        out = (out * rng.uniform(*contrast)).clip(0, 255)
     do_sat, do_hue = rng.random() < 0.5, rng.random() < 0.5
     if do_sat or do_hue:
         hsv = np.asarray(Image.fromarray(out.astype(np.uint8)).convert("HSV")).astype(np.float32)
         if do_sat:
-            hsv[..., 1] = clip(hsv[..., 1] * rng.uniform(*saturation))
+            hsv[..., 1] = (hsv[..., 1] * rng.uniform(*saturation)).clip(0, 255)
         if do_hue:
             hsv[..., 0] = (hsv[..., 0] + rng.integers(-hue, hue + 1) * 255.0 / 180.0) % 256
         out = np.asarray(Image.fromarray(hsv.astype(np.uint8), mode="HSV").convert("RGB")).astype(np.float32)
     if not contrast_first and rng.random() < 0.5:
-        out = clip(out * rng.uniform(*contrast))
+        out = (out * rng.uniform(*contrast)).clip(0, 255)
     return out.astype(np.uint8)
 
 
@@ -188,14 +183,8 @@ class SegDataset(Dataset):
         images = {p.stem: p for p in sorted(img_dir.iterdir())
                   if (p.suffix.lower() == suffix.lower() if suffix else p.suffix.lower() in IMAGE_SUFFIXES)}
         masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.suffix.lower() == data["mask_suffix"].lower()}
-        wanted = None
         split_file = (data.get(split) or {}).get("split")
-        if split_file:
-            path = resolve_path(cfg, split_file)
-            if not path.is_file():
-                raise FileNotFoundError(f"data.{split}.split: list {path} does not exist")
-            wanted = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        stems = wanted if wanted is not None else sorted(set(images) | set(masks))
+        stems = _read_lines(cfg, split_file, f"data.{split}.split: list") if split_file else sorted({*images, *masks})
         self.samples: list[tuple[str, Path, Path]] = []
         self.rejected: list[str] = []
         for stem in stems:

@@ -1,12 +1,10 @@
 """Segmentation inference (whole image or sliding window, optional multi-scale and flip) and its scores.
 
-Inference follows mmseg's (0.13) test path step by step: the uint8 image is resized with OpenCV
-to the recipe's scale times each test ratio (keeping its aspect ratio; with `test.size_divisor`,
-then on to multiples of it, as the Semantic FPN pipeline's AlignResize), normalised, predicted
-whole or in overlapping crops, its logits resized back to the original size, turned into
-probabilities, un-flipped and averaged over the views. Scores come from a class
-confusion accumulated over the whole set: IoU and accuracy per class, their means over the classes
-present (NaN, written as null, for a class absent from both labels and predictions), and all-pixel accuracy.
+Inference follows mmseg 0.13's test path: per test ratio a keep-ratio OpenCV resize (with `test.size_divisor`, on to
+multiples of it as Semantic FPN's AlignResize), normalisation, whole or sliding-window logits resized back to the
+original size, softmax, un-flip, average over the views. Scores come from a class confusion over the whole set:
+per-class IoU and accuracy, their means over the classes present (NaN, written as null, for a class absent from both
+labels and predictions), and all-pixel accuracy.
 """
 from __future__ import annotations
 
