@@ -21,11 +21,12 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from .anchors import AnchorGenerator
 from .boxes import boxes_to_rois, paste_masks
 from .cascade import CascadeRoIHeads, ConvFCBoxHead, FCNMaskHead
 from .data import resize_keep_ratio
 from .roi_heads import MaskRCNNRoIHeads
-from .rpn import RegionProposalNetwork, build_rpn
+from .rpn import RegionProposalNetwork
 
 __all__ = ["UniFormerFPN", "TwoStageDetector", "MODEL_TYPES", "build_detector", "detect", "DetectorFlops"]
 
@@ -101,9 +102,13 @@ def build_detector(body: nn.Module, num_classes: int, model_cfg: Mapping, *, mea
     channels, dim = int(m["fpn_channels"]), int(m["box_head_dim"])
     mask_channels = [int(c) for c in m["mask_head_channels"]]
     backbone = UniFormerFPN(body, channels)
-    rpn = build_rpn(channels, [int(s) for s in m["anchor_sizes"]], int(m["rpn_batch"]),
-                    [int(v) for v in m["rpn_train_proposals"]], [int(v) for v in m["rpn_test_proposals"]],
-                    str(m["rpn_box_loss"]), int(m["rpn_allowed_border"]))
+    train_proposals, test_proposals = m["rpn_train_proposals"], m["rpn_test_proposals"]  # (top per level, after NMS)
+    rpn = RegionProposalNetwork(
+        channels, AnchorGenerator(sizes=[int(s) for s in m["anchor_sizes"]]),
+        pre_nms_top_n={"training": int(train_proposals[0]), "testing": int(test_proposals[0])},
+        post_nms_top_n={"training": int(train_proposals[1]), "testing": int(test_proposals[1])},
+        batch_size_per_image=int(m["rpn_batch"]), box_loss=str(m["rpn_box_loss"]),
+        allowed_border=int(m["rpn_allowed_border"]))
     common = dict(score_thresh=float(score_thresh), detections_per_img=int(detections_per_img),
                   batch_size_per_image=int(m["roi_batch"]), box_loss=str(m["box_loss"]))
     if m["type"] == "mask_rcnn":

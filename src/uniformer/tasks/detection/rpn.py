@@ -15,7 +15,7 @@ from .anchors import AnchorGenerator
 from .boxes import batched_nms, box_regression_loss, decode_boxes, encode_boxes
 from .sampling import max_iou_assign, random_sample
 
-__all__ = ["RegionProposalNetwork", "build_rpn"]
+__all__ = ["RegionProposalNetwork"]
 
 
 class RegionProposalNetwork(nn.Module):
@@ -111,15 +111,3 @@ class RegionProposalNetwork(nn.Module):
         loss_obj = F.binary_cross_entropy_with_logits(torch.cat(sampled), torch.cat(labels), reduction="sum") / count
         loss_box = box_regression_loss(torch.cat(pos_pred), torch.cat(pos_target), self.box_loss) / count
         return {"loss_objectness": loss_obj, "loss_rpn_box_reg": loss_box}
-
-
-def build_rpn(fpn_channels: int, anchor_sizes, rpn_batch: int, train_proposals, test_proposals,
-              box_loss: str, allowed_border: int = -1) -> RegionProposalNetwork:
-    """The RPN of the recipes: mmdet's anchors (`anchor_sizes` on strides 4..64); `*_proposals` = (top boxes per
-    level before NMS, boxes kept after NMS) in training and testing."""
-    return RegionProposalNetwork(
-        fpn_channels, AnchorGenerator(sizes=[float(s) for s in anchor_sizes]),
-        pre_nms_top_n={"training": int(train_proposals[0]), "testing": int(test_proposals[0])},
-        post_nms_top_n={"training": int(train_proposals[1]), "testing": int(test_proposals[1])},
-        batch_size_per_image=rpn_batch, box_loss=box_loss, allowed_border=allowed_border)
-
