@@ -32,11 +32,10 @@ class ConvModule(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, norm: bool = False):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=not norm)
-        self.bn = nn.BatchNorm2d(out_channels) if norm else None
+        self.bn = nn.BatchNorm2d(out_channels) if norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
-        return F.relu(self.bn(x) if self.bn is not None else x)
+        return F.relu(self.bn(self.conv(x)))
 
 
 class ConvFCBoxHead(nn.Module):
