@@ -22,8 +22,7 @@ def decode_boxes(boxes: torch.Tensor, deltas: torch.Tensor, stds: Sequence[float
     `max_shape` (height, width) when given."""
     n = deltas.shape[1] // 4
     d = deltas.reshape(len(deltas), n, 4) * deltas.new_tensor(stds)
-    dw = d[..., 2].clamp(-_RATIO_CLIP, _RATIO_CLIP)
-    dh = d[..., 3].clamp(-_RATIO_CLIP, _RATIO_CLIP)
+    dw, dh = d[..., 2:].clamp(-_RATIO_CLIP, _RATIO_CLIP).unbind(-1)
     px = ((boxes[:, 0] + boxes[:, 2]) * 0.5)[:, None]
     py = ((boxes[:, 1] + boxes[:, 3]) * 0.5)[:, None]
     pw = (boxes[:, 2] - boxes[:, 0])[:, None]

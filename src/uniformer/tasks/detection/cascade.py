@@ -1,12 +1,6 @@
-"""Cascade Mask R-CNN heads as the original `cascade_mask_rcnn_3x_ms_hybrid_*` experiments configure them.
-
-Three box stages, each mmdet's `ConvFCBBoxHead` (4 shared 3×3 convs with BatchNorm and no bias, 1 shared fc of
-1024), class-specific deltas decoded before a GIoU loss × 10, target stds `STAGE_STDS`, assigner IoU 0.5/0.6/0.7
-(no low-quality matches), stage loss weights 1/0.5/0.25, and one `FCNMaskHead` per stage. At test time (mmdet 2.11's
-`CascadeRoIHead.simple_test`) each stage re-regresses the RoIs with its best non-background class, the stages'
-logits are averaged before the softmax, boxes are the last stage's and the mask heads' probabilities are averaged.
-Module names and class layout (background last) follow mmdet, so that `convert.convert_mmdet_cascade_keys` only
-renames; BatchNorm is plain `BatchNorm2d` (multi-process training converts it to SyncBatchNorm as the original).
+"""Cascade Mask R-CNN heads as the original `cascade_mask_rcnn_3x_ms_hybrid_*` experiments configure them: three
+`ConvFCBBoxHead` stages (GIoU loss × 10, IoU 0.5/0.6/0.7, loss weights 1/0.5/0.25) and one `FCNMaskHead` per stage.
+Names and class layout (background last) follow mmdet, so that `convert.convert_mmdet_cascade_keys` only renames.
 """
 from __future__ import annotations
 
@@ -27,7 +21,8 @@ STAGE_STDS = ((0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1), (0.033, 0.033, 0.067
 
 
 class ConvModule(nn.Module):
-    """mmcv's `ConvModule`: a k×k convolution (no bias when normalised), BatchNorm, ReLU."""
+    """mmcv's `ConvModule`: a k×k convolution (no bias when normalised), BatchNorm (synchronised in multi-process
+    training, as the original), ReLU."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, norm: bool = False):
         super().__init__()
@@ -56,10 +51,9 @@ class ConvFCBoxHead(nn.Module):
         for fc in self.shared_fcs:
             nn.init.xavier_uniform_(fc.weight)
             nn.init.zeros_(fc.bias)
-        nn.init.normal_(self.fc_cls.weight, std=0.01)
-        nn.init.normal_(self.fc_reg.weight, std=0.001)
-        nn.init.zeros_(self.fc_cls.bias)
-        nn.init.zeros_(self.fc_reg.bias)
+        for fc, std in ((self.fc_cls, 0.01), (self.fc_reg, 0.001)):
+            nn.init.normal_(fc.weight, std=std)
+            nn.init.zeros_(fc.bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for conv in self.shared_convs:
@@ -97,8 +91,8 @@ class FCNMaskHead(nn.Module):
 
 
 class CascadeRoIHeads(RoIHeadsBase):
-    """mmdet's `CascadeRoIHead` (see the module docstring). Labels outside are 1..K (0 background) as in
-    the Mask R-CNN heads; inside, the heads put the background last as mmdet does."""
+    """mmdet 2.11's `CascadeRoIHead`: at test time each stage re-regresses the RoIs with its best class, the stages'
+    logits and mask probabilities are averaged. Labels are 1..K outside, the background last inside."""
 
     class_offset = 1
 

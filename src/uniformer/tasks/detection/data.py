@@ -1,10 +1,6 @@
-"""COCO instance data for Mask R-CNN, resized as the original mmdet pipeline does.
-
-Training samples are flipped, optionally cropped (the 3×+MS recipe's DETR-style policy, expressed as an equivalent
-crop in the original image), resized to a short side drawn from `data.train_scales` (long side at most
-`data.max_size`) and come out as float 0..255 tensors; evaluation samples are the original uint8 images, which
-`detector.detect` resizes to `data.test_scale`. Crowd annotations and training images without a usable annotation
-are left out (mmdet's `filter_empty_gt`); `uniformer.tasks.dense.coco.load_coco` reports every unusable entry.
+"""COCO instance data, resized as the original mmdet pipeline does: training images flipped, optionally cropped
+(the 3×+MS recipe's DETR-style policy) and resized to a short side from `data.train_scales`; evaluation images
+as read (`detector.detect` resizes them). Crowd annotations and training images without annotations are left out.
 """
 from __future__ import annotations
 
@@ -36,10 +32,9 @@ def resize_keep_ratio(image: np.ndarray, scale: Sequence[int]) -> tuple[np.ndarr
 
 
 class DetDataset(Dataset):
-    """One split of a COCO instances file. A training sample is `(image 3×h×w float 0..255, target)`, resized
-    to a training scale, with target `{"boxes" N×4 xyxy, "labels" N (1..K), "masks" N×h×w uint8 (with masks),
-    "image_id"}` in resized pixels; an evaluation sample is `(image H×W×3 uint8, target)` at the original
-    size. None if unreadable."""
+    """One split of a COCO instances file: `(image, target)` with target `{"boxes" N×4 xyxy, "labels" 1..K, "masks"
+    N×h×w uint8 (with masks), "image_id"}`; training images are resized 3×h×w float 0..255 tensors, evaluation
+    images the original H×W×3 uint8 arrays. None if unreadable."""
 
     def __init__(self, cfg: Mapping, split: str = "train", train: bool | None = None):
         d = cfg["data"]
@@ -103,9 +98,7 @@ class DetDataset(Dataset):
         """mmdet's `Resize(keep_ratio=True)`: image bilinear, boxes by the scale factor (clipped), masks nearest."""
         image, factor = resize_keep_ratio(image, scale)
         h, w = image.shape[:2]
-        boxes = boxes * np.array(factor, np.float32)
-        boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
-        boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
+        boxes = (boxes * np.array(factor, np.float32)).clip(0, np.array([w, h, w, h], np.float32))
         if len(masks):
             masks = np.stack([cv2.resize(np.ascontiguousarray(m), (w, h), interpolation=cv2.INTER_NEAREST)
                               for m in masks])
@@ -128,9 +121,7 @@ class DetDataset(Dataset):
         y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
         image = image[y0:y0 + ch, x0:x0 + cw]
         masks = masks[:, y0:y0 + ch, x0:x0 + cw]
-        boxes = boxes - np.array([x0, y0, x0, y0], np.float32)
-        boxes[:, 0::2] = boxes[:, 0::2].clip(0, cw)
-        boxes[:, 1::2] = boxes[:, 1::2].clip(0, ch)
+        boxes = (boxes - np.array([x0, y0, x0, y0], np.float32)).clip(0, np.array([cw, ch, cw, ch], np.float32))
         keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
         if self.with_masks:
             keep &= masks.reshape(len(masks), -1).any(1) if len(masks) else keep

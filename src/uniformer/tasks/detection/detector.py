@@ -1,11 +1,6 @@
-"""Mask R-CNN / Cascade Mask R-CNN with a UniFormer backbone, faithful to the original mmdetection 2.11 pipeline.
-
-UniFormer (features_only) → torchvision's FeaturePyramidNetwork with LastLevelMaxPool (strides 4..64) → an RPN
-(`rpn.py`) and RoI heads (`roi_heads.py`, `cascade.py`) that reproduce mmdet's test and training computations with
-torchvision's modules and ops; `boxes.py` holds the box coder, NMS, losses and mask pasting, `sampling.py` the
-assigner and sampler, `convert.py` the original checkpoint keys. This module: the detector, its builder, the test
-pipeline (keep-ratio resize, boxes back to the image, masks pasted with `grid_sample` and `>= threshold`) and the
-FLOP counter.
+"""Mask R-CNN / Cascade Mask R-CNN with a UniFormer backbone, faithful to mmdetection 2.11: UniFormer → torchvision's
+FPN (+ max-pooled fifth level) → the RPN (`rpn.py`) and RoI heads (`roi_heads.py`, `cascade.py`). This module: the
+detector, its builder, the test pipeline and the FLOP counter.
 """
 from __future__ import annotations
 
@@ -61,8 +56,7 @@ class TwoStageDetector(nn.Module):
     def batch(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
         d = self.size_divisor
-        h = int(math.ceil(max(s[0] for s in sizes) / d) * d)
-        w = int(math.ceil(max(s[1] for s in sizes) / d) * d)
+        h, w = (math.ceil(max(s[i] for s in sizes) / d) * d for i in (0, 1))
         x = images[0].new_zeros(len(images), 3, h, w)
         for i, im in enumerate(images):
             x[i, :, :im.shape[-2], :im.shape[-1]] = (im - self.pixel_mean) * self.pixel_inv_std
@@ -134,10 +128,9 @@ def build_detector(body: nn.Module, num_classes: int, model_cfg: Mapping, *, mea
 @torch.no_grad()
 def detect(model: TwoStageDetector, images: Sequence[np.ndarray], *, scale: Sequence[int] = (800, 1333),
            mask_thresh: float = 0.5) -> list[dict]:
-    """The original test pipeline for RGB uint8 H×W×3 `images`: keep-ratio resize of the uint8 image to
-    `scale` (short, long) with OpenCV bilinear, the network, boxes scaled back to the image, masks pasted.
-    Returns per image `boxes` (x1 y1 x2 y2, image pixels), `scores`, `labels` (1..K) and, with masks,
-    `masks` (bool N×H×W)."""
+    """The original test pipeline on RGB uint8 H×W×3 `images` (keep-ratio resize to `scale` (short, long), the
+    network, boxes scaled back, masks pasted): per image `boxes` (x1 y1 x2 y2, image pixels), `scores`, `labels`
+    (1..K) and, with masks, `masks` (bool N×H×W)."""
     model.eval()
     device = next(model.parameters()).device
     inputs, factors = [], []

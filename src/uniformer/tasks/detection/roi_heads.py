@@ -63,8 +63,7 @@ def mask_loss(samples: Sequence[dict], targets: Sequence[Mapping], mask_forward,
 
 class RoIHeadsBase(nn.Module):
     """What the Mask R-CNN and Cascade heads share: aligned RoI pooling (7×7 boxes, 14×14 masks) and the test-time
-    per-class NMS with the label's mask probabilities. `class_offset`: a label's index in the class outputs is
-    label - class_offset."""
+    per-class NMS with mask probabilities; label L is class output L - `class_offset`."""
 
     class_offset = 0
 

@@ -1,9 +1,5 @@
-"""Top-down keypoint data (COCO keypoints JSON): one sample per person box, with mmpose's training augmentation.
-
-Person boxes come from the ground truth or, for evaluation as in the paper, from a detection-results
-JSON (`[{"image_id", "category_id", "bbox", "score"}, ...]`). Training augmentation: horizontal flip
-with the dataset's left/right pairs, half-body crops, random scale and rotation, then the affine
-crop to the input size and Gaussian heatmap targets (sigma 2) at a quarter of it.
+"""Top-down keypoint data (COCO keypoints JSON): one sample per person box, from the ground truth or (evaluation, as
+in the paper) a detection-results JSON, with mmpose's training augmentation (flip, half body, scale, rotation).
 """
 from __future__ import annotations
 
@@ -26,11 +22,8 @@ _logger = logging.getLogger("uniformer.tasks.pose")
 
 
 class PoseDataset(Dataset):
-    """Person crops of one split.
-
-    Training sample: `{"img": 3×H×W, "target": K×h×w, "target_weight": K, "index"}`; evaluation sample:
-    `{"img", "center", "scale", "score", "area", "image_id", "index"}`. Unreadable images give None.
-    """
+    """Person crops of one split: training samples `{"img": 3×H×W, "target": K×h×w, "target_weight": K, "index"}`,
+    evaluation samples `{"img", "center", "scale", "score", "area", "image_id", "index"}`; None if unreadable."""
 
     def __init__(self, cfg: Mapping, split: str = "train", train: bool | None = None):
         d = cfg["data"]
@@ -139,8 +132,7 @@ class PoseDataset(Dataset):
         if not self.train:
             return {"img": img, "center": center, "scale": scale, "score": np.float32(s["score"]),
                     "image_id": s["image_id"], "area": scale[0] * scale[1], "index": index}
-        m = affine_matrix(center, scale, rotation, self.input_size)
-        pts = apply_affine(joints, m)
+        pts = apply_affine(joints, affine_matrix(center, scale, rotation, self.input_size))
         stride = self.input_size[0] / self.heatmap_size[0]
         target, weight = gaussian_targets(pts, visible, self.heatmap_size, stride, float(d["sigma"]))
         return {"img": img, "target": torch.from_numpy(target), "target_weight": torch.from_numpy(weight),

@@ -1,8 +1,5 @@
-"""Top-down pose network: UniFormer's last map → SimpleBaseline deconvolution head → K heatmaps at stride 4.
-
-Attribute names follow mmpose's TopdownHeatmapSimpleHead (`keypoint_head.deconv_layers.{0,1,3,4,6,7}`,
-`keypoint_head.final_layer`), so an original pose checkpoint loads key for key.
-"""
+"""Top-down pose network: UniFormer's last map → SimpleBaseline deconvolution head → K heatmaps at stride 4, named
+as mmpose's TopdownHeatmapSimpleHead so that an original pose checkpoint loads key for key."""
 from __future__ import annotations
 
 import torch

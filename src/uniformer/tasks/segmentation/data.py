@@ -1,11 +1,6 @@
-"""Semantic-segmentation data: the ADE20K layout and a generic image-folder + mask-folder + class-list layout, with
-the original ADE20K recipes' training augmentation (random resize ratio, crop with a maximum share of one class,
-flip, photometric distortion, pad).
-
-ADE20K: `images/{training,validation}/*.jpg` and `annotations/{training,validation}/*.png`, label 0 ignored and the
-150 classes shifted by -1 (`reduce_zero_label`). Generic: image and mask folders whose files share their stems, and
-a class list (`data.classes`). An optional split file lists one sample id (file stem) per line. Pairs missing a side
-are reported at start-up and left out; unreadable files and out-of-range labels are reported when drawn.
+"""Semantic-segmentation data: the ADE20K layout (label 0 ignored, `reduce_zero_label`) or image and mask folders
+whose files share their stems, with the original ADE20K recipes' training augmentation. Pairs missing a side are
+reported at start-up and left out; unreadable files and out-of-range labels are reported when drawn.
 """
 from __future__ import annotations
 
@@ -16,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -74,12 +70,8 @@ def _cv2_resize(array: np.ndarray, height: int, width: int, nearest: bool = Fals
 
 def resize_keep_ratio(img: np.ndarray, scale: Sequence[float], label: np.ndarray | None = None,
                       size_divisor: int | None = None):
-    """Resize so that the long side fits max(scale) and the short side fits min(scale) (mmcv's imrescale:
-    OpenCV bilinear on uint8, nearest for the label map).
-
-    `size_divisor` then resizes the result a second time, each side up to its next multiple of it
-    (the `AlignResize` test transform of the original Semantic FPN pipeline: 512×683 → 512×704).
-    """
+    """mmcv's imrescale (OpenCV bilinear, nearest for the label map) to fit `scale`; `size_divisor` then resizes
+    each side up to its next multiple (Semantic FPN's `AlignResize` test transform: 512×683 → 512×704)."""
     nh, nw = rescale_size(*img.shape[:2], scale)
     out = _cv2_resize(img, nh, nw)
     if size_divisor:
@@ -153,12 +145,8 @@ def _split_dirs(data: Mapping, split: str) -> tuple[str, str]:
 
 
 class SegDataset(Dataset):
-    """Image / label-map pairs of one split; training samples are augmented, others are returned as read.
-
-    A training sample is `{"img": 3×h×w normalised tensor, "seg": h×w int64 (ignore = 255), "id"}`;
-    an evaluation sample is `{"image": H×W×3 uint8, "seg": H×W int64, "id", "path"}`. Unreadable
-    samples come back as None (reported with their id).
-    """
+    """Image / label-map pairs of one split: training samples augmented (`{"img": 3×h×w normalised, "seg": h×w int64,
+    "id"}`), others as read (`{"image": H×W×3 uint8, "seg", "id", "path"}`); None (reported) if unreadable."""
 
     def __init__(self, cfg: Mapping, split: str = "train", train: bool | None = None):
         data = cfg["data"]
@@ -245,10 +233,8 @@ class SegDataset(Dataset):
             img = photometric_distortion(img, rng)
         x = normalize(img, d["mean"], d["std"])
         y = torch.from_numpy(np.ascontiguousarray(seg))
-        ph, pw = crop[0] - x.shape[1], crop[1] - x.shape[2]
-        if ph > 0 or pw > 0:  # pad bottom/right to the crop size: zeros in the image, ignore in the labels
-            x = torch.nn.functional.pad(x, (0, max(pw, 0), 0, max(ph, 0)))
-            y = torch.nn.functional.pad(y, (0, max(pw, 0), 0, max(ph, 0)), value=self.ignore_index)
+        pad = (0, max(crop[1] - x.shape[2], 0), 0, max(crop[0] - x.shape[1], 0))  # bottom/right up to the crop size
+        x, y = F.pad(x, pad), F.pad(y, pad, value=self.ignore_index)  # zeros in the image, ignore in the labels
         return {"img": x, "seg": y, "id": stem}
 
 

@@ -1,10 +1,6 @@
-"""Segmentation inference (whole image or sliding window, optional multi-scale and flip) and its scores.
-
-Inference follows mmseg 0.13's test path: per test ratio a keep-ratio OpenCV resize (with `test.size_divisor`, on to
-multiples of it as Semantic FPN's AlignResize), normalisation, whole or sliding-window logits resized back to the
-original size, softmax, un-flip, average over the views. Scores come from a class confusion over the whole set:
-per-class IoU and accuracy, their means over the classes present (NaN, written as null, for a class absent from both
-labels and predictions), and all-pixel accuracy.
+"""Segmentation inference as mmseg 0.13's test path (whole image or sliding window, multi-scale, flip; probabilities
+averaged at the original size) and its scores: per-class IoU and accuracy over the whole set, their means over the
+classes present (NaN for a class absent from labels and predictions), and all-pixel accuracy.
 """
 from __future__ import annotations
 
@@ -41,10 +37,8 @@ def slide_logits(model: nn.Module, x: torch.Tensor, crop, stride, num_classes: i
 @torch.no_grad()
 def infer_probs(model: nn.Module, image: np.ndarray, data_cfg: Mapping, test_cfg: Mapping,
                 num_classes: int) -> torch.Tensor:
-    """Class probabilities (C×H×W) of an RGB uint8 image at its original size.
-
-    `test_cfg`: `mode` whole|slide (`crop_size`, `stride`), `scales` (ratios of `data_cfg["img_scale"]`),
-    `flip`, `size_divisor` (None: plain keep-ratio resize)."""
+    """Class probabilities (C×H×W) of an RGB uint8 image at its original size; `test_cfg`: `mode` whole|slide
+    (`crop_size`, `stride`), `scales` (ratios of `data_cfg["img_scale"]`), `flip`, `size_divisor`."""
     model.eval()
     h, w = image.shape[:2]
     device = next(model.parameters()).device

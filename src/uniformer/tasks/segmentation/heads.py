@@ -1,9 +1,5 @@
-"""Semantic-segmentation networks of the paper: UniFormer + UperNet (+ FCN auxiliary head) or Semantic FPN.
-
-The modules mirror the attribute names of the original mmsegmentation heads (`ConvModule` with
-`conv` and `bn`; `decode_head.psp_modules`, `lateral_convs`, `fpn_convs`, `fpn_bottleneck`,
-`conv_seg`; `neck.lateral_convs`; `auxiliary_head.convs`), so an original segmentor checkpoint
-(`{"state_dict": {"backbone.*", "neck.*", "decode_head.*", "auxiliary_head.*"}}`) loads key for key.
+"""Semantic-segmentation networks of the paper: UniFormer + UperNet (+ FCN auxiliary head) or Semantic FPN, with
+the attribute names of the original mmsegmentation heads, so that an original segmentor checkpoint loads key for key.
 """
 from __future__ import annotations
 
@@ -131,11 +127,8 @@ class FPNHead(_DecodeHead):
 
 
 class Segmentor(nn.Module):
-    """Backbone (→ neck) → decode head, with an optional auxiliary head used only for the training loss.
-
-    `forward(img)` returns class logits at the input's resolution; `forward(img, seg)` (training) the
-    losses against label maps, so that DistributedDataParallel sees the training pass as a forward call.
-    """
+    """Backbone (→ neck) → decode head (+ an auxiliary head for the training loss): `forward(img)` gives logits at
+    the input's size, `forward(img, seg)` the losses (so that DistributedDataParallel sees training as a forward)."""
 
     def __init__(self, backbone: nn.Module, decode_head: nn.Module, neck: nn.Module | None = None,
                  auxiliary_head: nn.Module | None = None, aux_in_index: int = 2, aux_weight: float = 0.4,
