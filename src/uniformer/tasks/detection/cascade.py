@@ -12,7 +12,7 @@ from torch import nn
 from torchvision.ops import generalized_box_iou_loss
 
 from .boxes import box_regression_loss, boxes_to_rois, decode_boxes, encode_boxes
-from .roi_heads import RoIHeadsBase, mask_loss
+from .roi_heads import RoIHeadsBase
 from .sampling import RoISampler
 
 __all__ = ["ConvModule", "ConvFCBoxHead", "FCNMaskHead", "CascadeRoIHeads", "STAGE_STDS"]
@@ -166,8 +166,8 @@ class CascadeRoIHeads(RoIHeadsBase):
         losses = {f"loss_classifier_s{stage}": w * F.cross_entropy(logits, classes),
                   f"loss_box_reg_s{stage}": w * box_loss}
         if self.has_mask():
-            losses[f"loss_mask_s{stage}"] = w * mask_loss(
-                samples, targets, lambda r: self.mask_forward(stage, features, r), self.mask_size, 1)
+            losses[f"loss_mask_s{stage}"] = w * self._mask_loss(samples, targets,
+                                                                lambda r: self.mask_forward(stage, features, r))
         return losses, (rois, logits, deltas, classes)
 
     def forward(self, features: Sequence[torch.Tensor], proposals: Sequence[torch.Tensor],

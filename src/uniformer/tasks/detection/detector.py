@@ -23,17 +23,16 @@ from .data import resize_keep_ratio
 from .roi_heads import MaskRCNNRoIHeads
 from .rpn import RegionProposalNetwork
 
-__all__ = ["UniFormerFPN", "TwoStageDetector", "MODEL_TYPES", "build_detector", "detect", "DetectorFlops"]
+__all__ = ["UniFormerFPN", "TwoStageDetector", "build_detector", "detect", "DetectorFlops"]
 
 
 class UniFormerFPN(nn.Module):
-    """The four UniFormer maps through an FPN, plus a max-pooled fifth level; `out_channels` for the heads."""
+    """The four UniFormer maps through an FPN of `out_channels`, plus a max-pooled fifth level."""
 
     def __init__(self, body: nn.Module, out_channels: int = 256):
         super().__init__()
         self.body = body
         self.fpn = FeaturePyramidNetwork(body.feature_info.channels(), out_channels, extra_blocks=LastLevelMaxPool())
-        self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> OrderedDict:
         feats = self.body(x)
@@ -77,8 +76,7 @@ class TwoStageDetector(nn.Module):
         return self.roi_heads.predict(feats[:4], [p[:, :4] for p in proposals], sizes, scale_factors)
 
 
-MODEL_TYPES = ("mask_rcnn", "cascade_mask_rcnn")
-# what the original configs use where a recipe leaves `box_loss`, `rpn_box_loss`, `rpn_allowed_border` null
+# per model type, the original config's `box_loss`, `rpn_box_loss`, `rpn_allowed_border` (for null in a recipe)
 _ORIGINAL_LOSSES = {"mask_rcnn": {"box_loss": "l1", "rpn_box_loss": "l1", "rpn_allowed_border": -1},
                     "cascade_mask_rcnn": {"box_loss": "giou", "rpn_box_loss": "smooth_l1", "rpn_allowed_border": 0}}
 
@@ -89,8 +87,8 @@ def build_detector(body: nn.Module, num_classes: int, model_cfg: Mapping, *, mea
     """The detector of a recipe's `model` section on `body`: Mask R-CNN or Cascade Mask R-CNN (`type`), without
     masks if `with_masks` is false; `num_classes` excludes the background. Null `box_loss`, `rpn_box_loss` and
     `rpn_allowed_border` take the original config's value for the type."""
-    if model_cfg["type"] not in MODEL_TYPES:
-        raise ValueError(f"model.type={model_cfg['type']!r}: expected one of {', '.join(MODEL_TYPES)}")
+    if model_cfg["type"] not in _ORIGINAL_LOSSES:
+        raise ValueError(f"model.type={model_cfg['type']!r}: expected one of {', '.join(_ORIGINAL_LOSSES)}")
     originals = _ORIGINAL_LOSSES[model_cfg["type"]]
     m = {**model_cfg, **{k: v for k, v in originals.items() if model_cfg.get(k) is None}}
     channels, dim = int(m["fpn_channels"]), int(m["box_head_dim"])
@@ -142,10 +140,9 @@ def detect(model: TwoStageDetector, images: Sequence[np.ndarray], *, scale: Sequ
     results = []
     for image, out, sf in zip(images, outs, factors):
         result = {k: out[k].cpu() for k in ("boxes", "scores", "labels")}
-        if "mask_probs" in out:
-            paste_boxes = out["boxes"] * sf / sf  # mmdet pastes the RoI boxes divided back by the scale factor
-            result["masks"] = paste_masks(out["mask_probs"], paste_boxes, image.shape[0], image.shape[1],
-                                          mask_thresh).cpu()
+        if "mask_probs" in out:  # mmdet pastes on the RoI boxes divided back by the scale factor (`* sf / sf`)
+            masks = paste_masks(out["mask_probs"], out["boxes"] * sf / sf, *image.shape[:2], mask_thresh)
+            result["masks"] = masks.cpu()
         results.append(result)
     return results
 

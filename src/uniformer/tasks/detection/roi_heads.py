@@ -13,7 +13,7 @@ from torchvision.ops import roi_align
 from .boxes import box_regression_loss, boxes_to_rois, decode_boxes, encode_boxes, multiclass_nms
 from .sampling import RoISampler
 
-__all__ = ["LevelRoIAlign", "mask_targets", "mask_loss", "RoIHeadsBase", "MaskRCNNRoIHeads"]
+__all__ = ["LevelRoIAlign", "mask_targets", "RoIHeadsBase", "MaskRCNNRoIHeads"]
 
 
 class LevelRoIAlign(nn.Module):
@@ -50,17 +50,6 @@ def mask_targets(masks: torch.Tensor, rois: torch.Tensor, size: int) -> torch.Te
     return (roi_align(masks[:, None].float(), rois, size, 1.0, 0, True)[:, 0] >= 0.5).float()
 
 
-def mask_loss(samples: Sequence[dict], targets: Sequence[Mapping], mask_forward, size: int,
-              class_offset: int) -> torch.Tensor:
-    """Binary cross-entropy of the positive RoIs' mask logits of their class (label - `class_offset`)."""
-    pos_boxes = [s["boxes"][:s["num_pos"]] for s in samples]
-    target = torch.cat([mask_targets(t["masks"], torch.cat([s["gt_index"][:s["num_pos"], None].to(b), b], 1), size)
-                        for s, t, b in zip(samples, targets, pos_boxes)])
-    classes = torch.cat([s["labels"][:s["num_pos"]] for s in samples]) - class_offset
-    logits = mask_forward(boxes_to_rois(pos_boxes))[torch.arange(len(classes)), classes]
-    return F.binary_cross_entropy_with_logits(logits, target) if len(classes) else logits.sum() * 0
-
-
 class RoIHeadsBase(nn.Module):
     """What the Mask R-CNN and Cascade heads share: aligned RoI pooling (7×7 boxes, 14×14 masks) and the test-time
     per-class NMS with mask probabilities; label L is class output L - `class_offset`."""
@@ -77,6 +66,15 @@ class RoIHeadsBase(nn.Module):
 
     def has_mask(self) -> bool:
         return self.mask_roi_pool is not None
+
+    def _mask_loss(self, samples: Sequence[dict], targets: Sequence[Mapping], mask_forward) -> torch.Tensor:
+        """Binary cross-entropy of the positive RoIs' mask logits (`mask_forward(rois)`) of their class."""
+        pos_boxes = [s["boxes"][:s["num_pos"]] for s in samples]
+        target = torch.cat([mask_targets(t["masks"], torch.cat([s["gt_index"][:s["num_pos"], None].to(b), b], 1),
+                                         self.mask_size) for s, t, b in zip(samples, targets, pos_boxes)])
+        classes = torch.cat([s["labels"][:s["num_pos"]] for s in samples]) - self.class_offset
+        logits = mask_forward(boxes_to_rois(pos_boxes))[torch.arange(len(classes)), classes]
+        return F.binary_cross_entropy_with_logits(logits, target) if len(classes) else logits.sum() * 0
 
     def _detections(self, boxes: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], features,
                     scale_factors: Sequence[torch.Tensor], mask_probs) -> list[dict]:
@@ -137,8 +135,7 @@ class MaskRCNNRoIHeads(RoIHeadsBase):
         losses = {"loss_classifier": F.cross_entropy(logits, labels),
                   "loss_box_reg": box_regression_loss(deltas, target, self.box_loss) / max(1, len(labels))}
         if self.has_mask():
-            losses["loss_mask"] = mask_loss(samples, targets, lambda r: self.mask_forward(features, r), self.mask_size,
-                                            0)
+            losses["loss_mask"] = self._mask_loss(samples, targets, lambda r: self.mask_forward(features, r))
         return losses
 
     @torch.no_grad()
