@@ -32,8 +32,7 @@ class PoseDataset(Dataset):
         self.num_joints = int(d["num_joints"])
         self.flip_pairs = [tuple(p) for p in (d["flip_pairs"] or COCO_FLIP_PAIRS)]
         self.input_size = tuple(int(v) for v in d["input_size"])  # (width, height)
-        hm = d.get("heatmap_size") or [self.input_size[0] // 4, self.input_size[1] // 4]
-        self.heatmap_size = tuple(int(v) for v in hm)
+        self.heatmap_size = tuple(int(v) for v in d.get("heatmap_size") or (s // 4 for s in self.input_size))
         self.aspect = self.input_size[0] / self.input_size[1]
         section, self.index = load_coco_split(cfg, split, "keypoints", logger=_logger, need_keypoints=self.num_joints)
         self.ann_file = self.index.path
@@ -75,24 +74,21 @@ class PoseDataset(Dataset):
         thr = float(self.data["det_bbox_thr"])
         out = []
         for i, det in enumerate(dets):
-            iid = det.get("image_id") if isinstance(det, Mapping) else None
+            iid, bbox = (det.get("image_id"), det.get("bbox")) if isinstance(det, Mapping) else (None, None)
             if iid not in self.index.images:
-                msg = f"{path.name}: detection {i} references image {iid}, which is not usable"
-                self.rejected.append(msg)
-                report_bad(_logger, msg)
+                problem = f"references image {iid}, which is not usable"
+            elif det.get("category_id", 1) != 1 or float(det.get("score", 1.0)) < thr:
                 continue
-            if det.get("category_id", 1) != 1 or float(det.get("score", 1.0)) < thr:
+            elif not isinstance(bbox, list) or len(bbox) != 4 or bbox[2] <= 0 or bbox[3] <= 0:
+                problem = f"(image {iid}) has an empty or malformed bbox {bbox!r}"
+            else:
+                center, scale = box_to_center_scale(bbox, self.aspect, self.data["bbox_padding"])
+                out.append({"image_id": iid, "file": self.index.images[iid]["file"], "center": center, "scale": scale,
+                            "joints": np.zeros((self.num_joints, 2)), "visible": np.zeros(self.num_joints, np.float32),
+                            "score": float(det.get("score", 1.0)), "ann_id": None})
                 continue
-            bbox = det.get("bbox")
-            if not isinstance(bbox, list) or len(bbox) != 4 or bbox[2] <= 0 or bbox[3] <= 0:
-                msg = f"{path.name}: detection {i} (image {iid}) has an empty or malformed bbox {bbox!r}"
-                self.rejected.append(msg)
-                report_bad(_logger, msg)
-                continue
-            center, scale = box_to_center_scale(bbox, self.aspect, self.data["bbox_padding"])
-            out.append({"image_id": iid, "file": self.index.images[iid]["file"], "center": center, "scale": scale,
-                        "joints": np.zeros((self.num_joints, 2)), "visible": np.zeros(self.num_joints, np.float32),
-                        "score": float(det.get("score", 1.0)), "ann_id": None})
+            self.rejected.append(f"{path.name}: detection {i} {problem}")
+            report_bad(_logger, self.rejected[-1])
         return out
 
     def __len__(self) -> int:

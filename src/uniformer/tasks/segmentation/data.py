@@ -198,10 +198,8 @@ class SegDataset(Dataset):
         if seg.ndim != 2 or seg.shape != img.shape[:2]:
             raise BadSample(f"sample {stem!r}: label map {mask_path} is {seg.shape}, image {img_path} is "
                             f"{img.shape[:2]}")
-        if self.reduce_zero_label:
-            seg = seg - 1
-            seg[seg == -1] = self.ignore_index
-            seg[seg == self.ignore_index - 1] = self.ignore_index
+        if self.reduce_zero_label:  # 0 and the ignore index stay ignored, the rest shift by -1
+            seg = np.where((seg == 0) | (seg == self.ignore_index), self.ignore_index, seg - 1)
         bad = np.unique(seg[(seg != self.ignore_index) & ((seg < 0) | (seg >= self.num_classes))])
         if len(bad):
             raise BadSample(f"sample {stem!r}: label map {mask_path} has values {bad[:8].tolist()} outside the "
@@ -222,8 +220,7 @@ class SegDataset(Dataset):
     def augment(self, img: np.ndarray, seg: np.ndarray, stem: str) -> dict:
         d = self.data
         rng = np.random.default_rng(np.random.randint(0, 2**31))
-        lo, hi = d["ratio_range"] or (1.0, 1.0)
-        ratio = rng.uniform(lo, hi)
+        ratio = rng.uniform(*(d["ratio_range"] or (1.0, 1.0)))
         img, seg = resize_keep_ratio(img, scaled_size(d["img_scale"], ratio), seg)
         crop = d["crop_size"]
         img, seg = _random_crop(img, seg, crop, float(d["cat_max_ratio"]), self.ignore_index, rng)
