@@ -47,10 +47,7 @@ class DetDataset(Dataset):
         self.cat_ids = self.index.cat_ids
         self.classes = [c.get("name", str(c["id"])) for c in self.index.categories]
         self.label_of = {cid: i + 1 for i, cid in enumerate(self.cat_ids)}
-        ids = sorted(self.index.images)
-        if self.train:
-            ids = [i for i in ids if self.index.annotations[i]]
-        self.image_ids = ids
+        self.image_ids = [i for i in sorted(self.index.images) if not self.train or self.index.annotations[i]]
         if not self.image_ids:
             raise ValueError(f"{self.ann_file}: no usable images for data.{split}")
 
@@ -124,7 +121,7 @@ class DetDataset(Dataset):
         boxes = (boxes - np.array([x0, y0, x0, y0], np.float32)).clip(0, np.array([cw, ch, cw, ch], np.float32))
         keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
         if self.with_masks:
-            keep &= masks.reshape(len(masks), -1).any(1) if len(masks) else keep
+            keep &= masks.any((1, 2))
         return image, boxes[keep], labels[keep], masks[keep]
 
 

@@ -97,8 +97,7 @@ class RegionProposalNetwork(nn.Module):
     def loss(self, scores: torch.Tensor, deltas: torch.Tensor, anchors: torch.Tensor, usable: list[torch.Tensor],
              targets: Sequence[Mapping]) -> dict:
         labels, sampled, pos_pred, pos_target = [], [], [], []
-        for i, t in enumerate(targets):
-            inside = usable[i]
+        for i, (t, inside) in enumerate(zip(targets, usable)):
             assigned = torch.full((len(anchors),), -2, dtype=torch.int64, device=anchors.device)
             assigned[inside] = max_iou_assign(box_iou(t["boxes"], anchors[inside]), self.fg_iou_thresh,
                                               self.bg_iou_thresh, self.min_pos_iou, low_quality=True)

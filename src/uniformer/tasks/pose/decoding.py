@@ -95,12 +95,11 @@ def gaussian_targets(joints: np.ndarray, visible: np.ndarray, heatmap_size: Sequ
     """K×H×W Gaussian heatmaps (peak 1 at the joint rounded to the heatmap grid, cut at 3σ) and K weights
     (0 for invisible joints and joints whose Gaussian falls outside the heatmap)."""
     w, h = heatmap_size
-    k = len(joints)
-    target = np.zeros((k, h, w), np.float32)
+    target = np.zeros((len(joints), h, w), np.float32)
     weight = (visible > 0).astype(np.float32)
     radius = sigma * 3
     ys, xs = np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]
-    for j in range(k):
+    for j in range(len(joints)):
         if weight[j] == 0:
             continue
         mx, my = int(joints[j, 0] / stride + 0.5), int(joints[j, 1] / stride + 0.5)
