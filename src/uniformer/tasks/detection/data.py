@@ -96,11 +96,8 @@ class DetDataset(Dataset):
         image, factor = resize_keep_ratio(image, scale)
         h, w = image.shape[:2]
         boxes = (boxes * np.array(factor, np.float32)).clip(0, np.array([w, h, w, h], np.float32))
-        if len(masks):
-            masks = np.stack([cv2.resize(np.ascontiguousarray(m), (w, h), interpolation=cv2.INTER_NEAREST)
-                              for m in masks])
-        else:
-            masks = np.zeros((0, h, w), np.uint8)
+        masks = np.array([cv2.resize(np.ascontiguousarray(m), (w, h), interpolation=cv2.INTER_NEAREST)
+                          for m in masks], np.uint8).reshape(-1, h, w)
         return image, boxes, masks
 
     def _detr_crop(self, image, boxes, labels, masks, rng: np.random.Generator):

@@ -69,8 +69,7 @@ class TwoStageDetector(nn.Module):
         feats = list(self.backbone(x).values())
         proposals, losses = self.rpn(feats, sizes, targets)
         if self.training:
-            losses.update(self.roi_heads(feats[:4], [p[:, :4] for p in proposals], sizes, targets))
-            return losses
+            return {**losses, **self.roi_heads(feats[:4], [p[:, :4] for p in proposals], sizes, targets)}
         if scale_factors is None:
             scale_factors = [x.new_ones(4)] * len(images)
         return self.roi_heads.predict(feats[:4], [p[:, :4] for p in proposals], sizes, scale_factors)

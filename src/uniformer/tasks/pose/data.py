@@ -157,8 +157,5 @@ def pose_collate(samples: list) -> dict | None:
     samples = [s for s in samples if s is not None]
     if not samples:
         return None
-    out = {}
-    for key in samples[0]:
-        values = [s[key] for s in samples]
-        out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
-    return out
+    columns = {key: [s[key] for s in samples] for key in samples[0]}
+    return {key: torch.stack(v) if isinstance(v[0], torch.Tensor) else v for key, v in columns.items()}

@@ -69,10 +69,8 @@ class SegMetric:
     def __init__(self, num_classes: int, ignore_index: int = 255, class_names: Sequence[str] | None = None):
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
-        self.intersect = np.zeros(num_classes, dtype=np.int64)
-        self.union = np.zeros(num_classes, dtype=np.int64)
-        self.pred_area = np.zeros(num_classes, dtype=np.int64)
-        self.label_area = np.zeros(num_classes, dtype=np.int64)
+        areas = [np.zeros(num_classes, dtype=np.int64) for _ in range(4)]
+        self.intersect, self.union, self.pred_area, self.label_area = areas
 
     def update(self, pred: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor) -> None:
         pred = torch.as_tensor(pred).reshape(-1).long()
