@@ -1,23 +1,6 @@
-"""Cascade Mask R-CNN with a UniFormer backbone, as the original `cascade_mask_rcnn_3x_ms_hybrid_*` experiments.
-
-The experiment configs (`object_detection/exp/cascade_mask_rcnn_3x_ms_hybrid_{small,base}/config.py` on top of
-`configs/_base_/models/cascade_mask_rcnn_uniformer_fpn.py`) define three box stages, each mmdet's
-`ConvFCBBoxHead` with 4 shared 3×3 convs (256 channels, SyncBN, no conv bias) and 1 shared fc (1024),
-class-specific regression (`reg_class_agnostic=False`) decoded before the loss (`reg_decoded_bbox=True`, GIoU
-loss × 10), target stds 0.1/0.1/0.2/0.2, 0.05/0.05/0.1/0.1 and 0.033/0.033/0.067/0.067, assigner IoU 0.5, 0.6,
-0.7 (no low-quality matches), 512 RoIs a quarter positive, stage loss weights 1, 0.5, 0.25; and one
-`FCNMaskHead` (4 convs) per stage (mmdet's `CascadeRoIHead` repeats a single mask head config for every stage).
-The RPN is Mask R-CNN's, with smooth-L1 (β 1/9), anchors no further than 0 px outside the image and 2000
-proposals kept in training.
-
-At test time, as mmdet 2.11's `CascadeRoIHead.simple_test`: each stage re-regresses the RoIs with the class of
-its highest non-background score, the classification logits of the three stages are averaged before the
-softmax, boxes are the last stage's, and the mask probabilities of the three mask heads are averaged.
-
-Module names and class layout follow mmdet (`roi_heads.box_heads.{i}.shared_convs.{j}.conv/bn`,
-`shared_fcs`, `fc_cls` with the background last, `fc_reg`; `roi_heads.mask_heads.{i}.convs.{j}.conv`,
-`upsample`, `conv_logits`), so that `convert.convert_mmdet_cascade_keys` only renames. BatchNorm is plain
-`BatchNorm2d`; multi-process training converts it to SyncBatchNorm as the original did.
+"""Cascade Mask R-CNN heads as the original `cascade_mask_rcnn_3x_ms_hybrid_*` experiments configure them: three
+`ConvFCBBoxHead` stages (GIoU loss × 10, IoU 0.5/0.6/0.7, loss weights 1/0.5/0.25) and one `FCNMaskHead` per stage.
+Names and class layout (background last) follow mmdet, so that `convert.convert_mmdet_cascade_keys` only renames.
 """
 from __future__ import annotations
 
@@ -28,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import generalized_box_iou_loss
 
-from .boxes import box_regression_loss, boxes_to_rois, decode_boxes, encode_boxes, multiclass_nms
-from .roi_heads import LevelRoIAlign, attach_mask_probs, mask_loss
+from .boxes import box_regression_loss, boxes_to_rois, decode_boxes, encode_boxes
+from .roi_heads import RoIHeadsBase
 from .sampling import RoISampler
 
 __all__ = ["ConvModule", "ConvFCBoxHead", "FCNMaskHead", "CascadeRoIHeads", "STAGE_STDS"]
@@ -38,16 +21,16 @@ STAGE_STDS = ((0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1), (0.033, 0.033, 0.067
 
 
 class ConvModule(nn.Module):
-    """mmcv's `ConvModule`: a k×k convolution (no bias when normalised), BatchNorm, ReLU."""
+    """mmcv's `ConvModule`: a k×k convolution (no bias when normalised), BatchNorm (synchronised in multi-process
+    training, as the original), ReLU."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, norm: bool = False):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=not norm)
-        self.bn = nn.BatchNorm2d(out_channels) if norm else None
+        self.bn = nn.BatchNorm2d(out_channels) if norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
-        return F.relu(self.bn(x) if self.bn is not None else x)
+        return F.relu(self.bn(self.conv(x)))
 
 
 class ConvFCBoxHead(nn.Module):
@@ -68,10 +51,9 @@ class ConvFCBoxHead(nn.Module):
         for fc in self.shared_fcs:
             nn.init.xavier_uniform_(fc.weight)
             nn.init.zeros_(fc.bias)
-        nn.init.normal_(self.fc_cls.weight, std=0.01)
-        nn.init.normal_(self.fc_reg.weight, std=0.001)
-        nn.init.zeros_(self.fc_cls.bias)
-        nn.init.zeros_(self.fc_reg.bias)
+        for fc, std in ((self.fc_cls, 0.01), (self.fc_reg, 0.001)):
+            nn.init.normal_(fc.weight, std=std)
+            nn.init.zeros_(fc.bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for conv in self.shared_convs:
@@ -108,9 +90,11 @@ class FCNMaskHead(nn.Module):
         return self.conv_logits(F.relu(self.upsample(x)))
 
 
-class CascadeRoIHeads(nn.Module):
-    """mmdet's `CascadeRoIHead` (see the module docstring). Labels outside are 1..K (0 background) as in
-    the Mask R-CNN heads; inside, the heads put the background last as mmdet does."""
+class CascadeRoIHeads(RoIHeadsBase):
+    """mmdet 2.11's `CascadeRoIHead`: at test time each stage re-regresses the RoIs with its best class, the stages'
+    logits and mask probabilities are averaged. Labels are 1..K outside, the background last inside."""
+
+    class_offset = 1
 
     def __init__(self, box_heads: Sequence[ConvFCBoxHead], mask_heads: Sequence[FCNMaskHead] | None, *,
                  stage_ious: Sequence[float] = (0.5, 0.6, 0.7), stage_stds: Sequence[Sequence[float]] = STAGE_STDS,
@@ -118,7 +102,7 @@ class CascadeRoIHeads(nn.Module):
                  giou_weight: float = 10.0, batch_size_per_image: int = 512, positive_fraction: float = 0.25,
                  score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100,
                  mask_size: int = 28):
-        super().__init__()
+        super().__init__(mask_heads is not None, score_thresh, nms_thresh, detections_per_img, mask_size)
         n = len(box_heads)
         if not (len(stage_ious) == len(stage_stds) == len(stage_loss_weights) == n):
             raise ValueError(f"cascade: {n} box heads need as many stage IoUs ({list(stage_ious)}), stds "
@@ -127,23 +111,17 @@ class CascadeRoIHeads(nn.Module):
             raise ValueError(f"cascade: {n} box heads but {len(mask_heads)} mask heads")
         if box_loss not in ("giou", "l1", "smooth_l1"):
             raise ValueError(f"box_loss={box_loss!r}: expected 'giou' (the original config), 'l1' or 'smooth_l1'")
-        self.box_roi_pool = LevelRoIAlign(7)
-        self.mask_roi_pool = LevelRoIAlign(14) if mask_heads is not None else None
         self.box_heads = nn.ModuleList(box_heads)
         self.mask_heads = nn.ModuleList(mask_heads) if mask_heads is not None else None
         self.stage_stds = [tuple(float(v) for v in s) for s in stage_stds]
         self.stage_loss_weights = [float(w) for w in stage_loss_weights]
         self.stage_ious = [float(v) for v in stage_ious]
         self.sampling = [RoISampler(iou, False, batch_size_per_image, positive_fraction) for iou in stage_ious]
-        self.box_loss, self.giou_weight, self.mask_size = box_loss, giou_weight, mask_size
-        self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
+        self.box_loss, self.giou_weight = box_loss, giou_weight
 
     @property
     def num_classes(self) -> int:
         return self.box_heads[0].num_classes
-
-    def has_mask(self) -> bool:
-        return self.mask_heads is not None
 
     def box_forward(self, stage: int, features, rois):
         return self.box_heads[stage](self.box_roi_pool(features, rois))
@@ -188,8 +166,8 @@ class CascadeRoIHeads(nn.Module):
         losses = {f"loss_classifier_s{stage}": w * F.cross_entropy(logits, classes),
                   f"loss_box_reg_s{stage}": w * box_loss}
         if self.has_mask():
-            losses[f"loss_mask_s{stage}"] = w * mask_loss(
-                samples, targets, lambda r: self.mask_forward(stage, features, r), self.mask_size, 1)
+            losses[f"loss_mask_s{stage}"] = w * self._mask_loss(samples, targets,
+                                                                lambda r: self.mask_forward(stage, features, r))
         return losses, (rois, logits, deltas, classes)
 
     def forward(self, features: Sequence[torch.Tensor], proposals: Sequence[torch.Tensor],
@@ -229,19 +207,14 @@ class CascadeRoIHeads(nn.Module):
             if stage < n_stages - 1:
                 rois = self._regress(stage, rois, logits[:, :k].argmax(1), deltas, image_sizes)
         scores = F.softmax(sum(stage_logits) / float(n_stages), -1)[:, :k]
-        results = []
+        boxes, image_scores = [], []
         for i, (size, sf) in enumerate(zip(image_sizes, scale_factors)):
             inds = torch.nonzero(rois[:, 0] == i).squeeze(1)
-            boxes = decode_boxes(rois[inds, 1:], deltas[inds], self.stage_stds[-1], size)
-            boxes = boxes.reshape(len(inds), -1, 4).expand(len(inds), k, 4) / sf
-            b, s, lab = multiclass_nms(boxes, scores[inds], self.score_thresh, self.nms_thresh,
-                                       self.detections_per_img)
-            results.append({"boxes": b, "scores": s, "labels": lab + 1})
-        if self.has_mask():
-            def mean_probs(r):
-                return sum(self.mask_forward(s, features, r).sigmoid() for s in range(n_stages)) / n_stages
+            image_boxes = decode_boxes(rois[inds, 1:], deltas[inds], self.stage_stds[-1], size)
+            boxes.append(image_boxes.reshape(len(inds), -1, 4).expand(len(inds), k, 4) / sf)
+            image_scores.append(scores[inds])
 
-            attach_mask_probs(results, scale_factors, mean_probs,
-                              features[0].new_zeros((0, self.mask_size, self.mask_size)), 1)
-        return results
+        def mean_probs(r):
+            return sum(self.mask_forward(s, features, r).sigmoid() for s in range(n_stages)) / n_stages
 
+        return self._detections(boxes, image_scores, features, scale_factors, mean_probs)

@@ -34,18 +34,13 @@ def rename_keys(heads: Mapping[str, torch.Tensor], renames) -> dict:
     """Apply the first matching (pattern, replacement) to each key; keys matching none are kept."""
     out = {}
     for key, value in heads.items():
-        new = key
-        for pattern, repl in renames:
-            if re.match(pattern, key):
-                new = re.sub(pattern, repl, key)
-                break
+        new = next((re.sub(pattern, repl, key) for pattern, repl in renames if re.match(pattern, key)), key)
         out[new] = value
     return out
 
 
 def convert_mmdet_keys(heads: Mapping[str, torch.Tensor], model: nn.Module | None = None) -> dict:
-    """mmdet Mask R-CNN neck / head tensors → this model's names and class layout (unknown keys are kept
-    under their own names, so that they are reported as unexpected)."""
+    """mmdet Mask R-CNN neck / head tensors → this model's names and class layout."""
     out = rename_keys(heads, _RENAMES)
     for new, value in out.items():
         if new.startswith("roi_heads.box_predictor.cls_score."):
@@ -64,8 +59,7 @@ _CASCADE_RENAMES = (
 
 
 def convert_mmdet_cascade_keys(heads: Mapping[str, torch.Tensor], model: nn.Module | None = None) -> dict:
-    """mmdet Cascade Mask R-CNN neck / head tensors → this model's names (the heads keep mmdet's layout).
-    Unknown keys are kept under their own names, so that they are reported as unexpected."""
+    """mmdet Cascade Mask R-CNN neck / head tensors → this model's names (the heads keep mmdet's layout)."""
     return rename_keys(heads, _NECK_RPN_RENAMES + _CASCADE_RENAMES)
 
 

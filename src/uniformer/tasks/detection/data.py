@@ -1,61 +1,40 @@
-"""COCO instance data for Mask R-CNN, resized as the original mmdet pipeline does.
-
-`resize_keep_ratio` is mmcv's `imrescale`: the scale factor min(long / long side, short / short side), the
-new size rounded (int(side · s + 0.5)), the uint8 image resized with OpenCV bilinear; boxes then scale by
-(new width / width, new height / height) and masks are resized nearest. Training samples are flipped,
-optionally cropped (the 3×+MS recipe's DETR-style policy: with probability 0.5 the image is first resized
-to a short side of 400/500/600 and a random 384..600 crop is cut, expressed here as an equivalent crop in
-the original image) and resized to a short side drawn from `data.train_scales` (long side at most
-`data.max_size`), and come out as float 0..255 tensors. Evaluation samples are the original uint8 images;
-`detector.detect` resizes them to `data.test_scale`. Crowd annotations and training images without any
-usable annotation are left out (as mmdet's `filter_empty_gt`); every unusable entry is reported by
-`uniformer.tasks.dense.coco.load_coco`.
+"""COCO instance data, resized as the original mmdet pipeline does: training images flipped, optionally cropped
+(the 3×+MS recipe's DETR-style policy) and resized to a short side from `data.train_scales`; evaluation images
+as read (`detector.detect` resizes them). Crowd annotations and training images without annotations are left out.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from ..dense.coco import annotation_mask, load_coco_split
 from ..dense.io import BadSample, read_image, report_bad
+from ..segmentation.data import rescale_size
 
-__all__ = ["DetDataset", "det_collate", "rescale_size", "resize_keep_ratio"]
+__all__ = ["DetDataset", "det_collate", "resize_keep_ratio"]
 
 _logger = logging.getLogger("uniformer.tasks.detection")
 
 
-def rescale_size(height: int, width: int, scale: Sequence[int]) -> tuple[int, int]:
-    """mmcv's `rescale_size`: (new height, new width) fitting `scale` (either order of short and long side)
-    with the aspect ratio kept, each side rounded half up."""
-    factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
-    return int(height * float(factor) + 0.5), int(width * float(factor) + 0.5)
-
-
-def resize_keep_ratio(image: np.ndarray, scale: Sequence[int],
-                      interpolation: str = "bilinear") -> tuple[np.ndarray, tuple[float, float, float, float]]:
-    """mmcv's `imrescale` with OpenCV: the H×W(×C) uint8 `image` resized to fit `scale`, and the scale factor
+def resize_keep_ratio(image: np.ndarray, scale: Sequence[int]) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """mmcv's `imrescale` with OpenCV bilinear: the H×W×C uint8 `image` resized to fit `scale`, and the scale factor
     (w, h, w, h) = (new width / width, new height / height, ...) as float32 values."""
-    import cv2
-
     h, w = image.shape[:2]
     new_h, new_w = rescale_size(h, w, scale)
-    flag = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}[interpolation]
-    resized = cv2.resize(np.ascontiguousarray(image), (new_w, new_h), interpolation=flag)
-    if resized.ndim < image.ndim:  # OpenCV drops a trailing channel axis of one
-        resized = resized[..., None]
+    resized = cv2.resize(np.ascontiguousarray(image), (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     factor = np.array([new_w / w, new_h / h, new_w / w, new_h / h], np.float32)
     return resized, tuple(float(f) for f in factor)
 
 
 class DetDataset(Dataset):
-    """One split of a COCO instances file. A training sample is `(image 3×h×w float 0..255, target)`, resized
-    to a training scale, with target `{"boxes" N×4 xyxy, "labels" N (1..K), "masks" N×h×w uint8 (with masks),
-    "image_id"}` in resized pixels; an evaluation sample is `(image H×W×3 uint8, target)` at the original
-    size. None if unreadable."""
+    """One split of a COCO instances file: `(image, target)` with target `{"boxes" N×4 xyxy, "labels" 1..K, "masks"
+    N×h×w uint8 (with masks), "image_id"}`; training images are resized 3×h×w float 0..255 tensors, evaluation
+    images the original H×W×3 uint8 arrays. None if unreadable."""
 
     def __init__(self, cfg: Mapping, split: str = "train", train: bool | None = None):
         d = cfg["data"]
@@ -68,10 +47,7 @@ class DetDataset(Dataset):
         self.cat_ids = self.index.cat_ids
         self.classes = [c.get("name", str(c["id"])) for c in self.index.categories]
         self.label_of = {cid: i + 1 for i, cid in enumerate(self.cat_ids)}
-        ids = sorted(self.index.images)
-        if self.train:
-            ids = [i for i in ids if self.index.annotations[i]]
-        self.image_ids = ids
+        self.image_ids = [i for i in sorted(self.index.images) if not self.train or self.index.annotations[i]]
         if not self.image_ids:
             raise ValueError(f"{self.ann_file}: no usable images for data.{split}")
 
@@ -119,13 +95,9 @@ class DetDataset(Dataset):
         """mmdet's `Resize(keep_ratio=True)`: image bilinear, boxes by the scale factor (clipped), masks nearest."""
         image, factor = resize_keep_ratio(image, scale)
         h, w = image.shape[:2]
-        boxes = boxes * np.array(factor, np.float32)
-        boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
-        boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
-        if len(masks):
-            masks = np.stack([resize_keep_ratio(m, scale, "nearest")[0][..., 0] for m in masks[..., None]])
-        else:
-            masks = np.zeros((0, h, w), np.uint8)
+        boxes = (boxes * np.array(factor, np.float32)).clip(0, np.array([w, h, w, h], np.float32))
+        masks = np.array([cv2.resize(np.ascontiguousarray(m), (w, h), interpolation=cv2.INTER_NEAREST)
+                          for m in masks], np.uint8).reshape(-1, h, w)
         return image, boxes, masks
 
     def _detr_crop(self, image, boxes, labels, masks, rng: np.random.Generator):
@@ -143,12 +115,10 @@ class DetDataset(Dataset):
         y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
         image = image[y0:y0 + ch, x0:x0 + cw]
         masks = masks[:, y0:y0 + ch, x0:x0 + cw]
-        boxes = boxes - np.array([x0, y0, x0, y0], np.float32)
-        boxes[:, 0::2] = boxes[:, 0::2].clip(0, cw)
-        boxes[:, 1::2] = boxes[:, 1::2].clip(0, ch)
+        boxes = (boxes - np.array([x0, y0, x0, y0], np.float32)).clip(0, np.array([cw, ch, cw, ch], np.float32))
         keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
         if self.with_masks:
-            keep &= masks.reshape(len(masks), -1).any(1) if len(masks) else keep
+            keep &= masks.any((1, 2))
         return image, boxes[keep], labels[keep], masks[keep]
 
 

@@ -13,7 +13,7 @@ from torchvision.ops import roi_align
 from .boxes import box_regression_loss, boxes_to_rois, decode_boxes, encode_boxes, multiclass_nms
 from .sampling import RoISampler
 
-__all__ = ["LevelRoIAlign", "mask_targets", "mask_loss", "attach_mask_probs", "MaskRCNNRoIHeads"]
+__all__ = ["LevelRoIAlign", "mask_targets", "RoIHeadsBase", "MaskRCNNRoIHeads"]
 
 
 class LevelRoIAlign(nn.Module):
@@ -42,7 +42,6 @@ class LevelRoIAlign(nn.Module):
         return out
 
 
-
 def mask_targets(masks: torch.Tensor, rois: torch.Tensor, size: int) -> torch.Tensor:
     """mmdet's mask targets: each ground-truth mask (rois' first column: its index) cut along the RoI with
     aligned RoIAlign to size×size, binarised at 0.5."""
@@ -51,32 +50,51 @@ def mask_targets(masks: torch.Tensor, rois: torch.Tensor, size: int) -> torch.Te
     return (roi_align(masks[:, None].float(), rois, size, 1.0, 0, True)[:, 0] >= 0.5).float()
 
 
-def mask_loss(samples: Sequence[dict], targets: Sequence[Mapping], mask_forward, size: int,
-              class_offset: int) -> torch.Tensor:
-    """Binary cross-entropy of the positive RoIs' mask logits of their class (label - `class_offset`)."""
-    pos_boxes = [s["boxes"][:s["num_pos"]] for s in samples]
-    target = torch.cat([mask_targets(t["masks"], torch.cat([s["gt_index"][:s["num_pos"], None].to(b), b], 1), size)
-                        for s, t, b in zip(samples, targets, pos_boxes)])
-    classes = torch.cat([s["labels"][:s["num_pos"]] for s in samples]) - class_offset
-    logits = mask_forward(boxes_to_rois(pos_boxes))[torch.arange(len(classes)), classes]
-    return F.binary_cross_entropy_with_logits(logits, target) if len(classes) else logits.sum() * 0
+class RoIHeadsBase(nn.Module):
+    """What the Mask R-CNN and Cascade heads share: aligned RoI pooling (7×7 boxes, 14×14 masks) and the test-time
+    per-class NMS with mask probabilities; label L is class output L - `class_offset`."""
+
+    class_offset = 0
+
+    def __init__(self, with_masks: bool, score_thresh: float, nms_thresh: float, detections_per_img: int,
+                 mask_size: int):
+        super().__init__()
+        self.box_roi_pool = LevelRoIAlign(7)
+        self.mask_roi_pool = LevelRoIAlign(14) if with_masks else None
+        self.score_thresh, self.nms_thresh = score_thresh, nms_thresh
+        self.detections_per_img, self.mask_size = detections_per_img, mask_size
+
+    def has_mask(self) -> bool:
+        return self.mask_roi_pool is not None
+
+    def _mask_loss(self, samples: Sequence[dict], targets: Sequence[Mapping], mask_forward) -> torch.Tensor:
+        """Binary cross-entropy of the positive RoIs' mask logits (`mask_forward(rois)`) of their class."""
+        pos_boxes = [s["boxes"][:s["num_pos"]] for s in samples]
+        target = torch.cat([mask_targets(t["masks"], torch.cat([s["gt_index"][:s["num_pos"], None].to(b), b], 1),
+                                         self.mask_size) for s, t, b in zip(samples, targets, pos_boxes)])
+        classes = torch.cat([s["labels"][:s["num_pos"]] for s in samples]) - self.class_offset
+        logits = mask_forward(boxes_to_rois(pos_boxes))[torch.arange(len(classes)), classes]
+        return F.binary_cross_entropy_with_logits(logits, target) if len(classes) else logits.sum() * 0
+
+    def _detections(self, boxes: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], features,
+                    scale_factors: Sequence[torch.Tensor], mask_probs) -> list[dict]:
+        """Per image: `multiclass_nms` of N×K×4 `boxes` (original pixels) and N×K `scores`, labels 1..K, and with
+        masks the label's `mask_probs(rois)` on the detections back in network pixels."""
+        results = []
+        for image_boxes, image_scores in zip(boxes, scores):
+            b, s, lab = multiclass_nms(image_boxes, image_scores, self.score_thresh, self.nms_thresh,
+                                       self.detections_per_img)
+            results.append({"boxes": b, "scores": s, "labels": lab + 1})
+        if self.has_mask():
+            rois = boxes_to_rois([r["boxes"] * sf for r, sf in zip(results, scale_factors)])
+            empty = features[0].new_zeros((0, self.mask_size, self.mask_size))
+            probs = mask_probs(rois).split([len(r["boxes"]) for r in results]) if len(rois) else [empty] * len(results)
+            for r, p in zip(results, probs):
+                r["mask_probs"] = p[torch.arange(len(p)), r["labels"] - self.class_offset] if len(p) else empty
+        return results
 
 
-def attach_mask_probs(results: list[dict], scale_factors: Sequence[torch.Tensor], mask_probs, empty: torch.Tensor,
-                      class_offset: int) -> None:
-    """Adds each detection's `mask_probs` (of its label - `class_offset`; `empty` when an image has none):
-    `mask_probs(rois)` on the detections back in network pixels."""
-    rois = boxes_to_rois([r["boxes"] * sf for r, sf in zip(results, scale_factors)])
-    probs = mask_probs(rois) if len(rois) else None
-    start = 0
-    for r in results:
-        n = len(r["boxes"])
-        r["mask_probs"] = probs[start:start + n][torch.arange(n), r["labels"] - class_offset] if n else empty
-        start += n
-
-
-
-class MaskRCNNRoIHeads(nn.Module):
+class MaskRCNNRoIHeads(RoIHeadsBase):
     """mmdet's `StandardRoIHead` with `Shared2FCBBoxHead` and `FCNMaskHead` (torchvision's modules, background
     first) on aligned RoI features."""
 
@@ -85,19 +103,13 @@ class MaskRCNNRoIHeads(nn.Module):
                  nms_thresh: float = 0.5, detections_per_img: int = 100, iou_thresh: float = 0.5,
                  low_quality_matches: bool = True, batch_size_per_image: int = 512, positive_fraction: float = 0.25,
                  box_loss: str = "l1", mask_size: int = 28):
-        super().__init__()
+        super().__init__(mask_head is not None, score_thresh, nms_thresh, detections_per_img, mask_size)
         if box_loss not in ("l1", "smooth_l1"):
             raise ValueError(f"box_loss={box_loss!r}: expected 'l1' (the original config) or 'smooth_l1'")
-        self.box_roi_pool = LevelRoIAlign(7)
         self.box_head, self.box_predictor = box_head, box_predictor
-        self.mask_roi_pool = LevelRoIAlign(14) if mask_head is not None else None
         self.mask_head, self.mask_predictor = mask_head, mask_predictor
-        self.box_stds, self.score_thresh, self.nms_thresh = tuple(box_stds), score_thresh, nms_thresh
-        self.detections_per_img, self.box_loss, self.mask_size = detections_per_img, box_loss, mask_size
+        self.box_stds, self.box_loss = tuple(box_stds), box_loss
         self.sampling = RoISampler(iou_thresh, low_quality_matches, batch_size_per_image, positive_fraction)
-
-    def has_mask(self) -> bool:
-        return self.mask_head is not None
 
     def box_forward(self, features, rois):
         return self.box_predictor(self.box_head(self.box_roi_pool(features, rois)))
@@ -123,8 +135,7 @@ class MaskRCNNRoIHeads(nn.Module):
         losses = {"loss_classifier": F.cross_entropy(logits, labels),
                   "loss_box_reg": box_regression_loss(deltas, target, self.box_loss) / max(1, len(labels))}
         if self.has_mask():
-            losses["loss_mask"] = mask_loss(samples, targets, lambda r: self.mask_forward(features, r), self.mask_size,
-                                            0)
+            losses["loss_mask"] = self._mask_loss(samples, targets, lambda r: self.mask_forward(features, r))
         return losses
 
     @torch.no_grad()
@@ -134,15 +145,8 @@ class MaskRCNNRoIHeads(nn.Module):
         `labels` (1..K) and, with masks, the label's `mask_probs` (N×28×28)."""
         counts = [len(p) for p in proposals]
         logits, deltas = self.box_forward(features, boxes_to_rois(proposals))
-        results = []
-        for p, lg, dl, size, sf in zip(proposals, logits.split(counts), deltas.split(counts), image_sizes,
-                                       scale_factors):
-            scores = F.softmax(lg, -1)[:, 1:]
-            boxes = decode_boxes(p[:, :4], dl[:, 4:], self.box_stds, size).reshape(len(p), -1, 4) / sf
-            b, s, lab = multiclass_nms(boxes, scores, self.score_thresh, self.nms_thresh, self.detections_per_img)
-            results.append({"boxes": b, "scores": s, "labels": lab + 1})
-        if self.has_mask():
-            attach_mask_probs(results, scale_factors, lambda r: self.mask_forward(features, r).sigmoid(),
-                              features[0].new_zeros((0, self.mask_size, self.mask_size)), 0)
-        return results
-
+        boxes = [decode_boxes(p[:, :4], d[:, 4:], self.box_stds, size).reshape(len(p), -1, 4) / sf
+                 for p, d, size, sf in zip(proposals, deltas.split(counts), image_sizes, scale_factors)]
+        scores = [F.softmax(lg, -1)[:, 1:] for lg in logits.split(counts)]
+        return self._detections(boxes, scores, features, scale_factors,
+                                lambda r: self.mask_forward(features, r).sigmoid())

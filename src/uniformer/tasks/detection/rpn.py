@@ -15,7 +15,7 @@ from .anchors import AnchorGenerator
 from .boxes import batched_nms, box_regression_loss, decode_boxes, encode_boxes
 from .sampling import max_iou_assign, random_sample
 
-__all__ = ["RegionProposalNetwork", "build_rpn"]
+__all__ = ["RegionProposalNetwork"]
 
 
 class RegionProposalNetwork(nn.Module):
@@ -26,8 +26,8 @@ class RegionProposalNetwork(nn.Module):
     def __init__(self, in_channels: int, anchor_generator: AnchorGenerator, *, pre_nms_top_n: Mapping[str, int],
                  post_nms_top_n: Mapping[str, int], nms_thresh: float = 0.7, fg_iou_thresh: float = 0.7,
                  bg_iou_thresh: float = 0.3, min_pos_iou: float = 0.3, batch_size_per_image: int = 256,
-                 positive_fraction: float = 0.5, min_box_size: float = 0.0, box_loss: str = "l1",
-                 allowed_border: int = -1, size_divisor: int = 32):
+                 positive_fraction: float = 0.5, box_loss: str = "l1", allowed_border: int = -1,
+                 size_divisor: int = 32):
         super().__init__()
         if box_loss not in ("l1", "smooth_l1"):
             raise ValueError(f"rpn_box_loss={box_loss!r}: expected 'l1' or 'smooth_l1'")
@@ -36,33 +36,25 @@ class RegionProposalNetwork(nn.Module):
         self._pre_nms_top_n, self._post_nms_top_n = dict(pre_nms_top_n), dict(post_nms_top_n)
         self.nms_thresh, self.fg_iou_thresh, self.bg_iou_thresh = nms_thresh, fg_iou_thresh, bg_iou_thresh
         self.min_pos_iou, self.batch_size_per_image = min_pos_iou, batch_size_per_image
-        self.positive_fraction, self.min_box_size, self.box_loss = positive_fraction, min_box_size, box_loss
+        self.positive_fraction, self.box_loss = positive_fraction, box_loss
         self.allowed_border, self.size_divisor = allowed_border, size_divisor
-
-    def _mode(self) -> str:
-        return "training" if self.training else "testing"
 
     def _proposals(self, scores: list[torch.Tensor], deltas: list[torch.Tensor], anchors: list[torch.Tensor],
                    image_size: Sequence[int]) -> torch.Tensor:
         """One image: per-level flattened sigmoid scores, deltas and anchors → proposals (x1 y1 x2 y2 score)."""
-        pre = self._pre_nms_top_n[self._mode()]
-        keep_scores, keep_deltas, keep_anchors, levels = [], [], [], []
+        mode = "training" if self.training else "testing"
+        pre = self._pre_nms_top_n[mode]
+        kept = []
         for lvl, (s, d, a) in enumerate(zip(scores, deltas, anchors)):
             s = s.sigmoid()
             if 0 < pre < len(s):
                 s, order = s.sort(descending=True)
                 s, order = s[:pre], order[:pre]
                 d, a = d[order], a[order]
-            keep_scores.append(s)
-            keep_deltas.append(d)
-            keep_anchors.append(a)
-            levels.append(torch.full_like(s, lvl, dtype=torch.int64))
-        s, levels = torch.cat(keep_scores), torch.cat(levels)
-        boxes = decode_boxes(torch.cat(keep_anchors), torch.cat(keep_deltas), max_shape=image_size)
-        if self.min_box_size > 0:
-            ok = ((boxes[:, 2] - boxes[:, 0]) >= self.min_box_size) & ((boxes[:, 3] - boxes[:, 1]) >= self.min_box_size)
-            boxes, s, levels = boxes[ok], s[ok], levels[ok]
-        keep = batched_nms(boxes, s, levels, self.nms_thresh)[:self._post_nms_top_n[self._mode()]]
+            kept.append((s, d, a, torch.full_like(s, lvl, dtype=torch.int64)))
+        s, d, a, levels = (torch.cat(t) for t in zip(*kept))
+        boxes = decode_boxes(a, d, max_shape=image_size)
+        keep = batched_nms(boxes, s, levels, self.nms_thresh)[:self._post_nms_top_n[mode]]
         return torch.cat([boxes[keep], s[keep, None]], 1)
 
     def forward(self, features: Sequence[torch.Tensor], image_sizes: Sequence[Sequence[int]],
@@ -105,8 +97,7 @@ class RegionProposalNetwork(nn.Module):
     def loss(self, scores: torch.Tensor, deltas: torch.Tensor, anchors: torch.Tensor, usable: list[torch.Tensor],
              targets: Sequence[Mapping]) -> dict:
         labels, sampled, pos_pred, pos_target = [], [], [], []
-        for i, t in enumerate(targets):
-            inside = usable[i]
+        for i, (t, inside) in enumerate(zip(targets, usable)):
             assigned = torch.full((len(anchors),), -2, dtype=torch.int64, device=anchors.device)
             assigned[inside] = max_iou_assign(box_iou(t["boxes"], anchors[inside]), self.fg_iou_thresh,
                                               self.bg_iou_thresh, self.min_pos_iou, low_quality=True)
@@ -119,15 +110,3 @@ class RegionProposalNetwork(nn.Module):
         loss_obj = F.binary_cross_entropy_with_logits(torch.cat(sampled), torch.cat(labels), reduction="sum") / count
         loss_box = box_regression_loss(torch.cat(pos_pred), torch.cat(pos_target), self.box_loss) / count
         return {"loss_objectness": loss_obj, "loss_rpn_box_reg": loss_box}
-
-
-def build_rpn(fpn_channels: int, anchor_sizes, rpn_batch: int, train_proposals, test_proposals,
-              box_loss: str, allowed_border: int = -1) -> RegionProposalNetwork:
-    """The RPN of the recipes: mmdet's anchors (`anchor_sizes` on strides 4..64); `*_proposals` = (top boxes per
-    level before NMS, boxes kept after NMS) in training and testing."""
-    return RegionProposalNetwork(
-        fpn_channels, AnchorGenerator(sizes=[float(s) for s in anchor_sizes]),
-        pre_nms_top_n={"training": int(train_proposals[0]), "testing": int(test_proposals[0])},
-        post_nms_top_n={"training": int(train_proposals[1]), "testing": int(test_proposals[1])},
-        batch_size_per_image=rpn_batch, box_loss=box_loss, allowed_border=allowed_border)
-

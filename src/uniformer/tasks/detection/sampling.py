@@ -15,8 +15,7 @@ def max_iou_assign(iou: torch.Tensor, pos_thresh: float, neg_thresh: float, min_
     """mmdet's `MaxIoUAssigner` on a G×N IoU matrix: per proposal the matched ground truth (>= 0),
     -1 background (IoU < `neg_thresh`) or -2 ignored. With `low_quality`, each ground truth's best proposals
     (all ties, if at least `min_pos_iou`) are assigned to it."""
-    n = iou.shape[1]
-    assigned = torch.full((n,), -2, dtype=torch.int64, device=iou.device)
+    assigned = torch.full((iou.shape[1],), -2, dtype=torch.int64, device=iou.device)
     if iou.shape[0] == 0:
         return assigned.fill_(-1)
     best, arg = iou.max(0)

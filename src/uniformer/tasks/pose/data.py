@@ -1,9 +1,5 @@
-"""Top-down keypoint data (COCO keypoints JSON): one sample per person box, with mmpose's training augmentation.
-
-Person boxes come from the ground truth or, for evaluation as in the paper, from a detection-results
-JSON (`[{"image_id", "category_id", "bbox", "score"}, ...]`). Training augmentation: horizontal flip
-with the dataset's left/right pairs, half-body crops, random scale and rotation, then the affine
-crop to the input size and Gaussian heatmap targets (sigma 2) at a quarter of it.
+"""Top-down keypoint data (COCO keypoints JSON): one sample per person box, from the ground truth or (evaluation, as
+in the paper) a detection-results JSON, with mmpose's training augmentation (flip, half body, scale, rotation).
 """
 from __future__ import annotations
 
@@ -26,11 +22,8 @@ _logger = logging.getLogger("uniformer.tasks.pose")
 
 
 class PoseDataset(Dataset):
-    """Person crops of one split.
-
-    Training sample: `{"img": 3×H×W, "target": K×h×w, "target_weight": K, "index"}`; evaluation sample:
-    `{"img", "center", "scale", "score", "area", "image_id", "index"}`. Unreadable images give None.
-    """
+    """Person crops of one split: training samples `{"img": 3×H×W, "target": K×h×w, "target_weight": K, "index"}`,
+    evaluation samples `{"img", "center", "scale", "score", "area", "image_id", "index"}`; None if unreadable."""
 
     def __init__(self, cfg: Mapping, split: str = "train", train: bool | None = None):
         d = cfg["data"]
@@ -39,8 +32,7 @@ class PoseDataset(Dataset):
         self.num_joints = int(d["num_joints"])
         self.flip_pairs = [tuple(p) for p in (d["flip_pairs"] or COCO_FLIP_PAIRS)]
         self.input_size = tuple(int(v) for v in d["input_size"])  # (width, height)
-        hm = d.get("heatmap_size") or [self.input_size[0] // 4, self.input_size[1] // 4]
-        self.heatmap_size = tuple(int(v) for v in hm)
+        self.heatmap_size = tuple(int(v) for v in d.get("heatmap_size") or (s // 4 for s in self.input_size))
         self.aspect = self.input_size[0] / self.input_size[1]
         section, self.index = load_coco_split(cfg, split, "keypoints", logger=_logger, need_keypoints=self.num_joints)
         self.ann_file = self.index.path
@@ -82,24 +74,21 @@ class PoseDataset(Dataset):
         thr = float(self.data["det_bbox_thr"])
         out = []
         for i, det in enumerate(dets):
-            iid = det.get("image_id") if isinstance(det, Mapping) else None
+            iid, bbox = (det.get("image_id"), det.get("bbox")) if isinstance(det, Mapping) else (None, None)
             if iid not in self.index.images:
-                msg = f"{path.name}: detection {i} references image {iid}, which is not usable"
-                self.rejected.append(msg)
-                report_bad(_logger, msg)
+                problem = f"references image {iid}, which is not usable"
+            elif det.get("category_id", 1) != 1 or float(det.get("score", 1.0)) < thr:
                 continue
-            if det.get("category_id", 1) != 1 or float(det.get("score", 1.0)) < thr:
+            elif not isinstance(bbox, list) or len(bbox) != 4 or bbox[2] <= 0 or bbox[3] <= 0:
+                problem = f"(image {iid}) has an empty or malformed bbox {bbox!r}"
+            else:
+                center, scale = box_to_center_scale(bbox, self.aspect, self.data["bbox_padding"])
+                out.append({"image_id": iid, "file": self.index.images[iid]["file"], "center": center, "scale": scale,
+                            "joints": np.zeros((self.num_joints, 2)), "visible": np.zeros(self.num_joints, np.float32),
+                            "score": float(det.get("score", 1.0)), "ann_id": None})
                 continue
-            bbox = det.get("bbox")
-            if not isinstance(bbox, list) or len(bbox) != 4 or bbox[2] <= 0 or bbox[3] <= 0:
-                msg = f"{path.name}: detection {i} (image {iid}) has an empty or malformed bbox {bbox!r}"
-                self.rejected.append(msg)
-                report_bad(_logger, msg)
-                continue
-            center, scale = box_to_center_scale(bbox, self.aspect, self.data["bbox_padding"])
-            out.append({"image_id": iid, "file": self.index.images[iid]["file"], "center": center, "scale": scale,
-                        "joints": np.zeros((self.num_joints, 2)), "visible": np.zeros(self.num_joints, np.float32),
-                        "score": float(det.get("score", 1.0)), "ann_id": None})
+            self.rejected.append(f"{path.name}: detection {i} {problem}")
+            report_bad(_logger, self.rejected[-1])
         return out
 
     def __len__(self) -> int:
@@ -139,8 +128,7 @@ class PoseDataset(Dataset):
         if not self.train:
             return {"img": img, "center": center, "scale": scale, "score": np.float32(s["score"]),
                     "image_id": s["image_id"], "area": scale[0] * scale[1], "index": index}
-        m = affine_matrix(center, scale, rotation, self.input_size)
-        pts = apply_affine(joints, m)
+        pts = apply_affine(joints, affine_matrix(center, scale, rotation, self.input_size))
         stride = self.input_size[0] / self.heatmap_size[0]
         target, weight = gaussian_targets(pts, visible, self.heatmap_size, stride, float(d["sigma"]))
         return {"img": img, "target": torch.from_numpy(target), "target_weight": torch.from_numpy(weight),
@@ -169,8 +157,5 @@ def pose_collate(samples: list) -> dict | None:
     samples = [s for s in samples if s is not None]
     if not samples:
         return None
-    out = {}
-    for key in samples[0]:
-        values = [s[key] for s in samples]
-        out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
-    return out
+    columns = {key: [s[key] for s in samples] for key in samples[0]}
+    return {key: torch.stack(v) if isinstance(v[0], torch.Tensor) else v for key, v in columns.items()}

@@ -1,15 +1,6 @@
-"""Top-down pose geometry and the test pipeline: person boxes to crops, affine warps, Gaussian heatmap
-targets, flip test, decoding, rescoring and OKS-NMS.
-
-Every step follows mmpose 0.16's TopDown pipeline (the code of the paper's results), to the float:
-a person is a `center` (x, y) and a `scale` (w, h) in pixels, the box padded by 1.25 and widened or
-heightened to the input's aspect ratio, both float32 as mmpose stores them (its scale in units of
-200 px; computing through that unit gives its values bit for bit). The crop is OpenCV's bilinear
-affine warp (`cv2.warpAffine`, zero outside the image) by mmpose's three-point transform. Decoding
-takes each heatmap's first maximum, placed at (-1, -1) when it is not positive, and shifts it a
-quarter pixel towards the higher neighbour when it lies inside the border ("default"), or refines it
-with DARK's Taylor expansion on the zero-padded Gaussian-blurred log-heatmap ("unbiased"), then maps
-it back through the box. Evaluation rescoring and OKS-NMS are those of mmpose's COCO evaluation.
+"""Top-down pose geometry and test pipeline (person crops, Gaussian heatmap targets, flip test, decoding, rescoring,
+OKS-NMS), following mmpose 0.16's TopDown pipeline to the float: a person is a float32 `center` and `scale` (w, h)
+in pixels, computed through mmpose's 200 px unit so that the values match bit for bit.
 """
 from __future__ import annotations
 
@@ -24,7 +15,7 @@ __all__ = ["box_to_center_scale", "affine_matrix", "warp", "apply_affine", "norm
            "gaussian_targets", "topdown_heatmaps", "decode_heatmaps", "flip_back", "rescore", "oks_nms",
            "rescore_and_nms", "estimate_poses", "COCO_SIGMAS"]
 
-# COCO's per-keypoint OKS constants (a tuple: module constants stay immutable).
+# COCO's per-keypoint OKS constants
 COCO_SIGMAS = (.026, .025, .025, .035, .035, .079, .079, .072, .072, .062, .062, .107, .107, .087, .087, .089, .089)
 PIXEL_STD = 200.0  # mmpose's unit of scale
 
@@ -56,14 +47,13 @@ def affine_matrix(center: np.ndarray, scale: np.ndarray, rotation: float, out_si
     center = np.asarray(center, np.float32)
     half = np.asarray(scale, np.float32)[0] * -0.5
     a = np.pi * rotation / 180
-    src_dir = np.array([0.0 * np.cos(a) - half * np.sin(a), 0.0 * np.sin(a) + half * np.cos(a)])
     src = np.zeros((3, 2), np.float32)
     src[0] = center
-    src[1] = center + src_dir
+    src[1] = center + np.array([-half * np.sin(a), half * np.cos(a)])
     src[2] = _third_point(src[0], src[1])
     dst = np.zeros((3, 2), np.float32)
     dst[0] = [out_w * 0.5, out_h * 0.5]
-    dst[1] = np.array([out_w * 0.5, out_h * 0.5]) + np.array([0.0, out_w * -0.5])
+    dst[1] = [out_w * 0.5, out_h * 0.5 - out_w * 0.5]
     dst[2] = _third_point(dst[0], dst[1])
     return cv2.getAffineTransform(dst, src) if inverse else cv2.getAffineTransform(src, dst)
 
@@ -87,18 +77,13 @@ def normalize_crop(crop: np.ndarray, mean, std) -> torch.Tensor:
 
 
 def person_crops(image: np.ndarray, boxes: Sequence[Sequence[float]], data_cfg: Mapping) -> dict:
-    """The network input of one image's people: `boxes` are (x, y, w, h) or (x, y, w, h, score).
-
-    Returns `{"img": N×3×H×W, "center": N×2, "scale": N×2 (pixels), "score": N, "area": N}` (float32 arrays;
-    `area` is the padded box's, as mmpose's OKS-NMS uses)."""
+    """The network input of one image's people (`boxes`: (x, y, w, h[, score])): `{"img": N×3×H×W, "center",
+    "scale" (pixels), "score", "area"}` (float32 arrays; `area` is the padded box's, as mmpose's OKS-NMS uses)."""
     input_size = tuple(int(v) for v in data_cfg["input_size"])
     aspect = input_size[0] / input_size[1]
-    crops, centers, scales = [], [], []
-    for box in boxes:
-        c, s = box_to_center_scale(box[:4], aspect, float(data_cfg["bbox_padding"]))
-        crops.append(normalize_crop(warp(image, c, s, 0.0, input_size), data_cfg["mean"], data_cfg["std"]))
-        centers.append(c)
-        scales.append(s)
+    centers, scales = zip(*(box_to_center_scale(box[:4], aspect, float(data_cfg["bbox_padding"])) for box in boxes))
+    crops = [normalize_crop(warp(image, c, s, 0.0, input_size), data_cfg["mean"], data_cfg["std"])
+             for c, s in zip(centers, scales)]
     scales = np.stack(scales)
     return {"img": torch.stack(crops), "center": np.stack(centers), "scale": scales,
             "score": np.array([float(b[4]) if len(b) > 4 else 1.0 for b in boxes], np.float32),
@@ -110,12 +95,11 @@ def gaussian_targets(joints: np.ndarray, visible: np.ndarray, heatmap_size: Sequ
     """K×H×W Gaussian heatmaps (peak 1 at the joint rounded to the heatmap grid, cut at 3σ) and K weights
     (0 for invisible joints and joints whose Gaussian falls outside the heatmap)."""
     w, h = heatmap_size
-    k = len(joints)
-    target = np.zeros((k, h, w), np.float32)
+    target = np.zeros((len(joints), h, w), np.float32)
     weight = (visible > 0).astype(np.float32)
     radius = sigma * 3
     ys, xs = np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]
-    for j in range(k):
+    for j in range(len(joints)):
         if weight[j] == 0:
             continue
         mx, my = int(joints[j, 0] / stride + 0.5), int(joints[j, 1] / stride + 0.5)
@@ -179,20 +163,16 @@ def _taylor_offsets(logs: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndar
 
 def decode_heatmaps(heatmaps: torch.Tensor | np.ndarray, centers: np.ndarray, scales: np.ndarray,
                     method: str = "default", kernel: int = 11) -> tuple[np.ndarray, np.ndarray]:
-    """N×K×H×W heatmaps → N×K×2 image coordinates and N×K peak values (float32, mmpose's `keypoints_from_heatmaps`).
-
-    `centers` and `scales` (pixels) are the people's boxes; a joint whose map has no positive value is
-    placed at heatmap position (-1, -1) before the transform back, as mmpose does."""
+    """N×K×H×W heatmaps → N×K×2 image coordinates (through the boxes `centers`, `scales`) and N×K peak values, as
+    mmpose's `keypoints_from_heatmaps` (a map without a positive value puts its joint at heatmap (-1, -1))."""
     hm = heatmaps.detach().float().cpu().numpy() if isinstance(heatmaps, torch.Tensor) else np.asarray(heatmaps)
     hm = hm.astype(np.float32, copy=False)
     n, k, h, w = hm.shape
     flat = hm.reshape(n, k, -1)
     idx = flat.argmax(-1)
     maxvals = np.take_along_axis(flat, idx[..., None], -1)[..., 0]
-    px, py = idx % w, idx // w
+    px, py = np.where(maxvals > 0, idx % w, -1), np.where(maxvals > 0, idx // w, -1)
     coords = np.stack([px, py], -1).astype(np.float32)
-    coords = np.where(maxvals[..., None] > 0, coords, np.float32(-1))
-    px, py = coords[..., 0].astype(np.int64), coords[..., 1].astype(np.int64)
     if method == "default":
         inside = (px > 1) & (px < w - 1) & (py > 1) & (py < h - 1)
         x, y = np.where(inside, px, 1), np.where(inside, py, 1)
@@ -237,10 +217,8 @@ def rescore(keypoints: np.ndarray, box_scores, vis_thr: float) -> np.ndarray:
 
 
 def oks_nms(people: list[dict], threshold: float, sigmas: Sequence[float]) -> list[int]:
-    """Indices of the people kept by greedy non-maximum suppression on object keypoint similarity, in the
-    order kept (mmpose's `oks_nms` as its COCO evaluation calls it: every joint counts, whatever its confidence).
-
-    Each person is `{"keypoints": K×3, "score", "area"}`."""
+    """Indices of the people (`{"keypoints": K×3, "score", "area"}`) kept by greedy OKS-NMS, in the order kept
+    (mmpose's `oks_nms` as its COCO evaluation calls it: every joint counts, whatever its confidence)."""
     if not people:
         return []
     scores = np.array([p["score"] for p in people])
@@ -272,11 +250,9 @@ def rescore_and_nms(people: list[dict], vis_thr: float, oks_thr: float, sigmas: 
 
 def estimate_poses(model: nn.Module, image: np.ndarray, boxes: Sequence[Sequence[float]], data_cfg: Mapping,
                    test_cfg: Mapping, flip_pairs: Sequence[Sequence[int]], sigmas: Sequence[float]) -> list[dict]:
-    """The whole test pipeline on one RGB uint8 image and its person boxes ((x, y, w, h[, score])):
-    crops → heatmaps (with the flip test) → keypoints → rescoring → OKS-NMS.
-
-    Returns the people kept, in the order kept: `{"index" (of the box), "box", "keypoints": K×3 (x, y,
-    confidence), "box_score", "score", "area", "center", "scale"}`."""
+    """The test pipeline (crops, flip-tested heatmaps, keypoints, rescoring, OKS-NMS) on one RGB uint8 image and its
+    person boxes ((x, y, w, h[, score])): the people kept, in order, as `{"index" (of the box), "box", "keypoints":
+    K×3 (x, y, confidence), "box_score", "score", "area", "center", "scale"}`."""
     if not len(boxes):
         return []
     batch = person_crops(image, boxes, data_cfg)

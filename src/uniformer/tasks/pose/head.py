@@ -1,8 +1,5 @@
-"""Top-down pose network: UniFormer's last map → SimpleBaseline deconvolution head → K heatmaps at stride 4.
-
-Attribute names follow mmpose's TopdownHeatmapSimpleHead (`keypoint_head.deconv_layers.{0,1,3,4,6,7}`,
-`keypoint_head.final_layer`), so an original pose checkpoint loads key for key.
-"""
+"""Top-down pose network: UniFormer's last map → SimpleBaseline deconvolution head → K heatmaps at stride 4, named
+as mmpose's TopdownHeatmapSimpleHead so that an original pose checkpoint loads key for key."""
 from __future__ import annotations
 
 import torch
@@ -25,14 +22,11 @@ class HeatmapHead(nn.Module):
             cin = channels
         self.deconv_layers = nn.Sequential(*layers)
         self.final_layer = nn.Conv2d(cin, num_joints, final_kernel, padding=(final_kernel - 1) // 2)
-        for m in self.modules():  # mmpose's initialisation
+        for m in self.modules():  # mmpose's initialisation (BatchNorm's is PyTorch's: ones and zeros)
             if isinstance(m, nn.ConvTranspose2d | nn.Conv2d):
                 nn.init.normal_(m.weight, std=0.001)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.final_layer(self.deconv_layers(x))
@@ -47,8 +41,7 @@ class TopDownPose(nn.Module):
         self.keypoint_head = keypoint_head
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
-        feats = self.backbone(img)
-        return self.keypoint_head(feats[-1] if isinstance(feats, list | tuple) else feats)
+        return self.keypoint_head(self.backbone(img)[-1])
 
 
 def joints_mse_loss(heatmaps: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

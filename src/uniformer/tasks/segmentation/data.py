@@ -1,15 +1,6 @@
-"""Semantic-segmentation data: the ADE20K layout and a generic image-folder + mask-folder + class-list layout,
-with the training augmentation of the original ADE20K recipes (random resize ratio, crop with a
-maximum share of one class, flip, photometric distortion, pad).
-
-ADE20K: `images/{training,validation}/*.jpg` and `annotations/{training,validation}/*.png`; label 0
-("other") is ignored and the 150 classes are shifted by -1 (`reduce_zero_label`). Generic: any image
-folder and a mask folder whose PNGs share the images' file stems, plus a class list (names in the
-config or a text file, one per line, which sets the class count). A split file (`data.<split>.split`) lists
-one sample id per line: the file name without extension that an image and its label map share. Pairs with a
-missing side are reported at start-up and left
-out; unreadable files and label values outside the class list are reported with the sample id and
-skipped whenever the sample is drawn.
+"""Semantic-segmentation data: the ADE20K layout (label 0 ignored, `reduce_zero_label`) or image and mask folders
+whose files share their stems, with the original ADE20K recipes' training augmentation. Pairs missing a side are
+reported at start-up and left out; unreadable files and out-of-range labels are reported when drawn.
 """
 from __future__ import annotations
 
@@ -20,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -31,15 +23,20 @@ __all__ = ["SegDataset", "read_classes", "resize_keep_ratio", "rescale_size", "s
 _logger = logging.getLogger("uniformer.tasks.segmentation")
 
 
+def _read_lines(cfg: Mapping, name: str, what: str) -> list[str]:
+    """The non-blank lines, stripped, of the text file `name` (resolved against the recipe); `what` names it."""
+    path = resolve_path(cfg, name)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
 def read_classes(data_cfg: Mapping, cfg: Mapping | None = None) -> list[str]:
     """Class names from `data.classes` (a list, or a text file with one name per line), else
     `class_<i>` for `data.num_classes` classes."""
     classes = data_cfg.get("classes")
     if isinstance(classes, str):
-        path = resolve_path(cfg or {"data": data_cfg}, classes)
-        if not path.is_file():
-            raise FileNotFoundError(f"data.classes: class list {path} does not exist")
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        names = _read_lines(cfg or {"data": data_cfg}, classes, "data.classes: class list")
     elif classes:
         names = [str(c) for c in classes]
     elif data_cfg.get("num_classes"):
@@ -73,12 +70,8 @@ def _cv2_resize(array: np.ndarray, height: int, width: int, nearest: bool = Fals
 
 def resize_keep_ratio(img: np.ndarray, scale: Sequence[float], label: np.ndarray | None = None,
                       size_divisor: int | None = None):
-    """Resize so that the long side fits max(scale) and the short side fits min(scale) (mmcv's imrescale:
-    OpenCV bilinear on uint8, nearest for the label map).
-
-    `size_divisor` then resizes the result a second time, each side up to its next multiple of it
-    (the `AlignResize` test transform of the original Semantic FPN pipeline: 512×683 → 512×704).
-    """
+    """mmcv's imrescale (OpenCV bilinear, nearest for the label map) to fit `scale`; `size_divisor` then resizes
+    each side up to its next multiple (Semantic FPN's `AlignResize` test transform: 512×683 → 512×704)."""
     nh, nw = rescale_size(*img.shape[:2], scale)
     out = _cv2_resize(img, nh, nw)
     if size_divisor:
@@ -98,9 +91,7 @@ def _random_crop(img: np.ndarray, label: np.ndarray, size, cat_max_ratio: float,
     h, w = label.shape
 
     def window():
-        y = int(rng.integers(0, max(h - ch, 0) + 1))
-        x = int(rng.integers(0, max(w - cw, 0) + 1))
-        return y, x
+        return int(rng.integers(0, max(h - ch, 0) + 1)), int(rng.integers(0, max(w - cw, 0) + 1))
 
     y, x = window()
     if cat_max_ratio < 1.0:
@@ -119,25 +110,21 @@ def photometric_distortion(img: np.ndarray, rng: np.random.Generator, brightness
     before or after the colour changes), as mmseg's PhotoMetricDistortion. `hue` is in OpenCV's
     0..180 degree scale."""
     out = img.astype(np.float32)
-
-    def clip(a):
-        return a.clip(0, 255)
-
     if rng.random() < 0.5:
-        out = clip(out + rng.uniform(-brightness, brightness))
+        out = (out + rng.uniform(-brightness, brightness)).clip(0, 255)
     contrast_first = rng.random() < 0.5
     if contrast_first and rng.random() < 0.5:
-        out = clip(out * rng.uniform(*contrast))
+        out = (out * rng.uniform(*contrast)).clip(0, 255)
     do_sat, do_hue = rng.random() < 0.5, rng.random() < 0.5
     if do_sat or do_hue:
         hsv = np.asarray(Image.fromarray(out.astype(np.uint8)).convert("HSV")).astype(np.float32)
         if do_sat:
-            hsv[..., 1] = clip(hsv[..., 1] * rng.uniform(*saturation))
+            hsv[..., 1] = (hsv[..., 1] * rng.uniform(*saturation)).clip(0, 255)
         if do_hue:
             hsv[..., 0] = (hsv[..., 0] + rng.integers(-hue, hue + 1) * 255.0 / 180.0) % 256
         out = np.asarray(Image.fromarray(hsv.astype(np.uint8), mode="HSV").convert("RGB")).astype(np.float32)
     if not contrast_first and rng.random() < 0.5:
-        out = clip(out * rng.uniform(*contrast))
+        out = (out * rng.uniform(*contrast)).clip(0, 255)
     return out.astype(np.uint8)
 
 
@@ -158,12 +145,8 @@ def _split_dirs(data: Mapping, split: str) -> tuple[str, str]:
 
 
 class SegDataset(Dataset):
-    """Image / label-map pairs of one split; training samples are augmented, others are returned as read.
-
-    A training sample is `{"img": 3×h×w normalised tensor, "seg": h×w int64 (ignore = 255), "id"}`;
-    an evaluation sample is `{"image": H×W×3 uint8, "seg": H×W int64, "id", "path"}`. Unreadable
-    samples come back as None (reported with their id).
-    """
+    """Image / label-map pairs of one split: training samples augmented (`{"img": 3×h×w normalised, "seg": h×w int64,
+    "id"}`), others as read (`{"image": H×W×3 uint8, "seg", "id", "path"}`); None (reported) if unreadable."""
 
     def __init__(self, cfg: Mapping, split: str = "train", train: bool | None = None):
         data = cfg["data"]
@@ -188,14 +171,8 @@ class SegDataset(Dataset):
         images = {p.stem: p for p in sorted(img_dir.iterdir())
                   if (p.suffix.lower() == suffix.lower() if suffix else p.suffix.lower() in IMAGE_SUFFIXES)}
         masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.suffix.lower() == data["mask_suffix"].lower()}
-        wanted = None
         split_file = (data.get(split) or {}).get("split")
-        if split_file:
-            path = resolve_path(cfg, split_file)
-            if not path.is_file():
-                raise FileNotFoundError(f"data.{split}.split: list {path} does not exist")
-            wanted = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        stems = wanted if wanted is not None else sorted(set(images) | set(masks))
+        stems = _read_lines(cfg, split_file, f"data.{split}.split: list") if split_file else sorted({*images, *masks})
         self.samples: list[tuple[str, Path, Path]] = []
         self.rejected: list[str] = []
         for stem in stems:
@@ -221,10 +198,8 @@ class SegDataset(Dataset):
         if seg.ndim != 2 or seg.shape != img.shape[:2]:
             raise BadSample(f"sample {stem!r}: label map {mask_path} is {seg.shape}, image {img_path} is "
                             f"{img.shape[:2]}")
-        if self.reduce_zero_label:
-            seg = seg - 1
-            seg[seg == -1] = self.ignore_index
-            seg[seg == self.ignore_index - 1] = self.ignore_index
+        if self.reduce_zero_label:  # 0 and the ignore index stay ignored, the rest shift by -1
+            seg = np.where((seg == 0) | (seg == self.ignore_index), self.ignore_index, seg - 1)
         bad = np.unique(seg[(seg != self.ignore_index) & ((seg < 0) | (seg >= self.num_classes))])
         if len(bad):
             raise BadSample(f"sample {stem!r}: label map {mask_path} has values {bad[:8].tolist()} outside the "
@@ -245,8 +220,7 @@ class SegDataset(Dataset):
     def augment(self, img: np.ndarray, seg: np.ndarray, stem: str) -> dict:
         d = self.data
         rng = np.random.default_rng(np.random.randint(0, 2**31))
-        lo, hi = d["ratio_range"] or (1.0, 1.0)
-        ratio = rng.uniform(lo, hi)
+        ratio = rng.uniform(*(d["ratio_range"] or (1.0, 1.0)))
         img, seg = resize_keep_ratio(img, scaled_size(d["img_scale"], ratio), seg)
         crop = d["crop_size"]
         img, seg = _random_crop(img, seg, crop, float(d["cat_max_ratio"]), self.ignore_index, rng)
@@ -256,10 +230,8 @@ class SegDataset(Dataset):
             img = photometric_distortion(img, rng)
         x = normalize(img, d["mean"], d["std"])
         y = torch.from_numpy(np.ascontiguousarray(seg))
-        ph, pw = crop[0] - x.shape[1], crop[1] - x.shape[2]
-        if ph > 0 or pw > 0:  # pad bottom/right to the crop size: zeros in the image, ignore in the labels
-            x = torch.nn.functional.pad(x, (0, max(pw, 0), 0, max(ph, 0)))
-            y = torch.nn.functional.pad(y, (0, max(pw, 0), 0, max(ph, 0)), value=self.ignore_index)
+        pad = (0, max(crop[1] - x.shape[2], 0), 0, max(crop[0] - x.shape[1], 0))  # bottom/right up to the crop size
+        x, y = F.pad(x, pad), F.pad(y, pad, value=self.ignore_index)  # zeros in the image, ignore in the labels
         return {"img": x, "seg": y, "id": stem}
 
 

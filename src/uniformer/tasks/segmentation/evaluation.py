@@ -1,12 +1,6 @@
-"""Segmentation inference (whole image or sliding window, optional multi-scale and flip) and its scores.
-
-Inference follows mmseg's (0.13) test path step by step: the uint8 image is resized with OpenCV
-to the recipe's scale times each test ratio (keeping its aspect ratio; with `test.size_divisor`,
-then on to multiples of it, as the Semantic FPN pipeline's AlignResize), normalised, predicted
-whole or in overlapping crops, its logits resized back to the original size, turned into
-probabilities, un-flipped and averaged over the views. Scores come from a class
-confusion accumulated over the whole set: IoU and accuracy per class, their means over the classes
-present (NaN, written as null, for a class absent from both labels and predictions), and all-pixel accuracy.
+"""Segmentation inference as mmseg 0.13's test path (whole image or sliding window, multi-scale, flip; probabilities
+averaged at the original size) and its scores: per-class IoU and accuracy over the whole set, their means over the
+classes present (NaN for a class absent from labels and predictions), and all-pixel accuracy.
 """
 from __future__ import annotations
 
@@ -43,10 +37,8 @@ def slide_logits(model: nn.Module, x: torch.Tensor, crop, stride, num_classes: i
 @torch.no_grad()
 def infer_probs(model: nn.Module, image: np.ndarray, data_cfg: Mapping, test_cfg: Mapping,
                 num_classes: int) -> torch.Tensor:
-    """Class probabilities (C×H×W) of an RGB uint8 image at its original size.
-
-    `test_cfg`: `mode` whole|slide (`crop_size`, `stride`), `scales` (ratios of `data_cfg["img_scale"]`),
-    `flip`, `size_divisor` (None: plain keep-ratio resize)."""
+    """Class probabilities (C×H×W) of an RGB uint8 image at its original size; `test_cfg`: `mode` whole|slide
+    (`crop_size`, `stride`), `scales` (ratios of `data_cfg["img_scale"]`), `flip`, `size_divisor`."""
     model.eval()
     h, w = image.shape[:2]
     device = next(model.parameters()).device
@@ -77,10 +69,8 @@ class SegMetric:
     def __init__(self, num_classes: int, ignore_index: int = 255, class_names: Sequence[str] | None = None):
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
-        self.intersect = np.zeros(num_classes, dtype=np.int64)
-        self.union = np.zeros(num_classes, dtype=np.int64)
-        self.pred_area = np.zeros(num_classes, dtype=np.int64)
-        self.label_area = np.zeros(num_classes, dtype=np.int64)
+        areas = [np.zeros(num_classes, dtype=np.int64) for _ in range(4)]
+        self.intersect, self.union, self.pred_area, self.label_area = areas
 
     def update(self, pred: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor) -> None:
         pred = torch.as_tensor(pred).reshape(-1).long()

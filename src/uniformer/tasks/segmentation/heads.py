@@ -1,12 +1,9 @@
-"""Semantic-segmentation networks of the paper: UniFormer + UperNet (+ FCN auxiliary head) or Semantic FPN.
-
-The modules mirror the attribute names of the original mmsegmentation heads (`ConvModule` with
-`conv` and `bn`; `decode_head.psp_modules`, `lateral_convs`, `fpn_convs`, `fpn_bottleneck`,
-`conv_seg`; `neck.lateral_convs`; `auxiliary_head.convs`), so an original segmentor checkpoint
-(`{"state_dict": {"backbone.*", "neck.*", "decode_head.*", "auxiliary_head.*"}}`) loads key for key.
+"""Semantic-segmentation networks of the paper: UniFormer + UperNet (+ FCN auxiliary head) or Semantic FPN, with
+the attribute names of the original mmsegmentation heads, so that an original segmentor checkpoint loads key for key.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -22,22 +19,18 @@ class ConvModule(nn.Module):
     def __init__(self, cin: int, cout: int, kernel: int, padding: int = 0, norm: bool = True, act: bool = True):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, kernel, padding=padding, bias=not norm)
-        if norm:
-            self.bn = nn.BatchNorm2d(cout)
+        self.bn = nn.BatchNorm2d(cout) if norm else nn.Identity()
         self.act = nn.ReLU(inplace=True) if act else nn.Identity()
         nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
         if self.conv.bias is not None:
             nn.init.zeros_(self.conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
-        if hasattr(self, "bn"):
-            x = self.bn(x)
-        return self.act(x)
+        return self.act(self.bn(self.conv(x)))
 
 
-def _up(x: torch.Tensor, size, align_corners: bool = False) -> torch.Tensor:
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
+def _up(x: torch.Tensor, size) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 class _DecodeHead(nn.Module):
@@ -117,16 +110,14 @@ class FPNHead(_DecodeHead):
     def __init__(self, in_channels: Sequence[int], channels: int, num_classes: int,
                  strides: Sequence[int] = (4, 8, 16, 32), dropout: float = 0.1):
         super().__init__(channels, num_classes, dropout)
-        heads = []
+        self.scale_heads = nn.ModuleList()
         for i, stride in enumerate(strides):
-            length = max(1, int(torch.log2(torch.tensor(stride / strides[0])).item()))
-            layers: list[nn.Module] = []
-            for k in range(length):
+            layers = []
+            for k in range(max(1, int(math.log2(stride / strides[0])))):
                 layers.append(ConvModule(in_channels[i] if k == 0 else channels, channels, 3, padding=1))
                 if stride != strides[0]:
                     layers.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
-            heads.append(nn.Sequential(*layers))
-        self.scale_heads = nn.ModuleList(heads)
+            self.scale_heads.append(nn.Sequential(*layers))
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         out = self.scale_heads[0](feats[0])
@@ -136,11 +127,8 @@ class FPNHead(_DecodeHead):
 
 
 class Segmentor(nn.Module):
-    """Backbone (→ neck) → decode head, with an optional auxiliary head used only for the training loss.
-
-    `forward(img)` returns class logits at the input's resolution; `forward(img, seg)` (training) the
-    losses against label maps, so that DistributedDataParallel sees the training pass as a forward call.
-    """
+    """Backbone (→ neck) → decode head (+ an auxiliary head for the training loss): `forward(img)` gives logits at
+    the input's size, `forward(img, seg)` the losses (so that DistributedDataParallel sees training as a forward)."""
 
     def __init__(self, backbone: nn.Module, decode_head: nn.Module, neck: nn.Module | None = None,
                  auxiliary_head: nn.Module | None = None, aux_in_index: int = 2, aux_weight: float = 0.4,
