@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,8 +24,8 @@ import numpy as np
 
 from .io import report_bad, resolve_path
 
-__all__ = ["CocoIndex", "load_coco", "load_coco_split", "polygons_to_mask", "annotation_mask", "coco_ground_truth",
-           "instance_results", "evaluate_instances", "INSTANCE_STATS"]
+__all__ = ["CocoIndex", "load_coco", "load_coco_split", "annotation_mask", "coco_ground_truth", "instance_results",
+           "evaluate_instances", "evaluate_coco", "INSTANCE_STATS"]
 
 INSTANCE_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -88,6 +88,12 @@ def _check_segmentation(seg, width: int, height: int) -> str | None:
             return f"RLE mask of size {size} on a {width}x{height} image"
         return None
     return f"segmentation of type {type(seg).__name__}"
+
+
+def _check_keypoints(kp, num_joints: int) -> str | None:
+    if not isinstance(kp, list) or len(kp) != 3 * num_joints:
+        return f"expected {3 * num_joints} keypoint values, got {len(kp) if isinstance(kp, list) else kp!r}"
+    return None
 
 
 def load_coco_split(cfg: Mapping, split: str, content: str, *, logger: logging.Logger,
@@ -153,11 +159,10 @@ def load_coco(ann_file: str | os.PathLike, image_dir: str | os.PathLike, *, logg
     annotations: dict[int, list[dict]] = {i: [] for i in images}
     crowd: dict[int, list[dict]] = {i: [] for i in images}
     for ann in data.get("annotations") or []:
-        aid = ann.get("id") if isinstance(ann, Mapping) else None
         if not isinstance(ann, Mapping):
             reject(f"annotation entry {ann!r:.80} is not a mapping")
             continue
-        iid = ann.get("image_id")
+        aid, iid = ann.get("id"), ann.get("image_id")
         if iid not in images:
             why = "not in the file" if iid not in all_ids else "left out (see above)"
             reject(f"annotation {aid} references image {iid}, which is {why}")
@@ -166,46 +171,28 @@ def load_coco(ann_file: str | os.PathLike, image_dir: str | os.PathLike, *, logg
             if category_ids is None:
                 reject(f"annotation {aid} (image {iid}): unknown category {ann.get('category_id')}")
             continue
-        im = images[iid]
-        box = _box(ann, im["width"], im["height"])
-        if isinstance(box, str):
-            reject(f"annotation {aid} (image {iid}): {box}")
+        w, h = images[iid]["width"], images[iid]["height"]
+        box = _box(ann, w, h)
+        problem = box if isinstance(box, str) else None
+        if problem is None and need_masks:
+            problem = _check_segmentation(ann.get("segmentation"), w, h)
+        if problem is None and need_keypoints is not None:
+            problem = _check_keypoints(ann.get("keypoints"), need_keypoints)
+        if problem:
+            reject(f"annotation {aid} (image {iid}): {problem}")
             continue
-        if need_masks:
-            problem = _check_segmentation(ann.get("segmentation"), im["width"], im["height"])
-            if problem:
-                reject(f"annotation {aid} (image {iid}): {problem}")
-                continue
-        if need_keypoints is not None:
-            kp = ann.get("keypoints")
-            if not isinstance(kp, list) or len(kp) != 3 * need_keypoints:
-                reject(f"annotation {aid} (image {iid}): expected {3 * need_keypoints} keypoint values, "
-                       f"got {len(kp) if isinstance(kp, list) else kp!r}")
-                continue
-        entry = dict(ann)
-        entry["box"] = box
-        (crowd if ann.get("iscrowd") else annotations)[iid].append(entry)
+        (crowd if ann.get("iscrowd") else annotations)[iid].append({**ann, "box": box})
     return CocoIndex(ann_file, images, annotations, crowd, categories, rejected)
 
 
-def polygons_to_mask(polygons: list[list[float]], height: int, width: int) -> np.ndarray:
-    """Rasterise COCO polygons (pixel coordinates) into an H×W uint8 mask with pycocotools."""
-    from pycocotools import mask as mask_utils
-
-    rles = mask_utils.frPyObjects(polygons, height, width)
-    with warnings.catch_warnings():  # pycocotools' decode trips NumPy 2's __array__(copy=) deprecation
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return mask_utils.decode(mask_utils.merge(rles)).astype(np.uint8)
-
-
 def annotation_mask(ann: Mapping, height: int, width: int) -> np.ndarray:
-    """The mask of a polygon or RLE annotation."""
+    """The H×W uint8 mask of a polygon or RLE annotation (rasterised by pycocotools)."""
     from pycocotools import mask as mask_utils
 
     seg = ann["segmentation"]
     if isinstance(seg, list):
-        return polygons_to_mask(seg, height, width)
-    if isinstance(seg["counts"], list):
+        seg = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    elif isinstance(seg["counts"], list):
         seg = mask_utils.frPyObjects(seg, height, width)
     with warnings.catch_warnings():  # pycocotools' decode trips NumPy 2's __array__(copy=) deprecation
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -220,21 +207,19 @@ def coco_ground_truth(index: CocoIndex, keypoints: bool = False):
     images = [{"id": im["id"], "file_name": im["file_name"], "width": im["width"], "height": im["height"]}
               for im in index.images.values()]
     anns = []
-    next_id = 1 + max([a.get("id") or 0 for lst in index.annotations.values() for a in lst] +
-                      [a.get("id") or 0 for lst in index.crowd.values() for a in lst] + [0])
-    for source in (index.annotations, index.crowd):
-        for lst in source.values():
-            for a in lst:
-                entry = {k: v for k, v in a.items() if k != "box"}
-                if entry.get("id") is None:
-                    entry["id"] = next_id
-                    next_id += 1
-                x1, y1, x2, y2 = a["box"]
-                entry.setdefault("area", (x2 - x1) * (y2 - y1))
-                entry.setdefault("iscrowd", 0)
-                if keypoints and "num_keypoints" not in entry:
-                    entry["num_keypoints"] = int(sum(v > 0 for v in entry["keypoints"][2::3]))
-                anns.append(entry)
+    usable = [a for source in (index.annotations, index.crowd) for lst in source.values() for a in lst]
+    next_id = 1 + max([a.get("id") or 0 for a in usable] + [0])
+    for a in usable:
+        entry = {k: v for k, v in a.items() if k != "box"}
+        if entry.get("id") is None:
+            entry["id"] = next_id
+            next_id += 1
+        x1, y1, x2, y2 = a["box"]
+        entry.setdefault("area", (x2 - x1) * (y2 - y1))
+        entry.setdefault("iscrowd", 0)
+        if keypoints and "num_keypoints" not in entry:
+            entry["num_keypoints"] = int(sum(v > 0 for v in entry["keypoints"][2::3]))
+        anns.append(entry)
     gt = COCO()
     gt.dataset = {"images": images, "annotations": anns, "categories": [dict(c) for c in index.categories]}
     with contextlib.redirect_stdout(io.StringIO()):
@@ -271,15 +256,23 @@ def instance_results(out: Mapping, image_id, cat_ids, segm_area: str = "box") ->
 
 def evaluate_instances(gt, results: list[dict], iou_type: str, image_ids) -> dict:
     """pycocotools COCOeval of `results` ("bbox" or "segm") on `image_ids`: `{iou_type}_AP` ... `_APl`."""
+    return evaluate_coco(gt, results, iou_type, image_ids, [f"{iou_type}_{n}" for n in INSTANCE_STATS])
+
+
+def evaluate_coco(gt, results: list[dict], iou_type: str, image_ids, stat_names: Sequence[str],
+                  sigmas: np.ndarray | None = None) -> dict:
+    """pycocotools COCOeval of `results` on `image_ids` (OKS `sigmas` for keypoints): its first stats by
+    `stat_names`, all 0.0 without results."""
     from pycocotools.cocoeval import COCOeval
 
     if not results:
-        return {f"{iou_type}_{n}": 0.0 for n in INSTANCE_STATS}
+        return {name: 0.0 for name in stat_names}
     with contextlib.redirect_stdout(io.StringIO()):
-        dt = gt.loadRes(results)
-        ev = COCOeval(gt, dt, iou_type)
+        ev = COCOeval(gt, gt.loadRes(results), iou_type)
         ev.params.imgIds = sorted(image_ids)
+        if sigmas is not None:
+            ev.params.kpt_oks_sigmas = np.asarray(sigmas)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {f"{iou_type}_{n}": float(v) for n, v in zip(INSTANCE_STATS, ev.stats[:6])}
+    return {name: float(v) for name, v in zip(stat_names, ev.stats)}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,30 +12,21 @@ import torch
 from PIL import Image
 from torch import nn
 
-from uniformer.engine.config import check, load_config
+from uniformer.engine.config import check, load_config, merge
 
 from .weights import load_task_weights
 
-__all__ = ["DenseTask", "dense_defaults", "backbone_kwargs"]
+__all__ = ["DenseTask"]
 
-
-def dense_defaults() -> dict:
-    """Engine defaults the original mmdet / mmseg / mmpose recipes change: decay on 1-D parameters too (the
-    `no_decay_keys` name what is exempt), mmcv's warm-up as a ratio of the rate, decay to 0, evaluation at
-    the end of the run (`train.eval_every` sets a period)."""
-    return {
-        "optim": {"no_decay_1d": False},
-        "sched": {"warmup_ratio": 0.001, "min_lr": 0.0},
-        "train": {"eval_every": None, "num_workers": 2},
-        "eval": {"split": "val"},
-    }
-
-
-def backbone_kwargs(b: Mapping, for_training: bool) -> dict:
-    """`uniformer.create_model` arguments of a `model.backbone` section (ImageNet weights only for training)."""
-    return dict(features_only=True, stage3=b["stage3"], window_size=int(b["window_size"]),
-                drop_path_rate=float(b["drop_path_rate"]) if for_training else 0.0,
-                checkpoint_path=b["pretrained"] if for_training else None, **(b["kwargs"] or {}))
+# Engine defaults the original mmdet / mmseg / mmpose recipes change: decay on 1-D parameters too (the
+# `no_decay_keys` name what is exempt), mmcv's warm-up as a ratio of the rate, decay to 0, evaluation at the
+# end of the run (`train.eval_every` sets a period).
+_MMCV_DEFAULTS = {
+    "optim": {"no_decay_1d": False},
+    "sched": {"warmup_ratio": 0.001, "min_lr": 0.0},
+    "train": {"eval_every": None, "num_workers": 2},
+    "eval": {"split": "val"},
+}
 
 
 class DenseTask:
@@ -43,10 +34,18 @@ class DenseTask:
 
     name = "dense"
     min_batch = 1
+    schema: dict = {}  # the task's recipe sections with their defaults (a key not there or in the engine's is an error)
+    dataset_class: type  # made as dataset_class(cfg, split, train=split == "train")
+    meta_keys: tuple[str, ...] = ("classes",)  # what `meta` takes from the training set
 
     def __init__(self, cfg: Mapping, meta: Mapping | None = None):
         self.cfg = copy.deepcopy(dict(cfg))
         self.meta = dict(meta or {})
+
+    @classmethod
+    def defaults(cls) -> dict:
+        """A fresh copy of this task's part of the recipe schema."""
+        return merge(_MMCV_DEFAULTS, {"task": cls.name, "description": "", **cls.schema}, strict=False)
 
     @classmethod
     def resolve(cls, recipe: Mapping) -> dict:
@@ -63,6 +62,30 @@ class DenseTask:
               "expected global, window or hybrid")
         check(0 <= b["drop_path_rate"] < 1, where, "model.backbone.drop_path_rate", b["drop_path_rate"],
               "expected a number in [0, 1)")
+
+    def _has_split(self, split: str) -> bool:
+        """Whether the recipe has `split` (the training split is always made, to fail on what it lacks)."""
+        return bool((self.cfg["data"].get(split) or {}).get("annotations"))
+
+    def build_datasets(self, splits: Sequence[str]) -> dict:
+        sets = {split: self.dataset_class(self.cfg, split, train=split == "train")
+                if split == "train" or self._has_split(split) else None for split in splits}
+        if sets.get("train") is not None:
+            self.meta = {key: getattr(sets["train"], key) for key in self.meta_keys}
+        return sets
+
+    def eval_defaults(self) -> tuple[int, int]:
+        return int(self.cfg["test"].get("batch_size", 1)), 0  # segmentation: images of many sizes, one by one
+
+    def _backbone(self, for_training: bool, **options) -> nn.Module:
+        """The UniFormer of `model.backbone` (ImageNet weights and drop path only for training)."""
+        import uniformer
+
+        b = self.cfg["model"]["backbone"]
+        return uniformer.create_model(b["name"], **options, features_only=True, stage3=b["stage3"],
+                                      window_size=int(b["window_size"]),
+                                      drop_path_rate=float(b["drop_path_rate"]) if for_training else 0.0,
+                                      checkpoint_path=b["pretrained"] if for_training else None, **(b["kwargs"] or {}))
 
     def _weight_options(self, model: nn.Module) -> dict:
         """Extra arguments of `load_task_weights` (converter of original checkpoints, backbone location)."""

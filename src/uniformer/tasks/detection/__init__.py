@@ -33,12 +33,10 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from uniformer.engine.config import merge
-
 from ..dense.coco import coco_ground_truth, evaluate_instances, instance_results
 from ..dense.io import resolve_path
 from ..dense.synthetic import write_shapes_coco
-from ..dense.task import DenseTask, backbone_kwargs, dense_defaults
+from ..dense.task import DenseTask
 from ..dense.visualize import draw_instances
 from .convert import mmdet_key_converter
 from .data import DetDataset, det_collate
@@ -47,41 +45,6 @@ from .detector import DetectorFlops, build_detector, detect
 __all__ = ["Task", "complexity", "recipe_complexity"]
 
 TASK = "detection"
-
-
-def _defaults() -> dict:
-    """A fresh copy of this task's part of the recipe schema (a key not here or in the engine's is an error)."""
-    return merge(dense_defaults(), {
-        "task": TASK,
-        "description": "",
-        "model": {
-            "backbone": {"name": "uniformer_small", "stage3": "hybrid", "window_size": 14, "drop_path_rate": 0.2,
-                         "pretrained": None, "kwargs": {}},
-            "with_masks": True, "fpn_channels": 256, "box_head_dim": 1024, "mask_head_channels": [256, 256, 256, 256],
-            "anchor_sizes": [32, 64, 128, 256, 512], "rpn_batch": 256, "roi_batch": 512,
-            "rpn_train_proposals": [2000, 1000], "rpn_test_proposals": [1000, 1000],
-            "type": "mask_rcnn", "box_loss": None, "rpn_box_loss": None, "rpn_allowed_border": None,
-            "cascade": {"box_head_convs": 4, "box_head_fcs": 1, "box_head_norm": True, "class_agnostic": False,
-                        "stage_ious": [0.5, 0.6, 0.7], "stage_loss_weights": [1.0, 0.5, 0.25],
-                        "stage_stds": [[0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1], [0.033, 0.033, 0.067, 0.067]]},
-            "checkpoint": None, "skip_mismatched": False,
-        },
-        "data": {
-            "root": "data/coco",
-            "train": {"annotations": "annotations/instances_train2017.json", "images": "train2017"},
-            "val": {"annotations": "annotations/instances_val2017.json", "images": "val2017"},
-            "classes": None,
-            "train_scales": [800], "test_scale": 800, "max_size": 1333, "flip_prob": 0.5,
-            "crop_policy": None, "crop_scales": [400, 500, 600], "crop_size": [384, 600],
-            "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-        },
-        "train": {"epochs": 12, "batch_size": 2, "log_every": 50},
-        "optim": {"lr": 1e-4, "weight_decay": 0.05, "no_decay_keys": ["norm"]},
-        "sched": {"name": "step", "warmup_iters": 500, "warmup_ratio": 0.001, "steps": [8, 11], "gamma": 0.1},
-        "checkpoint": {"best_metric": "val_bbox_AP"},
-        "test": {"score_thresh": 0.05, "detections_per_img": 100, "mask_thresh": 0.5, "batch_size": 1,
-                 "segm_area": "box"},
-    }, strict=False)
 
 
 def _class_names(cfg: Mapping) -> list[str]:
@@ -112,36 +75,53 @@ class Task(DenseTask):
     """Mask R-CNN / Faster R-CNN on a COCO-style instances dataset."""
 
     name = TASK
-
-    defaults = staticmethod(_defaults)
+    schema = {  # the 1x schedule
+        "model": {
+            "backbone": {"name": "uniformer_small", "stage3": "hybrid", "window_size": 14, "drop_path_rate": 0.2,
+                         "pretrained": None, "kwargs": {}},
+            "with_masks": True, "fpn_channels": 256, "box_head_dim": 1024, "mask_head_channels": [256, 256, 256, 256],
+            "anchor_sizes": [32, 64, 128, 256, 512], "rpn_batch": 256, "roi_batch": 512,
+            "rpn_train_proposals": [2000, 1000], "rpn_test_proposals": [1000, 1000],
+            "type": "mask_rcnn", "box_loss": None, "rpn_box_loss": None, "rpn_allowed_border": None,
+            "cascade": {"box_head_convs": 4, "box_head_fcs": 1, "box_head_norm": True, "class_agnostic": False,
+                        "stage_ious": [0.5, 0.6, 0.7], "stage_loss_weights": [1.0, 0.5, 0.25],
+                        "stage_stds": [[0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1], [0.033, 0.033, 0.067, 0.067]]},
+            "checkpoint": None, "skip_mismatched": False,
+        },
+        "data": {
+            "root": "data/coco",
+            "train": {"annotations": "annotations/instances_train2017.json", "images": "train2017"},
+            "val": {"annotations": "annotations/instances_val2017.json", "images": "val2017"},
+            "classes": None,
+            "train_scales": [800], "test_scale": 800, "max_size": 1333, "flip_prob": 0.5,
+            "crop_policy": None, "crop_scales": [400, 500, 600], "crop_size": [384, 600],
+            "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+        },
+        "train": {"epochs": 12, "batch_size": 2, "log_every": 50},
+        "optim": {"lr": 1e-4, "weight_decay": 0.05, "no_decay_keys": ["norm"]},
+        "sched": {"name": "step", "warmup_iters": 500, "warmup_ratio": 0.001, "steps": [8, 11], "gamma": 0.1},
+        "checkpoint": {"best_metric": "val_bbox_AP"},
+        "test": {"score_thresh": 0.05, "detections_per_img": 100, "mask_thresh": 0.5, "batch_size": 1,
+                 "segm_area": "box"},
+    }
+    dataset_class = DetDataset
+    meta_keys = ("classes", "cat_ids")
+    collate = staticmethod(det_collate)
 
     def build_datasets(self, splits: Sequence[str]) -> dict:
-        sets: dict = {}
-        for split in splits:
-            has = bool((self.cfg["data"].get(split) or {}).get("annotations"))
-            sets[split] = DetDataset(self.cfg, split, train=split == "train") if has or split == "train" else None
-        train = sets.get("train")
-        if train is not None:
-            self.meta = {"classes": train.classes, "cat_ids": train.cat_ids}
+        sets = super().build_datasets(splits)
         for ds in sets.values():
             if ds is not None and self.meta and ds.cat_ids != self.meta["cat_ids"]:
                 raise ValueError(f"{ds.ann_file} lists other categories than the training set")
         return sets
 
-    collate = staticmethod(det_collate)
-
     def batch_size(self, batch) -> int:
-        return len(batch[0]) if batch is not None else 0
+        return len(batch[0])
 
     def build_model(self, for_training: bool = True) -> nn.Module:
-        import uniformer
-
-        cfg = self.cfg
-        m, d = cfg["model"], cfg["data"]
-        classes = self.meta.get("classes") or _class_names(cfg)
-        body = uniformer.create_model(m["backbone"]["name"], **backbone_kwargs(m["backbone"], for_training))
-        model = build_detector(body, len(classes), m, mean=d["mean"], std=d["std"],
-                               score_thresh=float(cfg["test"]["score_thresh"]),
+        cfg, num_classes = self.cfg, len(self.classes)  # no classes: fail before building the backbone
+        model = build_detector(self._backbone(for_training), num_classes, cfg["model"], mean=cfg["data"]["mean"],
+                               std=cfg["data"]["std"], score_thresh=float(cfg["test"]["score_thresh"]),
                                detections_per_img=int(cfg["test"]["detections_per_img"]))
         return self._initial_weights(model, for_training)
 
@@ -152,9 +132,6 @@ class Task(DenseTask):
     def training_step(self, model: nn.Module, batch) -> dict:
         images, targets = batch
         return model(images, targets)  # named losses: loss_objectness, loss_rpn_box_reg, loss_classifier, ...
-
-    def eval_defaults(self) -> tuple[int, int]:
-        return int(self.cfg["test"]["batch_size"]), 0
 
     def evaluate(self, model: nn.Module, dataset: DetDataset, batches) -> dict:
         segm_area = str(self.cfg["test"]["segm_area"])

@@ -18,8 +18,6 @@ Recipe sections of this task (defaults in `Task.defaults()`; engine sections in 
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,11 +25,9 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from uniformer.engine.config import merge
-
-from ..dense.coco import coco_ground_truth
+from ..dense.coco import coco_ground_truth, evaluate_coco
 from ..dense.synthetic import COCO_FLIP_PAIRS, COCO_SKELETON, write_pose_coco
-from ..dense.task import DenseTask, backbone_kwargs, dense_defaults
+from ..dense.task import DenseTask
 from ..dense.visualize import draw_keypoints
 from .data import PoseDataset, pose_collate
 from .decoding import COCO_SIGMAS, decode_heatmaps, estimate_poses, rescore_and_nms, topdown_heatmaps
@@ -41,36 +37,6 @@ __all__ = ["Task", "read_person_boxes", "boxes_from_detector", "complexity", "re
 
 TASK = "pose"
 STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
-
-def _defaults() -> dict:
-    """A fresh copy of this task's part of the recipe schema (a key not here or in the engine's is an error)."""
-    return merge(dense_defaults(), {
-        "task": TASK,
-        "description": "",
-        "model": {
-            "backbone": {"name": "uniformer_small", "stage3": "global", "window_size": 14, "drop_path_rate": 0.2,
-                         "pretrained": None, "kwargs": {}},
-            "num_deconv": 3, "deconv_channels": 256, "final_kernel": 1, "checkpoint": None, "skip_mismatched": False,
-        },
-        "data": {
-            "root": "data/coco",
-            "train": {"annotations": "annotations/person_keypoints_train2017.json", "images": "train2017",
-                      "detections": None},
-            "val": {"annotations": "annotations/person_keypoints_val2017.json", "images": "val2017",
-                    "detections": "person_detection_results/COCO_val2017_detections_AP_H_56_person.json"},
-            "num_joints": 17, "flip_pairs": None, "skeleton": None, "sigmas": None,
-            "upper_body_ids": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
-            "input_size": [192, 256], "heatmap_size": None, "sigma": 2.0, "bbox_padding": 1.25, "det_bbox_thr": 0.0,
-            "flip_prob": 0.5, "half_body_prob": 0.3, "half_body_min_joints": 8, "scale_factor": 0.5, "rot_factor": 40,
-            "rot_prob": 0.6, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-        },
-        "train": {"epochs": 210, "batch_size": 64, "num_workers": 4, "log_every": 50},
-        "optim": {"lr": 2e-3, "weight_decay": 0.01},
-        "sched": {"name": "step", "warmup_iters": 500, "warmup_ratio": 0.001, "steps": [170, 200], "gamma": 0.1},
-        "checkpoint": {"every": 5, "best_metric": "val_AP"},
-        "test": {"flip": True, "shift_heatmap": True, "post_process": "default", "modulate_kernel": 11, "vis_thr": 0.2,
-                 "oks_thr": 0.9, "use_gt_bbox": False, "batch_size": 32},
-    }, strict=False)
 
 
 def _flip_pairs(cfg) -> list[tuple[int, int]]:
@@ -117,21 +83,10 @@ def _rescore_and_nms(people: list[dict], cfg: Mapping) -> list[dict]:
 
 def _coco_keypoint_eval(dataset: PoseDataset, results: list[dict], image_ids: Sequence, sigmas: np.ndarray) -> dict:
     """OKS AP / AR with pycocotools' COCOeval ('keypoints') over the usable images that were predicted."""
-    from pycocotools.cocoeval import COCOeval
-
-    if not results:
-        return {name: 0.0 for name in STAT_NAMES}
-    gt = coco_ground_truth(dataset.index, keypoints=True)
-    with contextlib.redirect_stdout(io.StringIO()):
-        dt = gt.loadRes([{"image_id": r["image_id"], "category_id": 1, "score": float(r["score"]),
-                          "keypoints": [float(v) for v in r["keypoints"].reshape(-1)]} for r in results])
-        ev = COCOeval(gt, dt, "keypoints")
-        ev.params.imgIds = sorted(image_ids)
-        ev.params.kpt_oks_sigmas = np.asarray(sigmas)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return {name: float(v) for name, v in zip(STAT_NAMES, ev.stats)}
+    dt = [{"image_id": r["image_id"], "category_id": 1, "score": float(r["score"]),
+           "keypoints": [float(v) for v in r["keypoints"].reshape(-1)]} for r in results]
+    return evaluate_coco(coco_ground_truth(dataset.index, keypoints=True), dt, "keypoints", image_ids, STAT_NAMES,
+                         sigmas)
 
 
 class Task(DenseTask):
@@ -139,33 +94,45 @@ class Task(DenseTask):
 
     name = TASK
     min_batch = 2  # BatchNorm in the heads
-
-    defaults = staticmethod(_defaults)
-
-    def build_datasets(self, splits: Sequence[str]) -> dict:
-        sets = {}
-        for split in splits:
-            has = bool((self.cfg["data"].get(split) or {}).get("annotations"))
-            sets[split] = PoseDataset(self.cfg, split, train=split == "train") if has or split == "train" else None
-        if sets.get("train") is not None:
-            self.meta = {"num_joints": sets["train"].num_joints}
-        return sets
-
+    schema = {
+        "model": {
+        "backbone": {"name": "uniformer_small", "stage3": "global", "window_size": 14, "drop_path_rate": 0.2,
+                     "pretrained": None, "kwargs": {}},
+        "num_deconv": 3, "deconv_channels": 256, "final_kernel": 1, "checkpoint": None, "skip_mismatched": False,
+    },
+    "data": {
+        "root": "data/coco",
+        "train": {"annotations": "annotations/person_keypoints_train2017.json", "images": "train2017",
+                  "detections": None},
+        "val": {"annotations": "annotations/person_keypoints_val2017.json", "images": "val2017",
+                "detections": "person_detection_results/COCO_val2017_detections_AP_H_56_person.json"},
+        "num_joints": 17, "flip_pairs": None, "skeleton": None, "sigmas": None,
+        "upper_body_ids": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+        "input_size": [192, 256], "heatmap_size": None, "sigma": 2.0, "bbox_padding": 1.25, "det_bbox_thr": 0.0,
+        "flip_prob": 0.5, "half_body_prob": 0.3, "half_body_min_joints": 8, "scale_factor": 0.5, "rot_factor": 40,
+        "rot_prob": 0.6, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+    },
+    "train": {"epochs": 210, "batch_size": 64, "num_workers": 4, "log_every": 50},
+    "optim": {"lr": 2e-3, "weight_decay": 0.01},
+    "sched": {"name": "step", "warmup_iters": 500, "warmup_ratio": 0.001, "steps": [170, 200], "gamma": 0.1},
+    "checkpoint": {"every": 5, "best_metric": "val_AP"},
+    "test": {"flip": True, "shift_heatmap": True, "post_process": "default", "modulate_kernel": 11, "vis_thr": 0.2,
+             "oks_thr": 0.9, "use_gt_bbox": False, "batch_size": 32},
+    }
+    dataset_class = PoseDataset
+    meta_keys = ("num_joints",)
     collate = staticmethod(pose_collate)
 
     def batch_size(self, batch) -> int:
-        return len(batch["index"]) if batch is not None else 0
+        return len(batch["index"])
 
     def build_model(self, for_training: bool = True) -> TopDownPose:
-        import uniformer
-
         m, d = self.cfg["model"], self.cfg["data"]
         w, h = d["input_size"]
         if w % 32 or h % 32:
             raise ValueError(f"data.input_size {w}x{h}: width and height must be multiples of 32 (the heatmaps are "
                              "the backbone's stride-32 map upsampled 8x)")
-        backbone = uniformer.create_model(m["backbone"]["name"], out_indices=(3,),
-                                          **backbone_kwargs(m["backbone"], for_training))
+        backbone = self._backbone(for_training, out_indices=(3,))
         for i in (1, 2, 3):  # the output norms of the stages the head does not read: kept (original
             norm = getattr(backbone, f"norm{i}", None)  # checkpoints hold them), not trained (DDP needs every
             if norm is not None:  # trained parameter to receive a gradient)
@@ -180,9 +147,6 @@ class Task(DenseTask):
             raise ValueError(f"heatmaps {tuple(heat.shape)} vs targets {tuple(target.shape)}: data.heatmap_size must "
                              "be a quarter of data.input_size")
         return {"loss_kpt": joints_mse_loss(heat.float(), target, batch["target_weight"])}
-
-    def eval_defaults(self) -> tuple[int, int]:
-        return int(self.cfg["test"]["batch_size"]), 0
 
     def eval_collate(self, items: list):
         return [i for i, _ in items], pose_collate([sample for _, sample in items])

@@ -29,10 +29,8 @@ import numpy as np
 from PIL import Image
 from torch import nn
 
-from uniformer.engine.config import merge
-
 from ..dense.synthetic import write_shapes_segmentation
-from ..dense.task import DenseTask, backbone_kwargs, dense_defaults
+from ..dense.task import DenseTask
 from ..dense.visualize import draw_label_map
 from .data import SegDataset, read_classes, seg_collate
 from .evaluation import SegMetric, infer_probs
@@ -43,11 +41,12 @@ __all__ = ["Task", "complexity", "recipe_complexity"]
 TASK = "segmentation"
 
 
-def _defaults() -> dict:
-    """A fresh copy of this task's part of the recipe schema (a key not here or in the engine's is an error)."""
-    return merge(dense_defaults(), {
-        "task": TASK,
-        "description": "",
+class Task(DenseTask):
+    """Semantic FPN / UperNet on an ADE20K-layout or image-folder + mask-folder dataset."""
+
+    name = TASK
+    min_batch = 2  # BatchNorm in the heads
+    schema = {
         "model": {
             "backbone": {"name": "uniformer_small", "stage3": "global", "window_size": 32, "drop_path_rate": 0.1,
                          "pretrained": None, "kwargs": {}},
@@ -71,16 +70,9 @@ def _defaults() -> dict:
         "checkpoint": {"every": 8000, "best_metric": "val_mIoU"},
         "test": {"mode": "whole", "crop_size": [512, 512], "stride": [341, 341], "scales": [1.0], "flip": False,
                  "size_divisor": None},
-    }, strict=False)
-
-
-class Task(DenseTask):
-    """Semantic FPN / UperNet on an ADE20K-layout or image-folder + mask-folder dataset."""
-
-    name = TASK
-    min_batch = 2  # BatchNorm in the heads
-
-    defaults = staticmethod(_defaults)
+    }
+    dataset_class = SegDataset
+    collate = staticmethod(seg_collate)
 
     @staticmethod
     def validate(cfg: dict, where: str) -> None:
@@ -92,27 +84,17 @@ class Task(DenseTask):
             elif data["classes"] is None and data["format"] == "ade20k":
                 data["num_classes"] = 150
 
-    def build_datasets(self, splits: Sequence[str]) -> dict:
+    def _has_split(self, split: str) -> bool:
         d = self.cfg["data"]
-        sets = {}
-        for split in splits:
-            absent = split != "train" and d["format"] == "folder" and not (d.get(split) or {}).get("images")
-            sets[split] = None if absent else SegDataset(self.cfg, split, train=split == "train")
-        if sets.get("train") is not None:
-            self.meta = {"classes": list(sets["train"].classes)}
-        return sets
-
-    collate = staticmethod(seg_collate)
+        return d["format"] != "folder" or bool((d.get(split) or {}).get("images"))
 
     def batch_size(self, batch) -> int:
-        return len(batch["ids"]) if batch is not None else 0
+        return len(batch["ids"])
 
     def build_model(self, for_training: bool = True) -> Segmentor:
-        import uniformer
-
         m, cfg = self.cfg["model"], self.cfg
-        num_classes = len(self.meta.get("classes") or read_classes(cfg["data"], cfg))
-        backbone = uniformer.create_model(m["backbone"]["name"], **backbone_kwargs(m["backbone"], for_training))
+        num_classes = len(self.classes)
+        backbone = self._backbone(for_training)
         chans = backbone.feature_info.channels()
         if len(chans) != 4:
             raise ValueError("model.backbone: the segmentation heads need all four stage maps (out_indices 0..3)")
@@ -133,9 +115,6 @@ class Task(DenseTask):
 
     def training_step(self, model: nn.Module, batch: dict) -> dict:
         return model(batch["img"], batch["seg"])  # loss_seg (+ loss_aux)
-
-    def eval_defaults(self) -> tuple[int, int]:
-        return 1, 0  # images of different sizes: inferred one by one
 
     def evaluate(self, model: nn.Module, dataset: SegDataset, batches) -> dict:
         metric = SegMetric(dataset.num_classes, dataset.ignore_index, dataset.classes)
