@@ -1,11 +1,8 @@
 """Loading weights into a composed dense model: our own checkpoints, and the original toolboxes' files.
 
-Original detector / segmentor / pose checkpoints are `{"meta": ..., "state_dict": {"backbone.*": ...,
-"neck.*" / "decode_head.*" / "rpn_head.*" / "keypoint_head.*": ...}}`. The backbone part goes through
-`uniformer.load_checkpoint` (the package's converter, which checks every key); the rest is renamed
-by the task's `convert` function to the composed model's names and must then fit exactly, or the
-error lists what is missing, unexpected or of another shape. An ImageNet (classification)
-checkpoint fills the backbone only and leaves the heads as initialised.
+Original detector / segmentor / pose checkpoints hold `backbone.*` and head tensors under `state_dict`: the
+backbone goes through the package's converter (`uniformer.models.checkpoint.load_state`); the heads, renamed by
+the task's `convert`, must then fit exactly. An ImageNet checkpoint fills the backbone only.
 """
 from __future__ import annotations
 
@@ -15,14 +12,11 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from uniformer.models.checkpoint import CheckpointError, _listing, load_state
+
 __all__ = ["load_task_weights"]
 
 _logger = logging.getLogger("uniformer.tasks.dense")
-
-
-def _listing(keys, n: int = 5) -> str:
-    keys = list(keys)
-    return f"{len(keys)} ({', '.join(keys[:n])}{', ...' if len(keys) > n else ''})"
 
 
 def load_task_weights(model: nn.Module, path, *, task: str,
@@ -39,7 +33,6 @@ def load_task_weights(model: nn.Module, path, *, task: str,
     classes) at their initial values instead of raising, for fine-tuning on a new label set.
     """
     from uniformer.engine.checkpoint import as_checkpoint, load_run_weights
-    from uniformer.models.checkpoint import CheckpointError, load_state
 
     ckpt = as_checkpoint(path)
     path = ckpt.path
@@ -63,7 +56,8 @@ def load_task_weights(model: nn.Module, path, *, task: str,
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{path}: no state dict found (expected a 'state_dict' entry holding tensors)")
     sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
-    meta = dict(obj.get("meta") or {}) if isinstance(obj, Mapping) and isinstance(obj.get("meta"), Mapping) else {}
+    meta = obj.get("meta") if isinstance(obj, Mapping) else None
+    meta = dict(meta) if isinstance(meta, Mapping) else {}
     try:
         load_state(backbone if backbone is not None else model.backbone, obj, path, meta=ckpt.meta)
     except CheckpointError as e:
