@@ -78,18 +78,16 @@ def _upgrade_recipe(task: str, cfg: Mapping) -> dict:
         if "checkpoint_every" in train_cfg:
             cfg.setdefault("checkpoint", {})["every"] = train_cfg.pop("checkpoint_every") or 1
         train_cfg.pop("max_iters", None)
-        if train_cfg.get("eval_every") is None:
-            train_cfg["eval_every"] = None
+        train_cfg.setdefault("eval_every", None)
     return cfg
 
 
 def task_from_checkpoint(checkpoint: str | os.PathLike | CheckpointFile,
                          recipe: str | os.PathLike | Mapping | None = None,
                          overrides: Sequence[str] | None = None, task: str | None = None):
-    """The task behind `checkpoint` (a path, or a file already read): the task and recipe recorded in a
-    checkpoint of this package (a recipe given too replaces the recorded one, e.g. for other data), or `task`
-    and `recipe` for an original toolbox file. Returns the task object, ready for `build_model()` and
-    `load_weights()`."""
+    """The task object behind `checkpoint` (a path or a file already read), ready for `build_model()` and
+    `load_weights()`: from the task and recipe a run checkpoint records (a `recipe` given replaces that one),
+    or from `task` / `recipe` for an original toolbox file."""
     ckpt = as_checkpoint(checkpoint)
     checkpoint = ckpt.path
     if ckpt.run is not None:
@@ -173,7 +171,7 @@ def open(source: str | os.PathLike | None = None, *, model: str | None = None,
     dev = resolve_device(device)  # an unavailable device fails before any download
     _check_classification_options(task or (recipe_task(recipe) if recipe is not None else None), model,
                                   model_options, labels, data, runtime)
-    if source is not None and not Path(source).exists() and _is_tag(str(source)):
+    if source is not None and _is_tag(str(source)):
         if model is not None:
             raise ValueError(f"{source} is a released tag; --model is for an original checkpoint file")
         source, model = None, str(source)
@@ -198,13 +196,13 @@ def open(source: str | os.PathLike | None = None, *, model: str | None = None,
     if ckpt.run is None and name != "classification" and recipe is None:
         raise ConfigError(f"{ckpt.path} is not a checkpoint of this package, so it records no task or recipe: give "
                           f"the recipe of this {name} model (--config)")
-    if ckpt.run is not None or name != "classification" or recipe is not None:
+    if ckpt.run is not None or recipe is not None:  # (any other task's original file needs its recipe)
         the_task = task_from_checkpoint(ckpt, recipe, overrides, task)
         if the_task.name == "classification" and ckpt.run is None:  # an original file with its recipe
             from .classification.predict import original_meta
 
             the_task.meta = original_meta(ckpt, the_task.cfg)
-        if the_task.name == "classification" and ckpt.run is not None:
+        elif the_task.name == "classification":
             spec = the_task.meta["model_spec"]
             if model and model.split(".")[0] != spec["name"]:
                 raise ValueError(f"--model {model}: {ckpt.path} was trained as {spec['name']}")

@@ -44,7 +44,6 @@ from .detector import DetectorFlops, build_detector, detect
 
 __all__ = ["Task", "complexity", "recipe_complexity"]
 
-TASK = "detection"
 
 
 def _class_names(cfg: Mapping) -> list[str]:
@@ -74,7 +73,7 @@ def _detect(model: nn.Module, images: list[np.ndarray], cfg: Mapping) -> list[di
 class Task(DenseTask):
     """Mask R-CNN / Faster R-CNN on a COCO-style instances dataset."""
 
-    name = TASK
+    name = "detection"
     schema = {  # the 1x schedule
         "model": {
             "backbone": {"name": "uniformer_small", "stage3": "hybrid", "window_size": 14, "drop_path_rate": 0.2,
@@ -206,13 +205,10 @@ def complexity(variants: Sequence[str] = ("uniformer_small", "uniformer_base"), 
     """Parameters and GFLOPs of Mask R-CNN (or `model_type="cascade_mask_rcnn"`) on UniFormer at `input_size`
     (height, width), counting as mmdet's get_flops does: backbone + FPN + RPN head, the box head(s) on 1000
     proposals, the mask head(s) on 100."""
-    rows = []
-    for variant in variants:
-        cfg = Task.resolve({"task": TASK, "model": {"type": model_type,
-                                     "backbone": {"name": variant, "stage3": stage3, "window_size": window_size}},
-                           "data": {"classes": [f"c{i}" for i in range(num_classes)]}})
-        rows.append(recipe_complexity(cfg, input_size))
-    return rows
+    classes = [f"c{i}" for i in range(num_classes)]
+    recipes = [{"model": {"type": model_type, "backbone": {"name": name, "stage3": stage3, "window_size": window_size}},
+                "data": {"classes": classes}} for name in variants]
+    return [recipe_complexity(Task.resolve(recipe), input_size) for recipe in recipes]
 
 
 def recipe_complexity(cfg: Mapping, input_size: Sequence[int] | None = None) -> dict:

@@ -35,7 +35,6 @@ from .head import HeatmapHead, TopDownPose, joints_mse_loss
 
 __all__ = ["Task", "read_person_boxes", "boxes_from_detector", "complexity", "recipe_complexity"]
 
-TASK = "pose"
 STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 
 
@@ -92,7 +91,7 @@ def _coco_keypoint_eval(dataset: PoseDataset, results: list[dict], image_ids: Se
 class Task(DenseTask):
     """Top-down pose estimation on COCO-style keypoint annotations (ground-truth or detected person boxes)."""
 
-    name = TASK
+    name = "pose"
     min_batch = 2  # BatchNorm in the heads
     schema = {
         "model": {
@@ -263,7 +262,7 @@ def boxes_from_detector(detector, inputs, score_thr: float = 0.3) -> dict[str, l
 def complexity(variants: Sequence[str] = ("uniformer_small", "uniformer_base"),
                input_sizes: Sequence[Sequence[int]] = ((256, 192), (384, 288), (448, 320))) -> list[dict]:
     """Parameters and GFLOPs (multiply-adds, one crop) of the composed pose networks; sizes are (height, width)."""
-    return [recipe_complexity(Task.resolve({"task": TASK, "model": {"backbone": {"name": variant}},
+    return [recipe_complexity(Task.resolve({"model": {"backbone": {"name": variant}},
                                            "data": {"input_size": [w, h]}}))
             for variant in variants for h, w in input_sizes]
 

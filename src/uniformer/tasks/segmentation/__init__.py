@@ -38,13 +38,12 @@ from .heads import FCNHead, FPNHead, FPNNeck, Segmentor, UPerHead
 
 __all__ = ["Task", "complexity", "recipe_complexity"]
 
-TASK = "segmentation"
 
 
 class Task(DenseTask):
     """Semantic FPN / UperNet on an ADE20K-layout or image-folder + mask-folder dataset."""
 
-    name = TASK
+    name = "segmentation"
     min_batch = 2  # BatchNorm in the heads
     schema = {
         "model": {
@@ -169,15 +168,11 @@ def complexity(variants: Sequence[str] = ("uniformer_small", "uniformer_base"),
                heads: Sequence[str] = ("fpn", "upernet"), input_size: Sequence[int] = (512, 2048),
                stage3: str = "global", num_classes: int = 150) -> list[dict]:
     """Parameters and GFLOPs (multiply-adds, batch of one) of the composed segmentors at `input_size`."""
-    rows = []
-    for variant in variants:
-        for head in heads:
-            cfg = Task.resolve({"task": TASK, "model": {"backbone": {"name": variant, "stage3": stage3}, "head": head,
-                                         "channels": 512 if head == "upernet" else 128,
-                                         "aux_head": head == "upernet"},
-                               "data": {"num_classes": num_classes}})
-            rows.append(recipe_complexity(cfg, input_size))
-    return rows
+    return [recipe_complexity(Task.resolve({"model": {"backbone": {"name": variant, "stage3": stage3}, "head": head,
+                                                      "channels": 512 if head == "upernet" else 128,
+                                                      "aux_head": head == "upernet"},
+                                            "data": {"num_classes": num_classes}}), input_size)
+            for variant in variants for head in heads]
 
 
 def recipe_complexity(cfg: Mapping, input_size: Sequence[int] | None = None) -> dict:
