@@ -1,12 +1,6 @@
-"""Reading COCO-style JSON (instances and person keypoints) with every bad entry reported and left out.
-
-What is checked, each reported with the image or annotation id and then skipped:
-images whose file is missing, duplicate image ids, annotations that reference an image not in the
-file (or whose file is missing), unknown categories, boxes that are malformed, empty or degenerate
-(width or height <= 1 pixel after clipping to the image), polygons with fewer than three points or
-lying entirely outside the image, RLE masks of another size than their image, keypoint lists of
-the wrong length. Crowd annotations are kept apart (`crowd`), as training ignores them.
-"""
+"""Reading COCO-style JSON (instances and person keypoints) with every bad entry (missing image file, duplicate
+id, unknown image or category, degenerate box after clipping, bad polygon / RLE / keypoint list) reported by its
+id and left out; crowd annotations are kept apart (`crowd`), as training ignores them. COCOeval helpers."""
 from __future__ import annotations
 
 import contextlib
@@ -111,12 +105,8 @@ def load_coco_split(cfg: Mapping, split: str, content: str, *, logger: logging.L
 def load_coco(ann_file: str | os.PathLike, image_dir: str | os.PathLike, *, logger: logging.Logger,
               need_masks: bool = False, need_keypoints: int | None = None, category_ids: list[int] | None = None,
               check_files: bool = True) -> CocoIndex:
-    """Index a COCO JSON file, reporting (via `logger`) and leaving out every unusable entry.
-
-    `need_masks`: annotations must carry a valid polygon or RLE segmentation.
-    `need_keypoints`: annotations must carry 3 × that many keypoint values.
-    `category_ids`: keep only these categories (default: all listed in the file).
-    """
+    """Index a COCO JSON file, reporting (via `logger`) and leaving out every unusable entry: without a valid
+    segmentation (`need_masks`) or 3 × `need_keypoints` keypoint values; `category_ids`: only these categories."""
     ann_file, image_dir = Path(ann_file), Path(image_dir)
     if not ann_file.is_file():
         raise FileNotFoundError(f"annotation file {ann_file} does not exist")

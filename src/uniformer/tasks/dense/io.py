@@ -1,9 +1,6 @@
-"""Reading images and label maps so that a bad file is reported by its id and skipped, never fatal.
-
-Datasets call `read_image` inside `__getitem__`; a file that is missing or cannot be decoded
-raises `BadSample`, which the dataset turns into a logged warning (naming the sample id and file)
-and a None sample that the collate functions drop.
-"""
+"""Reading images and label maps so that a bad file is reported by its id and skipped, never fatal: a missing
+or undecodable file raises `BadSample`, which a dataset logs (naming the sample id and file) and turns into a
+None sample that the collate functions drop."""
 from __future__ import annotations
 
 import logging
@@ -14,14 +11,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from uniformer.engine.config import expand_path
+
 __all__ = ["resolve_path", "BadSample", "read_image", "read_label_map", "list_images", "readable_images",
            "IMAGE_SUFFIXES", "report_bad"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def _expand(path: str | os.PathLike) -> Path:
-    return Path(os.path.expandvars(os.path.expanduser(str(path))))
 
 
 def resolve_path(cfg: Mapping, path: str | os.PathLike | None) -> Path | None:
@@ -29,8 +24,8 @@ def resolve_path(cfg: Mapping, path: str | os.PathLike | None) -> Path | None:
     working directory, as in the original toolboxes."""
     if path is None:
         return None
-    p, root = _expand(path), cfg.get("data", {}).get("root")
-    return p if p.is_absolute() or root is None else _expand(root) / p
+    p, root = Path(expand_path(str(path))), cfg.get("data", {}).get("root")
+    return p if p.is_absolute() or root is None else Path(expand_path(str(root))) / p
 
 
 class BadSample(RuntimeError):

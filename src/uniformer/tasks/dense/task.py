@@ -7,13 +7,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from uniformer.engine.config import check, load_config, merge
 
+from .io import readable_images, resolve_path
 from .weights import load_task_weights
 
 __all__ = ["DenseTask"]
@@ -107,17 +106,10 @@ class DenseTask:
     def write_pictures(self, folder: Path, metrics: Mapping, prefix: str = "") -> None:
         """The dense tasks draw example predictions instead (`demo_examples`, `predict`)."""
 
-    # --- inference ---------------------------------------------------------------------------------------
+    # --- inference: each task has predict_image(model, image, path, **options) -> (JSON fields of one RGB
+    # image's prediction, its raw output) and draw(image, output) -> the PIL picture of that output.
     predict_options: tuple[str, ...] = ()
     picture_suffix = "pred"  # <stem>_<suffix>.png
-
-    def predict_image(self, model: nn.Module, image: np.ndarray, path: Path, **options) -> tuple[dict, Any]:
-        """(JSON fields of one RGB image's prediction, the raw output `draw` takes)."""
-        raise NotImplementedError
-
-    def draw(self, image: np.ndarray, output: Any) -> Image.Image:
-        """The picture of one prediction over its image."""
-        raise NotImplementedError
 
     def save_extra(self, out_dir: Path, path: Path, output: Any, record: dict) -> None:
         """Files besides the picture and the JSON record (segmentation's label map)."""
@@ -127,8 +119,6 @@ class DenseTask:
         `out_dir`, `<stem>_<suffix>.png` (the picture `draw` makes) and `<stem>.json` per image, plus
         predictions.json."""
         from uniformer.engine.reporting import write_json
-
-        from .io import readable_images
 
         out = Path(out_dir) if out_dir is not None else None
         if out is not None:
@@ -155,7 +145,5 @@ class DenseTask:
 
     def demo_examples(self, model: nn.Module, out_dir: Path, show: int = 4) -> list[dict]:
         """Predictions on the first `show` validation images."""
-        from .io import resolve_path
-
         images = sorted(resolve_path(self.cfg, self.cfg["data"]["val"]["images"]).iterdir())[:show]
         return self.predict(model, images, out_dir, **self.demo_options)

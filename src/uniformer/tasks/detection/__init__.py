@@ -1,25 +1,15 @@
 """Object detection and instance segmentation with UniFormer backbones (COCO Mask R-CNN recipes of the paper).
 
-`Task` is the engine's view of it (a training step is `Task.training_step` here, the model in `detector.py`
-and the loop in `uniformer/engine/runner.py`); `uniformer.tasks.open(checkpoint)` gives it with its trained
-model for `Task.predict` (`<stem>_det.png` + `<stem>.json`: boxes, classes, scores, COCO RLE masks).
+`Task` is the engine's view of it (the model in `detector.py`); `uniformer.tasks.open(checkpoint)` gives it with
+its trained model for `Task.predict` (`<stem>_det.png` + `<stem>.json`: boxes, classes, scores, COCO RLE masks).
 `complexity(variants=..., input_size=(800, 1280))` counts parameters and GFLOPs as mmdet's get_flops does.
 
-Recipe sections of this task (defaults in `Task.defaults()`, the 1x schedule; engine sections in
-`uniformer.engine.config`):
-
-    model:  backbone {name, stage3 (hybrid), window_size (14), drop_path_rate, pretrained, kwargs}, with_masks,
-            type (mask_rcnn | cascade_mask_rcnn), fpn_channels, box_head_dim, mask_head_channels, anchor_sizes,
-            rpn_batch, roi_batch, rpn_train_proposals / rpn_test_proposals ([per level before NMS, kept after NMS]),
-            box_loss (l1 | smooth_l1 | giou for cascade), rpn_box_loss (l1 | smooth_l1), rpn_allowed_border
-            (-1: every anchor trains) — null: the original config's choice for the type,
-            cascade {box_head_convs, box_head_fcs, box_head_norm, class_agnostic, stage_ious, stage_loss_weights,
-            stage_stds}, checkpoint (ours or an original mmdet file), skip_mismatched
-    data:   root, train/val {annotations, images}, classes, train_scales (short sides drawn per image),
-            test_scale, max_size, flip_prob, crop_policy (null | detr: the 3x+MS recipe's crop branch),
-            crop_scales, crop_size, mean, std
-    test:   score_thresh, detections_per_img, mask_thresh, batch_size, segm_area (box: mask APs/m/l by box area
-            as mmdet 2.11 | mask)
+Recipe sections: `Task.schema` (the 1x schedule). Not told by the keys: model.type is mask_rcnn or
+cascade_mask_rcnn; rpn_train/test_proposals are [per level before NMS, kept after NMS]; box_loss (l1 |
+smooth_l1 | giou for cascade), rpn_box_loss (l1 | smooth_l1) and rpn_allowed_border (-1: every anchor trains)
+are, when null, the original config's choice for the type; model.checkpoint is ours or an original mmdet file;
+data.train_scales are short sides drawn per image; data.crop_policy detr is the 3x+MS recipe's crop branch;
+test.segm_area box sizes mask APs/m/l by box area (as mmdet 2.11), mask by mask area.
 
 Inference is the original mmdet 2.11 test pipeline (`detector.detect`): uint8 image resized with OpenCV as
 mmcv's `imrescale`, aligned RoIAlign, fixed-stride fractional anchors, masks pasted with grid_sample.

@@ -5,16 +5,10 @@
 COCO detections JSON) or `boxes_from_detector` (`--detector`, this package's detector).
 `complexity(variants=..., input_sizes=((256, 192), ...))` counts parameters and GFLOPs.
 
-Recipe sections of this task (defaults in `Task.defaults()`; engine sections in `uniformer.engine.config`):
-
-    model:  backbone {name, stage3, window_size, drop_path_rate, pretrained, kwargs}, num_deconv, deconv_channels,
-            final_kernel, checkpoint (ours or an original mmpose file), skip_mismatched
-    data:   root, train/val {annotations, images, detections (person detection results JSON, val only)},
-            num_joints, flip_pairs (null: COCO's), skeleton (null: COCO's), sigmas (null: COCO's), upper_body_ids,
-            input_size [width, height], heatmap_size (null: input / 4), sigma, bbox_padding, det_bbox_thr,
-            flip_prob, half_body_prob, half_body_min_joints, scale_factor, rot_factor, rot_prob, mean, std
-    test:   flip, shift_heatmap, post_process default|unbiased (DARK), modulate_kernel, vis_thr, oks_thr,
-            use_gt_bbox, batch_size
+Recipe sections: `Task.schema`. Not told by the keys: data.val.detections is a person detection results JSON;
+data.flip_pairs, skeleton and sigmas null are COCO's; data.input_size is [width, height], data.heatmap_size null
+a quarter of it; test.post_process is default or unbiased (DARK); model.checkpoint is ours or an original mmpose
+file.
 """
 from __future__ import annotations
 
@@ -26,6 +20,7 @@ import numpy as np
 from torch import nn
 
 from ..dense.coco import coco_ground_truth, evaluate_coco
+from ..dense.io import resolve_path
 from ..dense.synthetic import COCO_FLIP_PAIRS, COCO_SKELETON, write_pose_coco
 from ..dense.task import DenseTask
 from ..dense.visualize import draw_keypoints
@@ -168,8 +163,6 @@ class Task(DenseTask):
 
     def demo_examples(self, model: nn.Module, out_dir: Path, show: int = 4) -> list[dict]:
         """Skeletons on a few validation images, in their ground-truth person boxes (a top-down model needs boxes)."""
-        from ..dense.io import resolve_path
-
         val = PoseDataset(self.cfg, "val", train=False)
         boxes: dict = {}
         for iid, anns in list(val.index.annotations.items())[:show]:

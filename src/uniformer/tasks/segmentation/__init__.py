@@ -4,21 +4,14 @@
 `Task.predict` (`<stem>_seg.png`, `<stem>_labels.png`, `<stem>.json`). `complexity(variants=..., heads=...,
 input_size=(512, 2048))` counts parameters and GFLOPs.
 
-Recipe sections of this task (defaults in `Task.defaults()`; engine sections in `uniformer.engine.config`):
-
-    model:  backbone {name, stage3 global|window|hybrid, window_size, drop_path_rate, pretrained (a backbone
-            or ImageNet checkpoint), kwargs}, head upernet|fpn, channels, neck_channels, pool_scales, dropout,
-            aux_head, aux_channels, aux_in_index, aux_weight, checkpoint (a full segmentor checkpoint: ours
-            or an original mmseg one), skip_mismatched
-    data:   format ade20k|folder, root, train/val {images, masks, split (a text file: one sample id, the file
-            name without extension shared by image and label map, per line; only those samples are used)},
-            classes (list, or a text file with one name per line: it sets the class count), num_classes (null:
-            the length of `classes`, else 150 for ade20k; given with `classes`, the two must agree),
-            reduce_zero_label (null: true for ade20k: label 0 "other" is ignored and 1..K become 0..K-1, logged
-            at start-up), ignore_index, img_suffix, mask_suffix,
-            img_scale, ratio_range, crop_size, cat_max_ratio, flip_prob, photometric, mean, std
-    test:   mode whole|slide, crop_size, stride, scales (ratios of img_scale), flip, size_divisor (null, or
-            resize each side on to a multiple of it after the keep-ratio resize: the Semantic FPN AlignResize)
+Recipe sections: `Task.schema`. Not told by the keys: model.head is upernet or fpn; model.backbone.pretrained is
+a backbone or ImageNet checkpoint, model.checkpoint a full segmentor (ours or an original mmseg one);
+data.format is ade20k or folder; data.<split>.split is a text file of the sample ids (file names without
+extension, shared by image and label map) to use; data.classes is a list or a text file with one name per line
+and sets the class count (data.num_classes null: its length, else 150 for ade20k; given both, they must agree);
+data.reduce_zero_label null is true for ade20k (label 0 "other" is ignored and 1..K become 0..K-1, logged at
+start-up); test.mode is whole or slide, test.scales are ratios of img_scale, and test.size_divisor resizes each
+side on to a multiple of it after the keep-ratio resize (the Semantic FPN AlignResize).
 """
 from __future__ import annotations
 
