@@ -60,34 +60,28 @@ def _box(ann: Mapping, width: float, height: float) -> tuple[float, float, float
 
 
 def _check_segmentation(seg, width: int, height: int) -> str | None:
-    if isinstance(seg, list):
-        polys = [p for p in seg if isinstance(p, list)]
-        if not polys or len(polys) != len(seg):
-            return "segmentation is not a list of polygons"
-        inside = False
-        for p in polys:
-            if len(p) < 6 or len(p) % 2:
-                return f"a polygon has {len(p) // 2} points (at least 3 needed)"
-            xs, ys = np.asarray(p[0::2], float), np.asarray(p[1::2], float)
-            if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
-                return "a polygon has non-finite coordinates"
-            if xs.max() > 0 and ys.max() > 0 and xs.min() < width and ys.min() < height:
-                inside = True
-        if not inside:
-            return f"its polygons lie entirely outside the {width}x{height} image"
-        return None
     if isinstance(seg, Mapping):
         size = seg.get("size")
-        if list(size or []) != [height, width]:
-            return f"RLE mask of size {size} on a {width}x{height} image"
-        return None
-    return f"segmentation of type {type(seg).__name__}"
+        return None if list(size or []) == [height, width] else f"RLE mask of size {size} on a {width}x{height} image"
+    if not isinstance(seg, list):
+        return f"segmentation of type {type(seg).__name__}"
+    if not seg or not all(isinstance(p, list) for p in seg):
+        return "segmentation is not a list of polygons"
+    inside = False
+    for p in seg:
+        if len(p) < 6 or len(p) % 2:
+            return f"a polygon has {len(p) // 2} points (at least 3 needed)"
+        xs, ys = np.asarray(p[0::2], float), np.asarray(p[1::2], float)
+        if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
+            return "a polygon has non-finite coordinates"
+        inside = inside or (xs.max() > 0 and ys.max() > 0 and xs.min() < width and ys.min() < height)
+    return None if inside else f"its polygons lie entirely outside the {width}x{height} image"
 
 
 def _check_keypoints(kp, num_joints: int) -> str | None:
-    if not isinstance(kp, list) or len(kp) != 3 * num_joints:
-        return f"expected {3 * num_joints} keypoint values, got {len(kp) if isinstance(kp, list) else kp!r}"
-    return None
+    if isinstance(kp, list) and len(kp) == 3 * num_joints:
+        return None
+    return f"expected {3 * num_joints} keypoint values, got {len(kp) if isinstance(kp, list) else kp!r}"
 
 
 def load_coco_split(cfg: Mapping, split: str, content: str, *, logger: logging.Logger,

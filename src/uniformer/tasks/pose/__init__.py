@@ -216,11 +216,7 @@ def read_person_boxes(path: str | os.PathLike, inputs: Sequence[str | os.PathLik
         return {str(k): [list(map(float, b)) for b in v] for k, v in data.items()}
     if not isinstance(data, list):
         raise ValueError(f"--boxes {path}: expected a COCO detections list or a mapping of file names to boxes")
-    by_id: dict[str, str] = {}
-    for item in inputs:
-        stem = Path(item).stem
-        if stem.isdigit():
-            by_id[str(int(stem))] = Path(item).name
+    by_id = {str(int(Path(item).stem)): Path(item).name for item in inputs if Path(item).stem.isdigit()}
     out: dict[str, list] = {}
     for i, det in enumerate(data):
         if not isinstance(det, dict) or "bbox" not in det:
