@@ -11,15 +11,24 @@ from __future__ import annotations
 
 import builtins
 import copy
+import fcntl
 import importlib
 import os
+import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from uniformer.deploy import export_for_runtime
 from uniformer.engine.checkpoint import CheckpointFile, as_checkpoint
-from uniformer.engine.config import ConfigError, load_config, recipe_task
+from uniformer.engine.config import ConfigError, expand_path, load_config, recipe_task
+from uniformer.engine.distributed import resolve_device
+from uniformer.engine.reporting import write_json
+from uniformer.engine.runner import Runner
+from uniformer.models.fuse import fuse
+from uniformer.precision import resolve_dtype
 
 __all__ = ["TASKS", "task_class", "load_recipe", "build_task", "train", "task_from_checkpoint", "open", "Opened",
            "demo_recipe_path", "prepare_demo_data", "run_demo", "recipe_complexity"]
@@ -55,8 +64,6 @@ def build_task(cfg: Mapping, meta: Mapping | None = None):
 def train(cfg: Mapping, out_dir: str | os.PathLike, *, resume: str | None = None, device: str | None = None,
           show_progress: bool = True) -> dict:
     """Train a resolved recipe of any task into `out_dir` (see `uniformer.engine.Runner`)."""
-    from uniformer.engine.runner import Runner
-
     return Runner(build_task(cfg), out_dir, resume=resume, device=device, show_progress=show_progress).fit()
 
 
@@ -165,9 +172,6 @@ def open(source: str | os.PathLike | None = None, *, model: str | None = None,
     run the fused model's export) and `dtype` ("auto": bfloat16 autocast where that is fast). `check(task)`
     runs before the model is built (a command's checks of its options against the task).
     """
-    from uniformer.engine.distributed import resolve_device
-    from uniformer.precision import resolve_dtype
-
     dev = resolve_device(device)  # an unavailable device fails before any download
     _check_classification_options(task or (recipe_task(recipe) if recipe is not None else None), model,
                                   model_options, labels, data, runtime)
@@ -229,11 +233,6 @@ def open(source: str | os.PathLike | None = None, *, model: str | None = None,
 
 def _runtime_model(task, model, runtime: str, device, dtype: str):
     """The fused classifier exported for `runtime` at the test view's input size (any batch)."""
-    import tempfile
-
-    from uniformer.deploy import export_for_runtime
-    from uniformer.models.fuse import fuse
-
     from .classification import model_input_ndim
 
     if device.type != "cpu" or dtype == "bfloat16":
@@ -257,10 +256,6 @@ def demo_recipe_path(task: str) -> Path:
 
 def prepare_demo_data(task) -> Path:
     """Generate (once) the built-in data of a demo recipe's task under its `data.root`; returns that folder."""
-    import fcntl
-
-    from uniformer.engine.config import expand_path
-
     root = Path(expand_path(task.cfg["data"]["root"]))
     root.parent.mkdir(parents=True, exist_ok=True)
     with builtins.open(root.parent / f".{root.name}.lock", "w") as lock:  # one generator at a time (torchrun)
@@ -275,11 +270,6 @@ def run_demo(task_name: str, out_dir: str | os.PathLike, *, data_root: str | os.
     """`uniformer demo --task T`: generate (once) T's built-in data under the demo recipe's `data.root`
     (or `data_root`), train `configs/T/demo.yaml` with the runner, draw example predictions into
     `out_dir/examples` (`show` of them) and add the demo's bar to `metrics.json`. Returns the run's summary."""
-    import time
-
-    from uniformer.engine.distributed import resolve_device
-    from uniformer.engine.reporting import write_json
-
     start = time.perf_counter()
     resolve_device(device, int(os.environ.get("LOCAL_RANK", "0") or 0))  # before any work
     over = list(overrides) + ([f"data.root={data_root}"] if data_root else [])

@@ -10,7 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
+import uniformer
 from uniformer.engine.config import check, load_config, merge
+from uniformer.engine.reporting import write_json
 
 from .io import readable_images, resolve_path
 from .weights import load_task_weights
@@ -78,8 +80,6 @@ class DenseTask:
 
     def _backbone(self, for_training: bool, **options) -> nn.Module:
         """The UniFormer of `model.backbone` (ImageNet weights and drop path only for training)."""
-        import uniformer
-
         b = self.cfg["model"]["backbone"]
         return uniformer.create_model(b["name"], **options, features_only=True, stage3=b["stage3"],
                                       window_size=int(b["window_size"]),
@@ -118,8 +118,6 @@ class DenseTask:
         """One record per image of `inputs` (files or folders; an unreadable one gets an `error`); with
         `out_dir`, `<stem>_<suffix>.png` (the picture `draw` makes) and `<stem>.json` per image, plus
         predictions.json."""
-        from uniformer.engine.reporting import write_json
-
         out = Path(out_dir) if out_dir is not None else None
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
