@@ -15,11 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from .io import report_bad, resolve_path
 
-__all__ = ["CocoIndex", "load_coco", "load_coco_split", "annotation_mask", "coco_ground_truth", "instance_results",
-           "evaluate_instances", "evaluate_coco", "INSTANCE_STATS"]
+__all__ = ["CocoIndex", "load_coco", "load_coco_split", "annotation_mask", "coco_ground_truth", "encode_mask",
+           "instance_results", "evaluate_instances", "evaluate_coco", "INSTANCE_STATS"]
 
 INSTANCE_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -171,8 +174,6 @@ def load_coco(ann_file: str | os.PathLike, image_dir: str | os.PathLike, *, logg
 
 def annotation_mask(ann: Mapping, height: int, width: int) -> np.ndarray:
     """The H×W uint8 mask of a polygon or RLE annotation (rasterised by pycocotools)."""
-    from pycocotools import mask as mask_utils
-
     seg = ann["segmentation"]
     if isinstance(seg, list):
         seg = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
@@ -186,8 +187,6 @@ def annotation_mask(ann: Mapping, height: int, width: int) -> np.ndarray:
 def coco_ground_truth(index: CocoIndex, keypoints: bool = False):
     """A pycocotools COCO object holding only the usable images and annotations of `index` (crowd ones
     included, as COCOeval ignores them), so that evaluation scores exactly what was checked."""
-    from pycocotools.coco import COCO
-
     images = [{"id": im["id"], "file_name": im["file_name"], "width": im["width"], "height": im["height"]}
               for im in index.images.values()]
     anns = []
@@ -211,6 +210,12 @@ def coco_ground_truth(index: CocoIndex, keypoints: bool = False):
     return gt
 
 
+def encode_mask(mask) -> dict:
+    """The COCO RLE (`size`, `counts` as text) of an H×W binary mask."""
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask).astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
 def instance_results(out: Mapping, image_id, cat_ids, segm_area: str = "box") -> tuple[list, list]:
     """COCO result entries (bbox, and segm when `out` has bool `masks` N×H×W) of one image's detections
     (`boxes` x1 y1 x2 y2, `scores`, `labels` 1..K indexing `cat_ids`).
@@ -218,8 +223,6 @@ def instance_results(out: Mapping, image_id, cat_ids, segm_area: str = "box") ->
     `segm_area="box"` keeps each mask result's `bbox`, so that pycocotools sizes detections by their box area
     for APs/m/l, as mmdetection 2.11 evaluated (2.12 dropped the bbox to size them by mask area: "mask").
     The overall AP does not depend on it."""
-    from pycocotools import mask as mask_utils
-
     if segm_area not in ("box", "mask"):
         raise ValueError(f"segm_area={segm_area!r}: expected 'box' (mmdet 2.11) or 'mask'")
     boxes, segms = [], []
@@ -229,9 +232,7 @@ def instance_results(out: Mapping, image_id, cat_ids, segm_area: str = "box") ->
                   "score": float(out["scores"][j])}
         boxes.append({**common, "bbox": [x1, y1, x2 - x1, y2 - y1]})
         if "masks" in out:
-            rle = mask_utils.encode(np.asfortranarray(np.asarray(out["masks"][j]).astype(np.uint8)))
-            rle["counts"] = rle["counts"].decode("ascii")
-            segm = {**common, "segmentation": rle}
+            segm = {**common, "segmentation": encode_mask(out["masks"][j])}
             if segm_area == "box":
                 segm["bbox"] = boxes[-1]["bbox"]
             segms.append(segm)
@@ -247,8 +248,6 @@ def evaluate_coco(gt, results: list[dict], iou_type: str, image_ids, stat_names:
                   sigmas: np.ndarray | None = None) -> dict:
     """pycocotools COCOeval of `results` on `image_ids` (OKS `sigmas` for keypoints): its first stats by
     `stat_names`, all 0.0 without results."""
-    from pycocotools.cocoeval import COCOeval
-
     if not results:
         return {name: 0.0 for name in stat_names}
     with contextlib.redirect_stdout(io.StringIO()):

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from ..dense.coco import coco_ground_truth, evaluate_instances, instance_results
+from ..dense.coco import coco_ground_truth, encode_mask, evaluate_instances, instance_results
 from ..dense.io import resolve_path
 from ..dense.synthetic import write_shapes_coco
 from ..dense.task import DenseTask
@@ -167,8 +167,6 @@ class Task(DenseTask):
 
     def predict_image(self, model: nn.Module, image: np.ndarray, path: Path, score_thr: float | None = None):
         """Boxes x1 y1 x2 y2, class, score and mask (COCO RLE) of the detections scoring `score_thr` (0.3)."""
-        from pycocotools import mask as mask_utils
-
         score_thr = 0.3 if score_thr is None else float(score_thr)
         names = self.classes
         out = _detect(model, [np.asarray(image)], self.cfg)[0]
@@ -179,8 +177,7 @@ class Task(DenseTask):
         for j, (box, lab, sc) in enumerate(zip(boxes, labels, scores)):
             det = {"box": [float(v) for v in box], "label": int(lab - 1), "name": names[lab - 1], "score": float(sc)}
             if masks is not None:
-                rle = mask_utils.encode(np.asfortranarray(masks[j].astype(np.uint8)))
-                det["mask_rle"] = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+                det["mask_rle"] = encode_mask(masks[j])
             dets.append(det)
         return {"score_thr": score_thr, "detections": dets}, (boxes, labels, scores, masks)
 
