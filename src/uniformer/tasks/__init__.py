@@ -172,6 +172,8 @@ def open(source: str | os.PathLike | None = None, *, model: str | None = None,
     run the fused model's export) and `dtype` ("auto": bfloat16 autocast where that is fast). `check(task)`
     runs before the model is built (a command's checks of its options against the task).
     """
+    from .classification.predict import fetch_released, original_meta, original_recipe, released_of
+
     dev = resolve_device(device)  # an unavailable device fails before any download
     _check_classification_options(task or (recipe_task(recipe) if recipe is not None else None), model,
                                   model_options, labels, data, runtime)
@@ -181,15 +183,11 @@ def open(source: str | os.PathLike | None = None, *, model: str | None = None,
         source, model = None, str(source)
     released, full_name = None, model
     if source is None or "." in (model or ""):
-        from .classification.predict import released_of
-
         released, full_name = released_of(model)
     if source is None:
         if released is None:
             raise ValueError(f"--checkpoint is needed: {model or 'no --model'} names no released weights "
                              "(`uniformer models --pretrained` lists the tags, e.g. uniformer_video_small.k400_16x8)")
-        from .classification.predict import fetch_released
-
         source = fetch_released(full_name)
         title = f"`{full_name}`"
     else:
@@ -203,8 +201,6 @@ def open(source: str | os.PathLike | None = None, *, model: str | None = None,
     if ckpt.run is not None or recipe is not None:  # (any other task's original file needs its recipe)
         the_task = task_from_checkpoint(ckpt, recipe, overrides, task)
         if the_task.name == "classification" and ckpt.run is None:  # an original file with its recipe
-            from .classification.predict import original_meta
-
             the_task.meta = original_meta(ckpt, the_task.cfg)
         elif the_task.name == "classification":
             spec = the_task.meta["model_spec"]
@@ -214,8 +210,6 @@ def open(source: str | os.PathLike | None = None, *, model: str | None = None,
                 raise ValueError(f"-o model options are for original checkpoints; {ckpt.path} records its "
                                  f"architecture ({spec['kwargs']})")
     else:
-        from .classification.predict import original_recipe
-
         cfg, meta = original_recipe(ckpt, model, released, full_name, model_options)
         the_task = build_task(load_recipe(cfg, overrides), meta)
     if check is not None:

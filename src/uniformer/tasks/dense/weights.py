@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from uniformer.engine.checkpoint import as_checkpoint, load_run_weights
 from uniformer.models.checkpoint import CheckpointError, _listing, load_state
 
 __all__ = ["load_task_weights"]
@@ -32,8 +33,6 @@ def load_task_weights(model: nn.Module, path, *, task: str,
     `skip_mismatched` leaves head tensors of another shape (e.g. a classifier for another number of
     classes) at their initial values instead of raising, for fine-tuning on a new label set.
     """
-    from uniformer.engine.checkpoint import as_checkpoint, load_run_weights
-
     ckpt = as_checkpoint(path)
     path = ckpt.path
     if ckpt.run is not None:

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from uniformer.profiling import count_gflops, count_params
+
 from ..dense.coco import coco_ground_truth, encode_mask, evaluate_instances, instance_results
 from ..dense.io import resolve_path
 from ..dense.synthetic import write_shapes_coco
@@ -201,8 +203,6 @@ def complexity(variants: Sequence[str] = ("uniformer_small", "uniformer_base"), 
 def recipe_complexity(cfg: Mapping, input_size: Sequence[int] | None = None) -> dict:
     """Parameters and GFLOPs of the detector of a resolved recipe, at `input_size` (default: the test scale
     on a square image); COCO's 80 classes when the recipe's classes are not known here (no annotation file)."""
-    from uniformer.profiling import count_gflops, count_params
-
     b = cfg["model"]["backbone"]
     size = list(input_size) if input_size else [int(cfg["data"]["test_scale"])] * 2
     try:

@@ -12,12 +12,15 @@ file.
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from torch import nn
+
+from uniformer.profiling import count_gflops, count_params
 
 from ..dense.coco import coco_ground_truth, evaluate_coco
 from ..dense.io import resolve_path
@@ -203,8 +206,6 @@ def read_person_boxes(path: str | os.PathLike, inputs: Sequence[str | os.PathLik
     """Person boxes of `--boxes FILE` by image file name: a COCO detections JSON (a list of {image_id,
     category_id, bbox [x, y, w, h], score}; ids matched to the inputs' numeric file stems as in COCO, or a
     `file_name` per detection; category 1, person, only), or a mapping {file name: [[x, y, w, h(, score)], ...]}."""
-    import json
-
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -258,8 +259,6 @@ def complexity(variants: Sequence[str] = ("uniformer_small", "uniformer_base"),
 
 def recipe_complexity(cfg: Mapping, input_size: Sequence[int] | None = None) -> dict:
     """Parameters and GFLOPs of the pose network of a resolved recipe at `input_size` (default: data.input_size)."""
-    from uniformer.profiling import count_gflops, count_params
-
     w, h = cfg["data"]["input_size"]
     size = list(input_size) if input_size else [h, w]
     model = Task(cfg).build_model(for_training=False).eval()

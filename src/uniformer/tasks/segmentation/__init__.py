@@ -22,6 +22,8 @@ import numpy as np
 from PIL import Image
 from torch import nn
 
+from uniformer.profiling import count_gflops, count_params
+
 from ..dense.synthetic import write_shapes_segmentation
 from ..dense.task import DenseTask
 from ..dense.visualize import draw_label_map
@@ -173,8 +175,6 @@ def recipe_complexity(cfg: Mapping, input_size: Sequence[int] | None = None) -> 
 
     Only the number of classes is needed, not the data: where the class list is a file not there yet (demo
     data never generated, a dataset on another machine), `data.num_classes` gives it."""
-    from uniformer.profiling import count_gflops, count_params
-
     m, d = cfg["model"], cfg["data"]
     size = list(input_size) if input_size else list(d["crop_size"])
     try:
