@@ -166,12 +166,10 @@ def open(source: str | os.PathLike | None = None, *, model: str | None = None,
     recipe; an original toolbox file needs `recipe` or `task`, a classification one `model`, the variant or
     its `NAME.TAG`), or a released tag `NAME.TAG` (its weights from the hub, its test view and class names).
 
-    The file is read once (`uniformer.engine.checkpoint.open_checkpoint`); the weights (the EMA ones with
-    `use_ema`) are loaded strictly. Classification only: `model_options` (the architecture of an original
-    file), `labels` (class names, one per line), `data` (test-view keys), `runtime` (onnxruntime / openvino
-    run the fused model's export) and `dtype` ("auto": bfloat16 autocast where that is fast). `check(task)`
-    runs before the model is built (a command's checks of its options against the task).
-    """
+    The file is read once; the weights (EMA ones with `use_ema`) load strictly. Classification only:
+    `model_options` (an original file's architecture), `labels` (a file of class names), `data` (test-view keys),
+    `runtime` (onnxruntime / openvino run the fused model's export), `dtype` ("auto": bfloat16 autocast where
+    fast). `check(task)` runs before the model is built (a command's checks of its options against the task)."""
     from .classification.predict import fetch_released, original_meta, original_recipe, released_of
 
     dev = resolve_device(device)  # an unavailable device fails before any download

@@ -217,12 +217,9 @@ def encode_mask(mask) -> dict:
 
 
 def instance_results(out: Mapping, image_id, cat_ids, segm_area: str = "box") -> tuple[list, list]:
-    """COCO result entries (bbox, and segm when `out` has bool `masks` N×H×W) of one image's detections
-    (`boxes` x1 y1 x2 y2, `scores`, `labels` 1..K indexing `cat_ids`).
-
-    `segm_area="box"` keeps each mask result's `bbox`, so that pycocotools sizes detections by their box area
-    for APs/m/l, as mmdetection 2.11 evaluated (2.12 dropped the bbox to size them by mask area: "mask").
-    The overall AP does not depend on it."""
+    """COCO result entries (bbox, and segm with `masks`) of one image's detections (`labels` 1..K index
+    `cat_ids`). `segm_area="box"` keeps each mask result's `bbox`, so that pycocotools sizes it by box area for
+    APs/m/l as mmdetection 2.11 did (2.12 sized by mask area: "mask"); the overall AP does not depend on it."""
     if segm_area not in ("box", "mask"):
         raise ValueError(f"segm_area={segm_area!r}: expected 'box' (mmdet 2.11) or 'mask'")
     boxes, segms = [], []

@@ -1,11 +1,6 @@
-"""Small built-in datasets for the demos and tests, written in each task's standard on-disk format.
-
-Coloured shapes (circle, square, triangle) on textured backgrounds serve detection / instance
-segmentation (COCO JSON with polygons) and semantic segmentation (image folder + mask PNGs +
-class list); stick figures with the 17 COCO keypoints serve pose estimation (COCO keypoints JSON).
-Everything is drawn from a seeded generator, so the same call always writes the same files.
-A `.complete` marker (with the generator's version and arguments) lets a later call reuse them.
-"""
+"""Small built-in datasets for the demos and tests in each task's on-disk format: coloured shapes on textured
+backgrounds (COCO instances; image + mask folders) and stick figures with the 17 COCO keypoints. A seeded
+generator makes every call write the same files; a `.complete` marker lets a later call reuse them."""
 from __future__ import annotations
 
 import colorsys

@@ -24,15 +24,10 @@ def load_task_weights(model: nn.Module, path, *, task: str,
                       convert: Callable[[dict, nn.Module], dict] | None = None, skip_mismatched: bool = False,
                       backbone: nn.Module | None = None, backbone_prefix: str = "backbone.",
                       use_ema: bool = False) -> dict:
-    """Load `path` (a file, or a `CheckpointFile` already read) into `model` (`use_ema`: a run checkpoint's EMA
-    weights). Returns what was loaded:
-    `{"format": "run" | "original" | "backbone-only", "meta": ..., "skipped": [...]}`.
-
-    `backbone` is the UniFormer inside `model` (default `model.backbone`), whose parameters are named
-    `backbone_prefix` + its own names in `model.state_dict()`.
-    `skip_mismatched` leaves head tensors of another shape (e.g. a classifier for another number of
-    classes) at their initial values instead of raising, for fine-tuning on a new label set.
-    """
+    """Load `path` (a file or a `CheckpointFile`) into `model`; returns `{"format": "run" | "original" |
+    "backbone-only", "meta", "skipped"}`. `backbone`: the UniFormer inside `model` (its keys there start with
+    `backbone_prefix`); `skip_mismatched` leaves head tensors of another shape (e.g. another number of classes)
+    as initialised, for fine-tuning on a new label set."""
     ckpt = as_checkpoint(path)
     path = ckpt.path
     if ckpt.run is not None:
