@@ -41,17 +41,12 @@ def load_task_weights(model: nn.Module, path, *, task: str,
         return {"format": "run", "meta": own.get("meta", {}), "skipped": []}
 
     obj = ckpt.obj
-    sd = obj
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model", "module"):
-            if isinstance(obj.get(key), Mapping):
-                sd = obj[key]
-                break
+    entries = obj if isinstance(obj, Mapping) else {}
+    sd = next((entries[k] for k in ("state_dict", "model", "module") if isinstance(entries.get(k), Mapping)), obj)
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{path}: no state dict found (expected a 'state_dict' entry holding tensors)")
     sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
-    meta = obj.get("meta") if isinstance(obj, Mapping) else None
-    meta = dict(meta) if isinstance(meta, Mapping) else {}
+    meta = dict(entries["meta"]) if isinstance(entries.get("meta"), Mapping) else {}
     try:
         load_state(backbone if backbone is not None else model.backbone, obj, path, meta=ckpt.meta)
     except CheckpointError as e:

@@ -98,6 +98,11 @@ class Task(DenseTask):
     dataset_class = DetDataset
     meta_keys = ("classes", "cat_ids")
     collate = staticmethod(det_collate)
+    prepare_demo = staticmethod(write_shapes_coco)
+    demo_bar = {"bbox_AP50": 0.5}
+    demo_options = {"score_thr": 0.5}
+    predict_options = ("score_thr",)
+    picture_suffix = "det"
 
     def build_datasets(self, splits: Sequence[str]) -> dict:
         sets = super().build_datasets(splits)
@@ -153,15 +158,6 @@ class Task(DenseTask):
         metrics.update({"num_images": len(done), "num_detections": len(boxes),
                         "skipped_images": [i for p in parts for i in p["skipped"]]})
         return metrics
-
-    # --- demo --------------------------------------------------------------------------------------------
-    demo_bar = {"bbox_AP50": 0.5}
-    demo_options = {"score_thr": 0.5}
-    prepare_demo = staticmethod(write_shapes_coco)
-
-    # --- inference -----------------------------------------------------------------------------------------
-    predict_options = ("score_thr",)
-    picture_suffix = "det"
 
     @property
     def classes(self) -> list[str]:

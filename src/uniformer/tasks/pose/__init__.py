@@ -93,32 +93,36 @@ class Task(DenseTask):
     min_batch = 2  # BatchNorm in the heads
     schema = {
         "model": {
-        "backbone": {"name": "uniformer_small", "stage3": "global", "window_size": 14, "drop_path_rate": 0.2,
-                     "pretrained": None, "kwargs": {}},
-        "num_deconv": 3, "deconv_channels": 256, "final_kernel": 1, "checkpoint": None, "skip_mismatched": False,
-    },
-    "data": {
-        "root": "data/coco",
-        "train": {"annotations": "annotations/person_keypoints_train2017.json", "images": "train2017",
-                  "detections": None},
-        "val": {"annotations": "annotations/person_keypoints_val2017.json", "images": "val2017",
-                "detections": "person_detection_results/COCO_val2017_detections_AP_H_56_person.json"},
-        "num_joints": 17, "flip_pairs": None, "skeleton": None, "sigmas": None,
-        "upper_body_ids": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
-        "input_size": [192, 256], "heatmap_size": None, "sigma": 2.0, "bbox_padding": 1.25, "det_bbox_thr": 0.0,
-        "flip_prob": 0.5, "half_body_prob": 0.3, "half_body_min_joints": 8, "scale_factor": 0.5, "rot_factor": 40,
-        "rot_prob": 0.6, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-    },
-    "train": {"epochs": 210, "batch_size": 64, "num_workers": 4, "log_every": 50},
-    "optim": {"lr": 2e-3, "weight_decay": 0.01},
-    "sched": {"name": "step", "warmup_iters": 500, "warmup_ratio": 0.001, "steps": [170, 200], "gamma": 0.1},
-    "checkpoint": {"every": 5, "best_metric": "val_AP"},
-    "test": {"flip": True, "shift_heatmap": True, "post_process": "default", "modulate_kernel": 11, "vis_thr": 0.2,
-             "oks_thr": 0.9, "use_gt_bbox": False, "batch_size": 32},
+            "backbone": {"name": "uniformer_small", "stage3": "global", "window_size": 14, "drop_path_rate": 0.2,
+                         "pretrained": None, "kwargs": {}},
+            "num_deconv": 3, "deconv_channels": 256, "final_kernel": 1, "checkpoint": None, "skip_mismatched": False,
+        },
+        "data": {
+            "root": "data/coco",
+            "train": {"annotations": "annotations/person_keypoints_train2017.json", "images": "train2017",
+                      "detections": None},
+            "val": {"annotations": "annotations/person_keypoints_val2017.json", "images": "val2017",
+                    "detections": "person_detection_results/COCO_val2017_detections_AP_H_56_person.json"},
+            "num_joints": 17, "flip_pairs": None, "skeleton": None, "sigmas": None,
+            "upper_body_ids": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+            "input_size": [192, 256], "heatmap_size": None, "sigma": 2.0, "bbox_padding": 1.25, "det_bbox_thr": 0.0,
+            "flip_prob": 0.5, "half_body_prob": 0.3, "half_body_min_joints": 8, "scale_factor": 0.5, "rot_factor": 40,
+            "rot_prob": 0.6, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+        },
+        "train": {"epochs": 210, "batch_size": 64, "num_workers": 4, "log_every": 50},
+        "optim": {"lr": 2e-3, "weight_decay": 0.01},
+        "sched": {"name": "step", "warmup_iters": 500, "warmup_ratio": 0.001, "steps": [170, 200], "gamma": 0.1},
+        "checkpoint": {"every": 5, "best_metric": "val_AP"},
+        "test": {"flip": True, "shift_heatmap": True, "post_process": "default", "modulate_kernel": 11, "vis_thr": 0.2,
+                 "oks_thr": 0.9, "use_gt_bbox": False, "batch_size": 32},
     }
     dataset_class = PoseDataset
     meta_keys = ("num_joints",)
     collate = staticmethod(pose_collate)
+    prepare_demo = staticmethod(write_pose_coco)
+    demo_bar = {"AP": 0.5}
+    predict_options = ("boxes",)
+    picture_suffix = "pose"
 
     def batch_size(self, batch) -> int:
         return len(batch["index"])
@@ -159,11 +163,6 @@ class Task(DenseTask):
         stats = _coco_keypoint_eval(dataset, results, image_ids, _sigmas(self.cfg))
         return {**stats, "num_images": len(image_ids), "num_people": len(results), "skipped_images": skipped}
 
-    # --- demo --------------------------------------------------------------------------------------------
-    demo_bar = {"AP": 0.5}
-
-    prepare_demo = staticmethod(write_pose_coco)
-
     def demo_examples(self, model: nn.Module, out_dir: Path, show: int = 4) -> list[dict]:
         """Skeletons on a few validation images, in their ground-truth person boxes (a top-down model needs boxes)."""
         val = PoseDataset(self.cfg, "val", train=False)
@@ -174,10 +173,6 @@ class Task(DenseTask):
                            for a in anns]
         folder = resolve_path(self.cfg, self.cfg["data"]["val"]["images"])
         return self.predict(model, [folder / n for n in boxes], out_dir, boxes=boxes)
-
-    # --- inference -----------------------------------------------------------------------------------------
-    predict_options = ("boxes",)
-    picture_suffix = "pose"
 
     def predict_image(self, model: nn.Module, image: np.ndarray, path: Path,
                       boxes: Mapping[str, Sequence[Sequence[float]]] | None = None):

@@ -67,6 +67,9 @@ class Task(DenseTask):
     }
     dataset_class = SegDataset
     collate = staticmethod(seg_collate)
+    prepare_demo = staticmethod(write_shapes_segmentation)
+    demo_bar = {"mIoU": 0.5}
+    picture_suffix = "seg"
 
     @staticmethod
     def validate(cfg: dict, where: str) -> None:
@@ -129,13 +132,6 @@ class Task(DenseTask):
                 setattr(total, name, getattr(total, name) + getattr(p["metric"], name))
         skipped = [s for p in parts for s in p["skipped"]]
         return {**total.compute(), "num_images": len(dataset) - len(skipped), "skipped": skipped}
-
-    # --- demo --------------------------------------------------------------------------------------------
-    demo_bar = {"mIoU": 0.5}
-    prepare_demo = staticmethod(write_shapes_segmentation)
-
-    # --- inference -----------------------------------------------------------------------------------------
-    picture_suffix = "seg"
 
     @property
     def classes(self) -> list[str]:
