@@ -217,12 +217,10 @@ def read_person_boxes(path: str | os.PathLike, inputs: Sequence[str | os.PathLik
     for i, det in enumerate(data):
         if not isinstance(det, dict) or "bbox" not in det:
             raise ValueError(f"--boxes {path}: detection {i} has no bbox")
-        if det.get("category_id", 1) != 1:
-            continue
         name = det.get("file_name") or by_id.get(str(det.get("image_id")))
-        if name is None:
-            continue
-        out.setdefault(Path(str(name)).name, []).append([*map(float, det["bbox"][:4]), float(det.get("score", 1.0))])
+        if det.get("category_id", 1) == 1 and name is not None:
+            box = [*map(float, det["bbox"][:4]), float(det.get("score", 1.0))]
+            out.setdefault(Path(str(name)).name, []).append(box)
     if not out:
         raise ValueError(f"--boxes {path}: no person box belongs to an input (image_id matches a numeric file "
                          "name, as in COCO, or give file_name per detection)")
@@ -232,16 +230,10 @@ def read_person_boxes(path: str | os.PathLike, inputs: Sequence[str | os.PathLik
 def boxes_from_detector(detector, inputs, score_thr: float = 0.3) -> dict[str, list]:
     """Person boxes `[x, y, w, h, score]` by file name from a detection model opened by `uniformer.tasks.open`
     (its `person` class, or every class when it has none), as the original top-down demo ran mmdet first."""
-    results = detector.predict(inputs, score_thr=score_thr)
-    names = detector.task.classes
-    person = "person" in names
-    out: dict[str, list] = {}
-    for r in results:
-        if "error" in r:
-            continue
-        out[Path(r["image"]).name] = [[d["box"][0], d["box"][1], d["box"][2] - d["box"][0], d["box"][3] - d["box"][1],
-                                       d["score"]] for d in r["detections"] if not person or d["name"] == "person"]
-    return out
+    person = "person" in detector.task.classes
+    return {Path(r["image"]).name: [[d["box"][0], d["box"][1], d["box"][2] - d["box"][0], d["box"][3] - d["box"][1],
+                                     d["score"]] for d in r["detections"] if not person or d["name"] == "person"]
+            for r in detector.predict(inputs, score_thr=score_thr) if "error" not in r}
 
 
 def complexity(variants: Sequence[str] = ("uniformer_small", "uniformer_base"),
