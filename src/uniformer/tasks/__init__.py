@@ -96,10 +96,8 @@ def task_from_checkpoint(checkpoint: str | os.PathLike | CheckpointFile,
     `load_weights()`: from the task and recipe a run checkpoint records (a `recipe` given replaces that one),
     or from `task` / `recipe` for an original toolbox file."""
     ckpt = as_checkpoint(checkpoint)
-    checkpoint = ckpt.path
-    if ckpt.run is not None:
-        run = ckpt.run
-        name = run["task"]
+    checkpoint, run, name = ckpt.path, ckpt.run, ckpt.task
+    if run is not None:
         if task is not None and task != name:
             raise ConfigError(f"{checkpoint}: this is a {name} checkpoint, not a {task} one")
         if recipe is not None:

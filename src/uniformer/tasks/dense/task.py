@@ -50,8 +50,7 @@ class DenseTask:
 
     @classmethod
     def resolve(cls, recipe: Mapping) -> dict:
-        """A recipe mapping of this task resolved against its defaults (what `uniformer.tasks.load_recipe` does,
-        without going through the task registry)."""
+        """A recipe mapping of this task resolved against its defaults (`uniformer.tasks.load_recipe` of it)."""
         return load_config({**recipe, "task": cls.name}, task_defaults=cls.defaults(), validate=cls.validate)
 
     @staticmethod

@@ -165,12 +165,10 @@ class Task(DenseTask):
 
     def demo_examples(self, model: nn.Module, out_dir: Path, show: int = 4) -> list[dict]:
         """Skeletons on a few validation images, in their ground-truth person boxes (a top-down model needs boxes)."""
-        val = PoseDataset(self.cfg, "val", train=False)
-        boxes: dict = {}
-        for iid, anns in list(val.index.annotations.items())[:show]:
-            name = val.index.images[iid]["file_name"]
-            boxes[name] = [[a["box"][0], a["box"][1], a["box"][2] - a["box"][0], a["box"][3] - a["box"][1]]
-                           for a in anns]
+        index = PoseDataset(self.cfg, "val", train=False).index
+        boxes = {index.images[iid]["file_name"]: [[a["box"][0], a["box"][1], a["box"][2] - a["box"][0],
+                                                   a["box"][3] - a["box"][1]] for a in anns]
+                 for iid, anns in list(index.annotations.items())[:show]}
         folder = resolve_path(self.cfg, self.cfg["data"]["val"]["images"])
         return self.predict(model, [folder / n for n in boxes], out_dir, boxes=boxes)
 

@@ -167,10 +167,8 @@ def complexity(variants: Sequence[str] = ("uniformer_small", "uniformer_base"),
 
 
 def recipe_complexity(cfg: Mapping, input_size: Sequence[int] | None = None) -> dict:
-    """Parameters and GFLOPs of the segmentor of a resolved recipe at `input_size` (default: the crop size).
-
-    Only the number of classes is needed, not the data: where the class list is a file not there yet (demo
-    data never generated, a dataset on another machine), `data.num_classes` gives it."""
+    """Parameters and GFLOPs of the segmentor of a resolved recipe at `input_size` (default: the crop size); a
+    class list file not there yet (demo data never generated, data elsewhere) needs `data.num_classes`."""
     m, d = cfg["model"], cfg["data"]
     size = list(input_size) if input_size else list(d["crop_size"])
     try:
