@@ -100,10 +100,9 @@ def load_coco_split(cfg: Mapping, split: str, content: str, *, logger: logging.L
 
 
 def load_coco(ann_file: str | os.PathLike, image_dir: str | os.PathLike, *, logger: logging.Logger,
-              need_masks: bool = False, need_keypoints: int | None = None, category_ids: list[int] | None = None,
-              check_files: bool = True) -> CocoIndex:
-    """Index a COCO JSON file, reporting (via `logger`) and leaving out every unusable entry: without a valid
-    segmentation (`need_masks`) or 3 × `need_keypoints` keypoint values; `category_ids`: only these categories."""
+              need_masks: bool = False, need_keypoints: int | None = None) -> CocoIndex:
+    """Index a COCO JSON file, reporting (via `logger`) and leaving out every unusable entry, also those without
+    a valid segmentation (`need_masks`) or 3 × `need_keypoints` keypoint values."""
     ann_file, image_dir = Path(ann_file), Path(image_dir)
     if not ann_file.is_file():
         raise FileNotFoundError(f"annotation file {ann_file} does not exist")
@@ -120,8 +119,6 @@ def load_coco(ann_file: str | os.PathLike, image_dir: str | os.PathLike, *, logg
         report_bad(logger, f"{ann_file.name}: {msg}")
 
     categories = [c for c in data.get("categories") or [] if isinstance(c, Mapping) and "id" in c]
-    if category_ids is not None:
-        categories = [c for c in categories if c["id"] in category_ids]
     known_cats = {c["id"] for c in categories}
     images: dict[int, dict] = {}
     for im in data["images"]:
@@ -133,7 +130,7 @@ def load_coco(ann_file: str | os.PathLike, image_dir: str | os.PathLike, *, logg
             reject(f"image id {iid} appears twice ({images[iid]['file_name']}, {im['file_name']})")
             continue
         path = image_dir / im["file_name"]
-        if check_files and not path.is_file():
+        if not path.is_file():
             reject(f"image {iid} ({path}): file not found")
             continue
         try:
@@ -155,8 +152,7 @@ def load_coco(ann_file: str | os.PathLike, image_dir: str | os.PathLike, *, logg
             reject(f"annotation {aid} references image {iid}, which is {why}")
             continue
         if ann.get("category_id") not in known_cats:
-            if category_ids is None:
-                reject(f"annotation {aid} (image {iid}): unknown category {ann.get('category_id')}")
+            reject(f"annotation {aid} (image {iid}): unknown category {ann.get('category_id')}")
             continue
         w, h = images[iid]["width"], images[iid]["height"]
         box = _box(ann, w, h)

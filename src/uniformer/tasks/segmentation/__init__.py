@@ -95,7 +95,7 @@ class Task(DenseTask):
         chans = backbone.feature_info.channels()
         if len(chans) != 4:
             raise ValueError("model.backbone: the segmentation heads need all four stage maps (out_indices 0..3)")
-        neck = aux = None
+        neck = None
         if m["head"] == "upernet":
             head = UPerHead(chans, int(m["channels"]), num_classes, m["pool_scales"], float(m["dropout"]))
         elif m["head"] == "fpn":
@@ -103,9 +103,8 @@ class Task(DenseTask):
             head = FPNHead([int(m["neck_channels"])] * 4, int(m["channels"]), num_classes, dropout=float(m["dropout"]))
         else:
             raise ValueError(f"model.head={m['head']!r}: expected 'upernet' or 'fpn'")
-        if m["aux_head"]:
-            aux = FCNHead(chans[int(m["aux_in_index"])], int(m["aux_channels"]), num_classes,
-                          dropout=float(m["dropout"]))
+        aux = FCNHead(chans[int(m["aux_in_index"])], int(m["aux_channels"]), num_classes,
+                      dropout=float(m["dropout"])) if m["aux_head"] else None
         model = Segmentor(backbone, head, neck, aux, int(m["aux_in_index"]), float(m["aux_weight"]),
                           int(cfg["data"]["ignore_index"]), num_classes)
         return self._initial_weights(model, for_training)
