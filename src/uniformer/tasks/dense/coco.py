@@ -181,8 +181,8 @@ def annotation_mask(ann: Mapping, height: int, width: int) -> np.ndarray:
 
 
 def coco_ground_truth(index: CocoIndex, keypoints: bool = False):
-    """A pycocotools COCO object holding only the usable images and annotations of `index` (crowd ones
-    included, as COCOeval ignores them), so that evaluation scores exactly what was checked."""
+    """pycocotools' COCO of only the usable images and annotations of `index` (crowd ones too: COCOeval ignores
+    them), so that evaluation scores exactly what was checked."""
     images = [{"id": im["id"], "file_name": im["file_name"], "width": im["width"], "height": im["height"]}
               for im in index.images.values()]
     anns = []

@@ -194,10 +194,8 @@ def _figure(rng: np.random.Generator, cx: float, top: float, height: float) -> n
 
 def write_pose_coco(root: str | Path, n_train: int = 200, n_val: int = 40, size=(128, 128), max_people: int = 2,
                     seed: int = 0) -> Path:
-    """COCO keypoints layout: {train,val}/*.jpg and annotations/person_keypoints_{train,val}.json.
-
-    Left limbs are drawn in warm and right limbs in cool colours, so left and right can be told apart;
-    the face points sit on a skin-coloured head."""
+    """COCO keypoints layout: {train,val}/*.jpg and annotations/person_keypoints_{train,val}.json. Left limbs
+    are warm and right limbs cool colours, so the sides can be told apart; the face sits on a skin-coloured head."""
     limb_colour = {**dict.fromkeys([(5, 7), (7, 9), (11, 13), (13, 15), (5, 11)], (230, 60, 40)),
                    **dict.fromkeys([(6, 8), (8, 10), (12, 14), (14, 16), (6, 12)], (40, 90, 230))}
 

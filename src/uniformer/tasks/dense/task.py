@@ -19,9 +19,9 @@ from .weights import load_task_weights
 
 __all__ = ["DenseTask"]
 
-# Engine defaults the original mmdet / mmseg / mmpose recipes change: decay on 1-D parameters too (the
-# `no_decay_keys` name what is exempt), mmcv's warm-up as a ratio of the rate, decay to 0, evaluation at the
-# end of the run (`train.eval_every` sets a period).
+# Engine defaults the mmdet / mmseg / mmpose recipes change: decay on 1-D parameters too (`no_decay_keys` name
+# what is exempt), mmcv's warm-up as a ratio of the rate, decay to 0, evaluation only at the end (or every
+# `train.eval_every`).
 _MMCV_DEFAULTS = {
     "optim": {"no_decay_1d": False},
     "sched": {"warmup_ratio": 0.001, "min_lr": 0.0},

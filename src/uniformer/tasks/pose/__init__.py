@@ -49,8 +49,7 @@ def _sigmas(cfg) -> np.ndarray:
 
 
 def _predict_people(model: nn.Module, dataset: PoseDataset, cfg: Mapping, batches):
-    """Keypoints of every person box in `batches` ((indices, pose_collate batch) pairs); image ids of the
-    samples that could not be read."""
+    """Keypoints of every person box in `batches` ((indices, pose_collate batch) pairs), unreadable image ids."""
     people, seen, indices = [], set(), []
     for batch_indices, batch in batches:
         indices += batch_indices
