@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import uniformer
-from uniformer.engine.config import check, load_config, merge
+from uniformer.engine.config import check, merge
 from uniformer.engine.reporting import write_json
 
 from .io import readable_images, resolve_path
@@ -47,11 +47,6 @@ class DenseTask:
     def defaults(cls) -> dict:
         """A fresh copy of this task's part of the recipe schema."""
         return merge(_MMCV_DEFAULTS, {"task": cls.name, "description": "", **cls.schema}, strict=False)
-
-    @classmethod
-    def resolve(cls, recipe: Mapping) -> dict:
-        """A recipe mapping of this task resolved against its defaults (`uniformer.tasks.load_recipe` of it)."""
-        return load_config({**recipe, "task": cls.name}, task_defaults=cls.defaults(), validate=cls.validate)
 
     @staticmethod
     def validate(cfg: dict, where: str) -> None:

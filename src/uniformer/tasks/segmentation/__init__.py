@@ -24,6 +24,7 @@ from torch import nn
 
 from uniformer.profiling import count_gflops, count_params
 
+from .. import load_recipe
 from ..dense.synthetic import write_shapes_segmentation
 from ..dense.task import DenseTask
 from ..dense.visualize import draw_label_map
@@ -158,11 +159,10 @@ def complexity(variants: Sequence[str] = ("uniformer_small", "uniformer_base"),
                heads: Sequence[str] = ("fpn", "upernet"), input_size: Sequence[int] = (512, 2048),
                stage3: str = "global", num_classes: int = 150) -> list[dict]:
     """Parameters and GFLOPs (multiply-adds, batch of one) of the composed segmentors at `input_size`."""
-    return [recipe_complexity(Task.resolve({"model": {"backbone": {"name": variant, "stage3": stage3}, "head": head,
-                                                      "channels": 512 if head == "upernet" else 128,
-                                                      "aux_head": head == "upernet"},
-                                            "data": {"num_classes": num_classes}}), input_size)
-            for variant in variants for head in heads]
+    recipes = [{"model": {"backbone": {"name": name, "stage3": stage3}, "head": head, "aux_head": head == "upernet",
+                          "channels": 512 if head == "upernet" else 128}, "data": {"num_classes": num_classes}}
+               for name in variants for head in heads]
+    return [recipe_complexity(load_recipe(recipe, task="segmentation"), input_size) for recipe in recipes]
 
 
 def recipe_complexity(cfg: Mapping, input_size: Sequence[int] | None = None) -> dict:
