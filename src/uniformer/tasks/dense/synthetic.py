@@ -76,8 +76,7 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Low-frequency colour waves, stripes and grain: texture the model must learn to ignore."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     img = np.zeros((h, w, 3), np.float32)
-    grey = rng.uniform(70, 180)
-    base = grey + rng.uniform(-20, 20, size=3)  # muted colours: the shapes are the saturated things
+    base = rng.uniform(70, 180) + rng.uniform(-20, 20, size=3)  # muted colours: the shapes are the saturated things
     for c in range(3):
         fx, fy = rng.uniform(0.02, 0.15, size=2)
         phase = rng.uniform(0, 2 * np.pi)

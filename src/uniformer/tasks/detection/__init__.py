@@ -127,8 +127,7 @@ class Task(DenseTask):
                 "backbone_prefix": "backbone.body."}
 
     def training_step(self, model: nn.Module, batch) -> dict:
-        images, targets = batch
-        return model(images, targets)  # named losses: loss_objectness, loss_rpn_box_reg, loss_classifier, ...
+        return model(*batch)  # (images, targets) -> named losses: loss_objectness, loss_rpn_box_reg, ...
 
     def evaluate(self, model: nn.Module, dataset: DetDataset, batches) -> dict:
         segm_area = str(self.cfg["test"]["segm_area"])
