@@ -68,10 +68,8 @@ def load_task_weights(model: nn.Module, path, *, task: str,
                         ", ".join(skipped))
     if missing or unexpected or mismatched:
         lines = [f"{path}: the heads of this checkpoint do not fit the {task} model:"]
-        if missing:
-            lines.append(f"  missing: {_listing(missing)}")
-        if unexpected:
-            lines.append(f"  unexpected: {_listing(unexpected)}")
+        lines += [f"  {what}: {_listing(keys)}" for what, keys in (("missing", missing), ("unexpected", unexpected))
+                  if keys]
         if mismatched:
             lines.append("  shape mismatches: " + _listing(
                 [f"{k} {tuple(converted[k].shape)} vs {tuple(mine[k].shape)}" for k in mismatched], 3))
