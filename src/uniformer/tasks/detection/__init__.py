@@ -38,7 +38,6 @@ from .detector import DetectorFlops, build_detector, detect
 __all__ = ["Task", "complexity", "recipe_complexity"]
 
 
-
 def _class_names(cfg: Mapping) -> list[str]:
     """Class names: `data.classes`, else the categories of the training (or validation) annotation file."""
     if cfg["data"]["classes"]:

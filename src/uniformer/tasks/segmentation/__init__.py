@@ -35,7 +35,6 @@ from .heads import FCNHead, FPNHead, FPNNeck, Segmentor, UPerHead
 __all__ = ["Task", "complexity", "recipe_complexity"]
 
 
-
 class Task(DenseTask):
     """Semantic FPN / UperNet on an ADE20K-layout or image-folder + mask-folder dataset."""
 
