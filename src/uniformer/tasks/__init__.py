@@ -194,7 +194,7 @@ def open(source: str | os.PathLike | None = None, *, model: str | None = None,
     if ckpt.run is None and name != "classification" and recipe is None:
         raise ConfigError(f"{ckpt.path} is not a checkpoint of this package, so it records no task or recipe: give "
                           f"the recipe of this {name} model (--config)")
-    if ckpt.run is not None or recipe is not None:  # (any other task's original file needs its recipe)
+    if ckpt.run is not None or recipe is not None:  # (another task's original file has its recipe: see above)
         the_task = task_from_checkpoint(ckpt, recipe, overrides, task)
         if the_task.name == "classification" and ckpt.run is None:  # an original file with its recipe
             the_task.meta = original_meta(ckpt, the_task.cfg)
