@@ -11,15 +11,24 @@ from __future__ import annotations
 
 import builtins
 import copy
+import fcntl
 import importlib
 import os
+import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from uniformer.deploy import export_for_runtime
 from uniformer.engine.checkpoint import CheckpointFile, as_checkpoint
-from uniformer.engine.config import ConfigError, load_config, recipe_task
+from uniformer.engine.config import ConfigError, expand_path, load_config, recipe_task
+from uniformer.engine.distributed import resolve_device
+from uniformer.engine.reporting import write_json
+from uniformer.engine.runner import Runner
+from uniformer.models.fuse import fuse
+from uniformer.precision import resolve_dtype
 
 __all__ = ["TASKS", "task_class", "load_recipe", "build_task", "train", "task_from_checkpoint", "open", "Opened",
            "demo_recipe_path", "prepare_demo_data", "run_demo", "recipe_complexity"]
@@ -55,8 +64,6 @@ def build_task(cfg: Mapping, meta: Mapping | None = None):
 def train(cfg: Mapping, out_dir: str | os.PathLike, *, resume: str | None = None, device: str | None = None,
           show_progress: bool = True) -> dict:
     """Train a resolved recipe of any task into `out_dir` (see `uniformer.engine.Runner`)."""
-    from uniformer.engine.runner import Runner
-
     return Runner(build_task(cfg), out_dir, resume=resume, device=device, show_progress=show_progress).fit()
 
 
@@ -78,23 +85,19 @@ def _upgrade_recipe(task: str, cfg: Mapping) -> dict:
         if "checkpoint_every" in train_cfg:
             cfg.setdefault("checkpoint", {})["every"] = train_cfg.pop("checkpoint_every") or 1
         train_cfg.pop("max_iters", None)
-        if train_cfg.get("eval_every") is None:
-            train_cfg["eval_every"] = None
+        train_cfg.setdefault("eval_every", None)
     return cfg
 
 
 def task_from_checkpoint(checkpoint: str | os.PathLike | CheckpointFile,
                          recipe: str | os.PathLike | Mapping | None = None,
                          overrides: Sequence[str] | None = None, task: str | None = None):
-    """The task behind `checkpoint` (a path, or a file already read): the task and recipe recorded in a
-    checkpoint of this package (a recipe given too replaces the recorded one, e.g. for other data), or `task`
-    and `recipe` for an original toolbox file. Returns the task object, ready for `build_model()` and
-    `load_weights()`."""
+    """The task object behind `checkpoint` (a path or a file already read), ready for `build_model()` and
+    `load_weights()`: from the task and recipe a run checkpoint records (a `recipe` given replaces that one),
+    or from `task` / `recipe` for an original toolbox file."""
     ckpt = as_checkpoint(checkpoint)
-    checkpoint = ckpt.path
-    if ckpt.run is not None:
-        run = ckpt.run
-        name = run["task"]
+    checkpoint, run, name = ckpt.path, ckpt.run, ckpt.task
+    if run is not None:
         if task is not None and task != name:
             raise ConfigError(f"{checkpoint}: this is a {name} checkpoint, not a {task} one")
         if recipe is not None:
@@ -161,33 +164,26 @@ def open(source: str | os.PathLike | None = None, *, model: str | None = None,
     recipe; an original toolbox file needs `recipe` or `task`, a classification one `model`, the variant or
     its `NAME.TAG`), or a released tag `NAME.TAG` (its weights from the hub, its test view and class names).
 
-    The file is read once (`uniformer.engine.checkpoint.open_checkpoint`); the weights (the EMA ones with
-    `use_ema`) are loaded strictly. Classification only: `model_options` (the architecture of an original
-    file), `labels` (class names, one per line), `data` (test-view keys), `runtime` (onnxruntime / openvino
-    run the fused model's export) and `dtype` ("auto": bfloat16 autocast where that is fast). `check(task)`
-    runs before the model is built (a command's checks of its options against the task).
-    """
-    from uniformer.engine.distributed import resolve_device
-    from uniformer.precision import resolve_dtype
+    The file is read once; the weights (EMA ones with `use_ema`) load strictly. Classification only:
+    `model_options` (an original file's architecture), `labels` (a file of class names), `data` (test-view keys),
+    `runtime` (onnxruntime / openvino run the fused model's export), `dtype` ("auto": bfloat16 autocast where
+    fast). `check(task)` runs before the model is built (a command's checks of its options against the task)."""
+    from .classification.predict import fetch_released, original_meta, original_recipe, released_of
 
     dev = resolve_device(device)  # an unavailable device fails before any download
     _check_classification_options(task or (recipe_task(recipe) if recipe is not None else None), model,
                                   model_options, labels, data, runtime)
-    if source is not None and not Path(source).exists() and _is_tag(str(source)):
+    if source is not None and _is_tag(str(source)):
         if model is not None:
             raise ValueError(f"{source} is a released tag; --model is for an original checkpoint file")
         source, model = None, str(source)
     released, full_name = None, model
     if source is None or "." in (model or ""):
-        from .classification.predict import released_of
-
         released, full_name = released_of(model)
     if source is None:
         if released is None:
             raise ValueError(f"--checkpoint is needed: {model or 'no --model'} names no released weights "
                              "(`uniformer models --pretrained` lists the tags, e.g. uniformer_video_small.k400_16x8)")
-        from .classification.predict import fetch_released
-
         source = fetch_released(full_name)
         title = f"`{full_name}`"
     else:
@@ -198,13 +194,11 @@ def open(source: str | os.PathLike | None = None, *, model: str | None = None,
     if ckpt.run is None and name != "classification" and recipe is None:
         raise ConfigError(f"{ckpt.path} is not a checkpoint of this package, so it records no task or recipe: give "
                           f"the recipe of this {name} model (--config)")
-    if ckpt.run is not None or name != "classification" or recipe is not None:
+    if ckpt.run is not None or recipe is not None:  # (another task's original file has its recipe: see above)
         the_task = task_from_checkpoint(ckpt, recipe, overrides, task)
         if the_task.name == "classification" and ckpt.run is None:  # an original file with its recipe
-            from .classification.predict import original_meta
-
             the_task.meta = original_meta(ckpt, the_task.cfg)
-        if the_task.name == "classification" and ckpt.run is not None:
+        elif the_task.name == "classification":
             spec = the_task.meta["model_spec"]
             if model and model.split(".")[0] != spec["name"]:
                 raise ValueError(f"--model {model}: {ckpt.path} was trained as {spec['name']}")
@@ -212,8 +206,6 @@ def open(source: str | os.PathLike | None = None, *, model: str | None = None,
                 raise ValueError(f"-o model options are for original checkpoints; {ckpt.path} records its "
                                  f"architecture ({spec['kwargs']})")
     else:
-        from .classification.predict import original_recipe
-
         cfg, meta = original_recipe(ckpt, model, released, full_name, model_options)
         the_task = build_task(load_recipe(cfg, overrides), meta)
     if check is not None:
@@ -231,11 +223,6 @@ def open(source: str | os.PathLike | None = None, *, model: str | None = None,
 
 def _runtime_model(task, model, runtime: str, device, dtype: str):
     """The fused classifier exported for `runtime` at the test view's input size (any batch)."""
-    import tempfile
-
-    from uniformer.deploy import export_for_runtime
-    from uniformer.models.fuse import fuse
-
     from .classification import model_input_ndim
 
     if device.type != "cpu" or dtype == "bfloat16":
@@ -259,10 +246,6 @@ def demo_recipe_path(task: str) -> Path:
 
 def prepare_demo_data(task) -> Path:
     """Generate (once) the built-in data of a demo recipe's task under its `data.root`; returns that folder."""
-    import fcntl
-
-    from uniformer.engine.config import expand_path
-
     root = Path(expand_path(task.cfg["data"]["root"]))
     root.parent.mkdir(parents=True, exist_ok=True)
     with builtins.open(root.parent / f".{root.name}.lock", "w") as lock:  # one generator at a time (torchrun)
@@ -277,11 +260,6 @@ def run_demo(task_name: str, out_dir: str | os.PathLike, *, data_root: str | os.
     """`uniformer demo --task T`: generate (once) T's built-in data under the demo recipe's `data.root`
     (or `data_root`), train `configs/T/demo.yaml` with the runner, draw example predictions into
     `out_dir/examples` (`show` of them) and add the demo's bar to `metrics.json`. Returns the run's summary."""
-    import time
-
-    from uniformer.engine.distributed import resolve_device
-    from uniformer.engine.reporting import write_json
-
     start = time.perf_counter()
     resolve_device(device, int(os.environ.get("LOCAL_RANK", "0") or 0))  # before any work
     over = list(overrides) + ([f"data.root={data_root}"] if data_root else [])

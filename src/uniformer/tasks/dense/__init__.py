@@ -1,10 +1,5 @@
-"""Shared machinery of the dense-prediction tasks (detection, segmentation, pose).
-
-The task packages `uniformer.tasks.detection`, `.segmentation` and `.pose` hold their `Task` classes and
-entry points; this package holds what they share (the `DenseTask` base, weight loading of the original
-toolboxes' files, image reading, drawing, COCO helpers, synthetic demo data). Training, checkpoints and
-processes are the engine's (`uniformer.engine.Runner`).
-"""
+"""What the dense-prediction tasks (detection, segmentation, pose) share: the `DenseTask` base, weight loading
+of the original toolboxes' files, image reading, drawing, COCO helpers, synthetic demo data."""
 
 
 def complexity_report(tasks=("detection", "segmentation", "pose")) -> dict[str, list[dict]]:

@@ -1,12 +1,6 @@
-"""Reading COCO-style JSON (instances and person keypoints) with every bad entry reported and left out.
-
-What is checked, each reported with the image or annotation id and then skipped:
-images whose file is missing, duplicate image ids, annotations that reference an image not in the
-file (or whose file is missing), unknown categories, boxes that are malformed, empty or degenerate
-(width or height <= 1 pixel after clipping to the image), polygons with fewer than three points or
-lying entirely outside the image, RLE masks of another size than their image, keypoint lists of
-the wrong length. Crowd annotations are kept apart (`crowd`), as training ignores them.
-"""
+"""Reading COCO-style JSON (instances and person keypoints) with every bad entry (missing image file, duplicate
+id, unknown image or category, degenerate box after clipping, bad polygon / RLE / keypoint list) reported by its
+id and left out; crowd annotations are kept apart (`crowd`), as training ignores them. COCOeval helpers."""
 from __future__ import annotations
 
 import contextlib
@@ -16,16 +10,19 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from .io import report_bad, resolve_path
 
-__all__ = ["CocoIndex", "load_coco", "load_coco_split", "polygons_to_mask", "annotation_mask", "coco_ground_truth",
-           "instance_results", "evaluate_instances", "INSTANCE_STATS"]
+__all__ = ["CocoIndex", "load_coco", "load_coco_split", "annotation_mask", "coco_ground_truth", "encode_mask",
+           "instance_results", "evaluate_instances", "evaluate_coco", "INSTANCE_STATS"]
 
 INSTANCE_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -66,28 +63,28 @@ def _box(ann: Mapping, width: float, height: float) -> tuple[float, float, float
 
 
 def _check_segmentation(seg, width: int, height: int) -> str | None:
-    if isinstance(seg, list):
-        polys = [p for p in seg if isinstance(p, list)]
-        if not polys or len(polys) != len(seg):
-            return "segmentation is not a list of polygons"
-        inside = False
-        for p in polys:
-            if len(p) < 6 or len(p) % 2:
-                return f"a polygon has {len(p) // 2} points (at least 3 needed)"
-            xs, ys = np.asarray(p[0::2], float), np.asarray(p[1::2], float)
-            if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
-                return "a polygon has non-finite coordinates"
-            if xs.max() > 0 and ys.max() > 0 and xs.min() < width and ys.min() < height:
-                inside = True
-        if not inside:
-            return f"its polygons lie entirely outside the {width}x{height} image"
-        return None
     if isinstance(seg, Mapping):
         size = seg.get("size")
-        if list(size or []) != [height, width]:
-            return f"RLE mask of size {size} on a {width}x{height} image"
+        return None if list(size or []) == [height, width] else f"RLE mask of size {size} on a {width}x{height} image"
+    if not isinstance(seg, list):
+        return f"segmentation of type {type(seg).__name__}"
+    if not seg or not all(isinstance(p, list) for p in seg):
+        return "segmentation is not a list of polygons"
+    inside = False
+    for p in seg:
+        if len(p) < 6 or len(p) % 2:
+            return f"a polygon has {len(p) // 2} points (at least 3 needed)"
+        xs, ys = np.asarray(p[0::2], float), np.asarray(p[1::2], float)
+        if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
+            return "a polygon has non-finite coordinates"
+        inside = inside or (xs.max() > 0 and ys.max() > 0 and xs.min() < width and ys.min() < height)
+    return None if inside else f"its polygons lie entirely outside the {width}x{height} image"
+
+
+def _check_keypoints(kp, num_joints: int) -> str | None:
+    if isinstance(kp, list) and len(kp) == 3 * num_joints:
         return None
-    return f"segmentation of type {type(seg).__name__}"
+    return f"expected {3 * num_joints} keypoint values, got {len(kp) if isinstance(kp, list) else kp!r}"
 
 
 def load_coco_split(cfg: Mapping, split: str, content: str, *, logger: logging.Logger,
@@ -103,14 +100,9 @@ def load_coco_split(cfg: Mapping, split: str, content: str, *, logger: logging.L
 
 
 def load_coco(ann_file: str | os.PathLike, image_dir: str | os.PathLike, *, logger: logging.Logger,
-              need_masks: bool = False, need_keypoints: int | None = None, category_ids: list[int] | None = None,
-              check_files: bool = True) -> CocoIndex:
-    """Index a COCO JSON file, reporting (via `logger`) and leaving out every unusable entry.
-
-    `need_masks`: annotations must carry a valid polygon or RLE segmentation.
-    `need_keypoints`: annotations must carry 3 × that many keypoint values.
-    `category_ids`: keep only these categories (default: all listed in the file).
-    """
+              need_masks: bool = False, need_keypoints: int | None = None) -> CocoIndex:
+    """Index a COCO JSON file, reporting (via `logger`) and leaving out every unusable entry, also those without
+    a valid segmentation (`need_masks`) or 3 × `need_keypoints` keypoint values."""
     ann_file, image_dir = Path(ann_file), Path(image_dir)
     if not ann_file.is_file():
         raise FileNotFoundError(f"annotation file {ann_file} does not exist")
@@ -127,8 +119,6 @@ def load_coco(ann_file: str | os.PathLike, image_dir: str | os.PathLike, *, logg
         report_bad(logger, f"{ann_file.name}: {msg}")
 
     categories = [c for c in data.get("categories") or [] if isinstance(c, Mapping) and "id" in c]
-    if category_ids is not None:
-        categories = [c for c in categories if c["id"] in category_ids]
     known_cats = {c["id"] for c in categories}
     images: dict[int, dict] = {}
     for im in data["images"]:
@@ -140,7 +130,7 @@ def load_coco(ann_file: str | os.PathLike, image_dir: str | os.PathLike, *, logg
             reject(f"image id {iid} appears twice ({images[iid]['file_name']}, {im['file_name']})")
             continue
         path = image_dir / im["file_name"]
-        if check_files and not path.is_file():
+        if not path.is_file():
             reject(f"image {iid} ({path}): file not found")
             continue
         try:
@@ -153,59 +143,37 @@ def load_coco(ann_file: str | os.PathLike, image_dir: str | os.PathLike, *, logg
     annotations: dict[int, list[dict]] = {i: [] for i in images}
     crowd: dict[int, list[dict]] = {i: [] for i in images}
     for ann in data.get("annotations") or []:
-        aid = ann.get("id") if isinstance(ann, Mapping) else None
         if not isinstance(ann, Mapping):
             reject(f"annotation entry {ann!r:.80} is not a mapping")
             continue
-        iid = ann.get("image_id")
+        aid, iid = ann.get("id"), ann.get("image_id")
         if iid not in images:
             why = "not in the file" if iid not in all_ids else "left out (see above)"
             reject(f"annotation {aid} references image {iid}, which is {why}")
             continue
         if ann.get("category_id") not in known_cats:
-            if category_ids is None:
-                reject(f"annotation {aid} (image {iid}): unknown category {ann.get('category_id')}")
+            reject(f"annotation {aid} (image {iid}): unknown category {ann.get('category_id')}")
             continue
-        im = images[iid]
-        box = _box(ann, im["width"], im["height"])
-        if isinstance(box, str):
-            reject(f"annotation {aid} (image {iid}): {box}")
+        w, h = images[iid]["width"], images[iid]["height"]
+        box = _box(ann, w, h)
+        problem = box if isinstance(box, str) else None
+        if problem is None and need_masks:
+            problem = _check_segmentation(ann.get("segmentation"), w, h)
+        if problem is None and need_keypoints is not None:
+            problem = _check_keypoints(ann.get("keypoints"), need_keypoints)
+        if problem:
+            reject(f"annotation {aid} (image {iid}): {problem}")
             continue
-        if need_masks:
-            problem = _check_segmentation(ann.get("segmentation"), im["width"], im["height"])
-            if problem:
-                reject(f"annotation {aid} (image {iid}): {problem}")
-                continue
-        if need_keypoints is not None:
-            kp = ann.get("keypoints")
-            if not isinstance(kp, list) or len(kp) != 3 * need_keypoints:
-                reject(f"annotation {aid} (image {iid}): expected {3 * need_keypoints} keypoint values, "
-                       f"got {len(kp) if isinstance(kp, list) else kp!r}")
-                continue
-        entry = dict(ann)
-        entry["box"] = box
-        (crowd if ann.get("iscrowd") else annotations)[iid].append(entry)
+        (crowd if ann.get("iscrowd") else annotations)[iid].append({**ann, "box": box})
     return CocoIndex(ann_file, images, annotations, crowd, categories, rejected)
 
 
-def polygons_to_mask(polygons: list[list[float]], height: int, width: int) -> np.ndarray:
-    """Rasterise COCO polygons (pixel coordinates) into an H×W uint8 mask with pycocotools."""
-    from pycocotools import mask as mask_utils
-
-    rles = mask_utils.frPyObjects(polygons, height, width)
-    with warnings.catch_warnings():  # pycocotools' decode trips NumPy 2's __array__(copy=) deprecation
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return mask_utils.decode(mask_utils.merge(rles)).astype(np.uint8)
-
-
 def annotation_mask(ann: Mapping, height: int, width: int) -> np.ndarray:
-    """The mask of a polygon or RLE annotation."""
-    from pycocotools import mask as mask_utils
-
+    """The H×W uint8 mask of a polygon or RLE annotation (rasterised by pycocotools)."""
     seg = ann["segmentation"]
     if isinstance(seg, list):
-        return polygons_to_mask(seg, height, width)
-    if isinstance(seg["counts"], list):
+        seg = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    elif isinstance(seg["counts"], list):
         seg = mask_utils.frPyObjects(seg, height, width)
     with warnings.catch_warnings():  # pycocotools' decode trips NumPy 2's __array__(copy=) deprecation
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -213,28 +181,24 @@ def annotation_mask(ann: Mapping, height: int, width: int) -> np.ndarray:
 
 
 def coco_ground_truth(index: CocoIndex, keypoints: bool = False):
-    """A pycocotools COCO object holding only the usable images and annotations of `index` (crowd ones
-    included, as COCOeval ignores them), so that evaluation scores exactly what was checked."""
-    from pycocotools.coco import COCO
-
+    """pycocotools' COCO of only the usable images and annotations of `index` (crowd ones too: COCOeval ignores
+    them), so that evaluation scores exactly what was checked."""
     images = [{"id": im["id"], "file_name": im["file_name"], "width": im["width"], "height": im["height"]}
               for im in index.images.values()]
     anns = []
-    next_id = 1 + max([a.get("id") or 0 for lst in index.annotations.values() for a in lst] +
-                      [a.get("id") or 0 for lst in index.crowd.values() for a in lst] + [0])
-    for source in (index.annotations, index.crowd):
-        for lst in source.values():
-            for a in lst:
-                entry = {k: v for k, v in a.items() if k != "box"}
-                if entry.get("id") is None:
-                    entry["id"] = next_id
-                    next_id += 1
-                x1, y1, x2, y2 = a["box"]
-                entry.setdefault("area", (x2 - x1) * (y2 - y1))
-                entry.setdefault("iscrowd", 0)
-                if keypoints and "num_keypoints" not in entry:
-                    entry["num_keypoints"] = int(sum(v > 0 for v in entry["keypoints"][2::3]))
-                anns.append(entry)
+    usable = [a for source in (index.annotations, index.crowd) for lst in source.values() for a in lst]
+    next_id = 1 + max([a.get("id") or 0 for a in usable] + [0])
+    for a in usable:
+        entry = {k: v for k, v in a.items() if k != "box"}
+        if entry.get("id") is None:
+            entry["id"] = next_id
+            next_id += 1
+        x1, y1, x2, y2 = a["box"]
+        entry.setdefault("area", (x2 - x1) * (y2 - y1))
+        entry.setdefault("iscrowd", 0)
+        if keypoints and "num_keypoints" not in entry:
+            entry["num_keypoints"] = int(sum(v > 0 for v in entry["keypoints"][2::3]))
+        anns.append(entry)
     gt = COCO()
     gt.dataset = {"images": images, "annotations": anns, "categories": [dict(c) for c in index.categories]}
     with contextlib.redirect_stdout(io.StringIO()):
@@ -242,15 +206,16 @@ def coco_ground_truth(index: CocoIndex, keypoints: bool = False):
     return gt
 
 
+def encode_mask(mask) -> dict:
+    """The COCO RLE (`size`, `counts` as text) of an H×W binary mask."""
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask).astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
 def instance_results(out: Mapping, image_id, cat_ids, segm_area: str = "box") -> tuple[list, list]:
-    """COCO result entries (bbox, and segm when `out` has bool `masks` N×H×W) of one image's detections
-    (`boxes` x1 y1 x2 y2, `scores`, `labels` 1..K indexing `cat_ids`).
-
-    `segm_area="box"` keeps each mask result's `bbox`, so that pycocotools sizes detections by their box area
-    for APs/m/l, as mmdetection 2.11 evaluated (2.12 dropped the bbox to size them by mask area: "mask").
-    The overall AP does not depend on it."""
-    from pycocotools import mask as mask_utils
-
+    """COCO result entries (bbox, and segm with `masks`) of one image's detections (`labels` 1..K index
+    `cat_ids`). `segm_area="box"` keeps each mask result's `bbox`, so that pycocotools sizes it by box area for
+    APs/m/l as mmdetection 2.11 did (2.12 sized by mask area: "mask"); the overall AP does not depend on it."""
     if segm_area not in ("box", "mask"):
         raise ValueError(f"segm_area={segm_area!r}: expected 'box' (mmdet 2.11) or 'mask'")
     boxes, segms = [], []
@@ -260,9 +225,7 @@ def instance_results(out: Mapping, image_id, cat_ids, segm_area: str = "box") ->
                   "score": float(out["scores"][j])}
         boxes.append({**common, "bbox": [x1, y1, x2 - x1, y2 - y1]})
         if "masks" in out:
-            rle = mask_utils.encode(np.asfortranarray(np.asarray(out["masks"][j]).astype(np.uint8)))
-            rle["counts"] = rle["counts"].decode("ascii")
-            segm = {**common, "segmentation": rle}
+            segm = {**common, "segmentation": encode_mask(out["masks"][j])}
             if segm_area == "box":
                 segm["bbox"] = boxes[-1]["bbox"]
             segms.append(segm)
@@ -271,15 +234,21 @@ def instance_results(out: Mapping, image_id, cat_ids, segm_area: str = "box") ->
 
 def evaluate_instances(gt, results: list[dict], iou_type: str, image_ids) -> dict:
     """pycocotools COCOeval of `results` ("bbox" or "segm") on `image_ids`: `{iou_type}_AP` ... `_APl`."""
-    from pycocotools.cocoeval import COCOeval
+    return evaluate_coco(gt, results, iou_type, image_ids, [f"{iou_type}_{n}" for n in INSTANCE_STATS])
 
+
+def evaluate_coco(gt, results: list[dict], iou_type: str, image_ids, stat_names: Sequence[str],
+                  sigmas: np.ndarray | None = None) -> dict:
+    """pycocotools COCOeval of `results` on `image_ids` (OKS `sigmas` for keypoints): its first stats by
+    `stat_names`, all 0.0 without results."""
     if not results:
-        return {f"{iou_type}_{n}": 0.0 for n in INSTANCE_STATS}
+        return {name: 0.0 for name in stat_names}
     with contextlib.redirect_stdout(io.StringIO()):
-        dt = gt.loadRes(results)
-        ev = COCOeval(gt, dt, iou_type)
+        ev = COCOeval(gt, gt.loadRes(results), iou_type)
         ev.params.imgIds = sorted(image_ids)
+        if sigmas is not None:
+            ev.params.kpt_oks_sigmas = np.asarray(sigmas)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {f"{iou_type}_{n}": float(v) for n, v in zip(INSTANCE_STATS, ev.stats[:6])}
+    return {name: float(v) for name, v in zip(stat_names, ev.stats)}

@@ -3,39 +3,31 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
-from uniformer.engine.config import check, load_config
+import uniformer
+from uniformer.engine.config import check, merge
+from uniformer.engine.reporting import write_json
 
+from .io import readable_images, resolve_path
 from .weights import load_task_weights
 
-__all__ = ["DenseTask", "dense_defaults", "backbone_kwargs"]
+__all__ = ["DenseTask"]
 
-
-def dense_defaults() -> dict:
-    """Engine defaults the original mmdet / mmseg / mmpose recipes change: decay on 1-D parameters too (the
-    `no_decay_keys` name what is exempt), mmcv's warm-up as a ratio of the rate, decay to 0, evaluation at
-    the end of the run (`train.eval_every` sets a period)."""
-    return {
-        "optim": {"no_decay_1d": False},
-        "sched": {"warmup_ratio": 0.001, "min_lr": 0.0},
-        "train": {"eval_every": None, "num_workers": 2},
-        "eval": {"split": "val"},
-    }
-
-
-def backbone_kwargs(b: Mapping, for_training: bool) -> dict:
-    """`uniformer.create_model` arguments of a `model.backbone` section (ImageNet weights only for training)."""
-    return dict(features_only=True, stage3=b["stage3"], window_size=int(b["window_size"]),
-                drop_path_rate=float(b["drop_path_rate"]) if for_training else 0.0,
-                checkpoint_path=b["pretrained"] if for_training else None, **(b["kwargs"] or {}))
+# Engine defaults the mmdet / mmseg / mmpose recipes change: decay on 1-D parameters too (`no_decay_keys` name
+# what is exempt), mmcv's warm-up as a ratio of the rate, decay to 0, evaluation only at the end (or every
+# `train.eval_every`).
+_MMCV_DEFAULTS = {
+    "optim": {"no_decay_1d": False},
+    "sched": {"warmup_ratio": 0.001, "min_lr": 0.0},
+    "train": {"eval_every": None, "num_workers": 2},
+    "eval": {"split": "val"},
+}
 
 
 class DenseTask:
@@ -43,16 +35,18 @@ class DenseTask:
 
     name = "dense"
     min_batch = 1
+    schema: dict = {}  # the task's recipe sections with their defaults (a key not there or in the engine's is an error)
+    dataset_class: type  # made as dataset_class(cfg, split, train=split == "train")
+    meta_keys: tuple[str, ...] = ("classes",)  # what `meta` takes from the training set
 
     def __init__(self, cfg: Mapping, meta: Mapping | None = None):
         self.cfg = copy.deepcopy(dict(cfg))
         self.meta = dict(meta or {})
 
     @classmethod
-    def resolve(cls, recipe: Mapping) -> dict:
-        """A recipe mapping of this task resolved against its defaults (what `uniformer.tasks.load_recipe` does,
-        without going through the task registry)."""
-        return load_config({**recipe, "task": cls.name}, task_defaults=cls.defaults(), validate=cls.validate)
+    def defaults(cls) -> dict:
+        """A fresh copy of this task's part of the recipe schema."""
+        return merge(_MMCV_DEFAULTS, {"task": cls.name, "description": "", **cls.schema}, strict=False)
 
     @staticmethod
     def validate(cfg: dict, where: str) -> None:
@@ -63,6 +57,28 @@ class DenseTask:
               "expected global, window or hybrid")
         check(0 <= b["drop_path_rate"] < 1, where, "model.backbone.drop_path_rate", b["drop_path_rate"],
               "expected a number in [0, 1)")
+
+    def _has_split(self, split: str) -> bool:
+        """Whether the recipe has `split` (the training split is always made, to fail on what it lacks)."""
+        return bool((self.cfg["data"].get(split) or {}).get("annotations"))
+
+    def build_datasets(self, splits: Sequence[str]) -> dict:
+        sets = {split: self.dataset_class(self.cfg, split, train=split == "train")
+                if split == "train" or self._has_split(split) else None for split in splits}
+        if sets.get("train") is not None:
+            self.meta = {key: getattr(sets["train"], key) for key in self.meta_keys}
+        return sets
+
+    def eval_defaults(self) -> tuple[int, int]:
+        return int(self.cfg["test"].get("batch_size", 1)), 0  # segmentation: images of many sizes, one by one
+
+    def _backbone(self, for_training: bool, **options) -> nn.Module:
+        """The UniFormer of `model.backbone` (ImageNet weights and drop path only for training)."""
+        b = self.cfg["model"]["backbone"]
+        return uniformer.create_model(b["name"], **options, features_only=True, stage3=b["stage3"],
+                                      window_size=int(b["window_size"]),
+                                      drop_path_rate=float(b["drop_path_rate"]) if for_training else 0.0,
+                                      checkpoint_path=b["pretrained"] if for_training else None, **(b["kwargs"] or {}))
 
     def _weight_options(self, model: nn.Module) -> dict:
         """Extra arguments of `load_task_weights` (converter of original checkpoints, backbone location)."""
@@ -84,17 +100,10 @@ class DenseTask:
     def write_pictures(self, folder: Path, metrics: Mapping, prefix: str = "") -> None:
         """The dense tasks draw example predictions instead (`demo_examples`, `predict`)."""
 
-    # --- inference ---------------------------------------------------------------------------------------
+    # --- inference: each task has predict_image(model, image, path, **options) -> (JSON fields of one RGB
+    # image's prediction, its raw output) and draw(image, output) -> the PIL picture of that output.
     predict_options: tuple[str, ...] = ()
     picture_suffix = "pred"  # <stem>_<suffix>.png
-
-    def predict_image(self, model: nn.Module, image: np.ndarray, path: Path, **options) -> tuple[dict, Any]:
-        """(JSON fields of one RGB image's prediction, the raw output `draw` takes)."""
-        raise NotImplementedError
-
-    def draw(self, image: np.ndarray, output: Any) -> Image.Image:
-        """The picture of one prediction over its image."""
-        raise NotImplementedError
 
     def save_extra(self, out_dir: Path, path: Path, output: Any, record: dict) -> None:
         """Files besides the picture and the JSON record (segmentation's label map)."""
@@ -103,10 +112,6 @@ class DenseTask:
         """One record per image of `inputs` (files or folders; an unreadable one gets an `error`); with
         `out_dir`, `<stem>_<suffix>.png` (the picture `draw` makes) and `<stem>.json` per image, plus
         predictions.json."""
-        from uniformer.engine.reporting import write_json
-
-        from .io import readable_images
-
         out = Path(out_dir) if out_dir is not None else None
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
@@ -132,7 +137,5 @@ class DenseTask:
 
     def demo_examples(self, model: nn.Module, out_dir: Path, show: int = 4) -> list[dict]:
         """Predictions on the first `show` validation images."""
-        from .io import resolve_path
-
         images = sorted(resolve_path(self.cfg, self.cfg["data"]["val"]["images"]).iterdir())[:show]
         return self.predict(model, images, out_dir, **self.demo_options)

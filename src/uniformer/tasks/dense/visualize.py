@@ -1,8 +1,5 @@
-"""Pictures of dense predictions (boxes and masks, coloured label maps, skeletons) drawn with PIL.
-
-Every function takes the RGB image as a uint8 H×W×3 array and returns a PIL image of the same
-size, so the saved picture lines up pixel for pixel with the input.
-"""
+"""Pictures of dense predictions (boxes and masks, label maps, skeletons) drawn with PIL over the RGB uint8
+H×W×3 image, at its size, so a picture lines up pixel for pixel with its input."""
 from __future__ import annotations
 
 import colorsys

@@ -1,11 +1,8 @@
 """Loading weights into a composed dense model: our own checkpoints, and the original toolboxes' files.
 
-Original detector / segmentor / pose checkpoints are `{"meta": ..., "state_dict": {"backbone.*": ...,
-"neck.*" / "decode_head.*" / "rpn_head.*" / "keypoint_head.*": ...}}`. The backbone part goes through
-`uniformer.load_checkpoint` (the package's converter, which checks every key); the rest is renamed
-by the task's `convert` function to the composed model's names and must then fit exactly, or the
-error lists what is missing, unexpected or of another shape. An ImageNet (classification)
-checkpoint fills the backbone only and leaves the heads as initialised.
+Original detector / segmentor / pose checkpoints hold `backbone.*` and head tensors under `state_dict`: the
+backbone goes through the package's converter (`uniformer.models.checkpoint.load_state`); the heads, renamed by
+the task's `convert`, must then fit exactly. An ImageNet checkpoint fills the backbone only.
 """
 from __future__ import annotations
 
@@ -15,32 +12,22 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from uniformer.engine.checkpoint import as_checkpoint, load_run_weights
+from uniformer.models.checkpoint import CheckpointError, _listing, load_state
+
 __all__ = ["load_task_weights"]
 
 _logger = logging.getLogger("uniformer.tasks.dense")
-
-
-def _listing(keys, n: int = 5) -> str:
-    keys = list(keys)
-    return f"{len(keys)} ({', '.join(keys[:n])}{', ...' if len(keys) > n else ''})"
 
 
 def load_task_weights(model: nn.Module, path, *, task: str,
                       convert: Callable[[dict, nn.Module], dict] | None = None, skip_mismatched: bool = False,
                       backbone: nn.Module | None = None, backbone_prefix: str = "backbone.",
                       use_ema: bool = False) -> dict:
-    """Load `path` (a file, or a `CheckpointFile` already read) into `model` (`use_ema`: a run checkpoint's EMA
-    weights). Returns what was loaded:
-    `{"format": "run" | "original" | "backbone-only", "meta": ..., "skipped": [...]}`.
-
-    `backbone` is the UniFormer inside `model` (default `model.backbone`), whose parameters are named
-    `backbone_prefix` + its own names in `model.state_dict()`.
-    `skip_mismatched` leaves head tensors of another shape (e.g. a classifier for another number of
-    classes) at their initial values instead of raising, for fine-tuning on a new label set.
-    """
-    from uniformer.engine.checkpoint import as_checkpoint, load_run_weights
-    from uniformer.models.checkpoint import CheckpointError, load_state
-
+    """Load `path` (a file or a `CheckpointFile`) into `model`; returns `{"format": "run" | "original" |
+    "backbone-only", "meta", "skipped"}`. `backbone`: the UniFormer inside `model` (its keys there start with
+    `backbone_prefix`); `skip_mismatched` leaves head tensors of another shape (e.g. another number of classes)
+    as initialised, for fine-tuning on a new label set."""
     ckpt = as_checkpoint(path)
     path = ckpt.path
     if ckpt.run is not None:
@@ -54,16 +41,12 @@ def load_task_weights(model: nn.Module, path, *, task: str,
         return {"format": "run", "meta": own.get("meta", {}), "skipped": []}
 
     obj = ckpt.obj
-    sd = obj
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model", "module"):
-            if isinstance(obj.get(key), Mapping):
-                sd = obj[key]
-                break
+    entries = obj if isinstance(obj, Mapping) else {}
+    sd = next((entries[k] for k in ("state_dict", "model", "module") if isinstance(entries.get(k), Mapping)), obj)
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{path}: no state dict found (expected a 'state_dict' entry holding tensors)")
     sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
-    meta = dict(obj.get("meta") or {}) if isinstance(obj, Mapping) and isinstance(obj.get("meta"), Mapping) else {}
+    meta = dict(entries["meta"]) if isinstance(entries.get("meta"), Mapping) else {}
     try:
         load_state(backbone if backbone is not None else model.backbone, obj, path, meta=ckpt.meta)
     except CheckpointError as e:
@@ -85,10 +68,8 @@ def load_task_weights(model: nn.Module, path, *, task: str,
                         ", ".join(skipped))
     if missing or unexpected or mismatched:
         lines = [f"{path}: the heads of this checkpoint do not fit the {task} model:"]
-        if missing:
-            lines.append(f"  missing: {_listing(missing)}")
-        if unexpected:
-            lines.append(f"  unexpected: {_listing(unexpected)}")
+        lines += [f"  {what}: {_listing(keys)}" for what, keys in (("missing", missing), ("unexpected", unexpected))
+                  if keys]
         if mismatched:
             lines.append("  shape mismatches: " + _listing(
                 [f"{k} {tuple(converted[k].shape)} vs {tuple(mine[k].shape)}" for k in mismatched], 3))

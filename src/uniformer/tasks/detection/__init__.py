@@ -1,25 +1,15 @@
 """Object detection and instance segmentation with UniFormer backbones (COCO Mask R-CNN recipes of the paper).
 
-`Task` is the engine's view of it (a training step is `Task.training_step` here, the model in `detector.py`
-and the loop in `uniformer/engine/runner.py`); `uniformer.tasks.open(checkpoint)` gives it with its trained
-model for `Task.predict` (`<stem>_det.png` + `<stem>.json`: boxes, classes, scores, COCO RLE masks).
+`Task` is the engine's view of it (the model in `detector.py`); `uniformer.tasks.open(checkpoint)` gives it with
+its trained model for `Task.predict` (`<stem>_det.png` + `<stem>.json`: boxes, classes, scores, COCO RLE masks).
 `complexity(variants=..., input_size=(800, 1280))` counts parameters and GFLOPs as mmdet's get_flops does.
 
-Recipe sections of this task (defaults in `Task.defaults()`, the 1x schedule; engine sections in
-`uniformer.engine.config`):
-
-    model:  backbone {name, stage3 (hybrid), window_size (14), drop_path_rate, pretrained, kwargs}, with_masks,
-            type (mask_rcnn | cascade_mask_rcnn), fpn_channels, box_head_dim, mask_head_channels, anchor_sizes,
-            rpn_batch, roi_batch, rpn_train_proposals / rpn_test_proposals ([per level before NMS, kept after NMS]),
-            box_loss (l1 | smooth_l1 | giou for cascade), rpn_box_loss (l1 | smooth_l1), rpn_allowed_border
-            (-1: every anchor trains) — null: the original config's choice for the type,
-            cascade {box_head_convs, box_head_fcs, box_head_norm, class_agnostic, stage_ious, stage_loss_weights,
-            stage_stds}, checkpoint (ours or an original mmdet file), skip_mismatched
-    data:   root, train/val {annotations, images}, classes, train_scales (short sides drawn per image),
-            test_scale, max_size, flip_prob, crop_policy (null | detr: the 3x+MS recipe's crop branch),
-            crop_scales, crop_size, mean, std
-    test:   score_thresh, detections_per_img, mask_thresh, batch_size, segm_area (box: mask APs/m/l by box area
-            as mmdet 2.11 | mask)
+Recipe sections: `Task.schema` (the 1x schedule). Not told by the keys: model.type is mask_rcnn or
+cascade_mask_rcnn; rpn_train/test_proposals are [per level before NMS, kept after NMS]; box_loss (l1 |
+smooth_l1 | giou for cascade), rpn_box_loss (l1 | smooth_l1) and rpn_allowed_border (-1: every anchor trains)
+are, when null, the original config's choice for the type; model.checkpoint is ours or an original mmdet file;
+data.train_scales are short sides drawn per image; data.crop_policy detr is the 3x+MS recipe's crop branch;
+test.segm_area box sizes mask APs/m/l by box area (as mmdet 2.11), mask by mask area.
 
 Inference is the original mmdet 2.11 test pipeline (`detector.detect`): uint8 image resized with OpenCV as
 mmcv's `imrescale`, aligned RoIAlign, fixed-stride fractional anchors, masks pasted with grid_sample.
@@ -33,55 +23,19 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from uniformer.engine.config import merge
+from uniformer.profiling import count_gflops, count_params
 
-from ..dense.coco import coco_ground_truth, evaluate_instances, instance_results
+from .. import load_recipe
+from ..dense.coco import coco_ground_truth, encode_mask, evaluate_instances, instance_results
 from ..dense.io import resolve_path
 from ..dense.synthetic import write_shapes_coco
-from ..dense.task import DenseTask, backbone_kwargs, dense_defaults
+from ..dense.task import DenseTask
 from ..dense.visualize import draw_instances
 from .convert import mmdet_key_converter
 from .data import DetDataset, det_collate
 from .detector import DetectorFlops, build_detector, detect
 
 __all__ = ["Task", "complexity", "recipe_complexity"]
-
-TASK = "detection"
-
-
-def _defaults() -> dict:
-    """A fresh copy of this task's part of the recipe schema (a key not here or in the engine's is an error)."""
-    return merge(dense_defaults(), {
-        "task": TASK,
-        "description": "",
-        "model": {
-            "backbone": {"name": "uniformer_small", "stage3": "hybrid", "window_size": 14, "drop_path_rate": 0.2,
-                         "pretrained": None, "kwargs": {}},
-            "with_masks": True, "fpn_channels": 256, "box_head_dim": 1024, "mask_head_channels": [256, 256, 256, 256],
-            "anchor_sizes": [32, 64, 128, 256, 512], "rpn_batch": 256, "roi_batch": 512,
-            "rpn_train_proposals": [2000, 1000], "rpn_test_proposals": [1000, 1000],
-            "type": "mask_rcnn", "box_loss": None, "rpn_box_loss": None, "rpn_allowed_border": None,
-            "cascade": {"box_head_convs": 4, "box_head_fcs": 1, "box_head_norm": True, "class_agnostic": False,
-                        "stage_ious": [0.5, 0.6, 0.7], "stage_loss_weights": [1.0, 0.5, 0.25],
-                        "stage_stds": [[0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1], [0.033, 0.033, 0.067, 0.067]]},
-            "checkpoint": None, "skip_mismatched": False,
-        },
-        "data": {
-            "root": "data/coco",
-            "train": {"annotations": "annotations/instances_train2017.json", "images": "train2017"},
-            "val": {"annotations": "annotations/instances_val2017.json", "images": "val2017"},
-            "classes": None,
-            "train_scales": [800], "test_scale": 800, "max_size": 1333, "flip_prob": 0.5,
-            "crop_policy": None, "crop_scales": [400, 500, 600], "crop_size": [384, 600],
-            "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-        },
-        "train": {"epochs": 12, "batch_size": 2, "log_every": 50},
-        "optim": {"lr": 1e-4, "weight_decay": 0.05, "no_decay_keys": ["norm"]},
-        "sched": {"name": "step", "warmup_iters": 500, "warmup_ratio": 0.001, "steps": [8, 11], "gamma": 0.1},
-        "checkpoint": {"best_metric": "val_bbox_AP"},
-        "test": {"score_thresh": 0.05, "detections_per_img": 100, "mask_thresh": 0.5, "batch_size": 1,
-                 "segm_area": "box"},
-    }, strict=False)
 
 
 def _class_names(cfg: Mapping) -> list[str]:
@@ -111,37 +65,59 @@ def _detect(model: nn.Module, images: list[np.ndarray], cfg: Mapping) -> list[di
 class Task(DenseTask):
     """Mask R-CNN / Faster R-CNN on a COCO-style instances dataset."""
 
-    name = TASK
-
-    defaults = staticmethod(_defaults)
+    name = "detection"
+    schema = {  # the 1x schedule
+        "model": {
+            "backbone": {"name": "uniformer_small", "stage3": "hybrid", "window_size": 14, "drop_path_rate": 0.2,
+                         "pretrained": None, "kwargs": {}},
+            "with_masks": True, "fpn_channels": 256, "box_head_dim": 1024, "mask_head_channels": [256, 256, 256, 256],
+            "anchor_sizes": [32, 64, 128, 256, 512], "rpn_batch": 256, "roi_batch": 512,
+            "rpn_train_proposals": [2000, 1000], "rpn_test_proposals": [1000, 1000],
+            "type": "mask_rcnn", "box_loss": None, "rpn_box_loss": None, "rpn_allowed_border": None,
+            "cascade": {"box_head_convs": 4, "box_head_fcs": 1, "box_head_norm": True, "class_agnostic": False,
+                        "stage_ious": [0.5, 0.6, 0.7], "stage_loss_weights": [1.0, 0.5, 0.25],
+                        "stage_stds": [[0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1], [0.033, 0.033, 0.067, 0.067]]},
+            "checkpoint": None, "skip_mismatched": False,
+        },
+        "data": {
+            "root": "data/coco",
+            "train": {"annotations": "annotations/instances_train2017.json", "images": "train2017"},
+            "val": {"annotations": "annotations/instances_val2017.json", "images": "val2017"},
+            "classes": None,
+            "train_scales": [800], "test_scale": 800, "max_size": 1333, "flip_prob": 0.5,
+            "crop_policy": None, "crop_scales": [400, 500, 600], "crop_size": [384, 600],
+            "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+        },
+        "train": {"epochs": 12, "batch_size": 2, "log_every": 50},
+        "optim": {"lr": 1e-4, "weight_decay": 0.05, "no_decay_keys": ["norm"]},
+        "sched": {"name": "step", "warmup_iters": 500, "warmup_ratio": 0.001, "steps": [8, 11], "gamma": 0.1},
+        "checkpoint": {"best_metric": "val_bbox_AP"},
+        "test": {"score_thresh": 0.05, "detections_per_img": 100, "mask_thresh": 0.5, "batch_size": 1,
+                 "segm_area": "box"},
+    }
+    dataset_class = DetDataset
+    meta_keys = ("classes", "cat_ids")
+    collate = staticmethod(det_collate)
+    prepare_demo = staticmethod(write_shapes_coco)
+    demo_bar = {"bbox_AP50": 0.5}
+    demo_options = {"score_thr": 0.5}
+    predict_options = ("score_thr",)
+    picture_suffix = "det"
 
     def build_datasets(self, splits: Sequence[str]) -> dict:
-        sets: dict = {}
-        for split in splits:
-            has = bool((self.cfg["data"].get(split) or {}).get("annotations"))
-            sets[split] = DetDataset(self.cfg, split, train=split == "train") if has or split == "train" else None
-        train = sets.get("train")
-        if train is not None:
-            self.meta = {"classes": train.classes, "cat_ids": train.cat_ids}
+        sets = super().build_datasets(splits)
         for ds in sets.values():
             if ds is not None and self.meta and ds.cat_ids != self.meta["cat_ids"]:
                 raise ValueError(f"{ds.ann_file} lists other categories than the training set")
         return sets
 
-    collate = staticmethod(det_collate)
-
     def batch_size(self, batch) -> int:
-        return len(batch[0]) if batch is not None else 0
+        return len(batch[0])
 
     def build_model(self, for_training: bool = True) -> nn.Module:
-        import uniformer
-
-        cfg = self.cfg
-        m, d = cfg["model"], cfg["data"]
-        classes = self.meta.get("classes") or _class_names(cfg)
-        body = uniformer.create_model(m["backbone"]["name"], **backbone_kwargs(m["backbone"], for_training))
-        model = build_detector(body, len(classes), m, mean=d["mean"], std=d["std"],
-                               score_thresh=float(cfg["test"]["score_thresh"]),
+        cfg, num_classes = self.cfg, len(self.classes)  # no classes: fail before building the backbone
+        model = build_detector(self._backbone(for_training), num_classes, cfg["model"], mean=cfg["data"]["mean"],
+                               std=cfg["data"]["std"], score_thresh=float(cfg["test"]["score_thresh"]),
                                detections_per_img=int(cfg["test"]["detections_per_img"]))
         return self._initial_weights(model, for_training)
 
@@ -150,11 +126,7 @@ class Task(DenseTask):
                 "backbone_prefix": "backbone.body."}
 
     def training_step(self, model: nn.Module, batch) -> dict:
-        images, targets = batch
-        return model(images, targets)  # named losses: loss_objectness, loss_rpn_box_reg, loss_classifier, ...
-
-    def eval_defaults(self) -> tuple[int, int]:
-        return int(self.cfg["test"]["batch_size"]), 0
+        return model(*batch)  # (images, targets) -> named losses: loss_objectness, loss_rpn_box_reg, ...
 
     def evaluate(self, model: nn.Module, dataset: DetDataset, batches) -> dict:
         segm_area = str(self.cfg["test"]["segm_area"])
@@ -186,23 +158,12 @@ class Task(DenseTask):
                         "skipped_images": [i for p in parts for i in p["skipped"]]})
         return metrics
 
-    # --- demo --------------------------------------------------------------------------------------------
-    demo_bar = {"bbox_AP50": 0.5}
-    demo_options = {"score_thr": 0.5}
-    prepare_demo = staticmethod(write_shapes_coco)
-
-    # --- inference -----------------------------------------------------------------------------------------
-    predict_options = ("score_thr",)
-    picture_suffix = "det"
-
     @property
     def classes(self) -> list[str]:
         return self.meta.get("classes") or _class_names(self.cfg)
 
     def predict_image(self, model: nn.Module, image: np.ndarray, path: Path, score_thr: float | None = None):
         """Boxes x1 y1 x2 y2, class, score and mask (COCO RLE) of the detections scoring `score_thr` (0.3)."""
-        from pycocotools import mask as mask_utils
-
         score_thr = 0.3 if score_thr is None else float(score_thr)
         names = self.classes
         out = _detect(model, [np.asarray(image)], self.cfg)[0]
@@ -213,8 +174,7 @@ class Task(DenseTask):
         for j, (box, lab, sc) in enumerate(zip(boxes, labels, scores)):
             det = {"box": [float(v) for v in box], "label": int(lab - 1), "name": names[lab - 1], "score": float(sc)}
             if masks is not None:
-                rle = mask_utils.encode(np.asfortranarray(masks[j].astype(np.uint8)))
-                det["mask_rle"] = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+                det["mask_rle"] = encode_mask(masks[j])
             dets.append(det)
         return {"score_thr": score_thr, "detections": dets}, (boxes, labels, scores, masks)
 
@@ -229,20 +189,15 @@ def complexity(variants: Sequence[str] = ("uniformer_small", "uniformer_base"), 
     """Parameters and GFLOPs of Mask R-CNN (or `model_type="cascade_mask_rcnn"`) on UniFormer at `input_size`
     (height, width), counting as mmdet's get_flops does: backbone + FPN + RPN head, the box head(s) on 1000
     proposals, the mask head(s) on 100."""
-    rows = []
-    for variant in variants:
-        cfg = Task.resolve({"task": TASK, "model": {"type": model_type,
-                                     "backbone": {"name": variant, "stage3": stage3, "window_size": window_size}},
-                           "data": {"classes": [f"c{i}" for i in range(num_classes)]}})
-        rows.append(recipe_complexity(cfg, input_size))
-    return rows
+    classes = [f"c{i}" for i in range(num_classes)]
+    recipes = [{"model": {"type": model_type, "backbone": {"name": name, "stage3": stage3, "window_size": window_size}},
+                "data": {"classes": classes}} for name in variants]
+    return [recipe_complexity(load_recipe(recipe, task="detection"), input_size) for recipe in recipes]
 
 
 def recipe_complexity(cfg: Mapping, input_size: Sequence[int] | None = None) -> dict:
     """Parameters and GFLOPs of the detector of a resolved recipe, at `input_size` (default: the test scale
     on a square image); COCO's 80 classes when the recipe's classes are not known here (no annotation file)."""
-    from uniformer.profiling import count_gflops, count_params
-
     b = cfg["model"]["backbone"]
     size = list(input_size) if input_size else [int(cfg["data"]["test_scale"])] * 2
     try:

@@ -5,21 +5,14 @@
 COCO detections JSON) or `boxes_from_detector` (`--detector`, this package's detector).
 `complexity(variants=..., input_sizes=((256, 192), ...))` counts parameters and GFLOPs.
 
-Recipe sections of this task (defaults in `Task.defaults()`; engine sections in `uniformer.engine.config`):
-
-    model:  backbone {name, stage3, window_size, drop_path_rate, pretrained, kwargs}, num_deconv, deconv_channels,
-            final_kernel, checkpoint (ours or an original mmpose file), skip_mismatched
-    data:   root, train/val {annotations, images, detections (person detection results JSON, val only)},
-            num_joints, flip_pairs (null: COCO's), skeleton (null: COCO's), sigmas (null: COCO's), upper_body_ids,
-            input_size [width, height], heatmap_size (null: input / 4), sigma, bbox_padding, det_bbox_thr,
-            flip_prob, half_body_prob, half_body_min_joints, scale_factor, rot_factor, rot_prob, mean, std
-    test:   flip, shift_heatmap, post_process default|unbiased (DARK), modulate_kernel, vis_thr, oks_thr,
-            use_gt_bbox, batch_size
+Recipe sections: `Task.schema`. Not told by the keys: data.val.detections is a person detection results JSON;
+data.flip_pairs, skeleton and sigmas null are COCO's; data.input_size is [width, height], data.heatmap_size null
+a quarter of it; test.post_process is default or unbiased (DARK); model.checkpoint is ours or an original mmpose
+file.
 """
 from __future__ import annotations
 
-import contextlib
-import io
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,11 +20,13 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from uniformer.engine.config import merge
+from uniformer.profiling import count_gflops, count_params
 
-from ..dense.coco import coco_ground_truth
+from .. import load_recipe
+from ..dense.coco import coco_ground_truth, evaluate_coco
+from ..dense.io import resolve_path
 from ..dense.synthetic import COCO_FLIP_PAIRS, COCO_SKELETON, write_pose_coco
-from ..dense.task import DenseTask, backbone_kwargs, dense_defaults
+from ..dense.task import DenseTask
 from ..dense.visualize import draw_keypoints
 from .data import PoseDataset, pose_collate
 from .decoding import COCO_SIGMAS, decode_heatmaps, estimate_poses, rescore_and_nms, topdown_heatmaps
@@ -39,38 +34,7 @@ from .head import HeatmapHead, TopDownPose, joints_mse_loss
 
 __all__ = ["Task", "read_person_boxes", "boxes_from_detector", "complexity", "recipe_complexity"]
 
-TASK = "pose"
 STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
-
-def _defaults() -> dict:
-    """A fresh copy of this task's part of the recipe schema (a key not here or in the engine's is an error)."""
-    return merge(dense_defaults(), {
-        "task": TASK,
-        "description": "",
-        "model": {
-            "backbone": {"name": "uniformer_small", "stage3": "global", "window_size": 14, "drop_path_rate": 0.2,
-                         "pretrained": None, "kwargs": {}},
-            "num_deconv": 3, "deconv_channels": 256, "final_kernel": 1, "checkpoint": None, "skip_mismatched": False,
-        },
-        "data": {
-            "root": "data/coco",
-            "train": {"annotations": "annotations/person_keypoints_train2017.json", "images": "train2017",
-                      "detections": None},
-            "val": {"annotations": "annotations/person_keypoints_val2017.json", "images": "val2017",
-                    "detections": "person_detection_results/COCO_val2017_detections_AP_H_56_person.json"},
-            "num_joints": 17, "flip_pairs": None, "skeleton": None, "sigmas": None,
-            "upper_body_ids": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
-            "input_size": [192, 256], "heatmap_size": None, "sigma": 2.0, "bbox_padding": 1.25, "det_bbox_thr": 0.0,
-            "flip_prob": 0.5, "half_body_prob": 0.3, "half_body_min_joints": 8, "scale_factor": 0.5, "rot_factor": 40,
-            "rot_prob": 0.6, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-        },
-        "train": {"epochs": 210, "batch_size": 64, "num_workers": 4, "log_every": 50},
-        "optim": {"lr": 2e-3, "weight_decay": 0.01},
-        "sched": {"name": "step", "warmup_iters": 500, "warmup_ratio": 0.001, "steps": [170, 200], "gamma": 0.1},
-        "checkpoint": {"every": 5, "best_metric": "val_AP"},
-        "test": {"flip": True, "shift_heatmap": True, "post_process": "default", "modulate_kernel": 11, "vis_thr": 0.2,
-                 "oks_thr": 0.9, "use_gt_bbox": False, "batch_size": 32},
-    }, strict=False)
 
 
 def _flip_pairs(cfg) -> list[tuple[int, int]]:
@@ -86,8 +50,7 @@ def _sigmas(cfg) -> np.ndarray:
 
 
 def _predict_people(model: nn.Module, dataset: PoseDataset, cfg: Mapping, batches):
-    """Keypoints of every person box in `batches` ((indices, pose_collate batch) pairs); image ids of the
-    samples that could not be read."""
+    """Keypoints of every person box in `batches` ((indices, pose_collate batch) pairs), unreadable image ids."""
     people, seen, indices = [], set(), []
     for batch_indices, batch in batches:
         indices += batch_indices
@@ -117,55 +80,60 @@ def _rescore_and_nms(people: list[dict], cfg: Mapping) -> list[dict]:
 
 def _coco_keypoint_eval(dataset: PoseDataset, results: list[dict], image_ids: Sequence, sigmas: np.ndarray) -> dict:
     """OKS AP / AR with pycocotools' COCOeval ('keypoints') over the usable images that were predicted."""
-    from pycocotools.cocoeval import COCOeval
-
-    if not results:
-        return {name: 0.0 for name in STAT_NAMES}
-    gt = coco_ground_truth(dataset.index, keypoints=True)
-    with contextlib.redirect_stdout(io.StringIO()):
-        dt = gt.loadRes([{"image_id": r["image_id"], "category_id": 1, "score": float(r["score"]),
-                          "keypoints": [float(v) for v in r["keypoints"].reshape(-1)]} for r in results])
-        ev = COCOeval(gt, dt, "keypoints")
-        ev.params.imgIds = sorted(image_ids)
-        ev.params.kpt_oks_sigmas = np.asarray(sigmas)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return {name: float(v) for name, v in zip(STAT_NAMES, ev.stats)}
+    dt = [{"image_id": r["image_id"], "category_id": 1, "score": float(r["score"]),
+           "keypoints": [float(v) for v in r["keypoints"].reshape(-1)]} for r in results]
+    return evaluate_coco(coco_ground_truth(dataset.index, keypoints=True), dt, "keypoints", image_ids, STAT_NAMES,
+                         sigmas)
 
 
 class Task(DenseTask):
     """Top-down pose estimation on COCO-style keypoint annotations (ground-truth or detected person boxes)."""
 
-    name = TASK
+    name = "pose"
     min_batch = 2  # BatchNorm in the heads
-
-    defaults = staticmethod(_defaults)
-
-    def build_datasets(self, splits: Sequence[str]) -> dict:
-        sets = {}
-        for split in splits:
-            has = bool((self.cfg["data"].get(split) or {}).get("annotations"))
-            sets[split] = PoseDataset(self.cfg, split, train=split == "train") if has or split == "train" else None
-        if sets.get("train") is not None:
-            self.meta = {"num_joints": sets["train"].num_joints}
-        return sets
-
+    schema = {
+        "model": {
+            "backbone": {"name": "uniformer_small", "stage3": "global", "window_size": 14, "drop_path_rate": 0.2,
+                         "pretrained": None, "kwargs": {}},
+            "num_deconv": 3, "deconv_channels": 256, "final_kernel": 1, "checkpoint": None, "skip_mismatched": False,
+        },
+        "data": {
+            "root": "data/coco",
+            "train": {"annotations": "annotations/person_keypoints_train2017.json", "images": "train2017",
+                      "detections": None},
+            "val": {"annotations": "annotations/person_keypoints_val2017.json", "images": "val2017",
+                    "detections": "person_detection_results/COCO_val2017_detections_AP_H_56_person.json"},
+            "num_joints": 17, "flip_pairs": None, "skeleton": None, "sigmas": None,
+            "upper_body_ids": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+            "input_size": [192, 256], "heatmap_size": None, "sigma": 2.0, "bbox_padding": 1.25, "det_bbox_thr": 0.0,
+            "flip_prob": 0.5, "half_body_prob": 0.3, "half_body_min_joints": 8, "scale_factor": 0.5, "rot_factor": 40,
+            "rot_prob": 0.6, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+        },
+        "train": {"epochs": 210, "batch_size": 64, "num_workers": 4, "log_every": 50},
+        "optim": {"lr": 2e-3, "weight_decay": 0.01},
+        "sched": {"name": "step", "warmup_iters": 500, "warmup_ratio": 0.001, "steps": [170, 200], "gamma": 0.1},
+        "checkpoint": {"every": 5, "best_metric": "val_AP"},
+        "test": {"flip": True, "shift_heatmap": True, "post_process": "default", "modulate_kernel": 11, "vis_thr": 0.2,
+                 "oks_thr": 0.9, "use_gt_bbox": False, "batch_size": 32},
+    }
+    dataset_class = PoseDataset
+    meta_keys = ("num_joints",)
     collate = staticmethod(pose_collate)
+    prepare_demo = staticmethod(write_pose_coco)
+    demo_bar = {"AP": 0.5}
+    predict_options = ("boxes",)
+    picture_suffix = "pose"
 
     def batch_size(self, batch) -> int:
-        return len(batch["index"]) if batch is not None else 0
+        return len(batch["index"])
 
     def build_model(self, for_training: bool = True) -> TopDownPose:
-        import uniformer
-
         m, d = self.cfg["model"], self.cfg["data"]
         w, h = d["input_size"]
         if w % 32 or h % 32:
             raise ValueError(f"data.input_size {w}x{h}: width and height must be multiples of 32 (the heatmaps are "
                              "the backbone's stride-32 map upsampled 8x)")
-        backbone = uniformer.create_model(m["backbone"]["name"], out_indices=(3,),
-                                          **backbone_kwargs(m["backbone"], for_training))
+        backbone = self._backbone(for_training, out_indices=(3,))
         for i in (1, 2, 3):  # the output norms of the stages the head does not read: kept (original
             norm = getattr(backbone, f"norm{i}", None)  # checkpoints hold them), not trained (DDP needs every
             if norm is not None:  # trained parameter to receive a gradient)
@@ -181,9 +149,6 @@ class Task(DenseTask):
                              "be a quarter of data.input_size")
         return {"loss_kpt": joints_mse_loss(heat.float(), target, batch["target_weight"])}
 
-    def eval_defaults(self) -> tuple[int, int]:
-        return int(self.cfg["test"]["batch_size"]), 0
-
     def eval_collate(self, items: list):
         return [i for i, _ in items], pose_collate([sample for _, sample in items])
 
@@ -198,27 +163,14 @@ class Task(DenseTask):
         stats = _coco_keypoint_eval(dataset, results, image_ids, _sigmas(self.cfg))
         return {**stats, "num_images": len(image_ids), "num_people": len(results), "skipped_images": skipped}
 
-    # --- demo --------------------------------------------------------------------------------------------
-    demo_bar = {"AP": 0.5}
-
-    prepare_demo = staticmethod(write_pose_coco)
-
     def demo_examples(self, model: nn.Module, out_dir: Path, show: int = 4) -> list[dict]:
         """Skeletons on a few validation images, in their ground-truth person boxes (a top-down model needs boxes)."""
-        from ..dense.io import resolve_path
-
-        val = PoseDataset(self.cfg, "val", train=False)
-        boxes: dict = {}
-        for iid, anns in list(val.index.annotations.items())[:show]:
-            name = val.index.images[iid]["file_name"]
-            boxes[name] = [[a["box"][0], a["box"][1], a["box"][2] - a["box"][0], a["box"][3] - a["box"][1]]
-                           for a in anns]
+        index = PoseDataset(self.cfg, "val", train=False).index
+        boxes = {index.images[iid]["file_name"]: [[a["box"][0], a["box"][1], a["box"][2] - a["box"][0],
+                                                   a["box"][3] - a["box"][1]] for a in anns]
+                 for iid, anns in list(index.annotations.items())[:show]}
         folder = resolve_path(self.cfg, self.cfg["data"]["val"]["images"])
         return self.predict(model, [folder / n for n in boxes], out_dir, boxes=boxes)
-
-    # --- inference -----------------------------------------------------------------------------------------
-    predict_options = ("boxes",)
-    picture_suffix = "pose"
 
     def predict_image(self, model: nn.Module, image: np.ndarray, path: Path,
                       boxes: Mapping[str, Sequence[Sequence[float]]] | None = None):
@@ -247,8 +199,6 @@ def read_person_boxes(path: str | os.PathLike, inputs: Sequence[str | os.PathLik
     """Person boxes of `--boxes FILE` by image file name: a COCO detections JSON (a list of {image_id,
     category_id, bbox [x, y, w, h], score}; ids matched to the inputs' numeric file stems as in COCO, or a
     `file_name` per detection; category 1, person, only), or a mapping {file name: [[x, y, w, h(, score)], ...]}."""
-    import json
-
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -260,21 +210,15 @@ def read_person_boxes(path: str | os.PathLike, inputs: Sequence[str | os.PathLik
         return {str(k): [list(map(float, b)) for b in v] for k, v in data.items()}
     if not isinstance(data, list):
         raise ValueError(f"--boxes {path}: expected a COCO detections list or a mapping of file names to boxes")
-    by_id: dict[str, str] = {}
-    for item in inputs:
-        stem = Path(item).stem
-        if stem.isdigit():
-            by_id[str(int(stem))] = Path(item).name
+    by_id = {str(int(Path(item).stem)): Path(item).name for item in inputs if Path(item).stem.isdigit()}
     out: dict[str, list] = {}
     for i, det in enumerate(data):
         if not isinstance(det, dict) or "bbox" not in det:
             raise ValueError(f"--boxes {path}: detection {i} has no bbox")
-        if det.get("category_id", 1) != 1:
-            continue
         name = det.get("file_name") or by_id.get(str(det.get("image_id")))
-        if name is None:
-            continue
-        out.setdefault(Path(str(name)).name, []).append([*map(float, det["bbox"][:4]), float(det.get("score", 1.0))])
+        if det.get("category_id", 1) == 1 and name is not None:
+            box = [*map(float, det["bbox"][:4]), float(det.get("score", 1.0))]
+            out.setdefault(Path(str(name)).name, []).append(box)
     if not out:
         raise ValueError(f"--boxes {path}: no person box belongs to an input (image_id matches a numeric file "
                          "name, as in COCO, or give file_name per detection)")
@@ -284,30 +228,21 @@ def read_person_boxes(path: str | os.PathLike, inputs: Sequence[str | os.PathLik
 def boxes_from_detector(detector, inputs, score_thr: float = 0.3) -> dict[str, list]:
     """Person boxes `[x, y, w, h, score]` by file name from a detection model opened by `uniformer.tasks.open`
     (its `person` class, or every class when it has none), as the original top-down demo ran mmdet first."""
-    results = detector.predict(inputs, score_thr=score_thr)
-    names = detector.task.classes
-    person = "person" in names
-    out: dict[str, list] = {}
-    for r in results:
-        if "error" in r:
-            continue
-        out[Path(r["image"]).name] = [[d["box"][0], d["box"][1], d["box"][2] - d["box"][0], d["box"][3] - d["box"][1],
-                                       d["score"]] for d in r["detections"] if not person or d["name"] == "person"]
-    return out
+    person = "person" in detector.task.classes
+    return {Path(r["image"]).name: [[d["box"][0], d["box"][1], d["box"][2] - d["box"][0], d["box"][3] - d["box"][1],
+                                     d["score"]] for d in r["detections"] if not person or d["name"] == "person"]
+            for r in detector.predict(inputs, score_thr=score_thr) if "error" not in r}
 
 
 def complexity(variants: Sequence[str] = ("uniformer_small", "uniformer_base"),
                input_sizes: Sequence[Sequence[int]] = ((256, 192), (384, 288), (448, 320))) -> list[dict]:
     """Parameters and GFLOPs (multiply-adds, one crop) of the composed pose networks; sizes are (height, width)."""
-    return [recipe_complexity(Task.resolve({"task": TASK, "model": {"backbone": {"name": variant}},
-                                           "data": {"input_size": [w, h]}}))
-            for variant in variants for h, w in input_sizes]
+    return [recipe_complexity(load_recipe({"model": {"backbone": {"name": name}}, "data": {"input_size": [w, h]}},
+                                          task="pose")) for name in variants for h, w in input_sizes]
 
 
 def recipe_complexity(cfg: Mapping, input_size: Sequence[int] | None = None) -> dict:
     """Parameters and GFLOPs of the pose network of a resolved recipe at `input_size` (default: data.input_size)."""
-    from uniformer.profiling import count_gflops, count_params
-
     w, h = cfg["data"]["input_size"]
     size = list(input_size) if input_size else [h, w]
     model = Task(cfg).build_model(for_training=False).eval()

@@ -4,21 +4,14 @@
 `Task.predict` (`<stem>_seg.png`, `<stem>_labels.png`, `<stem>.json`). `complexity(variants=..., heads=...,
 input_size=(512, 2048))` counts parameters and GFLOPs.
 
-Recipe sections of this task (defaults in `Task.defaults()`; engine sections in `uniformer.engine.config`):
-
-    model:  backbone {name, stage3 global|window|hybrid, window_size, drop_path_rate, pretrained (a backbone
-            or ImageNet checkpoint), kwargs}, head upernet|fpn, channels, neck_channels, pool_scales, dropout,
-            aux_head, aux_channels, aux_in_index, aux_weight, checkpoint (a full segmentor checkpoint: ours
-            or an original mmseg one), skip_mismatched
-    data:   format ade20k|folder, root, train/val {images, masks, split (a text file: one sample id, the file
-            name without extension shared by image and label map, per line; only those samples are used)},
-            classes (list, or a text file with one name per line: it sets the class count), num_classes (null:
-            the length of `classes`, else 150 for ade20k; given with `classes`, the two must agree),
-            reduce_zero_label (null: true for ade20k: label 0 "other" is ignored and 1..K become 0..K-1, logged
-            at start-up), ignore_index, img_suffix, mask_suffix,
-            img_scale, ratio_range, crop_size, cat_max_ratio, flip_prob, photometric, mean, std
-    test:   mode whole|slide, crop_size, stride, scales (ratios of img_scale), flip, size_divisor (null, or
-            resize each side on to a multiple of it after the keep-ratio resize: the Semantic FPN AlignResize)
+Recipe sections: `Task.schema`. Not told by the keys: model.head is upernet or fpn; model.backbone.pretrained is
+a backbone or ImageNet checkpoint, model.checkpoint a full segmentor (ours or an original mmseg one);
+data.format is ade20k or folder; data.<split>.split is a text file of the sample ids (file names without
+extension, shared by image and label map) to use; data.classes is a list or a text file with one name per line
+and sets the class count (data.num_classes null: its length, else 150 for ade20k; given both, they must agree);
+data.reduce_zero_label null is true for ade20k (label 0 "other" is ignored and 1..K become 0..K-1, logged at
+start-up); test.mode is whole or slide, test.scales are ratios of img_scale, and test.size_divisor resizes each
+side on to a multiple of it after the keep-ratio resize (the Semantic FPN AlignResize).
 """
 from __future__ import annotations
 
@@ -29,10 +22,11 @@ import numpy as np
 from PIL import Image
 from torch import nn
 
-from uniformer.engine.config import merge
+from uniformer.profiling import count_gflops, count_params
 
+from .. import load_recipe
 from ..dense.synthetic import write_shapes_segmentation
-from ..dense.task import DenseTask, backbone_kwargs, dense_defaults
+from ..dense.task import DenseTask
 from ..dense.visualize import draw_label_map
 from .data import SegDataset, read_classes, seg_collate
 from .evaluation import SegMetric, infer_probs
@@ -40,14 +34,13 @@ from .heads import FCNHead, FPNHead, FPNNeck, Segmentor, UPerHead
 
 __all__ = ["Task", "complexity", "recipe_complexity"]
 
-TASK = "segmentation"
 
+class Task(DenseTask):
+    """Semantic FPN / UperNet on an ADE20K-layout or image-folder + mask-folder dataset."""
 
-def _defaults() -> dict:
-    """A fresh copy of this task's part of the recipe schema (a key not here or in the engine's is an error)."""
-    return merge(dense_defaults(), {
-        "task": TASK,
-        "description": "",
+    name = "segmentation"
+    min_batch = 2  # BatchNorm in the heads
+    schema = {
         "model": {
             "backbone": {"name": "uniformer_small", "stage3": "global", "window_size": 32, "drop_path_rate": 0.1,
                          "pretrained": None, "kwargs": {}},
@@ -71,16 +64,12 @@ def _defaults() -> dict:
         "checkpoint": {"every": 8000, "best_metric": "val_mIoU"},
         "test": {"mode": "whole", "crop_size": [512, 512], "stride": [341, 341], "scales": [1.0], "flip": False,
                  "size_divisor": None},
-    }, strict=False)
-
-
-class Task(DenseTask):
-    """Semantic FPN / UperNet on an ADE20K-layout or image-folder + mask-folder dataset."""
-
-    name = TASK
-    min_batch = 2  # BatchNorm in the heads
-
-    defaults = staticmethod(_defaults)
+    }
+    dataset_class = SegDataset
+    collate = staticmethod(seg_collate)
+    prepare_demo = staticmethod(write_shapes_segmentation)
+    demo_bar = {"mIoU": 0.5}
+    picture_suffix = "seg"
 
     @staticmethod
     def validate(cfg: dict, where: str) -> None:
@@ -92,31 +81,21 @@ class Task(DenseTask):
             elif data["classes"] is None and data["format"] == "ade20k":
                 data["num_classes"] = 150
 
-    def build_datasets(self, splits: Sequence[str]) -> dict:
+    def _has_split(self, split: str) -> bool:
         d = self.cfg["data"]
-        sets = {}
-        for split in splits:
-            absent = split != "train" and d["format"] == "folder" and not (d.get(split) or {}).get("images")
-            sets[split] = None if absent else SegDataset(self.cfg, split, train=split == "train")
-        if sets.get("train") is not None:
-            self.meta = {"classes": list(sets["train"].classes)}
-        return sets
-
-    collate = staticmethod(seg_collate)
+        return d["format"] != "folder" or bool((d.get(split) or {}).get("images"))
 
     def batch_size(self, batch) -> int:
-        return len(batch["ids"]) if batch is not None else 0
+        return len(batch["ids"])
 
     def build_model(self, for_training: bool = True) -> Segmentor:
-        import uniformer
-
         m, cfg = self.cfg["model"], self.cfg
-        num_classes = len(self.meta.get("classes") or read_classes(cfg["data"], cfg))
-        backbone = uniformer.create_model(m["backbone"]["name"], **backbone_kwargs(m["backbone"], for_training))
+        num_classes = len(self.classes)
+        backbone = self._backbone(for_training)
         chans = backbone.feature_info.channels()
         if len(chans) != 4:
             raise ValueError("model.backbone: the segmentation heads need all four stage maps (out_indices 0..3)")
-        neck = aux = None
+        neck = None
         if m["head"] == "upernet":
             head = UPerHead(chans, int(m["channels"]), num_classes, m["pool_scales"], float(m["dropout"]))
         elif m["head"] == "fpn":
@@ -124,18 +103,14 @@ class Task(DenseTask):
             head = FPNHead([int(m["neck_channels"])] * 4, int(m["channels"]), num_classes, dropout=float(m["dropout"]))
         else:
             raise ValueError(f"model.head={m['head']!r}: expected 'upernet' or 'fpn'")
-        if m["aux_head"]:
-            aux = FCNHead(chans[int(m["aux_in_index"])], int(m["aux_channels"]), num_classes,
-                          dropout=float(m["dropout"]))
+        aux = FCNHead(chans[int(m["aux_in_index"])], int(m["aux_channels"]), num_classes,
+                      dropout=float(m["dropout"])) if m["aux_head"] else None
         model = Segmentor(backbone, head, neck, aux, int(m["aux_in_index"]), float(m["aux_weight"]),
                           int(cfg["data"]["ignore_index"]), num_classes)
         return self._initial_weights(model, for_training)
 
     def training_step(self, model: nn.Module, batch: dict) -> dict:
         return model(batch["img"], batch["seg"])  # loss_seg (+ loss_aux)
-
-    def eval_defaults(self) -> tuple[int, int]:
-        return 1, 0  # images of different sizes: inferred one by one
 
     def evaluate(self, model: nn.Module, dataset: SegDataset, batches) -> dict:
         metric = SegMetric(dataset.num_classes, dataset.ignore_index, dataset.classes)
@@ -156,13 +131,6 @@ class Task(DenseTask):
                 setattr(total, name, getattr(total, name) + getattr(p["metric"], name))
         skipped = [s for p in parts for s in p["skipped"]]
         return {**total.compute(), "num_images": len(dataset) - len(skipped), "skipped": skipped}
-
-    # --- demo --------------------------------------------------------------------------------------------
-    demo_bar = {"mIoU": 0.5}
-    prepare_demo = staticmethod(write_shapes_segmentation)
-
-    # --- inference -----------------------------------------------------------------------------------------
-    picture_suffix = "seg"
 
     @property
     def classes(self) -> list[str]:
@@ -190,24 +158,15 @@ def complexity(variants: Sequence[str] = ("uniformer_small", "uniformer_base"),
                heads: Sequence[str] = ("fpn", "upernet"), input_size: Sequence[int] = (512, 2048),
                stage3: str = "global", num_classes: int = 150) -> list[dict]:
     """Parameters and GFLOPs (multiply-adds, batch of one) of the composed segmentors at `input_size`."""
-    rows = []
-    for variant in variants:
-        for head in heads:
-            cfg = Task.resolve({"task": TASK, "model": {"backbone": {"name": variant, "stage3": stage3}, "head": head,
-                                         "channels": 512 if head == "upernet" else 128,
-                                         "aux_head": head == "upernet"},
-                               "data": {"num_classes": num_classes}})
-            rows.append(recipe_complexity(cfg, input_size))
-    return rows
+    recipes = [{"model": {"backbone": {"name": name, "stage3": stage3}, "head": head, "aux_head": head == "upernet",
+                          "channels": 512 if head == "upernet" else 128}, "data": {"num_classes": num_classes}}
+               for name in variants for head in heads]
+    return [recipe_complexity(load_recipe(recipe, task="segmentation"), input_size) for recipe in recipes]
 
 
 def recipe_complexity(cfg: Mapping, input_size: Sequence[int] | None = None) -> dict:
-    """Parameters and GFLOPs of the segmentor of a resolved recipe at `input_size` (default: the crop size).
-
-    Only the number of classes is needed, not the data: where the class list is a file not there yet (demo
-    data never generated, a dataset on another machine), `data.num_classes` gives it."""
-    from uniformer.profiling import count_gflops, count_params
-
+    """Parameters and GFLOPs of the segmentor of a resolved recipe at `input_size` (default: the crop size); a
+    class list file not there yet (demo data never generated, data elsewhere) needs `data.num_classes`."""
     m, d = cfg["model"], cfg["data"]
     size = list(input_size) if input_size else list(d["crop_size"])
     try:
