@@ -3,8 +3,7 @@
 ONNX goes through torch's TorchDynamo exporter (opset 18): the legacy TorchScript exporter writes
 the channels-last LayerNorm's permutation with a negative axis, which onnxruntime rejects. OpenVINO
 IR is converted from that ONNX graph and saved in float32 (OpenVINO would otherwise halve the
-weights to float16 on saving). The checked export (`export_model`: write, then run the graph against PyTorch)
-is in `runtimes.py`, with the runtimes it runs on.
+weights to float16 on saving). The checked export (`export_model`) is in `runtimes.py`.
 """
 from __future__ import annotations
 
