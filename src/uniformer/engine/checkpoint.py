@@ -1,11 +1,8 @@
-"""Run checkpoints: one format for every task, atomic writes, retention, `--resume auto` with fallback.
+"""Run checkpoints: one format for every task (`Runner._state`), atomic writes, retention, `--resume auto`.
 
-A checkpoint survives a kill at any instant (a temporary file, flushed, then `os.replace`d) and loads with
-`torch.load(weights_only=True)`; `to_plain` converts NumPy values and paths and refuses anything else.
-Layout (format "uniformer-train", version 2): task, config (the resolved recipe), meta (what rebuilding the
-model needs), model, ema, optimizer, scheduler, scaler, step, world_size, rng (one entry per rank), history,
-best ({metric, value, step}). `open_checkpoint` is the one reader of weights files (it also opens the earlier
-layouts, classification version 1 and the dense tasks' "uniformer-dense"); `load_run_weights` the one loader
+A checkpoint survives a kill at any instant (written to a temporary file, then `os.replace`d) and loads with
+`torch.load(weights_only=True)`. `open_checkpoint` is the one reader of weights files (also of the earlier
+layouts: classification version 1 and the dense tasks' "uniformer-dense"); `load_run_weights` the one loader
 of a run checkpoint's model or EMA weights.
 """
 from __future__ import annotations
@@ -218,14 +215,7 @@ class CheckpointManager:
     def __init__(self, folder: str | os.PathLike, keep_last: int | None = 2, unit: str = "epoch"):
         self.folder = Path(folder)
         self.keep_last, self.unit = keep_last, unit
-
-    @property
-    def last_path(self) -> Path:
-        return self.folder / "last.pt"
-
-    @property
-    def best_path(self) -> Path:
-        return self.folder / "best.pt"
+        self.last_path, self.best_path = self.folder / "last.pt", self.folder / "best.pt"
 
     def periodic_path(self, count: int) -> Path:
         return self.folder / f"checkpoint_{self.unit}{count:07d}.pt"
@@ -273,14 +263,9 @@ class CheckpointManager:
                 os.replace(tmp, periodic)
             except OSError:
                 atomic_save(plain, periodic)
-            self._prune()
+            for old in self.periodic()[:-self.keep_last] if self.keep_last else []:
+                old.unlink(missing_ok=True)
         return path
 
     def save_best(self, state: Mapping) -> Path:
         return atomic_save(to_plain(dict(state)), self.best_path)
-
-    def _prune(self) -> None:
-        if not self.keep_last:
-            return
-        for old in self.periodic()[:-self.keep_last]:
-            old.unlink(missing_ok=True)

@@ -48,6 +48,12 @@ def items_per_batch(dataset: Dataset, batch_size: int) -> int:
     return batch_size // per_item
 
 
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 class EpochSampler(Sampler):
     """(index, sample seed) pairs of one process's shard of epoch `epoch`, from position `start` on."""
 
@@ -83,9 +89,7 @@ class SeededDataset(Dataset):
     def __getitem__(self, item: tuple[int, int]):
         index, seed = item
         states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
+        seed_everything(seed)
         try:
             return self.dataset[index]
         finally:

@@ -1,12 +1,8 @@
 """The one training loop: a `Runner` trains any `Task` (see `uniformer.engine.task`) from its recipe.
 
-Per optimiser step: `accum_steps` micro-batches (one with too few usable samples on any process is skipped
-by all), autocast, the sum of the task's `loss*` entries, a non-finite-loss guard, clipping, AdamW, the
-per-step schedule and the EMA. The run counts epochs or iterations (`train.epochs` | `train.iters`). A
-checkpoint holds everything a killed run needs to continue exactly, also mid-epoch (the data order and
-augmentations are functions of seed, epoch and position). The run folder: `train.log`, `metrics.csv`
-(rebuilt from the checkpointed history), `metrics.json`, `last.pt`, `best.pt`, periodic checkpoints,
-`curves.png`, `tensorboard/` and the task's pictures.
+A checkpoint holds everything a killed run needs to continue exactly, also mid-epoch (the data order and
+augmentations are functions of seed, epoch and position). The run folder: `train.log`, `metrics.csv`,
+`metrics.json`, `last.pt`, `best.pt`, periodic checkpoints, `curves.png`, `tensorboard/` and the task's pictures.
 """
 from __future__ import annotations
 
@@ -14,13 +10,11 @@ import contextlib
 import logging
 import math
 import os
-import random
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -54,7 +48,7 @@ from uniformer.engine.distributed import (
     sync_batchnorm,
 )
 from uniformer.engine.ema import ModelEma
-from uniformer.engine.loaders import eval_loader, items_per_batch, train_loader
+from uniformer.engine.loaders import eval_loader, items_per_batch, seed_everything, train_loader
 from uniformer.engine.optim import LRSchedule, build_optimizer, scaled_lr
 from uniformer.engine.reporting import (
     LOGGER_NAME,
@@ -71,12 +65,6 @@ from uniformer.precision import resolve_dtype
 class NonFiniteLossError(FloatingPointError):
     """Training diverged; the message says where and what to change (the command line shows it without a
     traceback)."""
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 @contextlib.contextmanager
@@ -383,12 +371,9 @@ class Runner:
                 log.warning("step %d: replaced unreadable sample(s): %s", self.step + 1, ", ".join(failures))
             if micro not in kept:
                 self.skipped += 1
-                if n < self.task.min_batch:
-                    log.warning("step %d: skipped a batch with %d readable samples (at least %d needed)",
-                                self.step + 1, n, self.task.min_batch)
-                else:
-                    log.warning("step %d: skipped a batch because another process's has too few readable samples",
-                                self.step + 1)
+                why = (f"with {n} readable samples (at least {self.task.min_batch} needed)" if n < self.task.min_batch
+                       else "because another process's has too few readable samples")
+                log.warning("step %d: skipped a batch %s", self.step + 1, why)
                 continue
             batch = move_to(batch, d.device)
             sync = contextlib.nullcontext() if (self.ddp is None or micro == kept[-1]) else self.ddp.no_sync()
