@@ -30,14 +30,19 @@ CPU_BF16_ENV = "UNIFORMER_CPU_BF16"
 _BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
 
 
-def _cpuinfo_flags() -> set[str]:
-    """CPU feature flags from /proc/cpuinfo (Linux; empty elsewhere)."""
+def cpuinfo_field(*keys: str) -> str | None:
+    """The first /proc/cpuinfo line's value for one of `keys` (Linux; None elsewhere)."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip().lower() in ("flags", "features"):
-                return set(value.split())
-    return set()
+            if key.strip().lower() in keys:
+                return value.strip()
+    return None
+
+
+def _cpuinfo_flags() -> set[str]:
+    """CPU feature flags from /proc/cpuinfo (x86 "flags", Arm "Features")."""
+    return set((cpuinfo_field("flags", "features") or "").split())
 
 
 def cpu_has_native_bfloat16() -> bool:

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .models.depthwise import use_shifted_taps
+from .precision import autocast_dtype, cpuinfo_field
 
 __all__ = ["count_params", "count_gflops", "parse_input", "default_input", "benchmark_model", "append_result",
            "set_reference_attention", "compare_models"]
@@ -63,7 +64,7 @@ def parse_input(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"--input {text!r}: expected CxHxW or CxTxHxW, e.g. 3x224x224 or 3x16x224x224") from None
+        shape = ()
     if len(shape) not in (3, 4) or min(shape) < 1:
         raise ValueError(f"--input {text!r}: expected CxHxW or CxTxHxW, e.g. 3x224x224 or 3x16x224x224")
     return shape
@@ -109,7 +110,7 @@ def benchmark_model(model: nn.Module, input_shape: Sequence[int], batch_size: in
     Compiled inference on a GPU runs 3-D depthwise convolutions as shifted taps (`use_shifted_taps`), which
     inductor fuses: cuDNN's 3-D depthwise kernels are the bottleneck there (2.8x on an H200, longer compile)."""
     dev = torch.device(device)
-    amp = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    amp = autocast_dtype(dtype)
     model = model.to(dev).train(train)
     shifted_taps = use_shifted_taps(model) if compile and not train and dev.type == "cuda" else 0
     x = torch.randn(batch_size, *input_shape, device=dev)
@@ -187,12 +188,7 @@ def compare_models(models: dict, x: torch.Tensor, rounds: int = 6, iters: int = 
 
 
 def environment() -> dict:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpuinfo_field("model name") or platform.processor() or platform.machine()
     return dict(torch=torch.__version__, cpu=cpu, threads=torch.get_num_threads(),
                 gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                 time=time.strftime("%Y-%m-%dT%H:%M:%S"))

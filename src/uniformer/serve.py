@@ -1,10 +1,6 @@
-"""`uniformer serve`: a local web page (Gradio) to drop an image or a video on a model and see what it says.
-
-Classification shows the top five classes with their names and the frames the model saw; detection,
-segmentation and pose show the picture their `predict` draws (boxes and masks, the label map, the
-skeletons) beside its JSON record. Example inputs come from the built-in demo data, so the page works
-offline with a checkpoint written by `uniformer demo`. Gradio is an optional dependency:
-`pip install "uniformer[web]"`.
+"""`uniformer serve`: a local web page (Gradio, `pip install "uniformer[web]"`) to drop an image or a video on a
+model and see what it says. Example inputs come from the built-in demo data, so the page works offline with a
+checkpoint written by `uniformer demo`.
 """
 from __future__ import annotations
 
@@ -90,8 +86,8 @@ def _check_upload(path: str, max_file_mb: float, image: bool) -> None:
 
 
 def _page(gr, opened, title: str, examples: list[str], out_dir: Path, max_file_mb: float, is_video: bool):
-    """One page for every task: the upload, the picture `Task.predict` draws (classification: the top five
-    classes and the frames the model saw) and its record, the one `uniformer predict --json` prints."""
+    """One page for every task: the upload, the picture `Task.predict` draws (classification: also the top five
+    classes) and its record, as `uniformer predict --json` prints it."""
     task = opened.task.name
 
     def analyse(path: str | None):
@@ -148,13 +144,8 @@ def build_app(model: str | None = None, checkpoint: str | os.PathLike | None = N
               device: str | None = None, data_overrides: Mapping | None = None, model_options: Mapping | None = None,
               max_file_mb: float = DEFAULT_MAX_FILE_MB, examples: bool = True,
               examples_dir: str | os.PathLike | None = None, use_ema: bool = False):
-    """The Gradio app for `model` (released weights `NAME.TAG`) or `checkpoint`, opened by
-    `uniformer.tasks.open` (the task a run checkpoint records; `task` / `config` for original toolbox files).
-
-    Classification accepts what `uniformer predict` accepts (`labels`, `data_overrides`, `model_options`).
-    Its API endpoint `/predict` returns what the page shows, the last output being the record
-    `uniformer predict --json` prints.
-    """
+    """The Gradio app for `model` (released weights `NAME.TAG`) or `checkpoint`, opened by `uniformer.tasks.open`
+    with what `uniformer predict` takes. Its API endpoint `/predict` returns what the page shows."""
     from uniformer.tasks import open as open_checkpoint
 
     gr = require_gradio()
@@ -181,10 +172,8 @@ def build_app(model: str | None = None, checkpoint: str | os.PathLike | None = N
 
 def launch(app, host: str = "127.0.0.1", port: int = 7860, max_file_mb: float = DEFAULT_MAX_FILE_MB,
            block: bool = True) -> str:
-    """Serve `app` on host:port (localhost by default); returns its URL (at once when not `block`).
-
-    Gradio refuses an upload over `max_file_mb` before it is stored (its message names the limit in bytes);
-    the page refuses any other file over the limit (an example) with a message naming the file and its size."""
+    """Serve `app` on host:port (localhost by default); returns its URL (at once when not `block`). Gradio refuses
+    an upload over `max_file_mb` before it is stored; `_check_upload` any other file (an example)."""
     _, url, _ = app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=not block,
                            max_file_size=int(max_file_mb * 2**20), show_error=True)
     return url
