@@ -1,13 +1,8 @@
 """Which floating-point type inference runs in: float32, or bfloat16 autocast where it is fast.
 
-bfloat16 autocast pays off on a CPU only when the CPU computes in bfloat16 (AVX512-BF16, AMX, Arm
-BF16): elsewhere oneDNN emulates it and a UniFormer runs several times slower than in float32.
-`auto` therefore picks bfloat16 on such CPUs and on GPUs that support it, float32 on every other CPU;
-an explicit bfloat16 request on a CPU without it still runs, with a warning saying why it is slow.
-
-`UNIFORMER_CPU_BF16=1|0` overrides the detected capability (read at every call): =1 makes any CPU take
-the bfloat16 path (emulated, hence slow, where the units are missing; the test suite uses it to run
-that path on every machine), =0 keeps a CPU with bfloat16 units on float32.
+bfloat16 pays off on a CPU only where it computes in bfloat16 (AVX512-BF16, AMX, Arm BF16): elsewhere oneDNN
+emulates it and a UniFormer runs several times slower. `UNIFORMER_CPU_BF16=1|0` overrides the detected
+capability (the test suite uses =1 to run the bfloat16 path on every machine).
 """
 from __future__ import annotations
 

@@ -28,13 +28,9 @@ def count_params(model: nn.Module) -> int:
 
 @torch.no_grad()
 def count_gflops(model: nn.Module, input_shape: Sequence[int]) -> float:
-    """Multiply-adds / 1e9 of one forward pass on a batch of one (as the paper counts): every
-    convolution, matrix product and attention product; norms and activations are not counted.
-
-    Attention is counted on its explicit path (q·kᵀ and attn·v as matrix products, the light
-    models' class-token scores included): torch's counter has a formula for those on every
-    version, while its coverage of fused attention kernels differs between versions and devices.
-    """
+    """Multiply-adds / 1e9 of one forward pass on a batch of one (as the paper counts; norms and activations
+    not counted). Attention runs its explicit path: torch's counter covers fused attention kernels
+    differently between versions and devices."""
     from .models.layers import GlobalMHRA
 
     was_training = model.training

@@ -1,8 +1,7 @@
 """`uniformer predict`: classes of images and videos, or detection / segmentation / pose pictures and JSON.
 
-The task comes from the checkpoint; `--task` is needed only for an original toolbox file (default:
-classification, with `--model` naming the variant). `--model NAME.TAG` alone predicts with released
-weights from the hub, the tag's test recipe and its dataset's class names.
+The task comes from the checkpoint (`--task` only for an original toolbox file); `--model NAME.TAG` alone
+predicts with released weights from the hub.
 """
 from __future__ import annotations
 

@@ -123,11 +123,8 @@ def _upgrade(obj: Any) -> dict | None:
 
 @dataclass(frozen=True)
 class CheckpointFile:
-    """A weights file read once: what it is (`kind`) and what it holds.
-
-    kind "run": a checkpoint of this package (`run` is it in the current layout); "original": a PyTorch file
-    of another layout (an original UniFormer / mmdet / mmseg / mmpose file; `obj` is what it unpickled to);
-    "safetensors": the project's own format (`obj` the tensors, `meta` its metadata)."""
+    """A weights file read once. `kind` "run": a checkpoint of this package (`run`: in the current layout);
+    "original": another layout (`obj`: what it unpickled to); "safetensors": the project's own format."""
 
     path: Path
     kind: str

@@ -264,11 +264,8 @@ def validate_engine(cfg: dict, where: str) -> None:
 
 def load_config(source: str | os.PathLike | Mapping | None, overrides: Sequence[str] | None = None, *,
                 task_defaults: Mapping, validate: Callable[[dict, str], None] | None = None) -> dict:
-    """Engine defaults <- the task's defaults <- recipe (file or mapping) <- `--set` overrides, validated.
-
-    `task_defaults` is the task's part of the schema in recipe layout (its own sections and any engine
-    default it changes); `validate(cfg, where)` checks the task's sections.
-    """
+    """Engine defaults <- `task_defaults` (the task's sections and engine defaults it changes) <- recipe (file
+    or mapping) <- `--set` overrides, validated (`validate(cfg, where)`: the task's sections)."""
     cfg = merge(engine_defaults(), task_defaults, strict=False)
     where, name = "recipe", None
     if isinstance(source, Mapping):

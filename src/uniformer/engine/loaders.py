@@ -1,14 +1,9 @@
 """DataLoaders of the runner: how a split is sharded over processes and how its augmentations are seeded.
 
-Training: each epoch is a permutation drawn from (seed, epoch), dealt out to the processes. Every sample
-gets a seed from (seed, epoch, place in the permutation) and `SeededDataset` loads it under that seed, so
-augmentations depend neither on the workers nor on where a resumed run restarts. Evaluation shards
-without padding or duplicates, so metrics merged from many processes equal those of one.
-
-Optional dataset attributes: `samples_per_item` (`data.num_sample`: clips per item, so a batch of
-`train.batch_size` samples holds batch_size / samples_per_item items) and `epoch_repeats`
-(`data.repeated_aug`, DeiT's RASampler: each index repeated that many times in a row, dealt round-robin
-so the copies land on different processes, cut to the usual epoch length).
+Every training sample is loaded under a seed from (seed, epoch, place in the epoch's permutation), so
+augmentations depend neither on the workers nor on where a resumed run restarts. Evaluation shards without
+padding or duplicates, so metrics merged from many processes equal those of one. Optional dataset attributes:
+`samples_per_item` (`data.num_sample`) and `epoch_repeats` (`data.repeated_aug`, DeiT's RASampler).
 """
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """What a run leaves for people: log file, per-step CSV and TensorBoard scalars, PNG curves, JSON.
 
-Only the main process writes. The CSV is rewritten from the run's full history (which also lives in
-every checkpoint), so a resumed run never duplicates or loses rows; TensorBoard events past the
-resume point are purged. Plots use matplotlib's Agg backend (no display needed).
+The CSV is rewritten from the run's full history (kept in every checkpoint), so a resumed run never
+duplicates or loses rows; TensorBoard events past the resume point are purged.
 """
 from __future__ import annotations
 
@@ -24,8 +23,9 @@ from tqdm import tqdm
 LOGGER_NAME = "uniformer"
 
 
-class _TqdmHandler(logging.Handler):
-    """Log lines that do not tear the progress bar apart."""
+class TqdmHandler(logging.Handler):
+    """Log lines that do not tear progress bars apart, written to whatever `sys.stderr` is when a record comes
+    (a stream kept from the handler's creation may since have been closed by a test runner or notebook)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -40,7 +40,7 @@ def log_to(out_dir: Path | None, is_main: bool, rank: int = 0) -> Iterator[loggi
     logger = logging.getLogger(LOGGER_NAME)
     fmt = logging.Formatter(f"%(asctime)s {'' if is_main else f'[rank {rank}] '}%(levelname)s %(message)s",
                             "%Y-%m-%d %H:%M:%S")
-    handlers: list[logging.Handler] = [_TqdmHandler(logging.INFO if is_main else logging.WARNING)]
+    handlers: list[logging.Handler] = [TqdmHandler(logging.INFO if is_main else logging.WARNING)]
     if is_main and out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(out_dir / "train.log"))

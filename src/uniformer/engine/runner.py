@@ -144,11 +144,8 @@ def _scalars(metrics: Mapping, prefix: str) -> dict:
 
 
 class Runner:
-    """Train `task` (made from a validated recipe) into `out_dir` on `device` ("auto"/None, "cpu", "cuda:1", ...).
-
-    `resume`: None (a fresh run; refused in a folder that already holds a run), "auto" (continue from the
-    newest readable checkpoint in `out_dir`, if any) or a checkpoint path.
-    """
+    """Train `task` into `out_dir` on `device` ("auto"/None, "cpu", "cuda:1", ...). `resume`: None (a fresh run),
+    "auto" (from the newest readable checkpoint in `out_dir`, if any) or a checkpoint path."""
 
     def __init__(self, task: Task, out_dir: str | os.PathLike, *, resume: str | None = None,
                  device: str | None = None, show_progress: bool = True):
