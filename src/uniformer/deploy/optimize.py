@@ -32,8 +32,7 @@ __all__ = ["optimize", "OptimizedModel", "BACKENDS", "inference_variants"]
 
 _logger = logging.getLogger(__name__)
 
-# Inductor options of the compiled path. `freezing` makes the weights graph constants (constant
-# folding, oneDNN weight layouts, and the oneDNN matmul/convolution lowerings need it); max-autotune
+# `freezing` makes the weights graph constants (the oneDNN matmul/convolution lowerings need it); max-autotune
 # stays off: it benchmarks kernel variants while compiling, which multiplies the compile time.
 INDUCTOR_OPTIONS = {"freezing": True}
 
@@ -88,9 +87,7 @@ class OptimizedModel(nn.Module):
     def __init__(self, fused: nn.Module, compiled: bool, dtype: torch.dtype = torch.float32,
                  backend: str = "inductor"):
         super().__init__()
-        self.fused = fused
-        self.compiled = compiled
-        self.dtype = dtype
+        self.fused, self.compiled, self.dtype = fused, compiled, dtype
         self.backend = backend if compiled else "eager"
         self.compile_seconds = 0.0
         self.backend_ms: dict[str, float] = {}

@@ -36,9 +36,7 @@ class RuntimeModel(nn.Module):
     def __init__(self, runtime: str, path: str | os.PathLike, video: bool, threads: int | None = None,
                  precision: str = "f32"):
         super().__init__()
-        self.runtime = runtime
-        self.path = Path(path)
-        self.video = video
+        self.runtime, self.path, self.video = runtime, Path(path), video
         threads = threads or torch.get_num_threads()
         if precision not in OPENVINO_PRECISIONS or (precision != "f32" and runtime != "openvino"):
             raise ValueError(f"precision {precision!r}: {runtime} computes in 'f32'; OpenVINO takes one of "

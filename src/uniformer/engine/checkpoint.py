@@ -75,7 +75,6 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-# --- random number generators ----------------------------------------------------------------------
 def capture_rng_state() -> dict:
     """Python, NumPy, torch (and CUDA) generator states as plain data."""
     version, words, gauss = random.getstate()
@@ -101,7 +100,6 @@ def restore_rng_state(state: Mapping) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# --- reading ---------------------------------------------------------------------------------------------
 def _upgrade(obj: Any) -> dict | None:
     """`obj` in the current layout, or None when it is not a checkpoint of this package."""
     if not isinstance(obj, Mapping):

@@ -153,7 +153,6 @@ class Runner:
         self.out_dir = Path(out_dir)
         self.resume, self.device_arg, self.show_progress = resume, device, show_progress
 
-    # --- set-up -------------------------------------------------------------------------------------
     def setup(self, d: DistInfo) -> None:
         """Datasets, model, EMA, DDP wrapper, optimiser, schedule and scaler of the recipe on this process
         (what `fit` trains; `engine.benchmark` times `train_step` on them)."""
@@ -217,7 +216,6 @@ class Runner:
         self._running: dict = {}  # loss sums since the last logged step
         self._samples, self._clock = 0, time.perf_counter()
 
-    # --- checkpoints ---------------------------------------------------------------------------------
     def _state(self, rng_states: list | None) -> dict:
         state = {
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "task": self.task.name,
@@ -282,7 +280,6 @@ class Runner:
             seed_everything(self.cfg["seed"] + 1000 * self.step + self.dist.rank)
         log.info("resumed from %s (step %d of %d)", path, self.step, self.total_steps)
 
-    # --- the loop ------------------------------------------------------------------------------------
     def fit(self) -> dict:
         """Run (or continue) training; returns the summary (also written to `metrics.json`)."""
         d = init_distributed(self.device_arg)
