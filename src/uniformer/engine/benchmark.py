@@ -88,10 +88,8 @@ def benchmark_training(task: Task, *, steps: int = 5, rounds: int = 5, warmup: i
         for i in range(warmup):  # one-off costs (allocator, kernel selection) before timing
             for run in variants.values():
                 run(groups[i % steps])
-        step_ms: dict[str, list[list[float]]] = {name: [] for name in variants}  # [round][step]
+        step_ms = {name: [[] for _ in range(rounds)] for name in variants}  # [round][step]
         for r in range(rounds):
-            for times in step_ms.values():
-                times.append([])
             for i, group in enumerate(groups):
                 order = list(variants.items()) if (r + i) % 2 == 0 else list(variants.items())[::-1]
                 for name, run in order:

@@ -44,10 +44,9 @@ def to_plain(obj: Any, where: str = "checkpoint") -> Any:
                 raise TypeError(f"{where}: key {k!r} of type {type(k).__name__} cannot be saved; use str or int keys")
             out[k] = to_plain(v, f"{where}.{k}")
         return out
-    if isinstance(obj, list):
-        return [to_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
-    if isinstance(obj, tuple):
-        return tuple(to_plain(v, f"{where}[{i}]") for i, v in enumerate(obj))
+    if isinstance(obj, list | tuple):
+        plain = [to_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return plain if isinstance(obj, list) else tuple(plain)
     raise TypeError(f"{where}: a {type(obj).__module__}.{type(obj).__name__} cannot go into a checkpoint that "
                     "loads with torch.load(weights_only=True); convert it to plain data first")
 

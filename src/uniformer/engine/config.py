@@ -298,11 +298,3 @@ def resolve_out_dir(cfg: Mapping, out: str | os.PathLike | None) -> Path:
     if not chosen:
         raise ConfigError("no output directory: pass --out DIR or set out_dir in the recipe")
     return Path(expand_path(str(chosen)))
-
-
-def dump_config(cfg: Mapping, path: str | os.PathLike) -> None:
-    """Write the resolved recipe next to the run's outputs (atomically)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(dict(cfg), sort_keys=False))
-    os.replace(tmp, path)

@@ -1,4 +1,4 @@
-"""What a run leaves for people: log file, per-step CSV and TensorBoard scalars, PNG curves, JSON.
+"""What a run leaves for people: log file, resolved recipe, per-step CSV and TensorBoard scalars, PNG curves, JSON.
 
 The CSV is rewritten from the run's full history (kept in every checkpoint), so a resumed run never
 duplicates or loses rows; TensorBoard events past the resume point are purged.
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from tqdm import tqdm
 
 LOGGER_NAME = "uniformer"
@@ -65,6 +66,11 @@ def _atomic_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def dump_config(cfg: Mapping, path: str | os.PathLike) -> None:
+    """Write the resolved recipe next to the run's outputs (atomically)."""
+    _atomic_text(Path(path), yaml.safe_dump(dict(cfg), sort_keys=False))
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

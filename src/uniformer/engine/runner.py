@@ -31,7 +31,7 @@ from uniformer.engine.checkpoint import (
     load_run_weights,
     restore_rng_state,
 )
-from uniformer.engine.config import ConfigError, dump_config
+from uniformer.engine.config import ConfigError
 from uniformer.engine.distributed import (
     DistInfo,
     align_grad_strides,
@@ -53,6 +53,7 @@ from uniformer.engine.optim import LRSchedule, build_optimizer, scaled_lr
 from uniformer.engine.reporting import (
     LOGGER_NAME,
     TensorBoardLogger,
+    dump_config,
     log_to,
     plot_curves,
     write_history_csv,
