@@ -49,12 +49,10 @@ def example_inputs(task: str, is_video: bool, folder: str | os.PathLike | None =
         return files
     from uniformer.tasks.dense.synthetic import write_pose_coco, write_shapes_coco, write_shapes_segmentation
 
-    if task == "pose":
-        root, images = write_pose_coco(folder, n_train=1, n_val=3), "val"
-    elif task == "detection":
-        root, images = write_shapes_coco(folder, n_train=1, n_val=3), "val"
-    else:  # segmentation, and images for an image classifier
-        root, images = write_shapes_segmentation(folder, n_train=1, n_val=3), "images/val"
+    # segmentation's images also serve an image classifier
+    write, images = {"pose": (write_pose_coco, "val"), "detection": (write_shapes_coco, "val")}.get(
+        task, (write_shapes_segmentation, "images/val"))
+    root = write(folder, n_train=1, n_val=3)
     return [str(p) for p in sorted((Path(root) / images).iterdir())[:3]]
 
 
@@ -132,10 +130,7 @@ def demo_checkpoint() -> Path | None:
     found = []
     for task in TASKS:
         folder = Path(load_recipe(demo_recipe_path(task))["out_dir"])
-        for name in ("best.pt", "last.pt"):
-            if (folder / name).is_file():
-                found.append(folder / name)
-                break
+        found += [p for p in (folder / "best.pt", folder / "last.pt") if p.is_file()][:1]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 

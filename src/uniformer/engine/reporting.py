@@ -138,20 +138,15 @@ def plot_curves(history: Sequence[Mapping], path: str | os.PathLike) -> Path | N
     import matplotlib.pyplot as plt
 
     keys = _columns(history)
-
-    def series(key):
-        pts = [(r["step"], r[key]) for r in history if isinstance(r.get(key), int | float)]
-        return ([p[0] for p in pts], [p[1] for p in pts]) if pts else None
-
     panels = [("loss", [k for k in keys if "loss" in k]),
               ("validation", [k for k in keys if k.startswith("val_") and "loss" not in k][:8]),
               ("learning rate", ["lr"])]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, (title, names) in zip(axes, panels):
         for key in names:
-            s = series(key)
-            if s:
-                ax.plot(*s, marker="o" if len(s[0]) < 30 else None, label=key)
+            points = [(r["step"], r[key]) for r in history if isinstance(r.get(key), int | float)]
+            if points:
+                ax.plot(*zip(*points), marker="o" if len(points) < 30 else None, label=key)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
