@@ -37,11 +37,8 @@ def count_gflops(model: nn.Module, input_shape: Sequence[int]) -> float:
     flags = [p.requires_grad for p in model.parameters()]
     attention = [m for m in model.modules() if isinstance(m, GlobalMHRA)]
     fused = [m.fused_attn for m in attention]
-    model.eval()
-    for p in model.parameters():  # expanded parameters under no_grad confuse the module tracker
-        p.requires_grad_(False)
-    for m in attention:
-        m.fused_attn = False
+    set_reference_attention(model.eval())
+    model.requires_grad_(False)  # expanded parameters under no_grad confuse the module tracker
     try:
         x = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
         with FlopCounterMode(display=False) as counter:
@@ -150,9 +147,8 @@ def benchmark_model(model: nn.Module, input_shape: Sequence[int], batch_size: in
 
 @torch.inference_mode()
 def compare_models(models: dict, x: torch.Tensor, rounds: int = 6, iters: int = 3, warmup: int = 1) -> dict:
-    """Time several callables on the same input, interleaved: each round runs every model `iters` times in
-    turn, so drifting machine load touches them alike; a model's time is its best round's median.
-    Returns label → {throughput, latency_ms, relative_error (against the first model's outputs)}."""
+    """Time several callables on the same input, interleaved round by round (drifting machine load touches them
+    alike); a model's time is its best round's median, its relative_error against the first model's outputs."""
     reference = None
     results = {}
     for label, model in models.items():

@@ -101,9 +101,8 @@ def _outputs(out) -> list[torch.Tensor]:
 
 def export_model(model: nn.Module, input_shape: Sequence[int], path: str | os.PathLike, format: str = "onnx",
                  dynamic_batch: bool = False, batch_size: int = 1, tolerance: float = 1e-4) -> dict:
-    """Export `model` for inputs of `input_shape` (no batch axis), then run the exported graph and the
-    PyTorch model on the same random input and raise `ExportError` if they differ by more than
-    `tolerance` (relative error). Returns {"path", "format", "relative_error", "input"}."""
+    """Export `model` for inputs of `input_shape` (no batch axis); raise `ExportError` where the exported graph
+    differs from the model by more than `tolerance` (relative) on a random input. Returns what was checked."""
     if format not in FORMATS:
         raise ExportError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
     check_export_shape(model, input_shape)

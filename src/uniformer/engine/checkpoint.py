@@ -135,9 +135,8 @@ class CheckpointFile:
 
 
 def open_checkpoint(path: str | os.PathLike) -> CheckpointFile:
-    """Read any weights file once, without executing pickled code (`uniformer.models.checkpoint.read_checkpoint`:
-    weights_only with an allow-list, or safetensors); say what it is. Raises FileNotFoundError, or
-    CheckpointError naming the file and what was refused or unreadable."""
+    """Read any weights file once, without executing pickled code (`uniformer.models.checkpoint.read_checkpoint`),
+    and say what it is. Raises FileNotFoundError, or CheckpointError naming the file and what is wrong."""
     from uniformer.models.checkpoint import read_checkpoint as read_file
 
     path = Path(path)
@@ -187,8 +186,7 @@ def load_run_weights(model: torch.nn.Module, source: str | os.PathLike | Checkpo
 
 
 def load_run_checkpoint(path: str | os.PathLike) -> dict:
-    """A resumable checkpoint of this engine; ValueError naming the file when it is unreadable or of
-    another kind."""
+    """A resumable checkpoint of this engine; ValueError naming the file when it is unreadable or of another kind."""
     from uniformer.models.checkpoint import CheckpointError
 
     try:

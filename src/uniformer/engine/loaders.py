@@ -7,7 +7,7 @@ padding or duplicates, so metrics merged from many processes equal those of one.
 """
 from __future__ import annotations
 
-import importlib
+import pkgutil
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -22,13 +22,9 @@ def resolve_callable(spec: str, what: str) -> Callable:
     if not sep or not module_name or not attr:
         raise ValueError(f"{what} = {spec!r}: expected 'package.module:function'")
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"{what} = {spec!r}: cannot import {module_name} ({e})") from None
-    try:
-        fn = getattr(module, attr)
-    except AttributeError:
-        raise ValueError(f"{what} = {spec!r}: {module_name} has no attribute {attr!r}") from None
+        fn = pkgutil.resolve_name(spec)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"{what} = {spec!r}: cannot import it ({e})") from None
     if not callable(fn):
         raise ValueError(f"{what} = {spec!r}: {attr} is not callable")
     return fn

@@ -64,8 +64,7 @@ from uniformer.precision import resolve_dtype
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training diverged; the message says where and what to change (the command line shows it without a
-    traceback)."""
+    """Training diverged; the message says where and what to change (the command line shows no traceback)."""
 
 
 @contextlib.contextmanager
@@ -114,10 +113,9 @@ def move_to(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-@torch.no_grad()
 def eval_batches(task: Task, dataset, d: DistInfo, indices=None):
-    """The evaluation batches of this process's shard (or of `indices`): `eval.batch_size` (default: the
-    task's `eval_defaults()`) samples each, loaded by `eval.num_workers` processes (default: the task's)."""
+    """The evaluation batches of this process's shard (or of `indices`), `eval.batch_size` / `eval.num_workers`
+    defaulting to the task's `eval_defaults()`."""
     ev, t = task.cfg["eval"], task.cfg["train"]
     batch_size, num_workers = task.eval_defaults()
     batch_size = int(ev["batch_size"] or batch_size)
@@ -127,8 +125,7 @@ def eval_batches(task: Task, dataset, d: DistInfo, indices=None):
 
 
 def evaluate_model(task: Task, model: nn.Module, dataset, d: DistInfo, amp: str = "none") -> dict:
-    """Metrics of `model` on `dataset`, for every task: each process predicts the batches of its shard
-    (`eval_batches`), the task merges all shards."""
+    """Metrics of `model` on `dataset`: each process predicts its shard, the task merges all shards."""
     was_training = model.training
     model.eval()
     try:
@@ -346,8 +343,7 @@ class Runner:
         return self._finish(last_eval, log)
 
     def train_step(self, batches: Iterator, log: logging.Logger) -> dict | None:
-        """One optimiser step on the next `accum_steps` batches of `batches`; returns the history row when
-        this step is logged."""
+        """One optimiser step on the next `accum_steps` batches; returns the history row when it is logged."""
         d, model = self.dist, self.ddp or self.model
         model.train()
         lr = self.schedule.step()
