@@ -82,6 +82,13 @@ def set_reference_attention(model: nn.Module) -> nn.Module:
     return model
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory since the last reset: allocated GPU memory on CUDA, else the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (KiB on Linux)
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (a no-op on the CPU), so that host clocks time it."""
     if device.type == "cuda":
@@ -90,7 +97,7 @@ def synchronize(device: torch.device) -> None:
 
 def benchmark_model(model: nn.Module, input_shape: Sequence[int], batch_size: int = 8, device: str = "cpu",
                     dtype: str = "float32", channels_last: bool = False, compile: bool = False, train: bool = False,
-                    warmup: int = 3, iters: int = 10, progress=None) -> dict:
+                    warmup: int = 3, iters: int = 10) -> dict:
     """Time `iters` forward passes (or training steps) after `warmup`; returns throughput and latency.
 
     Compiled inference on a GPU runs 3-D depthwise convolutions as shifted taps (`use_shifted_taps`), which
@@ -131,17 +138,13 @@ def benchmark_model(model: nn.Module, input_shape: Sequence[int], batch_size: in
         step()
         synchronize(dev)
         times.append(time.perf_counter() - t0)
-        if progress is not None:
-            progress()
     median = statistics.median(times)
     return dict(
         mode="train" if train else "inference", batch_size=batch_size, input=list(input_shape), device=str(dev),
         dtype=dtype, channels_last=channels_last, compile=compile, shifted_taps_convolutions=shifted_taps,
         throughput=batch_size / median, latency_ms=1000 * median,
         latency_p90_ms=1000 * sorted(times)[int(0.9 * (len(times) - 1))],
-        peak_memory_mb=torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda"
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # the process's peak RSS (KiB on Linux)
-        iters=iters, warmup=warmup,
+        peak_memory_mb=peak_memory_mb(dev), iters=iters, warmup=warmup,
     )
 
 

@@ -11,17 +11,16 @@ import sys
 from .common import add_device_options, add_open_options, check_device, parse_pairs, print_json
 
 
-def _print_predictions(results: list[dict], stream=None) -> None:
-    stream = stream or sys.stdout
+def _print_predictions(results: list[dict]) -> None:
     for r in results:
-        print(r["input"], file=stream)
+        print(r["input"])
         if r["error"]:
-            print(f"  error: {r['error']}", file=stream)
+            print(f"  error: {r['error']}")
             continue
         for rank, p in enumerate(r["predictions"], 1):
-            print(f"  {rank}. {p['label']:<32} {p['prob']:.4f}", file=stream)
+            print(f"  {rank}. {p['label']:<32} {p['prob']:.4f}")
         if r.get("figure"):
-            print(f"  picture: {r['figure']}", file=stream)
+            print(f"  picture: {r['figure']}")
 
 
 def _expand(inputs: list[str], videos: bool) -> list[str]:

@@ -25,12 +25,9 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_1d: bool = True
             no_decay.append(p)
         else:
             decay.append(p)
-    groups = []
-    if decay:
-        groups.append({"params": decay, "weight_decay": weight_decay, "name": "decay"})
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, "name": "no_decay"})
-    return groups
+    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
+              {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+    return [g for g in groups if g["params"]]
 
 
 def scaled_lr(lr: float, global_batch: int, lr_base_batch: float | None) -> float:
