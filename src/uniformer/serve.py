@@ -14,7 +14,6 @@ from uniformer.tasks import TASKS
 __all__ = ["DEFAULT_MAX_FILE_MB", "build_app", "demo_checkpoint", "example_inputs", "launch", "require_gradio"]
 
 DEFAULT_MAX_FILE_MB = 50
-DENSE_TASKS = tuple(t for t in TASKS if t != "classification")
 EXAMPLES_CACHE = Path("~/.cache/uniformer/serve_examples")
 
 
@@ -30,8 +29,8 @@ def require_gradio():
 def example_inputs(task: str, is_video: bool, folder: str | os.PathLike | None = None) -> list[str]:
     """A few files from the built-in demo data: one clip per class of the video demo (rendered as
     `uniformer demo` renders them), or images of the dense demos' synthetic datasets."""
-    folder = Path(os.path.expanduser(folder or EXAMPLES_CACHE)) / (task if task in DENSE_TASKS else
-                                                                  "video" if is_video else "image")
+    kind = task if task != "classification" else "video" if is_video else "image"
+    folder = Path(os.path.expanduser(folder or EXAMPLES_CACHE)) / kind
     if task == "classification" and is_video:
         import numpy as np
 

@@ -1,6 +1,5 @@
-"""The `uniformer` command line. Each sub-command is a module here with `register(subparsers)` and `run(args)`.
-
-`python -m uniformer.cli ...` runs it too, e.g. `torchrun --nproc_per_node 2 -m uniformer.cli train RECIPE`.
+"""The `uniformer` command line (also `python -m uniformer.cli`, e.g. under torchrun). Each sub-command is a
+module here with `register(subparsers)` and `run(args)`.
 """
 from __future__ import annotations
 

@@ -106,8 +106,7 @@ def _upgrade(obj: Any) -> dict | None:
     if obj.get("format") == CHECKPOINT_FORMAT and obj.get("version") == CHECKPOINT_VERSION:
         return dict(obj)
     if obj.get("format") == CHECKPOINT_FORMAT:  # version 1: classification only
-        meta = {"classes": obj.get("classes"), "num_classes": obj.get("num_classes"),
-                "model_spec": obj.get("model_spec")}
+        meta = {key: obj.get(key) for key in ("classes", "num_classes", "model_spec")}
         return {"format": CHECKPOINT_FORMAT, "version": 1, "task": "classification", "config": obj.get("config"),
                 "meta": meta, "model": obj["model"], "ema": obj.get("ema"), "step": obj.get("global_step", 0),
                 "history": obj.get("history", [])}
