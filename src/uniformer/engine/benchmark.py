@@ -77,13 +77,10 @@ def benchmark_training(task: Task, *, steps: int = 5, rounds: int = 5, warmup: i
         batches = _preload(runner, steps * runner.accum)
         groups = [batches[i * runner.accum:(i + 1) * runner.accum] for i in range(steps)]
 
-        def engine(group: list) -> None:
-            runner.train_step(iter(group), log)
-
-        def bare(group: list) -> None:
-            bare_training_step(task, runner.model, runner.optimizer, group, d.device, runner.amp)
-
-        variants = {"engine": engine, "bare": bare}
+        variants = {
+            "engine": lambda group: runner.train_step(iter(group), log),
+            "bare": lambda group: bare_training_step(task, runner.model, runner.optimizer, group, d.device, runner.amp),
+        }
         runner.model.train()
         for i in range(warmup):  # one-off costs (allocator, kernel selection) before timing
             for run in variants.values():

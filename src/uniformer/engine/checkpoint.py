@@ -254,8 +254,9 @@ class CheckpointManager:
                 os.replace(tmp, periodic)
             except OSError:
                 atomic_save(plain, periodic)
-            for old in self.periodic()[:-self.keep_last] if self.keep_last else []:
-                old.unlink(missing_ok=True)
+            if self.keep_last:
+                for old in self.periodic()[:-self.keep_last]:
+                    old.unlink(missing_ok=True)
         return path
 
     def save_best(self, state: Mapping) -> Path:
