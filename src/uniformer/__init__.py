@@ -29,13 +29,8 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: str | os.
 
     Args:
         name: a registered variant, optionally with a weight tag ("uniformer_video_small.k400_16x8").
-        pretrained: fetch the variant's released weights (Hugging Face hub), or the file given by
-            `pretrained_cfg_overlay=dict(file=...)`.
-        checkpoint_path: a checkpoint in any original layout or the project's own `.safetensors`.
-        inflate: how 2-D kernels become 3-D when image weights load into a video model
-            ("average" over time, or "center" frame only).
-        kwargs: model options (num_classes, in_chans, drop_path_rate, head_dim, aux_head,
-            features_only, out_indices, stage3, window_size, layer_scale, ...).
+        pretrained: fetch the released weights (Hugging Face hub), or `pretrained_cfg_overlay=dict(file=...)`.
+        inflate: how 2-D kernels become 3-D for a video model ("average" over time, or "center" frame only).
     """
     if name.split(".")[0] not in list_models():
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")

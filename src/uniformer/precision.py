@@ -1,13 +1,8 @@
 """Which floating-point type inference runs in: float32, or bfloat16 autocast where it is fast.
 
-bfloat16 autocast pays off on a CPU only when the CPU computes in bfloat16 (AVX512-BF16, AMX, Arm
-BF16): elsewhere oneDNN emulates it and a UniFormer runs several times slower than in float32.
-`auto` therefore picks bfloat16 on such CPUs and on GPUs that support it, float32 on every other CPU;
-an explicit bfloat16 request on a CPU without it still runs, with a warning saying why it is slow.
-
-`UNIFORMER_CPU_BF16=1|0` overrides the detected capability (read at every call): =1 makes any CPU take
-the bfloat16 path (emulated, hence slow, where the units are missing; the test suite uses it to run
-that path on every machine), =0 keeps a CPU with bfloat16 units on float32.
+bfloat16 pays off on a CPU only where it computes in bfloat16 (AVX512-BF16, AMX, Arm BF16): elsewhere oneDNN
+emulates it and a UniFormer runs several times slower. `UNIFORMER_CPU_BF16=1|0` overrides the detected
+capability (the test suite uses =1 to run the bfloat16 path on every machine).
 """
 from __future__ import annotations
 
@@ -30,14 +25,19 @@ CPU_BF16_ENV = "UNIFORMER_CPU_BF16"
 _BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
 
 
-def _cpuinfo_flags() -> set[str]:
-    """CPU feature flags from /proc/cpuinfo (Linux; empty elsewhere)."""
+def cpuinfo_field(*keys: str) -> str | None:
+    """The first /proc/cpuinfo line's value for one of `keys` (Linux; None elsewhere)."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip().lower() in ("flags", "features"):
-                return set(value.split())
-    return set()
+            if key.strip().lower() in keys:
+                return value.strip()
+    return None
+
+
+def _cpuinfo_flags() -> set[str]:
+    """CPU feature flags from /proc/cpuinfo (x86 "flags", Arm "Features")."""
+    return set((cpuinfo_field("flags", "features") or "").split())
 
 
 def cpu_has_native_bfloat16() -> bool:

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .models.depthwise import use_shifted_taps
+from .precision import autocast_dtype, cpuinfo_field
 
 __all__ = ["count_params", "count_gflops", "parse_input", "default_input", "benchmark_model", "append_result",
            "set_reference_attention", "compare_models"]
@@ -27,24 +28,17 @@ def count_params(model: nn.Module) -> int:
 
 @torch.no_grad()
 def count_gflops(model: nn.Module, input_shape: Sequence[int]) -> float:
-    """Multiply-adds / 1e9 of one forward pass on a batch of one (as the paper counts): every
-    convolution, matrix product and attention product; norms and activations are not counted.
-
-    Attention is counted on its explicit path (q·kᵀ and attn·v as matrix products, the light
-    models' class-token scores included): torch's counter has a formula for those on every
-    version, while its coverage of fused attention kernels differs between versions and devices.
-    """
+    """Multiply-adds / 1e9 of one forward pass on a batch of one (as the paper counts; norms and activations
+    not counted). Attention runs its explicit path: torch's counter covers fused attention kernels
+    differently between versions and devices."""
     from .models.layers import GlobalMHRA
 
     was_training = model.training
     flags = [p.requires_grad for p in model.parameters()]
     attention = [m for m in model.modules() if isinstance(m, GlobalMHRA)]
     fused = [m.fused_attn for m in attention]
-    model.eval()
-    for p in model.parameters():  # expanded parameters under no_grad confuse the module tracker
-        p.requires_grad_(False)
-    for m in attention:
-        m.fused_attn = False
+    set_reference_attention(model.eval())
+    model.requires_grad_(False)  # expanded parameters under no_grad confuse the module tracker
     try:
         x = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
         with FlopCounterMode(display=False) as counter:
@@ -63,7 +57,7 @@ def parse_input(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"--input {text!r}: expected CxHxW or CxTxHxW, e.g. 3x224x224 or 3x16x224x224") from None
+        shape = ()
     if len(shape) not in (3, 4) or min(shape) < 1:
         raise ValueError(f"--input {text!r}: expected CxHxW or CxTxHxW, e.g. 3x224x224 or 3x16x224x224")
     return shape
@@ -103,13 +97,13 @@ def synchronize(device: torch.device) -> None:
 
 def benchmark_model(model: nn.Module, input_shape: Sequence[int], batch_size: int = 8, device: str = "cpu",
                     dtype: str = "float32", channels_last: bool = False, compile: bool = False, train: bool = False,
-                    warmup: int = 3, iters: int = 10, progress=None) -> dict:
+                    warmup: int = 3, iters: int = 10) -> dict:
     """Time `iters` forward passes (or training steps) after `warmup`; returns throughput and latency.
 
     Compiled inference on a GPU runs 3-D depthwise convolutions as shifted taps (`use_shifted_taps`), which
     inductor fuses: cuDNN's 3-D depthwise kernels are the bottleneck there (2.8x on an H200, longer compile)."""
     dev = torch.device(device)
-    amp = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    amp = autocast_dtype(dtype)
     model = model.to(dev).train(train)
     shifted_taps = use_shifted_taps(model) if compile and not train and dev.type == "cuda" else 0
     x = torch.randn(batch_size, *input_shape, device=dev)
@@ -144,8 +138,6 @@ def benchmark_model(model: nn.Module, input_shape: Sequence[int], batch_size: in
         step()
         synchronize(dev)
         times.append(time.perf_counter() - t0)
-        if progress is not None:
-            progress()
     median = statistics.median(times)
     return dict(
         mode="train" if train else "inference", batch_size=batch_size, input=list(input_shape), device=str(dev),
@@ -158,9 +150,8 @@ def benchmark_model(model: nn.Module, input_shape: Sequence[int], batch_size: in
 
 @torch.inference_mode()
 def compare_models(models: dict, x: torch.Tensor, rounds: int = 6, iters: int = 3, warmup: int = 1) -> dict:
-    """Time several callables on the same input, interleaved: each round runs every model `iters` times in
-    turn, so drifting machine load touches them alike; a model's time is its best round's median.
-    Returns label → {throughput, latency_ms, relative_error (against the first model's outputs)}."""
+    """Time several callables on the same input, interleaved round by round (drifting machine load touches them
+    alike); a model's time is its best round's median, its relative_error against the first model's outputs."""
     reference = None
     results = {}
     for label, model in models.items():
@@ -187,12 +178,7 @@ def compare_models(models: dict, x: torch.Tensor, rounds: int = 6, iters: int = 
 
 
 def environment() -> dict:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpuinfo_field("model name") or platform.processor() or platform.machine()
     return dict(torch=torch.__version__, cpu=cpu, threads=torch.get_num_threads(),
                 gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                 time=time.strftime("%Y-%m-%dT%H:%M:%S"))

@@ -1,10 +1,6 @@
-"""`uniformer serve`: a local web page (Gradio) to drop an image or a video on a model and see what it says.
-
-Classification shows the top five classes with their names and the frames the model saw; detection,
-segmentation and pose show the picture their `predict` draws (boxes and masks, the label map, the
-skeletons) beside its JSON record. Example inputs come from the built-in demo data, so the page works
-offline with a checkpoint written by `uniformer demo`. Gradio is an optional dependency:
-`pip install "uniformer[web]"`.
+"""`uniformer serve`: a local web page (Gradio, `pip install "uniformer[web]"`) to drop an image or a video on a
+model and see what it says. Example inputs come from the built-in demo data, so the page works offline with a
+checkpoint written by `uniformer demo`.
 """
 from __future__ import annotations
 
@@ -18,7 +14,6 @@ from uniformer.tasks import TASKS
 __all__ = ["DEFAULT_MAX_FILE_MB", "build_app", "demo_checkpoint", "example_inputs", "launch", "require_gradio"]
 
 DEFAULT_MAX_FILE_MB = 50
-DENSE_TASKS = tuple(t for t in TASKS if t != "classification")
 EXAMPLES_CACHE = Path("~/.cache/uniformer/serve_examples")
 
 
@@ -34,8 +29,8 @@ def require_gradio():
 def example_inputs(task: str, is_video: bool, folder: str | os.PathLike | None = None) -> list[str]:
     """A few files from the built-in demo data: one clip per class of the video demo (rendered as
     `uniformer demo` renders them), or images of the dense demos' synthetic datasets."""
-    folder = Path(os.path.expanduser(folder or EXAMPLES_CACHE)) / (task if task in DENSE_TASKS else
-                                                                  "video" if is_video else "image")
+    kind = task if task != "classification" else "video" if is_video else "image"
+    folder = Path(os.path.expanduser(folder or EXAMPLES_CACHE)) / kind
     if task == "classification" and is_video:
         import numpy as np
 
@@ -53,12 +48,10 @@ def example_inputs(task: str, is_video: bool, folder: str | os.PathLike | None =
         return files
     from uniformer.tasks.dense.synthetic import write_pose_coco, write_shapes_coco, write_shapes_segmentation
 
-    if task == "pose":
-        root, images = write_pose_coco(folder, n_train=1, n_val=3), "val"
-    elif task == "detection":
-        root, images = write_shapes_coco(folder, n_train=1, n_val=3), "val"
-    else:  # segmentation, and images for an image classifier
-        root, images = write_shapes_segmentation(folder, n_train=1, n_val=3), "images/val"
+    # segmentation's images also serve an image classifier
+    write, images = {"pose": (write_pose_coco, "val"), "detection": (write_shapes_coco, "val")}.get(
+        task, (write_shapes_segmentation, "images/val"))
+    root = write(folder, n_train=1, n_val=3)
     return [str(p) for p in sorted((Path(root) / images).iterdir())[:3]]
 
 
@@ -90,8 +83,8 @@ def _check_upload(path: str, max_file_mb: float, image: bool) -> None:
 
 
 def _page(gr, opened, title: str, examples: list[str], out_dir: Path, max_file_mb: float, is_video: bool):
-    """One page for every task: the upload, the picture `Task.predict` draws (classification: the top five
-    classes and the frames the model saw) and its record, the one `uniformer predict --json` prints."""
+    """One page for every task: the upload, the picture `Task.predict` draws (classification: also the top five
+    classes) and its record, as `uniformer predict --json` prints it."""
     task = opened.task.name
 
     def analyse(path: str | None):
@@ -136,10 +129,7 @@ def demo_checkpoint() -> Path | None:
     found = []
     for task in TASKS:
         folder = Path(load_recipe(demo_recipe_path(task))["out_dir"])
-        for name in ("best.pt", "last.pt"):
-            if (folder / name).is_file():
-                found.append(folder / name)
-                break
+        found += [p for p in (folder / "best.pt", folder / "last.pt") if p.is_file()][:1]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
@@ -148,13 +138,8 @@ def build_app(model: str | None = None, checkpoint: str | os.PathLike | None = N
               device: str | None = None, data_overrides: Mapping | None = None, model_options: Mapping | None = None,
               max_file_mb: float = DEFAULT_MAX_FILE_MB, examples: bool = True,
               examples_dir: str | os.PathLike | None = None, use_ema: bool = False):
-    """The Gradio app for `model` (released weights `NAME.TAG`) or `checkpoint`, opened by
-    `uniformer.tasks.open` (the task a run checkpoint records; `task` / `config` for original toolbox files).
-
-    Classification accepts what `uniformer predict` accepts (`labels`, `data_overrides`, `model_options`).
-    Its API endpoint `/predict` returns what the page shows, the last output being the record
-    `uniformer predict --json` prints.
-    """
+    """The Gradio app for `model` (released weights `NAME.TAG`) or `checkpoint`, opened by `uniformer.tasks.open`
+    with what `uniformer predict` takes. Its API endpoint `/predict` returns what the page shows."""
     from uniformer.tasks import open as open_checkpoint
 
     gr = require_gradio()
@@ -181,10 +166,8 @@ def build_app(model: str | None = None, checkpoint: str | os.PathLike | None = N
 
 def launch(app, host: str = "127.0.0.1", port: int = 7860, max_file_mb: float = DEFAULT_MAX_FILE_MB,
            block: bool = True) -> str:
-    """Serve `app` on host:port (localhost by default); returns its URL (at once when not `block`).
-
-    Gradio refuses an upload over `max_file_mb` before it is stored (its message names the limit in bytes);
-    the page refuses any other file over the limit (an example) with a message naming the file and its size."""
+    """Serve `app` on host:port (localhost by default); returns its URL (at once when not `block`). Gradio refuses
+    an upload over `max_file_mb` before it is stored; `_check_upload` any other file (an example)."""
     _, url, _ = app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=not block,
                            max_file_size=int(max_file_mb * 2**20), show_error=True)
     return url

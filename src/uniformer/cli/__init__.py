@@ -1,6 +1,5 @@
-"""The `uniformer` command line. Each sub-command is a module here with `register(subparsers)` and `run(args)`.
-
-`python -m uniformer.cli ...` runs it too, e.g. `torchrun --nproc_per_node 2 -m uniformer.cli train RECIPE`.
+"""The `uniformer` command line (also `python -m uniformer.cli`, e.g. under torchrun). Each sub-command is a
+module here with `register(subparsers)` and `run(args)`.
 """
 from __future__ import annotations
 
@@ -25,26 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _CurrentStderr(logging.StreamHandler):
-    """A handler that writes to whatever `sys.stderr` is when a record comes: a plain StreamHandler keeps
-    the stream of the moment it was made, which a test runner or notebook may since have closed."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s",
-                        handlers=[_CurrentStderr()])
+    from uniformer.engine.reporting import TqdmHandler
     from uniformer.engine.runner import NonFiniteLossError
     from uniformer.models.checkpoint import CheckpointError
 
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s",
+                        handlers=[TqdmHandler()])
     try:
         return args.func(args)
     except (CheckpointError, FileNotFoundError, ValueError, NonFiniteLossError) as e:

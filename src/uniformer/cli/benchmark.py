@@ -107,8 +107,7 @@ def _benchmark_model(args, model, shape, dtype: str, options: dict) -> int:
 
 
 def _compare_runtimes(args, model, shape) -> int:
-    """Every inference path on the same weights, input and static shape, timed interleaved (`inference_variants`);
-    bfloat16 rows (`optimize`, OpenVINO's default precision) where the CPU computes in bfloat16."""
+    """Every inference path on the same weights, input and static shape, timed interleaved (`inference_variants`)."""
     import tempfile
     import time
 

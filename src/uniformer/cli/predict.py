@@ -1,28 +1,26 @@
 """`uniformer predict`: classes of images and videos, or detection / segmentation / pose pictures and JSON.
 
-The task comes from the checkpoint; `--task` is needed only for an original toolbox file (default:
-classification, with `--model` naming the variant). `--model NAME.TAG` alone predicts with released
-weights from the hub, the tag's test recipe and its dataset's class names.
+The task comes from the checkpoint (`--task` only for an original toolbox file); `--model NAME.TAG` alone
+predicts with released weights from the hub.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from .common import check_device, parse_pairs, print_json
+from .common import add_device_options, add_open_options, check_device, parse_pairs, print_json
 
 
-def _print_predictions(results: list[dict], stream=None) -> None:
-    stream = stream or sys.stdout
+def _print_predictions(results: list[dict]) -> None:
     for r in results:
-        print(r["input"], file=stream)
+        print(r["input"])
         if r["error"]:
-            print(f"  error: {r['error']}", file=stream)
+            print(f"  error: {r['error']}")
             continue
         for rank, p in enumerate(r["predictions"], 1):
-            print(f"  {rank}. {p['label']:<32} {p['prob']:.4f}", file=stream)
+            print(f"  {rank}. {p['label']:<32} {p['prob']:.4f}")
         if r.get("figure"):
-            print(f"  picture: {r['figure']}", file=stream)
+            print(f"  picture: {r['figure']}")
 
 
 def _expand(inputs: list[str], videos: bool) -> list[str]:
@@ -102,23 +100,8 @@ def register(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, or folders of them")
     p.add_argument("--checkpoint", help="a run checkpoint (it records its task and recipe), an original "
                    "checkpoint (with a tagged --model: these weights instead of the hub's), or a tag NAME.TAG")
-    p.add_argument("--task", choices=("classification", "detection", "segmentation", "pose"),
-                   help="only for original toolbox files: which task they are (default: classification)")
-    p.add_argument("--model", help="classification: NAME.TAG of released weights (fetched from the hub; sets the "
-                   "test recipe and class names, see `uniformer models --pretrained`), or the model of an original "
-                   "checkpoint (run checkpoints record theirs)")
-    p.add_argument("--labels", help="classification: class names, one per line (default: the tag's dataset, or "
-                   "those recorded in the checkpoint)")
+    add_open_options(p)
     p.add_argument("--topk", type=int, help="classification: how many classes to show (default 5)")
-    p.add_argument("--data", action="append", metavar="KEY=VALUE",
-                   help="classification: test-transform setting of the data pipeline (repeatable), e.g. --data "
-                        "num_frames=8 --data test_clips=4")
-    p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
-                   help="classification: model argument of an original checkpoint (repeatable), "
-                        "e.g. -o depths=[3,4,8,3]")
-    p.add_argument("--ema", action="store_true", help="use the EMA weights of a run checkpoint")
-    p.add_argument("--config", help="the recipe (default: the checkpoint's; needed for original detection, "
-                   "segmentation and pose toolbox files)")
     p.add_argument("--out", help="classification: write a picture per input (sampled frames and top-5 bars) here; "
                    "detection/segmentation/pose: output folder (default: predictions)")
     p.add_argument("--score-thr", type=float, help="detection: smallest score drawn and listed (default 0.3)")
@@ -127,7 +110,7 @@ def register(sub) -> None:
     p.add_argument("--detector", metavar="CHECKPOINT", help="pose: find the person boxes with this detection "
                    "checkpoint of the package first (its person class, else every class; score >= 0.3)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--device", default=None, help="auto (default: the GPU if any), cpu, cuda, ...")
+    add_device_options(p, progress=False)
     p.add_argument("--runtime", choices=["torch", "onnxruntime", "openvino"],
                    help="classification: run the model's ONNX / OpenVINO export (pip install 'uniformer[deploy]'; "
                         "default: torch)")

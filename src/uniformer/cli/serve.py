@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import parse_pairs
+from .common import add_device_options, add_open_options, parse_pairs
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,26 +28,15 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     from uniformer.serve import DEFAULT_MAX_FILE_MB
-    from uniformer.tasks import TASKS
 
     p = sub.add_parser("serve", help="a local web page: drop an image or a video, see the model's answer")
-    p.add_argument("--model", help="classification: NAME.TAG of released weights (see `uniformer models "
-                                   "--pretrained`), or the model of an original checkpoint")
     p.add_argument("--checkpoint", help="a checkpoint (training, original, or `uniformer demo` output; default: "
                    "best.pt or last.pt of the latest demo run in runs/demo*)")
-    p.add_argument("--ema", action="store_true", help="use the EMA weights of a run checkpoint")
-    p.add_argument("--task", choices=TASKS, help="which page (default: the task the checkpoint records, else "
-                   "classification; needed only for original toolbox files)")
-    p.add_argument("--config", help="the recipe (default: the one recorded in the checkpoint; needed for original "
-                   "detection, segmentation and pose files)")
-    p.add_argument("--labels", help="classification: class names, one per line")
-    p.add_argument("--data", action="append", metavar="KEY=VALUE", help="classification: test-transform setting")
-    p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
-                   help="classification: model argument of an original checkpoint (repeatable)")
+    add_open_options(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--max-file-mb", type=float, default=DEFAULT_MAX_FILE_MB,
                    help=f"refuse uploads larger than this (default {DEFAULT_MAX_FILE_MB} MB)")
     p.add_argument("--no-examples", action="store_true", help="no example inputs from the built-in demo data")
-    p.add_argument("--device", default=None, help="auto, cpu, cuda, ...")
+    add_device_options(p, progress=False)
     p.set_defaults(func=run)

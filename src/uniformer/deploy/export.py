@@ -1,10 +1,8 @@
 """Export a UniFormer to ONNX or OpenVINO IR and check the exported graph against PyTorch.
 
-ONNX goes through torch's TorchDynamo exporter (opset 18): the legacy TorchScript exporter writes
-the channels-last LayerNorm's permutation with a negative axis, which onnxruntime rejects. OpenVINO
-IR is converted from that ONNX graph and saved in float32 (OpenVINO would otherwise halve the
-weights to float16 on saving). The checked export (`export_model`: write, then run the graph against PyTorch)
-is in `runtimes.py`, with the runtimes it runs on.
+ONNX goes through torch's TorchDynamo exporter: the legacy TorchScript exporter writes the channels-last
+LayerNorm's permutation with a negative axis, which onnxruntime rejects. OpenVINO IR is converted from that
+graph and saved in float32 (OpenVINO would otherwise halve the weights to float16).
 """
 from __future__ import annotations
 

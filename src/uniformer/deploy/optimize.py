@@ -1,30 +1,13 @@
 """The fastest inference path of a UniFormer: `uniformer.fuse`, then compiled by the faster backend on this
-machine, `torch.compile` (inductor, frozen weights) or OpenVINO's CPU plugin.
+machine, `torch.compile` (inductor, frozen weights) or OpenVINO's CPU plugin (README, Deployment).
 
-What each step buys on a CPU (measured on an AVX2 AMD EPYC, 2 threads, float32):
-
-- `fuse` folds every BatchNorm, LayerNorm affine, layer scale and DPE residual into the adjacent
-  weights and runs the network on channels-last maps, where the pointwise convolutions and FFNs are
-  oneDNN matrix products (GELU fused into them).
-- `torch.compile` with inductor and `freezing` turns the weights into constants and generates fused
-  C++ loops for everything between the matrix products, attention and depthwise convolutions
-  (LayerNorms, residual adds, layout copies, the average pooling), which eager PyTorch runs as
-  separate memory-bound passes.
-
-Backend: by default `optimize` measures, on the example input, inductor's compiled graph and the
-same fused model's ONNX export compiled by OpenVINO's CPU plugin (where `openvino` is installed), and
-keeps the faster on this machine. Which one wins depends on the CPU's units and the model: on an
-AVX2-only EPYC inductor was level with OpenVINO, on an AMX Xeon OpenVINO's AMX matrix products and
-fused attention ran 1.1-1.2x faster than inductor's oneDNN calls (README, Performance). Both compute
-the fused model's function in the same precision; `backend=` forces one.
-
-Precision: by default the machine's fastest accurate one, as OpenVINO's CPU plugin chooses its own:
-bfloat16 (inductor: autocast; OpenVINO: its bf16 precision hint) where the CPU computes in bfloat16
-(AVX512-BF16, AMX, Arm BF16; or where `UNIFORMER_CPU_BF16=1` says so), float32 elsewhere. In float32
-every step computes the same function: no approximate GELU or softmax, outputs within float32 rounding
-of the eager model (about 1e-6 relative). In bfloat16 the matrix products and convolutions round their
-inputs to bfloat16 while normalisations and softmax stay float32 (autocast's rules; OpenVINO's bf16
-mode measured as accurate): logits within about 1e-2 relative.
+`fuse` folds norms, layer scales and DPE residuals into the weights and runs channels-last maps, where the
+pointwise convolutions and FFNs are oneDNN matrix products; inductor with `freezing` then fuses what eager
+PyTorch runs as separate memory-bound passes (LayerNorms, residual adds, layout copies, pooling). Which
+backend wins depends on the CPU (level on an AVX2 EPYC; OpenVINO 1.1-1.2x faster on an AMX Xeon), so
+`optimize` times both on the example. Precision: bfloat16 where the CPU computes in it (as OpenVINO picks
+its own), else float32; float32 outputs are within about 1e-6 relative of the eager model, bfloat16 ones
+within about 1e-2 (matrix products and convolutions round their inputs, norms and softmax stay float32).
 """
 from __future__ import annotations
 
@@ -49,8 +32,7 @@ __all__ = ["optimize", "OptimizedModel", "BACKENDS", "inference_variants"]
 
 _logger = logging.getLogger(__name__)
 
-# Inductor options of the compiled path. `freezing` makes the weights graph constants (constant
-# folding, oneDNN weight layouts, and the oneDNN matmul/convolution lowerings need it); max-autotune
+# `freezing` makes the weights graph constants (the oneDNN matmul/convolution lowerings need it); max-autotune
 # stays off: it benchmarks kernel variants while compiling, which multiplies the compile time.
 INDUCTOR_OPTIONS = {"freezing": True}
 
@@ -97,24 +79,15 @@ class _OpenVINOGraphs(nn.Module):
 
 
 class OptimizedModel(nn.Module):
-    """An inference-only UniFormer: the fused model, compiled by `backend` ("inductor" or "openvino")
-    unless `compile=False` was asked.
+    """The fused model, compiled by `backend` ("inductor" or "openvino") unless `compiled` is False.
 
-    `compile_seconds` is how long the first (compiling) call took, 0 when not compiled; a new input
-    shape compiles again (see `optimize`). `backend` is what runs ("eager" when not compiled);
-    `backend_ms` holds what `optimize` measured per backend on its example when it chose (else empty).
-    """
+    `compile_seconds`: the first (compiling) call's time; `backend`: what runs ("eager" when not compiled);
+    `backend_ms`: what `optimize` measured per backend when it chose."""
 
     def __init__(self, fused: nn.Module, compiled: bool, dtype: torch.dtype = torch.float32,
                  backend: str = "inductor"):
         super().__init__()
-        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            raise ValueError(f"OptimizedModel runs in torch.float32, bfloat16 or float16 (GPUs), not {dtype}")
-        if backend not in BACKENDS[1:]:
-            raise ValueError(f"backend {backend!r}: expected one of {', '.join(BACKENDS[1:])}")
-        self.fused = fused
-        self.compiled = compiled
-        self.dtype = dtype
+        self.fused, self.compiled, self.dtype = fused, compiled, dtype
         self.backend = backend if compiled else "eager"
         self.compile_seconds = 0.0
         self.backend_ms: dict[str, float] = {}
@@ -145,30 +118,16 @@ def optimize(model: nn.Module, example: torch.Tensor | None = None, compile: boo
     """Return a fast inference-only copy of a UniFormer model (the original is left untouched).
 
     Args:
-        model: a UniFormer or UniFormerLight model (classifier or `features_only` backbone).
-        example: an input of the shape to be served. With `compile=True` the model is compiled on it
-            right away (timed: `compile_seconds`, also logged), so that later calls run at full speed.
-        compile: compile the fused model (see `backend`). False: the fused model in PyTorch eager mode,
-            which needs no C++ compiler and no warm-up.
-        dtype: None or "auto" (default): the machine's fastest accurate precision, bfloat16 on CPUs with
-            bfloat16 units (or `UNIFORMER_CPU_BF16=1`), float32 elsewhere; `torch.float32` /
-            `torch.bfloat16` (or their names) force one. Outputs are float32 either way.
-        backend: "inductor" (`torch.compile`, frozen weights; CPU or GPU), "openvino" (OpenVINO's CPU
-            plugin on the model's ONNX export; needs the `deploy` extra), or "auto" (default): on a CPU with
-            `openvino` installed and an `example`, both are compiled and timed on it and the faster kept
-            (`backend_ms` holds the timings, `backend` the choice); otherwise inductor.
+        example: an input of the shape to be served; with `compile` the model is compiled (and timed,
+            `compile_seconds`) on it right away.
+        compile: False runs the fused model eagerly (no C++ compiler, no warm-up).
+        dtype: None/"auto": bfloat16 on CPUs with bfloat16 units (or `UNIFORMER_CPU_BF16=1`), else float32;
+            `torch.float32` / `torch.bfloat16` (or their names) force one. Outputs are float32 either way.
+        backend: "inductor", "openvino" (needs the `deploy` extra) or "auto": on a CPU with `openvino` and an
+            `example`, both are compiled, timed on it (`backend_ms`) and the faster kept.
 
-    Shapes: each input shape gets its own compiled graph, specialised to it; the first call with a new
-    shape (another batch size, resolution or clip length) compiles again, which takes about as long as
-    the first compile. Compile once, reuse many times: serve one shape (e.g. pad the last, smaller batch
-    of a folder to the batch size and drop the padded outputs). With inductor, after
-    `torch._dynamo.config.recompile_limit` distinct shapes (8 by default) further shapes run the fused
-    model in eager mode: still correct, slower.
-
-    Accuracy: in float32 the same function as the eager model up to rounding (outputs agree to about
-    1e-6 relative; tests check 1e-4); in bfloat16 within 2e-2 relative of the eager float32 model. The
-    returned model is for inference only: it runs without gradients and its BatchNorm statistics are
-    folded into the weights.
+    Each input shape compiles its own graph (another batch size or resolution compiles again): serve one
+    shape. With inductor, past `torch._dynamo.config.recompile_limit` shapes the fused model runs eagerly.
     """
     if backend not in BACKENDS:
         raise ValueError(f"optimize(backend={backend!r}): expected one of {', '.join(BACKENDS)}")
@@ -240,30 +199,19 @@ def _resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> tor
     from ..precision import resolve_dtype
 
     names = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-    if dtype is None:
-        name = "auto"
-    elif isinstance(dtype, torch.dtype):
-        if dtype not in names:
-            raise ValueError(f"optimize(dtype={dtype}): expected torch.float32, torch.bfloat16 (torch.float16 on "
-                             "GPUs) or None (auto)")
-        name = names[dtype]
-    elif dtype in ("auto", *names.values()):
-        name = dtype
-    else:
-        raise ValueError(f"optimize(dtype={dtype!r}): expected torch.float32, torch.bfloat16, 'auto' or None")
-    return {v: k for k, v in names.items()}[resolve_dtype(name, device)]
+    name = "auto" if dtype is None else names.get(dtype, dtype)
+    if name not in ("auto", *names.values()):
+        raise ValueError(f"optimize(dtype={dtype!r}): expected torch.float32, torch.bfloat16 (torch.float16 on "
+                         "GPUs), their names, 'auto' or None")
+    return getattr(torch, resolve_dtype(name, device))
 
 
 def inference_variants(model: nn.Module, input_shape: Sequence[int], workdir: str | os.PathLike,
                        batch_size: int = 1, bfloat16: bool = False) -> dict:
-    """Label → zero-argument factory of (model, precision) for each way to run `model` for inference, in the
-    order `uniformer benchmark --compare-runtimes` reports them: the eager reference (explicit attention, as
-    the original code), the eager model as users run it (SDPA), `uniformer.fuse`, `uniformer.optimize` in
-    float32 with its inductor backend and as it chooses by default, and the fused model's export in
-    onnxruntime and in OpenVINO with its f32 hint; with `bfloat16` the same `optimize` rows in bfloat16 and
-    OpenVINO at its default precision. Every variant gets the same static shape (`batch_size` ×
-    `input_shape`), the one `optimize` compiles for. A factory raises `MissingExtraError` when its runtime is
-    not installed."""
+    """Label → zero-argument factory of (model, precision) for every way to run `model` for inference, in the
+    order `uniformer benchmark --compare-runtimes` reports them, all at the static shape `optimize` compiles
+    for (`batch_size` × `input_shape`); `bfloat16` adds the bfloat16 rows. A factory raises
+    `MissingExtraError` when its runtime is not installed."""
     from ..profiling import set_reference_attention
 
     workdir = Path(workdir)

@@ -1,9 +1,5 @@
-"""Run exported UniFormer graphs through onnxruntime or OpenVINO as if they were PyTorch modules.
-
-`RuntimeModel` takes and returns torch tensors (one tensor, or a list for `features_only`
-backbones), so prediction and benchmarking code need not know which runtime computes.
-`export_for_runtime` turns a PyTorch model into such a model in one call; `export_model` writes an export and
-checks it against PyTorch through its runtime.
+"""Run exported UniFormer graphs through onnxruntime or OpenVINO as if they were PyTorch modules (torch tensors
+in and out), and `export_model`: write an export and check it against PyTorch through its runtime.
 """
 from __future__ import annotations
 
@@ -27,27 +23,20 @@ from .export import (
 __all__ = ["RUNTIMES", "RuntimeModel", "load_runtime", "export_model", "export_for_runtime"]
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
-
-
 OPENVINO_PRECISIONS = ("f32", "bf16", "default")
 
 
 class RuntimeModel(nn.Module):
-    """An exported graph behind the call signature of a UniFormer module (CPU inference, float32 tensors in
-    and out).
+    """An exported graph behind the call signature of a UniFormer module (CPU, float32 tensors in and out).
 
-    `video` says whether it takes B×C×T×H×W clips, as the PyTorch models do. `precision` (OpenVINO): "f32" / "bf16"
-    are its inference-precision hints, "default" lets OpenVINO choose as it does out of the box (bfloat16 on
-    CPUs with bfloat16 units). `self.precision` is what the runtime reports
-    it computes in ("f32", "bf16").
+    `precision` (OpenVINO): the "f32" / "bf16" inference-precision hint, or "default" to let OpenVINO choose
+    (bfloat16 on CPUs with bfloat16 units); `self.precision` is what the runtime reports it computes in.
     """
 
     def __init__(self, runtime: str, path: str | os.PathLike, video: bool, threads: int | None = None,
                  precision: str = "f32"):
         super().__init__()
-        self.runtime = runtime
-        self.path = Path(path)
-        self.video = video
+        self.runtime, self.path, self.video = runtime, Path(path), video
         threads = threads or torch.get_num_threads()
         if precision not in OPENVINO_PRECISIONS or (precision != "f32" and runtime != "openvino"):
             raise ValueError(f"precision {precision!r}: {runtime} computes in 'f32'; OpenVINO takes one of "
@@ -101,11 +90,8 @@ def export_for_runtime(model: nn.Module, runtime: str, input_shape: Sequence[int
         raise ValueError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
     require(runtime, f"--runtime {runtime}")
     example = torch.randn(batch_size, *input_shape)
-    workdir = Path(workdir)
-    if runtime == "onnxruntime":
-        path = export_onnx(model.eval(), example, workdir / "model.onnx", dynamic_batch)
-    else:
-        path = export_openvino(model.eval(), example, workdir / "model.xml", dynamic_batch)
+    writer = export_onnx if runtime == "onnxruntime" else export_openvino
+    path = writer(model.eval(), example, Path(workdir) / "model.onnx", dynamic_batch)  # OpenVINO: model.xml
     return load_runtime(runtime, path, video=len(input_shape) == 4, threads=threads, precision=precision)
 
 
@@ -115,9 +101,8 @@ def _outputs(out) -> list[torch.Tensor]:
 
 def export_model(model: nn.Module, input_shape: Sequence[int], path: str | os.PathLike, format: str = "onnx",
                  dynamic_batch: bool = False, batch_size: int = 1, tolerance: float = 1e-4) -> dict:
-    """Export `model` for inputs of `input_shape` (no batch axis), then run the exported graph and the
-    PyTorch model on the same random input and raise `ExportError` if they differ by more than
-    `tolerance` (relative error). Returns {"path", "format", "relative_error", "input"}."""
+    """Export `model` for inputs of `input_shape` (no batch axis); raise `ExportError` where the exported graph
+    differs from the model by more than `tolerance` (relative) on a random input. Returns what was checked."""
     if format not in FORMATS:
         raise ExportError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
     check_export_shape(model, input_shape)

@@ -1,16 +1,9 @@
-"""Training-step throughput of a recipe (`uniformer benchmark --train --recipe`): the runner's own step against
-a bare loop, on the same model, optimiser and batches.
+"""Training-step throughput of a recipe (`uniformer benchmark --train --recipe`): `Runner.train_step` against a
+bare loop (losses summed, backward, optimiser step, same autocast) on the same model, optimiser and batches.
 
-The runner is set up exactly as `Runner.fit` sets it up (datasets, model, EMA, optimiser, schedule,
-precision, threads, deterministic mode) and a fixed list of training batches is loaded first, so data
-loading is not timed. Each round runs both variants over that list step by step, interleaved (engine,
-bare, then bare, engine, ...), so that drifting machine load touches both alike. A variant's speed is
-its best round; the overhead is the median over all steps of the ratio of the paired step times
-(robust on a shared machine), and also given from the best rounds.
-
-    engine: `Runner.train_step`, the code path of every training step (autocast, the sum of the `loss*`
-            entries, accumulation, the non-finite guard, clipping, schedule, EMA, logging bookkeeping)
-    bare:   the task's losses summed, backward and the optimiser step, under the same autocast
+The runner is set up as `Runner.fit` sets it up and the batches are loaded first (data loading is not timed).
+The two run interleaved step by step, so that drifting machine load touches both alike; the overhead is the
+median ratio of paired step times (robust on a shared machine), and also given from the best rounds.
 """
 from __future__ import annotations
 
@@ -66,13 +59,11 @@ def _preload(runner: Runner, count: int) -> list[Any]:
 
 def benchmark_training(task: Task, *, steps: int = 5, rounds: int = 5, warmup: int = 1, device: str | None = "cpu",
                        threads: int | None = None) -> dict:
-    """Time `steps` optimiser steps of the runner and of the bare loop per round, interleaved step by step, in
-    `rounds` rounds, after `warmup` untimed steps of each.
+    """Time `steps` optimiser steps of the runner and of the bare loop per round in `rounds` rounds, after `warmup`
+    untimed steps of each; `threads` default: the recipe's `train.threads`.
 
-    `threads` (default: the recipe's `train.threads`) sets torch's compute threads for the whole benchmark.
-    Returns {"engine": {...}, "bare": {...}, "overhead_percent" (median of paired steps),
-    "best_round_overhead_percent", and what the step does}; each variant has steps_per_second,
-    samples_per_second, ms_per_step (its best round) and round_ms (every round's mean).
+    Returns {"engine": {...}, "bare": {...}, "overhead_percent", "best_round_overhead_percent", and what the
+    step does}; each variant has steps_per_second, samples_per_second, ms_per_step (its best round), round_ms.
     """
     if steps < 1 or rounds < 1 or warmup < 0:
         raise ValueError(f"steps={steps}, rounds={rounds}, warmup={warmup}: expected steps, rounds >= 1, warmup >= 0")
@@ -86,21 +77,16 @@ def benchmark_training(task: Task, *, steps: int = 5, rounds: int = 5, warmup: i
         batches = _preload(runner, steps * runner.accum)
         groups = [batches[i * runner.accum:(i + 1) * runner.accum] for i in range(steps)]
 
-        def engine(group: list) -> None:
-            runner.train_step(iter(group), log)
-
-        def bare(group: list) -> None:
-            bare_training_step(task, runner.model, runner.optimizer, group, d.device, runner.amp)
-
-        variants = {"engine": engine, "bare": bare}
+        variants = {
+            "engine": lambda group: runner.train_step(iter(group), log),
+            "bare": lambda group: bare_training_step(task, runner.model, runner.optimizer, group, d.device, runner.amp),
+        }
         runner.model.train()
         for i in range(warmup):  # one-off costs (allocator, kernel selection) before timing
             for run in variants.values():
                 run(groups[i % steps])
-        step_ms: dict[str, list[list[float]]] = {name: [] for name in variants}  # [round][step]
+        step_ms = {name: [[] for _ in range(rounds)] for name in variants}  # [round][step]
         for r in range(rounds):
-            for times in step_ms.values():
-                times.append([])
             for i, group in enumerate(groups):
                 order = list(variants.items()) if (r + i) % 2 == 0 else list(variants.items())[::-1]
                 for name, run in order:

@@ -1,11 +1,8 @@
-"""Run checkpoints: one format for every task, atomic writes, retention, `--resume auto` with fallback.
+"""Run checkpoints: one format for every task (`Runner._state`), atomic writes, retention, `--resume auto`.
 
-A checkpoint survives a kill at any instant (a temporary file, flushed, then `os.replace`d) and loads with
-`torch.load(weights_only=True)`; `to_plain` converts NumPy values and paths and refuses anything else.
-Layout (format "uniformer-train", version 2): task, config (the resolved recipe), meta (what rebuilding the
-model needs), model, ema, optimizer, scheduler, scaler, step, world_size, rng (one entry per rank), history,
-best ({metric, value, step}). `open_checkpoint` is the one reader of weights files (it also opens the earlier
-layouts, classification version 1 and the dense tasks' "uniformer-dense"); `load_run_weights` the one loader
+A checkpoint survives a kill at any instant (written to a temporary file, then `os.replace`d) and loads with
+`torch.load(weights_only=True)`. `open_checkpoint` is the one reader of weights files (also of the earlier
+layouts: classification version 1 and the dense tasks' "uniformer-dense"); `load_run_weights` the one loader
 of a run checkpoint's model or EMA weights.
 """
 from __future__ import annotations
@@ -47,10 +44,9 @@ def to_plain(obj: Any, where: str = "checkpoint") -> Any:
                 raise TypeError(f"{where}: key {k!r} of type {type(k).__name__} cannot be saved; use str or int keys")
             out[k] = to_plain(v, f"{where}.{k}")
         return out
-    if isinstance(obj, list):
-        return [to_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
-    if isinstance(obj, tuple):
-        return tuple(to_plain(v, f"{where}[{i}]") for i, v in enumerate(obj))
+    if isinstance(obj, list | tuple):
+        plain = [to_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return plain if isinstance(obj, list) else tuple(plain)
     raise TypeError(f"{where}: a {type(obj).__module__}.{type(obj).__name__} cannot go into a checkpoint that "
                     "loads with torch.load(weights_only=True); convert it to plain data first")
 
@@ -78,7 +74,6 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-# --- random number generators ----------------------------------------------------------------------
 def capture_rng_state() -> dict:
     """Python, NumPy, torch (and CUDA) generator states as plain data."""
     version, words, gauss = random.getstate()
@@ -104,7 +99,6 @@ def restore_rng_state(state: Mapping) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# --- reading ---------------------------------------------------------------------------------------------
 def _upgrade(obj: Any) -> dict | None:
     """`obj` in the current layout, or None when it is not a checkpoint of this package."""
     if not isinstance(obj, Mapping):
@@ -112,8 +106,7 @@ def _upgrade(obj: Any) -> dict | None:
     if obj.get("format") == CHECKPOINT_FORMAT and obj.get("version") == CHECKPOINT_VERSION:
         return dict(obj)
     if obj.get("format") == CHECKPOINT_FORMAT:  # version 1: classification only
-        meta = {"classes": obj.get("classes"), "num_classes": obj.get("num_classes"),
-                "model_spec": obj.get("model_spec")}
+        meta = {key: obj.get(key) for key in ("classes", "num_classes", "model_spec")}
         return {"format": CHECKPOINT_FORMAT, "version": 1, "task": "classification", "config": obj.get("config"),
                 "meta": meta, "model": obj["model"], "ema": obj.get("ema"), "step": obj.get("global_step", 0),
                 "history": obj.get("history", [])}
@@ -126,11 +119,8 @@ def _upgrade(obj: Any) -> dict | None:
 
 @dataclass(frozen=True)
 class CheckpointFile:
-    """A weights file read once: what it is (`kind`) and what it holds.
-
-    kind "run": a checkpoint of this package (`run` is it in the current layout); "original": a PyTorch file
-    of another layout (an original UniFormer / mmdet / mmseg / mmpose file; `obj` is what it unpickled to);
-    "safetensors": the project's own format (`obj` the tensors, `meta` its metadata)."""
+    """A weights file read once. `kind` "run": a checkpoint of this package (`run`: in the current layout);
+    "original": another layout (`obj`: what it unpickled to); "safetensors": the project's own format."""
 
     path: Path
     kind: str
@@ -144,9 +134,8 @@ class CheckpointFile:
 
 
 def open_checkpoint(path: str | os.PathLike) -> CheckpointFile:
-    """Read any weights file once, without executing pickled code (`uniformer.models.checkpoint.read_checkpoint`:
-    weights_only with an allow-list, or safetensors); say what it is. Raises FileNotFoundError, or
-    CheckpointError naming the file and what was refused or unreadable."""
+    """Read any weights file once, without executing pickled code (`uniformer.models.checkpoint.read_checkpoint`),
+    and say what it is. Raises FileNotFoundError, or CheckpointError naming the file and what is wrong."""
     from uniformer.models.checkpoint import read_checkpoint as read_file
 
     path = Path(path)
@@ -196,8 +185,7 @@ def load_run_weights(model: torch.nn.Module, source: str | os.PathLike | Checkpo
 
 
 def load_run_checkpoint(path: str | os.PathLike) -> dict:
-    """A resumable checkpoint of this engine; ValueError naming the file when it is unreadable or of
-    another kind."""
+    """A resumable checkpoint of this engine; ValueError naming the file when it is unreadable or of another kind."""
     from uniformer.models.checkpoint import CheckpointError
 
     try:
@@ -218,14 +206,7 @@ class CheckpointManager:
     def __init__(self, folder: str | os.PathLike, keep_last: int | None = 2, unit: str = "epoch"):
         self.folder = Path(folder)
         self.keep_last, self.unit = keep_last, unit
-
-    @property
-    def last_path(self) -> Path:
-        return self.folder / "last.pt"
-
-    @property
-    def best_path(self) -> Path:
-        return self.folder / "best.pt"
+        self.last_path, self.best_path = self.folder / "last.pt", self.folder / "best.pt"
 
     def periodic_path(self, count: int) -> Path:
         return self.folder / f"checkpoint_{self.unit}{count:07d}.pt"
@@ -273,14 +254,10 @@ class CheckpointManager:
                 os.replace(tmp, periodic)
             except OSError:
                 atomic_save(plain, periodic)
-            self._prune()
+            if self.keep_last:
+                for old in self.periodic()[:-self.keep_last]:
+                    old.unlink(missing_ok=True)
         return path
 
     def save_best(self, state: Mapping) -> Path:
         return atomic_save(to_plain(dict(state)), self.best_path)
-
-    def _prune(self) -> None:
-        if not self.keep_last:
-            return
-        for old in self.periodic()[:-self.keep_last]:
-            old.unlink(missing_ok=True)

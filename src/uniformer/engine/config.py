@@ -7,23 +7,7 @@ with the file (or `--set`) and the dotted key named; a mapping whose default is 
 `model.kwargs`) is free-form and checked by its owner. A key given twice in one YAML mapping is
 an error. Types and ranges of the engine's keys are checked here, the task's by the task.
 
-Engine sections (defaults in brackets; a task may change them):
-
-    task (required)  description [""]  seed [0]  deterministic [false]  out_dir [runs/<recipe name>]
-    train:  epochs | iters (exactly one), batch_size [8] (per process), num_workers [4], accum_steps [1],
-            amp [auto|none|bf16|fp16], clip_grad [null], eval_every [1] (epochs or iterations; null: at the
-            end only), log_every [10] (optimiser steps), max_steps_per_epoch [null], sync_bn [null: off; true:
-            every BatchNorm, or a list of the model's top-level parts, e.g. [decode_head]; GPUs only],
-            threads [null], pin_memory [true], prefetch_factor [null]
-    optim:  name [adamw], lr [1e-3], lr_base_batch [null: lr as is; else lr x global batch / lr_base_batch],
-            weight_decay [0.05], betas [[0.9, 0.999]], eps [1e-8], no_decay_1d [true], no_decay_keys [[]]
-    sched:  name [cosine|poly|step|constant], warmup_epochs [0] | warmup_iters [0], warmup_lr [1e-6]
-            (start of the warm-up) or warmup_ratio [null] (start as a fraction of the peak), min_lr [1e-6],
-            power [1.0] (poly), steps [[]] and gamma [0.1] (step; in epochs or iterations, as the run)
-    ema:    enabled [false], decay [0.9999], warmup [false], eval [true]
-    checkpoint: every [1] (epochs or iterations), keep_last [2], best_metric [the task's], save_best [true]
-    eval:   split [val], batch_size [null = train.batch_size], num_workers [null = train.num_workers],
-            use_ema [false]
+The engine's sections and their defaults: `engine_defaults` (what each key means: README, Recipes).
 """
 from __future__ import annotations
 
@@ -205,10 +189,6 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def _positive_int_or_none(v: Any) -> bool:
-    return v is None or (_is_int(v) and v >= 1)
-
-
 def check_types(cfg: Mapping, defaults: Mapping, where: str, _path: str = "") -> None:
     """Every value has its default's type (numbers interchangeable, null always allowed); free-form
     mappings (empty defaults) are left to their owner."""
@@ -230,70 +210,62 @@ def check_types(cfg: Mapping, defaults: Mapping, where: str, _path: str = "") ->
                 break
 
 
+def _int_at_least(low: int, null: bool = False) -> Callable[[Any], bool]:
+    return lambda v: (null and v is None) or (_is_int(v) and v >= low)
+
+
+# (dotted keys, what they accept, what is expected) of the engine's sections
+_ENGINE_RULES = (
+    ("seed train.num_workers", _int_at_least(0), "expected an integer >= 0"),
+    ("deterministic train.pin_memory optim.no_decay_1d ema.enabled ema.warmup ema.eval",
+     lambda v: isinstance(v, bool), "expected true or false"),
+    ("train.epochs train.iters train.max_steps_per_epoch train.eval_every train.threads train.prefetch_factor "
+     "eval.batch_size", _int_at_least(1, null=True), "expected an integer >= 1 or null"),
+    ("train.batch_size train.accum_steps train.log_every checkpoint.every", _int_at_least(1),
+     "expected an integer >= 1"),
+    ("train.amp", lambda v: v in AMP_MODES, f"expected one of {list(AMP_MODES)}"),
+    ("train.clip_grad optim.lr_base_batch", lambda v: v is None or (_is_num(v) and v > 0),
+     "expected a positive number or null"),
+    ("train.sync_bn", lambda v: v is None or isinstance(v, bool) or (isinstance(v, list) and v and all(
+        isinstance(n, str) and n for n in v)), "expected true, false (or null) or a list of the model's part names"),
+    ("optim.name", lambda v: v == "adamw", "only 'adamw' is supported"),
+    ("optim.lr optim.eps", lambda v: _is_num(v) and v > 0, "expected a positive number"),
+    ("optim.weight_decay sched.warmup_epochs sched.warmup_iters sched.warmup_lr sched.min_lr sched.power sched.gamma",
+     lambda v: _is_num(v) and v >= 0, "expected a number >= 0"),
+    ("optim.betas", lambda v: isinstance(v, list | tuple) and len(v) == 2 and all(_is_num(b) and 0 <= b < 1 for b in v),
+     "expected two numbers in [0, 1)"),
+    ("optim.no_decay_keys", lambda v: isinstance(v, list) and all(isinstance(k, str) for k in v),
+     "expected a list of name substrings"),
+    ("sched.name", lambda v: v in SCHEDULES, f"expected one of {list(SCHEDULES)}"),
+    ("sched.warmup_ratio", lambda v: v is None or (_is_num(v) and 0 <= v <= 1), "expected a number in [0, 1] or null"),
+    ("sched.steps", lambda v: isinstance(v, list) and all(_is_num(n) and n >= 0 for n in v),
+     "expected a list of epochs or iterations"),
+    ("ema.decay", lambda v: _is_num(v) and 0 < v < 1, "expected a number in (0, 1)"),
+    ("checkpoint.keep_last", _int_at_least(1, null=True), "expected an integer >= 1, or null to keep all"),
+    ("checkpoint.best_metric", lambda v: isinstance(v, str) and v, "expected a metric name such as val_top1"),
+    ("eval.split", lambda v: v in ("train", "val", "test"), "expected train, val or test"),
+    ("eval.num_workers", _int_at_least(0, null=True), "expected an integer >= 0 or null"),
+)
+
+
 def validate_engine(cfg: dict, where: str) -> None:
     """Types and ranges of the engine's sections."""
-    t, o, s, e, c, ev = (cfg[k] for k in ("train", "optim", "sched", "ema", "checkpoint", "eval"))
-    check(_is_int(cfg["seed"]) and cfg["seed"] >= 0, where, "seed", cfg["seed"], "expected an integer >= 0")
-    check(isinstance(cfg["deterministic"], bool), where, "deterministic", cfg["deterministic"], "expected a bool")
+    t, s = cfg["train"], cfg["sched"]
     check((t["epochs"] is None) != (t["iters"] is None), where, "train.epochs / train.iters",
           [t["epochs"], t["iters"]], "give exactly one of them (set the other to null)")
-    for key in ("epochs", "iters", "max_steps_per_epoch", "eval_every", "threads", "prefetch_factor"):
-        check(_positive_int_or_none(t[key]), where, f"train.{key}", t[key], "expected an integer >= 1 or null")
-    for key in ("batch_size", "accum_steps", "log_every"):
-        check(_is_int(t[key]) and t[key] >= 1, where, f"train.{key}", t[key], "expected an integer >= 1")
-    check(_is_int(t["num_workers"]) and t["num_workers"] >= 0, where, "train.num_workers", t["num_workers"],
-          "expected an integer >= 0")
-    check(t["amp"] in AMP_MODES, where, "train.amp", t["amp"], f"expected one of {list(AMP_MODES)}")
-    check(t["clip_grad"] is None or (_is_num(t["clip_grad"]) and t["clip_grad"] > 0), where, "train.clip_grad",
-          t["clip_grad"], "expected a positive number or null")
-    check(isinstance(t["pin_memory"], bool), where, "train.pin_memory", t["pin_memory"], "expected true or false")
-    check(t["sync_bn"] is None or isinstance(t["sync_bn"], bool) or (isinstance(t["sync_bn"], list) and t["sync_bn"]
-                                             and all(isinstance(n, str) and n for n in t["sync_bn"])),
-          where, "train.sync_bn", t["sync_bn"], "expected true, false (or null) or a list of the model's part names")
-    check(o["name"] == "adamw", where, "optim.name", o["name"], "only 'adamw' is supported")
-    for key in ("lr", "eps"):
-        check(_is_num(o[key]) and o[key] > 0, where, f"optim.{key}", o[key], "expected a positive number")
-    check(_is_num(o["weight_decay"]) and o["weight_decay"] >= 0, where, "optim.weight_decay", o["weight_decay"],
-          "expected a number >= 0")
-    check(o["lr_base_batch"] is None or (_is_num(o["lr_base_batch"]) and o["lr_base_batch"] > 0), where,
-          "optim.lr_base_batch", o["lr_base_batch"], "expected a positive number or null")
-    check(isinstance(o["betas"], list | tuple) and len(o["betas"]) == 2
-          and all(_is_num(b) and 0 <= b < 1 for b in o["betas"]), where, "optim.betas", o["betas"],
-          "expected two numbers in [0, 1)")
-    check(isinstance(o["no_decay_1d"], bool), where, "optim.no_decay_1d", o["no_decay_1d"], "expected a bool")
-    check(isinstance(o["no_decay_keys"], list) and all(isinstance(k, str) for k in o["no_decay_keys"]), where,
-          "optim.no_decay_keys", o["no_decay_keys"], "expected a list of name substrings")
-    check(s["name"] in SCHEDULES, where, "sched.name", s["name"], f"expected one of {list(SCHEDULES)}")
-    for key in ("warmup_epochs", "warmup_iters", "warmup_lr", "min_lr", "power", "gamma"):
-        check(_is_num(s[key]) and s[key] >= 0, where, f"sched.{key}", s[key], "expected a number >= 0")
+    for keys, accepts, what in _ENGINE_RULES:
+        for key in keys.split():
+            section, _, name = key.rpartition(".")
+            value = (cfg[section] if section else cfg)[name]
+            check(accepts(value), where, key, value, what)
     check(not (s["warmup_epochs"] and s["warmup_iters"]), where, "sched.warmup_epochs / sched.warmup_iters",
           [s["warmup_epochs"], s["warmup_iters"]], "give at most one of them")
-    check(s["warmup_ratio"] is None or (_is_num(s["warmup_ratio"]) and 0 <= s["warmup_ratio"] <= 1), where,
-          "sched.warmup_ratio", s["warmup_ratio"], "expected a number in [0, 1] or null")
-    check(isinstance(s["steps"], list) and all(_is_num(v) and v >= 0 for v in s["steps"]), where, "sched.steps",
-          s["steps"], "expected a list of epochs or iterations")
-    check(_is_num(e["decay"]) and 0 < e["decay"] < 1, where, "ema.decay", e["decay"], "expected a number in (0, 1)")
-    for key in ("enabled", "warmup", "eval"):
-        check(isinstance(e[key], bool), where, f"ema.{key}", e[key], "expected true or false")
-    check(_is_int(c["every"]) and c["every"] >= 1, where, "checkpoint.every", c["every"], "expected an integer >= 1")
-    check(_positive_int_or_none(c["keep_last"]), where, "checkpoint.keep_last", c["keep_last"],
-          "expected an integer >= 1, or null to keep all")
-    check(isinstance(c["best_metric"], str) and c["best_metric"], where, "checkpoint.best_metric",
-          c["best_metric"], "expected a metric name such as val_top1")
-    check(ev["split"] in ("train", "val", "test"), where, "eval.split", ev["split"], "expected train, val or test")
-    check(_positive_int_or_none(ev["batch_size"]), where, "eval.batch_size", ev["batch_size"],
-          "expected an integer >= 1 or null")
-    check(ev["num_workers"] is None or (_is_int(ev["num_workers"]) and ev["num_workers"] >= 0), where,
-          "eval.num_workers", ev["num_workers"], "expected an integer >= 0 or null")
 
 
 def load_config(source: str | os.PathLike | Mapping | None, overrides: Sequence[str] | None = None, *,
                 task_defaults: Mapping, validate: Callable[[dict, str], None] | None = None) -> dict:
-    """Engine defaults <- the task's defaults <- recipe (file or mapping) <- `--set` overrides, validated.
-
-    `task_defaults` is the task's part of the schema in recipe layout (its own sections and any engine
-    default it changes); `validate(cfg, where)` checks the task's sections.
-    """
+    """Engine defaults <- `task_defaults` (the task's sections and engine defaults it changes) <- recipe (file
+    or mapping) <- `--set` overrides, validated (`validate(cfg, where)`: the task's sections)."""
     cfg = merge(engine_defaults(), task_defaults, strict=False)
     where, name = "recipe", None
     if isinstance(source, Mapping):
@@ -326,11 +298,3 @@ def resolve_out_dir(cfg: Mapping, out: str | os.PathLike | None) -> Path:
     if not chosen:
         raise ConfigError("no output directory: pass --out DIR or set out_dir in the recipe")
     return Path(expand_path(str(chosen)))
-
-
-def dump_config(cfg: Mapping, path: str | os.PathLike) -> None:
-    """Write the resolved recipe next to the run's outputs (atomically)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(dict(cfg), sort_keys=False))
-    os.replace(tmp, path)

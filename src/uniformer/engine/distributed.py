@@ -1,12 +1,9 @@
-"""One process or many (torchrun): device choice, process-group set-up and the few collectives the engine uses.
+"""One process or many (torchrun: NCCL on GPUs, gloo on CPUs): device choice, process-group set-up and the few
+collectives the engine uses (single-process no-ops without torchrun).
 
-Under `torchrun` the environment carries RANK / WORLD_SIZE / LOCAL_RANK (NCCL on GPUs, gloo on CPUs);
-without it every collective is a single-process no-op.
-
-After an elastic restart (`torchrun --max-restarts`) the new worker group gets torchrun's rendezvous store,
-which still holds the dead group's gloo/NCCL addresses under the same keys: the new ranks would read them
-and time out ("Gloo connectFullMesh failed ... Connection refused"). So every group first agrees on a fresh
-generation number (`agree_generation`) and builds its process group under a key prefix of its own.
+After an elastic restart (`torchrun --max-restarts`) torchrun's rendezvous store still holds the dead group's
+gloo/NCCL addresses under the same keys, and new ranks reading them time out ("Gloo connectFullMesh failed").
+So every group first agrees on a fresh generation number and builds its process group under its own prefix.
 """
 from __future__ import annotations
 
@@ -99,10 +96,8 @@ def agree_generation(store: dist.Store, rank: int, world: int, timeout: timedelt
                      poll: float = 0.5) -> int:
     """A number that the `world` processes calling this on `store` agree on and that no earlier group got.
 
-    Rank 0 draws the next number (an atomic `add`). The other ranks cannot tell the current number from one a
-    dead group left, so each offers a nonce under the number it reads and waits for rank 0 to acknowledge it;
-    an offer under a dead group's number goes unanswered and is renewed under the number read next. Rank 0
-    answers every rank before anyone builds the process group.
+    Rank 0 draws the next number (an atomic `add`) and acknowledges every rank's nonce offered under it; an
+    offer under a dead group's number goes unanswered and is renewed under the number read next.
     """
     if rank == 0:
         generation = store.add(_GENERATION, 1)
@@ -165,8 +160,7 @@ def all_gather_objects(obj) -> list:
 
 
 def disagreements(values: Mapping[str, Any]) -> dict[str, list]:
-    """The entries of `values` whose value differs between processes, as {name: [value on each rank]}
-    (a collective: every process calls it with the same names)."""
+    """The entries of `values` that differ between processes, as {name: [value on each rank]} (a collective)."""
     if not _active():
         return {}
     views = all_gather_objects(dict(values))
@@ -190,8 +184,8 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def check_same_recipe_and_data(recipe: Mapping, sizes: Mapping[str, int | None]) -> None:
-    """Stop every process, naming the difference, when the processes resolved different recipes or see splits
-    of different sizes: they would train different things and wait on each other forever."""
+    """Stop every process, naming the difference, when they resolved different recipes or see splits of
+    different sizes (they would wait on each other forever)."""
     if not _active():
         return
     problems = []
@@ -211,8 +205,7 @@ def check_same_recipe_and_data(recipe: Mapping, sizes: Mapping[str, int | None])
 
 
 def broadcast_buffers(module: torch.nn.Module) -> None:
-    """Copy rank 0's buffers (BatchNorm running statistics) to every process, so that all of them evaluate,
-    and checkpoint, the same network."""
+    """Copy rank 0's buffers (BatchNorm statistics) to every process: all evaluate and save the same network."""
     if not _active():
         return
     for buf in module.buffers():
@@ -220,8 +213,7 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
 
 
 def _same_layout(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor | None:
-    """`grad` with `param`'s strides when the two differ only in the strides of size-1 dimensions (which address
-    nothing, so the result is the same memory, not a copy); None when nothing needs changing."""
+    """`grad` with `param`'s strides where they differ only on size-1 dimensions (the same memory, no copy)."""
     if grad.stride() == param.stride() or grad.shape != param.shape:
         return None
     if any(n != 1 and a != b for n, a, b in zip(grad.shape, grad.stride(), param.stride())):
@@ -230,10 +222,8 @@ def _same_layout(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor | None
 
 
 def sync_batchnorm(model: torch.nn.Module, which: bool | list[str], *, convert: bool) -> torch.nn.Module:
-    """BatchNorm synchronised across processes (`train.sync_bn`): every layer (`True`), or only those inside the
-    named top-level parts of the model, as the original dense heads were built with SyncBN while the backbone
-    kept plain BatchNorm. Names are checked on every run (a typo fails on one process too); the layers are
-    converted only where `convert` (several GPU processes)."""
+    """`train.sync_bn`: every BatchNorm (`True`) or those of the named top-level parts (the original dense heads
+    used SyncBN, their backbones not). Names are checked on every run; layers converted only where `convert`."""
     if not which:
         return model
     if which is not True:
@@ -254,10 +244,9 @@ def sync_batchnorm(model: torch.nn.Module, which: bool | list[str], *, convert: 
 def align_grad_strides(module: torch.nn.Module) -> list:
     """Give every gradient of `module` its parameter's strides before DistributedDataParallel reads it.
 
-    A depthwise convolution weight (C x 1 x k x k) fed channels-last maps gets its gradient with the
-    channels-last stride of the size-1 axis ([9, 1, 3, 1] instead of [9, 9, 3, 1]): the same memory
-    order, but DDP compares strides literally, warns "Grad strides do not match bucket view strides" and
-    copies through a strided view on every step. Returns the hook handles."""
+    A depthwise weight (C x 1 x k x k) fed channels-last maps gets a gradient with another stride on the size-1
+    axis: the same memory, but DDP warns "Grad strides do not match bucket view strides" and copies on every
+    step. Returns the hook handles."""
     handles = []
     for param in module.parameters():
         if param.requires_grad and 1 in param.shape and param.ndim > 1:
@@ -267,8 +256,7 @@ def align_grad_strides(module: torch.nn.Module) -> list:
 
 @contextlib.contextmanager
 def cpu_threads(threads: int | None):
-    """`torch.set_num_threads(threads)` for a block (None: leave as is). On a small or shared CPU, one
-    compute thread per core left over by the data workers avoids the spinning that more threads cause."""
+    """`torch.set_num_threads(threads)` for a block (None: leave as is)."""
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)

@@ -1,9 +1,7 @@
 """Exponential moving average of model weights (as in the DeiT / UniFormer ImageNet recipe).
 
-After every optimiser step: ema = decay * ema + (1 - decay) * weights, for every floating-point
-parameter and buffer; integer buffers (BatchNorm's batch counter) are copied. With `warmup`, the
-decay ramps as min(decay, (1 + n) / (10 + n)) so early averages are not dominated by the random
-initialisation. The averaged copy is evaluated separately and saved in checkpoints.
+Floating-point parameters and buffers are averaged, integer buffers copied. With `warmup` the decay ramps as
+min(decay, (1 + n) / (10 + n)), so early averages are not dominated by the random initialisation.
 """
 from __future__ import annotations
 

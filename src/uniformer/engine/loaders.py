@@ -1,18 +1,13 @@
 """DataLoaders of the runner: how a split is sharded over processes and how its augmentations are seeded.
 
-Training: each epoch is a permutation drawn from (seed, epoch), dealt out to the processes. Every sample
-gets a seed from (seed, epoch, place in the permutation) and `SeededDataset` loads it under that seed, so
-augmentations depend neither on the workers nor on where a resumed run restarts. Evaluation shards
-without padding or duplicates, so metrics merged from many processes equal those of one.
-
-Optional dataset attributes: `samples_per_item` (`data.num_sample`: clips per item, so a batch of
-`train.batch_size` samples holds batch_size / samples_per_item items) and `epoch_repeats`
-(`data.repeated_aug`, DeiT's RASampler: each index repeated that many times in a row, dealt round-robin
-so the copies land on different processes, cut to the usual epoch length).
+Every training sample is loaded under a seed from (seed, epoch, place in the epoch's permutation), so
+augmentations depend neither on the workers nor on where a resumed run restarts. Evaluation shards without
+padding or duplicates, so metrics merged from many processes equal those of one. Optional dataset attributes:
+`samples_per_item` (`data.num_sample`) and `epoch_repeats` (`data.repeated_aug`, DeiT's RASampler).
 """
 from __future__ import annotations
 
-import importlib
+import pkgutil
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -27,13 +22,9 @@ def resolve_callable(spec: str, what: str) -> Callable:
     if not sep or not module_name or not attr:
         raise ValueError(f"{what} = {spec!r}: expected 'package.module:function'")
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"{what} = {spec!r}: cannot import {module_name} ({e})") from None
-    try:
-        fn = getattr(module, attr)
-    except AttributeError:
-        raise ValueError(f"{what} = {spec!r}: {module_name} has no attribute {attr!r}") from None
+        fn = pkgutil.resolve_name(spec)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"{what} = {spec!r}: cannot import it ({e})") from None
     if not callable(fn):
         raise ValueError(f"{what} = {spec!r}: {attr} is not callable")
     return fn
@@ -46,6 +37,12 @@ def items_per_batch(dataset: Dataset, batch_size: int) -> int:
         raise ValueError(f"train.batch_size = {batch_size} is not a multiple of the {per_item} clips each training "
                          "item holds (data.num_sample): a batch must hold whole items")
     return batch_size // per_item
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 class EpochSampler(Sampler):
@@ -83,9 +80,7 @@ class SeededDataset(Dataset):
     def __getitem__(self, item: tuple[int, int]):
         index, seed = item
         states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
+        seed_everything(seed)
         try:
             return self.dataset[index]
         finally:

@@ -1,12 +1,7 @@
-"""Optimiser parameter groups and the learning-rate schedule, shared by every task.
+"""AdamW parameter groups and the per-step learning-rate schedule, shared by every task.
 
-AdamW with two groups: weight decay on weight matrices and kernels; none on what `no_weight_decay()`
-of the model lists, on biases, on 1-D parameters (norm scales, layer scales; `no_decay_1d`) and on
+No weight decay on what the model's `no_weight_decay()` lists, biases, 1-D parameters (`no_decay_1d`) and
 names containing one of `no_decay_keys` (mmcv's `paramwise_cfg custom_keys ... decay_mult=0`).
-
-The schedule is per optimiser step: a linear warm-up (from `warmup_lr`, or `warmup_ratio` x the
-peak) to the scheduled rate, then cosine or poly decay to `min_lr`, x`gamma` steps at `milestones`,
-or constant.
 """
 from __future__ import annotations
 
@@ -30,12 +25,9 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_1d: bool = True
             no_decay.append(p)
         else:
             decay.append(p)
-    groups = []
-    if decay:
-        groups.append({"params": decay, "weight_decay": weight_decay, "name": "decay"})
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, "name": "no_decay"})
-    return groups
+    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
+              {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+    return [g for g in groups if g["params"]]
 
 
 def scaled_lr(lr: float, global_batch: int, lr_base_batch: float | None) -> float:
@@ -53,10 +45,7 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9
 
 class LRSchedule:
     """Per-step learning rate (cosine | poly | step | constant); call `step()` before every optimiser step.
-
-    The warm-up starts at `warmup_lr`, or at `warmup_ratio` x the scheduled rate (mmcv's warm-up);
-    `milestones` are the optimiser steps at which `step` multiplies the rate by `gamma`.
-    """
+    The linear warm-up starts at `warmup_lr`, or at `warmup_ratio` x the scheduled rate (mmcv's warm-up)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, peak_lr: float, total_steps: int, *, kind: str = "cosine",
                  warmup_steps: int = 0, warmup_lr: float = 1e-6, warmup_ratio: float | None = None,

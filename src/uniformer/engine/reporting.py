@@ -1,8 +1,7 @@
-"""What a run leaves for people: log file, per-step CSV and TensorBoard scalars, PNG curves, JSON.
+"""What a run leaves for people: log file, resolved recipe, per-step CSV and TensorBoard scalars, PNG curves, JSON.
 
-Only the main process writes. The CSV is rewritten from the run's full history (which also lives in
-every checkpoint), so a resumed run never duplicates or loses rows; TensorBoard events past the
-resume point are purged. Plots use matplotlib's Agg backend (no display needed).
+The CSV is rewritten from the run's full history (kept in every checkpoint), so a resumed run never
+duplicates or loses rows; TensorBoard events past the resume point are purged.
 """
 from __future__ import annotations
 
@@ -19,13 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from tqdm import tqdm
 
 LOGGER_NAME = "uniformer"
 
 
-class _TqdmHandler(logging.Handler):
-    """Log lines that do not tear the progress bar apart."""
+class TqdmHandler(logging.Handler):
+    """Log lines that do not tear progress bars apart, written to whatever `sys.stderr` is when a record comes
+    (a stream kept from the handler's creation may since have been closed by a test runner or notebook)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -40,7 +41,7 @@ def log_to(out_dir: Path | None, is_main: bool, rank: int = 0) -> Iterator[loggi
     logger = logging.getLogger(LOGGER_NAME)
     fmt = logging.Formatter(f"%(asctime)s {'' if is_main else f'[rank {rank}] '}%(levelname)s %(message)s",
                             "%Y-%m-%d %H:%M:%S")
-    handlers: list[logging.Handler] = [_TqdmHandler(logging.INFO if is_main else logging.WARNING)]
+    handlers: list[logging.Handler] = [TqdmHandler(logging.INFO if is_main else logging.WARNING)]
     if is_main and out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(out_dir / "train.log"))
@@ -65,6 +66,11 @@ def _atomic_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def dump_config(cfg: Mapping, path: str | os.PathLike) -> None:
+    """Write the resolved recipe next to the run's outputs (atomically)."""
+    _atomic_text(Path(path), yaml.safe_dump(dict(cfg), sort_keys=False))
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
@@ -132,20 +138,15 @@ def plot_curves(history: Sequence[Mapping], path: str | os.PathLike) -> Path | N
     import matplotlib.pyplot as plt
 
     keys = _columns(history)
-
-    def series(key):
-        pts = [(r["step"], r[key]) for r in history if isinstance(r.get(key), int | float)]
-        return ([p[0] for p in pts], [p[1] for p in pts]) if pts else None
-
     panels = [("loss", [k for k in keys if "loss" in k]),
               ("validation", [k for k in keys if k.startswith("val_") and "loss" not in k][:8]),
               ("learning rate", ["lr"])]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, (title, names) in zip(axes, panels):
         for key in names:
-            s = series(key)
-            if s:
-                ax.plot(*s, marker="o" if len(s[0]) < 30 else None, label=key)
+            points = [(r["step"], r[key]) for r in history if isinstance(r.get(key), int | float)]
+            if points:
+                ax.plot(*zip(*points), marker="o" if len(points) < 30 else None, label=key)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -1,12 +1,8 @@
 """The one training loop: a `Runner` trains any `Task` (see `uniformer.engine.task`) from its recipe.
 
-Per optimiser step: `accum_steps` micro-batches (one with too few usable samples on any process is skipped
-by all), autocast, the sum of the task's `loss*` entries, a non-finite-loss guard, clipping, AdamW, the
-per-step schedule and the EMA. The run counts epochs or iterations (`train.epochs` | `train.iters`). A
-checkpoint holds everything a killed run needs to continue exactly, also mid-epoch (the data order and
-augmentations are functions of seed, epoch and position). The run folder: `train.log`, `metrics.csv`
-(rebuilt from the checkpointed history), `metrics.json`, `last.pt`, `best.pt`, periodic checkpoints,
-`curves.png`, `tensorboard/` and the task's pictures.
+A checkpoint holds everything a killed run needs to continue exactly, also mid-epoch (the data order and
+augmentations are functions of seed, epoch and position). The run folder: `train.log`, `metrics.csv`,
+`metrics.json`, `last.pt`, `best.pt`, periodic checkpoints, `curves.png`, `tensorboard/` and the task's pictures.
 """
 from __future__ import annotations
 
@@ -14,13 +10,11 @@ import contextlib
 import logging
 import math
 import os
-import random
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -37,7 +31,7 @@ from uniformer.engine.checkpoint import (
     load_run_weights,
     restore_rng_state,
 )
-from uniformer.engine.config import ConfigError, dump_config
+from uniformer.engine.config import ConfigError
 from uniformer.engine.distributed import (
     DistInfo,
     align_grad_strides,
@@ -54,11 +48,12 @@ from uniformer.engine.distributed import (
     sync_batchnorm,
 )
 from uniformer.engine.ema import ModelEma
-from uniformer.engine.loaders import eval_loader, items_per_batch, train_loader
+from uniformer.engine.loaders import eval_loader, items_per_batch, seed_everything, train_loader
 from uniformer.engine.optim import LRSchedule, build_optimizer, scaled_lr
 from uniformer.engine.reporting import (
     LOGGER_NAME,
     TensorBoardLogger,
+    dump_config,
     log_to,
     plot_curves,
     write_history_csv,
@@ -69,14 +64,7 @@ from uniformer.precision import resolve_dtype
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training diverged; the message says where and what to change (the command line shows it without a
-    traceback)."""
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    """Training diverged; the message says where and what to change (the command line shows no traceback)."""
 
 
 @contextlib.contextmanager
@@ -125,10 +113,9 @@ def move_to(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-@torch.no_grad()
 def eval_batches(task: Task, dataset, d: DistInfo, indices=None):
-    """The evaluation batches of this process's shard (or of `indices`): `eval.batch_size` (default: the
-    task's `eval_defaults()`) samples each, loaded by `eval.num_workers` processes (default: the task's)."""
+    """The evaluation batches of this process's shard (or of `indices`), `eval.batch_size` / `eval.num_workers`
+    defaulting to the task's `eval_defaults()`."""
     ev, t = task.cfg["eval"], task.cfg["train"]
     batch_size, num_workers = task.eval_defaults()
     batch_size = int(ev["batch_size"] or batch_size)
@@ -138,8 +125,7 @@ def eval_batches(task: Task, dataset, d: DistInfo, indices=None):
 
 
 def evaluate_model(task: Task, model: nn.Module, dataset, d: DistInfo, amp: str = "none") -> dict:
-    """Metrics of `model` on `dataset`, for every task: each process predicts the batches of its shard
-    (`eval_batches`), the task merges all shards."""
+    """Metrics of `model` on `dataset`: each process predicts its shard, the task merges all shards."""
     was_training = model.training
     model.eval()
     try:
@@ -156,11 +142,8 @@ def _scalars(metrics: Mapping, prefix: str) -> dict:
 
 
 class Runner:
-    """Train `task` (made from a validated recipe) into `out_dir` on `device` ("auto"/None, "cpu", "cuda:1", ...).
-
-    `resume`: None (a fresh run; refused in a folder that already holds a run), "auto" (continue from the
-    newest readable checkpoint in `out_dir`, if any) or a checkpoint path.
-    """
+    """Train `task` into `out_dir` on `device` ("auto"/None, "cpu", "cuda:1", ...). `resume`: None (a fresh run),
+    "auto" (from the newest readable checkpoint in `out_dir`, if any) or a checkpoint path."""
 
     def __init__(self, task: Task, out_dir: str | os.PathLike, *, resume: str | None = None,
                  device: str | None = None, show_progress: bool = True):
@@ -168,7 +151,6 @@ class Runner:
         self.out_dir = Path(out_dir)
         self.resume, self.device_arg, self.show_progress = resume, device, show_progress
 
-    # --- set-up -------------------------------------------------------------------------------------
     def setup(self, d: DistInfo) -> None:
         """Datasets, model, EMA, DDP wrapper, optimiser, schedule and scaler of the recipe on this process
         (what `fit` trains; `engine.benchmark` times `train_step` on them)."""
@@ -232,7 +214,6 @@ class Runner:
         self._running: dict = {}  # loss sums since the last logged step
         self._samples, self._clock = 0, time.perf_counter()
 
-    # --- checkpoints ---------------------------------------------------------------------------------
     def _state(self, rng_states: list | None) -> dict:
         state = {
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "task": self.task.name,
@@ -297,7 +278,6 @@ class Runner:
             seed_everything(self.cfg["seed"] + 1000 * self.step + self.dist.rank)
         log.info("resumed from %s (step %d of %d)", path, self.step, self.total_steps)
 
-    # --- the loop ------------------------------------------------------------------------------------
     def fit(self) -> dict:
         """Run (or continue) training; returns the summary (also written to `metrics.json`)."""
         d = init_distributed(self.device_arg)
@@ -363,8 +343,7 @@ class Runner:
         return self._finish(last_eval, log)
 
     def train_step(self, batches: Iterator, log: logging.Logger) -> dict | None:
-        """One optimiser step on the next `accum_steps` batches of `batches`; returns the history row when
-        this step is logged."""
+        """One optimiser step on the next `accum_steps` batches; returns the history row when it is logged."""
         d, model = self.dist, self.ddp or self.model
         model.train()
         lr = self.schedule.step()
@@ -383,12 +362,9 @@ class Runner:
                 log.warning("step %d: replaced unreadable sample(s): %s", self.step + 1, ", ".join(failures))
             if micro not in kept:
                 self.skipped += 1
-                if n < self.task.min_batch:
-                    log.warning("step %d: skipped a batch with %d readable samples (at least %d needed)",
-                                self.step + 1, n, self.task.min_batch)
-                else:
-                    log.warning("step %d: skipped a batch because another process's has too few readable samples",
-                                self.step + 1)
+                why = (f"with {n} readable samples (at least {self.task.min_batch} needed)" if n < self.task.min_batch
+                       else "because another process's has too few readable samples")
+                log.warning("step %d: skipped a batch %s", self.step + 1, why)
                 continue
             batch = move_to(batch, d.device)
             sync = contextlib.nullcontext() if (self.ddp is None or micro == kept[-1]) else self.ddp.no_sync()

@@ -1,9 +1,7 @@
 """What a task gives the runner: the `Task` protocol that `uniformer.tasks.<task>` implement.
 
-A task object is made from a resolved recipe (`Task(cfg)`, or `Task(cfg, meta)` to rebuild a
-trained model from a checkpoint's `meta`). The runner owns everything else: devices, processes,
-precision, the optimiser and schedule, checkpoints, logs and the run folder. After training,
-`uniformer.tasks.open(checkpoint)` gives the task with its trained model for `predict` and `draw`.
+A task is made from a resolved recipe (`Task(cfg)`, or `Task(cfg, meta)` to rebuild a trained model); the
+runner owns devices, processes, precision, optimiser, checkpoints and the run folder.
 """
 from __future__ import annotations
 
