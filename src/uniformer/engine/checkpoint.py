@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from uniformer.models.checkpoint import CheckpointError, key_listing, read_checkpoint
+
 CHECKPOINT_FORMAT = "uniformer-train"
 CHECKPOINT_VERSION = 2
 _DENSE_FORMAT = "uniformer-dense"  # the dense tasks' layout before the one engine (read only)
@@ -136,10 +138,8 @@ class CheckpointFile:
 def open_checkpoint(path: str | os.PathLike) -> CheckpointFile:
     """Read any weights file once, without executing pickled code (`uniformer.models.checkpoint.read_checkpoint`),
     and say what it is. Raises FileNotFoundError, or CheckpointError naming the file and what is wrong."""
-    from uniformer.models.checkpoint import read_checkpoint as read_file
-
     path = Path(path)
-    obj, meta = read_file(path)
+    obj, meta = read_checkpoint(path)
     if path.suffix == ".safetensors":
         return CheckpointFile(path, "safetensors", obj, meta)
     run = _upgrade(obj)
@@ -149,11 +149,6 @@ def open_checkpoint(path: str | os.PathLike) -> CheckpointFile:
 def as_checkpoint(source: str | os.PathLike | CheckpointFile) -> CheckpointFile:
     """`source` itself when already read, else `open_checkpoint(source)`."""
     return source if isinstance(source, CheckpointFile) else open_checkpoint(source)
-
-
-def _listing(keys, n: int = 5) -> str:
-    keys = sorted(keys)
-    return f"{len(keys)} ({', '.join(keys[:n])}{', ...' if len(keys) > n else ''})"
 
 
 def _run(ckpt: CheckpointFile) -> dict:
@@ -178,16 +173,14 @@ def load_run_weights(model: torch.nn.Module, source: str | os.PathLike | Checkpo
         state = run["ema"]["module"]
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{ckpt.path} does not fit the model: missing keys {_listing(missing)}, "
-                         f"unexpected keys {_listing(unexpected)} (a {run['task']} checkpoint: was it trained with "
-                         "another model section?)")
+        raise ValueError(f"{ckpt.path} does not fit the model: missing keys {key_listing(sorted(missing))}, "
+                         f"unexpected keys {key_listing(sorted(unexpected))} (a {run['task']} checkpoint: "
+                         "was it trained with another model section?)")
     return run
 
 
 def load_run_checkpoint(path: str | os.PathLike) -> dict:
     """A resumable checkpoint of this engine; ValueError naming the file when it is unreadable or of another kind."""
-    from uniformer.models.checkpoint import CheckpointError
-
     try:
         ckpt = open_checkpoint(path)
     except CheckpointError as e:  # truncated file, disk full while writing, refused pickle, ...

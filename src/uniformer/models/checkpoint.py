@@ -148,7 +148,8 @@ def checkpoint_filter_fn(state_dict, model: torch.nn.Module, inflate: str = "ave
     return out
 
 
-def _listing(keys: list[str], n: int = 5) -> str:
+def key_listing(keys: list[str], n: int = 5) -> str:
+    """How many keys, and the first `n` of them, for a misfit message."""
     shown = ", ".join(keys[:n])
     return f"{len(keys)} ({shown}{', ...' if len(keys) > n else ''})"
 
@@ -184,11 +185,11 @@ def load_state(model: torch.nn.Module, obj, path: str | os.PathLike, inflate: st
         lines = [f"{path} does not fit {type(model).__name__} "
                  f"'{getattr(model, 'pretrained_cfg', {}).get('architecture', '?')}':"]
         if missing:
-            lines.append(f"  missing keys: {_listing(missing)}")
+            lines.append(f"  missing keys: {key_listing(missing)}")
         if unexpected:
-            lines.append(f"  unexpected keys: {_listing(unexpected)}")
+            lines.append(f"  unexpected keys: {key_listing(unexpected)}")
         if mismatched:
-            lines.append("  shape mismatches: " + _listing(
+            lines.append("  shape mismatches: " + key_listing(
                 [f"{k} {tuple(converted[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched], 3))
         lines.append(f"  the checkpoint looks like {identify_variant(sd, info)}")
         raise CheckpointError("\n".join(lines))

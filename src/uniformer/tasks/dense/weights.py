@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from uniformer.engine.checkpoint import as_checkpoint, load_run_weights
-from uniformer.models.checkpoint import CheckpointError, _listing, load_state
+from uniformer.models.checkpoint import CheckpointError, key_listing, load_state
 
 __all__ = ["load_task_weights"]
 
@@ -68,10 +68,10 @@ def load_task_weights(model: nn.Module, path, *, task: str,
                         ", ".join(skipped))
     if missing or unexpected or mismatched:
         lines = [f"{path}: the heads of this checkpoint do not fit the {task} model:"]
-        lines += [f"  {what}: {_listing(keys)}" for what, keys in (("missing", missing), ("unexpected", unexpected))
+        lines += [f"  {what}: {key_listing(keys)}" for what, keys in (("missing", missing), ("unexpected", unexpected))
                   if keys]
         if mismatched:
-            lines.append("  shape mismatches: " + _listing(
+            lines.append("  shape mismatches: " + key_listing(
                 [f"{k} {tuple(converted[k].shape)} vs {tuple(mine[k].shape)}" for k in mismatched], 3))
             lines.append("  (another number of classes? pass skip_mismatched=True to fine-tune from it)")
         raise CheckpointError("\n".join(lines))
