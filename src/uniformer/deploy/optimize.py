@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..models.fuse import fuse
-from .runtimes import export_for_runtime
+from .runtimes import export_for_runtime, keep_signal_stack
 
 __all__ = ["optimize", "OptimizedModel", "BACKENDS", "inference_variants"]
 
@@ -173,9 +173,11 @@ def _openvino_unusable(device: torch.device, dtype: torch.dtype) -> str | None:
                f"on {device}"
     if importlib.util.find_spec("openvino") is None:
         return "the 'openvino' package is not installed: pip install 'uniformer[deploy]' (or pip install openvino)"
-    if dtype == torch.bfloat16 and "BF16" not in importlib.import_module("openvino").Core().get_property(
-            "CPU", "OPTIMIZATION_CAPABILITIES"):
-        return "OpenVINO computes in bfloat16 only on CPUs with bfloat16 units, which this one lacks"
+    if dtype == torch.bfloat16:
+        with keep_signal_stack():
+            capabilities = importlib.import_module("openvino").Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        if "BF16" not in capabilities:
+            return "OpenVINO computes in bfloat16 only on CPUs with bfloat16 units, which this one lacks"
     return None
 
 

@@ -3,8 +3,11 @@ in and out), and `export_model`: write an export and check it against PyTorch th
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -20,10 +23,43 @@ from .export import (
     require,
 )
 
-__all__ = ["RUNTIMES", "RuntimeModel", "load_runtime", "export_model", "export_for_runtime"]
+__all__ = ["RUNTIMES", "RuntimeModel", "load_runtime", "export_model", "export_for_runtime", "keep_signal_stack"]
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 OPENVINO_PRECISIONS = ("f32", "bf16", "default")
+
+
+class _SignalStack(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def keep_signal_stack() -> Iterator[None]:
+    """Keep the calling thread's signal stack across a call that loads OpenVINO's CPU plugin.
+
+    Each plugin instance installs its own alternate signal stack on the thread that loads it and, when destroyed,
+    reinstates the stack it found if its own is still current, unmapping its own either way. Destroyed in the
+    order they were made (two compiled models freed with the dict holding them), the last one reinstates a stack
+    already unmapped, and the next signal caught with a Python handler (the SIGCHLD a DataLoader worker sends as
+    it exits) kills the process with SIGSEGV. Giving the thread its own stack back at once leaves each plugin
+    only its own to unmap.
+    """
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    before = _SignalStack()
+    libc.sigaltstack(None, ctypes.byref(before))
+    try:
+        yield
+    finally:
+        now = _SignalStack()
+        libc.sigaltstack(None, ctypes.byref(now))
+        if now.ss_sp != before.ss_sp or now.ss_flags != before.ss_flags:
+            # SS_ONSTACK (1) is a state, not a request; SS_DISABLE (2 read, 4 to set) removes the stack
+            restore = _SignalStack(None, 4, 0) if before.ss_flags & 2 else _SignalStack(before.ss_sp, 0, before.ss_size)
+            if libc.sigaltstack(ctypes.byref(restore), None) != 0:  # the old stack too small for AMX state
+                libc.sigaltstack(ctypes.byref(_SignalStack(None, 4, 0)), None)
 
 
 class RuntimeModel(nn.Module):
@@ -54,7 +90,8 @@ class RuntimeModel(nn.Module):
             config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
             if precision != "default":
                 config["INFERENCE_PRECISION_HINT"] = precision
-            self._compiled = ov.Core().compile_model(str(self.path), "CPU", config)
+            with keep_signal_stack():
+                self._compiled = ov.Core().compile_model(str(self.path), "CPU", config)
             self.precision = self._compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         else:
             raise ValueError(f"runtime {runtime!r}: expected onnxruntime or openvino")

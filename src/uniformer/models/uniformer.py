@@ -267,8 +267,7 @@ def pretrained_cfgs(variants) -> dict:
 
 def register_variants(cls: type[nn.Module], args: dict[str, dict], module: str) -> None:
     """Register a timm entry point `name(pretrained=False, **kwargs)` building `cls` from `args[name]` per
-    entry of `args`, as an attribute of `module` (whose `default_cfgs` timm reads)."""
-    sys.modules[module].default_cfgs = generate_default_cfgs(pretrained_cfgs(args))
+    entry of `args`, as an attribute of `module` (whose `default_cfgs` timm reads, so it is assigned first)."""
 
     def entry_point(variant: str):
         def entry(pretrained: bool = False, **kwargs):
@@ -295,4 +294,5 @@ def register_variants(cls: type[nn.Module], args: dict[str, dict], module: str) 
         setattr(sys.modules[module], variant, entry_point(variant))
 
 
+default_cfgs = generate_default_cfgs(pretrained_cfgs(MODEL_ARGS))
 register_variants(UniFormer, MODEL_ARGS, __name__)

@@ -14,10 +14,19 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from timm.models import generate_default_cfgs
 from torch import nn
 
 from .layers import BATCH_NORM_ND, ConvEmbed, GlobalBlock, scaled, to_memory_format
-from .uniformer import _ModelApi, classifier, drop_path_rates, init_weights, layer_scale_init, register_variants
+from .uniformer import (
+    _ModelApi,
+    classifier,
+    drop_path_rates,
+    init_weights,
+    layer_scale_init,
+    pretrained_cfgs,
+    register_variants,
+)
 from .variants import LIGHT_MODEL_ARGS
 
 __all__ = ["UniFormerLight", "EvolvingGlobalBlock"]
@@ -182,4 +191,5 @@ class UniFormerLight(_ModelApi):
         return logits
 
 
+default_cfgs = generate_default_cfgs(pretrained_cfgs(LIGHT_MODEL_ARGS))
 register_variants(UniFormerLight, LIGHT_MODEL_ARGS, __name__)

@@ -7,11 +7,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 import uniformer
-from uniformer.engine.config import check, merge
+from uniformer.engine.config import check, load_config, merge
 from uniformer.engine.reporting import write_json
 
 from .io import readable_images, resolve_path
@@ -47,6 +49,11 @@ class DenseTask:
     def defaults(cls) -> dict:
         """A fresh copy of this task's part of the recipe schema."""
         return merge(_MMCV_DEFAULTS, {"task": cls.name, "description": "", **cls.schema}, strict=False)
+
+    @classmethod
+    def load_recipe(cls, source: str | os.PathLike | Mapping | None, overrides: Sequence[str] | None = None) -> dict:
+        """A recipe of this task (file or mapping; `task:` may be left out) resolved over its defaults."""
+        return load_config(source, overrides, task_defaults=cls.defaults(), validate=cls.validate)
 
     @staticmethod
     def validate(cfg: dict, where: str) -> None:
@@ -100,10 +107,16 @@ class DenseTask:
     def write_pictures(self, folder: Path, metrics: Mapping, prefix: str = "") -> None:
         """The dense tasks draw example predictions instead (`demo_examples`, `predict`)."""
 
-    # --- inference: each task has predict_image(model, image, path, **options) -> (JSON fields of one RGB
-    # image's prediction, its raw output) and draw(image, output) -> the PIL picture of that output.
     predict_options: tuple[str, ...] = ()
     picture_suffix = "pred"  # <stem>_<suffix>.png
+
+    def predict_image(self, model: nn.Module, image: np.ndarray, path: Path, **options) -> tuple[dict, Any]:
+        """(JSON fields of one RGB image's prediction, the raw output `draw` takes)."""
+        raise NotImplementedError
+
+    def draw(self, image: np.ndarray, output: Any) -> Image.Image:
+        """The picture of one prediction over its image."""
+        raise NotImplementedError
 
     def save_extra(self, out_dir: Path, path: Path, output: Any, record: dict) -> None:
         """Files besides the picture and the JSON record (segmentation's label map)."""

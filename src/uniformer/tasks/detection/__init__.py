@@ -25,7 +25,6 @@ from torch import nn
 
 from uniformer.profiling import count_gflops, count_params
 
-from .. import load_recipe
 from ..dense.coco import coco_ground_truth, encode_mask, evaluate_instances, instance_results
 from ..dense.io import resolve_path
 from ..dense.synthetic import write_shapes_coco
@@ -192,7 +191,7 @@ def complexity(variants: Sequence[str] = ("uniformer_small", "uniformer_base"), 
     classes = [f"c{i}" for i in range(num_classes)]
     recipes = [{"model": {"type": model_type, "backbone": {"name": name, "stage3": stage3, "window_size": window_size}},
                 "data": {"classes": classes}} for name in variants]
-    return [recipe_complexity(load_recipe(recipe, task="detection"), input_size) for recipe in recipes]
+    return [recipe_complexity(Task.load_recipe(recipe), input_size) for recipe in recipes]
 
 
 def recipe_complexity(cfg: Mapping, input_size: Sequence[int] | None = None) -> dict:

@@ -22,7 +22,6 @@ from torch import nn
 
 from uniformer.profiling import count_gflops, count_params
 
-from .. import load_recipe
 from ..dense.coco import coco_ground_truth, evaluate_coco
 from ..dense.io import resolve_path
 from ..dense.synthetic import COCO_FLIP_PAIRS, COCO_SKELETON, write_pose_coco
@@ -237,8 +236,8 @@ def boxes_from_detector(detector, inputs, score_thr: float = 0.3) -> dict[str, l
 def complexity(variants: Sequence[str] = ("uniformer_small", "uniformer_base"),
                input_sizes: Sequence[Sequence[int]] = ((256, 192), (384, 288), (448, 320))) -> list[dict]:
     """Parameters and GFLOPs (multiply-adds, one crop) of the composed pose networks; sizes are (height, width)."""
-    return [recipe_complexity(load_recipe({"model": {"backbone": {"name": name}}, "data": {"input_size": [w, h]}},
-                                          task="pose")) for name in variants for h, w in input_sizes]
+    return [recipe_complexity(Task.load_recipe({"model": {"backbone": {"name": name}}, "data": {"input_size": [w, h]}}))
+            for name in variants for h, w in input_sizes]
 
 
 def recipe_complexity(cfg: Mapping, input_size: Sequence[int] | None = None) -> dict:

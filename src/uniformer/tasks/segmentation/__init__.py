@@ -24,7 +24,6 @@ from torch import nn
 
 from uniformer.profiling import count_gflops, count_params
 
-from .. import load_recipe
 from ..dense.synthetic import write_shapes_segmentation
 from ..dense.task import DenseTask
 from ..dense.visualize import draw_label_map
@@ -161,7 +160,7 @@ def complexity(variants: Sequence[str] = ("uniformer_small", "uniformer_base"),
     recipes = [{"model": {"backbone": {"name": name, "stage3": stage3}, "head": head, "aux_head": head == "upernet",
                           "channels": 512 if head == "upernet" else 128}, "data": {"num_classes": num_classes}}
                for name in variants for head in heads]
-    return [recipe_complexity(load_recipe(recipe, task="segmentation"), input_size) for recipe in recipes]
+    return [recipe_complexity(Task.load_recipe(recipe), input_size) for recipe in recipes]
 
 
 def recipe_complexity(cfg: Mapping, input_size: Sequence[int] | None = None) -> dict:
