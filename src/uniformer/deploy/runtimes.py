@@ -47,7 +47,7 @@ def keep_signal_stack() -> Iterator[None]:
     if not sys.platform.startswith("linux"):
         yield
         return
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = ctypes.CDLL(None)
     before = _SignalStack()
     libc.sigaltstack(None, ctypes.byref(before))
     try:
