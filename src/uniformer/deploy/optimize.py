@@ -4,7 +4,7 @@ machine, `torch.compile` (inductor, frozen weights) or OpenVINO's CPU plugin (RE
 `fuse` folds norms, layer scales and DPE residuals into the weights and runs channels-last maps, where the
 pointwise convolutions and FFNs are oneDNN matrix products; inductor with `freezing` then fuses what eager
 PyTorch runs as separate memory-bound passes (LayerNorms, residual adds, layout copies, pooling). Which
-backend wins depends on the CPU (level on an AVX2 EPYC; OpenVINO 1.1-1.2x faster on an AMX Xeon), so
+backend wins depends on the CPU (level on an AVX2 EPYC; OpenVINO 1.03-1.11x faster on an AMX Xeon), so
 `optimize` times both on the example. Precision: bfloat16 where the CPU computes in it (as OpenVINO picks
 its own), else float32; float32 outputs are within about 1e-6 relative of the eager model, bfloat16 ones
 within about 1e-2 (matrix products and convolutions round their inputs, norms and softmax stay float32).
@@ -35,6 +35,10 @@ _logger = logging.getLogger(__name__)
 # `freezing` makes the weights graph constants (the oneDNN matmul/convolution lowerings need it); max-autotune
 # stays off: it benchmarks kernel variants while compiling, which multiplies the compile time.
 INDUCTOR_OPTIONS = {"freezing": True}
+# On the CPU the graph's calling code is compiled C++ too (`cpp_wrapper`) instead of Python that dispatches each of
+# its ~150 oneDNN and attention calls through torch.ops: 1.04-1.2x faster, 4-9 s more to compile (UniFormer-S
+# image and video, float32 and bfloat16, AMX Xeon; README, Performance). Not measured on GPUs: left off there.
+CPU_INDUCTOR_OPTIONS = {**INDUCTOR_OPTIONS, "cpp_wrapper": True}
 
 # "auto": the faster of the others on the example input, measured by `optimize`
 BACKENDS = ("auto", "inductor", "openvino")
@@ -107,8 +111,10 @@ class OptimizedModel(nn.Module):
         # Frozen weights are compiled for gradient-free calls only. Inductor reads `freezing` from its
         # global config when it compiles (torch.compile's `options` do not reach that decision), so the
         # options are patched in around every call that may compile: the first one and any new shape.
-        inductor = self.backend == "inductor"
-        options = torch._inductor.config.patch(INDUCTOR_OPTIONS) if inductor else contextlib.nullcontext()
+        if self.backend == "inductor":
+            options = torch._inductor.config.patch(CPU_INDUCTOR_OPTIONS if x.device.type == "cpu" else INDUCTOR_OPTIONS)
+        else:
+            options = contextlib.nullcontext()
         with torch.no_grad(), options:
             return self._run(x)
 
