@@ -60,6 +60,18 @@ def test_compiled_video_model_has_the_same_outputs(make_tiny, dtype, tolerance):
     assert any(p.requires_grad for p in model.parameters()), "optimize must not change the model it was given"
 
 
+@pytest.mark.skipif(not _has_cxx_compiler(), reason="torch.compile's inductor CPU backend needs a C++ compiler")
+def test_compiled_dense_backbone_returns_the_same_feature_maps(make_tiny):
+    """The backbone of the dense tasks: a list of four maps out of the compiled graph (windowed stage 3)."""
+    model = make_tiny(features_only=True, num_classes=0, stage3="hybrid", window_size=3, depths=(1, 1, 4, 1))
+    x = torch.randn(1, 3, 80, 112)
+    optimized = uniformer.optimize(model, example=x, dtype=torch.float32, backend="inductor")
+    with torch.no_grad():
+        got, expected = optimized(x), model(x)
+    assert [f.shape for f in got] == [f.shape for f in expected] and len(got) == 4
+    assert _relative_error(got, expected) < 1e-4
+
+
 @pytest.mark.parametrize("override, expected", [("1", torch.bfloat16), ("0", torch.float32)])
 def test_default_precision_follows_the_cpu(make_tiny, monkeypatch, override, expected):
     """dtype=None: bfloat16 where the CPU has bfloat16 units (simulated by UNIFORMER_CPU_BF16), else float32;
