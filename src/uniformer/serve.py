@@ -137,9 +137,10 @@ def build_app(model: str | None = None, checkpoint: str | os.PathLike | None = N
               *, config: str | os.PathLike | Mapping | None = None, labels: str | None = None,
               device: str | None = None, data_overrides: Mapping | None = None, model_options: Mapping | None = None,
               max_file_mb: float = DEFAULT_MAX_FILE_MB, examples: bool = True,
-              examples_dir: str | os.PathLike | None = None, use_ema: bool = False):
+              examples_dir: str | os.PathLike | None = None, use_ema: bool = False, dtype: str | None = None):
     """The Gradio app for `model` (released weights `NAME.TAG`) or `checkpoint`, opened by `uniformer.tasks.open`
-    with what `uniformer predict` takes. Its API endpoint `/predict` returns what the page shows."""
+    with what `uniformer predict` takes (`dtype`: a classifier's precision, as `predict --dtype`; default auto).
+    Its API endpoint `/predict` returns what the page shows."""
     from uniformer.tasks import open as open_checkpoint
 
     gr = require_gradio()
@@ -148,8 +149,14 @@ def build_app(model: str | None = None, checkpoint: str | os.PathLike | None = N
     if task == "classification" and config is not None:
         raise ValueError("--config is the recipe of a dense task (--task detection|segmentation|pose); a "
                          "classifier's test view comes from its tag or checkpoint (adjust it with --data)")
+    def check(task_name: str | None) -> None:  # before any weights are read, again once the task is known
+        if dtype is not None and task_name not in (None, "classification"):
+            raise ValueError(f"--dtype does not apply to {task_name} checkpoints")
+
+    check(task)
     opened = open_checkpoint(checkpoint, model=model, recipe=config, task=task, model_options=model_options,
-                             labels=labels, data=data_overrides, use_ema=use_ema, device=device)
+                             labels=labels, data=data_overrides, use_ema=use_ema, device=device,
+                             dtype=dtype or "auto", check=lambda the_task: check(the_task.name))
     out_dir = Path(tempfile.mkdtemp(prefix="uniformer_serve_"))
     name, is_video = opened.task.name, False
     if name == "classification":

@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     app = build_app(args.model, checkpoint, args.task, config=args.config, labels=args.labels,
                     device=args.device, data_overrides=parse_pairs(args.data, "--data"),
                     model_options=parse_pairs(args.option, "-o"), max_file_mb=args.max_file_mb,
-                    examples=not args.no_examples, use_ema=args.ema)
+                    examples=not args.no_examples, use_ema=args.ema, dtype=args.dtype)
     print(f"UniFormer page on http://{args.host}:{args.port} (Ctrl+C stops it)")
     launch(app, args.host, args.port, args.max_file_mb)
     return 0
@@ -39,4 +39,7 @@ def register(sub) -> None:
                    help=f"refuse uploads larger than this (default {DEFAULT_MAX_FILE_MB} MB)")
     p.add_argument("--no-examples", action="store_true", help="no example inputs from the built-in demo data")
     add_device_options(p, progress=False)
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"],
+                   help="classification: auto (default): bfloat16 autocast on GPUs and on CPUs with bfloat16 units, "
+                        "else float32")
     p.set_defaults(func=run)
