@@ -43,6 +43,9 @@ INDUCTOR_KERNELS = {
     ("mkldnn", "_convolution_pointwise"): "convolutions",
     ("aten", "_scaled_dot_product_flash_attention_for_cpu"): "attention",
 }
+# inductor's own extern kernels (`extern_kernels.<name>` in its wrapper code): UniFormer's only batched products are
+# the attention's when `optimize` gives an attention the explicit form (product, softmax, product)
+INDUCTOR_EXTERN_KERNELS = {"bmm": "attention"}
 # OpenVINO node types by the same kinds; its "Subgraph" nodes are the attention products and softmax fused with
 # neighbouring elementwise work. Anything else (transposes, reorders, norms, means): "rest".
 OPENVINO_KINDS = {"FullyConnected": "matrix products", "MatMul": "matrix products",
@@ -54,36 +57,50 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-class _Timed:
-    """Stands in for an op packet in `torch.ops.<ns>`: each overload the graph calls runs timed into `spent`."""
+def _timed(fn, spent: dict, kind: str, op: str):
+    """`fn`, its time added to `spent` under its kind of work and under its own name (oneDNN's and MKL's
+    products apart)."""
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        took = time.perf_counter() - start
+        spent[kind] += took
+        spent[op] += took
+        return out
+    return timed
 
-    def __init__(self, packet, spent: dict, kind: str):
-        self._packet, self._spent, self._kind = packet, spent, kind
+
+class _Timed:
+    """Stands in for an op packet in `torch.ops.<ns>`: each overload the graph calls runs `_timed`."""
+
+    def __init__(self, packet, spent: dict, kind: str, op: str):
+        self._packet, self._spent, self._kind, self._op = packet, spent, kind, op
 
     def __getattr__(self, overload: str):
-        real = getattr(self._packet, overload)
-
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            out = real(*args, **kwargs)
-            self._spent[self._kind] += time.perf_counter() - start
-            return out
-        return timed
+        return _timed(getattr(self._packet, overload), self._spent, self._kind, self._op)
 
 
 @contextlib.contextmanager
 def timed_kernels(spent: dict):
-    """Compiled graphs look their extern kernels up in `torch.ops` at every call: swap in timed stand-ins."""
+    """Compiled graphs look their extern kernels up in `torch.ops` and in inductor's `extern_kernels` at every
+    call: swap in timed stand-ins."""
     originals = {}
     for (ns, name), kind in INDUCTOR_KERNELS.items():
         namespace = getattr(torch.ops, ns)
         originals[(ns, name)] = getattr(namespace, name)
-        setattr(namespace, name, _Timed(originals[(ns, name)], spent, kind))
+        setattr(namespace, name, _Timed(originals[(ns, name)], spent, kind, f"{ns}.{name}"))
+    from torch._inductor.select_algorithm import extern_kernels
+
+    extern = {name: getattr(extern_kernels, name) for name in INDUCTOR_EXTERN_KERNELS if hasattr(extern_kernels, name)}
+    for name, kernel in extern.items():
+        setattr(extern_kernels, name, _timed(kernel, spent, INDUCTOR_EXTERN_KERNELS[name], f"extern_kernels.{name}"))
     try:
         yield
     finally:
         for (ns, name), packet in originals.items():
             setattr(getattr(torch.ops, ns), name, packet)
+        for name, kernel in extern.items():
+            setattr(extern_kernels, name, kernel)
 
 
 def inductor_breakdown(model, x, dtype, runs: int) -> dict:
@@ -106,7 +123,10 @@ def inductor_breakdown(model, x, dtype, runs: int) -> dict:
     ms = {kind: spent[kind] / runs * 1e3 for kind in INDUCTOR_KERNELS.values()}
     mean = sum(walls) / runs * 1e3
     ms["rest"] = mean - sum(ms.values())
-    return dict(forward_ms=mean, best_ms=min(walls) * 1e3, kinds_ms=ms, page_faults=faults)
+    ops = {f"{ns}.{name}": spent[f"{ns}.{name}"] / runs * 1e3 for ns, name in INDUCTOR_KERNELS}
+    ops.update({f"extern_kernels.{name}": spent[f"extern_kernels.{name}"] / runs * 1e3
+                for name in INDUCTOR_EXTERN_KERNELS})
+    return dict(forward_ms=mean, best_ms=min(walls) * 1e3, kinds_ms=ms, ops_ms=ops, page_faults=faults)
 
 
 def openvino_breakdown(model, x, dtype, runs: int) -> dict:
@@ -157,8 +177,10 @@ def main() -> None:
         row = dict(model=args.name, backend=backend, dtype=args.dtype, batch_size=args.batch_size, input=list(shape),
                    **breakdown(model, x, dtype, args.runs), **env)
         kinds = ", ".join(f"{kind} {ms:.1f}" for kind, ms in sorted(row["kinds_ms"].items()))
-        faults = f", page faults per forward {row['page_faults']}" if "page_faults" in row else ""
-        print(f"{backend:<9} forward {row['forward_ms']:.1f} ms (best {row['best_ms']:.1f}): {kinds} ms{faults}")
+        extra = f", page faults per forward {row['page_faults']}" if "page_faults" in row else ""
+        if "ops_ms" in row:
+            extra += "; by kernel: " + ", ".join(f"{op} {ms:.1f}" for op, ms in row["ops_ms"].items())
+        print(f"{backend:<9} forward {row['forward_ms']:.1f} ms (best {row['best_ms']:.1f}): {kinds} ms{extra}")
         with open(args.results, "a") as f:
             f.write(json.dumps(row) + "\n")
 

@@ -53,6 +53,9 @@ def test_compiled_video_model_has_the_same_outputs(make_tiny, dtype, tolerance):
     x = torch.randn(1, 3, 4, 32, 32)
     optimized = uniformer.optimize(model, example=x, dtype=dtype, backend="inductor")
     assert optimized.compile_seconds > 0 and optimized.dtype == dtype and optimized.backend == "inductor"
+    # each attention input shape (stage 3: 2x2x2 tokens of 64 channels, stage 4: 2x1x1 of 128) was timed both ways
+    assert sorted(optimized.attention_ms) == [(1, 2, 128), (1, 8, 64)]
+    assert all(ms["sdpa"] > 0 and ms["explicit"] > 0 for ms in optimized.attention_ms.values())
     with torch.no_grad():
         out = optimized(x)
         assert out.dtype == torch.float32 and _relative_error(out, model(x)) < tolerance
@@ -125,7 +128,9 @@ def test_auto_backend_keeps_the_faster_one(make_tiny, monkeypatch, faster):
     timings = {"inductor": 5.0, "openvino": 7.0} if faster == "inductor" else {"inductor": 9.0, "openvino": 4.0}
     timed = []
 
-    def fake_timer(models, x):
+    def fake_timer(models, x, **kwargs):
+        if set(models) == {"sdpa", "explicit"}:  # inductor's attention forms, chosen first (see below)
+            return {"sdpa": 1.0, "explicit": 2.0}
         timed.append(sorted(models))
         return {name: timings[name] for name in models}
 
@@ -139,6 +144,29 @@ def test_auto_backend_keeps_the_faster_one(make_tiny, monkeypatch, faster):
         assert _relative_error(optimized(x), model(x)) < 1e-4
 
 
+def test_each_attention_takes_the_form_measured_faster(make_tiny, monkeypatch):
+    """`choose_attention` times SDPA against the explicit form per attention input shape and sets each module to
+    the faster; both forms compute the same function."""
+    from uniformer.models.layers import GlobalMHRA
+
+    model = make_tiny("uniformer_video_small", depths=(1, 1, 2, 1))
+    x = torch.randn(1, 3, 4, 32, 32)
+    fused = uniformer.fuse(model)
+    timed = []
+
+    def fake_timer(forms, x, **kwargs):  # the explicit form wins on the stage-3 shape, SDPA on stage 4's
+        timed.append(tuple(x.shape))
+        return {"sdpa": 2.0, "explicit": 1.0} if x.shape[1] == 8 else {"sdpa": 1.0, "explicit": 3.0}
+
+    monkeypatch.setattr(optimize_module, "_time_interleaved", fake_timer)
+    measured = optimize_module.choose_attention(fused, x, torch.float32)
+    assert sorted(timed) == sorted(measured) == [(1, 2, 128), (1, 8, 64)]  # each shape once
+    forms = [(m.qkv.in_features, m.fused_attn) for m in fused.modules() if isinstance(m, GlobalMHRA)]
+    assert forms == [(64, False), (64, False), (128, True)]
+    with torch.no_grad():
+        assert _relative_error(fused(x), model(x)) < 1e-4
+
+
 def test_measured_timings_are_the_best_of_interleaved_rounds():
     calls = []
 
@@ -150,8 +178,9 @@ def test_measured_timings_are_the_best_of_interleaved_rounds():
             calls.append(self.name)
             time.sleep(self.ms / 1000)
 
-    best = optimize_module._time_interleaved({"a": Model("a", 2), "b": Model("b", 12)}, torch.zeros(1), rounds=3)
-    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then alternating order
+    best = optimize_module._time_interleaved({"a": Model("a", 2), "b": Model("b", 12)}, torch.zeros(1), rounds=3,
+                                             warmup=2)
+    assert calls == ["a", "b", "a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then alternating order
     assert 2 <= best["a"] < best["b"] and best["b"] >= 12
 
 

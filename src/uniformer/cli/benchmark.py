@@ -158,6 +158,10 @@ def _compare_runtimes(args, model, shape) -> int:
         if getattr(model, "backend_ms", None):
             timings = ", ".join(f"{name} {ms:.1f}" for name, ms in model.backend_ms.items())
             print(f"{label}: ran {model.backend}, the faster when optimize timed its backends ({timings} ms/batch)")
+        if getattr(model, "attention_ms", None):
+            forms = "; ".join(f"{'x'.join(map(str, shape))}: {min(ms, key=ms.get)} (sdpa {ms['sdpa']:.2f}, explicit "
+                              f"{ms['explicit']:.2f} ms)" for shape, ms in model.attention_ms.items())
+            print(f"{label}: attention form per input shape, as timed compiled: {forms}")
     print(f"precision: what each row computed in (OpenVINO's as it reports it); rel. error: max abs difference / "
           f"max abs output against {base_label}")
     print("prepare s: time to build the variant (fuse; compilation; export and runtime compilation), not in the "

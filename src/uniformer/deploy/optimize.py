@@ -3,9 +3,10 @@ machine, `torch.compile` (inductor, frozen weights) or OpenVINO's CPU plugin (RE
 
 `fuse` folds norms, layer scales and DPE residuals into the weights and runs channels-last maps, where the
 pointwise convolutions and FFNs are oneDNN matrix products; inductor with `freezing` then fuses what eager
-PyTorch runs as separate memory-bound passes (LayerNorms, residual adds, layout copies, pooling). Which
-backend wins depends on the CPU (level on an AVX2 EPYC; OpenVINO 1.03-1.11x faster on an AMX Xeon), so
-`optimize` times both on the example. Precision: bfloat16 where the CPU computes in it (as OpenVINO picks
+PyTorch runs as separate memory-bound passes (LayerNorms, residual adds, layout copies, pooling); each global
+attention first takes the form inductor runs faster on this CPU at its shape (`choose_attention`). Which
+backend wins depends on the CPU (level on an AVX2 EPYC; OpenVINO faster on an AMX Xeon and on an AVX512-BF16
+EPYC), so `optimize` times both on the example. Precision: bfloat16 where the CPU computes in it (as OpenVINO picks
 its own), else float32; float32 outputs are within about 1e-6 relative of the eager model, bfloat16 ones
 within about 1e-2 (matrix products and convolutions round their inputs, norms and softmax stay float32).
 """
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from ..models.fuse import fuse
+from ..models.layers import GlobalMHRA
 from .runtimes import export_for_runtime, keep_signal_stack
 
 __all__ = ["optimize", "OptimizedModel", "BACKENDS", "inference_variants"]
@@ -86,7 +88,8 @@ class OptimizedModel(nn.Module):
     """The fused model, compiled by `backend` ("inductor" or "openvino") unless `compiled` is False.
 
     `compile_seconds`: the first (compiling) call's time; `backend`: what runs ("eager" when not compiled);
-    `backend_ms`: what `optimize` measured per backend when it chose."""
+    `backend_ms`: what `optimize` measured per backend when it chose; `attention_ms`: what it measured per
+    attention form and input shape when it chose each attention's form for inductor (`choose_attention`)."""
 
     def __init__(self, fused: nn.Module, compiled: bool, dtype: torch.dtype = torch.float32,
                  backend: str = "inductor"):
@@ -95,6 +98,7 @@ class OptimizedModel(nn.Module):
         self.backend = backend if compiled else "eager"
         self.compile_seconds = 0.0
         self.backend_ms: dict[str, float] = {}
+        self.attention_ms: dict[tuple[int, ...], dict[str, float]] = {}
         if self.backend == "openvino":
             self._run = _OpenVINOGraphs(fused, dtype)
             return
@@ -155,7 +159,15 @@ def optimize(model: nn.Module, example: torch.Tensor | None = None, compile: boo
             candidates.append("openvino")
     built = {}
     for name in candidates:
-        optimized = OptimizedModel(fused, compiled=True, dtype=run_dtype, backend=name)
+        attention_ms = {}
+        if name == "inductor" and example is not None and device.type == "cpu":
+            # OpenVINO exports the model as it is; inductor's copy gets each attention's faster form
+            graph = copy.deepcopy(fused) if len(candidates) > 1 else fused
+            attention_ms = choose_attention(graph, example, run_dtype)
+        else:
+            graph = fused
+        optimized = OptimizedModel(graph, compiled=True, dtype=run_dtype, backend=name)
+        optimized.attention_ms = attention_ms
         if example is not None:
             start = time.perf_counter()
             optimized(example)
@@ -170,6 +182,47 @@ def optimize(model: nn.Module, example: torch.Tensor | None = None, compile: boo
     chosen.backend_ms = timings
     _logger.info("backend %s: %s", chosen.backend, ", ".join(f"{k} {v:.1f} ms" for k, v in timings.items()))
     return chosen
+
+
+def choose_attention(fused: nn.Module, example: torch.Tensor, dtype: torch.dtype,
+                     rounds: int = 5) -> dict[tuple[int, ...], dict[str, float]]:
+    """Give each global attention of `fused` the form inductor runs faster on this machine at its input shape:
+    `scaled_dot_product_attention` or the explicit product, softmax, product (`fused_attn=False`), each module
+    compiled both ways and timed interleaved in `dtype` (ms per call, by (B, N, C) input shape; returned).
+
+    Which wins depends on the CPU and the precision: on an AMD EPYC with AVX512-BF16 and no AMX, PyTorch's
+    bfloat16 flash-attention kernel took 1.9x the explicit form's time on UniFormer-S's stage-3 shape (whole
+    model 1.08x faster in bfloat16 on images, 1.17x on video), while in float32 SDPA was faster on video."""
+    attentions = [m for m in fused.modules() if isinstance(m, GlobalMHRA)]
+    inputs: dict[GlobalMHRA, torch.Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, args: inputs.setdefault(m, args[0].detach().clone()))
+             for m in attentions]
+    try:
+        with torch.no_grad(), torch.autocast(example.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            fused(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    by_shape: dict[tuple[int, ...], list[GlobalMHRA]] = {}
+    for m, x in inputs.items():
+        by_shape.setdefault(tuple(x.shape), []).append(m)
+    measured = {}
+    for shape, modules in by_shape.items():
+        probe, x = copy.deepcopy(modules[0]), inputs[modules[0]]
+        forms = {}
+        for form, sdpa in (("sdpa", True), ("explicit", False)):
+            variant = copy.deepcopy(probe)
+            variant.fused_attn = sdpa
+            compiled = torch.compile(variant, backend="inductor", dynamic=False)
+            forms[form] = compiled if dtype == torch.float32 else _Autocast(compiled, dtype)
+        with torch.no_grad():
+            measured[shape] = _time_interleaved(forms, x, rounds=rounds)
+        for m in modules:
+            m.fused_attn = measured[shape]["sdpa"] <= measured[shape]["explicit"]
+    _logger.info("attention forms: %s", ", ".join(
+        f"{shape}: {'sdpa' if ms['sdpa'] <= ms['explicit'] else 'explicit'} ({ms['sdpa']:.2f} / "
+        f"{ms['explicit']:.2f} ms)" for shape, ms in measured.items()))
+    return measured
 
 
 def _openvino_unusable(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -187,12 +240,16 @@ def _openvino_unusable(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
-def _time_interleaved(models: dict[str, OptimizedModel], x: torch.Tensor, rounds: int = 3) -> dict[str, float]:
+def _time_interleaved(models: dict[str, OptimizedModel], x: torch.Tensor, rounds: int = 5,
+                      warmup: int = 2) -> dict[str, float]:
     """Each model's best time (ms) for one call on `x`, over `rounds` rounds run in alternating order after
-    a warm-up call, so that drifting machine load touches all alike."""
+    `warmup` calls each, so that drifting machine load touches all alike. Five rounds, not three: with three
+    single calls, noise picked inductor for the video model in float32 at 223 against 234 ms while OpenVINO ran
+    it 1.08x faster over 50 calls (AMD EPYC, AVX512-BF16); each call costs 0.1-0.2 s on the S models."""
     names = list(models)
-    for name in names:
-        models[name](x)
+    for _ in range(warmup):
+        for name in names:
+            models[name](x)
     best = dict.fromkeys(names, float("inf"))
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
