@@ -149,6 +149,7 @@ def build_app(model: str | None = None, checkpoint: str | os.PathLike | None = N
     if task == "classification" and config is not None:
         raise ValueError("--config is the recipe of a dense task (--task detection|segmentation|pose); a "
                          "classifier's test view comes from its tag or checkpoint (adjust it with --data)")
+
     def check(task_name: str | None) -> None:  # before any weights are read, again once the task is known
         if dtype is not None and task_name not in (None, "classification"):
             raise ValueError(f"--dtype does not apply to {task_name} checkpoints")

@@ -208,15 +208,14 @@ def choose_attention(fused: nn.Module, example: torch.Tensor, dtype: torch.dtype
         by_shape.setdefault(tuple(x.shape), []).append(m)
     measured = {}
     for shape, modules in by_shape.items():
-        probe, x = copy.deepcopy(modules[0]), inputs[modules[0]]
         forms = {}
         for form, sdpa in (("sdpa", True), ("explicit", False)):
-            variant = copy.deepcopy(probe)
+            variant = copy.deepcopy(modules[0])
             variant.fused_attn = sdpa
             compiled = torch.compile(variant, backend="inductor", dynamic=False)
             forms[form] = compiled if dtype == torch.float32 else _Autocast(compiled, dtype)
         with torch.no_grad():
-            measured[shape] = _time_interleaved(forms, x, rounds=rounds)
+            measured[shape] = _time_interleaved(forms, inputs[modules[0]], rounds=rounds)
         for m in modules:
             m.fused_attn = measured[shape]["sdpa"] <= measured[shape]["explicit"]
     _logger.info("attention forms: %s", ", ".join(
@@ -240,7 +239,7 @@ def _openvino_unusable(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
-def _time_interleaved(models: dict[str, OptimizedModel], x: torch.Tensor, rounds: int = 5,
+def _time_interleaved(models: dict[str, nn.Module], x: torch.Tensor, rounds: int = 5,
                       warmup: int = 2) -> dict[str, float]:
     """Each model's best time (ms) for one call on `x`, over `rounds` rounds run in alternating order after
     `warmup` calls each, so that drifting machine load touches all alike. Five rounds, not three: with three
