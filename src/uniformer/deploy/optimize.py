@@ -214,7 +214,11 @@ def choose_attention(fused: nn.Module, example: torch.Tensor, dtype: torch.dtype
             variant.fused_attn = sdpa
             compiled = torch.compile(variant, backend="inductor", dynamic=False)
             forms[form] = compiled if dtype == torch.float32 else _Autocast(compiled, dtype)
-        with torch.no_grad():
+        # every attention module runs one code object (GlobalMHRA.forward), whose compiled entries (shape x form x
+        # precision, over all `optimize` calls of the process) would pass Dynamo's default limit of 8 on models
+        # with several attention shapes, and the timings past it would be of eager calls
+        limit = max(torch._dynamo.config.recompile_limit, 64)
+        with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=limit):
             measured[shape] = _time_interleaved(forms, inputs[modules[0]], rounds=rounds)
         for m in modules:
             m.fused_attn = measured[shape]["sdpa"] <= measured[shape]["explicit"]
