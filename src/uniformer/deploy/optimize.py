@@ -59,6 +59,11 @@ class _Autocast(nn.Module):
         return [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
 
 
+def _in_precision(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """`model` itself in float32, else under autocast to `dtype` with float32 outputs."""
+    return model if dtype == torch.float32 else _Autocast(model, dtype)
+
+
 class _OpenVINOGraphs(nn.Module):
     """The fused model compiled by OpenVINO's CPU plugin, one compiled graph per input shape (static shapes,
     as inductor's graphs), in f32 or bf16 (OpenVINO's precision hint). Tensors in and out, float32, on the CPU."""
@@ -106,7 +111,7 @@ class OptimizedModel(nn.Module):
         # torch.compile's default switches to at the second shape) fail on channels-last 3-D convolutions
         # in torch 2.14 (the oneDNN convolution's fake kernel reports other strides than it produces).
         # In bfloat16 the autocast region and the cast of the outputs to float32 are compiled with the model.
-        run = fused if dtype == torch.float32 else _Autocast(fused, dtype)
+        run = _in_precision(fused, dtype)
         self._run = torch.compile(run, backend="inductor", dynamic=False) if compiled else run
         if compiled:  # loaded here, not at import: loading inductor takes seconds
             importlib.import_module("torch._inductor.config")
@@ -198,33 +203,33 @@ def choose_attention(fused: nn.Module, example: torch.Tensor, dtype: torch.dtype
     hooks = [m.register_forward_pre_hook(lambda m, args: inputs.setdefault(m, args[0].detach().clone()))
              for m in attentions]
     try:
-        with torch.no_grad(), torch.autocast(example.device.type, dtype=dtype, enabled=dtype != torch.float32):
-            fused(example)
+        with torch.no_grad():
+            _in_precision(fused, dtype)(example)
     finally:
         for hook in hooks:
             hook.remove()
     by_shape: dict[tuple[int, ...], list[GlobalMHRA]] = {}
     for m, x in inputs.items():
         by_shape.setdefault(tuple(x.shape), []).append(m)
-    measured = {}
+    measured, chosen = {}, {}
     for shape, modules in by_shape.items():
         forms = {}
         for form, sdpa in (("sdpa", True), ("explicit", False)):
             variant = copy.deepcopy(modules[0])
             variant.fused_attn = sdpa
-            compiled = torch.compile(variant, backend="inductor", dynamic=False)
-            forms[form] = compiled if dtype == torch.float32 else _Autocast(compiled, dtype)
+            forms[form] = _in_precision(torch.compile(variant, backend="inductor", dynamic=False), dtype)
         # every attention module runs one code object (GlobalMHRA.forward), whose compiled entries (shape x form x
         # precision, over all `optimize` calls of the process) would pass Dynamo's default limit of 8 on models
         # with several attention shapes, and the timings past it would be of eager calls
         limit = max(torch._dynamo.config.recompile_limit, 64)
         with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=limit):
             measured[shape] = _time_interleaved(forms, inputs[modules[0]], rounds=rounds)
+        chosen[shape] = min(measured[shape], key=measured[shape].get)  # "sdpa" on a tie
         for m in modules:
-            m.fused_attn = measured[shape]["sdpa"] <= measured[shape]["explicit"]
+            m.fused_attn = chosen[shape] == "sdpa"
     _logger.info("attention forms: %s", ", ".join(
-        f"{shape}: {'sdpa' if ms['sdpa'] <= ms['explicit'] else 'explicit'} ({ms['sdpa']:.2f} / "
-        f"{ms['explicit']:.2f} ms)" for shape, ms in measured.items()))
+        f"{shape}: {chosen[shape]} (sdpa {ms['sdpa']:.2f} / explicit {ms['explicit']:.2f} ms)"
+        for shape, ms in measured.items()))
     return measured
 
 
