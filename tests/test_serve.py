@@ -145,6 +145,23 @@ def test_serve_binds_to_localhost_by_default():
     assert (args.host, args.port, args.task) == ("127.0.0.1", 7860, None)  # the task: from the checkpoint
 
 
+@pytest.mark.parametrize("flags, expected", [(["--dtype", "bfloat16"], "bfloat16"), ([], "auto")])
+def test_serve_dtype_reaches_the_model_it_opens(monkeypatch, flags, expected):
+    """`uniformer serve --dtype` is what the page's classifier is opened with (`predict --dtype`'s precision)."""
+    import uniformer.tasks
+
+    opened_with = []
+
+    def opening(*args, dtype, **kwargs):
+        opened_with.append(dtype)
+        raise RuntimeError("opened")  # the test ends here: no weights, no server
+
+    monkeypatch.setattr(uniformer.tasks, "open", opening)
+    with pytest.raises(RuntimeError, match="opened"):
+        main(["serve", "--checkpoint", "clf.pth", "--task", "classification", *flags])
+    assert opened_with == [expected]
+
+
 def test_segmentation_page_draws_the_label_map_like_predict(tmp_path, capsys):
     import yaml
 
