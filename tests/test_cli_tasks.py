@@ -41,6 +41,8 @@ def test_predict_refuses_options_of_another_task_and_names_the_task(tmp_path, ca
     ckpt = _segmentation_checkpoint(tmp_path / "seg.pt")
     assert main(["predict", "--checkpoint", str(ckpt), "--topk", "3", "a.png"]) == 2
     assert "--topk does not apply to segmentation checkpoints" in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", str(ckpt), "--dtype", "float32", "a.png"]) == 2
+    assert "--dtype: classification options; a segmentation checkpoint" in capsys.readouterr().err
     assert main(["predict", "--checkpoint", str(ckpt), "--task", "pose", "a.png"]) == 2
     assert "is a segmentation checkpoint" in capsys.readouterr().err
     assert main(["predict", "--checkpoint", str(ckpt), "--score-thr", "0.5", "a.png"]) == 2

@@ -145,9 +145,10 @@ def test_serve_binds_to_localhost_by_default():
     assert (args.host, args.port, args.task) == ("127.0.0.1", 7860, None)  # the task: from the checkpoint
 
 
-@pytest.mark.parametrize("flags, expected", [(["--dtype", "bfloat16"], "bfloat16"), ([], "auto")])
+@pytest.mark.parametrize("flags, expected", [(["--dtype", "bfloat16"], "bfloat16"), ([], None)])
 def test_serve_dtype_reaches_the_model_it_opens(monkeypatch, flags, expected):
-    """`uniformer serve --dtype` is what the page's classifier is opened with (`predict --dtype`'s precision)."""
+    """`uniformer serve --dtype` is what the page's classifier is opened with (`predict --dtype`'s precision);
+    without it, None: `open` resolves that as auto and accepts it for every task."""
     import uniformer.tasks
 
     opened_with = []
@@ -200,7 +201,7 @@ def test_options_of_another_task_are_refused():
         build_app(checkpoint="seg.pth", task="segmentation", labels="names.txt")
     with pytest.raises(ValueError, match="--config is the recipe of a dense task"):
         build_app(checkpoint="clf.pth", task="classification", config="recipe.yaml")
-    with pytest.raises(ValueError, match="--dtype does not apply to segmentation"):
+    with pytest.raises(ValueError, match="--dtype: classification options; a segmentation checkpoint"):
         build_app(checkpoint="seg.pth", task="segmentation", dtype="float32")
 
 

@@ -149,15 +149,8 @@ def build_app(model: str | None = None, checkpoint: str | os.PathLike | None = N
     if task == "classification" and config is not None:
         raise ValueError("--config is the recipe of a dense task (--task detection|segmentation|pose); a "
                          "classifier's test view comes from its tag or checkpoint (adjust it with --data)")
-
-    def check(task_name: str | None) -> None:  # before any weights are read, again once the task is known
-        if dtype is not None and task_name not in (None, "classification"):
-            raise ValueError(f"--dtype does not apply to {task_name} checkpoints")
-
-    check(task)
     opened = open_checkpoint(checkpoint, model=model, recipe=config, task=task, model_options=model_options,
-                             labels=labels, data=data_overrides, use_ema=use_ema, device=device,
-                             dtype=dtype or "auto", check=lambda the_task: check(the_task.name))
+                             labels=labels, data=data_overrides, use_ema=use_ema, device=device, dtype=dtype)
     out_dir = Path(tempfile.mkdtemp(prefix="uniformer_serve_"))
     name, is_video = opened.task.name, False
     if name == "classification":

@@ -51,9 +51,8 @@ def run(args: argparse.Namespace) -> int:
 
     def check(the_task) -> None:  # before any weights are loaded
         task = the_task.name
-        for flag, value in (("--dtype", args.dtype), ("--topk", args.topk)):
-            if value is not None and task != "classification":
-                raise ValueError(f"{flag} does not apply to {task} checkpoints")
+        if args.topk is not None and task != "classification":
+            raise ValueError(f"--topk does not apply to {task} checkpoints")
         if args.score_thr is not None and task != "detection":
             raise ValueError(f"--score-thr does not apply to {task} checkpoints")
         if (args.boxes or args.detector) and task != "pose":
@@ -64,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     opened = open_checkpoint(args.checkpoint, model=args.model, recipe=args.config, task=args.task,
                              model_options=parse_pairs(args.option, "-o"), labels=args.labels,
                              data=parse_pairs(args.data, "--data"), use_ema=args.ema, device=args.device,
-                             dtype=args.dtype or "auto", runtime=args.runtime or "torch", check=check)
+                             dtype=args.dtype, runtime=args.runtime or "torch", check=check)
     task = opened.task.name
     inputs = _expand(args.inputs, videos=task == "classification")
     if task == "pose" and not (args.boxes or args.detector):

@@ -140,14 +140,15 @@ class Opened:
         return self.task.predict(self.model, inputs, out_dir, **{k: v for k, v in options.items() if v is not None})
 
 
-def _check_classification_options(task: str | None, model, model_options, labels, data, runtime: str) -> None:
+def _check_classification_options(task: str | None, model, model_options, labels, data, runtime: str,
+                                  dtype: str | None) -> None:
     if task in (None, "classification"):
         return
     given = {"--model": model, "-o": model_options, "--labels": labels, "--data": data,
-             "--runtime": runtime if runtime != "torch" else None}
+             "--runtime": runtime if runtime != "torch" else None, "--dtype": dtype}
     if any(given.values()):
         raise ValueError(f"{', '.join(k for k, v in given.items() if v)}: classification options; a {task} "
-                         "checkpoint takes its model and classes from its recipe")
+                         "checkpoint takes its model, classes and precision from its recipe")
 
 
 def _is_tag(text: str) -> bool:
@@ -158,7 +159,7 @@ def _is_tag(text: str) -> bool:
 def open(source: str | os.PathLike | None = None, *, model: str | None = None,
          recipe: str | os.PathLike | Mapping | None = None, overrides: Sequence[str] | None = None,
          task: str | None = None, model_options: Mapping | None = None, labels: str | None = None,
-         data: Mapping | None = None, use_ema: bool = False, device: str | None = None, dtype: str = "auto",
+         data: Mapping | None = None, use_ema: bool = False, device: str | None = None, dtype: str | None = None,
          runtime: str = "torch", check: Any = None) -> Opened:
     """The task and trained model behind `source`: a checkpoint file (a run checkpoint records its task and
     recipe; an original toolbox file needs `recipe` or `task`, a classification one `model`, the variant or
@@ -166,13 +167,13 @@ def open(source: str | os.PathLike | None = None, *, model: str | None = None,
 
     The file is read once; the weights (EMA ones with `use_ema`) load strictly. Classification only:
     `model_options` (an original file's architecture), `labels` (a file of class names), `data` (test-view keys),
-    `runtime` (onnxruntime / openvino run the fused model's export), `dtype` ("auto": bfloat16 autocast where
-    fast). `check(task)` runs before the model is built (a command's checks of its options against the task)."""
+    `runtime` (onnxruntime / openvino run the fused model's export), `dtype` (None or "auto": bfloat16 autocast
+    where fast). `check(task)` runs before the model is built (a command's checks of its options against the task)."""
     from .classification.predict import fetch_released, original_meta, original_recipe, released_of
 
     dev = resolve_device(device)  # an unavailable device fails before any download
     _check_classification_options(task or (recipe_task(recipe) if recipe is not None else None), model,
-                                  model_options, labels, data, runtime)
+                                  model_options, labels, data, runtime, dtype)
     if source is not None and _is_tag(str(source)):
         if model is not None:
             raise ValueError(f"{source} is a released tag; --model is for an original checkpoint file")
@@ -190,7 +191,7 @@ def open(source: str | os.PathLike | None = None, *, model: str | None = None,
         title = f"checkpoint `{Path(source).name}`"
     ckpt = as_checkpoint(source)  # the one read of the weights file
     name = ckpt.task or task or ("classification" if recipe is None else recipe_task(recipe))
-    _check_classification_options(name, model, model_options, labels, data, runtime)
+    _check_classification_options(name, model, model_options, labels, data, runtime, dtype)
     if ckpt.run is None and name != "classification" and recipe is None:
         raise ConfigError(f"{ckpt.path} is not a checkpoint of this package, so it records no task or recipe: give "
                           f"the recipe of this {name} model (--config)")
@@ -218,10 +219,10 @@ def open(source: str | os.PathLike | None = None, *, model: str | None = None,
     if runtime != "torch":
         net = _runtime_model(the_task, net, runtime, dev, dtype)
         dtype = "float32"
-    return Opened(the_task, net, ckpt, dev, resolve_dtype(dtype, dev), title)
+    return Opened(the_task, net, ckpt, dev, resolve_dtype(dtype or "auto", dev), title)
 
 
-def _runtime_model(task, model, runtime: str, device, dtype: str):
+def _runtime_model(task, model, runtime: str, device, dtype: str | None):
     """The fused classifier exported for `runtime` at the test view's input size (any batch)."""
     from .classification import model_input_ndim
 
