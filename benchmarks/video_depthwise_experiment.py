@@ -1,10 +1,16 @@
 """Experiment: whether 3-D depthwise convolutions written as sums of shifted taps (`use_shifted_taps`, which
-inductor fuses into one generated kernel each) beat cuDNN's in the compiled video model, and where its GPU time
-goes. Output of one H200 run: benchmarks/results/video_depthwise_h200.txt. That run replaced the convolutions
-with a local copy of the same function and had two more variants after these four; with the profiles they did
-not finish inside the device's time limit, so no profile was printed.
+inductor fuses into generated kernels) beat cuDNN's in the compiled video model, how long each form takes to
+compile (the first call), and where its GPU time goes. Output of one H200 run (the unrolled form only):
+benchmarks/results/video_depthwise_h200.txt. That run replaced the convolutions with a local copy of the same
+function and had two more variants after these; with the profiles they did not finish inside the device's time
+limit, so no profile was printed.
 
-    python benchmarks/video_depthwise_experiment.py [--device cpu --quick]
+The reduction form (`use_shifted_taps(model, unrolled=False)`) is the candidate for the issue's first-call target
+(under 60 s at no less throughput than the unrolled form's 220 s compile): on the CPU, one compiled 5x5x5
+convolution of stage 1 took 1.3 s to compile instead of 25.5 s. Its GPU rows are still to be measured:
+
+    python benchmarks/video_depthwise_experiment.py --only "bf16+CL+compile" "bf16+CL+compile+taps (reduction)"
+    python benchmarks/video_depthwise_experiment.py [--device cpu --quick] [--profile]
 """
 from __future__ import annotations
 
@@ -42,6 +48,9 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--device", default="cuda")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--only", nargs="+", metavar="LABEL", help="run only these variants (fp32 eager always runs: "
+                   "the reference of the speed-ups)")
+    p.add_argument("--profile", action="store_true", help="print a CUDA profile of the compiled variants")
     args = p.parse_args()
     dev = torch.device(args.device)
     kw = dict(depths=(1, 1, 1, 1)) if args.quick else {}
@@ -56,11 +65,12 @@ def main():
     profiles = []
 
     def variant(dtype, channels_last, compile_, taps, profile_it=False):
+        """`taps`: None (cuDNN's convolutions), "unrolled" or "reduction" (the form of `use_shifted_taps`)."""
         torch._dynamo.reset()
         m = uniformer.create_model("uniformer_video_small", **kw).eval().to(dev)
         m.load_state_dict(base.state_dict())
         if taps:
-            use_shifted_taps(m)
+            use_shifted_taps(m, unrolled=taps == "unrolled")
         xin = x
         if channels_last:
             m = m.to(memory_format=torch.channels_last_3d)
@@ -88,13 +98,21 @@ def main():
         return dict(clips_s=batch / med, ms=1000 * med, first_call_s=first, rel_err=err, peak_mb=peak)
 
     rows = {}
-    configs = [("fp32 eager", "fp32", False, False, False), ("bf16+CL+compile", "bf16", True, True, False),
-               ("bf16+compile", "bf16", False, True, False), ("bf16+CL+compile+taps", "bf16", True, True, True)]
+    configs = [("fp32 eager", "fp32", False, False, None), ("bf16+CL+compile", "bf16", True, True, None),
+               ("bf16+compile", "bf16", False, True, None),
+               ("bf16+CL+compile+taps", "bf16", True, True, "unrolled"),
+               ("bf16+CL+compile+taps (reduction)", "bf16", True, True, "reduction")]
+    known = [c[0] for c in configs]
+    for label in args.only or ():
+        if label not in known:
+            p.error(f"--only {label!r}: the variants are {', '.join(known)}")
     for label, dtype, cl, comp, taps in configs:
-        r = variant(dtype, cl, comp, taps, profile_it=label in ("bf16+CL+compile", "bf16+CL+compile+taps"))
+        if args.only and label != "fp32 eager" and label not in args.only:
+            continue
+        r = variant(dtype, cl, comp, taps, profile_it=args.profile and comp)
         rows[label] = r
         r["vs_fp32"] = r["clips_s"] / rows["fp32 eager"]["clips_s"]
-        print(f"{label:24s} {r['clips_s']:8.2f} clips/s {r['vs_fp32']:5.2f}x  {r['ms']:8.2f} ms  "
+        print(f"{label:34s} {r['clips_s']:8.2f} clips/s {r['vs_fp32']:5.2f}x  {r['ms']:8.2f} ms  "
               f"first {r['first_call_s']:6.1f} s  err {r['rel_err']:.1e}  peak {r['peak_mb']:.0f} MB", flush=True)
     print("\n".join(profiles))
 
