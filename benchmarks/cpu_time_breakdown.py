@@ -8,7 +8,8 @@ keeps tensors alive, so the allocator hands the large outputs fresh pages and th
 kernel touches them first (UniFormer-S, bf16: ~8,900 faults per profiled forward against 0-7,000 unprofiled; stage
 1's FFN product with GELU read 4.7 ms per call under the profiler, 2.0 ms without). The remainder is inductor's own
 C++ loops (norms, residual adds, layout copies), allocation and the Python wrapper. Minor page faults per forward
-are counted too. OpenVINO side: its per-node performance counters (`PERF_COUNT`), grouped the same way. The two
+are counted too. OpenVINO side: its per-node performance counters (`PERF_COUNT`), grouped the same way (its
+1x1(x1) convolutions, which the fused model runs as linear layers, as matrix products). The two
 backends run one after the other: for throughput ratios use `uniformer benchmark --compare-runtimes` (interleaved).
 
     python benchmarks/cpu_time_breakdown.py uniformer_small --batch-size 8 --dtype bfloat16
@@ -129,6 +130,18 @@ def inductor_breakdown(model, x, dtype, runs: int) -> dict:
     return dict(forward_ms=mean, best_ms=min(walls) * 1e3, kinds_ms=ms, ops_ms=ops, page_faults=faults)
 
 
+def pointwise_convolutions(compiled) -> set[str]:
+    """Names of the compiled graph's 1x1(x1) convolutions: the fused model runs those (the local blocks' `v` and
+    `proj`) as linear layers, so the inductor side counts them as matrix products; so does this breakdown."""
+    names = set()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        if op.get_rt_info()["layerType"].astype(str) == "Convolution" and op.get_input_size() > 1:
+            kernel = op.get_input_partial_shape(1)
+            if kernel.is_static and all(d == 1 for d in kernel.to_shape()[2:]):
+                names.add(op.get_friendly_name())
+    return names
+
+
 def openvino_breakdown(model, x, dtype, runs: int) -> dict:
     import openvino as ov
 
@@ -142,6 +155,7 @@ def openvino_breakdown(model, x, dtype, runs: int) -> dict:
                   "INFERENCE_PRECISION_HINT": hint, "PERF_COUNT": True}
         with keep_signal_stack():
             compiled = ov.Core().compile_model(str(xml), "CPU", config)
+    pointwise = pointwise_convolutions(compiled)
     request = compiled.create_infer_request()
     data = x.numpy()
     for _ in range(3):
@@ -152,7 +166,8 @@ def openvino_breakdown(model, x, dtype, runs: int) -> dict:
         request.infer([data])
         walls.append(time.perf_counter() - start)
         for node in request.get_profiling_info():
-            spent[OPENVINO_KINDS.get(node.node_type, "rest")] += node.real_time.total_seconds()
+            kind = "matrix products" if node.node_name in pointwise else OPENVINO_KINDS.get(node.node_type, "rest")
+            spent[kind] += node.real_time.total_seconds()
     return dict(forward_ms=sum(walls) / runs * 1e3, best_ms=min(walls) * 1e3,
                 kinds_ms={kind: s / runs * 1e3 for kind, s in spent.items()})
 

@@ -120,6 +120,33 @@ def test_openvino_backend_has_the_same_outputs_and_compiles_per_shape(make_tiny)
 
 
 @needs_openvino
+@pytest.mark.parametrize("faster", [1, 2])
+def test_openvino_backend_keeps_the_faster_number_of_streams(make_tiny, monkeypatch, faster):
+    """A batch that splits over the threads is compiled as one stream and as one stream per thread, timed on the
+    first input of that shape, and the faster kept (here by the patched timer's numbers); a batch that does not
+    split is compiled once."""
+    timings = {1: 5.0, 2: 7.0} if faster == 1 else {1: 9.0, 2: 4.0}
+    timed = []
+
+    def fake_timer(models, x, **kwargs):
+        timed.append(sorted(models))
+        return {n: timings[n] for n in models}
+
+    monkeypatch.setattr(optimize_module, "_time_interleaved", fake_timer)
+    torch.set_num_threads(2)  # (the fixture puts the tests' count back)
+    model = make_tiny("uniformer_small")
+    x = torch.randn(2, 3, 64, 64)
+    optimized = uniformer.optimize(model, example=x, dtype=torch.float32, backend="openvino")
+    assert timed == [[1, 2]] and optimized.streams_ms == {(2, 3, 64, 64): timings}
+    assert optimized._run._graphs[(2, 3, 64, 64)].streams == faster
+    with torch.no_grad():
+        assert _relative_error(optimized(x), model(x)) < 1e-4
+        single = torch.randn(1, 3, 64, 64)
+        assert _relative_error(optimized(single), model(single)) < 1e-4
+    assert timed == [[1, 2]] and optimized._run._graphs[(1, 3, 64, 64)].streams == 1
+
+
+@needs_openvino
 @pytest.mark.skipif(not _has_cxx_compiler(), reason="torch.compile's inductor CPU backend needs a C++ compiler")
 @pytest.mark.parametrize("faster", ["inductor", "openvino"])
 def test_auto_backend_keeps_the_faster_one(make_tiny, monkeypatch, faster):

@@ -111,6 +111,49 @@ def test_bfloat16_rows_on_request_and_one_static_shape(tmp_path):
         main(["benchmark", "uniformer_small", "--compare-runtimes", "--dtype", "float16", *TINY_ARGS])
 
 
+def test_openvino_streams_split_the_batch_and_join_the_outputs(tmp_path):
+    """streams=2: the graph is compiled for half the batch; each half runs on its own stream; the outputs are the
+    one-stream graph's, in order."""
+    from uniformer.deploy.export import relative_error
+    from uniformer.deploy.runtimes import export_for_runtime
+
+    model = uniformer.create_model("uniformer_small", depths=(1, 1, 1, 1), embed_dims=(16, 32, 64, 128),
+                                   head_dim=16, num_classes=5).eval()
+    x = torch.randn(4, 3, 64, 64)  # (at 32x32 stage 3 has as many tokens as heads: see test_export's xfail)
+    one = export_for_runtime(model, "openvino", (3, 64, 64), tmp_path / "one", dynamic_batch=False, batch_size=4)
+    two = export_for_runtime(model, "openvino", (3, 64, 64), tmp_path / "two", dynamic_batch=False, batch_size=4,
+                             threads=2, streams=2)
+    assert [tuple(p.get_shape()) for p in two._compiled.inputs] == [(2, 3, 64, 64)]
+    assert two._compiled.get_property("NUM_STREAMS") == 2 and "streams=2" in repr(two)
+    torch.testing.assert_close(two(x), one(x), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        assert relative_error([two(x)], [model(x)]) < 1e-4  # as `export_model` checks an export
+    with pytest.raises(ValueError, match="a batch of 3 does not split into 2 streams"):
+        two(x[:3])
+    with pytest.raises(ValueError, match="streams=2 splits a static batch .* not 3"):
+        export_for_runtime(model, "openvino", (3, 64, 64), tmp_path / "odd", dynamic_batch=False, batch_size=3,
+                           streams=2)
+    with pytest.raises(ValueError, match="not a dynamic one"):
+        export_for_runtime(model, "openvino", (3, 64, 64), tmp_path / "dynamic", batch_size=4, streams=2)
+    with pytest.raises(ValueError, match="onnxruntime runs one stream"):
+        export_for_runtime(model, "onnxruntime", (3, 64, 64), tmp_path / "ort", dynamic_batch=False,
+                           batch_size=4, streams=2)
+
+
+def test_compare_runtimes_has_stream_rows_where_the_batch_splits_over_the_threads(tmp_path):
+    from uniformer.deploy.optimize import inference_variants
+
+    model = uniformer.create_model("uniformer_small", depths=(1, 1, 1, 1), embed_dims=(16, 32, 64, 128),
+                                   head_dim=16, num_classes=5)
+    torch.set_num_threads(2)  # (the fixture puts the tests' count back)
+    assert list(inference_variants(model, (3, 32, 32), tmp_path, batch_size=3, bfloat16=True)) == \
+        [*F32_ROWS, *BF16_ROWS]
+    variants = inference_variants(model, (3, 32, 32), tmp_path, batch_size=4, bfloat16=True)
+    assert list(variants) == [*F32_ROWS, "openvino, 2 streams", *BF16_ROWS, "openvino default, 2 streams"]
+    ov_model, precision = variants["openvino, 2 streams"]()
+    assert precision == "f32" and ov_model.streams == 2
+
+
 def test_benchmark_one_runtime_and_its_limits(tmp_path, capsys):
     results = tmp_path / "bench.jsonl"
     args = ["benchmark", "uniformer_small", "--runtime", "openvino", "--fused", "--input", "3x64x64",

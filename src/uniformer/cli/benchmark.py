@@ -143,10 +143,10 @@ def _compare_runtimes(args, model, shape) -> int:
     unit = "clips/s" if x.ndim == 5 else "images/s"
     print(f"{args.name} batch {args.batch_size} {'x'.join(map(str, shape))} (static), {env['threads']} threads, "
           f"{env['cpu']}, torch {env['torch']}; best of {args.rounds} interleaved rounds of {args.iters}")
-    print(f"{'runtime':<24} {'precision':>9} {unit:>10} {'vs ' + base_label:>20} {'ms/batch':>9} {'rel. error':>10} "
+    print(f"{'runtime':<28} {'precision':>9} {unit:>10} {'vs ' + base_label:>20} {'ms/batch':>9} {'rel. error':>10} "
           f"{'prepare s':>10}")
     for label, r in results.items():
-        print(f"{label:<24} {precision[label]:>9} {r['throughput']:>10.2f} {r['throughput'] / base:>19.2f}x "
+        print(f"{label:<28} {precision[label]:>9} {r['throughput']:>10.2f} {r['throughput'] / base:>19.2f}x "
               f"{r['latency_ms']:>9.1f} {r['relative_error']:>10.1e} {prepare_s[label]:>10.1f}")
         append_result(args.results, dict(model=args.name, run="compare-runtimes", runtime=label,
                                          precision=precision[label], backend=getattr(models[label], "backend", None),
@@ -162,6 +162,10 @@ def _compare_runtimes(args, model, shape) -> int:
             forms = "; ".join(f"{'x'.join(map(str, shape))}: {min(ms, key=ms.get)} (sdpa {ms['sdpa']:.2f}, explicit "
                               f"{ms['explicit']:.2f} ms)" for shape, ms in model.attention_ms.items())
             print(f"{label}: attention form per input shape, as timed compiled: {forms}")
+        if getattr(model, "streams_ms", None):
+            streams = "; ".join(f"{'x'.join(map(str, shape))}: " + ", ".join(f"{n} {ms:.1f}" for n, ms in by_n.items())
+                                for shape, by_n in model.streams_ms.items())
+            print(f"{label}: OpenVINO streams, ms/batch by number of streams (the faster kept): {streams}")
     print(f"precision: what each row computed in (OpenVINO's as it reports it); rel. error: max abs difference / "
           f"max abs output against {base_label}")
     print("prepare s: time to build the variant (fuse; compilation; export and runtime compilation), not in the "

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -67,16 +68,20 @@ class RuntimeModel(nn.Module):
 
     `precision` (OpenVINO): the "f32" / "bf16" inference-precision hint, or "default" to let OpenVINO choose
     (bfloat16 on CPUs with bfloat16 units); `self.precision` is what the runtime reports it computes in.
+    `streams` (OpenVINO): with more than one, the batch is split into that many equal parts (the graph's batch
+    size), run at once on as many OpenVINO streams that share `threads` (its throughput hint), and joined.
     """
 
     def __init__(self, runtime: str, path: str | os.PathLike, video: bool, threads: int | None = None,
-                 precision: str = "f32"):
+                 precision: str = "f32", streams: int = 1):
         super().__init__()
-        self.runtime, self.path, self.video = runtime, Path(path), video
+        self.runtime, self.path, self.video, self.streams = runtime, Path(path), video, streams
         threads = threads or torch.get_num_threads()
         if precision not in OPENVINO_PRECISIONS or (precision != "f32" and runtime != "openvino"):
             raise ValueError(f"precision {precision!r}: {runtime} computes in 'f32'; OpenVINO takes one of "
                              f"{', '.join(OPENVINO_PRECISIONS)}")
+        if streams < 1 or (streams > 1 and runtime != "openvino"):
+            raise ValueError(f"streams={streams}: {runtime} runs one stream; OpenVINO takes 1 or more")
         self.precision = "f32"
         if runtime == "onnxruntime":
             ort = require("onnxruntime", "--runtime onnxruntime")
@@ -88,11 +93,14 @@ class RuntimeModel(nn.Module):
         elif runtime == "openvino":
             ov = require("openvino", "--runtime openvino")
             config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+            if streams > 1:
+                config.update(PERFORMANCE_HINT="THROUGHPUT", NUM_STREAMS=streams)
             if precision != "default":
                 config["INFERENCE_PRECISION_HINT"] = precision
             with keep_signal_stack():
                 self._compiled = ov.Core().compile_model(str(self.path), "CPU", config)
             self.precision = self._compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+            self._requests = [self._compiled.create_infer_request() for _ in range(streams)] if streams > 1 else []
         else:
             raise ValueError(f"runtime {runtime!r}: expected onnxruntime or openvino")
 
@@ -100,6 +108,15 @@ class RuntimeModel(nn.Module):
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
         if self.runtime == "onnxruntime":
             outputs = self._session.run(None, {self._input: array})
+        elif self._requests:
+            if len(array) % self.streams:
+                raise ValueError(f"{self.path}: a batch of {len(array)} does not split into {self.streams} streams")
+            for request, part in zip(self._requests, np.split(array, self.streams)):
+                request.start_async([part])
+            for request in self._requests:
+                request.wait()
+            outputs = [np.concatenate([r.get_output_tensor(i).data for r in self._requests])
+                       for i in range(len(self._compiled.outputs))]
         else:
             result = self._compiled(array)
             outputs = [result[out] for out in self._compiled.outputs]
@@ -107,29 +124,35 @@ class RuntimeModel(nn.Module):
         return tensors[0] if len(tensors) == 1 else tensors
 
     def extra_repr(self) -> str:
-        return f"runtime={self.runtime}, path={self.path}, video={self.video}, precision={self.precision}"
+        streams = f", streams={self.streams}" if self.streams > 1 else ""
+        return f"runtime={self.runtime}, path={self.path}, video={self.video}, precision={self.precision}{streams}"
 
 
 def load_runtime(runtime: str, path: str | os.PathLike, video: bool, threads: int | None = None,
-                 precision: str = "f32") -> RuntimeModel:
+                 precision: str = "f32", streams: int = 1) -> RuntimeModel:
     """An exported graph (`.onnx` for onnxruntime; `.xml` or `.onnx` for OpenVINO) as a callable model."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"exported model {path} does not exist")
-    return RuntimeModel(runtime, path, video, threads, precision)
+    return RuntimeModel(runtime, path, video, threads, precision, streams)
 
 
 def export_for_runtime(model: nn.Module, runtime: str, input_shape: Sequence[int], workdir: str | os.PathLike,
                        dynamic_batch: bool = True, batch_size: int = 1, threads: int | None = None,
-                       precision: str = "f32") -> RuntimeModel:
+                       precision: str = "f32", streams: int = 1) -> RuntimeModel:
     """Export `model` into `workdir` for `runtime` and load it there (the same weights, another engine).
-    `dynamic_batch=False` fixes the batch axis to `batch_size` (a static shape, as `optimize` compiles)."""
+    `dynamic_batch=False` fixes the batch axis to `batch_size` (a static shape, as `optimize` compiles); with
+    `streams` (OpenVINO), each of that many streams runs `batch_size // streams` of it."""
     if runtime not in RUNTIMES[1:]:
         raise ValueError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+    if streams > 1 and (dynamic_batch or batch_size % streams):
+        raise ValueError(f"streams={streams} splits a static batch (dynamic_batch=False) of a multiple of {streams}, "
+                         f"not {'a dynamic one' if dynamic_batch else batch_size}")
     require(runtime, f"--runtime {runtime}")
-    example = torch.randn(batch_size, *input_shape)
+    example = torch.randn(batch_size // streams, *input_shape)
     writer = export_onnx if runtime == "onnxruntime" else export_openvino
     path = writer(model.eval(), example, Path(workdir) / "model.onnx", dynamic_batch)  # OpenVINO: model.xml
-    return load_runtime(runtime, path, video=len(input_shape) == 4, threads=threads, precision=precision)
+    return load_runtime(runtime, path, video=len(input_shape) == 4, threads=threads, precision=precision,
+                        streams=streams)
 
 
 def _outputs(out) -> list[torch.Tensor]:
