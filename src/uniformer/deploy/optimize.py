@@ -91,13 +91,13 @@ class _OpenVINOGraphs(nn.Module):
             graphs = {n: export_for_runtime(self.fused, "openvino", tuple(x.shape[1:]), f"{workdir}/{n}",
                                             dynamic_batch=False, batch_size=len(x), threads=threads,
                                             precision=self.hint, streams=n) for n in counts}
+        graph = graphs[1]
         if len(graphs) > 1:
-            measured = _time_interleaved(graphs, x)
-            self.streams_ms[tuple(x.shape)] = measured
+            measured = self.streams_ms[tuple(x.shape)] = _time_interleaved(graphs, x)
             _logger.info("OpenVINO streams for input %s: %s", tuple(x.shape),
                          ", ".join(f"{n}: {ms:.1f} ms" for n, ms in measured.items()))
-            graphs = {n: graphs[n] for n in [min(measured, key=measured.get)]}  # one stream on a tie
-        graph = self._graphs[tuple(x.shape)] = next(iter(graphs.values()))
+            graph = graphs[min(measured, key=measured.get)]  # one stream on a tie
+        self._graphs[tuple(x.shape)] = graph
         return graph
 
     def forward(self, x: torch.Tensor):
@@ -270,8 +270,7 @@ def _openvino_unusable(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
-def _time_interleaved(models: dict, x: torch.Tensor, rounds: int = 5,
-                      warmup: int = 2) -> dict:
+def _time_interleaved(models: dict, x: torch.Tensor, rounds: int = 5, warmup: int = 2) -> dict:
     """Each model's best time (ms) for one call on `x`, over `rounds` rounds run in alternating order after
     `warmup` calls each, so that drifting machine load touches all alike. Five rounds, not three: with three
     single calls, noise picked inductor for the video model in float32 at 223 against 234 ms while OpenVINO ran
