@@ -64,6 +64,13 @@ def _in_precision(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     return model if dtype == torch.float32 else _Autocast(model, dtype)
 
 
+def split_streams(batch_size: int) -> int:
+    """How many OpenVINO streams a batch runs on when split (one per thread, each taking an equal part), or 1
+    where it does not split evenly over more than one thread."""
+    threads = torch.get_num_threads()
+    return threads if threads > 1 and batch_size % threads == 0 else 1
+
+
 class _OpenVINOGraphs(nn.Module):
     """The fused model compiled by OpenVINO's CPU plugin, one compiled graph per input shape (static shapes,
     as inductor's graphs), in f32 or bf16 (OpenVINO's precision hint). Tensors in and out, float32, on the CPU.
@@ -83,8 +90,8 @@ class _OpenVINOGraphs(nn.Module):
         self.streams_ms: dict[tuple[int, ...], dict[int, float]] = {}
 
     def _compile(self, x: torch.Tensor):
-        threads = torch.get_num_threads()
-        counts = [1] + ([threads] if threads > 1 and len(x) % threads == 0 else [])
+        threads, split = torch.get_num_threads(), split_streams(len(x))
+        counts = [1] + ([split] if split > 1 else [])
         # Through the ONNX export, as `uniformer export`: OpenVINO's graph from it ran 1.4x faster than the
         # one it converts from the PyTorch module directly (UniFormer-S, 8x3x224x224, bf16, AMX Xeon).
         with tempfile.TemporaryDirectory(prefix="uniformer_optimize_") as workdir:
@@ -331,14 +338,13 @@ def inference_variants(model: nn.Module, input_shape: Sequence[int], workdir: st
         "openvino": lambda: exported("openvino"),
     }
     # OpenVINO with one stream per thread, each on its part of the batch, as `optimize` may run it
-    streams = torch.get_num_threads()
-    split = streams > 1 and batch_size % streams == 0
-    if split:
+    streams = split_streams(batch_size)
+    if streams > 1:
         variants[f"openvino, {streams} streams"] = lambda: exported("openvino", "f32", streams)
     if bfloat16:
         variants["optimize (inductor) bf16"] = lambda: optimized(torch.bfloat16, "inductor")
         variants["optimize bf16"] = lambda: optimized(torch.bfloat16)
         variants["openvino default"] = lambda: exported("openvino", "default")
-        if split:
+        if streams > 1:
             variants[f"openvino default, {streams} streams"] = lambda: exported("openvino", "default", streams)
     return variants
